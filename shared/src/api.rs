@@ -1,0 +1,179 @@
+//! The `/api/v1` wire protocol: request and response bodies (JSON), the error shape, and paths.
+//! The head serves these structs and the CLIs send and read them; nothing else defines them.
+
+use crate::ids::MacAddr;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// Every path of the protocol starts with this.
+pub const PREFIX: &str = "/api/v1";
+
+/// Node fields that `set` can change besides attributes.
+pub const NODE_FIELDS: [&str; 3] = ["mac", "ip", "index"];
+
+/// The class of a failed request; each maps to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 400: the request is malformed or names something invalid.
+    BadRequest,
+    /// 401: no credential was given.
+    Unauthorized,
+    /// 403: the credential is wrong.
+    Forbidden,
+    /// 404: the thing named does not exist.
+    NotFound,
+    /// 409: the request conflicts with the database (duplicate MAC, IP, index, …).
+    Conflict,
+    /// 503: the cluster database cannot be reached or has no quorum.
+    Unavailable,
+    /// 500: a fault of the head itself.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// The body of every error answer: `{"kind": "conflict", "message": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// `GET /api/v1/health` (no credential needed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub name: String,
+    pub version: String,
+    pub database: String,
+}
+
+/// A compute node as stored in the cluster database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Stable id, never reused.
+    pub uid: String,
+    pub index: u32,
+    /// `n<index>`.
+    pub name: String,
+    /// One or more MACs; the first is the boot interface.
+    pub macs: Vec<MacAddr>,
+    pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// What an administrator gives to create a node; missing index and IP are allocated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub macs: Vec<MacAddr>,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub index: Option<u32>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/nodes`: creates every node or none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateNodes {
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Answer of `GET /api/v1/nodes` and of the node-changing calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}
+
+/// `POST /api/v1/nodes/update`: sets and clears attributes (and the fields in [`NODE_FIELDS`])
+/// on the nodes named by uid, all or none.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateNodes {
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub clear: Vec<String>,
+}
+
+/// `POST /api/v1/nodes/delete`: deletes the nodes named by uid, all or none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteNodes {
+    pub nodes: Vec<String>,
+}
+
+/// How a head takes part in the cluster database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbMember {
+    /// `etcd` or `embedded`.
+    pub backend: String,
+    /// etcd member id (hex), when the head runs a member.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `voting`, `learner`, `unstarted` (added, not yet started), `solo` (embedded),
+    /// `external` (the head uses etcd endpoints it does not run), or `not a member`.
+    pub state: String,
+}
+
+/// One head node, as `scyld-clusterctl heads ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub api_url: String,
+    pub version: String,
+    /// Its liveness record exists (its lease is being renewed).
+    pub alive: bool,
+    /// When the head daemon last started, seconds since the Unix epoch.
+    pub started: u64,
+    pub db_member: DbMember,
+}
+
+/// `GET /api/v1/heads`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadList {
+    pub heads: Vec<HeadInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_shape_is_kind_and_message() {
+        let e = ApiError {
+            kind: ErrorKind::Conflict,
+            message: "dup".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"kind":"conflict","message":"dup"}"#
+        );
+        assert_eq!(ErrorKind::Unavailable.http_status(), 503);
+    }
+
+    #[test]
+    fn node_spec_rejects_bad_mac() {
+        let r: Result<NodeSpec, _> = serde_json::from_str(r#"{"macs":["zz"]}"#);
+        assert!(r.is_err());
+        let s: NodeSpec = serde_json::from_str(r#"{"macs":["52:54:00:00:00:01"]}"#).unwrap();
+        assert_eq!(s.ip, None);
+    }
+}

@@ -1,0 +1,413 @@
+//! `base.ini`: flat `key = value` lines with dotted keys (`database.admin_pass`), `#` or `;`
+//! comments and blank lines, as in `/opt/scyld/clusterware/conf/base.ini`.
+//!
+//! Unknown keys are reported as warnings (a newer or older file still loads); a bad value is an
+//! error that names the file, the line and the key. Every path has a default under
+//! `/opt/scyld/clusterware` or `/var/log/clusterware` and can be moved, so tests run unprivileged.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+/// Where the configuration lives unless `--config` or [`CONFIG_ENV`] say otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/opt/scyld/clusterware/conf/base.ini";
+/// Environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "CLUSTERWARE_CONFIG";
+
+/// Which cluster-database engine a head uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseType {
+    /// A single-file store inside the head daemon: a solo head.
+    Embedded,
+    /// etcd: a member the head starts and supervises, or external endpoints.
+    Etcd,
+}
+
+impl DatabaseType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseType::Embedded => "embedded",
+            DatabaseType::Etcd => "etcd",
+        }
+    }
+}
+
+/// The parsed configuration, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    pub database_type: DatabaseType,
+    /// The cluster's database password; the admin API token derives from it.
+    pub admin_pass: Option<String>,
+    /// Embedded store file.
+    pub database_path: PathBuf,
+    /// External etcd endpoints; when set the head starts no etcd member of its own.
+    pub etcd_endpoints: Vec<String>,
+    /// The `etcd` program (looked up on PATH unless it contains a `/`).
+    pub etcd_binary: PathBuf,
+    /// The data dir of this head's etcd member.
+    pub etcd_data_dir: PathBuf,
+    /// Port of this head's etcd member for clients (it listens on 127.0.0.1 only).
+    pub etcd_client_port: u16,
+    /// Port of this head's etcd member for its peers (on `head.ip`).
+    pub etcd_peer_port: u16,
+    /// `name=peer-url,…` of the members when the etcd cluster is first created.
+    pub etcd_initial_cluster: Option<String>,
+    /// `new` when creating a cluster, `existing` when joining one.
+    pub etcd_initial_cluster_state: String,
+    pub etcd_cluster_token: String,
+    /// Largest number of operations the database accepts in one transaction.
+    pub max_txn_ops: usize,
+    /// This head's name (defaults to the host name).
+    pub head_name: Option<String>,
+    /// The address nodes and other heads reach this head at.
+    pub head_ip: Option<Ipv4Addr>,
+    /// HTTP port of the API and boot files.
+    pub head_port: u16,
+    /// Address the HTTP server binds (all interfaces by default).
+    pub head_bind: IpAddr,
+    /// Seconds a head stays "alive" in the database without renewing its lease.
+    pub lease_ttl_secs: u64,
+    pub log_dir: PathBuf,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            path: PathBuf::from(DEFAULT_CONFIG_PATH),
+            database_type: DatabaseType::Embedded,
+            admin_pass: None,
+            database_path: PathBuf::from("/opt/scyld/clusterware/db/cluster.redb"),
+            etcd_endpoints: Vec::new(),
+            etcd_binary: PathBuf::from("etcd"),
+            etcd_data_dir: PathBuf::from("/opt/scyld/clusterware/etcd"),
+            etcd_client_port: 2379,
+            etcd_peer_port: 2380,
+            etcd_initial_cluster: None,
+            etcd_initial_cluster_state: "new".into(),
+            etcd_cluster_token: "clusterware".into(),
+            max_txn_ops: 10240,
+            head_name: None,
+            head_ip: None,
+            head_port: 80,
+            head_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            lease_ttl_secs: 10,
+            log_dir: PathBuf::from("/var/log/clusterware"),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {key}: {reason}", path.display())]
+    Value {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    #[error("{}:{line}: expected `key = value`, found {text:?}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("{}: {key} is not set", path.display())]
+    Missing { path: PathBuf, key: String },
+}
+
+/// A loaded configuration and the warnings found while reading it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// The configuration path: the `--config` argument, else `$CLUSTERWARE_CONFIG`, else the default.
+pub fn resolve_path(arg: Option<&Path>) -> PathBuf {
+    if let Some(p) = arg {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// The permission bits of a file when group or others may read it (the file holds a password).
+pub fn insecure_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+impl Config {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` is used in messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+        let mut c = Config {
+            path: path.to_path_buf(),
+            ..Config::default()
+        };
+        let mut warnings = Vec::new();
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let t = raw.trim();
+            if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
+                continue;
+            }
+            let Some((k, v)) = t.split_once('=') else {
+                return Err(ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    text: t.to_string(),
+                });
+            };
+            let key = k.trim();
+            let mut value = v.trim();
+            if value.len() >= 2
+                && ((value.starts_with('"') && value.ends_with('"'))
+                    || (value.starts_with('\'') && value.ends_with('\'')))
+            {
+                value = &value[1..value.len() - 1];
+            }
+            if key.is_empty() {
+                return Err(ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    text: t.to_string(),
+                });
+            }
+            if let Some((_, first)) = seen.iter().find(|(s, _)| s == key) {
+                warnings.push(format!(
+                    "{}:{line}: {key} is also set on line {first}; the later value wins",
+                    path.display()
+                ));
+            } else {
+                seen.push((key.to_string(), line));
+            }
+            let bad = |reason: String| ConfigError::Value {
+                path: path.to_path_buf(),
+                line,
+                key: key.to_string(),
+                reason,
+            };
+            match key {
+                "database.type" => {
+                    c.database_type = match value {
+                        "embedded" => DatabaseType::Embedded,
+                        "etcd" => DatabaseType::Etcd,
+                        other => {
+                            return Err(bad(format!(
+                                "{other:?} is not a database type (embedded or etcd)"
+                            )));
+                        }
+                    }
+                }
+                "database.admin_pass" => {
+                    if value.is_empty() {
+                        return Err(bad("the password is empty".into()));
+                    }
+                    c.admin_pass = Some(value.to_string())
+                }
+                "database.path" => c.database_path = path_value(value).map_err(bad)?,
+                "database.endpoints" => {
+                    let eps: Vec<String> = value
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    if let Some(e) = eps
+                        .iter()
+                        .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+                    {
+                        return Err(bad(format!("{e:?} is not an http:// or https:// URL")));
+                    }
+                    c.etcd_endpoints = eps;
+                }
+                "database.etcd_binary" => c.etcd_binary = path_value(value).map_err(bad)?,
+                "database.data_dir" => c.etcd_data_dir = path_value(value).map_err(bad)?,
+                "database.client_port" => c.etcd_client_port = port_value(value).map_err(bad)?,
+                "database.peer_port" => c.etcd_peer_port = port_value(value).map_err(bad)?,
+                "database.initial_cluster" => {
+                    for member in value.split(',') {
+                        let ok = member.split_once('=').is_some_and(|(n, u)| {
+                            crate::ids::validate_head_name(n.trim()).is_ok()
+                                && u.trim().starts_with("http")
+                        });
+                        if !ok {
+                            return Err(bad(format!("{member:?} is not `name=http://ip:port`")));
+                        }
+                    }
+                    c.etcd_initial_cluster = Some(value.to_string());
+                }
+                "database.initial_cluster_state" => {
+                    if value != "new" && value != "existing" {
+                        return Err(bad(format!("{value:?} is not `new` or `existing`")));
+                    }
+                    c.etcd_initial_cluster_state = value.to_string();
+                }
+                "database.cluster_token" => {
+                    if value.is_empty() {
+                        return Err(bad("empty".into()));
+                    }
+                    c.etcd_cluster_token = value.to_string()
+                }
+                "database.max_txn_ops" => {
+                    c.max_txn_ops = int_value(value, 16, 1_000_000).map_err(bad)? as usize;
+                }
+                "head.name" => {
+                    crate::ids::validate_head_name(value).map_err(|e| bad(e.to_string()))?;
+                    c.head_name = Some(value.to_string());
+                }
+                "head.ip" => {
+                    c.head_ip = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?,
+                    )
+                }
+                "head.port" => c.head_port = port_value(value).map_err(bad)?,
+                "head.bind" => {
+                    c.head_bind = value
+                        .parse()
+                        .map_err(|_| bad(format!("{value:?} is not an IP address")))?
+                }
+                "head.lease_ttl" => c.lease_ttl_secs = int_value(value, 2, 300).map_err(bad)?,
+                "logging.dir" => c.log_dir = path_value(value).map_err(bad)?,
+                "logging.level" => {
+                    if !matches!(value, "error" | "warn" | "info" | "debug" | "trace") {
+                        return Err(bad(format!(
+                            "{value:?} is not one of error, warn, info, debug, trace"
+                        )));
+                    }
+                    c.log_level = value.to_string();
+                }
+                _ => warnings.push(format!(
+                    "{}:{line}: unknown key {key:?} ignored",
+                    path.display()
+                )),
+            }
+        }
+        Ok(Loaded {
+            config: c,
+            warnings,
+        })
+    }
+
+    /// The admin password, or an error naming the key that is missing.
+    pub fn require_admin_pass(&self) -> Result<&str, ConfigError> {
+        self.admin_pass
+            .as_deref()
+            .ok_or_else(|| ConfigError::Missing {
+                path: self.path.clone(),
+                key: "database.admin_pass".into(),
+            })
+    }
+}
+
+fn path_value(v: &str) -> Result<PathBuf, String> {
+    if v.is_empty() {
+        return Err("empty path".into());
+    }
+    if !v.starts_with('/') {
+        return Err(format!("{v:?} is not an absolute path"));
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn port_value(v: &str) -> Result<u16, String> {
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{v:?} is not a port number (1-65535)")),
+    }
+}
+
+fn int_value(v: &str, min: u64, max: u64) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{v:?} is not a whole number from {min} to {max}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Loaded, ConfigError> {
+        Config::parse(t, Path::new("/x/base.ini"))
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let l = parse(
+            "# comment\n\n database.admin_pass = s3cret \nlocal_thing.x = 1\ndatabase.type=etcd\nhead.port = \"8080\"\nhead.lease_ttl=3\n",
+        )
+        .unwrap();
+        assert_eq!(l.config.admin_pass.as_deref(), Some("s3cret"));
+        assert_eq!(l.config.database_type, DatabaseType::Etcd);
+        assert_eq!(l.config.head_port, 8080);
+        assert_eq!(l.config.lease_ttl_secs, 3);
+        assert_eq!(l.config.etcd_client_port, 2379);
+        assert_eq!(l.warnings.len(), 1);
+        assert!(l.warnings[0].contains("/x/base.ini:4") && l.warnings[0].contains("local_thing.x"));
+    }
+
+    #[test]
+    fn bad_value_names_file_line_and_key() {
+        let e = parse("database.admin_pass = x\n\nhead.port = 99999\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/x/base.ini:3: head.port: \"99999\" is not a port number (1-65535)"
+        );
+        let e = parse("head.lease_ttl = 1\n").unwrap_err().to_string();
+        assert!(e.contains(":1: head.lease_ttl:"), "{e}");
+        let e = parse("just words\n").unwrap_err().to_string();
+        assert!(e.contains(":1: expected `key = value`"), "{e}");
+        for bad in [
+            "database.type = mongo",
+            "head.ip = 10.0.0",
+            "database.path = relative",
+            "database.initial_cluster = a",
+            "head.name = a/b",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicate_key_warns() {
+        let l = parse("head.port = 1\nhead.port = 2\n").unwrap();
+        assert_eq!(l.config.head_port, 2);
+        assert!(l.warnings[0].contains("also set on line 1"));
+    }
+
+    #[test]
+    fn missing_password_is_named() {
+        let l = parse("").unwrap();
+        assert_eq!(
+            l.config.require_admin_pass().unwrap_err().to_string(),
+            "/x/base.ini: database.admin_pass is not set"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Identifiers: MAC addresses, head names, node names and attribute keys.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// An Ethernet MAC address, printed lowercase with colons (`52:54:00:12:34:56`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("malformed MAC address {0:?} (expected six hex octets such as 52:54:00:12:34:56)")]
+    Mac(String),
+    #[error("malformed IPv4 address {0:?}")]
+    Ip(String),
+    #[error(
+        "invalid head name {0:?} (1-63 characters: letters, digits, '-', '_' or '.', starting with a letter or digit)"
+    )]
+    HeadName(String),
+    #[error(
+        "invalid attribute name {0:?} (letters, digits, '_', '-' or '.'; at most 64 characters)"
+    )]
+    AttrKey(String),
+    #[error("MAC range starting at {0} runs past ff:ff:ff:ff:ff:ff")]
+    MacOverflow(MacAddr),
+    #[error("IP range starting at {0} runs past 255.255.255.255")]
+    IpOverflow(Ipv4Addr),
+}
+
+impl MacAddr {
+    /// The MAC `n` addresses after this one, for ranges of consecutive MACs.
+    pub fn offset(self, n: u64) -> Result<MacAddr, IdError> {
+        let mut v = [0u8; 8];
+        v[2..].copy_from_slice(&self.0);
+        let x = u64::from_be_bytes(v)
+            .checked_add(n)
+            .filter(|x| *x < (1u64 << 48))
+            .ok_or(IdError::MacOverflow(self))?;
+        let b = x.to_be_bytes();
+        let mut out = [0u8; 6];
+        out.copy_from_slice(&b[2..]);
+        Ok(MacAddr(out))
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = IdError;
+    /// Accepts `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` and `aabb.ccdd.eeff`, any case.
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let bad = || IdError::Mac(s.to_string());
+        let hex: String = if s.contains(':') || s.contains('-') {
+            let parts: Vec<&str> = s.split([':', '-']).collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+                return Err(bad());
+            }
+            parts.concat()
+        } else if s.contains('.') {
+            let parts: Vec<&str> = s.split('.').collect();
+            if parts.len() != 3 || parts.iter().any(|p| p.len() != 4) {
+                return Err(bad());
+            }
+            parts.concat()
+        } else {
+            return Err(bad());
+        };
+        let mut out = [0u8; 6];
+        hex::decode_to_slice(&hex, &mut out).map_err(|_| bad())?;
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses an IPv4 address with an error that names the input.
+pub fn parse_ipv4(s: &str) -> Result<Ipv4Addr, IdError> {
+    s.parse().map_err(|_| IdError::Ip(s.to_string()))
+}
+
+/// The address `n` after `ip`, for ranges of consecutive IPs.
+pub fn ipv4_offset(ip: Ipv4Addr, n: u64) -> Result<Ipv4Addr, IdError> {
+    u64::from(u32::from(ip))
+        .checked_add(n)
+        .and_then(|x| u32::try_from(x).ok())
+        .map(Ipv4Addr::from)
+        .ok_or(IdError::IpOverflow(ip))
+}
+
+/// Checks a head name: it becomes a database key, an etcd member name and part of a log file name.
+pub fn validate_head_name(s: &str) -> Result<(), IdError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError::HeadName(s.to_string()))
+    }
+}
+
+/// Checks a node attribute name. Names starting with `_` are the ones ClusterWare itself reads
+/// (`_boot_config`, `_preferred_head`, `_status_secs`); any other name is the administrator's.
+pub fn validate_attr_key(s: &str) -> Result<(), IdError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError::AttrKey(s.to_string()))
+    }
+}
+
+/// The name of the node with this index (`n0`, `n1`, …), as ClusterWare names nodes.
+pub fn node_name(index: u32) -> String {
+    format!("n{index}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_forms() {
+        let m: MacAddr = "52:54:00:AB:cd:0f".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:0f");
+        assert_eq!("52-54-00-ab-cd-0f".parse::<MacAddr>().unwrap(), m);
+        assert_eq!("5254.00ab.cd0f".parse::<MacAddr>().unwrap(), m);
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0g",
+            "525400abcd0f",
+            "52:54:00:ab:cd:0f:00",
+            "5:54:00:ab:cd:0ff",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mac_offset_carries_and_overflows() {
+        let m: MacAddr = "52:54:00:00:00:ff".parse().unwrap();
+        assert_eq!(m.offset(1).unwrap().to_string(), "52:54:00:00:01:00");
+        let top: MacAddr = "ff:ff:ff:ff:ff:ff".parse().unwrap();
+        assert!(top.offset(1).is_err());
+        assert_eq!(top.offset(0).unwrap(), top);
+    }
+
+    #[test]
+    fn ip_offset() {
+        let ip = parse_ipv4("10.0.0.255").unwrap();
+        assert_eq!(ipv4_offset(ip, 1).unwrap().to_string(), "10.0.1.0");
+        assert!(ipv4_offset(parse_ipv4("255.255.255.255").unwrap(), 1).is_err());
+        assert!(parse_ipv4("10.0.0.256").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_head_name("head-1.cluster").is_ok());
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(64)] {
+            assert!(validate_head_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_attr_key("_boot_config").is_ok());
+        assert!(validate_attr_key("rack=3").is_err());
+        assert_eq!(node_name(7), "n7");
+    }
+}

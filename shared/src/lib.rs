@@ -1,0 +1,21 @@
+//! Types shared by every ClusterWare program: the head daemon, the node agent and the
+//! administrator CLIs all use these structs, so the wire protocol cannot drift between them.
+//!
+//! # Layout
+//! - [`ids`]: MAC addresses, head names, node names and the attribute-key rules.
+//! - [`select`]: node selectors as administrators type them (`n[0-5,7]`, `n3,n9`).
+//! - [`config`]: `base.ini` parsing, defaults and validation.
+//! - [`api`]: the `/api/v1` request and response bodies, and the `{kind, message}` error shape.
+//! - [`auth`]: the admin credential derived from `database.admin_pass`.
+//!
+//! This crate must stay free of async runtimes, HTTP stacks and database clients: the static
+//! node agent links it.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod ids;
+pub mod select;
+
+/// The version every program reports (heads record it in the database).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
