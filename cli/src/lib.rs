@@ -1,1 +1,269 @@
+//! Plumbing shared by the administrator commands (`scyld-nodectl`, `scyld-clusterctl`,
+//! `managedb`): which head to talk to and with what credential, the HTTP client, errors and exit
+//! codes, node selection and table output.
+//!
+//! Exit codes: 0 success, 1 failure (the head refused, the cluster is unreachable, …),
+//! 2 usage error (bad arguments). One line on stderr says what went wrong.
 
+use clusterware_shared::api::{ApiError, Node, PREFIX};
+use clusterware_shared::auth::{BEARER, admin_token};
+use clusterware_shared::config::{self, Config, ConfigError};
+use clusterware_shared::select;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where the head is and how to authenticate; every command takes these.
+#[derive(clap::Args, Debug)]
+pub struct ConnOpts {
+    /// Configuration file, for the local head's address and the admin credential
+    /// [default: $CLUSTERWARE_CONFIG, else /opt/scyld/clusterware/conf/base.ini]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+    /// Talk to this head instead of the local one (e.g. http://10.54.0.2)
+    #[arg(long, value_name = "URL", env = "CLUSTERWARE_HEAD", global = true)]
+    pub head: Option<String>,
+    /// Admin API token instead of deriving it from database.admin_pass in the configuration
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CLUSTERWARE_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// Seconds to wait for the head to answer
+    #[arg(long, value_name = "SECS", default_value_t = 60, global = true)]
+    pub timeout: u64,
+}
+
+/// A command's failure.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad arguments: exit 2.
+    Usage(String),
+    /// Anything else: exit 1.
+    Failure(String),
+}
+
+impl CliError {
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Failure(_) => 1,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            CliError::Usage(m) | CliError::Failure(m) => m,
+        }
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+pub fn fail(m: impl Into<String>) -> CliError {
+    CliError::Failure(m.into())
+}
+
+pub fn usage(m: impl Into<String>) -> CliError {
+    CliError::Usage(m.into())
+}
+
+/// Runs a command body and turns its result into the exit code, printing the error once.
+pub fn run(prog: &str, f: impl FnOnce() -> CliResult<()>) -> ExitCode {
+    match f() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{prog}: error: {}", e.message());
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+fn config_error(e: ConfigError) -> CliError {
+    match &e {
+        ConfigError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            fail(format!("{e} (run as root, or give --head and --token)"))
+        }
+        ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            fail(format!(
+                "{e} (is ClusterWare installed here? otherwise give --config, or --head and --token)"
+            ))
+        }
+        _ => fail(e.to_string()),
+    }
+}
+
+/// An authenticated connection to one head's API.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(o: &ConnOpts) -> CliResult<Client> {
+        let needs_config = o.head.is_none() || o.token.is_none();
+        let cfg = if needs_config {
+            let path = config::resolve_path(o.config.as_deref());
+            Some(Config::load(&path).map_err(config_error)?.config)
+        } else {
+            None
+        };
+        let base = match (&o.head, &cfg) {
+            (Some(h), _) => h.trim_end_matches('/').to_string(),
+            (None, Some(c)) => {
+                let ip = c.head_ip.map_or("127.0.0.1".to_string(), |i| i.to_string());
+                format!("http://{ip}:{}", c.head_port)
+            }
+            (None, None) => unreachable!("config is loaded when --head is missing"),
+        };
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(usage(format!(
+                "--head {base:?} is not an http:// or https:// URL"
+            )));
+        }
+        let token = match (&o.token, &cfg) {
+            (Some(t), _) => t.clone(),
+            (None, Some(c)) => admin_token(c.require_admin_pass().map_err(config_error)?),
+            (None, None) => unreachable!("config is loaded when --token is missing"),
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(o.timeout.max(1))))
+            .build()
+            .into();
+        Ok(Client { agent, base, token })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{PREFIX}{path}", self.base)
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> CliResult<T> {
+        let mut resp =
+            r.map_err(|e| fail(format!("cannot reach the head at {}: {e}", self.base)))?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .map_err(|e| {
+                fail(format!(
+                    "head at {} sent an unreadable answer: {e}",
+                    self.base
+                ))
+            })?;
+        if status.is_success() {
+            return serde_json::from_str(&body).map_err(|e| {
+                fail(format!(
+                    "head at {} sent an answer this command does not understand: {e}",
+                    self.base
+                ))
+            });
+        }
+        match serde_json::from_str::<ApiError>(&body) {
+            Ok(e) => Err(fail(e.message)),
+            Err(_) => Err(fail(format!(
+                "head at {} answered HTTP {status}",
+                self.base
+            ))),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
+        let r = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", format!("{BEARER}{}", self.token))
+            .call();
+        self.finish(r)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
+        let r = self
+            .agent
+            .post(self.url(path))
+            .header("Authorization", format!("{BEARER}{}", self.token))
+            .send_json(body);
+        self.finish(r)
+    }
+}
+
+/// The nodes a selector names. Every exact name must exist and every range must match a node.
+pub fn select_nodes<'a>(nodes: &'a [Node], selector: &str) -> CliResult<Vec<&'a Node>> {
+    let sel = select::parse(selector).map_err(|e| usage(e.to_string()))?;
+    let macs: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| n.macs.iter().map(|m| m.to_string()).collect())
+        .collect();
+    let mut picked = vec![false; nodes.len()];
+    for t in &sel.terms {
+        let mut any = false;
+        for (i, n) in nodes.iter().enumerate() {
+            if t.matches(&n.name, &n.uid, &macs[i]) {
+                picked[i] = true;
+                any = true;
+            }
+        }
+        if !any {
+            return Err(fail(format!("no node matches {t}")));
+        }
+    }
+    Ok(nodes
+        .iter()
+        .zip(picked)
+        .filter(|(_, p)| *p)
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Prints rows under a header with columns aligned; the last column is not padded.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints a value as pretty JSON.
+pub fn print_json<T: Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("API types always serialise")
+    );
+}

@@ -1,5 +1,14 @@
 //! The ClusterWare head daemon as a library, so that tests and benchmarks drive the same code.
 //!
 //! # Layout
+//! - [`daemon`]: start-up, database opening, shutdown order.
+//! - [`api`]: the admin HTTP API (`/api/v1`), authentication and the error mapping.
+//! - [`heads`]: head member records and lease-bound liveness.
 //! - [`db`]: the cluster database abstraction and its two backends (etcd, embedded).
+//! - [`registry`]: compute nodes (create, list, set/clear attributes, delete) with MAC, IP and
+//!   index uniqueness enforced inside database transactions.
+pub mod api;
+pub mod daemon;
 pub mod db;
+pub mod heads;
+pub mod registry;

@@ -24,6 +24,8 @@ pub enum IdError {
         "invalid attribute name {0:?} (letters, digits, '_', '-' or '.'; at most 64 characters)"
     )]
     AttrKey(String),
+    #[error("bad value for {key}: {reason}")]
+    AttrValue { key: String, reason: String },
     #[error("MAC range starting at {0} runs past ff:ff:ff:ff:ff:ff")]
     MacOverflow(MacAddr),
     #[error("IP range starting at {0} runs past 255.255.255.255")]
@@ -144,6 +146,39 @@ pub fn validate_attr_key(s: &str) -> Result<(), IdError> {
     }
 }
 
+/// Checks an attribute's value; the attributes ClusterWare reads have typed values.
+pub fn validate_attr(key: &str, value: &str) -> Result<(), IdError> {
+    validate_attr_key(key)?;
+    let bad = |reason: &str| {
+        Err(IdError::AttrValue {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if value.len() > 4096 {
+        return bad("longer than 4096 bytes");
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return bad("contains control characters");
+    }
+    match key {
+        "_status_secs" => match value.parse::<u32>() {
+            Ok(n) if (1..=86_400).contains(&n) => Ok(()),
+            _ => bad("expected whole seconds from 1 to 86400"),
+        },
+        "_preferred_head" | "_boot_config" if value.is_empty() => {
+            bad("empty (use clear to remove it)")
+        }
+        "_preferred_head"
+            if value.parse::<std::net::Ipv4Addr>().is_err()
+                && validate_head_name(value).is_err() =>
+        {
+            bad("expected a head name or IPv4 address")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The name of the node with this index (`n0`, `n1`, …), as ClusterWare names nodes.
 pub fn node_name(index: u32) -> String {
     format!("n{index}")
@@ -197,5 +232,12 @@ mod tests {
         assert!(validate_attr_key("_boot_config").is_ok());
         assert!(validate_attr_key("rack=3").is_err());
         assert_eq!(node_name(7), "n7");
+        assert!(validate_attr("_status_secs", "10").is_ok());
+        assert!(validate_attr("_status_secs", "0").is_err());
+        assert!(validate_attr("_preferred_head", "head2").is_ok());
+        assert!(validate_attr("_preferred_head", "10.0.0.1").is_ok());
+        assert!(validate_attr("_preferred_head", "a b").is_err());
+        assert!(validate_attr("rack", "").is_ok());
+        assert!(validate_attr("rack", "a\nb").is_err());
     }
 }

@@ -1,0 +1,284 @@
+//! The head daemon's life: read the configuration, open the cluster database (starting this
+//! head's etcd member when it runs one), register the head, serve the API, and on SIGTERM or
+//! SIGINT shut down in order: stop accepting requests, remove the liveness record, stop the
+//! etcd member.
+
+use crate::api::{self, AppState};
+use crate::db::embedded::Embedded;
+use crate::db::etcd::Etcd;
+use crate::db::member::{MemberError, MemberHandle, MemberSpec};
+use crate::db::{Database, DbError};
+use crate::heads::{self, DbMode, HeadRecord};
+use clusterware_shared::auth::admin_token;
+use clusterware_shared::config::{Config, ConfigError, DatabaseType};
+use clusterware_shared::ids::validate_head_name;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long the head waits for its database (an etcd member waiting for quorum) at start.
+pub const DB_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use log directory {}: {source}", path.display())]
+    LogDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this host's name {0:?} is not a valid head name; set head.name in base.ini")]
+    HeadName(String),
+    #[error(transparent)]
+    Member(#[from] MemberError),
+    #[error("cluster database: {0}")]
+    Db(#[from] DbError),
+    #[error("the etcd member did not become ready within {} s: {last} (its output: {})", DB_READY_TIMEOUT.as_secs(), log.display())]
+    DbNotReady { last: DbError, log: PathBuf },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// This host's name, from the kernel.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "head".into())
+}
+
+/// The address this head advertises: `head.ip`, else the host name's first non-loopback IPv4.
+fn advertised_ip(cfg: &Config, name: &str) -> Ipv4Addr {
+    if let Some(ip) = cfg.head_ip {
+        return ip;
+    }
+    let found = (name, 0).to_socket_addrs().ok().and_then(|mut it| {
+        it.find_map(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) if !v4.is_loopback() => Some(v4),
+            _ => None,
+        })
+    });
+    found.unwrap_or_else(|| {
+        tracing::warn!("head.ip is not set and {name:?} resolves to no non-loopback IPv4 address; advertising 127.0.0.1, which other heads and nodes cannot reach");
+        Ipv4Addr::LOCALHOST
+    })
+}
+
+/// Sets up logging to stderr and to `<logging.dir>/head_<name>.log`.
+pub fn init_logging(
+    cfg: &Config,
+    name: &str,
+) -> Result<tracing_appender::non_blocking::WorkerGuard, StartError> {
+    use tracing_subscriber::prelude::*;
+    std::fs::create_dir_all(&cfg.log_dir).map_err(|source| StartError::LogDir {
+        path: cfg.log_dir.clone(),
+        source,
+    })?;
+    let file_name = format!("head_{name}.log");
+    // Opened here first so that an unwritable directory is an error now, not a silent loss.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.log_dir.join(&file_name))
+        .map_err(|source| StartError::LogDir {
+            path: cfg.log_dir.clone(),
+            source,
+        })?;
+    let (writer, guard) =
+        tracing_appender::non_blocking(tracing_appender::rolling::never(&cfg.log_dir, file_name));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},etcd_client=warn,h2=warn,tower=warn,hyper=warn",
+            cfg.log_level
+        ))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer),
+        )
+        .init();
+    Ok(guard)
+}
+
+/// Opens the database the configuration names; returns it with the etcd member, if any.
+async fn open_database(
+    cfg: &Config,
+    name: &str,
+    ip: Ipv4Addr,
+) -> Result<(Database, DbMode, Option<MemberHandle>), StartError> {
+    match cfg.database_type {
+        DatabaseType::Embedded => {
+            tracing::info!(path = %cfg.database_path.display(), "opening embedded database");
+            Ok((
+                Database::Embedded(Embedded::open(&cfg.database_path)?),
+                DbMode::Embedded,
+                None,
+            ))
+        }
+        DatabaseType::Etcd if !cfg.etcd_endpoints.is_empty() => {
+            tracing::info!(endpoints = ?cfg.etcd_endpoints, "connecting to external etcd");
+            let db = wait_for_etcd(
+                &cfg.etcd_endpoints,
+                cfg.max_txn_ops,
+                cfg.log_dir.join("(external etcd)"),
+            )
+            .await?;
+            Ok((db, DbMode::EtcdExternal, None))
+        }
+        DatabaseType::Etcd => {
+            let peer_url = format!("http://{ip}:{}", cfg.etcd_peer_port);
+            let spec = MemberSpec {
+                binary: cfg.etcd_binary.clone(),
+                name: name.to_string(),
+                data_dir: cfg.etcd_data_dir.clone(),
+                client_port: cfg.etcd_client_port,
+                initial_cluster: cfg
+                    .etcd_initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{name}={peer_url}")),
+                peer_url,
+                initial_state: cfg.etcd_initial_cluster_state.clone(),
+                token: cfg.etcd_cluster_token.clone(),
+                max_txn_ops: cfg.max_txn_ops,
+                log_file: cfg.log_dir.join(format!("etcd_{name}.log")),
+            };
+            tracing::info!(data_dir = %spec.data_dir.display(), peer = %spec.peer_url, client = %spec.client_url(), "starting etcd member");
+            let log = spec.log_file.clone();
+            let member = MemberHandle::start(spec)?;
+            let db = wait_for_etcd(&[member.client_url()], cfg.max_txn_ops, log).await?;
+            Ok((db, DbMode::EtcdMember, Some(member)))
+        }
+    }
+}
+
+async fn wait_for_etcd(
+    endpoints: &[String],
+    max_txn_ops: usize,
+    log: PathBuf,
+) -> Result<Database, StartError> {
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        match Etcd::connect(endpoints, max_txn_ops).await {
+            Ok(e) => {
+                tracing::info!(after = ?start.elapsed(), "cluster database ready");
+                return Ok(Database::Etcd(e));
+            }
+            Err(last) if start.elapsed() > DB_READY_TIMEOUT => {
+                return Err(StartError::DbNotReady { last, log });
+            }
+            Err(e) => {
+                if last_report.elapsed() > Duration::from_secs(5) {
+                    tracing::info!(error = %e, "waiting for the cluster database (an etcd cluster needs a quorum of its members)");
+                    last_report = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Runs the head until SIGTERM or SIGINT.
+pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let token = admin_token(cfg.require_admin_pass()?);
+    if let Some(mode) = clusterware_shared::config::insecure_mode(&cfg.path) {
+        tracing::warn!(path = %cfg.path.display(), mode = format!("{mode:o}"), "the configuration holds the database password but others may read it; chmod 600 it");
+    }
+    let ip = advertised_ip(&cfg, &name);
+    let addr = SocketAddr::new(cfg.head_bind, cfg.head_port);
+    // Bind before starting anything else, so a busy port fails fast.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let (db, db_mode, member) = open_database(&cfg, &name, ip).await?;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rec = HeadRecord {
+        name: name.clone(),
+        ip,
+        api_url: format!("http://{ip}:{}", cfg.head_port),
+        version: clusterware_shared::VERSION.to_string(),
+        started,
+        db_mode,
+    };
+    heads::register(&db, &rec).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let liveness = tokio::spawn(heads::keep_alive(
+        db.clone(),
+        rec.clone(),
+        cfg.lease_ttl_secs,
+        stop_rx.clone(),
+    ));
+    let state = Arc::new(AppState {
+        db: db.clone(),
+        token,
+        head: rec.clone(),
+    });
+    let app = api::router(state);
+    tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
+
+    let mut stop_rx2 = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx2.changed().await;
+        })
+        .await
+    });
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("requests still running after 10 s; stopping anyway"),
+    }
+    let _ = liveness.await;
+    drop(db);
+    if let Some(mut m) = member {
+        tokio::task::spawn_blocking(move || m.stop()).await.ok();
+        tracing::info!("etcd member stopped");
+    }
+    tracing::info!("head stopped");
+    Ok(())
+}
+
+/// The head's name: `head.name`, else the host name.
+pub fn head_name(cfg: &Config) -> Result<String, StartError> {
+    match &cfg.head_name {
+        Some(n) => Ok(n.clone()),
+        None => {
+            let h = host_name();
+            let short = h.split('.').next().unwrap_or(&h).to_string();
+            validate_head_name(&short).map_err(|_| StartError::HeadName(h))?;
+            Ok(short)
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Head nodes in the cluster database: a persistent member record per head (`heads/<name>`) and
+//! a liveness record (`alive/<name>`) bound to a lease that the head renews every third of its
+//! TTL. Renewals are lease keep-alives, not writes: a head's heartbeat costs the database no
+//! revision. When a head dies its lease expires and its liveness record disappears.
+
+use crate::db::{Database, DbError, LeaseId, Txn, TxnOp};
+use clusterware_shared::api::{DbMember, HeadInfo};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const HEADS: &str = "heads/";
+pub const ALIVE: &str = "alive/";
+
+/// How this head reaches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DbMode {
+    /// The embedded single-file store (a solo head).
+    Embedded,
+    /// An etcd member that this head runs.
+    EtcdMember,
+    /// etcd endpoints that the head does not run.
+    EtcdExternal,
+}
+
+/// `heads/<name>`: what the cluster knows about a head, alive or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub api_url: String,
+    pub version: String,
+    /// When the daemon last started, seconds since the Unix epoch.
+    pub started: u64,
+    pub db_mode: DbMode,
+}
+
+/// `alive/<name>`: exists while the head renews its lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliveRecord {
+    pub name: String,
+    pub pid: u32,
+    pub started: u64,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("head records always serialise")
+}
+
+/// Writes (or refreshes) the head's member record.
+pub async fn register(db: &Database, rec: &HeadRecord) -> Result<(), DbError> {
+    db.put(&format!("{HEADS}{}", rec.name), encode(rec))
+        .await
+        .map(|_| ())
+}
+
+/// Renews this head's liveness record until `shutdown` turns true, then revokes it so that the
+/// other heads see this one gone at once rather than after the TTL.
+pub async fn keep_alive(
+    db: Database,
+    rec: HeadRecord,
+    ttl_secs: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let key = format!("{ALIVE}{}", rec.name);
+    let value = encode(&AliveRecord {
+        name: rec.name.clone(),
+        pid: std::process::id(),
+        started: rec.started,
+    });
+    let period = Duration::from_millis(ttl_secs * 1000 / 3);
+    let mut lease: Option<LeaseId> = None;
+    let mut failing = false;
+    loop {
+        let step: Result<(), DbError> = async {
+            match lease {
+                Some(id) => match db.keep_alive(id).await {
+                    Err(DbError::LeaseNotFound(_)) => {
+                        tracing::warn!(head = %rec.name, "liveness lease expired (this head was unreachable); registering again");
+                        lease = None;
+                        Err(DbError::LeaseNotFound(id))
+                    }
+                    r => r.map(|_| ()),
+                },
+                None => {
+                    let id = db.grant_lease(ttl_secs as i64).await?;
+                    db.txn(Txn::new().and_then([TxnOp::put_with_lease(key.clone(), value.clone(), id)])).await?;
+                    lease = Some(id);
+                    Ok(())
+                }
+            }
+        }
+        .await;
+        match step {
+            Ok(()) if failing => {
+                tracing::info!(head = %rec.name, "liveness renewed again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(DbError::LeaseNotFound(_)) => continue,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(head = %rec.name, error = %e, "cannot renew liveness; other heads will see this head as down");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    if let Some(id) = lease {
+        match tokio::time::timeout(Duration::from_secs(3), db.revoke_lease(id)).await {
+            Ok(Ok(())) => tracing::info!(head = %rec.name, "liveness record removed"),
+            Ok(Err(e)) => {
+                tracing::warn!(head = %rec.name, error = %e, "cannot remove liveness record; it expires with its lease")
+            }
+            Err(_) => {
+                tracing::warn!(head = %rec.name, "database did not answer; liveness record expires with its lease")
+            }
+        }
+    }
+}
+
+/// Every head the cluster knows, with liveness and database membership.
+pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
+    let (recs, _) = db.range(HEADS).await?;
+    let (alive, _) = db.range(ALIVE).await?;
+    let alive: HashSet<&str> = alive
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(ALIVE))
+        .collect();
+    let members = db.members().await;
+    let mut out = Vec::new();
+    for kv in &recs {
+        let rec: HeadRecord = match serde_json::from_slice(&kv.value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "skipping unreadable head record");
+                continue;
+            }
+        };
+        let db_member = match rec.db_mode {
+            DbMode::Embedded => DbMember {
+                backend: "embedded".into(),
+                id: None,
+                state: "solo".into(),
+            },
+            DbMode::EtcdExternal => DbMember {
+                backend: "etcd".into(),
+                id: None,
+                state: "external".into(),
+            },
+            DbMode::EtcdMember => match &members {
+                Ok(ms) => match ms.iter().find(|m| m.name == rec.name) {
+                    Some(m) => DbMember {
+                        backend: "etcd".into(),
+                        id: Some(format!("{:x}", m.id)),
+                        state: if m.is_learner { "learner" } else { "voting" }.into(),
+                    },
+                    None => DbMember {
+                        backend: "etcd".into(),
+                        id: None,
+                        state: "not a member".into(),
+                    },
+                },
+                Err(_) => DbMember {
+                    backend: "etcd".into(),
+                    id: None,
+                    state: "unknown".into(),
+                },
+            },
+        };
+        out.push(HeadInfo {
+            alive: alive.contains(rec.name.as_str()),
+            name: rec.name,
+            ip: rec.ip,
+            api_url: rec.api_url,
+            version: rec.version,
+            started: rec.started,
+            db_member,
+        });
+    }
+    Ok(out)
+}

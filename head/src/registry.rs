@@ -1,0 +1,760 @@
+//! The node registry: compute nodes in the cluster database.
+//!
+//! Keys: `nodes/<uid>` holds the node (JSON [`Node`]); `index/mac/<mac>`, `index/ip/<ip>` and
+//! `index/node/<index>` hold the uid that owns each MAC, IP and index. Every change claims the
+//! index keys it needs with "key absent" compares inside the same transaction that writes the
+//! node, so two heads racing for one MAC cannot both win, whatever the backend.
+//!
+//! Requests larger than one transaction may hold (etcd's `--max-txn-ops`) are split into
+//! several. Input is validated against one snapshot before anything is written, so bad input
+//! writes nothing; a creation that loses a race in a later transaction removes what its earlier
+//! ones wrote.
+
+use crate::db::{Compare, Database, DbError, KeyValue, Txn, TxnOp};
+use clusterware_shared::api::{NODE_FIELDS, Node, NodeSpec};
+use clusterware_shared::ids::{MacAddr, ipv4_offset, node_name, validate_attr, validate_attr_key};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+pub const NODES: &str = "nodes/";
+/// Largest number of nodes one request may create.
+pub const MAX_BATCH: usize = 100_000;
+
+fn node_key(uid: &str) -> String {
+    format!("{NODES}{uid}")
+}
+fn mac_key(mac: &MacAddr) -> String {
+    format!("index/mac/{mac}")
+}
+fn ip_key(ip: &Ipv4Addr) -> String {
+    format!("index/ip/{ip}")
+}
+fn idx_key(index: u32) -> String {
+    format!("index/node/{index}")
+}
+
+/// The index keys a node owns.
+fn claims(n: &Node) -> Vec<String> {
+    let mut c: Vec<String> = n.macs.iter().map(mac_key).collect();
+    c.push(ip_key(&n.ip));
+    c.push(idx_key(n.index));
+    c
+}
+
+/// What an index key stands for, for messages.
+fn describe(claim: &str) -> String {
+    if let Some(m) = claim.strip_prefix("index/mac/") {
+        format!("MAC {m}")
+    } else if let Some(ip) = claim.strip_prefix("index/ip/") {
+        format!("IP {ip}")
+    } else if let Some(i) = claim.strip_prefix("index/node/") {
+        format!("index {i} (name n{i})")
+    } else {
+        claim.to_string()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+fn decode(kv: &KeyValue) -> Result<Node> {
+    serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode(n: &Node) -> Vec<u8> {
+    serde_json::to_vec(n).expect("a Node always serialises")
+}
+
+/// Every node, by index, with each record's revision.
+pub async fn list_with_revisions(db: &Database) -> Result<Vec<(Node, i64)>> {
+    let (kvs, _) = db.range(NODES).await?;
+    let mut nodes = kvs
+        .iter()
+        .map(|kv| Ok((decode(kv)?, kv.mod_revision)))
+        .collect::<Result<Vec<_>>>()?;
+    nodes.sort_by_key(|(n, _)| n.index);
+    Ok(nodes)
+}
+
+/// Every node, by index.
+pub async fn list(db: &Database) -> Result<Vec<Node>> {
+    Ok(list_with_revisions(db)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+fn new_uid() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Part of a change: the compares and operations for one node, kept together in one transaction.
+struct Piece {
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+}
+
+/// Groups pieces into transactions no larger than `limit` operations.
+fn batch(pieces: Vec<Piece>, limit: usize) -> Vec<Txn> {
+    let mut out = Vec::new();
+    let mut cur = Txn::new();
+    for p in pieces {
+        if !cur.success.is_empty()
+            && (cur.compares.len() + p.compares.len() > limit
+                || cur.success.len() + p.ops.len() > limit)
+        {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.compares.extend(p.compares);
+        cur.success.extend(p.ops);
+    }
+    if !cur.success.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Tells who owns the first of `keys` that is taken by someone other than `me`.
+async fn find_conflict(
+    db: &Database,
+    keys: &[String],
+    me: &HashMap<String, String>,
+) -> Result<Option<String>> {
+    for k in keys {
+        if let Some(kv) = db.get(k).await? {
+            let owner = String::from_utf8_lossy(&kv.value).to_string();
+            if me.get(k) != Some(&owner) {
+                let name = match db.get(&node_key(&owner)).await? {
+                    Some(n) => decode(&n)?.name,
+                    None => format!("node {owner}"),
+                };
+                return Ok(Some(format!("{} is already used by {name}", describe(k))));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn validate_attrs(attrs: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in attrs {
+        if NODE_FIELDS.contains(&k.as_str()) {
+            return Err(RegistryError::Invalid(format!(
+                "{k} is a node field, not an attribute"
+            )));
+        }
+        validate_attr(k, v).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Creates nodes: all of them, or none. Missing indices take the lowest free ones; missing IPs
+/// continue after the highest IP in use.
+pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
+    if specs.is_empty() {
+        return Err(RegistryError::Invalid("no nodes to create".into()));
+    }
+    if specs.len() > MAX_BATCH {
+        return Err(RegistryError::Invalid(format!(
+            "{} nodes in one request; at most {MAX_BATCH}",
+            specs.len()
+        )));
+    }
+    let existing = list(db).await?;
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for n in &existing {
+        for c in claims(n) {
+            owner.insert(c, n.name.clone());
+        }
+    }
+    // Explicit values first, so that allocation steps around them.
+    let mut taken = |key: String, who: String| -> Result<()> {
+        match owner.get(&key) {
+            Some(o) => Err(RegistryError::Conflict(format!(
+                "{} is already used by {o}",
+                describe(&key)
+            ))),
+            None => {
+                owner.insert(key, who);
+                Ok(())
+            }
+        }
+    };
+    for (i, s) in specs.iter().enumerate() {
+        let who = format!("node {} of this request", i + 1);
+        if s.macs.is_empty() {
+            return Err(RegistryError::Invalid(format!("{who} has no MAC address")));
+        }
+        validate_attrs(&s.attributes)?;
+        for m in &s.macs {
+            taken(mac_key(m), who.clone())?;
+        }
+        if let Some(ip) = s.ip {
+            taken(ip_key(&ip), who.clone())?;
+        }
+        if let Some(ix) = s.index {
+            taken(idx_key(ix), who.clone())?;
+        }
+    }
+    let mut next_index = 0u32;
+    let mut last_ip: Option<Ipv4Addr> = existing
+        .iter()
+        .map(|n| n.ip)
+        .chain(specs.iter().filter_map(|s| s.ip))
+        .max();
+    let created = now();
+    let mut nodes = Vec::with_capacity(specs.len());
+    for s in specs {
+        let index = match s.index {
+            Some(i) => i,
+            None => {
+                while owner.contains_key(&idx_key(next_index)) {
+                    next_index = next_index
+                        .checked_add(1)
+                        .ok_or_else(|| RegistryError::Invalid("no free node index left".into()))?;
+                }
+                owner.insert(idx_key(next_index), "this request".into());
+                next_index
+            }
+        };
+        let ip = match s.ip {
+            Some(ip) => ip,
+            None => {
+                let mut cand = last_ip.ok_or_else(|| {
+                    RegistryError::Invalid(
+                        "ip= is required for the first node (there is no node IP to continue from)"
+                            .into(),
+                    )
+                })?;
+                loop {
+                    cand =
+                        ipv4_offset(cand, 1).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+                    if !owner.contains_key(&ip_key(&cand)) {
+                        break;
+                    }
+                }
+                owner.insert(ip_key(&cand), "this request".into());
+                last_ip = Some(cand);
+                cand
+            }
+        };
+        nodes.push(Node {
+            uid: new_uid(),
+            index,
+            name: node_name(index),
+            macs: s.macs,
+            ip,
+            attributes: s.attributes,
+            created,
+        });
+    }
+
+    let pieces = nodes
+        .iter()
+        .map(|n| {
+            let cl = claims(n);
+            Piece {
+                compares: std::iter::once(Compare::absent(node_key(&n.uid)))
+                    .chain(cl.iter().map(Compare::absent))
+                    .collect(),
+                ops: std::iter::once(TxnOp::put(node_key(&n.uid), encode(n)))
+                    .chain(cl.into_iter().map(|c| TxnOp::put(c, n.uid.clone())))
+                    .collect(),
+            }
+        })
+        .collect();
+    let mine: HashMap<String, String> = nodes
+        .iter()
+        .flat_map(|n| claims(n).into_iter().map(|c| (c, n.uid.clone())))
+        .collect();
+    let mut done: Vec<Txn> = Vec::new();
+    for txn in batch(pieces, db.max_txn_ops()) {
+        let keys: Vec<String> = txn.compares.iter().map(|c| c.key.clone()).collect();
+        let result = db.txn(txn.clone()).await;
+        let reason = match result {
+            Ok(r) if r.succeeded => {
+                done.push(txn);
+                continue;
+            }
+            Ok(_) => match find_conflict(db, &keys, &mine).await {
+                Ok(Some(msg)) => RegistryError::Conflict(msg),
+                Ok(None) => RegistryError::Conflict(
+                    "another head changed the same nodes at the same time; try again".into(),
+                ),
+                Err(e) => e,
+            },
+            Err(e) => RegistryError::Db(e),
+        };
+        undo_creates(db, &done).await;
+        return Err(reason);
+    }
+    Ok(nodes)
+}
+
+/// Removes what earlier transactions of a failed creation wrote (only keys still holding what
+/// they wrote).
+async fn undo_creates(db: &Database, done: &[Txn]) {
+    for t in done {
+        let mut undo = Txn::new();
+        for op in &t.success {
+            if let TxnOp::Put { key, value, .. } = op {
+                undo.compares
+                    .push(Compare::value_is(key.clone(), value.clone()));
+                undo.success.push(TxnOp::delete(key.clone()));
+            }
+        }
+        match db.txn(undo).await {
+            Ok(r) if r.succeeded => {}
+            Ok(_) => tracing::error!(
+                "could not undo part of a failed node creation: records changed meanwhile"
+            ),
+            Err(e) => tracing::error!(error = %e, "could not undo part of a failed node creation"),
+        }
+    }
+}
+
+/// A parsed `set` request.
+struct Changes {
+    macs: Option<Vec<MacAddr>>,
+    ip: Option<Ipv4Addr>,
+    index: Option<u32>,
+    attrs: BTreeMap<String, String>,
+    clear: Vec<String>,
+}
+
+fn parse_changes(
+    n_nodes: usize,
+    set: BTreeMap<String, String>,
+    clear: Vec<String>,
+) -> Result<Changes> {
+    let inv = |m: String| RegistryError::Invalid(m);
+    if set.is_empty() && clear.is_empty() {
+        return Err(inv("nothing to set or clear".into()));
+    }
+    let mut c = Changes {
+        macs: None,
+        ip: None,
+        index: None,
+        attrs: BTreeMap::new(),
+        clear: Vec::new(),
+    };
+    for (k, v) in set {
+        if NODE_FIELDS.contains(&k.as_str()) && n_nodes > 1 {
+            return Err(inv(format!(
+                "{k} can be set on one node at a time (it must be unique)"
+            )));
+        }
+        match k.as_str() {
+            "mac" => {
+                let macs = v
+                    .split(',')
+                    .map(|m| m.trim().parse::<MacAddr>().map_err(|e| inv(e.to_string())))
+                    .collect::<Result<Vec<_>>>()?;
+                if macs.iter().collect::<HashSet<_>>().len() != macs.len() {
+                    return Err(inv(format!("MAC listed twice in {v:?}")));
+                }
+                c.macs = Some(macs);
+            }
+            "ip" => {
+                c.ip = Some(
+                    v.parse()
+                        .map_err(|_| inv(format!("malformed IPv4 address {v:?}")))?,
+                )
+            }
+            "index" => {
+                c.index = Some(
+                    v.parse()
+                        .map_err(|_| inv(format!("index {v:?} is not a whole number")))?,
+                )
+            }
+            _ => {
+                validate_attr(&k, &v).map_err(|e| inv(e.to_string()))?;
+                c.attrs.insert(k, v);
+            }
+        }
+    }
+    for k in clear {
+        if NODE_FIELDS.contains(&k.as_str()) {
+            return Err(inv(format!(
+                "{k} cannot be cleared (set another value instead)"
+            )));
+        }
+        validate_attr_key(&k).map_err(|e| inv(e.to_string()))?;
+        c.clear.push(k);
+    }
+    Ok(c)
+}
+
+/// Looks up nodes by uid in a snapshot; every uid must exist.
+fn pick<'a>(all: &'a [(Node, i64)], uids: &[String]) -> Result<Vec<&'a (Node, i64)>> {
+    let by_uid: HashMap<&str, &(Node, i64)> = all.iter().map(|e| (e.0.uid.as_str(), e)).collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for u in uids {
+        if !seen.insert(u.as_str()) {
+            continue;
+        }
+        out.push(
+            *by_uid
+                .get(u.as_str())
+                .ok_or_else(|| RegistryError::NotFound(format!("no node with uid {u}")))?,
+        );
+    }
+    Ok(out)
+}
+
+const RETRIES: usize = 5;
+
+/// Sets and clears attributes (and `mac`, `ip`, `index` on a single node). Applies to every
+/// node or, on bad input, to none.
+pub async fn update(
+    db: &Database,
+    uids: Vec<String>,
+    set: BTreeMap<String, String>,
+    clear: Vec<String>,
+) -> Result<Vec<Node>> {
+    if uids.is_empty() {
+        return Err(RegistryError::Invalid("no nodes selected".into()));
+    }
+    let ch = parse_changes(uids.len(), set, clear)?;
+    for _ in 0..RETRIES {
+        let all = list_with_revisions(db).await?;
+        let targets = pick(&all, &uids)?;
+        let mut updated = Vec::new();
+        let mut pieces = Vec::new();
+        let mut mine = HashMap::new();
+        for (old, rev) in targets {
+            let mut n = old.clone();
+            if let Some(m) = &ch.macs {
+                n.macs = m.clone();
+            }
+            if let Some(ip) = ch.ip {
+                n.ip = ip;
+            }
+            if let Some(ix) = ch.index {
+                n.index = ix;
+                n.name = node_name(ix);
+            }
+            n.attributes.extend(ch.attrs.clone());
+            for k in &ch.clear {
+                n.attributes.remove(k);
+            }
+            let (before, after): (HashSet<String>, HashSet<String>) = (
+                claims(old).into_iter().collect(),
+                claims(&n).into_iter().collect(),
+            );
+            let mut p = Piece {
+                compares: vec![Compare::unchanged(node_key(&n.uid), *rev)],
+                ops: vec![TxnOp::put(node_key(&n.uid), encode(&n))],
+            };
+            for c in after.difference(&before) {
+                p.compares.push(Compare::absent(c.clone()));
+                p.ops.push(TxnOp::put(c.clone(), n.uid.clone()));
+                mine.insert(c.clone(), n.uid.clone());
+            }
+            for c in before.difference(&after) {
+                p.ops.push(TxnOp::delete(c.clone()));
+            }
+            pieces.push(p);
+            updated.push(n);
+        }
+        // Pre-check new claims against the snapshot for a clear message.
+        let new_claims: Vec<String> = mine.keys().cloned().collect();
+        if let Some(msg) = find_conflict(db, &new_claims, &mine).await? {
+            return Err(RegistryError::Conflict(msg));
+        }
+        let mut raced = false;
+        for txn in batch(pieces, db.max_txn_ops()) {
+            if !db.txn(txn).await?.succeeded {
+                raced = true;
+                break;
+            }
+        }
+        if !raced {
+            return Ok(updated);
+        }
+        if let Some(msg) = find_conflict(db, &new_claims, &mine).await? {
+            return Err(RegistryError::Conflict(msg));
+        }
+        // A node changed under us: read again and reapply (setting is idempotent).
+    }
+    Err(RegistryError::Conflict(
+        "the nodes kept changing while being updated; try again".into(),
+    ))
+}
+
+/// Deletes nodes and their MAC, IP and index claims.
+pub async fn delete(db: &Database, uids: Vec<String>) -> Result<Vec<Node>> {
+    if uids.is_empty() {
+        return Err(RegistryError::Invalid("no nodes selected".into()));
+    }
+    let all = list_with_revisions(db).await?;
+    let targets: Vec<(Node, i64)> = pick(&all, &uids)?.into_iter().cloned().collect();
+    let mut pending = targets.clone();
+    for _ in 0..RETRIES {
+        let pieces = pending
+            .iter()
+            .map(|(n, rev)| Piece {
+                compares: vec![Compare::unchanged(node_key(&n.uid), *rev)],
+                ops: std::iter::once(TxnOp::delete(node_key(&n.uid)))
+                    .chain(claims(n).into_iter().map(TxnOp::delete))
+                    .collect(),
+            })
+            .collect();
+        let mut raced = false;
+        for txn in batch(pieces, db.max_txn_ops()) {
+            if !db.txn(txn).await?.succeeded {
+                raced = true;
+                break;
+            }
+        }
+        if !raced {
+            return Ok(targets.into_iter().map(|(n, _)| n).collect());
+        }
+        // Some node changed (or went) meanwhile: delete what is still there, as it is now.
+        let now: HashMap<String, (Node, i64)> = list_with_revisions(db)
+            .await?
+            .into_iter()
+            .map(|(n, r)| (n.uid.clone(), (n, r)))
+            .collect();
+        pending = targets
+            .iter()
+            .filter_map(|(n, _)| now.get(&n.uid).cloned())
+            .collect();
+        if pending.is_empty() {
+            return Ok(targets.into_iter().map(|(n, _)| n).collect());
+        }
+    }
+    Err(RegistryError::Conflict(
+        "the nodes kept changing while being deleted; try again".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::embedded::Embedded;
+
+    fn spec(mac: &str, ip: Option<&str>) -> NodeSpec {
+        NodeSpec {
+            macs: vec![mac.parse().unwrap()],
+            ip: ip.map(|i| i.parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    async fn db() -> Database {
+        Database::Embedded(Embedded::open_in_memory().unwrap())
+    }
+
+    #[tokio::test]
+    async fn allocates_index_and_ip() {
+        let db = db().await;
+        let e = create(&db, vec![spec("52:54:00:00:00:01", None)])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("ip= is required"), "{e}");
+        let a = create(
+            &db,
+            vec![
+                spec("52:54:00:00:00:01", Some("10.0.0.1")),
+                spec("52:54:00:00:00:02", None),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!((a[0].name.as_str(), a[1].name.as_str()), ("n0", "n1"));
+        assert_eq!(a[1].ip.to_string(), "10.0.0.2");
+        let mut s = spec("52:54:00:00:00:03", None);
+        s.index = Some(7);
+        let b = create(&db, vec![s, spec("52:54:00:00:00:04", None)])
+            .await
+            .unwrap();
+        assert_eq!((b[0].index, b[1].index), (7, 2));
+        assert_eq!(
+            (b[0].ip.to_string(), b[1].ip.to_string()),
+            ("10.0.0.3".into(), "10.0.0.4".into())
+        );
+        assert_eq!(list(&db).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn duplicates_write_nothing() {
+        let db = db().await;
+        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))])
+            .await
+            .unwrap();
+        let (_, rev) = db.range("").await.unwrap();
+        let e = create(
+            &db,
+            vec![
+                spec("52:54:00:00:00:09", Some("10.0.0.9")),
+                spec("52:54:00:00:00:01", Some("10.0.0.5")),
+            ],
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, RegistryError::Conflict(_)));
+        assert_eq!(e.to_string(), "MAC 52:54:00:00:00:01 is already used by n0");
+        let e = create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.1"))])
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "IP 10.0.0.1 is already used by n0");
+        let e = create(
+            &db,
+            vec![
+                spec("52:54:00:00:00:02", Some("10.0.0.2")),
+                spec("52:54:00:00:00:02", Some("10.0.0.3")),
+            ],
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("node 1 of this request"), "{e}");
+        assert_eq!(db.range("").await.unwrap().1, rev, "nothing written");
+    }
+
+    #[tokio::test]
+    async fn racing_creates_one_wins() {
+        let db = db().await;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                create(
+                    &db,
+                    vec![spec(
+                        "52:54:00:00:00:01",
+                        Some(&format!("10.0.0.{}", i + 1)),
+                    )],
+                )
+                .await
+                .is_ok()
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            wins += t.await.unwrap() as u32;
+        }
+        assert_eq!(wins, 1);
+        assert_eq!(db.range("index/mac/").await.unwrap().0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn update_moves_claims() {
+        let db = db().await;
+        let n = create(
+            &db,
+            vec![
+                spec("52:54:00:00:00:01", Some("10.0.0.1")),
+                spec("52:54:00:00:00:02", None),
+            ],
+        )
+        .await
+        .unwrap();
+        let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        update(&db, vec![n[0].uid.clone()], set("ip", "10.0.0.9"), vec![])
+            .await
+            .unwrap();
+        assert!(db.get("index/ip/10.0.0.1").await.unwrap().is_none());
+        assert!(db.get("index/ip/10.0.0.9").await.unwrap().is_some());
+        let e = update(&db, vec![n[1].uid.clone()], set("ip", "10.0.0.9"), vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "IP 10.0.0.9 is already used by n0");
+        let e = update(
+            &db,
+            vec![n[0].uid.clone(), n[1].uid.clone()],
+            set("ip", "10.0.0.20"),
+            vec![],
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, RegistryError::Invalid(_)));
+        let u = update(
+            &db,
+            vec![n[0].uid.clone(), n[1].uid.clone()],
+            set("_boot_config", "x"),
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert!(u.iter().all(|n| n.attributes["_boot_config"] == "x"));
+        let u = update(
+            &db,
+            vec![n[1].uid.clone()],
+            set("index", "5"),
+            vec!["_boot_config".into()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(u[0].name, "n5");
+        assert!(u[0].attributes.is_empty());
+        assert!(db.get("index/node/1").await.unwrap().is_none());
+        let e = update(&db, vec!["nope".into()], set("a", "b"), vec![])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::NotFound(_)));
+        let e = update(
+            &db,
+            vec![n[0].uid.clone()],
+            BTreeMap::new(),
+            vec!["ip".into()],
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot be cleared"));
+    }
+
+    #[tokio::test]
+    async fn delete_releases_claims() {
+        let db = db().await;
+        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))])
+            .await
+            .unwrap();
+        delete(&db, vec![n[0].uid.clone()]).await.unwrap();
+        assert!(db.range("index/").await.unwrap().0.is_empty());
+        assert!(list(&db).await.unwrap().is_empty());
+        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))])
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn small_transaction_limit_splits_and_undoes() {
+        // A tiny limit through the etcd path is not available here; exercise `batch` directly.
+        let pieces = (0..10)
+            .map(|i| Piece {
+                compares: vec![Compare::absent(format!("k{i}"))],
+                ops: vec![
+                    TxnOp::put(format!("k{i}"), "v"),
+                    TxnOp::put(format!("j{i}"), "v"),
+                ],
+            })
+            .collect();
+        let txns = batch(pieces, 5);
+        assert_eq!(txns.len(), 5);
+        assert!(txns.iter().all(|t| t.size() <= 5));
+    }
+}
