@@ -18,9 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How long the head waits for its database (an etcd member waiting for quorum) at start.
-pub const DB_READY_TIMEOUT: Duration = Duration::from_secs(90);
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -37,8 +34,12 @@ pub enum StartError {
     Member(#[from] MemberError),
     #[error("cluster database: {0}")]
     Db(#[from] DbError),
-    #[error("the etcd member did not become ready within {} s: {last} (its output: {})", DB_READY_TIMEOUT.as_secs(), log.display())]
-    DbNotReady { last: DbError, log: PathBuf },
+    #[error("the cluster database did not become ready within {secs} s: {last} ({hint})")]
+    DbNotReady {
+        secs: u64,
+        last: DbError,
+        hint: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -134,12 +135,11 @@ async fn open_database(
         }
         DatabaseType::Etcd if !cfg.etcd_endpoints.is_empty() => {
             tracing::info!(endpoints = ?cfg.etcd_endpoints, "connecting to external etcd");
-            let db = wait_for_etcd(
-                &cfg.etcd_endpoints,
-                cfg.max_txn_ops,
-                cfg.log_dir.join("(external etcd)"),
-            )
-            .await?;
+            let hint = format!(
+                "check that etcd answers at {}",
+                cfg.etcd_endpoints.join(", ")
+            );
+            let db = wait_for_etcd(&cfg.etcd_endpoints, cfg, hint).await?;
             Ok((db, DbMode::EtcdExternal, None))
         }
         DatabaseType::Etcd => {
@@ -160,9 +160,9 @@ async fn open_database(
                 log_file: cfg.log_dir.join(format!("etcd_{name}.log")),
             };
             tracing::info!(data_dir = %spec.data_dir.display(), peer = %spec.peer_url, client = %spec.client_url(), "starting etcd member");
-            let log = spec.log_file.clone();
+            let hint = format!("the member's output is in {}", spec.log_file.display());
             let member = MemberHandle::start(spec)?;
-            let db = wait_for_etcd(&[member.client_url()], cfg.max_txn_ops, log).await?;
+            let db = wait_for_etcd(&[member.client_url()], cfg, hint).await?;
             Ok((db, DbMode::EtcdMember, Some(member)))
         }
     }
@@ -170,19 +170,24 @@ async fn open_database(
 
 async fn wait_for_etcd(
     endpoints: &[String],
-    max_txn_ops: usize,
-    log: PathBuf,
+    cfg: &Config,
+    hint: String,
 ) -> Result<Database, StartError> {
     let start = Instant::now();
+    let limit = Duration::from_secs(cfg.db_ready_timeout_secs);
     let mut last_report = Instant::now();
     loop {
-        match Etcd::connect(endpoints, max_txn_ops).await {
+        match Etcd::connect(endpoints, cfg.max_txn_ops).await {
             Ok(e) => {
                 tracing::info!(after = ?start.elapsed(), "cluster database ready");
                 return Ok(Database::Etcd(e));
             }
-            Err(last) if start.elapsed() > DB_READY_TIMEOUT => {
-                return Err(StartError::DbNotReady { last, log });
+            Err(last) if start.elapsed() > limit => {
+                return Err(StartError::DbNotReady {
+                    secs: cfg.db_ready_timeout_secs,
+                    last,
+                    hint,
+                });
             }
             Err(e) => {
                 if last_report.elapsed() > Duration::from_secs(5) {

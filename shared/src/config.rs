@@ -58,6 +58,8 @@ pub struct Config {
     pub etcd_cluster_token: String,
     /// Largest number of operations the database accepts in one transaction.
     pub max_txn_ops: usize,
+    /// Seconds the head waits at start for its database (an etcd cluster needs a quorum).
+    pub db_ready_timeout_secs: u64,
     /// This head's name (defaults to the host name).
     pub head_name: Option<String>,
     /// The address nodes and other heads reach this head at.
@@ -88,6 +90,7 @@ impl Default for Config {
             etcd_initial_cluster_state: "new".into(),
             etcd_cluster_token: "clusterware".into(),
             max_txn_ops: 10240,
+            db_ready_timeout_secs: 90,
             head_name: None,
             head_ip: None,
             head_port: 80,
@@ -273,6 +276,9 @@ impl Config {
                 }
                 "database.max_txn_ops" => {
                     c.max_txn_ops = int_value(value, 16, 1_000_000).map_err(bad)? as usize;
+                }
+                "database.ready_timeout" => {
+                    c.db_ready_timeout_secs = int_value(value, 1, 3600).map_err(bad)?
                 }
                 "head.name" => {
                     crate::ids::validate_head_name(value).map_err(|e| bad(e.to_string()))?;

@@ -1,1 +1,426 @@
+//! Test harness: starts real `clusterware-head` processes, each on its own loopback address
+//! (127.A.B.11, .12, … — a fresh A.B block per cluster so that tests run in parallel), each
+//! with its own etcd member forming one etcd cluster, or one solo head on the embedded store.
+//! Per-test temp dirs, ports chosen by the kernel, processes killed on drop (and tied to the
+//! test thread with PR_SET_PDEATHSIG, so a crashed test leaves nothing behind); leftovers of an
+//! earlier run whose test process is gone are killed before the first start.
+//!
+//! The binaries are the workspace's own build (`cargo build --workspace` first; `make test`
+//! does it).
 
+use clusterware_shared::auth::admin_token;
+use serde_json::Value;
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The lease TTL the harness gives heads (seconds).
+pub const LEASE_TTL: u64 = 3;
+const PASS: &str = "harness-db-pass";
+const PID_DIR: &str = "/tmp/clusterware-tests/pids";
+
+/// Where the workspace's binaries are (next to the test executable's `deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns true or `within` passes; panics naming `what` on timeout.
+pub fn poll_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A free TCP port on `ip`.
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Kills head processes left by earlier test runs whose test process is gone.
+fn sweep_leftovers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = std::fs::create_dir_all(PID_DIR);
+        let Ok(rd) = std::fs::read_dir(PID_DIR) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some((owner, child)) = name.split_once('-') else {
+                continue;
+            };
+            let (Ok(owner), Ok(child)) = (owner.parse::<i32>(), child.parse::<i32>()) else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{owner}")).exists() {
+                continue;
+            }
+            let cmd = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains("clusterware-head") {
+                // SAFETY: kill(2) on a leftover head process of ours.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+    });
+}
+
+/// A fresh 127.A.B.0/24 block for one cluster.
+fn address_block() -> (u8, u8) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let a = 100 + (std::process::id() % 100) as u8;
+    (a, (n % 250) as u8 + 1)
+}
+
+/// The result of running a CLI.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Stdout, after checking the command succeeded.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        &self.stdout
+    }
+    /// Stdout parsed as JSON, after checking success.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs one of the admin CLIs with exactly these arguments (and none of the CLIs' environment
+/// variables).
+pub fn cli(prog: &str, args: &[&str]) -> Out {
+    let out = Command::new(bin(prog))
+        .args(args)
+        .env_remove("CLUSTERWARE_HEAD")
+        .env_remove("CLUSTERWARE_TOKEN")
+        .env_remove("CLUSTERWARE_CONFIG")
+        .output()
+        .expect("run CLI");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// One head process.
+pub struct Head {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Head {
+    pub fn url(&self) -> String {
+        format!("http://{}:{}", self.ip, self.port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Starts the process (it is not waited for; see [`Head::wait_ready`]).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "head {} already running", self.name);
+        sweep_leftovers();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stderr.log"))
+            .expect("stderr log");
+        let mut cmd = Command::new(bin("clusterware-head"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out);
+        // SAFETY: prctl only affects the child being set up.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn clusterware-head");
+        let _ = std::fs::write(
+            format!("{PID_DIR}/{}-{}", std::process::id(), child.id()),
+            b"",
+        );
+        self.child = Some(child);
+    }
+
+    /// Waits until the head answers its health endpoint.
+    pub fn wait_ready(&mut self, within: Duration) {
+        let url = format!("{}/api/v1/health", self.url());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = agent().get(&url).call() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if !self.is_running() {
+                panic!(
+                    "head {} exited during start-up:\n{}",
+                    self.name,
+                    self.stderr_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "head {} not ready within {within:?}:\n{}",
+                self.name,
+                self.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("head {} did not stop within 20 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs one of the admin CLIs against this head, with this head's configuration.
+    pub fn cli(&self, prog: &str, args: &[&str]) -> Out {
+        let config = self.config.to_string_lossy();
+        let mut all = vec!["--config", &config];
+        all.extend_from_slice(args);
+        cli(prog, &all)
+    }
+
+    /// A raw API call with an optional bearer token: (status, JSON body).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}/api/v1{path}", self.url());
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = req
+            .header("Content-Type", "application/json")
+            .body(body)
+            .expect("request");
+        let mut resp = agent()
+            .run(req)
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The last lines of this head's stderr and etcd logs.
+    pub fn stderr_tail(&self) -> String {
+        let mut s = String::new();
+        for f in ["stderr.log", &format!("log/etcd_{}.log", self.name)] {
+            let text = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+            s.push_str(&format!("--- {} ({f}) ---\n{tail}\n", self.name));
+        }
+        s
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// One cluster of heads.
+pub struct Cluster {
+    pub heads: Vec<Head>,
+    pub token: String,
+    dir: TempDir,
+}
+
+/// Which database the heads use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Etcd,
+}
+
+impl Cluster {
+    /// `n` heads (1 to 5) forming one etcd cluster, started and ready.
+    pub fn etcd(n: usize) -> Cluster {
+        assert!((1..=5).contains(&n));
+        Self::start(Backend::Etcd, n, "")
+    }
+
+    /// One solo head on the embedded store, started and ready.
+    pub fn solo() -> Cluster {
+        Self::start(Backend::Embedded, 1, "")
+    }
+
+    /// Writes the configurations, starts every head, waits for all to answer. `extra` is
+    /// appended to every head's base.ini.
+    pub fn start(backend: Backend, n: usize, extra: &str) -> Cluster {
+        let mut c = Self::configure(backend, n, extra);
+        for h in &mut c.heads {
+            h.start();
+        }
+        for h in &mut c.heads {
+            h.wait_ready(Duration::from_secs(60));
+        }
+        c
+    }
+
+    /// Writes the configurations only.
+    pub fn configure(backend: Backend, n: usize, extra: &str) -> Cluster {
+        let dir = TempDir::with_prefix("cw-harness-").expect("temp dir");
+        let (a, b) = address_block();
+        let mut specs = Vec::new();
+        for i in 0..n {
+            let ip = Ipv4Addr::new(127, a, b, 11 + i as u8);
+            specs.push((
+                format!("head{}", i + 1),
+                ip,
+                free_port(ip),
+                free_port(ip),
+                free_port(Ipv4Addr::LOCALHOST),
+            ));
+        }
+        let initial: Vec<String> = specs
+            .iter()
+            .map(|(name, ip, _, peer, _)| format!("{name}=http://{ip}:{peer}"))
+            .collect();
+        let mut heads = Vec::new();
+        for (name, ip, port, peer, client) in specs {
+            let hdir = dir.path().join(&name);
+            std::fs::create_dir_all(&hdir).expect("head dir");
+            let mut ini = format!(
+                "# written by the test harness\ndatabase.admin_pass = {PASS}\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = {port}\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\n",
+                d = hdir.display()
+            );
+            match backend {
+                Backend::Embedded => ini.push_str(&format!("database.type = embedded\ndatabase.path = {}/db/cluster.redb\n", hdir.display())),
+                Backend::Etcd => ini.push_str(&format!(
+                    "database.type = etcd\ndatabase.data_dir = {d}/etcd\ndatabase.client_port = {client}\ndatabase.peer_port = {peer}\ndatabase.initial_cluster = {ic}\ndatabase.cluster_token = harness-{a}-{b}\n",
+                    d = hdir.display(),
+                    ic = initial.join(",")
+                )),
+            }
+            ini.push_str(extra);
+            let config = hdir.join("base.ini");
+            let mut f = std::fs::File::create(&config).expect("write base.ini");
+            f.write_all(ini.as_bytes()).expect("write base.ini");
+            std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            heads.push(Head {
+                name,
+                ip,
+                port,
+                config,
+                dir: hdir,
+                child: None,
+            });
+        }
+        Cluster {
+            heads,
+            token: admin_token(PASS),
+            dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for h in &self.heads {
+                eprintln!("{}", h.stderr_tail());
+            }
+        }
+        for h in &mut self.heads {
+            h.kill9();
+        }
+    }
+}
