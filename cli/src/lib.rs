@@ -26,13 +26,7 @@ pub struct ConnOpts {
     #[arg(long, value_name = "URL", env = "CLUSTERWARE_HEAD", global = true)]
     pub head: Option<String>,
     /// Admin API token instead of deriving it from database.admin_pass in the configuration
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "CLUSTERWARE_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, value_name = "TOKEN", env = "CLUSTERWARE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Seconds to wait for the head to answer
     #[arg(long, value_name = "SECS", default_value_t = 60, global = true)]
@@ -85,15 +79,11 @@ pub fn run(prog: &str, f: impl FnOnce() -> CliResult<()>) -> ExitCode {
 
 fn config_error(e: ConfigError) -> CliError {
     match &e {
-        ConfigError::Read { source, .. }
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
+        ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
             fail(format!("{e} (run as root, or give --head and --token)"))
         }
         ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            fail(format!(
-                "{e} (is ClusterWare installed here? otherwise give --config, or --head and --token)"
-            ))
+            fail(format!("{e} (is ClusterWare installed here? otherwise give --config, or --head and --token)"))
         }
         _ => fail(e.to_string()),
     }
@@ -124,9 +114,7 @@ impl Client {
             (None, None) => unreachable!("config is loaded when --head is missing"),
         };
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(usage(format!(
-                "--head {base:?} is not an http:// or https:// URL"
-            )));
+            return Err(usage(format!("--head {base:?} is not an http:// or https:// URL")));
         }
         let token = match (&o.token, &cfg) {
             (Some(t), _) => t.clone(),
@@ -149,56 +137,34 @@ impl Client {
         format!("{}{PREFIX}{path}", self.base)
     }
 
-    fn finish<T: DeserializeOwned>(
-        &self,
-        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> CliResult<T> {
-        let mut resp =
-            r.map_err(|e| fail(format!("cannot reach the head at {}: {e}", self.base)))?;
+    fn finish<T: DeserializeOwned>(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> CliResult<T> {
+        let mut resp = r.map_err(|e| fail(format!("cannot reach the head at {}: {e}", self.base)))?;
         let status = resp.status();
         let body = resp
             .body_mut()
             .with_config()
             .limit(1 << 30)
             .read_to_string()
-            .map_err(|e| {
-                fail(format!(
-                    "head at {} sent an unreadable answer: {e}",
-                    self.base
-                ))
-            })?;
+            .map_err(|e| fail(format!("head at {} sent an unreadable answer: {e}", self.base)))?;
         if status.is_success() {
             return serde_json::from_str(&body).map_err(|e| {
-                fail(format!(
-                    "head at {} sent an answer this command does not understand: {e}",
-                    self.base
-                ))
+                fail(format!("head at {} sent an answer this command does not understand: {e}", self.base))
             });
         }
         match serde_json::from_str::<ApiError>(&body) {
             Ok(e) => Err(fail(e.message)),
-            Err(_) => Err(fail(format!(
-                "head at {} answered HTTP {status}",
-                self.base
-            ))),
+            Err(_) => Err(fail(format!("head at {} answered HTTP {status}", self.base))),
         }
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        let r = self
-            .agent
-            .get(self.url(path))
-            .header("Authorization", format!("{BEARER}{}", self.token))
-            .call();
+        let r = self.agent.get(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
         self.finish(r)
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
-        let r = self
-            .agent
-            .post(self.url(path))
-            .header("Authorization", format!("{BEARER}{}", self.token))
-            .send_json(body);
+        let r =
+            self.agent.post(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).send_json(body);
         self.finish(r)
     }
 }
@@ -206,10 +172,7 @@ impl Client {
 /// The nodes a selector names. Every exact name must exist and every range must match a node.
 pub fn select_nodes<'a>(nodes: &'a [Node], selector: &str) -> CliResult<Vec<&'a Node>> {
     let sel = select::parse(selector).map_err(|e| usage(e.to_string()))?;
-    let macs: Vec<Vec<String>> = nodes
-        .iter()
-        .map(|n| n.macs.iter().map(|m| m.to_string()).collect())
-        .collect();
+    let macs: Vec<Vec<String>> = nodes.iter().map(|n| n.macs.iter().map(|m| m.to_string()).collect()).collect();
     let mut picked = vec![false; nodes.len()];
     for t in &sel.terms {
         let mut any = false;
@@ -223,12 +186,7 @@ pub fn select_nodes<'a>(nodes: &'a [Node], selector: &str) -> CliResult<Vec<&'a 
             return Err(fail(format!("no node matches {t}")));
         }
     }
-    Ok(nodes
-        .iter()
-        .zip(picked)
-        .filter(|(_, p)| *p)
-        .map(|(n, _)| n)
-        .collect())
+    Ok(nodes.iter().zip(picked).filter(|(_, p)| *p).map(|(n, _)| n).collect())
 }
 
 /// Prints rows under a header with columns aligned; the last column is not padded.
@@ -244,13 +202,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         let s: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                if i == last {
-                    c.to_string()
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
+            .map(|(i, c)| if i == last { c.to_string() } else { format!("{c:<w$}", w = widths[i]) })
             .collect();
         println!("{}", s.join("  ").trim_end());
     };
@@ -262,8 +214,5 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 /// Prints a value as pretty JSON.
 pub fn print_json<T: Serialize>(v: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("API types always serialise")
-    );
+    println!("{}", serde_json::to_string_pretty(v).expect("API types always serialise"));
 }

@@ -52,9 +52,7 @@ fn db_kind(e: &DbError) -> ErrorKind {
     match e {
         DbError::Unavailable(_) | DbError::Closed => ErrorKind::Unavailable,
         DbError::Invalid(_) => ErrorKind::BadRequest,
-        DbError::Compacted { .. } | DbError::LeaseNotFound(_) | DbError::Storage(_) => {
-            ErrorKind::Internal
-        }
+        DbError::Compacted { .. } | DbError::LeaseNotFound(_) | DbError::Storage(_) => ErrorKind::Internal,
     }
 }
 
@@ -80,27 +78,18 @@ impl ApiFailure {
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let kind = self.kind();
-        let status =
-            StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
             tracing::warn!(error = %self, "request failed");
         }
-        (
-            status,
-            axum::Json(ApiError {
-                kind,
-                message: self.to_string(),
-            }),
-        )
-            .into_response()
+        (status, axum::Json(ApiError { kind, message: self.to_string() })).into_response()
     }
 }
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiFailure::BadRequest(format!("malformed request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiFailure::BadRequest(format!("malformed request body: {e}")))
 }
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
@@ -125,11 +114,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn require_admin(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix(BEARER));
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix(BEARER));
     match given {
         None => ApiFailure::Unauthorized.into_response(),
         Some(t) if !tokens_equal(t.trim(), &st.token) => {
@@ -143,30 +129,16 @@ async fn require_admin(State(st): State<Arc<AppState>>, req: Request, next: Next
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     json(
         StatusCode::OK,
-        &Health {
-            name: st.head.name.clone(),
-            version: st.head.version.clone(),
-            database: st.db.backend().into(),
-        },
+        &Health { name: st.head.name.clone(), version: st.head.version.clone(), database: st.db.backend().into() },
     )
 }
 
 async fn list_heads(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    Ok(json(
-        StatusCode::OK,
-        &HeadList {
-            heads: heads::list(&st.db).await?,
-        },
-    ))
+    Ok(json(StatusCode::OK, &HeadList { heads: heads::list(&st.db).await? }))
 }
 
 async fn list_nodes(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    Ok(json(
-        StatusCode::OK,
-        &NodeList {
-            nodes: registry::list(&st.db).await?,
-        },
-    ))
+    Ok(json(StatusCode::OK, &NodeList { nodes: registry::list(&st.db).await? }))
 }
 
 async fn get_node(State(st): State<Arc<AppState>>, Path(uid): Path<String>) -> ApiResult<Response> {
@@ -195,10 +167,7 @@ async fn update_nodes(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: UpdateNodes = parse(&body)?;
-    let (set, clear) = (
-        req.set.keys().cloned().collect::<Vec<_>>(),
-        req.clear.clone(),
-    );
+    let (set, clear) = (req.set.keys().cloned().collect::<Vec<_>>(), req.clear.clone());
     let nodes = registry::update(&st.db, req.nodes, req.set, req.clear).await?;
     tracing::info!(%peer, count = nodes.len(), ?set, ?clear, "node attributes changed");
     Ok(json(StatusCode::OK, &NodeList { nodes }))

@@ -35,11 +35,7 @@ pub enum StartError {
     #[error("cluster database: {0}")]
     Db(#[from] DbError),
     #[error("the cluster database did not become ready within {secs} s: {last} ({hint})")]
-    DbNotReady {
-        secs: u64,
-        last: DbError,
-        hint: String,
-    },
+    DbNotReady { secs: u64, last: DbError, hint: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -52,9 +48,7 @@ pub enum StartError {
 
 /// This host's name, from the kernel.
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "head".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "head".into())
 }
 
 /// The address this head advertises: `head.ip`, else the host name's first non-loopback IPv4.
@@ -75,32 +69,19 @@ fn advertised_ip(cfg: &Config, name: &str) -> Ipv4Addr {
 }
 
 /// Sets up logging to stderr and to `<logging.dir>/head_<name>.log`.
-pub fn init_logging(
-    cfg: &Config,
-    name: &str,
-) -> Result<tracing_appender::non_blocking::WorkerGuard, StartError> {
+pub fn init_logging(cfg: &Config, name: &str) -> Result<tracing_appender::non_blocking::WorkerGuard, StartError> {
     use tracing_subscriber::prelude::*;
-    std::fs::create_dir_all(&cfg.log_dir).map_err(|source| StartError::LogDir {
-        path: cfg.log_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&cfg.log_dir).map_err(|source| StartError::LogDir { path: cfg.log_dir.clone(), source })?;
     let file_name = format!("head_{name}.log");
     // Opened here first so that an unwritable directory is an error now, not a silent loss.
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(cfg.log_dir.join(&file_name))
-        .map_err(|source| StartError::LogDir {
-            path: cfg.log_dir.clone(),
-            source,
-        })?;
-    let (writer, guard) =
-        tracing_appender::non_blocking(tracing_appender::rolling::never(&cfg.log_dir, file_name));
+        .map_err(|source| StartError::LogDir { path: cfg.log_dir.clone(), source })?;
+    let (writer, guard) = tracing_appender::non_blocking(tracing_appender::rolling::never(&cfg.log_dir, file_name));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{},etcd_client=warn,h2=warn,tower=warn,hyper=warn",
-            cfg.log_level
-        ))
+        tracing_subscriber::EnvFilter::new(format!("{},etcd_client=warn,h2=warn,tower=warn,hyper=warn", cfg.log_level))
     });
     tracing_subscriber::registry()
         .with(filter)
@@ -109,11 +90,7 @@ pub fn init_logging(
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr),
         )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(writer),
-        )
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer))
         .init();
     Ok(guard)
 }
@@ -127,18 +104,11 @@ async fn open_database(
     match cfg.database_type {
         DatabaseType::Embedded => {
             tracing::info!(path = %cfg.database_path.display(), "opening embedded database");
-            Ok((
-                Database::Embedded(Embedded::open(&cfg.database_path)?),
-                DbMode::Embedded,
-                None,
-            ))
+            Ok((Database::Embedded(Embedded::open(&cfg.database_path)?), DbMode::Embedded, None))
         }
         DatabaseType::Etcd if !cfg.etcd_endpoints.is_empty() => {
             tracing::info!(endpoints = ?cfg.etcd_endpoints, "connecting to external etcd");
-            let hint = format!(
-                "check that etcd answers at {}",
-                cfg.etcd_endpoints.join(", ")
-            );
+            let hint = format!("check that etcd answers at {}", cfg.etcd_endpoints.join(", "));
             let db = wait_for_etcd(&cfg.etcd_endpoints, cfg, hint).await?;
             Ok((db, DbMode::EtcdExternal, None))
         }
@@ -149,10 +119,7 @@ async fn open_database(
                 name: name.to_string(),
                 data_dir: cfg.etcd_data_dir.clone(),
                 client_port: cfg.etcd_client_port,
-                initial_cluster: cfg
-                    .etcd_initial_cluster
-                    .clone()
-                    .unwrap_or_else(|| format!("{name}={peer_url}")),
+                initial_cluster: cfg.etcd_initial_cluster.clone().unwrap_or_else(|| format!("{name}={peer_url}")),
                 peer_url,
                 initial_state: cfg.etcd_initial_cluster_state.clone(),
                 token: cfg.etcd_cluster_token.clone(),
@@ -168,11 +135,7 @@ async fn open_database(
     }
 }
 
-async fn wait_for_etcd(
-    endpoints: &[String],
-    cfg: &Config,
-    hint: String,
-) -> Result<Database, StartError> {
+async fn wait_for_etcd(endpoints: &[String], cfg: &Config, hint: String) -> Result<Database, StartError> {
     let start = Instant::now();
     let limit = Duration::from_secs(cfg.db_ready_timeout_secs);
     let mut last_report = Instant::now();
@@ -183,11 +146,7 @@ async fn wait_for_etcd(
                 return Ok(Database::Etcd(e));
             }
             Err(last) if start.elapsed() > limit => {
-                return Err(StartError::DbNotReady {
-                    secs: cfg.db_ready_timeout_secs,
-                    last,
-                    hint,
-                });
+                return Err(StartError::DbNotReady { secs: cfg.db_ready_timeout_secs, last, hint });
             }
             Err(e) => {
                 if last_report.elapsed() > Duration::from_secs(5) {
@@ -212,13 +171,9 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     let ip = advertised_ip(&cfg, &name);
     let addr = SocketAddr::new(cfg.head_bind, cfg.head_port);
     // Bind before starting anything else, so a busy port fails fast.
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
     let (db, db_mode, member) = open_database(&cfg, &name, ip).await?;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let rec = HeadRecord {
         name: name.clone(),
         ip,
@@ -229,30 +184,18 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     };
     heads::register(&db, &rec).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let liveness = tokio::spawn(heads::keep_alive(
-        db.clone(),
-        rec.clone(),
-        cfg.lease_ttl_secs,
-        stop_rx.clone(),
-    ));
-    let state = Arc::new(AppState {
-        db: db.clone(),
-        token,
-        head: rec.clone(),
-    });
+    let liveness = tokio::spawn(heads::keep_alive(db.clone(), rec.clone(), cfg.lease_ttl_secs, stop_rx.clone()));
+    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone() });
     let app = api::router(state);
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 
     let mut stop_rx2 = stop_rx.clone();
     let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx2.changed().await;
-        })
-        .await
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx2.changed().await;
+            })
+            .await
     });
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

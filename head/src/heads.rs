@@ -52,25 +52,14 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 /// Writes (or refreshes) the head's member record.
 pub async fn register(db: &Database, rec: &HeadRecord) -> Result<(), DbError> {
-    db.put(&format!("{HEADS}{}", rec.name), encode(rec))
-        .await
-        .map(|_| ())
+    db.put(&format!("{HEADS}{}", rec.name), encode(rec)).await.map(|_| ())
 }
 
 /// Renews this head's liveness record until `shutdown` turns true, then revokes it so that the
 /// other heads see this one gone at once rather than after the TTL.
-pub async fn keep_alive(
-    db: Database,
-    rec: HeadRecord,
-    ttl_secs: u64,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn keep_alive(db: Database, rec: HeadRecord, ttl_secs: u64, mut shutdown: watch::Receiver<bool>) {
     let key = format!("{ALIVE}{}", rec.name);
-    let value = encode(&AliveRecord {
-        name: rec.name.clone(),
-        pid: std::process::id(),
-        started: rec.started,
-    });
+    let value = encode(&AliveRecord { name: rec.name.clone(), pid: std::process::id(), started: rec.started });
     let period = Duration::from_millis(ttl_secs * 1000 / 3);
     let mut lease: Option<LeaseId> = None;
     let mut failing = false;
@@ -130,10 +119,7 @@ pub async fn keep_alive(
 pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
     let (recs, _) = db.range(HEADS).await?;
     let (alive, _) = db.range(ALIVE).await?;
-    let alive: HashSet<&str> = alive
-        .iter()
-        .filter_map(|kv| kv.key.strip_prefix(ALIVE))
-        .collect();
+    let alive: HashSet<&str> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE)).collect();
     let members = db.members().await;
     let mut out = Vec::new();
     for kv in &recs {
@@ -145,16 +131,8 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
             }
         };
         let db_member = match rec.db_mode {
-            DbMode::Embedded => DbMember {
-                backend: "embedded".into(),
-                id: None,
-                state: "solo".into(),
-            },
-            DbMode::EtcdExternal => DbMember {
-                backend: "etcd".into(),
-                id: None,
-                state: "external".into(),
-            },
+            DbMode::Embedded => DbMember { backend: "embedded".into(), id: None, state: "solo".into() },
+            DbMode::EtcdExternal => DbMember { backend: "etcd".into(), id: None, state: "external".into() },
             DbMode::EtcdMember => match &members {
                 Ok(ms) => match ms.iter().find(|m| m.name == rec.name) {
                     Some(m) => DbMember {
@@ -162,17 +140,9 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
                         id: Some(format!("{:x}", m.id)),
                         state: if m.is_learner { "learner" } else { "voting" }.into(),
                     },
-                    None => DbMember {
-                        backend: "etcd".into(),
-                        id: None,
-                        state: "not a member".into(),
-                    },
+                    None => DbMember { backend: "etcd".into(), id: None, state: "not a member".into() },
                 },
-                Err(_) => DbMember {
-                    backend: "etcd".into(),
-                    id: None,
-                    state: "unknown".into(),
-                },
+                Err(_) => DbMember { backend: "etcd".into(), id: None, state: "unknown".into() },
             },
         };
         out.push(HeadInfo {

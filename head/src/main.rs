@@ -62,10 +62,7 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clusterware-head: error: cannot start the async runtime: {e}");

@@ -71,10 +71,7 @@ pub enum RegistryError {
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 fn decode(kv: &KeyValue) -> Result<Node> {
-    serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
-        key: kv.key.clone(),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), reason: e.to_string() })
 }
 
 fn encode(n: &Node) -> Vec<u8> {
@@ -84,21 +81,14 @@ fn encode(n: &Node) -> Vec<u8> {
 /// Every node, by index, with each record's revision.
 pub async fn list_with_revisions(db: &Database) -> Result<Vec<(Node, i64)>> {
     let (kvs, _) = db.range(NODES).await?;
-    let mut nodes = kvs
-        .iter()
-        .map(|kv| Ok((decode(kv)?, kv.mod_revision)))
-        .collect::<Result<Vec<_>>>()?;
+    let mut nodes = kvs.iter().map(|kv| Ok((decode(kv)?, kv.mod_revision))).collect::<Result<Vec<_>>>()?;
     nodes.sort_by_key(|(n, _)| n.index);
     Ok(nodes)
 }
 
 /// Every node, by index.
 pub async fn list(db: &Database) -> Result<Vec<Node>> {
-    Ok(list_with_revisions(db)
-        .await?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect())
+    Ok(list_with_revisions(db).await?.into_iter().map(|(n, _)| n).collect())
 }
 
 fn new_uid() -> String {
@@ -106,9 +96,7 @@ fn new_uid() -> String {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Part of a change: the compares and operations for one node, kept together in one transaction.
@@ -123,8 +111,7 @@ fn batch(pieces: Vec<Piece>, limit: usize) -> Vec<Txn> {
     let mut cur = Txn::new();
     for p in pieces {
         if !cur.success.is_empty()
-            && (cur.compares.len() + p.compares.len() > limit
-                || cur.success.len() + p.ops.len() > limit)
+            && (cur.compares.len() + p.compares.len() > limit || cur.success.len() + p.ops.len() > limit)
         {
             out.push(std::mem::take(&mut cur));
         }
@@ -138,11 +125,7 @@ fn batch(pieces: Vec<Piece>, limit: usize) -> Vec<Txn> {
 }
 
 /// Tells who owns the first of `keys` that is taken by someone other than `me`.
-async fn find_conflict(
-    db: &Database,
-    keys: &[String],
-    me: &HashMap<String, String>,
-) -> Result<Option<String>> {
+async fn find_conflict(db: &Database, keys: &[String], me: &HashMap<String, String>) -> Result<Option<String>> {
     for k in keys {
         if let Some(kv) = db.get(k).await? {
             let owner = String::from_utf8_lossy(&kv.value).to_string();
@@ -161,9 +144,7 @@ async fn find_conflict(
 fn validate_attrs(attrs: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in attrs {
         if NODE_FIELDS.contains(&k.as_str()) {
-            return Err(RegistryError::Invalid(format!(
-                "{k} is a node field, not an attribute"
-            )));
+            return Err(RegistryError::Invalid(format!("{k} is a node field, not an attribute")));
         }
         validate_attr(k, v).map_err(|e| RegistryError::Invalid(e.to_string()))?;
     }
@@ -177,10 +158,7 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
         return Err(RegistryError::Invalid("no nodes to create".into()));
     }
     if specs.len() > MAX_BATCH {
-        return Err(RegistryError::Invalid(format!(
-            "{} nodes in one request; at most {MAX_BATCH}",
-            specs.len()
-        )));
+        return Err(RegistryError::Invalid(format!("{} nodes in one request; at most {MAX_BATCH}", specs.len())));
     }
     let existing = list(db).await?;
     let mut owner: HashMap<String, String> = HashMap::new();
@@ -192,10 +170,7 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
     // Explicit values first, so that allocation steps around them.
     let mut taken = |key: String, who: String| -> Result<()> {
         match owner.get(&key) {
-            Some(o) => Err(RegistryError::Conflict(format!(
-                "{} is already used by {o}",
-                describe(&key)
-            ))),
+            Some(o) => Err(RegistryError::Conflict(format!("{} is already used by {o}", describe(&key)))),
             None => {
                 owner.insert(key, who);
                 Ok(())
@@ -219,11 +194,7 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
         }
     }
     let mut next_index = 0u32;
-    let mut last_ip: Option<Ipv4Addr> = existing
-        .iter()
-        .map(|n| n.ip)
-        .chain(specs.iter().filter_map(|s| s.ip))
-        .max();
+    let mut last_ip: Option<Ipv4Addr> = existing.iter().map(|n| n.ip).chain(specs.iter().filter_map(|s| s.ip)).max();
     let created = now();
     let mut nodes = Vec::with_capacity(specs.len());
     for s in specs {
@@ -244,13 +215,11 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
             None => {
                 let mut cand = last_ip.ok_or_else(|| {
                     RegistryError::Invalid(
-                        "ip= is required for the first node (there is no node IP to continue from)"
-                            .into(),
+                        "ip= is required for the first node (there is no node IP to continue from)".into(),
                     )
                 })?;
                 loop {
-                    cand =
-                        ipv4_offset(cand, 1).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+                    cand = ipv4_offset(cand, 1).map_err(|e| RegistryError::Invalid(e.to_string()))?;
                     if !owner.contains_key(&ip_key(&cand)) {
                         break;
                     }
@@ -285,10 +254,8 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
             }
         })
         .collect();
-    let mine: HashMap<String, String> = nodes
-        .iter()
-        .flat_map(|n| claims(n).into_iter().map(|c| (c, n.uid.clone())))
-        .collect();
+    let mine: HashMap<String, String> =
+        nodes.iter().flat_map(|n| claims(n).into_iter().map(|c| (c, n.uid.clone()))).collect();
     let mut done: Vec<Txn> = Vec::new();
     for txn in batch(pieces, db.max_txn_ops()) {
         let keys: Vec<String> = txn.compares.iter().map(|c| c.key.clone()).collect();
@@ -300,9 +267,9 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
             }
             Ok(_) => match find_conflict(db, &keys, &mine).await {
                 Ok(Some(msg)) => RegistryError::Conflict(msg),
-                Ok(None) => RegistryError::Conflict(
-                    "another head changed the same nodes at the same time; try again".into(),
-                ),
+                Ok(None) => {
+                    RegistryError::Conflict("another head changed the same nodes at the same time; try again".into())
+                }
                 Err(e) => e,
             },
             Err(e) => RegistryError::Db(e),
@@ -320,16 +287,13 @@ async fn undo_creates(db: &Database, done: &[Txn]) {
         let mut undo = Txn::new();
         for op in &t.success {
             if let TxnOp::Put { key, value, .. } = op {
-                undo.compares
-                    .push(Compare::value_is(key.clone(), value.clone()));
+                undo.compares.push(Compare::value_is(key.clone(), value.clone()));
                 undo.success.push(TxnOp::delete(key.clone()));
             }
         }
         match db.txn(undo).await {
             Ok(r) if r.succeeded => {}
-            Ok(_) => tracing::error!(
-                "could not undo part of a failed node creation: records changed meanwhile"
-            ),
+            Ok(_) => tracing::error!("could not undo part of a failed node creation: records changed meanwhile"),
             Err(e) => tracing::error!(error = %e, "could not undo part of a failed node creation"),
         }
     }
@@ -344,27 +308,15 @@ struct Changes {
     clear: Vec<String>,
 }
 
-fn parse_changes(
-    n_nodes: usize,
-    set: BTreeMap<String, String>,
-    clear: Vec<String>,
-) -> Result<Changes> {
+fn parse_changes(n_nodes: usize, set: BTreeMap<String, String>, clear: Vec<String>) -> Result<Changes> {
     let inv = |m: String| RegistryError::Invalid(m);
     if set.is_empty() && clear.is_empty() {
         return Err(inv("nothing to set or clear".into()));
     }
-    let mut c = Changes {
-        macs: None,
-        ip: None,
-        index: None,
-        attrs: BTreeMap::new(),
-        clear: Vec::new(),
-    };
+    let mut c = Changes { macs: None, ip: None, index: None, attrs: BTreeMap::new(), clear: Vec::new() };
     for (k, v) in set {
         if NODE_FIELDS.contains(&k.as_str()) && n_nodes > 1 {
-            return Err(inv(format!(
-                "{k} can be set on one node at a time (it must be unique)"
-            )));
+            return Err(inv(format!("{k} can be set on one node at a time (it must be unique)")));
         }
         match k.as_str() {
             "mac" => {
@@ -377,18 +329,8 @@ fn parse_changes(
                 }
                 c.macs = Some(macs);
             }
-            "ip" => {
-                c.ip = Some(
-                    v.parse()
-                        .map_err(|_| inv(format!("malformed IPv4 address {v:?}")))?,
-                )
-            }
-            "index" => {
-                c.index = Some(
-                    v.parse()
-                        .map_err(|_| inv(format!("index {v:?} is not a whole number")))?,
-                )
-            }
+            "ip" => c.ip = Some(v.parse().map_err(|_| inv(format!("malformed IPv4 address {v:?}")))?),
+            "index" => c.index = Some(v.parse().map_err(|_| inv(format!("index {v:?} is not a whole number")))?),
             _ => {
                 validate_attr(&k, &v).map_err(|e| inv(e.to_string()))?;
                 c.attrs.insert(k, v);
@@ -397,9 +339,7 @@ fn parse_changes(
     }
     for k in clear {
         if NODE_FIELDS.contains(&k.as_str()) {
-            return Err(inv(format!(
-                "{k} cannot be cleared (set another value instead)"
-            )));
+            return Err(inv(format!("{k} cannot be cleared (set another value instead)")));
         }
         validate_attr_key(&k).map_err(|e| inv(e.to_string()))?;
         c.clear.push(k);
@@ -416,11 +356,7 @@ fn pick<'a>(all: &'a [(Node, i64)], uids: &[String]) -> Result<Vec<&'a (Node, i6
         if !seen.insert(u.as_str()) {
             continue;
         }
-        out.push(
-            *by_uid
-                .get(u.as_str())
-                .ok_or_else(|| RegistryError::NotFound(format!("no node with uid {u}")))?,
-        );
+        out.push(*by_uid.get(u.as_str()).ok_or_else(|| RegistryError::NotFound(format!("no node with uid {u}")))?);
     }
     Ok(out)
 }
@@ -461,10 +397,8 @@ pub async fn update(
             for k in &ch.clear {
                 n.attributes.remove(k);
             }
-            let (before, after): (HashSet<String>, HashSet<String>) = (
-                claims(old).into_iter().collect(),
-                claims(&n).into_iter().collect(),
-            );
+            let (before, after): (HashSet<String>, HashSet<String>) =
+                (claims(old).into_iter().collect(), claims(&n).into_iter().collect());
             let mut p = Piece {
                 compares: vec![Compare::unchanged(node_key(&n.uid), *rev)],
                 ops: vec![TxnOp::put(node_key(&n.uid), encode(&n))],
@@ -500,9 +434,7 @@ pub async fn update(
         }
         // A node changed under us: read again and reapply (setting is idempotent).
     }
-    Err(RegistryError::Conflict(
-        "the nodes kept changing while being updated; try again".into(),
-    ))
+    Err(RegistryError::Conflict("the nodes kept changing while being updated; try again".into()))
 }
 
 /// Deletes nodes and their MAC, IP and index claims.
@@ -534,22 +466,14 @@ pub async fn delete(db: &Database, uids: Vec<String>) -> Result<Vec<Node>> {
             return Ok(targets.into_iter().map(|(n, _)| n).collect());
         }
         // Some node changed (or went) meanwhile: delete what is still there, as it is now.
-        let now: HashMap<String, (Node, i64)> = list_with_revisions(db)
-            .await?
-            .into_iter()
-            .map(|(n, r)| (n.uid.clone(), (n, r)))
-            .collect();
-        pending = targets
-            .iter()
-            .filter_map(|(n, _)| now.get(&n.uid).cloned())
-            .collect();
+        let now: HashMap<String, (Node, i64)> =
+            list_with_revisions(db).await?.into_iter().map(|(n, r)| (n.uid.clone(), (n, r))).collect();
+        pending = targets.iter().filter_map(|(n, _)| now.get(&n.uid).cloned()).collect();
         if pending.is_empty() {
             return Ok(targets.into_iter().map(|(n, _)| n).collect());
         }
     }
-    Err(RegistryError::Conflict(
-        "the nodes kept changing while being deleted; try again".into(),
-    ))
+    Err(RegistryError::Conflict("the nodes kept changing while being deleted; try again".into()))
 }
 
 #[cfg(test)]
@@ -558,11 +482,7 @@ mod tests {
     use crate::db::embedded::Embedded;
 
     fn spec(mac: &str, ip: Option<&str>) -> NodeSpec {
-        NodeSpec {
-            macs: vec![mac.parse().unwrap()],
-            ip: ip.map(|i| i.parse().unwrap()),
-            ..Default::default()
-        }
+        NodeSpec { macs: vec![mac.parse().unwrap()], ip: ip.map(|i| i.parse().unwrap()), ..Default::default() }
     }
 
     async fn db() -> Database {
@@ -572,65 +492,38 @@ mod tests {
     #[tokio::test]
     async fn allocates_index_and_ip() {
         let db = db().await;
-        let e = create(&db, vec![spec("52:54:00:00:00:01", None)])
-            .await
-            .unwrap_err();
+        let e = create(&db, vec![spec("52:54:00:00:00:01", None)]).await.unwrap_err();
         assert!(e.to_string().contains("ip= is required"), "{e}");
-        let a = create(
-            &db,
-            vec![
-                spec("52:54:00:00:00:01", Some("10.0.0.1")),
-                spec("52:54:00:00:00:02", None),
-            ],
-        )
-        .await
-        .unwrap();
+        let a = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1")), spec("52:54:00:00:00:02", None)])
+            .await
+            .unwrap();
         assert_eq!((a[0].name.as_str(), a[1].name.as_str()), ("n0", "n1"));
         assert_eq!(a[1].ip.to_string(), "10.0.0.2");
         let mut s = spec("52:54:00:00:00:03", None);
         s.index = Some(7);
-        let b = create(&db, vec![s, spec("52:54:00:00:00:04", None)])
-            .await
-            .unwrap();
+        let b = create(&db, vec![s, spec("52:54:00:00:00:04", None)]).await.unwrap();
         assert_eq!((b[0].index, b[1].index), (7, 2));
-        assert_eq!(
-            (b[0].ip.to_string(), b[1].ip.to_string()),
-            ("10.0.0.3".into(), "10.0.0.4".into())
-        );
+        assert_eq!((b[0].ip.to_string(), b[1].ip.to_string()), ("10.0.0.3".into(), "10.0.0.4".into()));
         assert_eq!(list(&db).await.unwrap().len(), 4);
     }
 
     #[tokio::test]
     async fn duplicates_write_nothing() {
         let db = db().await;
-        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))])
-            .await
-            .unwrap();
+        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
         let (_, rev) = db.range("").await.unwrap();
-        let e = create(
-            &db,
-            vec![
-                spec("52:54:00:00:00:09", Some("10.0.0.9")),
-                spec("52:54:00:00:00:01", Some("10.0.0.5")),
-            ],
-        )
-        .await
-        .unwrap_err();
+        let e =
+            create(&db, vec![spec("52:54:00:00:00:09", Some("10.0.0.9")), spec("52:54:00:00:00:01", Some("10.0.0.5"))])
+                .await
+                .unwrap_err();
         assert!(matches!(e, RegistryError::Conflict(_)));
         assert_eq!(e.to_string(), "MAC 52:54:00:00:00:01 is already used by n0");
-        let e = create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.1"))])
-            .await
-            .unwrap_err();
+        let e = create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.1"))]).await.unwrap_err();
         assert_eq!(e.to_string(), "IP 10.0.0.1 is already used by n0");
-        let e = create(
-            &db,
-            vec![
-                spec("52:54:00:00:00:02", Some("10.0.0.2")),
-                spec("52:54:00:00:00:02", Some("10.0.0.3")),
-            ],
-        )
-        .await
-        .unwrap_err();
+        let e =
+            create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.2")), spec("52:54:00:00:00:02", Some("10.0.0.3"))])
+                .await
+                .unwrap_err();
         assert!(e.to_string().contains("node 1 of this request"), "{e}");
         assert_eq!(db.range("").await.unwrap().1, rev, "nothing written");
     }
@@ -642,15 +535,7 @@ mod tests {
         for i in 0..8 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
-                create(
-                    &db,
-                    vec![spec(
-                        "52:54:00:00:00:01",
-                        Some(&format!("10.0.0.{}", i + 1)),
-                    )],
-                )
-                .await
-                .is_ok()
+                create(&db, vec![spec("52:54:00:00:00:01", Some(&format!("10.0.0.{}", i + 1)))]).await.is_ok()
             }));
         }
         let mut wins = 0;
@@ -664,81 +549,38 @@ mod tests {
     #[tokio::test]
     async fn update_moves_claims() {
         let db = db().await;
-        let n = create(
-            &db,
-            vec![
-                spec("52:54:00:00:00:01", Some("10.0.0.1")),
-                spec("52:54:00:00:00:02", None),
-            ],
-        )
-        .await
-        .unwrap();
-        let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
-        update(&db, vec![n[0].uid.clone()], set("ip", "10.0.0.9"), vec![])
+        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1")), spec("52:54:00:00:00:02", None)])
             .await
             .unwrap();
+        let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        update(&db, vec![n[0].uid.clone()], set("ip", "10.0.0.9"), vec![]).await.unwrap();
         assert!(db.get("index/ip/10.0.0.1").await.unwrap().is_none());
         assert!(db.get("index/ip/10.0.0.9").await.unwrap().is_some());
-        let e = update(&db, vec![n[1].uid.clone()], set("ip", "10.0.0.9"), vec![])
-            .await
-            .unwrap_err();
+        let e = update(&db, vec![n[1].uid.clone()], set("ip", "10.0.0.9"), vec![]).await.unwrap_err();
         assert_eq!(e.to_string(), "IP 10.0.0.9 is already used by n0");
-        let e = update(
-            &db,
-            vec![n[0].uid.clone(), n[1].uid.clone()],
-            set("ip", "10.0.0.20"),
-            vec![],
-        )
-        .await
-        .unwrap_err();
+        let e =
+            update(&db, vec![n[0].uid.clone(), n[1].uid.clone()], set("ip", "10.0.0.20"), vec![]).await.unwrap_err();
         assert!(matches!(e, RegistryError::Invalid(_)));
-        let u = update(
-            &db,
-            vec![n[0].uid.clone(), n[1].uid.clone()],
-            set("_boot_config", "x"),
-            vec![],
-        )
-        .await
-        .unwrap();
+        let u = update(&db, vec![n[0].uid.clone(), n[1].uid.clone()], set("_boot_config", "x"), vec![]).await.unwrap();
         assert!(u.iter().all(|n| n.attributes["_boot_config"] == "x"));
-        let u = update(
-            &db,
-            vec![n[1].uid.clone()],
-            set("index", "5"),
-            vec!["_boot_config".into()],
-        )
-        .await
-        .unwrap();
+        let u = update(&db, vec![n[1].uid.clone()], set("index", "5"), vec!["_boot_config".into()]).await.unwrap();
         assert_eq!(u[0].name, "n5");
         assert!(u[0].attributes.is_empty());
         assert!(db.get("index/node/1").await.unwrap().is_none());
-        let e = update(&db, vec!["nope".into()], set("a", "b"), vec![])
-            .await
-            .unwrap_err();
+        let e = update(&db, vec!["nope".into()], set("a", "b"), vec![]).await.unwrap_err();
         assert!(matches!(e, RegistryError::NotFound(_)));
-        let e = update(
-            &db,
-            vec![n[0].uid.clone()],
-            BTreeMap::new(),
-            vec!["ip".into()],
-        )
-        .await
-        .unwrap_err();
+        let e = update(&db, vec![n[0].uid.clone()], BTreeMap::new(), vec!["ip".into()]).await.unwrap_err();
         assert!(e.to_string().contains("cannot be cleared"));
     }
 
     #[tokio::test]
     async fn delete_releases_claims() {
         let db = db().await;
-        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))])
-            .await
-            .unwrap();
+        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
         delete(&db, vec![n[0].uid.clone()]).await.unwrap();
         assert!(db.range("index/").await.unwrap().0.is_empty());
         assert!(list(&db).await.unwrap().is_empty());
-        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))])
-            .await
-            .unwrap();
+        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
     }
 
     #[tokio::test]
@@ -747,10 +589,7 @@ mod tests {
         let pieces = (0..10)
             .map(|i| Piece {
                 compares: vec![Compare::absent(format!("k{i}"))],
-                ops: vec![
-                    TxnOp::put(format!("k{i}"), "v"),
-                    TxnOp::put(format!("j{i}"), "v"),
-                ],
+                ops: vec![TxnOp::put(format!("k{i}"), "v"), TxnOp::put(format!("j{i}"), "v")],
             })
             .collect();
         let txns = batch(pieces, 5);

@@ -14,11 +14,7 @@ use tempfile::TempDir;
 const STEP: Duration = Duration::from_secs(15);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn etcd_spec(dir: &Path) -> MemberSpec {
@@ -59,23 +55,15 @@ impl Backend {
     async fn embedded() -> Backend {
         let dir = TempDir::new().unwrap();
         let db = Database::Embedded(Embedded::open(&dir.path().join("db.redb")).unwrap());
-        Backend {
-            db,
-            dir,
-            member: None,
-        }
+        Backend { db, dir, member: None }
     }
 
     async fn etcd() -> Backend {
         let dir = TempDir::new().unwrap();
-        let member = MemberHandle::start(etcd_spec(dir.path()))
-            .expect("etcd member starts (is etcd-server installed?)");
+        let member =
+            MemberHandle::start(etcd_spec(dir.path())).expect("etcd member starts (is etcd-server installed?)");
         let db = connect_etcd(&member.client_url()).await;
-        Backend {
-            db,
-            dir,
-            member: Some(member),
-        }
+        Backend { db, dir, member: Some(member) }
     }
 
     /// Closes the database (stops the etcd member, or drops the embedded store) and opens it
@@ -109,9 +97,7 @@ impl Backend {
 }
 
 async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no result within {STEP:?}"))
+    tokio::time::timeout(STEP, f).await.unwrap_or_else(|_| panic!("{what}: no result within {STEP:?}"))
 }
 
 macro_rules! both {
@@ -139,10 +125,7 @@ both!(compaction, case_compaction);
 async fn case_cas(b: Backend) {
     let db = &b.db;
     let create = |v: &'static str| {
-        Txn::new()
-            .when([Compare::absent("k")])
-            .and_then([TxnOp::put("k", v)])
-            .or_else([TxnOp::get("k")])
+        Txn::new().when([Compare::absent("k")]).and_then([TxnOp::put("k", v)]).or_else([TxnOp::get("k")])
     };
     let r1 = db.txn(create("one")).await.unwrap();
     assert!(r1.succeeded);
@@ -155,39 +138,22 @@ async fn case_cas(b: Backend) {
     assert_eq!(r2.revision, r1.revision, "a failed compare writes nothing");
 
     let kv = db.get("k").await.unwrap().unwrap();
-    assert_eq!(
-        (kv.version, kv.create_revision, kv.mod_revision),
-        (1, r1.revision, r1.revision)
-    );
-    let upd = |rev| {
-        Txn::new()
-            .when([Compare::unchanged("k", rev)])
-            .and_then([TxnOp::put("k", "three")])
-    };
+    assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, r1.revision, r1.revision));
+    let upd = |rev| Txn::new().when([Compare::unchanged("k", rev)]).and_then([TxnOp::put("k", "three")]);
     assert!(db.txn(upd(kv.mod_revision)).await.unwrap().succeeded);
-    assert!(
-        !db.txn(upd(kv.mod_revision)).await.unwrap().succeeded,
-        "stale mod_revision must lose"
-    );
+    assert!(!db.txn(upd(kv.mod_revision)).await.unwrap().succeeded, "stale mod_revision must lose");
     let kv2 = db.get("k").await.unwrap().unwrap();
     assert_eq!(kv2.version, 2);
     assert_eq!(kv2.create_revision, kv.create_revision);
     assert!(
-        db.txn(
-            Txn::new()
-                .when([Compare::value_is("k", "three")])
-                .and_then([TxnOp::delete("k")])
-        )
-        .await
-        .unwrap()
-        .succeeded
+        db.txn(Txn::new().when([Compare::value_is("k", "three")]).and_then([TxnOp::delete("k")]))
+            .await
+            .unwrap()
+            .succeeded
     );
     assert!(db.get("k").await.unwrap().is_none());
     assert!(
-        !db.txn(Txn::new().when([Compare::value_is("k", "three")]))
-            .await
-            .unwrap()
-            .succeeded,
+        !db.txn(Txn::new().when([Compare::value_is("k", "three")])).await.unwrap().succeeded,
         "value compare on an absent key fails"
     );
 
@@ -196,14 +162,10 @@ async fn case_cas(b: Backend) {
     for i in 0..16 {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
-            db.txn(
-                Txn::new()
-                    .when([Compare::absent("race")])
-                    .and_then([TxnOp::put("race", format!("{i}"))]),
-            )
-            .await
-            .unwrap()
-            .succeeded
+            db.txn(Txn::new().when([Compare::absent("race")]).and_then([TxnOp::put("race", format!("{i}"))]))
+                .await
+                .unwrap()
+                .succeeded
         }));
     }
     let mut wins = 0;
@@ -223,12 +185,7 @@ async fn case_prefix_range(b: Backend) {
     assert_eq!(keys, ["nodes/a", "nodes/b", "nodes/c/d"]);
     assert!(kvs.iter().all(|k| k.mod_revision <= rev));
     assert_eq!(kvs[0].value, b"nodes/a");
-    let r = db
-        .txn(Txn::new().and_then([TxnOp::DeletePrefix {
-            prefix: "nodes/".into(),
-        }]))
-        .await
-        .unwrap();
+    let r = db.txn(Txn::new().and_then([TxnOp::DeletePrefix { prefix: "nodes/".into() }])).await.unwrap();
     assert_eq!(r.results[0], OpResult::Deleted(3));
     assert_eq!(db.range("node").await.unwrap().0.len(), 2);
     assert!(db.range("zzz/").await.unwrap().0.is_empty());
@@ -237,10 +194,10 @@ async fn case_prefix_range(b: Backend) {
 async fn case_lease_expiry(b: Backend) {
     let db = &b.db;
     let lease = db.grant_lease(2).await.unwrap();
-    db.txn(Txn::new().and_then([
-        TxnOp::put_with_lease("alive/a", "x", lease),
-        TxnOp::put_with_lease("alive/b", "y", lease),
-    ]))
+    db.txn(
+        Txn::new()
+            .and_then([TxnOp::put_with_lease("alive/a", "x", lease), TxnOp::put_with_lease("alive/b", "y", lease)]),
+    )
     .await
     .unwrap();
     db.put("plain", "z").await.unwrap();
@@ -256,34 +213,22 @@ async fn case_lease_expiry(b: Backend) {
     // Not renewed, they go (etcd checks expiry every 500 ms).
     let deadline = Instant::now() + Duration::from_secs(8);
     while !db.range("alive/").await.unwrap().0.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "lease keys not removed after expiry"
-        );
+        assert!(Instant::now() < deadline, "lease keys not removed after expiry");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        db.get("plain").await.unwrap().is_some(),
-        "keys without the lease stay"
-    );
+    assert!(db.get("plain").await.unwrap().is_some(), "keys without the lease stay");
     let r = db.keep_alive(lease).await;
     assert!(matches!(r, Err(DbError::LeaseNotFound(_))), "{r:?}");
     assert!(matches!(
-        db.txn(Txn::new().and_then([TxnOp::put_with_lease("k", "v", lease)]))
-            .await,
+        db.txn(Txn::new().and_then([TxnOp::put_with_lease("k", "v", lease)])).await,
         Err(DbError::LeaseNotFound(_))
     ));
     assert!(db.get("k").await.unwrap().is_none());
 
     let l2 = db.grant_lease(30).await.unwrap();
-    db.txn(Txn::new().and_then([TxnOp::put_with_lease("alive/c", "x", l2)]))
-        .await
-        .unwrap();
+    db.txn(Txn::new().and_then([TxnOp::put_with_lease("alive/c", "x", l2)])).await.unwrap();
     db.revoke_lease(l2).await.unwrap();
-    assert!(
-        db.get("alive/c").await.unwrap().is_none(),
-        "revoke removes keys at once"
-    );
+    assert!(db.get("alive/c").await.unwrap().is_none(), "revoke removes keys at once");
 }
 
 async fn case_watch_order(b: Backend) {
@@ -301,32 +246,21 @@ async fn case_watch_order(b: Backend) {
         db.put("other/x", "ignored").await.unwrap();
     }
     // Several keys in one transaction share a revision and all arrive.
-    db.txn(Txn::new().and_then([TxnOp::put("w/t1", "a"), TxnOp::put("w/t2", "b")]))
-        .await
-        .unwrap();
+    db.txn(Txn::new().and_then([TxnOp::put("w/t1", "a"), TxnOp::put("w/t2", "b")])).await.unwrap();
     expected.push((EventKind::Put, "w/t1".into(), "a".into()));
     expected.push((EventKind::Put, "w/t2".into(), "b".into()));
     let mut last_rev = 0;
     for (i, (kind, key, value)) in expected.iter().enumerate() {
         let e = within("watch event", w.next()).await.unwrap();
         assert_eq!(
-            (
-                &e.kind,
-                &e.kv.key,
-                &String::from_utf8(e.kv.value.clone()).unwrap()
-            ),
+            (&e.kind, &e.kv.key, &String::from_utf8(e.kv.value.clone()).unwrap()),
             (kind, key, value),
             "event {i}"
         );
         assert!(e.kv.mod_revision >= last_rev, "revisions in order");
         last_rev = e.kv.mod_revision;
     }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), w.next())
-            .await
-            .is_err(),
-        "no extra events"
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(300), w.next()).await.is_err(), "no extra events");
 }
 
 async fn case_watch_resume(mut b: Backend) {
@@ -369,16 +303,8 @@ async fn case_watch_resume(mut b: Backend) {
     drop(open);
     let mut w = b.db.watch("r/", Some(resume_at)).await.unwrap();
     let e = within("resumed after restart", w.next()).await.unwrap();
-    assert_eq!(
-        (e.kv.key.as_str(), e.kv.value.as_slice()),
-        ("r/7", b"after restart".as_slice())
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), w.next())
-            .await
-            .is_err(),
-        "nothing delivered twice"
-    );
+    assert_eq!((e.kv.key.as_str(), e.kv.value.as_slice()), ("r/7", b"after restart".as_slice()));
+    assert!(tokio::time::timeout(Duration::from_millis(300), w.next()).await.is_err(), "nothing delivered twice");
 }
 
 async fn case_compaction(b: Backend) {

@@ -158,14 +158,8 @@ mod tests {
 
     #[test]
     fn error_shape_is_kind_and_message() {
-        let e = ApiError {
-            kind: ErrorKind::Conflict,
-            message: "dup".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&e).unwrap(),
-            r#"{"kind":"conflict","message":"dup"}"#
-        );
+        let e = ApiError { kind: ErrorKind::Conflict, message: "dup".into() };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"kind":"conflict","message":"dup"}"#);
         assert_eq!(ErrorKind::Unavailable.http_status(), 503);
     }
 

@@ -10,8 +10,7 @@ pub const BEARER: &str = "Bearer ";
 
 /// Derives the admin API token from the database password.
 pub fn admin_token(admin_pass: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(admin_pass.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(admin_pass.as_bytes()).expect("HMAC takes any key length");
     mac.update(b"clusterware admin api v1");
     hex::encode(mac.finalize().into_bytes())
 }

@@ -112,18 +112,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{}:{line}: {key}: {reason}", path.display())]
-    Value {
-        path: PathBuf,
-        line: usize,
-        key: String,
-        reason: String,
-    },
+    Value { path: PathBuf, line: usize, key: String, reason: String },
     #[error("{}:{line}: expected `key = value`, found {text:?}", path.display())]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        text: String,
-    },
+    Syntax { path: PathBuf, line: usize, text: String },
     #[error("{}: {key} is not set", path.display())]
     Missing { path: PathBuf, key: String },
 }
@@ -156,19 +147,14 @@ pub fn insecure_mode(path: &Path) -> Option<u32> {
 impl Config {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::parse(&text, path)
     }
 
     /// Parses configuration text; `path` is used in messages only.
     pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
-        let mut c = Config {
-            path: path.to_path_buf(),
-            ..Config::default()
-        };
+        let mut c = Config { path: path.to_path_buf(), ..Config::default() };
         let mut warnings = Vec::new();
         let mut seen: Vec<(String, usize)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -178,11 +164,7 @@ impl Config {
                 continue;
             }
             let Some((k, v)) = t.split_once('=') else {
-                return Err(ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    line,
-                    text: t.to_string(),
-                });
+                return Err(ConfigError::Syntax { path: path.to_path_buf(), line, text: t.to_string() });
             };
             let key = k.trim();
             let mut value = v.trim();
@@ -193,11 +175,7 @@ impl Config {
                 value = &value[1..value.len() - 1];
             }
             if key.is_empty() {
-                return Err(ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    line,
-                    text: t.to_string(),
-                });
+                return Err(ConfigError::Syntax { path: path.to_path_buf(), line, text: t.to_string() });
             }
             if let Some((_, first)) = seen.iter().find(|(s, _)| s == key) {
                 warnings.push(format!(
@@ -207,21 +185,15 @@ impl Config {
             } else {
                 seen.push((key.to_string(), line));
             }
-            let bad = |reason: String| ConfigError::Value {
-                path: path.to_path_buf(),
-                line,
-                key: key.to_string(),
-                reason,
-            };
+            let bad =
+                |reason: String| ConfigError::Value { path: path.to_path_buf(), line, key: key.to_string(), reason };
             match key {
                 "database.type" => {
                     c.database_type = match value {
                         "embedded" => DatabaseType::Embedded,
                         "etcd" => DatabaseType::Etcd,
                         other => {
-                            return Err(bad(format!(
-                                "{other:?} is not a database type (embedded or etcd)"
-                            )));
+                            return Err(bad(format!("{other:?} is not a database type (embedded or etcd)")));
                         }
                     }
                 }
@@ -233,15 +205,9 @@ impl Config {
                 }
                 "database.path" => c.database_path = path_value(value).map_err(bad)?,
                 "database.endpoints" => {
-                    let eps: Vec<String> = value
-                        .split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect();
-                    if let Some(e) = eps
-                        .iter()
-                        .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
-                    {
+                    let eps: Vec<String> =
+                        value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                    if let Some(e) = eps.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
                         return Err(bad(format!("{e:?} is not an http:// or https:// URL")));
                     }
                     c.etcd_endpoints = eps;
@@ -253,8 +219,7 @@ impl Config {
                 "database.initial_cluster" => {
                     for member in value.split(',') {
                         let ok = member.split_once('=').is_some_and(|(n, u)| {
-                            crate::ids::validate_head_name(n.trim()).is_ok()
-                                && u.trim().starts_with("http")
+                            crate::ids::validate_head_name(n.trim()).is_ok() && u.trim().starts_with("http")
                         });
                         if !ok {
                             return Err(bad(format!("{member:?} is not `name=http://ip:port`")));
@@ -277,56 +242,37 @@ impl Config {
                 "database.max_txn_ops" => {
                     c.max_txn_ops = int_value(value, 16, 1_000_000).map_err(bad)? as usize;
                 }
-                "database.ready_timeout" => {
-                    c.db_ready_timeout_secs = int_value(value, 1, 3600).map_err(bad)?
-                }
+                "database.ready_timeout" => c.db_ready_timeout_secs = int_value(value, 1, 3600).map_err(bad)?,
                 "head.name" => {
                     crate::ids::validate_head_name(value).map_err(|e| bad(e.to_string()))?;
                     c.head_name = Some(value.to_string());
                 }
                 "head.ip" => {
-                    c.head_ip = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?,
-                    )
+                    c.head_ip = Some(value.parse().map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?)
                 }
                 "head.port" => c.head_port = port_value(value).map_err(bad)?,
                 "head.bind" => {
-                    c.head_bind = value
-                        .parse()
-                        .map_err(|_| bad(format!("{value:?} is not an IP address")))?
+                    c.head_bind = value.parse().map_err(|_| bad(format!("{value:?} is not an IP address")))?
                 }
                 "head.lease_ttl" => c.lease_ttl_secs = int_value(value, 2, 300).map_err(bad)?,
                 "logging.dir" => c.log_dir = path_value(value).map_err(bad)?,
                 "logging.level" => {
                     if !matches!(value, "error" | "warn" | "info" | "debug" | "trace") {
-                        return Err(bad(format!(
-                            "{value:?} is not one of error, warn, info, debug, trace"
-                        )));
+                        return Err(bad(format!("{value:?} is not one of error, warn, info, debug, trace")));
                     }
                     c.log_level = value.to_string();
                 }
-                _ => warnings.push(format!(
-                    "{}:{line}: unknown key {key:?} ignored",
-                    path.display()
-                )),
+                _ => warnings.push(format!("{}:{line}: unknown key {key:?} ignored", path.display())),
             }
         }
-        Ok(Loaded {
-            config: c,
-            warnings,
-        })
+        Ok(Loaded { config: c, warnings })
     }
 
     /// The admin password, or an error naming the key that is missing.
     pub fn require_admin_pass(&self) -> Result<&str, ConfigError> {
         self.admin_pass
             .as_deref()
-            .ok_or_else(|| ConfigError::Missing {
-                path: self.path.clone(),
-                key: "database.admin_pass".into(),
-            })
+            .ok_or_else(|| ConfigError::Missing { path: self.path.clone(), key: "database.admin_pass".into() })
     }
 }
 
@@ -379,13 +325,8 @@ mod tests {
 
     #[test]
     fn bad_value_names_file_line_and_key() {
-        let e = parse("database.admin_pass = x\n\nhead.port = 99999\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "/x/base.ini:3: head.port: \"99999\" is not a port number (1-65535)"
-        );
+        let e = parse("database.admin_pass = x\n\nhead.port = 99999\n").unwrap_err().to_string();
+        assert_eq!(e, "/x/base.ini:3: head.port: \"99999\" is not a port number (1-65535)");
         let e = parse("head.lease_ttl = 1\n").unwrap_err().to_string();
         assert!(e.contains(":1: head.lease_ttl:"), "{e}");
         let e = parse("just words\n").unwrap_err().to_string();

@@ -20,9 +20,7 @@ pub enum IdError {
         "invalid head name {0:?} (1-63 characters: letters, digits, '-', '_' or '.', starting with a letter or digit)"
     )]
     HeadName(String),
-    #[error(
-        "invalid attribute name {0:?} (letters, digits, '_', '-' or '.'; at most 64 characters)"
-    )]
+    #[error("invalid attribute name {0:?} (letters, digits, '_', '-' or '.'; at most 64 characters)")]
     AttrKey(String),
     #[error("bad value for {key}: {reason}")]
     AttrValue { key: String, reason: String },
@@ -37,10 +35,7 @@ impl MacAddr {
     pub fn offset(self, n: u64) -> Result<MacAddr, IdError> {
         let mut v = [0u8; 8];
         v[2..].copy_from_slice(&self.0);
-        let x = u64::from_be_bytes(v)
-            .checked_add(n)
-            .filter(|x| *x < (1u64 << 48))
-            .ok_or(IdError::MacOverflow(self))?;
+        let x = u64::from_be_bytes(v).checked_add(n).filter(|x| *x < (1u64 << 48)).ok_or(IdError::MacOverflow(self))?;
         let b = x.to_be_bytes();
         let mut out = [0u8; 6];
         out.copy_from_slice(&b[2..]);
@@ -77,11 +72,7 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -123,38 +114,22 @@ pub fn validate_head_name(s: &str) -> Result<(), IdError> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(IdError::HeadName(s.to_string()))
-    }
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(IdError::HeadName(s.to_string())) }
 }
 
 /// Checks a node attribute name. Names starting with `_` are the ones ClusterWare itself reads
 /// (`_boot_config`, `_preferred_head`, `_status_secs`); any other name is the administrator's.
 pub fn validate_attr_key(s: &str) -> Result<(), IdError> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(IdError::AttrKey(s.to_string()))
-    }
+    let ok =
+        !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(IdError::AttrKey(s.to_string())) }
 }
 
 /// Checks an attribute's value; the attributes ClusterWare reads have typed values.
 pub fn validate_attr(key: &str, value: &str) -> Result<(), IdError> {
     validate_attr_key(key)?;
-    let bad = |reason: &str| {
-        Err(IdError::AttrValue {
-            key: key.to_string(),
-            reason: reason.to_string(),
-        })
-    };
+    let bad = |reason: &str| Err(IdError::AttrValue { key: key.to_string(), reason: reason.to_string() });
     if value.len() > 4096 {
         return bad("longer than 4096 bytes");
     }
@@ -166,13 +141,8 @@ pub fn validate_attr(key: &str, value: &str) -> Result<(), IdError> {
             Ok(n) if (1..=86_400).contains(&n) => Ok(()),
             _ => bad("expected whole seconds from 1 to 86400"),
         },
-        "_preferred_head" | "_boot_config" if value.is_empty() => {
-            bad("empty (use clear to remove it)")
-        }
-        "_preferred_head"
-            if value.parse::<std::net::Ipv4Addr>().is_err()
-                && validate_head_name(value).is_err() =>
-        {
+        "_preferred_head" | "_boot_config" if value.is_empty() => bad("empty (use clear to remove it)"),
+        "_preferred_head" if value.parse::<std::net::Ipv4Addr>().is_err() && validate_head_name(value).is_err() => {
             bad("expected a head name or IPv4 address")
         }
         _ => Ok(()),
@@ -194,14 +164,9 @@ mod tests {
         assert_eq!(m.to_string(), "52:54:00:ab:cd:0f");
         assert_eq!("52-54-00-ab-cd-0f".parse::<MacAddr>().unwrap(), m);
         assert_eq!("5254.00ab.cd0f".parse::<MacAddr>().unwrap(), m);
-        for bad in [
-            "",
-            "52:54:00:ab:cd",
-            "52:54:00:ab:cd:0g",
-            "525400abcd0f",
-            "52:54:00:ab:cd:0f:00",
-            "5:54:00:ab:cd:0ff",
-        ] {
+        for bad in
+            ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0g", "525400abcd0f", "52:54:00:ab:cd:0f:00", "5:54:00:ab:cd:0ff"]
+        {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -11,11 +11,7 @@ pub enum Term {
     Exact(String),
     /// `prefix[ranges]suffix`: matches every existing node whose name is the prefix, a decimal
     /// number inside one of the ranges, and the suffix. It must match at least one node.
-    Range {
-        prefix: String,
-        ranges: Vec<RangeInclusive<u64>>,
-        suffix: String,
-    },
+    Range { prefix: String, ranges: Vec<RangeInclusive<u64>>, suffix: String },
 }
 
 /// A parsed selector: the terms in the order given.
@@ -36,23 +32,12 @@ impl Term {
     /// Whether a node with this name (and uid, and MACs) is selected by the term.
     pub fn matches(&self, name: &str, uid: &str, macs: &[String]) -> bool {
         match self {
-            Term::Exact(s) => {
-                s == name || s == uid || macs.iter().any(|m| m.eq_ignore_ascii_case(s))
-            }
-            Term::Range {
-                prefix,
-                ranges,
-                suffix,
-            } => {
-                let Some(mid) = name
-                    .strip_prefix(prefix.as_str())
-                    .and_then(|r| r.strip_suffix(suffix.as_str()))
-                else {
+            Term::Exact(s) => s == name || s == uid || macs.iter().any(|m| m.eq_ignore_ascii_case(s)),
+            Term::Range { prefix, ranges, suffix } => {
+                let Some(mid) = name.strip_prefix(prefix.as_str()).and_then(|r| r.strip_suffix(suffix.as_str())) else {
                     return false;
                 };
-                if mid.is_empty()
-                    || !mid.bytes().all(|b| b.is_ascii_digit())
-                    || (mid.len() > 1 && mid.starts_with('0'))
+                if mid.is_empty() || !mid.bytes().all(|b| b.is_ascii_digit()) || (mid.len() > 1 && mid.starts_with('0'))
                 {
                     return false;
                 }
@@ -69,19 +54,11 @@ impl std::fmt::Display for Term {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Term::Exact(s) => f.write_str(s),
-            Term::Range {
-                prefix,
-                ranges,
-                suffix,
-            } => {
+            Term::Range { prefix, ranges, suffix } => {
                 let parts: Vec<String> = ranges
                     .iter()
                     .map(|r| {
-                        if r.start() == r.end() {
-                            r.start().to_string()
-                        } else {
-                            format!("{}-{}", r.start(), r.end())
-                        }
+                        if r.start() == r.end() { r.start().to_string() } else { format!("{}-{}", r.start(), r.end()) }
                     })
                     .collect();
                 write!(f, "{prefix}[{}]{suffix}", parts.join(","))
@@ -92,10 +69,7 @@ impl std::fmt::Display for Term {
 
 /// Parses a selector such as `n[0-5,7],n9`.
 pub fn parse(input: &str) -> Result<Selector, SelectorError> {
-    let err = |reason: &str| SelectorError {
-        input: input.to_string(),
-        reason: reason.to_string(),
-    };
+    let err = |reason: &str| SelectorError { input: input.to_string(), reason: reason.to_string() };
     let mut terms = Vec::new();
     let mut depth = 0usize;
     let mut start = 0usize;
@@ -168,11 +142,7 @@ fn parse_term(t: &str) -> Result<Term, String> {
         };
         ranges.push(r);
     }
-    Ok(Term::Range {
-        prefix: prefix.to_string(),
-        ranges,
-        suffix: suffix.to_string(),
-    })
+    Ok(Term::Range { prefix: prefix.to_string(), ranges, suffix: suffix.to_string() })
 }
 
 #[cfg(test)]
@@ -181,18 +151,12 @@ mod tests {
 
     fn names(sel: &str, universe: &[&str]) -> Vec<String> {
         let s = parse(sel).unwrap();
-        universe
-            .iter()
-            .filter(|n| s.terms.iter().any(|t| t.matches(n, "", &[])))
-            .map(|n| n.to_string())
-            .collect()
+        universe.iter().filter(|n| s.terms.iter().any(|t| t.matches(n, "", &[]))).map(|n| n.to_string()).collect()
     }
 
     #[test]
     fn ranges_and_lists() {
-        let u = [
-            "n0", "n1", "n2", "n3", "n5", "n6", "n7", "n9", "n10", "n03", "head",
-        ];
+        let u = ["n0", "n1", "n2", "n3", "n5", "n6", "n7", "n9", "n10", "n03", "head"];
         assert_eq!(names("n[0-5,7]", &u), ["n0", "n1", "n2", "n3", "n5", "n7"]);
         assert_eq!(names("n3,n9", &u), ["n3", "n9"]);
         assert_eq!(names("n[9-10],head", &u), ["n9", "n10", "head"]);
@@ -208,18 +172,9 @@ mod tests {
 
     #[test]
     fn bad_syntax() {
-        for bad in [
-            "",
-            "n[",
-            "n]",
-            "n[1-]",
-            "n[5-1]",
-            "n[a]",
-            "n[[1]]",
-            "n3,,n4",
-            "n[1][2]",
-            "n[99999999999999999999999]",
-        ] {
+        for bad in
+            ["", "n[", "n]", "n[1-]", "n[5-1]", "n[a]", "n[[1]]", "n3,,n4", "n[1][2]", "n[99999999999999999999999]"]
+        {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
     }

@@ -25,19 +25,16 @@ pub const LEASE_TTL: u64 = 3;
 const PASS: &str = "harness-db-pass";
 const PID_DIR: &str = "/tmp/clusterware-tests/pids";
 
-/// Where the workspace's binaries are (next to the test executable's `deps/`).
+/// Where the workspace's binaries are: `target/<profile>/`, beside a test executable's `deps/`
+/// or beside the benchmark executable.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let exe = std::env::current_exe().expect("executable path");
+    let mut dir = exe.parent().expect("target/<profile>");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
     let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace` first (make test does)",
-        p.display()
-    );
+    assert!(p.is_file(), "{} is missing: run `cargo build --workspace` first (make test does)", p.display());
     p
 }
 
@@ -48,21 +45,14 @@ pub fn poll_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
         if f() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
 }
 
 /// A free TCP port on `ip`.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    TcpListener::bind((ip, 0)).expect("bind port 0").local_addr().expect("local addr").port()
 }
 
 /// Kills head processes left by earlier test runs whose test process is gone.
@@ -168,11 +158,7 @@ impl Head {
             .open(self.dir.join("stderr.log"))
             .expect("stderr log");
         let mut cmd = Command::new(bin("clusterware-head"));
-        cmd.arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out);
+        cmd.arg("--config").arg(&self.config).stdin(Stdio::null()).stdout(out.try_clone().expect("dup")).stderr(out);
         // SAFETY: prctl only affects the child being set up.
         unsafe {
             cmd.pre_exec(|| {
@@ -181,10 +167,7 @@ impl Head {
             });
         }
         let child = cmd.spawn().expect("spawn clusterware-head");
-        let _ = std::fs::write(
-            format!("{PID_DIR}/{}-{}", std::process::id(), child.id()),
-            b"",
-        );
+        let _ = std::fs::write(format!("{PID_DIR}/{}-{}", std::process::id(), child.id()), b"");
         self.child = Some(child);
     }
 
@@ -199,11 +182,7 @@ impl Head {
                 }
             }
             if !self.is_running() {
-                panic!(
-                    "head {} exited during start-up:\n{}",
-                    self.name,
-                    self.stderr_tail()
-                );
+                panic!("head {} exited during start-up:\n{}", self.name, self.stderr_tail());
             }
             assert!(
                 Instant::now() < deadline,
@@ -251,37 +230,18 @@ impl Head {
     }
 
     /// A raw API call with an optional bearer token: (status, JSON body).
-    pub fn api(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
         let url = format!("{}/api/v1{path}", self.url());
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = req
-            .header("Content-Type", "application/json")
-            .body(body)
-            .expect("request");
-        let mut resp = agent()
-            .run(req)
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let req = req.header("Content-Type", "application/json").body(body).expect("request");
+        let mut resp = agent().run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// The last lines of this head's stderr and etcd logs.
@@ -357,18 +317,10 @@ impl Cluster {
         let mut specs = Vec::new();
         for i in 0..n {
             let ip = Ipv4Addr::new(127, a, b, 11 + i as u8);
-            specs.push((
-                format!("head{}", i + 1),
-                ip,
-                free_port(ip),
-                free_port(ip),
-                free_port(Ipv4Addr::LOCALHOST),
-            ));
+            specs.push((format!("head{}", i + 1), ip, free_port(ip), free_port(ip), free_port(Ipv4Addr::LOCALHOST)));
         }
-        let initial: Vec<String> = specs
-            .iter()
-            .map(|(name, ip, _, peer, _)| format!("{name}=http://{ip}:{peer}"))
-            .collect();
+        let initial: Vec<String> =
+            specs.iter().map(|(name, ip, _, peer, _)| format!("{name}=http://{ip}:{peer}")).collect();
         let mut heads = Vec::new();
         for (name, ip, port, peer, client) in specs {
             let hdir = dir.path().join(&name);
@@ -389,22 +341,10 @@ impl Cluster {
             let config = hdir.join("base.ini");
             let mut f = std::fs::File::create(&config).expect("write base.ini");
             f.write_all(ini.as_bytes()).expect("write base.ini");
-            std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .expect("chmod");
-            heads.push(Head {
-                name,
-                ip,
-                port,
-                config,
-                dir: hdir,
-                child: None,
-            });
+            std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+            heads.push(Head { name, ip, port, config, dir: hdir, child: None });
         }
-        Cluster {
-            heads,
-            token: admin_token(PASS),
-            dir,
-        }
+        Cluster { heads, token: admin_token(PASS), dir }
     }
 
     pub fn dir(&self) -> &Path {

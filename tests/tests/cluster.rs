@@ -7,19 +7,12 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 fn alive(c: &Cluster, via: usize) -> Vec<(String, bool)> {
-    let v = c.heads[via]
-        .cli("scyld-clusterctl", &["heads", "ls", "--json"])
-        .json();
+    let v = c.heads[via].cli("scyld-clusterctl", &["heads", "ls", "--json"]).json();
     v["heads"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| {
-            (
-                h["name"].as_str().unwrap().to_string(),
-                h["alive"].as_bool().unwrap(),
-            )
-        })
+        .map(|h| (h["name"].as_str().unwrap().to_string(), h["alive"].as_bool().unwrap()))
         .collect()
 }
 
@@ -33,35 +26,16 @@ fn three_heads_share_nodes_and_see_a_dead_head() {
     let mut c = Cluster::etcd(3);
 
     // A node created through head A is listed through head C (within 1 s).
-    c.heads[0]
-        .cli(
-            "scyld-nodectl",
-            &["create", "mac=52:54:00:aa:00:01", "ip=10.54.0.1", "rack=1"],
-        )
-        .ok();
+    c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:aa:00:01", "ip=10.54.0.1", "rack=1"]).ok();
     let created = Instant::now();
-    poll_until(
-        "node visible through head C",
-        Duration::from_secs(1),
-        || node_names(&c, 2) == ["n0"],
-    );
+    poll_until("node visible through head C", Duration::from_secs(1), || node_names(&c, 2) == ["n0"]);
     assert!(created.elapsed() <= Duration::from_secs(1));
     let long = c.heads[2].cli("scyld-nodectl", &["ls", "-l"]);
-    assert!(
-        long.ok().contains("52:54:00:aa:00:01") && long.stdout.contains("rack=1"),
-        "{long:?}"
-    );
+    assert!(long.ok().contains("52:54:00:aa:00:01") && long.stdout.contains("rack=1"), "{long:?}");
 
     // Every head lists all three as alive, each a voting etcd member.
     for via in 0..3 {
-        assert_eq!(
-            alive(&c, via),
-            [
-                ("head1".into(), true),
-                ("head2".into(), true),
-                ("head3".into(), true)
-            ]
-        );
+        assert_eq!(alive(&c, via), [("head1".into(), true), ("head2".into(), true), ("head3".into(), true)]);
         let text = c.heads[via].cli("scyld-clusterctl", &["heads", "ls", "-l"]);
         assert_eq!(text.ok().matches("etcd voting").count(), 3, "{text:?}");
     }
@@ -71,49 +45,29 @@ fn three_heads_share_nodes_and_see_a_dead_head() {
     // kill -9 of head B: not alive within its lease TTL (plus etcd's expiry tick and polling).
     c.heads[1].kill9();
     let killed = Instant::now();
-    poll_until(
-        "head2 shown as not alive",
-        Duration::from_secs(LEASE_TTL + 3),
-        || alive(&c, 0).iter().any(|(n, a)| n == "head2" && !a),
-    );
-    assert!(
-        killed.elapsed() <= Duration::from_millis(LEASE_TTL * 1000 + 1500),
-        "took {:?}",
-        killed.elapsed()
-    );
+    poll_until("head2 shown as not alive", Duration::from_secs(LEASE_TTL + 3), || {
+        alive(&c, 0).iter().any(|(n, a)| n == "head2" && !a)
+    });
+    assert!(killed.elapsed() <= Duration::from_millis(LEASE_TTL * 1000 + 1500), "took {:?}", killed.elapsed());
     assert!(alive(&c, 2).contains(&("head2".into(), false)));
 
     // A and C keep serving reads and writes.
-    c.heads[2]
-        .cli("scyld-nodectl", &["create", "mac=52:54:00:aa:00:02"])
-        .ok();
+    c.heads[2].cli("scyld-nodectl", &["create", "mac=52:54:00:aa:00:02"]).ok();
     assert_eq!(node_names(&c, 0), ["n0", "n1"]);
-    c.heads[0]
-        .cli(
-            "scyld-nodectl",
-            &["-i", "n1", "set", "_boot_config=compute"],
-        )
-        .ok();
-    let v = c.heads[2]
-        .cli("scyld-nodectl", &["-i", "n1", "ls", "--json"])
-        .json();
+    c.heads[0].cli("scyld-nodectl", &["-i", "n1", "set", "_boot_config=compute"]).ok();
+    let v = c.heads[2].cli("scyld-nodectl", &["-i", "n1", "ls", "--json"]).json();
     assert_eq!(v["nodes"][0]["attributes"]["_boot_config"], "compute");
     assert_eq!(v["nodes"][0]["ip"], "10.54.0.2");
 
     // B comes back and is alive again, with the data.
     c.heads[1].start();
     c.heads[1].wait_ready(Duration::from_secs(60));
-    poll_until("head2 alive again", Duration::from_secs(10), || {
-        alive(&c, 0).iter().all(|(_, a)| *a)
-    });
+    poll_until("head2 alive again", Duration::from_secs(10), || alive(&c, 0).iter().all(|(_, a)| *a));
     assert_eq!(node_names(&c, 1), ["n0", "n1"]);
 
     // A clean stop removes the liveness record at once, not after the TTL.
     assert_eq!(c.heads[2].stop(), Some(0));
-    assert!(
-        alive(&c, 0).contains(&("head3".into(), false)),
-        "a stopped head must not stay alive until its TTL"
-    );
+    assert!(alive(&c, 0).contains(&("head3".into(), false)), "a stopped head must not stay alive until its TTL");
 }
 
 #[test]
@@ -126,8 +80,7 @@ fn racing_heads_cannot_both_claim_a_mac() {
             .map(|h| {
                 let (c, barrier, mac) = (c.clone(), barrier.clone(), mac.clone());
                 std::thread::spawn(move || {
-                    let body =
-                        json!({"nodes": [{"macs": [mac], "ip": format!("10.55.{h}.{round}")}]});
+                    let body = json!({"nodes": [{"macs": [mac], "ip": format!("10.55.{h}.{round}")}]});
                     barrier.wait();
                     c.heads[h].api("POST", "/nodes", Some(&c.token), Some(&body))
                 })
@@ -139,51 +92,29 @@ fn racing_heads_cannot_both_claim_a_mac() {
         assert_eq!(codes, [201, 409], "round {round}: {results:?}");
         let loser = results.iter().find(|r| r.0 == 409).unwrap();
         assert_eq!(loser.1["kind"], "conflict");
-        assert!(
-            loser.1["message"].as_str().unwrap().contains(&mac),
-            "{loser:?}"
-        );
+        assert!(loser.1["message"].as_str().unwrap().contains(&mac), "{loser:?}");
     }
     let (status, v) = c.heads[2].api("GET", "/nodes", Some(&c.token), None);
     assert_eq!(status, 200);
-    assert_eq!(
-        v["nodes"].as_array().unwrap().len(),
-        10,
-        "exactly one node per MAC"
-    );
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 10, "exactly one node per MAC");
 }
 
 #[test]
 fn a_head_without_quorum_refuses_writes_clearly() {
     let mut c = Cluster::etcd(3);
-    c.heads[0]
-        .cli(
-            "scyld-nodectl",
-            &["create", "mac=52:54:00:cc:00:01", "ip=10.56.0.1"],
-        )
-        .ok();
+    c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:cc:00:01", "ip=10.56.0.1"]).ok();
     c.heads[1].kill9();
     c.heads[2].kill9();
     let out = c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:cc:00:02"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr
-            .starts_with("scyld-nodectl: error: cluster database unavailable"),
-        "{out:?}"
-    );
+    assert!(out.stderr.starts_with("scyld-nodectl: error: cluster database unavailable"), "{out:?}");
     assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out:?}");
     let (status, v) = c.heads[0].api("GET", "/nodes", Some(&c.token), None);
-    assert_eq!(
-        (status, v["kind"].as_str()),
-        (503, Some("unavailable")),
-        "{v}"
-    );
+    assert_eq!((status, v["kind"].as_str()), (503, Some("unavailable")), "{v}");
 
     // Quorum back: the head serves again by itself, and the refused write left nothing.
     c.heads[1].start();
     c.heads[1].wait_ready(Duration::from_secs(60));
-    poll_until("writes accepted again", Duration::from_secs(30), || {
-        c.heads[0].cli("scyld-nodectl", &["ls"]).code == 0
-    });
+    poll_until("writes accepted again", Duration::from_secs(30), || c.heads[0].cli("scyld-nodectl", &["ls"]).code == 0);
     assert_eq!(node_names(&c, 0), ["n0"]);
 }

@@ -15,21 +15,10 @@ fn nodes(h: &Head) -> Value {
 fn refused(h: &Head, prog: &str, args: &[&str], code: i32, msg: &str) {
     let before = nodes(h);
     // Commands that name their own configuration run without the head's.
-    let out = if args.contains(&"--config") {
-        cli(prog, args)
-    } else {
-        h.cli(prog, args)
-    };
+    let out = if args.contains(&"--config") { cli(prog, args) } else { h.cli(prog, args) };
     assert_eq!(out.code, code, "{args:?}: {out:?}");
-    assert!(
-        out.stderr.contains(msg),
-        "{args:?}: expected {msg:?} in {out:?}"
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "{args:?}: one line expected: {out:?}"
-    );
+    assert!(out.stderr.contains(msg), "{args:?}: expected {msg:?} in {out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{args:?}: one line expected: {out:?}");
     assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
     assert_eq!(nodes(h), before, "{args:?} changed the nodes");
 }
@@ -42,107 +31,42 @@ fn registry_through_the_cli() {
 
     let out = h.cli(
         "scyld-nodectl",
-        &[
-            "create",
-            "--count",
-            "6",
-            "mac=52:54:00:00:10:fe",
-            "ip=10.60.0.254",
-            "_boot_config=base",
-        ],
+        &["create", "--count", "6", "mac=52:54:00:00:10:fe", "ip=10.60.0.254", "_boot_config=base"],
     );
     assert_eq!(out.ok().lines().count(), 6);
-    assert!(
-        out.stdout
-            .starts_with("created n0 (52:54:00:00:10:fe, 10.60.0.254)"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout
-            .contains("created n5 (52:54:00:00:11:03, 10.60.1.3)"),
-        "MAC and IP ranges carry: {out:?}"
-    );
+    assert!(out.stdout.starts_with("created n0 (52:54:00:00:10:fe, 10.60.0.254)"), "{out:?}");
+    assert!(out.stdout.contains("created n5 (52:54:00:00:11:03, 10.60.1.3)"), "MAC and IP ranges carry: {out:?}");
 
     // IP and index are allocated after what exists; more than one MAC per node.
-    let v = h
-        .cli(
-            "scyld-nodectl",
-            &[
-                "create",
-                "mac=52:54:00:00:20:01",
-                "mac=52:54:00:00:20:02",
-                "--json",
-            ],
-        )
-        .json();
+    let v = h.cli("scyld-nodectl", &["create", "mac=52:54:00:00:20:01", "mac=52:54:00:00:20:02", "--json"]).json();
     assert_eq!(v["nodes"][0]["name"], "n6");
     assert_eq!(v["nodes"][0]["ip"], "10.60.1.4");
-    assert_eq!(
-        v["nodes"][0]["macs"],
-        json!(["52:54:00:00:20:01", "52:54:00:00:20:02"])
-    );
+    assert_eq!(v["nodes"][0]["macs"], json!(["52:54:00:00:20:01", "52:54:00:00:20:02"]));
 
     // CSV import (header allowed, blank ip column allocated).
     let csv = c.dir().join("nodes.csv");
-    std::fs::write(
-        &csv,
-        "mac,ip,index\n52:54:00:00:30:01,10.61.0.1,20\n52:54:00:00:30:02,,21\n",
-    )
-    .unwrap();
-    let out = h.cli(
-        "scyld-nodectl",
-        &["create", "--csv", csv.to_str().unwrap(), "rack=9"],
-    );
-    assert_eq!(
-        out.ok(),
-        "created n20 (52:54:00:00:30:01, 10.61.0.1)\ncreated n21 (52:54:00:00:30:02, 10.61.0.2)\n"
-    );
+    std::fs::write(&csv, "mac,ip,index\n52:54:00:00:30:01,10.61.0.1,20\n52:54:00:00:30:02,,21\n").unwrap();
+    let out = h.cli("scyld-nodectl", &["create", "--csv", csv.to_str().unwrap(), "rack=9"]);
+    assert_eq!(out.ok(), "created n20 (52:54:00:00:30:01, 10.61.0.1)\ncreated n21 (52:54:00:00:30:02, 10.61.0.2)\n");
 
     // Selection: ranges, lists, MACs; set and clear.
-    let out = h.cli(
-        "scyld-nodectl",
-        &[
-            "-i",
-            "n[0-2,5],n21",
-            "set",
-            "_preferred_head=head1",
-            "rack=3",
-        ],
-    );
+    let out = h.cli("scyld-nodectl", &["-i", "n[0-2,5],n21", "set", "_preferred_head=head1", "rack=3"]);
     assert_eq!(out.ok(), "updated n0 n1 n2 n5 n21\n");
     let out = h.cli("scyld-nodectl", &["-i", "52:54:00:00:20:02", "ls"]);
     assert_eq!(out.ok(), "n6\n");
-    h.cli(
-        "scyld-nodectl",
-        &["-i", "n1", "clear", "rack", "_boot_config"],
-    )
-    .ok();
+    h.cli("scyld-nodectl", &["-i", "n1", "clear", "rack", "_boot_config"]).ok();
     let v = nodes(h);
     let attrs = |i: usize| v["nodes"][i]["attributes"].clone();
-    assert_eq!(
-        attrs(0),
-        json!({"_boot_config": "base", "_preferred_head": "head1", "rack": "3"})
-    );
+    assert_eq!(attrs(0), json!({"_boot_config": "base", "_preferred_head": "head1", "rack": "3"}));
     assert_eq!(attrs(1), json!({"_preferred_head": "head1"}));
     assert_eq!(attrs(3), json!({"_boot_config": "base"}));
 
     // A single node's IP, MAC and index can change; the old values are free again.
-    h.cli(
-        "scyld-nodectl",
-        &["-i", "n3", "set", "ip=10.62.0.3", "index=30"],
-    )
-    .ok();
-    h.cli(
-        "scyld-nodectl",
-        &["create", "mac=52:54:00:00:40:01", "ip=10.60.1.1", "index=3"],
-    )
-    .ok();
+    h.cli("scyld-nodectl", &["-i", "n3", "set", "ip=10.62.0.3", "index=30"]).ok();
+    h.cli("scyld-nodectl", &["create", "mac=52:54:00:00:40:01", "ip=10.60.1.1", "index=3"]).ok();
     let out = h.cli("scyld-nodectl", &["ls", "-l"]);
     assert!(out.ok().starts_with("NAME"), "{out:?}");
-    assert!(
-        out.stdout.contains("n30") && out.stdout.contains("10.62.0.3"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("n30") && out.stdout.contains("10.62.0.3"), "{out:?}");
 
     let out = h.cli("scyld-nodectl", &["-i", "n[20-21],n30", "rm"]);
     assert_eq!(out.ok(), "deleted n20\ndeleted n21\ndeleted n30\n");
@@ -151,42 +75,22 @@ fn registry_through_the_cli() {
 
     // heads ls and managedb on a solo head.
     let v = h.cli("scyld-clusterctl", &["heads", "ls", "--json"]).json();
-    assert_eq!(
-        v["heads"][0]["db_member"],
-        json!({"backend": "embedded", "id": null, "state": "solo"})
-    );
+    assert_eq!(v["heads"][0]["db_member"], json!({"backend": "embedded", "id": null, "state": "solo"}));
     assert_eq!(v["heads"][0]["alive"], true);
     assert_eq!(h.cli("scyld-clusterctl", &["heads", "ls"]).ok(), "head1\n");
     assert!(h.cli("managedb", &["--heads"]).ok().contains("head1"));
 
     // -a acts on all nodes.
-    h.cli("scyld-nodectl", &["-a", "set", "_status_secs=5"])
-        .ok();
+    h.cli("scyld-nodectl", &["-a", "set", "_status_secs=5"]).ok();
     let v = nodes(h);
-    assert!(
-        v["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["attributes"]["_status_secs"] == "5")
-    );
+    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["attributes"]["_status_secs"] == "5"));
 }
 
 #[test]
 fn bad_input_is_refused_and_writes_nothing() {
     let c = Cluster::solo();
     let h = &c.heads[0];
-    h.cli(
-        "scyld-nodectl",
-        &[
-            "create",
-            "--count",
-            "3",
-            "mac=52:54:00:00:50:01",
-            "ip=10.70.0.1",
-        ],
-    )
-    .ok();
+    h.cli("scyld-nodectl", &["create", "--count", "3", "mac=52:54:00:00:50:01", "ip=10.70.0.1"]).ok();
 
     let n = "scyld-nodectl";
     refused(
@@ -196,20 +100,8 @@ fn bad_input_is_refused_and_writes_nothing() {
         1,
         "MAC 52:54:00:00:50:02 is already used by n1",
     );
-    refused(
-        h,
-        n,
-        &["create", "mac=52:54:00:00:50:09", "ip=10.70.0.3"],
-        1,
-        "IP 10.70.0.3 is already used by n2",
-    );
-    refused(
-        h,
-        n,
-        &["create", "mac=52:54:00:00:50:09", "index=0"],
-        1,
-        "index 0 (name n0) is already used by n0",
-    );
+    refused(h, n, &["create", "mac=52:54:00:00:50:09", "ip=10.70.0.3"], 1, "IP 10.70.0.3 is already used by n2");
+    refused(h, n, &["create", "mac=52:54:00:00:50:09", "index=0"], 1, "index 0 (name n0) is already used by n0");
     refused(
         h,
         n,
@@ -217,161 +109,47 @@ fn bad_input_is_refused_and_writes_nothing() {
         1,
         "MAC 52:54:00:00:50:01 is already used by n0",
     );
-    refused(
-        h,
-        n,
-        &["create", "mac=52:54:00:00:50"],
-        2,
-        "malformed MAC address",
-    );
-    refused(
-        h,
-        n,
-        &["create", "mac=52:54:00:00:50:09", "ip=10.70.0.300"],
-        2,
-        "malformed IPv4 address",
-    );
+    refused(h, n, &["create", "mac=52:54:00:00:50"], 2, "malformed MAC address");
+    refused(h, n, &["create", "mac=52:54:00:00:50:09", "ip=10.70.0.300"], 2, "malformed IPv4 address");
     refused(h, n, &["create", "ip=10.70.0.9"], 2, "give mac=");
-    refused(
-        h,
-        n,
-        &["create", "--count", "2", "mac=ff:ff:ff:ff:ff:ff"],
-        2,
-        "runs past ff:ff:ff:ff:ff:ff",
-    );
-    refused(
-        h,
-        n,
-        &["create", "mac=52:54:00:00:50:09", "_status_secs=never"],
-        2,
-        "bad value for _status_secs",
-    );
-    refused(
-        h,
-        n,
-        &["create", "mac=52:54:00:00:50:09", "bad key=1"],
-        2,
-        "invalid attribute name",
-    );
+    refused(h, n, &["create", "--count", "2", "mac=ff:ff:ff:ff:ff:ff"], 2, "runs past ff:ff:ff:ff:ff:ff");
+    refused(h, n, &["create", "mac=52:54:00:00:50:09", "_status_secs=never"], 2, "bad value for _status_secs");
+    refused(h, n, &["create", "mac=52:54:00:00:50:09", "bad key=1"], 2, "invalid attribute name");
     refused(h, n, &["-i", "n9", "set", "a=b"], 1, "no node matches n9");
     refused(h, n, &["-i", "n[5-9]", "rm"], 1, "no node matches n[5-9]");
     refused(h, n, &["-i", "n[1-", "rm"], 2, "bad node selector");
     refused(h, n, &["-i", "n[3-1]", "ls"], 2, "runs backwards");
     refused(h, n, &["set", "a=b"], 2, "select nodes with -i NODES or -a");
-    refused(
-        h,
-        n,
-        &["-i", "n0", "set", "ab"],
-        2,
-        "\"ab\" is not key=value",
-    );
-    refused(
-        h,
-        n,
-        &["-i", "n[0-1]", "set", "ip=10.70.0.50"],
-        1,
-        "ip can be set on one node at a time",
-    );
-    refused(
-        h,
-        n,
-        &["-i", "n0", "set", "ip=10.70.0.2"],
-        1,
-        "IP 10.70.0.2 is already used by n1",
-    );
-    refused(
-        h,
-        n,
-        &["-i", "n0", "set", "mac=zz"],
-        1,
-        "malformed MAC address",
-    );
-    refused(
-        h,
-        n,
-        &["-i", "n0", "clear", "mac"],
-        1,
-        "mac cannot be cleared",
-    );
+    refused(h, n, &["-i", "n0", "set", "ab"], 2, "\"ab\" is not key=value");
+    refused(h, n, &["-i", "n[0-1]", "set", "ip=10.70.0.50"], 1, "ip can be set on one node at a time");
+    refused(h, n, &["-i", "n0", "set", "ip=10.70.0.2"], 1, "IP 10.70.0.2 is already used by n1");
+    refused(h, n, &["-i", "n0", "set", "mac=zz"], 1, "malformed MAC address");
+    refused(h, n, &["-i", "n0", "clear", "mac"], 1, "mac cannot be cleared");
     let csv = c.dir().join("bad.csv");
     std::fs::write(&csv, "52:54:00:00:60:01,10.71.0.1\nnot-a-mac\n").unwrap();
-    refused(
-        h,
-        n,
-        &["create", "--csv", csv.to_str().unwrap()],
-        2,
-        "bad.csv:2: malformed MAC address",
-    );
-    std::fs::write(
-        &csv,
-        "52:54:00:00:60:01,10.71.0.1\n52:54:00:00:50:03,10.71.0.2\n",
-    )
-    .unwrap();
-    refused(
-        h,
-        n,
-        &["create", "--csv", csv.to_str().unwrap()],
-        1,
-        "MAC 52:54:00:00:50:03 is already used by n2",
-    );
+    refused(h, n, &["create", "--csv", csv.to_str().unwrap()], 2, "bad.csv:2: malformed MAC address");
+    std::fs::write(&csv, "52:54:00:00:60:01,10.71.0.1\n52:54:00:00:50:03,10.71.0.2\n").unwrap();
+    refused(h, n, &["create", "--csv", csv.to_str().unwrap()], 1, "MAC 52:54:00:00:50:03 is already used by n2");
 
     // Credentials: a wrong token is refused (403), none at all is 401; both as {kind, message}.
-    refused(
-        h,
-        n,
-        &["--token", "0000", "-i", "n0", "rm"],
-        1,
-        "wrong admin credential",
-    );
+    refused(h, n, &["--token", "0000", "-i", "n0", "rm"], 1, "wrong admin credential");
     let (status, v) = h.api("GET", "/nodes", None, None);
     assert_eq!((status, v["kind"].as_str()), (401, Some("unauthorized")));
-    let (status, v) = h.api(
-        "POST",
-        "/nodes/delete",
-        Some("nope"),
-        Some(&json!({"nodes": []})),
-    );
+    let (status, v) = h.api("POST", "/nodes/delete", Some("nope"), Some(&json!({"nodes": []})));
     assert_eq!((status, v["kind"].as_str()), (403, Some("forbidden")));
-    let (status, v) = h.api(
-        "POST",
-        "/nodes",
-        Some(&c.token),
-        Some(&json!({"nodes": [{"macs": ["zz"]}]})),
-    );
-    assert_eq!(
-        (status, v["kind"].as_str()),
-        (400, Some("bad_request")),
-        "{v}"
-    );
-    let (status, v) = h.api(
-        "POST",
-        "/nodes/update",
-        Some(&c.token),
-        Some(&json!({"nodes": ["nouid"], "set": {"a": "b"}})),
-    );
-    assert_eq!(
-        (status, v["kind"].as_str()),
-        (404, Some("not_found")),
-        "{v}"
-    );
+    let (status, v) = h.api("POST", "/nodes", Some(&c.token), Some(&json!({"nodes": [{"macs": ["zz"]}]})));
+    assert_eq!((status, v["kind"].as_str()), (400, Some("bad_request")), "{v}");
+    let (status, v) =
+        h.api("POST", "/nodes/update", Some(&c.token), Some(&json!({"nodes": ["nouid"], "set": {"a": "b"}})));
+    assert_eq!((status, v["kind"].as_str()), (404, Some("not_found")), "{v}");
     let (status, v) = h.api("GET", "/nope", Some(&c.token), None);
-    assert_eq!(
-        (status, v["kind"].as_str()),
-        (404, Some("not_found")),
-        "{v}"
-    );
+    assert_eq!((status, v["kind"].as_str()), (404, Some("not_found")), "{v}");
     let (status, _) = h.api("GET", "/health", None, None);
     assert_eq!(status, 200);
     assert_eq!(nodes(h)["nodes"].as_array().unwrap().len(), 3);
 
     // Configuration problems, for the CLI.
-    refused(
-        h,
-        n,
-        &["--config", "/nonexistent/base.ini", "ls"],
-        1,
-        "cannot read /nonexistent/base.ini",
-    );
+    refused(h, n, &["--config", "/nonexistent/base.ini", "ls"], 1, "cannot read /nonexistent/base.ini");
     let bad = c.dir().join("bad.ini");
     std::fs::write(&bad, "database.admin_pass = x\nhead.port = eighty\n").unwrap();
     refused(
@@ -382,13 +160,7 @@ fn bad_input_is_refused_and_writes_nothing() {
         "bad.ini:2: head.port: \"eighty\" is not a port number",
     );
     std::fs::write(&bad, "head.port = 80\n").unwrap();
-    refused(
-        h,
-        n,
-        &["--config", bad.to_str().unwrap(), "ls"],
-        1,
-        "database.admin_pass is not set",
-    );
+    refused(h, n, &["--config", bad.to_str().unwrap(), "ls"], 1, "database.admin_pass is not set");
     refused(
         h,
         n,
@@ -403,17 +175,7 @@ fn bulk_create_of_thousands() {
     let c = Cluster::solo();
     let h = &c.heads[0];
     let v = h
-        .cli(
-            "scyld-nodectl",
-            &[
-                "create",
-                "--count",
-                "5000",
-                "mac=02:00:00:00:00:00",
-                "ip=10.80.0.1",
-                "--json",
-            ],
-        )
+        .cli("scyld-nodectl", &["create", "--count", "5000", "mac=02:00:00:00:00:00", "ip=10.80.0.1", "--json"])
         .json();
     assert_eq!(v["nodes"].as_array().unwrap().len(), 5000);
     assert_eq!(v["nodes"][4999]["name"], "n4999");
@@ -428,11 +190,7 @@ fn bulk_create_of_thousands() {
 
 fn head_fails_to_start(c: &mut Cluster, msg: &str) {
     let h = &mut c.heads[0];
-    let out = Command::new(bin("clusterware-head"))
-        .arg("--config")
-        .arg(&h.config)
-        .output()
-        .unwrap();
+    let out = Command::new(bin("clusterware-head")).arg("--config").arg(&h.config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(msg), "expected {msg:?} in {stderr}");
@@ -441,15 +199,11 @@ fn head_fails_to_start(c: &mut Cluster, msg: &str) {
 #[test]
 fn head_start_up_errors_are_clear() {
     let mut c = Cluster::configure(Backend::Embedded, 1, "head.lease_ttl = 1\n");
-    head_fails_to_start(
-        &mut c,
-        "base.ini:11: head.lease_ttl: \"1\" is not a whole number from 2 to 300",
-    );
+    head_fails_to_start(&mut c, "base.ini:11: head.lease_ttl: \"1\" is not a whole number from 2 to 300");
 
     let mut c = Cluster::configure(Backend::Embedded, 1, "");
-    let cfg = std::fs::read_to_string(&c.heads[0].config)
-        .unwrap()
-        .replace("database.admin_pass", "# database.admin_pass");
+    let cfg =
+        std::fs::read_to_string(&c.heads[0].config).unwrap().replace("database.admin_pass", "# database.admin_pass");
     std::fs::write(&c.heads[0].config, cfg).unwrap();
     head_fails_to_start(&mut c, "database.admin_pass is not set");
 
@@ -459,34 +213,20 @@ fn head_start_up_errors_are_clear() {
         1,
         "database.type = etcd\ndatabase.endpoints = http://127.0.0.1:1\ndatabase.ready_timeout = 2\n",
     );
-    head_fails_to_start(
-        &mut c,
-        "the cluster database did not become ready within 2 s",
-    );
+    head_fails_to_start(&mut c, "the cluster database did not become ready within 2 s");
 
     // etcd missing: named, with the package to install.
-    let mut c = Cluster::configure(
-        Backend::Etcd,
-        1,
-        "database.etcd_binary = /nonexistent/etcd\n",
-    );
+    let mut c = Cluster::configure(Backend::Etcd, 1, "database.etcd_binary = /nonexistent/etcd\n");
     head_fails_to_start(&mut c, "install Debian's etcd-server package");
 
     // A second head on the same embedded file is refused, the first keeps running.
     let mut c = Cluster::solo();
     let h = &mut c.heads[0];
-    let out = Command::new(bin("clusterware-head"))
-        .arg("--config")
-        .arg(&h.config)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
+    let out =
+        Command::new(bin("clusterware-head")).arg("--config").arg(&h.config).env("RUST_LOG", "off").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot listen") || stderr.contains("already open"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot listen") || stderr.contains("already open"), "{stderr}");
     assert!(h.is_running());
     h.wait_ready(Duration::from_secs(5));
 
@@ -495,13 +235,7 @@ fn head_start_up_errors_are_clear() {
     let h = &mut c.heads[0];
     assert_eq!(h.stop(), Some(0));
     let log = std::fs::read_to_string(h.dir.join("stderr.log")).unwrap();
-    assert!(
-        log.contains("unknown key \"some.future_key\" ignored"),
-        "{log}"
-    );
+    assert!(log.contains("unknown key \"some.future_key\" ignored"), "{log}");
     let file_log = std::fs::read_to_string(h.dir.join("log/head_head1.log")).unwrap();
-    assert!(
-        file_log.contains("head started") && file_log.contains("head stopped"),
-        "{file_log}"
-    );
+    assert!(file_log.contains("head started") && file_log.contains("head stopped"), "{file_log}");
 }

@@ -40,9 +40,7 @@ enum HeadsCmd {
 fn main() -> ExitCode {
     let args = Args::parse();
     run("scyld-clusterctl", || match &args.cmd {
-        Cmd::Heads {
-            cmd: HeadsCmd::Ls { long },
-        } => heads_ls(&args, *long),
+        Cmd::Heads { cmd: HeadsCmd::Ls { long } } => heads_ls(&args, *long),
     })
 }
 
@@ -67,18 +65,7 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
                 ]
             })
             .collect();
-        print_table(
-            &[
-                "NAME",
-                "IP",
-                "ALIVE",
-                "VERSION",
-                "DATABASE",
-                "MEMBER ID",
-                "API",
-            ],
-            &rows,
-        );
+        print_table(&["NAME", "IP", "ALIVE", "VERSION", "DATABASE", "MEMBER ID", "API"], &rows);
     } else {
         for h in &list.heads {
             println!("{}", h.name);

@@ -11,9 +11,7 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use clusterware_cli::{
-    CliResult, Client, ConnOpts, fail, print_json, print_table, run, select_nodes, usage,
-};
+use clusterware_cli::{CliResult, Client, ConnOpts, fail, print_json, print_table, run, select_nodes, usage};
 use clusterware_shared::api::{CreateNodes, DeleteNodes, Node, NodeList, NodeSpec, UpdateNodes};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, parse_ipv4, validate_attr};
 use std::collections::BTreeMap;
@@ -28,13 +26,7 @@ struct Args {
     #[command(flatten)]
     conn: ConnOpts,
     /// Nodes to act on: names with ranges (n[0-5,7]), lists (n3,n9), MACs or uids
-    #[arg(
-        short = 'i',
-        long = "ids",
-        value_name = "NODES",
-        global = true,
-        conflicts_with = "all"
-    )]
+    #[arg(short = 'i', long = "ids", value_name = "NODES", global = true, conflicts_with = "all")]
     ids: Option<String>,
     /// Act on all nodes
     #[arg(short = 'a', long = "all", global = true)]
@@ -93,8 +85,7 @@ fn main() -> ExitCode {
 }
 
 fn split_kv(s: &str) -> CliResult<(&str, &str)> {
-    s.split_once('=')
-        .ok_or_else(|| usage(format!("{s:?} is not key=value")))
+    s.split_once('=').ok_or_else(|| usage(format!("{s:?} is not key=value")))
 }
 
 fn all_nodes(c: &Client) -> CliResult<Vec<Node>> {
@@ -121,18 +112,8 @@ fn ls(args: &Args, long: bool) -> CliResult<()> {
             .iter()
             .map(|n| {
                 let macs: Vec<String> = n.macs.iter().map(|m| m.to_string()).collect();
-                let attrs: Vec<String> = n
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                vec![
-                    n.name.clone(),
-                    n.index.to_string(),
-                    n.ip.to_string(),
-                    macs.join(","),
-                    attrs.join(" "),
-                ]
+                let attrs: Vec<String> = n.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                vec![n.name.clone(), n.index.to_string(), n.ip.to_string(), macs.join(","), attrs.join(" ")]
             })
             .collect();
         print_table(&["NAME", "INDEX", "IP", "MAC", "ATTRIBUTES"], &rows);
@@ -152,11 +133,7 @@ fn base_spec(fields: &[String]) -> CliResult<NodeSpec> {
         match k {
             "mac" => {
                 for m in v.split(',') {
-                    s.macs.push(
-                        m.trim()
-                            .parse()
-                            .map_err(|e: clusterware_shared::ids::IdError| usage(e.to_string()))?,
-                    );
+                    s.macs.push(m.trim().parse().map_err(|e: clusterware_shared::ids::IdError| usage(e.to_string()))?);
                 }
             }
             "ip" => {
@@ -169,10 +146,7 @@ fn base_spec(fields: &[String]) -> CliResult<NodeSpec> {
                 if s.index.is_some() {
                     return Err(usage("index= given twice"));
                 }
-                s.index = Some(
-                    v.parse()
-                        .map_err(|_| usage(format!("index {v:?} is not a whole number")))?,
-                )
+                s.index = Some(v.parse().map_err(|_| usage(format!("index {v:?} is not a whole number")))?)
             }
             _ => {
                 validate_attr(k, v).map_err(|e| usage(e.to_string()))?;
@@ -184,8 +158,7 @@ fn base_spec(fields: &[String]) -> CliResult<NodeSpec> {
 }
 
 fn csv_specs(path: &PathBuf, template: &NodeSpec) -> CliResult<Vec<NodeSpec>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let l = line.trim();
@@ -198,31 +171,18 @@ fn csv_specs(path: &PathBuf, template: &NodeSpec) -> CliResult<Vec<NodeSpec>> {
         }
         let at = |what: String| usage(format!("{}:{}: {what}", path.display(), i + 1));
         if cols.len() > 3 {
-            return Err(at(format!(
-                "expected mac[,ip[,index]], found {} columns",
-                cols.len()
-            )));
+            return Err(at(format!("expected mac[,ip[,index]], found {} columns", cols.len())));
         }
-        let mac: MacAddr = cols[0]
-            .parse()
-            .map_err(|e: clusterware_shared::ids::IdError| at(e.to_string()))?;
+        let mac: MacAddr = cols[0].parse().map_err(|e: clusterware_shared::ids::IdError| at(e.to_string()))?;
         let ip: Option<Ipv4Addr> = match cols.get(1) {
             Some(s) if !s.is_empty() => Some(parse_ipv4(s).map_err(|e| at(e.to_string()))?),
             _ => None,
         };
         let index = match cols.get(2) {
-            Some(s) if !s.is_empty() => Some(
-                s.parse()
-                    .map_err(|_| at(format!("index {s:?} is not a whole number")))?,
-            ),
+            Some(s) if !s.is_empty() => Some(s.parse().map_err(|_| at(format!("index {s:?} is not a whole number")))?),
             _ => None,
         };
-        out.push(NodeSpec {
-            macs: vec![mac],
-            ip,
-            index,
-            attributes: template.attributes.clone(),
-        });
+        out.push(NodeSpec { macs: vec![mac], ip, index, attributes: template.attributes.clone() });
     }
     if out.is_empty() {
         return Err(usage(format!("{} lists no nodes", path.display())));
@@ -230,18 +190,11 @@ fn csv_specs(path: &PathBuf, template: &NodeSpec) -> CliResult<Vec<NodeSpec>> {
     Ok(out)
 }
 
-fn create(
-    args: &Args,
-    count: Option<u32>,
-    csv: Option<&PathBuf>,
-    fields: &[String],
-) -> CliResult<()> {
+fn create(args: &Args, count: Option<u32>, csv: Option<&PathBuf>, fields: &[String]) -> CliResult<()> {
     let base = base_spec(fields)?;
     let specs = if let Some(path) = csv {
         if !base.macs.is_empty() || base.ip.is_some() || base.index.is_some() {
-            return Err(usage(
-                "with --csv, mac, ip and index come from the file; give only attributes",
-            ));
+            return Err(usage("with --csv, mac, ip and index come from the file; give only attributes"));
         }
         csv_specs(path, &base)?
     } else {
@@ -261,17 +214,10 @@ fn create(
                         .map(|m| m.offset(i))
                         .collect::<Result<_, _>>()
                         .map_err(|e| usage(e.to_string()))?,
-                    ip: base
-                        .ip
-                        .map(|ip| ipv4_offset(ip, i))
-                        .transpose()
-                        .map_err(|e| usage(e.to_string()))?,
+                    ip: base.ip.map(|ip| ipv4_offset(ip, i)).transpose().map_err(|e| usage(e.to_string()))?,
                     index: base
                         .index
-                        .map(|x| {
-                            u32::try_from(u64::from(x) + i)
-                                .map_err(|_| usage("index range runs past 4294967295"))
-                        })
+                        .map(|x| u32::try_from(u64::from(x) + i).map_err(|_| usage("index range runs past 4294967295")))
                         .transpose()?,
                     attributes: base.attributes.clone(),
                 })
@@ -297,11 +243,7 @@ fn update(args: &Args, set: BTreeMap<String, String>, clear: Vec<String>) -> Cli
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
     }
-    let req = UpdateNodes {
-        nodes: nodes.iter().map(|n| n.uid.clone()).collect(),
-        set,
-        clear,
-    };
+    let req = UpdateNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), set, clear };
     let done: NodeList = c.post("/nodes/update", &req)?;
     if args.json {
         print_json(&done);
@@ -333,12 +275,8 @@ fn rm(args: &Args) -> CliResult<()> {
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
     }
-    let done: NodeList = c.post(
-        "/nodes/delete",
-        &DeleteNodes {
-            nodes: nodes.iter().map(|n| n.uid.clone()).collect(),
-        },
-    )?;
+    let done: NodeList =
+        c.post("/nodes/delete", &DeleteNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect() })?;
     if args.json {
         print_json(&done);
     } else {

@@ -11,13 +11,8 @@
 //! returns). Lease renewals stay in memory: a renewal is not a disk write. On open every lease
 //! gets a full TTL again, as etcd does when a new leader takes over.
 
-use super::{
-    DbError, Event, EventKind, KeyValue, LeaseId, OpResult, Result, Revision, Txn, TxnOp, TxnResult,
-};
-use redb::{
-    MultimapTableDefinition, ReadableMultimapTable, ReadableTable, TableDefinition,
-    WriteTransaction,
-};
+use super::{DbError, Event, EventKind, KeyValue, LeaseId, OpResult, Result, Revision, Txn, TxnOp, TxnResult};
+use redb::{MultimapTableDefinition, ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
@@ -78,10 +73,9 @@ impl Embedded {
                 .map_err(|e| DbError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = redb::Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => DbError::Storage(format!(
-                "{} is already open in another process",
-                path.display()
-            )),
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                DbError::Storage(format!("{} is already open in another process", path.display()))
+            }
             e => DbError::Storage(format!("cannot open {}: {e}", path.display())),
         })?;
         Self::start(db)
@@ -89,9 +83,8 @@ impl Embedded {
 
     /// A store that lives in memory only (unit tests).
     pub fn open_in_memory() -> Result<Embedded> {
-        let db = redb::Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(storage)?;
+        let db =
+            redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(storage)?;
         Self::start(db)
     }
 
@@ -108,23 +101,12 @@ impl Embedded {
             for row in t.iter().map_err(storage)? {
                 let (id, ttl) = row.map_err(storage)?;
                 let ttl = ttl.value();
-                leases.insert(
-                    id.value(),
-                    LeaseState {
-                        ttl,
-                        expires: now + Duration::from_secs(ttl as u64),
-                    },
-                );
+                leases.insert(id.value(), LeaseState { ttl, expires: now + Duration::from_secs(ttl as u64) });
             }
         }
         tx.commit().map_err(storage)?;
         let (events, _) = broadcast::channel(4096);
-        let inner = Arc::new(Inner {
-            db,
-            write_lock: Mutex::new(()),
-            leases: Mutex::new(leases),
-            events,
-        });
+        let inner = Arc::new(Inner { db, write_lock: Mutex::new(()), leases: Mutex::new(leases), events });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(reaper(weak));
         Ok(Embedded { inner })
@@ -157,8 +139,7 @@ impl Embedded {
                     }
                     TxnOp::Delete { key } => OpResult::Deleted(w.delete(key)? as i64),
                     TxnOp::DeletePrefix { prefix } => {
-                        let keys: Vec<String> =
-                            w.range(prefix)?.into_iter().map(|kv| kv.key).collect();
+                        let keys: Vec<String> = w.range(prefix)?.into_iter().map(|kv| kv.key).collect();
                         for k in &keys {
                             w.delete(k)?;
                         }
@@ -170,11 +151,7 @@ impl Embedded {
             }
             Ok((ok, results))
         })
-        .map(|((succeeded, results), revision)| TxnResult {
-            succeeded,
-            revision,
-            results,
-        })
+        .map(|((succeeded, results), revision)| TxnResult { succeeded, revision, results })
     }
 
     /// One write transaction: runs `f`, records history, commits, then publishes the events.
@@ -200,10 +177,7 @@ impl Embedded {
         let rtx = self.inner.db.begin_read().map_err(storage)?;
         let kv = rtx.open_table(KV).map_err(storage)?;
         let meta = rtx.open_table(META).map_err(storage)?;
-        let rev = meta
-            .get("revision")
-            .map_err(storage)?
-            .map_or(0, |v| v.value());
+        let rev = meta.get("revision").map_err(storage)?.map_or(0, |v| v.value());
         let mut out = Vec::new();
         for row in kv.range(prefix..).map_err(storage)? {
             let (k, v) = row.map_err(storage)?;
@@ -217,9 +191,7 @@ impl Embedded {
 
     pub async fn grant_lease(&self, ttl: i64) -> Result<LeaseId> {
         if ttl <= 0 {
-            return Err(DbError::Invalid(format!(
-                "lease TTL {ttl} must be positive"
-            )));
+            return Err(DbError::Invalid(format!("lease TTL {ttl} must be positive")));
         }
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -233,13 +205,8 @@ impl Embedded {
                 w.leases.insert(id, ttl).map_err(storage)?;
                 Ok(())
             })?;
-            lock(&me.inner.leases).insert(
-                id,
-                LeaseState {
-                    ttl,
-                    expires: Instant::now() + Duration::from_secs(ttl as u64),
-                },
-            );
+            lock(&me.inner.leases)
+                .insert(id, LeaseState { ttl, expires: Instant::now() + Duration::from_secs(ttl as u64) });
             Ok(id)
         })
         .await
@@ -270,11 +237,7 @@ impl Embedded {
                 let leases = lock(w.lease_state);
                 match leases.get(&id) {
                     None => {
-                        return if only_if_expired {
-                            Ok(false)
-                        } else {
-                            Err(DbError::LeaseNotFound(id))
-                        };
+                        return if only_if_expired { Ok(false) } else { Err(DbError::LeaseNotFound(id)) };
                     }
                     Some(l) if only_if_expired && l.expires > Instant::now() => return Ok(false),
                     Some(_) => {}
@@ -300,23 +263,14 @@ impl Embedded {
     /// Expired leases, for the reaper.
     fn expired_leases(&self) -> Vec<LeaseId> {
         let now = Instant::now();
-        lock(&self.inner.leases)
-            .iter()
-            .filter(|(_, l)| l.expires <= now)
-            .map(|(id, _)| *id)
-            .collect()
+        lock(&self.inner.leases).iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect()
     }
 
     pub fn watch(&self, prefix: &str, start: Option<Revision>) -> Result<EmbeddedWatcher> {
         // Subscribe before reading history, so nothing falls between the two.
         let rx = self.inner.events.subscribe();
-        let mut w = EmbeddedWatcher {
-            db: self.clone(),
-            prefix: prefix.to_string(),
-            next_rev: 0,
-            rx,
-            pending: VecDeque::new(),
-        };
+        let mut w =
+            EmbeddedWatcher { db: self.clone(), prefix: prefix.to_string(), next_rev: 0, rx, pending: VecDeque::new() };
         let current = self.current_revision()?;
         match start {
             Some(s) if s > 0 && s <= current => w.load_history(s)?,
@@ -329,39 +283,23 @@ impl Embedded {
     fn current_revision(&self) -> Result<Revision> {
         let rtx = self.inner.db.begin_read().map_err(storage)?;
         let meta = rtx.open_table(META).map_err(storage)?;
-        Ok(meta
-            .get("revision")
-            .map_err(storage)?
-            .map_or(0, |v| v.value()))
+        Ok(meta.get("revision").map_err(storage)?.map_or(0, |v| v.value()))
     }
 
     /// Events of revisions `from..` still in the history, and the current revision.
     fn history(&self, from: Revision, prefix: &str) -> Result<(Vec<Event>, Revision)> {
         let rtx = self.inner.db.begin_read().map_err(storage)?;
         let meta = rtx.open_table(META).map_err(storage)?;
-        let rev = meta
-            .get("revision")
-            .map_err(storage)?
-            .map_or(0, |v| v.value());
-        let compacted = meta
-            .get("compacted")
-            .map_err(storage)?
-            .map_or(0, |v| v.value());
+        let rev = meta.get("revision").map_err(storage)?.map_or(0, |v| v.value());
+        let compacted = meta.get("compacted").map_err(storage)?.map_or(0, |v| v.value());
         if from <= compacted {
-            return Err(DbError::Compacted {
-                requested: from,
-                compacted: compacted + 1,
-            });
+            return Err(DbError::Compacted { requested: from, compacted: compacted + 1 });
         }
         let hist = rtx.open_table(HISTORY).map_err(storage)?;
         let mut out = Vec::new();
         for row in hist.range(from..).map_err(storage)? {
             let (_, v) = row.map_err(storage)?;
-            out.extend(
-                decode_events(v.value())?
-                    .into_iter()
-                    .filter(|e| e.kv.key.starts_with(prefix)),
-            );
+            out.extend(decode_events(v.value())?.into_iter().filter(|e| e.kv.key.starts_with(prefix)));
         }
         Ok((out, rev))
     }
@@ -372,19 +310,11 @@ impl Embedded {
             me.write(|w| {
                 let current = w.revision;
                 if revision > current {
-                    return Err(DbError::Invalid(format!(
-                        "revision {revision} is in the future (current {current})"
-                    )));
+                    return Err(DbError::Invalid(format!("revision {revision} is in the future (current {current})")));
                 }
-                let old = w
-                    .meta
-                    .get("compacted")
-                    .map_err(storage)?
-                    .map_or(0, |v| v.value());
+                let old = w.meta.get("compacted").map_err(storage)?.map_or(0, |v| v.value());
                 if revision - 1 > old {
-                    w.history
-                        .retain_in(..revision, |_, _| false)
-                        .map_err(storage)?;
+                    w.history.retain_in(..revision, |_, _| false).map_err(storage)?;
                     w.meta.insert("compacted", revision - 1).map_err(storage)?;
                 }
                 Ok(())
@@ -436,15 +366,9 @@ struct Writer<'t> {
 }
 
 impl<'t> Writer<'t> {
-    fn new(
-        tx: &'t WriteTransaction,
-        lease_state: &'t Mutex<HashMap<LeaseId, LeaseState>>,
-    ) -> Result<Self> {
+    fn new(tx: &'t WriteTransaction, lease_state: &'t Mutex<HashMap<LeaseId, LeaseState>>) -> Result<Self> {
         let meta = tx.open_table(META).map_err(storage)?;
-        let revision = meta
-            .get("revision")
-            .map_err(storage)?
-            .map_or(0, |v| v.value());
+        let revision = meta.get("revision").map_err(storage)?.map_or(0, |v| v.value());
         Ok(Writer {
             kv: tx.open_table(KV).map_err(storage)?,
             meta,
@@ -502,13 +426,8 @@ impl<'t> Writer<'t> {
         if lease != 0 {
             self.lease_keys.insert(lease, key).map_err(storage)?;
         }
-        self.kv
-            .insert(key, encode_record(&kv).as_slice())
-            .map_err(storage)?;
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv,
-        });
+        self.kv.insert(key, encode_record(&kv).as_slice()).map_err(storage)?;
+        self.events.push(Event { kind: EventKind::Put, kv });
         Ok(())
     }
 
@@ -538,31 +457,19 @@ impl<'t> Writer<'t> {
     /// Records the revision and its history entry when anything changed.
     fn finish(mut self) -> Result<Batch> {
         if self.events.is_empty() {
-            return Ok(Batch {
-                revision: self.revision,
-                events: Vec::new(),
-            });
+            return Ok(Batch { revision: self.revision, events: Vec::new() });
         }
         let rev = self.new_rev();
         self.meta.insert("revision", rev).map_err(storage)?;
-        self.history
-            .insert(rev, encode_events(&self.events).as_slice())
-            .map_err(storage)?;
+        self.history.insert(rev, encode_events(&self.events).as_slice()).map_err(storage)?;
         let drop_rev = rev - HISTORY_LIMIT;
         if drop_rev > 0 && self.history.remove(drop_rev).map_err(storage)?.is_some() {
-            let old = self
-                .meta
-                .get("compacted")
-                .map_err(storage)?
-                .map_or(0, |v| v.value());
+            let old = self.meta.get("compacted").map_err(storage)?.map_or(0, |v| v.value());
             if drop_rev > old {
                 self.meta.insert("compacted", drop_rev).map_err(storage)?;
             }
         }
-        Ok(Batch {
-            revision: rev,
-            events: std::mem::take(&mut self.events),
-        })
+        Ok(Batch { revision: rev, events: std::mem::take(&mut self.events) })
     }
 }
 
@@ -585,9 +492,7 @@ impl EmbeddedWatcher {
     }
 
     pub fn next_revision(&self) -> Revision {
-        self.pending
-            .front()
-            .map_or(self.next_rev, |e| e.kv.mod_revision)
+        self.pending.front().map_or(self.next_rev, |e| e.kv.mod_revision)
     }
 
     pub async fn next(&mut self) -> Result<Event> {
@@ -601,13 +506,7 @@ impl EmbeddedWatcher {
                         continue;
                     }
                     self.next_rev = batch.revision + 1;
-                    self.pending.extend(
-                        batch
-                            .events
-                            .iter()
-                            .filter(|e| e.kv.key.starts_with(&self.prefix))
-                            .cloned(),
-                    );
+                    self.pending.extend(batch.events.iter().filter(|e| e.kv.key.starts_with(&self.prefix)).cloned());
                 }
                 // Fell behind the live feed: catch up from the stored history.
                 Err(broadcast::error::RecvError::Lagged(_)) => self.load_history(self.next_rev)?,

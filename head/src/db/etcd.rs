@@ -4,8 +4,8 @@
 //! HTTP/2 keep-alives make a dead connection visible to watches within seconds.
 
 use super::{
-    CmpOp, CmpTarget, DbError, Event, EventKind, KeyValue, LeaseId, Member, OP_TIMEOUT, OpResult,
-    Result, Revision, Txn, TxnOp, TxnResult,
+    CmpOp, CmpTarget, DbError, Event, EventKind, KeyValue, LeaseId, Member, OP_TIMEOUT, OpResult, Result, Revision,
+    Txn, TxnOp, TxnResult,
 };
 use etcd_client as ec;
 use std::collections::VecDeque;
@@ -27,22 +27,14 @@ fn map_err(e: ec::Error) -> DbError {
         ec::Error::GRpcStatus(s) => {
             let msg = s.message().to_string();
             match s.code() {
-                tonic_code::InvalidArgument | tonic_code::FailedPrecondition
-                    if msg.contains("compacted") =>
-                {
-                    DbError::Compacted {
-                        requested: 0,
-                        compacted: 0,
-                    }
+                tonic_code::InvalidArgument | tonic_code::FailedPrecondition if msg.contains("compacted") => {
+                    DbError::Compacted { requested: 0, compacted: 0 }
                 }
-                tonic_code::OutOfRange if msg.contains("compacted") => DbError::Compacted {
-                    requested: 0,
-                    compacted: 0,
-                },
+                tonic_code::OutOfRange if msg.contains("compacted") => {
+                    DbError::Compacted { requested: 0, compacted: 0 }
+                }
                 tonic_code::InvalidArgument => DbError::Invalid(msg),
-                tonic_code::NotFound if msg.contains("lease not found") => {
-                    DbError::LeaseNotFound(0)
-                }
+                tonic_code::NotFound if msg.contains("lease not found") => DbError::LeaseNotFound(0),
                 _ => DbError::Unavailable(msg),
             }
         }
@@ -57,10 +49,7 @@ use tonic::Code as tonic_code;
 async fn deadline<T>(f: impl Future<Output = std::result::Result<T, ec::Error>>) -> Result<T> {
     match tokio::time::timeout(OP_TIMEOUT, f).await {
         Ok(r) => r.map_err(map_err),
-        Err(_) => Err(DbError::Unavailable(format!(
-            "no answer within {} s (no quorum?)",
-            OP_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(DbError::Unavailable(format!("no answer within {} s (no quorum?)", OP_TIMEOUT.as_secs()))),
     }
 }
 
@@ -69,12 +58,8 @@ fn full(key: &str) -> String {
 }
 
 fn convert(kv: &ec::KeyValue) -> Result<KeyValue> {
-    let k = kv
-        .key_str()
-        .map_err(|_| DbError::Storage("non-UTF-8 key in etcd".into()))?;
-    let key = k
-        .strip_prefix(KEY_PREFIX)
-        .ok_or_else(|| DbError::Storage(format!("key {k:?} outside {KEY_PREFIX}")))?;
+    let k = kv.key_str().map_err(|_| DbError::Storage("non-UTF-8 key in etcd".into()))?;
+    let key = k.strip_prefix(KEY_PREFIX).ok_or_else(|| DbError::Storage(format!("key {k:?} outside {KEY_PREFIX}")))?;
     Ok(KeyValue {
         key: key.to_string(),
         value: kv.value().to_vec(),
@@ -84,6 +69,10 @@ fn convert(kv: &ec::KeyValue) -> Result<KeyValue> {
         lease: kv.lease(),
     })
 }
+
+/// Largest gRPC message accepted or sent: a range over 100,000 nodes is tens of MiB, beyond
+/// tonic's 4 MiB default.
+const MAX_MESSAGE: usize = 512 << 20;
 
 fn prefix_get() -> ec::GetOptions {
     ec::GetOptions::new().with_prefix()
@@ -97,10 +86,7 @@ impl Etcd {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
         let client = deadline(ec::Client::connect(endpoints, Some(opts))).await?;
-        let me = Etcd {
-            client,
-            max_txn_ops,
-        };
+        let me = Etcd { client, max_txn_ops };
         me.range("\u{0}probe").await?;
         Ok(me)
     }
@@ -109,8 +95,12 @@ impl Etcd {
         self.max_txn_ops
     }
 
+    fn kv(&self) -> ec::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+    }
+
     pub async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let r = deadline(kv.get(full(prefix), Some(prefix_get()))).await?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().iter().map(convert).collect::<Result<_>>()?, rev))
@@ -146,34 +136,24 @@ impl Etcd {
         let ops = |ops: &[TxnOp]| -> Vec<ec::TxnOp> {
             ops.iter()
                 .map(|op| match op {
-                    TxnOp::Put { key, value, lease } => ec::TxnOp::put(
-                        full(key),
-                        value.clone(),
-                        lease.map(|l| ec::PutOptions::new().with_lease(l)),
-                    ),
+                    TxnOp::Put { key, value, lease } => {
+                        ec::TxnOp::put(full(key), value.clone(), lease.map(|l| ec::PutOptions::new().with_lease(l)))
+                    }
                     TxnOp::Delete { key } => ec::TxnOp::delete(full(key), None),
-                    TxnOp::DeletePrefix { prefix } => ec::TxnOp::delete(
-                        full(prefix),
-                        Some(ec::DeleteOptions::new().with_prefix()),
-                    ),
+                    TxnOp::DeletePrefix { prefix } => {
+                        ec::TxnOp::delete(full(prefix), Some(ec::DeleteOptions::new().with_prefix()))
+                    }
                     TxnOp::Get { key } => ec::TxnOp::get(full(key), None),
                     TxnOp::GetPrefix { prefix } => ec::TxnOp::get(full(prefix), Some(prefix_get())),
                 })
                 .collect()
         };
-        let t = ec::Txn::new()
-            .when(compares)
-            .and_then(ops(&txn.success))
-            .or_else(ops(&txn.failure));
-        let lease_in_txn = txn
-            .success
-            .iter()
-            .chain(&txn.failure)
-            .find_map(|op| match op {
-                TxnOp::Put { lease: Some(l), .. } => Some(*l),
-                _ => None,
-            });
-        let mut kv = self.client.kv_client();
+        let t = ec::Txn::new().when(compares).and_then(ops(&txn.success)).or_else(ops(&txn.failure));
+        let lease_in_txn = txn.success.iter().chain(&txn.failure).find_map(|op| match op {
+            TxnOp::Put { lease: Some(l), .. } => Some(*l),
+            _ => None,
+        });
+        let mut kv = self.kv();
         let r = match deadline(kv.txn(t)).await {
             Err(DbError::LeaseNotFound(_)) => {
                 return Err(DbError::LeaseNotFound(lease_in_txn.unwrap_or(0)));
@@ -185,19 +165,13 @@ impl Etcd {
             results.push(match op {
                 ec::TxnOpResponse::Put(_) => OpResult::Put,
                 ec::TxnOpResponse::Delete(d) => OpResult::Deleted(d.deleted()),
-                ec::TxnOpResponse::Get(g) => {
-                    OpResult::Got(g.kvs().iter().map(convert).collect::<Result<_>>()?)
-                }
+                ec::TxnOpResponse::Get(g) => OpResult::Got(g.kvs().iter().map(convert).collect::<Result<_>>()?),
                 ec::TxnOpResponse::Txn(_) => {
                     return Err(DbError::Storage("unexpected nested transaction".into()));
                 }
             });
         }
-        Ok(TxnResult {
-            succeeded: r.succeeded(),
-            revision: r.header().map_or(0, |h| h.revision()),
-            results,
-        })
+        Ok(TxnResult { succeeded: r.succeeded(), revision: r.header().map_or(0, |h| h.revision()), results })
     }
 
     pub async fn grant_lease(&self, ttl: i64) -> Result<LeaseId> {
@@ -229,9 +203,7 @@ impl Etcd {
 
     pub async fn compact(&self, revision: Revision) -> Result<()> {
         let mut c = self.client.clone();
-        match deadline(c.compact(revision, Some(ec::CompactionOptions::new().with_physical())))
-            .await
-        {
+        match deadline(c.compact(revision, Some(ec::CompactionOptions::new().with_physical()))).await {
             Ok(_) | Err(DbError::Compacted { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -282,18 +254,14 @@ pub struct EtcdWatcher {
 
 impl EtcdWatcher {
     async fn connect(&mut self) -> Result<()> {
-        let opts = ec::WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(self.next_rev);
+        let opts = ec::WatchOptions::new().with_prefix().with_start_revision(self.next_rev);
         let stream = deadline(self.client.watch(full(&self.prefix), Some(opts))).await?;
         self.stream = Some(stream);
         Ok(())
     }
 
     pub fn next_revision(&self) -> Revision {
-        self.pending
-            .front()
-            .map_or(self.next_rev, |e| e.kv.mod_revision)
+        self.pending.front().map_or(self.next_rev, |e| e.kv.mod_revision)
     }
 
     pub async fn next(&mut self) -> Result<Event> {

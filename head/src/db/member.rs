@@ -55,11 +55,7 @@ pub enum MemberError {
 /// Finds a program: a path with a `/` as is, otherwise on `PATH`.
 pub fn find_binary(p: &Path) -> Result<PathBuf, MemberError> {
     if p.as_os_str().to_string_lossy().contains('/') {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(MemberError::NotFound(p.to_path_buf()))
-        };
+        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(MemberError::NotFound(p.to_path_buf())) };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -111,18 +107,10 @@ impl MemberHandle {
     /// child, so it must not be a short-lived worker thread.
     pub fn start(mut spec: MemberSpec) -> Result<MemberHandle, MemberError> {
         spec.binary = find_binary(&spec.binary)?;
-        std::fs::create_dir_all(&spec.data_dir).map_err(|source| MemberError::Io {
-            path: spec.data_dir.clone(),
-            source,
-        })?;
-        std::fs::set_permissions(
-            &spec.data_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .map_err(|source| MemberError::Io {
-            path: spec.data_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&spec.data_dir)
+            .map_err(|source| MemberError::Io { path: spec.data_dir.clone(), source })?;
+        std::fs::set_permissions(&spec.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|source| MemberError::Io { path: spec.data_dir.clone(), source })?;
         let stop = Arc::new(AtomicBool::new(false));
         let pid = Arc::new(Mutex::new(None));
         // Start once here so that a binary that cannot run is an error of the caller.
@@ -132,16 +120,8 @@ impl MemberHandle {
         let thread = std::thread::Builder::new()
             .name("etcd-supervisor".into())
             .spawn(move || supervise(spec2, first, s2, p2))
-            .map_err(|source| MemberError::Spawn {
-                binary: spec.binary.clone(),
-                source,
-            })?;
-        Ok(MemberHandle {
-            spec,
-            stop,
-            pid,
-            thread: Some(thread),
-        })
+            .map_err(|source| MemberError::Spawn { binary: spec.binary.clone(), source })?;
+        Ok(MemberHandle { spec, stop, pid, thread: Some(thread) })
     }
 
     pub fn client_url(&self) -> String {
@@ -188,19 +168,10 @@ fn spawn(spec: &MemberSpec) -> Result<std::process::Child, MemberError> {
         .create(true)
         .append(true)
         .open(&spec.log_file)
-        .map_err(|source| MemberError::Io {
-            path: spec.log_file.clone(),
-            source,
-        })?;
-    let log2 = log.try_clone().map_err(|source| MemberError::Io {
-        path: spec.log_file.clone(),
-        source,
-    })?;
+        .map_err(|source| MemberError::Io { path: spec.log_file.clone(), source })?;
+    let log2 = log.try_clone().map_err(|source| MemberError::Io { path: spec.log_file.clone(), source })?;
     let mut cmd = Command::new(&spec.binary);
-    cmd.args(spec.args())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.args(spec.args()).stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: prctl is async-signal-safe and touches only the child being set up.
     unsafe {
         cmd.pre_exec(|| {
@@ -210,18 +181,10 @@ fn spawn(spec: &MemberSpec) -> Result<std::process::Child, MemberError> {
             Ok(())
         });
     }
-    cmd.spawn().map_err(|source| MemberError::Spawn {
-        binary: spec.binary.clone(),
-        source,
-    })
+    cmd.spawn().map_err(|source| MemberError::Spawn { binary: spec.binary.clone(), source })
 }
 
-fn supervise(
-    spec: MemberSpec,
-    first: std::process::Child,
-    stop: Arc<AtomicBool>,
-    pid: Arc<Mutex<Option<i32>>>,
-) {
+fn supervise(spec: MemberSpec, first: std::process::Child, stop: Arc<AtomicBool>, pid: Arc<Mutex<Option<i32>>>) {
     let set_pid = |v: Option<i32>| *pid.lock().unwrap_or_else(|p| p.into_inner()) = v;
     // Sleeps in short steps; false when asked to stop meanwhile.
     let pause = |d: Duration| {

@@ -30,10 +30,7 @@ pub enum DbError {
     Unavailable(String),
     /// A watch asked for history that has been compacted away.
     #[error("revision {requested} has been compacted (oldest kept: {compacted})")]
-    Compacted {
-        requested: Revision,
-        compacted: Revision,
-    },
+    Compacted { requested: Revision, compacted: Revision },
     /// The lease expired or was revoked.
     #[error("lease {0:x} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
@@ -94,35 +91,19 @@ pub struct Compare {
 impl Compare {
     /// The key does not exist.
     pub fn absent(key: impl Into<String>) -> Self {
-        Compare {
-            key: key.into(),
-            op: CmpOp::Equal,
-            target: CmpTarget::Version(0),
-        }
+        Compare { key: key.into(), op: CmpOp::Equal, target: CmpTarget::Version(0) }
     }
     /// The key exists.
     pub fn present(key: impl Into<String>) -> Self {
-        Compare {
-            key: key.into(),
-            op: CmpOp::Greater,
-            target: CmpTarget::Version(0),
-        }
+        Compare { key: key.into(), op: CmpOp::Greater, target: CmpTarget::Version(0) }
     }
     /// The key was last written at `rev` (unchanged since it was read).
     pub fn unchanged(key: impl Into<String>, rev: Revision) -> Self {
-        Compare {
-            key: key.into(),
-            op: CmpOp::Equal,
-            target: CmpTarget::ModRevision(rev),
-        }
+        Compare { key: key.into(), op: CmpOp::Equal, target: CmpTarget::ModRevision(rev) }
     }
     /// The key holds exactly this value.
     pub fn value_is(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Compare {
-            key: key.into(),
-            op: CmpOp::Equal,
-            target: CmpTarget::Value(value.into()),
-        }
+        Compare { key: key.into(), op: CmpOp::Equal, target: CmpTarget::Value(value.into()) }
     }
 
     /// Evaluates the condition against the key's current state (`None`: absent). Etcd's rules:
@@ -148,43 +129,19 @@ impl Compare {
 /// One operation of a transaction branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
-    Put {
-        key: String,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    },
-    Delete {
-        key: String,
-    },
-    DeletePrefix {
-        prefix: String,
-    },
-    Get {
-        key: String,
-    },
-    GetPrefix {
-        prefix: String,
-    },
+    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
+    Delete { key: String },
+    DeletePrefix { prefix: String },
+    Get { key: String },
+    GetPrefix { prefix: String },
 }
 
 impl TxnOp {
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        TxnOp::Put {
-            key: key.into(),
-            value: value.into(),
-            lease: None,
-        }
+        TxnOp::Put { key: key.into(), value: value.into(), lease: None }
     }
-    pub fn put_with_lease(
-        key: impl Into<String>,
-        value: impl Into<Vec<u8>>,
-        lease: LeaseId,
-    ) -> Self {
-        TxnOp::Put {
-            key: key.into(),
-            value: value.into(),
-            lease: Some(lease),
-        }
+    pub fn put_with_lease(key: impl Into<String>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
+        TxnOp::Put { key: key.into(), value: value.into(), lease: Some(lease) }
     }
     pub fn delete(key: impl Into<String>) -> Self {
         TxnOp::Delete { key: key.into() }
@@ -228,10 +185,7 @@ impl Txn {
     }
     /// The largest of the three lists, which is what etcd's `--max-txn-ops` limits.
     pub fn size(&self) -> usize {
-        self.compares
-            .len()
-            .max(self.success.len())
-            .max(self.failure.len())
+        self.compares.len().max(self.success.len()).max(self.failure.len())
     }
 }
 
@@ -314,12 +268,7 @@ impl Database {
 
     /// Runs a transaction atomically.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult> {
-        if txn
-            .success
-            .iter()
-            .chain(&txn.failure)
-            .any(|op| matches!(op, TxnOp::Put { key, .. } if key.is_empty()))
-        {
+        if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, TxnOp::Put { key, .. } if key.is_empty())) {
             return Err(DbError::Invalid("empty key".into()));
         }
         match self {
@@ -347,10 +296,7 @@ impl Database {
 
     /// Writes one key unconditionally; returns the new revision.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<Revision> {
-        Ok(self
-            .txn(Txn::new().and_then([TxnOp::put(key, value)]))
-            .await?
-            .revision)
+        Ok(self.txn(Txn::new().and_then([TxnOp::put(key, value)])).await?.revision)
     }
 
     /// Deletes one key; returns whether it existed.

@@ -1,0 +1,282 @@
+//! `cw-bench` (run by `make bench`): every benchmark of the project, each measured side by side
+//! with its peer in the same run and reported as a ratio, written to `BENCHMARKS.md`.
+//! Absolute times on shared machines are noise; the ratios are the result.
+//!
+//! Benchmarks:
+//! - cluster database: compare-and-swap transactions through the project's `Database`
+//!   abstraction on etcd, against the bare `etcd-client` crate on the same etcd member (peer),
+//!   and the embedded store;
+//! - node registry: bulk create, list and set of 10,000 nodes through the admin API of a solo
+//!   embedded head and of a 3-head etcd cluster.
+
+use clap::Parser;
+use clusterware_head::db::embedded::Embedded;
+use clusterware_head::db::etcd::Etcd;
+use clusterware_head::db::member::{MemberHandle, MemberSpec};
+use clusterware_head::db::{Compare, Database, Txn, TxnOp};
+use clusterware_tests::{Cluster, free_port};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "cw-bench", about = "Run the ClusterWare benchmarks and write BENCHMARKS.md")]
+struct Args {
+    /// Where to write the report
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+    /// Nodes for the registry benchmarks
+    #[arg(long, default_value_t = 10_000)]
+    nodes: u32,
+    /// Transactions per database measurement
+    #[arg(long, default_value_t = 2_000)]
+    txns: usize,
+}
+
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str, command: &str, intro: &str) {
+        let _ = write!(self.text, "\n## {title}\n\nCommand: `{command}`\n\n{intro}\n\n");
+    }
+    fn table(&mut self, header: &[&str], rows: Vec<Vec<String>>) {
+        let _ = writeln!(self.text, "| {} |", header.join(" | "));
+        let _ = writeln!(self.text, "|{}|", header.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+        for r in rows {
+            let _ = writeln!(self.text, "| {} |", r.join(" | "));
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let etcd = std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .unwrap_or_else(|| "etcd not found".into());
+    format!("{cpu}, {cores} cores, {:.1} GiB memory, Linux {}, {etcd}", mem as f64 / 1048576.0, kernel.trim())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// Runs `n` create-if-absent transactions, `conc` at a time; returns the wall time.
+async fn cas_load<F, Fut>(n: usize, conc: usize, op: F) -> Duration
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                assert!(op(i).await, "transaction {i} did not commit");
+                i += conc;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    start.elapsed()
+}
+
+async fn bench_database(r: &mut Report, txns: usize) {
+    let dir = tempfile::TempDir::with_prefix("cw-bench-").expect("temp dir");
+    let peer = format!("http://127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+    let member = MemberHandle::start(MemberSpec {
+        binary: "etcd".into(),
+        name: "bench".into(),
+        data_dir: dir.path().join("etcd"),
+        client_port: free_port(Ipv4Addr::LOCALHOST),
+        initial_cluster: format!("bench={peer}"),
+        peer_url: peer,
+        initial_state: "new".into(),
+        token: "bench".into(),
+        max_txn_ops: 10240,
+        log_file: dir.path().join("etcd.log"),
+    })
+    .expect("start etcd (is etcd-server installed?)");
+    let url = member.client_url();
+    let etcd = loop {
+        match Etcd::connect(std::slice::from_ref(&url), 10240).await {
+            Ok(e) => break Database::Etcd(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let raw = etcd_client::Client::connect([url.as_str()], None).await.expect("raw etcd client");
+    let embedded = Database::Embedded(Embedded::open(&dir.path().join("bench.redb")).expect("embedded store"));
+
+    let ours = |db: Database, tag: &'static str| {
+        move |i: usize| {
+            let db = db.clone();
+            async move {
+                let k = format!("bench/{tag}/{i}");
+                db.txn(Txn::new().when([Compare::absent(k.clone())]).and_then([TxnOp::put(k, vec![b'x'; 200])]))
+                    .await
+                    .map(|t| t.succeeded)
+                    .unwrap_or(false)
+            }
+        }
+    };
+    let bare = |client: etcd_client::Client, tag: &'static str| {
+        move |i: usize| {
+            let mut c = client.clone();
+            async move {
+                let k = format!("/raw/{tag}/{i}");
+                let t = etcd_client::Txn::new()
+                    .when([etcd_client::Compare::version(k.clone(), etcd_client::CompareOp::Equal, 0)])
+                    .and_then([etcd_client::TxnOp::put(k, vec![b'x'; 200], None)]);
+                c.txn(t).await.map(|r| r.succeeded()).unwrap_or(false)
+            }
+        }
+    };
+    let mut rows = Vec::new();
+    for (conc, tag_ours, tag_raw, tag_emb) in [(1usize, "s", "s", "s"), (16, "c", "c", "c")] {
+        // Interleave the three so that machine noise hits them alike; best of three rounds.
+        let mut best = [Duration::MAX; 3];
+        for round in 0..3 {
+            let t_raw = cas_load(txns, conc, bare(raw.clone(), leak(format!("{tag_raw}{round}")))).await;
+            let t_ours = cas_load(txns, conc, ours(etcd.clone(), leak(format!("{tag_ours}{round}")))).await;
+            let t_emb = cas_load(txns, conc, ours(embedded.clone(), leak(format!("{tag_emb}{round}")))).await;
+            best = [best[0].min(t_raw), best[1].min(t_ours), best[2].min(t_emb)];
+        }
+        let [t_raw, t_ours, t_emb] = best;
+        rows.push(vec![
+            format!("{conc}"),
+            format!("{:.0}/s", rate(txns, t_raw)),
+            format!("{:.0}/s", rate(txns, t_ours)),
+            format!("{:.2}", rate(txns, t_ours) / rate(txns, t_raw)),
+            format!("{:.0}/s", rate(txns, t_emb)),
+            format!("{:.2}", rate(txns, t_emb) / rate(txns, t_raw)),
+        ]);
+    }
+    r.section(
+        "Cluster database: compare-and-swap transactions",
+        "make bench (target/release/cw-bench)",
+        &format!(
+            "{txns} create-if-absent transactions of a 200-byte value, sequential and 16 at a time; best of 3 rounds. \
+             Peer: the bare `etcd-client` crate against the same single etcd member (fsync on every commit). \
+             Ratios are transactions per second relative to the peer (higher is better); the embedded store also fsyncs every commit."
+        ),
+    );
+    r.table(
+        &["concurrency", "etcd, bare client (peer)", "etcd via Database", "ratio", "embedded store", "ratio"],
+        rows,
+    );
+    drop(member);
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Times the registry through the API of the first head of `c`; returns (create, list, set).
+fn registry_run(c: &Cluster, nodes: u32) -> (Duration, Duration, Duration) {
+    let h = &c.heads[0];
+    let specs: Vec<serde_json::Value> = (0..nodes)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            json!({"macs": [format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])], "ip": format!("10.{}.{}.{}", 100 + b[1], b[2], b[3])})
+        })
+        .collect();
+    let t = Instant::now();
+    let (status, v) = h.api("POST", "/nodes", Some(&c.token), Some(&json!({"nodes": specs})));
+    let create = t.elapsed();
+    assert_eq!(status, 201, "{v}");
+    let mut list = Duration::MAX;
+    let mut uids = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (status, v) = h.api("GET", "/nodes", Some(&c.token), None);
+        list = list.min(t.elapsed());
+        assert_eq!(status, 200);
+        uids = v["nodes"].as_array().expect("nodes").iter().map(|n| n["uid"].clone()).collect();
+    }
+    assert_eq!(uids.len(), nodes as usize);
+    let t = Instant::now();
+    let (status, v) =
+        h.api("POST", "/nodes/update", Some(&c.token), Some(&json!({"nodes": uids, "set": {"_boot_config": "bench"}})));
+    let set = t.elapsed();
+    assert_eq!(status, 200, "{v}");
+    (create, list, set)
+}
+
+fn bench_registry(r: &mut Report, nodes: u32) {
+    let solo = Cluster::solo();
+    let (ec, el, es) = registry_run(&solo, nodes);
+    drop(solo);
+    let three = Cluster::etcd(3);
+    let (tc, tl, ts) = registry_run(&three, nodes);
+    drop(three);
+    r.section(
+        "Node registry through the admin API",
+        "make bench (target/release/cw-bench)",
+        &format!(
+            "{nodes} nodes created in one request (MAC, IP and index uniqueness claimed in the same transactions), \
+             listed (best of 5), and one attribute set on all of them; through HTTP to a real head process. \
+             The peer of the 3-head etcd cluster is the solo head on the embedded store; ratio = embedded time / etcd time \
+             (below 1: etcd is slower)."
+        ),
+    );
+    r.table(
+        &["operation", "solo head, embedded", "3 heads, etcd", "ratio"],
+        vec![
+            vec![format!("create {nodes}"), secs(ec), secs(tc), format!("{:.2}", ec.as_secs_f64() / tc.as_secs_f64())],
+            vec![format!("list {nodes}"), secs(el), secs(tl), format!("{:.2}", el.as_secs_f64() / tl.as_secs_f64())],
+            vec![format!("set on {nodes}"), secs(es), secs(ts), format!("{:.2}", es.as_secs_f64() / ts.as_secs_f64())],
+        ],
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut r = Report {
+        text: format!(
+            "# Benchmarks\n\nWritten by `make bench` on {}.\n\nMachine: {}.\n\nEvery figure is measured in the same run as its peer; compare the ratios, not the absolute times.\n",
+            std::process::Command::new("date")
+                .arg("-u")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default(),
+            machine()
+        ),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    eprintln!("cw-bench: cluster database…");
+    rt.block_on(bench_database(&mut r, args.txns));
+    eprintln!("cw-bench: node registry…");
+    bench_registry(&mut r, args.nodes);
+    if let Err(e) = std::fs::write(&args.output, &r.text) {
+        eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());
+        std::process::exit(1);
+    }
+    print!("{}", r.text);
+}

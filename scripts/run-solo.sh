@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# `make run`: starts a solo head on the embedded database on 127.0.0.1, registers a few demo
+# nodes the first time, prints commands to try, and keeps the head in the foreground
+# (Ctrl-C stops it). State lives in ./run (RUN_DIR) and survives restarts.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+bin="$top/target/debug"
+dir=${RUN_DIR:-$top/run}
+port=${PORT:-8080}
+mkdir -p "$dir"
+cfg="$dir/base.ini"
+if [ ! -f "$cfg" ]; then
+  pass=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  umask 077
+  cat > "$cfg" <<INI
+# Demo head created by make run. Same format as /opt/scyld/clusterware/conf/base.ini.
+database.type = embedded
+database.admin_pass = $pass
+database.path = $dir/db/cluster.redb
+head.name = demo-head
+head.ip = 127.0.0.1
+head.bind = 127.0.0.1
+head.port = $port
+logging.dir = $dir/log
+INI
+fi
+chmod 600 "$cfg"
+port=$(sed -n 's/^head.port *= *//p' "$cfg")
+export CLUSTERWARE_CONFIG="$cfg"
+
+"$bin/clusterware-head" --config "$cfg" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' INT TERM
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$port/api/v1/health" >/dev/null 2>&1; then break; fi
+  if ! kill -0 $pid 2>/dev/null; then
+    echo "the head did not start (see above); if port $port is busy, try: PORT=8081 RUN_DIR=\$PWD/run2 make run" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+if [ -z "$("$bin/scyld-nodectl" ls)" ]; then
+  "$bin/scyld-nodectl" create --count 4 mac=52:54:00:00:00:01 ip=10.54.0.1 _boot_config=demo-boot >/dev/null
+  "$bin/scyld-nodectl" -i 'n[2-3]' set rack=2 >/dev/null
+fi
+cat <<TXT
+
+A solo ClusterWare head is running on http://127.0.0.1:$port (embedded database in $dir).
+Its log: $dir/log/head_demo-head.log. In another shell, try:
+
+  export CLUSTERWARE_CONFIG=$cfg PATH=$bin:\$PATH
+  scyld-nodectl ls -l
+  scyld-nodectl -i 'n[0-1]' set _preferred_head=demo-head
+  scyld-nodectl create mac=52:54:00:00:00:10
+  scyld-nodectl -i n4 rm
+  scyld-nodectl ls --json
+  scyld-clusterctl heads ls -l
+  managedb --heads
+
+Press Ctrl-C to stop the head.
+TXT
+wait $pid
