@@ -3,6 +3,7 @@
 #   make test   install what the tests need (as root, with apt-get), then run the whole suite
 #   make bench  run the benchmarks and write BENCHMARKS.md
 
+SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests and benchmarks use: the etcd server (a real cluster database),
 # protoc (etcd-client compiles etcd's protobuf definitions at build time), curl (make run).
@@ -33,8 +34,11 @@ run: build
 	@scripts/run-solo.sh
 
 # The integration tests start the binaries the workspace build produced, so build first.
+# The last line sums cargo's per-target results into one "N passed, N failed" line.
 test: build
-	$(CARGO) test --workspace --no-fail-fast
+	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
+	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
+	exit $$status
 
 bench: deps
 	$(CARGO) build --release --workspace
