@@ -7,7 +7,7 @@ use crate::heads::{self, HeadRecord};
 use crate::registry::{self, RegistryError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -119,7 +119,11 @@ async fn require_admin(State(st): State<Arc<AppState>>, req: Request, next: Next
     match given {
         None => ApiFailure::Unauthorized.into_response(),
         Some(t) if !tokens_equal(t.trim(), &st.token) => {
-            tracing::warn!(path = %req.uri().path(), "request with a wrong admin credential refused");
+            let path = req
+                .extensions()
+                .get::<OriginalUri>()
+                .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+            tracing::warn!(%path, "request with a wrong admin credential refused");
             ApiFailure::Forbidden.into_response()
         }
         Some(_) => next.run(req).await,

@@ -1,7 +1,7 @@
 //! Multi-head behaviour on real etcd members: replication between heads, liveness after
 //! `kill -9`, races for the same MAC, and a head without quorum.
 
-use clusterware_tests::{Cluster, LEASE_TTL, poll_until};
+use clusterware_tests::{Backend, Cluster, LEASE_TTL, poll_until};
 use serde_json::{Value, json};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -117,4 +117,25 @@ fn a_head_without_quorum_refuses_writes_clearly() {
     c.heads[1].wait_ready(Duration::from_secs(60));
     poll_until("writes accepted again", Duration::from_secs(30), || c.heads[0].cli("scyld-nodectl", &["ls"]).code == 0);
     assert_eq!(node_names(&c, 0), ["n0"]);
+}
+
+#[test]
+fn requests_larger_than_one_transaction_are_split() {
+    // etcd started with --max-txn-ops=16: every request below spans several transactions.
+    let c = Cluster::start(Backend::Etcd, 1, "database.max_txn_ops = 16\n");
+    let h = &c.heads[0];
+    let out = h.cli("scyld-nodectl", &["create", "--count", "40", "mac=52:54:00:dd:00:00", "ip=10.57.0.1"]);
+    assert_eq!(out.ok().lines().count(), 40);
+    // A conflict found before writing leaves nothing behind, even across transactions.
+    let out = h.cli("scyld-nodectl", &["create", "--count", "40", "mac=52:54:00:dd:10:00", "ip=10.57.0.20"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(node_names(&c, 0).len(), 40);
+    h.cli("scyld-nodectl", &["-a", "set", "_boot_config=split"]).ok();
+    let v = h.cli("scyld-nodectl", &["ls", "--json"]).json();
+    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["attributes"]["_boot_config"] == "split"));
+    assert_eq!(h.cli("scyld-nodectl", &["-i", "n[0-39]", "rm"]).ok().lines().count(), 40);
+    assert!(node_names(&c, 0).is_empty());
+    let (status, v) = h.api("GET", "/heads", Some(&c.token), None);
+    assert_eq!(status, 200);
+    assert_eq!(v["heads"][0]["db_member"]["state"], "voting");
 }

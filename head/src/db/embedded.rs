@@ -55,6 +55,27 @@ struct Batch {
     events: Vec<Event>,
 }
 
+/// One key from a readable `kv` table (read-only or inside a write transaction).
+fn get_in(t: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<KeyValue>> {
+    match t.get(key).map_err(storage)? {
+        Some(v) => Ok(Some(decode_record(key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every key under `prefix` from a readable `kv` table, in key order.
+fn range_in(t: &impl ReadableTable<&'static str, &'static [u8]>, prefix: &str) -> Result<Vec<KeyValue>> {
+    let mut out = Vec::new();
+    for row in t.range(prefix..).map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push(decode_record(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
 fn storage(e: impl Into<redb::Error>) -> DbError {
     DbError::Storage(e.into().to_string())
 }
@@ -112,12 +133,42 @@ impl Embedded {
         Ok(Embedded { inner })
     }
 
-    /// Runs a transaction (on a blocking thread: commits wait for fsync).
+    /// Runs a transaction: one that only reads in a read transaction, here; one that may write
+    /// on a blocking thread (commits wait for fsync).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        let reads_only =
+            txn.success.iter().chain(&txn.failure).all(|op| matches!(op, TxnOp::Get { .. } | TxnOp::GetPrefix { .. }));
+        if reads_only {
+            return self.read_txn(&txn);
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.txn_blocking(txn))
             .await
             .map_err(|e| DbError::Storage(format!("transaction task failed: {e}")))?
+    }
+
+    fn read_txn(&self, txn: &Txn) -> Result<TxnResult> {
+        let rtx = self.inner.db.begin_read().map_err(storage)?;
+        let kv = rtx.open_table(KV).map_err(storage)?;
+        let meta = rtx.open_table(META).map_err(storage)?;
+        let revision = meta.get("revision").map_err(storage)?.map_or(0, |v| v.value());
+        let mut succeeded = true;
+        for c in &txn.compares {
+            if !c.holds(get_in(&kv, &c.key)?.as_ref()) {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let results = ops
+            .iter()
+            .map(|op| match op {
+                TxnOp::Get { key } => Ok(OpResult::Got(get_in(&kv, key)?.into_iter().collect())),
+                TxnOp::GetPrefix { prefix } => Ok(OpResult::Got(range_in(&kv, prefix)?)),
+                _ => Err(DbError::Invalid("write operation in a read-only transaction".into())),
+            })
+            .collect::<Result<_>>()?;
+        Ok(TxnResult { succeeded, revision, results })
     }
 
     fn txn_blocking(&self, txn: Txn) -> Result<TxnResult> {
@@ -158,12 +209,18 @@ impl Embedded {
     fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R>) -> Result<(R, Revision)> {
         let _guard = lock(&self.inner.write_lock);
         let tx = self.inner.db.begin_write().map_err(storage)?;
-        let (out, batch) = {
+        let (out, batch, dirty) = {
             let mut w = Writer::new(&tx, &self.inner.leases)?;
             let out = f(&mut w)?;
-            (out, w.finish()?)
+            let dirty = w.dirty;
+            (out, w.finish()?, dirty)
         };
-        tx.commit().map_err(storage)?;
+        if dirty {
+            tx.commit().map_err(storage)?;
+        } else {
+            // Nothing changed (a failed compare, say): no commit, no disk write.
+            tx.abort().map_err(storage)?;
+        }
         let rev = batch.revision;
         if !batch.events.is_empty() {
             // No receiver is not an error: nobody is watching.
@@ -178,15 +235,7 @@ impl Embedded {
         let kv = rtx.open_table(KV).map_err(storage)?;
         let meta = rtx.open_table(META).map_err(storage)?;
         let rev = meta.get("revision").map_err(storage)?.map_or(0, |v| v.value());
-        let mut out = Vec::new();
-        for row in kv.range(prefix..).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            if !k.value().starts_with(prefix) {
-                break;
-            }
-            out.push(decode_record(k.value(), v.value())?);
-        }
-        Ok((out, rev))
+        Ok((range_in(&kv, prefix)?, rev))
     }
 
     pub async fn grant_lease(&self, ttl: i64) -> Result<LeaseId> {
@@ -203,6 +252,7 @@ impl Embedded {
             };
             me.write(|w| {
                 w.leases.insert(id, ttl).map_err(storage)?;
+                w.dirty = true;
                 Ok(())
             })?;
             lock(&me.inner.leases)
@@ -254,6 +304,7 @@ impl Embedded {
             }
             w.lease_keys.remove_all(id).map_err(storage)?;
             w.leases.remove(id).map_err(storage)?;
+            w.dirty = true;
             lock(w.lease_state).remove(&id);
             Ok(true)
         })?;
@@ -315,6 +366,7 @@ impl Embedded {
                 let old = w.meta.get("compacted").map_err(storage)?.map_or(0, |v| v.value());
                 if revision - 1 > old {
                     w.history.retain_in(..revision, |_, _| false).map_err(storage)?;
+                    w.dirty = true;
                     w.meta.insert("compacted", revision - 1).map_err(storage)?;
                 }
                 Ok(())
@@ -363,6 +415,8 @@ struct Writer<'t> {
     /// The revision before this transaction.
     revision: Revision,
     events: Vec<Event>,
+    /// Something was written (and must be committed).
+    dirty: bool,
 }
 
 impl<'t> Writer<'t> {
@@ -378,6 +432,7 @@ impl<'t> Writer<'t> {
             lease_state,
             revision,
             events: Vec::new(),
+            dirty: false,
         })
     }
 
@@ -386,22 +441,11 @@ impl<'t> Writer<'t> {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        match self.kv.get(key).map_err(storage)? {
-            Some(v) => Ok(Some(decode_record(key, v.value())?)),
-            None => Ok(None),
-        }
+        get_in(&self.kv, key)
     }
 
     fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        let mut out = Vec::new();
-        for row in self.kv.range(prefix..).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            if !k.value().starts_with(prefix) {
-                break;
-            }
-            out.push(decode_record(k.value(), v.value())?);
-        }
-        Ok(out)
+        range_in(&self.kv, prefix)
     }
 
     fn put(&mut self, key: &str, value: &[u8], lease: LeaseId) -> Result<()> {
@@ -427,6 +471,7 @@ impl<'t> Writer<'t> {
             self.lease_keys.insert(lease, key).map_err(storage)?;
         }
         self.kv.insert(key, encode_record(&kv).as_slice()).map_err(storage)?;
+        self.dirty = true;
         self.events.push(Event { kind: EventKind::Put, kv });
         Ok(())
     }
@@ -436,6 +481,7 @@ impl<'t> Writer<'t> {
             return Ok(false);
         };
         self.kv.remove(key).map_err(storage)?;
+        self.dirty = true;
         if old.lease != 0 {
             self.lease_keys.remove(old.lease, key).map_err(storage)?;
         }
