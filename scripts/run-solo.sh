@@ -22,6 +22,7 @@ head.ip = 127.0.0.1
 head.bind = 127.0.0.1
 head.port = $port
 logging.dir = $dir/log
+local_files.path = $dir/storage
 INI
 fi
 chmod 600 "$cfg"

@@ -162,6 +162,23 @@ impl Client {
         self.finish(r)
     }
 
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
+        let r = self.agent.delete(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
+        self.finish(r)
+    }
+
+    /// PUT with a streamed body of `len` bytes.
+    pub fn put_stream<T: DeserializeOwned>(&self, path: &str, len: u64, body: &mut dyn std::io::Read) -> CliResult<T> {
+        let r = self
+            .agent
+            .put(self.url(path))
+            .header("Authorization", format!("{BEARER}{}", self.token))
+            .header("Content-Length", len.to_string())
+            .header("Content-Type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(body));
+        self.finish(r)
+    }
+
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
         let r =
             self.agent.post(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).send_json(body);
@@ -209,6 +226,90 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(header.to_vec());
     for r in rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A byte count for people: `512 B`, `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// A reader that reports progress on stderr (when it is a terminal) and hashes what it reads.
+pub struct Progress<R> {
+    inner: R,
+    label: String,
+    total: u64,
+    done: u64,
+    started: std::time::Instant,
+    last: std::time::Instant,
+    show: bool,
+    pub hasher: sha2::Sha256,
+}
+
+impl<R: std::io::Read> Progress<R> {
+    pub fn new(inner: R, label: &str, total: u64) -> Self {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        Progress {
+            inner,
+            label: label.to_string(),
+            total,
+            done: 0,
+            started: now,
+            last: now,
+            show: std::io::stderr().is_terminal(),
+            hasher: sha2::Digest::new(),
+        }
+    }
+
+    fn report(&self, last: bool) {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let pct = if self.total == 0 { 100.0 } else { self.done as f64 * 100.0 / self.total as f64 };
+        eprint!(
+            "\r{}: {pct:5.1}% {} of {} ({}/s){}",
+            self.label,
+            human_bytes(self.done),
+            human_bytes(self.total),
+            human_bytes((self.done as f64 / secs) as u64),
+            if last { "\n" } else { "" }
+        );
+    }
+
+    /// Ends the progress line.
+    pub fn finish(&self) {
+        if self.show {
+            self.report(true);
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.done += n as u64;
+        if self.show && self.last.elapsed() >= std::time::Duration::from_millis(200) {
+            self.last = std::time::Instant::now();
+            self.report(false);
+        }
+        Ok(n)
     }
 }
 

@@ -5,15 +5,17 @@
 use crate::db::{Database, DbError};
 use crate::heads::{self, HeadRecord};
 use crate::registry::{self, RegistryError};
+use crate::storage::{Storage, StorageError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, OriginalUri, Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, OriginalUri, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clusterware_shared::api::{
-    ApiError, CreateNodes, DeleteNodes, ErrorKind, HeadList, Health, NodeList, PREFIX, UpdateNodes,
+    ApiError, CreateNodes, DeleteNodes, ErrorKind, FILE_KINDS, FileList, HeadList, Health, NodeList, PREFIX,
+    UpdateNodes, is_file_id,
 };
 use clusterware_shared::auth::{BEARER, tokens_equal};
 use serde::Serialize;
@@ -29,6 +31,7 @@ pub struct AppState {
     /// The admin token every request must carry.
     pub token: String,
     pub head: HeadRecord,
+    pub storage: Arc<Storage>,
 }
 
 /// Why a request failed.
@@ -46,6 +49,8 @@ pub enum ApiFailure {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 fn db_kind(e: &DbError) -> ErrorKind {
@@ -71,6 +76,14 @@ impl ApiFailure {
                 RegistryError::Db(e) => db_kind(e),
             },
             ApiFailure::Db(e) => db_kind(e),
+            ApiFailure::Storage(e) => match e {
+                StorageError::NotFound(_) | StorageError::NotHere { .. } | StorageError::Unavailable { .. } => {
+                    ErrorKind::NotFound
+                }
+                StorageError::Invalid(_) => ErrorKind::BadRequest,
+                StorageError::Io { .. } => ErrorKind::Internal,
+                StorageError::Db(e) => db_kind(e),
+            },
         }
     }
 }
@@ -104,8 +117,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes/{uid}", get(get_node))
         .route("/nodes/update", post(update_nodes))
         .route("/nodes/delete", post(delete_nodes))
+        .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
+        .route("/files/{id}", axum::routing::delete(delete_file))
+        .route("/storage", get(storage_counters))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let api = Router::new().route("/health", get(health)).merge(admin);
+    // Boot files are read by nodes (iPXE, the agent) and peers without a credential.
+    let api = Router::new().route("/health", get(health)).route("/files/{id}/content", get(file_content)).merge(admin);
     Router::new()
         .nest(PREFIX, api)
         .fallback(|| async { ApiFailure::NotFound("no such endpoint".into()) })
@@ -187,4 +204,215 @@ async fn delete_nodes(
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     tracing::info!(%peer, ?names, "nodes deleted");
     Ok(json(StatusCode::OK, &NodeList { nodes }))
+}
+
+async fn list_files(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &FileList { files: st.storage.list().await? }))
+}
+
+async fn storage_counters(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &st.storage.counters()))
+}
+
+/// Decodes `a=b&c=d` with percent-escapes and `+` for space.
+fn query_pairs(q: Option<&str>) -> ApiResult<Vec<(String, String)>> {
+    let dec = |s: &str| -> ApiResult<String> {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let h = b
+                        .get(i + 1..i + 3)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
+                    out.push(h.ok_or_else(|| ApiFailure::BadRequest(format!("bad escape in query {s:?}")))?);
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map_err(|_| ApiFailure::BadRequest("query is not UTF-8".into()))
+    };
+    let mut v = Vec::new();
+    for part in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, val) = part.split_once('=').unwrap_or((part, ""));
+        v.push((dec(k)?, dec(val)?));
+    }
+    Ok(v)
+}
+
+async fn upload_file(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let pairs = query_pairs(q.as_deref())?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let name = get("name").ok_or_else(|| ApiFailure::BadRequest("name= is required".into()))?;
+    if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(ApiFailure::BadRequest(format!("{name:?} is not a file name (1-255 characters, no '/')")));
+    }
+    let kind = get("kind").unwrap_or("other");
+    if !FILE_KINDS.contains(&kind) {
+        return Err(ApiFailure::BadRequest(format!("kind {kind:?} is not one of {}", FILE_KINDS.join(", "))));
+    }
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let size = match get("size") {
+        Some(s) => s.parse::<u64>().map_err(|_| ApiFailure::BadRequest(format!("size {s:?} is not a number")))?,
+        None => declared.ok_or_else(|| ApiFailure::BadRequest("the upload needs size= or a Content-Length".into()))?,
+    };
+    if declared.is_some_and(|d| d != size) {
+        return Err(ApiFailure::BadRequest(format!(
+            "Content-Length {} differs from size={size}",
+            declared.unwrap_or(0)
+        )));
+    }
+    let sha = get("sha256");
+    if let Some(s) = sha {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiFailure::BadRequest(format!("sha256 {s:?} is not 64 hex digits")));
+        }
+    }
+    let rec = st
+        .storage
+        .upload(name, kind, size, sha.map(|s| s.to_ascii_lowercase()).as_deref(), body.into_data_stream())
+        .await
+        .map_err(|e| match e {
+            StorageError::Invalid(m) => ApiFailure::BadRequest(format!("upload of {name} refused: {m}")),
+            e => e.into(),
+        })?;
+    tracing::info!(%peer, id = %rec.id, name = %rec.name, size = rec.size, kind = %rec.kind, "file uploaded");
+    Ok(json(StatusCode::CREATED, &rec))
+}
+
+async fn delete_file(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &st.storage.delete(&id).await?))
+}
+
+/// A request's byte range: the whole file, `start..=end`, or none that fits.
+#[derive(Debug, PartialEq, Eq)]
+enum Span {
+    Full,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parses a single `Range: bytes=…`; anything else (several ranges, other units, bad syntax)
+/// is ignored and the whole file sent, as RFC 9110 allows.
+fn parse_range(h: Option<&str>, size: u64) -> Span {
+    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else { return Span::Full };
+    if spec.contains(',') {
+        return Span::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else { return Span::Full };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            None => Span::Full,
+            Some(0) => Span::Unsatisfiable,
+            Some(_) if size == 0 => Span::Unsatisfiable,
+            Some(n) => Span::Part(size.saturating_sub(n), size - 1),
+        },
+        (false, _) => match (num(a), if b.is_empty() { Some(u64::MAX) } else { num(b) }) {
+            (Some(s), Some(e)) if s <= e => {
+                if s >= size {
+                    Span::Unsatisfiable
+                } else {
+                    Span::Part(s, e.min(size - 1))
+                }
+            }
+            _ => Span::Full,
+        },
+        (true, true) => Span::Full,
+    }
+}
+
+async fn file_content(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let from_peer = query_pairs(q.as_deref())?.iter().any(|(k, v)| k == "peer" && v == "1");
+    if from_peer {
+        st.storage.count_peer_request();
+    }
+    if !is_file_id(&id) {
+        return Err(ApiFailure::NotFound(format!("no file with id {id}")));
+    }
+    let rec = st.storage.record(&id).await?;
+    let path = st.storage.ensure(&rec, !from_peer).await?;
+    let size = rec.size;
+    let span = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);
+    let (status, start, len) = match span {
+        Span::Full => (StatusCode::OK, 0, size),
+        Span::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        Span::Unsatisfiable => {
+            let mut r = ApiFailure::BadRequest(format!("range beyond the end of the {size}-byte file")).into_response();
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            r.headers_mut().insert(header::CONTENT_RANGE, format!("bytes */{size}").parse().expect("valid header"));
+            return Ok(r);
+        }
+    };
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"{}\"", rec.sha256))
+        .header("x-checksum-sha256", &rec.sha256);
+    if status == StatusCode::PARTIAL_CONTENT {
+        b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", start + len - 1));
+    }
+    if method == Method::HEAD {
+        return Ok(b.body(axum::body::Body::empty()).expect("valid response"));
+    }
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(&path).await.map_err(|e| StorageError::Io { path: path.clone(), source: e })?;
+    if start > 0 {
+        f.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| StorageError::Io { path: path.clone(), source: e })?;
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
+    Ok(b.body(axum::body::Body::from_stream(stream)).expect("valid response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), Span::Full);
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), Span::Part(0, 4));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Span::Part(5, 9));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Span::Part(7, 9));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Span::Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Span::Part(8, 9));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Span::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Span::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Span::Full);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Span::Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Span::Full);
+        assert_eq!(parse_range(Some("bytes=x-1"), 10), Span::Full);
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = query_pairs(Some("name=vmlinuz%2D6.1+x&kind=kernel&peer")).unwrap();
+        assert_eq!(q[0], ("name".into(), "vmlinuz-6.1 x".into()));
+        assert_eq!(q[2], ("peer".into(), "".into()));
+        assert!(query_pairs(Some("name=%zz")).is_err());
+        assert!(query_pairs(Some("name=%4")).is_err());
+    }
 }

@@ -9,6 +9,7 @@ use crate::db::etcd::Etcd;
 use crate::db::member::{MemberError, MemberHandle, MemberSpec};
 use crate::db::{Database, DbError};
 use crate::heads::{self, DbMode, HeadRecord};
+use crate::storage::{Storage, StorageError};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{Config, ConfigError, DatabaseType};
 use clusterware_shared::ids::validate_head_name;
@@ -42,6 +43,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -183,9 +186,18 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         db_mode,
     };
     heads::register(&db, &rec).await?;
+    let storage = Storage::open(&cfg.storage_dir, &name, db.clone())?;
+    tracing::info!(path = %cfg.storage_dir.display(), "local file storage");
     let (stop_tx, stop_rx) = watch::channel(false);
     let liveness = tokio::spawn(heads::keep_alive(db.clone(), rec.clone(), cfg.lease_ttl_secs, stop_rx.clone()));
-    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone() });
+    let audits = tokio::spawn(storage_loop(
+        storage.clone(),
+        Duration::from_secs(cfg.audit_interval_secs),
+        Duration::from_secs(cfg.sweep_interval_secs),
+        Duration::from_secs(cfg.deleted_ttl_secs),
+        stop_rx.clone(),
+    ));
+    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage });
     let app = api::router(state);
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 
@@ -209,6 +221,7 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         Err(_) => tracing::warn!("requests still running after 10 s; stopping anyway"),
     }
     let _ = liveness.await;
+    let _ = audits.await;
     drop(db);
     if let Some(mut m) = member {
         tokio::task::spawn_blocking(move || m.stop()).await.ok();
@@ -216,6 +229,40 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     }
     tracing::info!("head stopped");
     Ok(())
+}
+
+/// Audits the local storage at start and every `audit`, and processes the deleted-files list
+/// every `sweep`, until shutdown.
+async fn storage_loop(
+    storage: Arc<Storage>,
+    audit: Duration,
+    sweep: Duration,
+    ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next_audit = tokio::time::Instant::now();
+    loop {
+        if let Err(e) = storage.sweep_deleted(ttl).await {
+            tracing::warn!(error = %e, "cannot process the deleted-files list");
+        }
+        if tokio::time::Instant::now() >= next_audit {
+            match storage.audit().await {
+                Ok(s) => tracing::info!(
+                    files = s.files,
+                    missing = s.missing,
+                    bad = s.bad,
+                    bytes = s.bytes,
+                    "storage audited"
+                ),
+                Err(e) => tracing::warn!(error = %e, "storage audit failed"),
+            }
+            next_audit = tokio::time::Instant::now() + audit;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(sweep) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// The head's name: `head.name`, else the host name.

@@ -121,6 +121,13 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
     let (alive, _) = db.range(ALIVE).await?;
     let alive: HashSet<&str> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE)).collect();
     let members = db.members().await;
+    let (summaries, _) = db.range(crate::storage::SUMMARY).await?;
+    let summary = |name: &str| {
+        summaries
+            .iter()
+            .find(|kv| kv.key.strip_prefix(crate::storage::SUMMARY) == Some(name))
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+    };
     let mut out = Vec::new();
     for kv in &recs {
         let rec: HeadRecord = match serde_json::from_slice(&kv.value) {
@@ -146,6 +153,7 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
             },
         };
         out.push(HeadInfo {
+            storage: summary(&rec.name),
             alive: alive.contains(rec.name.as_str()),
             name: rec.name,
             ip: rec.ip,

@@ -7,8 +7,11 @@
 //! - [`db`]: the cluster database abstraction and its two backends (etcd, embedded).
 //! - [`registry`]: compute nodes (create, list, set/clear attributes, delete) with MAC, IP and
 //!   index uniqueness enforced inside database transactions.
+//! - [`storage`]: boot files on local storage: verification, quarantine, peer download,
+//!   deletion list, audits.
 pub mod api;
 pub mod daemon;
 pub mod db;
 pub mod heads;
 pub mod registry;
+pub mod storage;

@@ -132,6 +132,67 @@ pub struct DbMember {
     pub state: String,
 }
 
+/// A boot file (kernel, initramfs, root image, …) known to the cluster. Every head keeps a
+/// local copy that must match `size` and `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// 32 lowercase hex digits; also the local file's name in `local_files.path`.
+    pub id: String,
+    /// The name it was uploaded with.
+    pub name: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    /// `kernel`, `initramfs`, `rootfs` or `other`.
+    pub kind: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// The kinds a file can have.
+pub const FILE_KINDS: [&str; 4] = ["kernel", "initramfs", "rootfs", "other"];
+
+/// Whether a string is a file id (32 lowercase hex digits): ids never leave the storage dir.
+pub fn is_file_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `GET /api/v1/files`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileList {
+    pub files: Vec<FileRecord>,
+}
+
+/// What a head's local storage holds, from its last audit (`heads ls -l`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageSummary {
+    /// Files present and verified.
+    pub files: u64,
+    /// Files in the database with no local copy.
+    pub missing: u64,
+    /// Local copies found corrupt (renamed `.old.NN`) at the last audit.
+    pub bad: u64,
+    /// Bytes of verified files.
+    pub bytes: u64,
+    /// When the audit ran, seconds since the Unix epoch.
+    pub audited: u64,
+}
+
+/// `GET /api/v1/storage`: one head's live storage counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageCounters {
+    /// Bytes hashed to verify files since start (a verified file is not hashed again).
+    pub hashed_bytes: u64,
+    /// Content requests from other heads answered (or refused) by this head.
+    pub peer_requests: u64,
+    /// Downloads this head made from its peers.
+    pub peer_downloads: u64,
+    /// Peer downloads discarded because the bytes did not match.
+    pub peer_rejects: u64,
+    /// Local copies renamed `.old.NN`.
+    pub quarantined: u64,
+}
+
 /// One head node, as `scyld-clusterctl heads ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeadInfo {
@@ -144,6 +205,9 @@ pub struct HeadInfo {
     /// When the head daemon last started, seconds since the Unix epoch.
     pub started: u64,
     pub db_member: DbMember,
+    /// Its storage at its last audit (absent until it has audited once).
+    #[serde(default)]
+    pub storage: Option<StorageSummary>,
 }
 
 /// `GET /api/v1/heads`.

@@ -72,6 +72,14 @@ pub struct Config {
     pub lease_ttl_secs: u64,
     pub log_dir: PathBuf,
     pub log_level: String,
+    /// Where this head keeps its copy of every boot file (may be shared among heads).
+    pub storage_dir: PathBuf,
+    /// Seconds between audits of the local storage.
+    pub audit_interval_secs: u64,
+    /// Seconds between checks of the deleted-files list.
+    pub sweep_interval_secs: u64,
+    /// Seconds a deleted-files entry is kept for heads that have not processed it.
+    pub deleted_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -98,6 +106,10 @@ impl Default for Config {
             lease_ttl_secs: 10,
             log_dir: PathBuf::from("/var/log/clusterware"),
             log_level: "info".into(),
+            storage_dir: PathBuf::from("/opt/scyld/clusterware/storage"),
+            audit_interval_secs: 300,
+            sweep_interval_secs: 10,
+            deleted_ttl_secs: 3600,
         }
     }
 }
@@ -262,6 +274,10 @@ impl Config {
                     }
                     c.log_level = value.to_string();
                 }
+                "local_files.path" => c.storage_dir = path_value(value).map_err(bad)?,
+                "local_files.audit_interval" => c.audit_interval_secs = int_value(value, 1, 86_400).map_err(bad)?,
+                "local_files.sweep_interval" => c.sweep_interval_secs = int_value(value, 1, 3600).map_err(bad)?,
+                "local_files.deleted_ttl" => c.deleted_ttl_secs = int_value(value, 60, 30 * 86_400).map_err(bad)?,
                 _ => warnings.push(format!("{}:{line}: unknown key {key:?} ignored", path.display())),
             }
         }

@@ -326,7 +326,7 @@ impl Cluster {
             let hdir = dir.path().join(&name);
             std::fs::create_dir_all(&hdir).expect("head dir");
             let mut ini = format!(
-                "# written by the test harness\ndatabase.admin_pass = {PASS}\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = {port}\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\n",
+                "# written by the test harness\ndatabase.admin_pass = {PASS}\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = {port}\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\nlocal_files.audit_interval = 2\nlocal_files.sweep_interval = 1\n",
                 d = hdir.display()
             );
             match backend {

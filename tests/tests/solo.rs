@@ -199,7 +199,9 @@ fn head_fails_to_start(c: &mut Cluster, msg: &str) {
 #[test]
 fn head_start_up_errors_are_clear() {
     let mut c = Cluster::configure(Backend::Embedded, 1, "head.lease_ttl = 1\n");
-    head_fails_to_start(&mut c, "base.ini:11: head.lease_ttl: \"1\" is not a whole number from 2 to 300");
+    let text = std::fs::read_to_string(&c.heads[0].config).unwrap();
+    let line = text.lines().position(|l| l == "head.lease_ttl = 1").unwrap() + 1;
+    head_fails_to_start(&mut c, &format!("base.ini:{line}: head.lease_ttl: \"1\" is not a whole number from 2 to 300"));
 
     let mut c = Cluster::configure(Backend::Embedded, 1, "");
     let cfg =

@@ -1,11 +1,16 @@
-//! `scyld-clusterctl`: cluster-wide views. `heads ls [-l] [--json]` lists the head nodes.
+//! `scyld-clusterctl`: cluster-wide views and boot files.
+//! `heads ls [-l] [--json]` lists the head nodes; `files ls|upload|rm` manages boot files.
 
 use clap::{Parser, Subcommand};
-use clusterware_cli::{CliResult, Client, ConnOpts, print_json, print_table, run};
-use clusterware_shared::api::HeadList;
+use clusterware_cli::{
+    CliResult, Client, ConnOpts, Progress, fail, human_bytes, print_json, print_table, query_escape, run, usage,
+};
+use clusterware_shared::api::{FILE_KINDS, FileList, FileRecord, HeadList};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Cluster-wide administration: the head nodes that share the cluster database.
+/// Cluster-wide administration: the head nodes that share the cluster database, and the boot
+/// files every head keeps.
 #[derive(Parser)]
 #[command(name = "scyld-clusterctl", version)]
 struct Args {
@@ -25,11 +30,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: HeadsCmd,
     },
+    /// Boot files (kernels, initramfs, root images) kept by every head
+    Files {
+        #[command(subcommand)]
+        cmd: FilesCmd,
+    },
 }
 
 #[derive(Subcommand)]
 enum HeadsCmd {
-    /// List the heads (names; -l for address, liveness, version and database membership)
+    /// List the heads (names; -l for address, liveness, version, database membership, storage)
     Ls {
         /// Long listing
         #[arg(short = 'l', long)]
@@ -37,10 +47,38 @@ enum HeadsCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum FilesCmd {
+    /// List the files (ids and names; -l for kind, size and checksum)
+    Ls {
+        /// Long listing
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Upload a file to the head (which stores it and records its size and SHA-256)
+    Upload {
+        path: PathBuf,
+        /// Name to record (default: the file's name)
+        #[arg(long)]
+        name: Option<String>,
+        /// kernel, initramfs, rootfs or other
+        #[arg(long, default_value = "other")]
+        kind: String,
+    },
+    /// Delete files from the cluster (every head removes its copy)
+    Rm {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     run("scyld-clusterctl", || match &args.cmd {
         Cmd::Heads { cmd: HeadsCmd::Ls { long } } => heads_ls(&args, *long),
+        Cmd::Files { cmd: FilesCmd::Ls { long } } => files_ls(&args, *long),
+        Cmd::Files { cmd: FilesCmd::Upload { path, name, kind } } => upload(&args, path, name.as_deref(), kind),
+        Cmd::Files { cmd: FilesCmd::Rm { ids } } => rm(&args, ids),
     })
 }
 
@@ -54,6 +92,10 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
             .heads
             .iter()
             .map(|h| {
+                let (files, missing, bad, bytes) = match &h.storage {
+                    Some(s) => (s.files.to_string(), s.missing.to_string(), s.bad.to_string(), human_bytes(s.bytes)),
+                    None => ("-".into(), "-".into(), "-".into(), "-".into()),
+                };
                 vec![
                     h.name.clone(),
                     h.ip.to_string(),
@@ -61,15 +103,93 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
                     h.version.clone(),
                     format!("{} {}", h.db_member.backend, h.db_member.state),
                     h.db_member.id.clone().unwrap_or_else(|| "-".into()),
+                    files,
+                    missing,
+                    bad,
+                    bytes,
                     h.api_url.clone(),
                 ]
             })
             .collect();
-        print_table(&["NAME", "IP", "ALIVE", "VERSION", "DATABASE", "MEMBER ID", "API"], &rows);
+        print_table(
+            &["NAME", "IP", "ALIVE", "VERSION", "DATABASE", "MEMBER ID", "FILES", "MISSING", "BAD", "BYTES", "API"],
+            &rows,
+        );
     } else {
         for h in &list.heads {
             println!("{}", h.name);
         }
+    }
+    Ok(())
+}
+
+fn files_ls(args: &Args, long: bool) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let list: FileList = c.get("/files")?;
+    if args.json {
+        print_json(&list);
+    } else if long {
+        let rows: Vec<Vec<String>> = list
+            .files
+            .iter()
+            .map(|f| vec![f.id.clone(), f.name.clone(), f.kind.clone(), f.size.to_string(), f.sha256.clone()])
+            .collect();
+        print_table(&["ID", "NAME", "KIND", "SIZE", "SHA256"], &rows);
+    } else {
+        for f in &list.files {
+            println!("{}  {}", f.id, f.name);
+        }
+    }
+    Ok(())
+}
+
+fn upload(args: &Args, path: &PathBuf, name: Option<&str>, kind: &str) -> CliResult<()> {
+    if !FILE_KINDS.contains(&kind) {
+        return Err(usage(format!("--kind {kind:?} is not one of {}", FILE_KINDS.join(", "))));
+    }
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .ok_or_else(|| usage(format!("{} has no file name; give --name", path.display())))?,
+    };
+    let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    let meta = f.metadata().map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(fail(format!("{} is not a regular file", path.display())));
+    }
+    let c = Client::new(&args.conn)?;
+    let mut reader = Progress::new(f, &name, meta.len());
+    let q = format!("/files?name={}&kind={kind}&size={}", query_escape(&name), meta.len());
+    let rec: FileRecord = c.put_stream(&q, meta.len(), &mut reader)?;
+    reader.finish();
+    let sent = hex::encode(sha2::Digest::finalize(reader.hasher.clone()));
+    if sent != rec.sha256 {
+        // The head stored other bytes than were read here (the file changed while uploading?).
+        let _: Result<FileRecord, _> = c.delete(&format!("/files/{}", rec.id));
+        return Err(fail(format!("{} changed during the upload (checksums differ); nothing was kept", path.display())));
+    }
+    if args.json {
+        print_json(&rec);
+    } else {
+        println!("uploaded {} as {} ({}, sha256 {})", rec.name, rec.id, human_bytes(rec.size), rec.sha256);
+    }
+    Ok(())
+}
+
+fn rm(args: &Args, ids: &[String]) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let mut out = Vec::new();
+    for id in ids {
+        let rec: FileRecord = c.delete(&format!("/files/{id}"))?;
+        if !args.json {
+            println!("deleted {} ({})", rec.id, rec.name);
+        }
+        out.push(rec);
+    }
+    if args.json {
+        print_json(&FileList { files: out });
     }
     Ok(())
 }

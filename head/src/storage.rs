@@ -1,0 +1,735 @@
+//! Boot-file storage on a head: every head keeps a copy of every file (kernel, initramfs, root
+//! image, …) under `local_files.path`, named by the file's id, and checks it against the size
+//! and SHA-256 in the database before serving it.
+//!
+//! - **Verification** is done once: what was verified is remembered as (device, inode, size,
+//!   mtime) → checksum, in memory and in `.verified-<head>.json`, and a file is hashed again only
+//!   when one of those changes.
+//! - **Quarantine**: a local copy that does not match is renamed `<id>.old.NN` (the next free NN
+//!   from 00 to 99; link-then-unlink, so two heads on shared storage never overwrite each
+//!   other's), then fetched again.
+//! - **Peer download**: a head without a good copy asks the other alive heads, in random order,
+//!   whether they have one of the right size (HEAD), downloads it from the first that does,
+//!   hashing while it receives, and keeps it only if the checksum matches; otherwise it tries
+//!   the next. A head asked by a peer never downloads from peers itself (no cascade when a file
+//!   is missing everywhere). Concurrent requests for one file share one download. The requester
+//!   serves the bytes once they are verified: nothing unverified is ever served.
+//! - **Writes** (uploads and downloads) go to `.tmp/<head>-<id>-<random>.part`, are fsynced,
+//!   renamed into place and the directory fsynced; the database record of an upload is written
+//!   only after that. A crash leaves nothing under a final name.
+//! - **Deletion**: the deleting head removes its copy and moves the record to `deleted/<id>`
+//!   with the alive heads that still have to remove theirs; each removes its copy and itself
+//!   from the entry, which goes when none is left (or after `local_files.deleted_ttl`). A head
+//!   that was down finds its copy unreferenced at start-up and renames it `.old.NN`.
+
+use crate::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::heads::{ALIVE, HEADS, HeadRecord};
+use bytes::Bytes;
+use clusterware_shared::api::{FileRecord, StorageCounters, StorageSummary, is_file_id};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const FILES: &str = "files/";
+pub const DELETED: &str = "deleted/";
+pub const SUMMARY: &str = "storage/";
+/// Unreferenced local files younger than this are left alone (an upload on shared storage may
+/// not have written its record yet).
+const UNREFERENCED_GRACE: Duration = Duration::from_secs(60);
+/// How long a peer may stay silent during a download.
+const PEER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const CHUNK: usize = 1 << 20;
+
+/// `deleted/<id>`: a deleted file and the heads that still have to remove their copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedEntry {
+    pub file: FileRecord,
+    pub deleted: u64,
+    pub by: String,
+    pub pending: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("no file with id {0}")]
+    NotFound(String),
+    #[error("file {id} has no good copy here")]
+    NotHere { id: String },
+    #[error("file {id} ({name}) has no good copy on this head nor on any of the {asked} other heads asked")]
+    Unavailable { id: String, name: String, asked: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage I/O on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io { path: path.to_path_buf(), source }
+}
+
+/// What identifies one version of a file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp { dev: m.dev(), ino: m.ino(), size: m.len(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Verified {
+    stamp: Stamp,
+    sha256: String,
+}
+
+/// Why a local copy cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    Good,
+    Missing,
+    /// It did not match and was renamed `.old.NN`.
+    Bad,
+}
+
+#[derive(Default)]
+struct Counters {
+    hashed_bytes: AtomicU64,
+    peer_requests: AtomicU64,
+    peer_downloads: AtomicU64,
+    peer_rejects: AtomicU64,
+    quarantined: AtomicU64,
+}
+
+/// How a shared check-and-fetch ended, for every request that waited on it.
+#[derive(Debug, Clone)]
+enum FlightError {
+    NotHere,
+    Unavailable { asked: usize },
+    Other(String),
+}
+
+type Flight = Shared<BoxFuture<'static, Result<(), FlightError>>>;
+
+/// One head's storage.
+pub struct Storage {
+    dir: PathBuf,
+    tmp: PathBuf,
+    head: String,
+    db: Database,
+    verified: Mutex<HashMap<String, Verified>>,
+    flights: Mutex<HashMap<(String, bool), Flight>>,
+    http: reqwest::Client,
+    counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Hashes a file; returns (size, hex SHA-256).
+fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        h.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Storage {
+    /// Opens the storage directory (creating it), removes this head's leftover temporary files
+    /// and loads what it verified before.
+    pub fn open(dir: &Path, head: &str, db: Database) -> Result<Arc<Storage>> {
+        let tmp = dir.join(".tmp");
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let prefix = format!("{head}-");
+        for e in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let verified = std::fs::read(dir.join(format!(".verified-{head}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .read_timeout(PEER_READ_TIMEOUT)
+            .build()
+            .map_err(|e| StorageError::Invalid(format!("HTTP client: {e}")))?;
+        Ok(Arc::new(Storage {
+            dir: dir.to_path_buf(),
+            tmp,
+            head: head.to_string(),
+            db,
+            verified: Mutex::new(verified),
+            flights: Mutex::new(HashMap::new()),
+            http,
+            counters: Counters::default(),
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The local path of a file id (ids are 32 hex digits: they cannot leave the directory).
+    pub fn path(&self, id: &str) -> PathBuf {
+        debug_assert!(is_file_id(id));
+        self.dir.join(id)
+    }
+
+    pub fn counters(&self) -> StorageCounters {
+        let c = &self.counters;
+        StorageCounters {
+            hashed_bytes: c.hashed_bytes.load(Ordering::Relaxed),
+            peer_requests: c.peer_requests.load(Ordering::Relaxed),
+            peer_downloads: c.peer_downloads.load(Ordering::Relaxed),
+            peer_rejects: c.peer_rejects.load(Ordering::Relaxed),
+            quarantined: c.quarantined.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn count_peer_request(&self) {
+        self.counters.peer_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn persist_verified(&self) {
+        let path = self.dir.join(format!(".verified-{}.json", self.head));
+        let body = serde_json::to_vec(&*lock(&self.verified)).expect("verification cache serialises");
+        if let Err(e) = write_atomic(&path, &self.tmp, &self.head, &body) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the verification cache; files will be hashed again after a restart");
+        }
+    }
+
+    /// The record of a file.
+    pub async fn record(&self, id: &str) -> Result<FileRecord> {
+        if !is_file_id(id) {
+            return Err(StorageError::NotFound(id.to_string()));
+        }
+        let kv = self.db.get(&format!("{FILES}{id}")).await?.ok_or_else(|| StorageError::NotFound(id.to_string()))?;
+        serde_json::from_slice(&kv.value)
+            .map_err(|e| StorageError::Invalid(format!("corrupt record for file {id}: {e}")))
+    }
+
+    pub async fn list(&self) -> Result<Vec<FileRecord>> {
+        let (kvs, _) = self.db.range(FILES).await?;
+        let mut out: Vec<FileRecord> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// True when the local copy is known good without reading it.
+    fn known_good(&self, rec: &FileRecord) -> bool {
+        let Ok(m) = std::fs::symlink_metadata(self.path(&rec.id)) else { return false };
+        m.file_type().is_file()
+            && m.len() == rec.size
+            && lock(&self.verified).get(&rec.id).is_some_and(|v| v.stamp == Stamp::of(&m) && v.sha256 == rec.sha256)
+    }
+
+    /// Checks the local copy, hashing it if it was not verified in this version; a copy that
+    /// does not match is quarantined.
+    async fn check_local(&self, rec: &FileRecord) -> Result<Local> {
+        let path = self.path(&rec.id);
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Local::Missing),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if self.known_good(rec) {
+            return Ok(Local::Good);
+        }
+        let good = if !m.file_type().is_file() || m.len() != rec.size {
+            false
+        } else {
+            let p = path.clone();
+            let (n, sha) = tokio::task::spawn_blocking(move || hash_file(&p))
+                .await
+                .map_err(|e| StorageError::Invalid(format!("hashing task failed: {e}")))?
+                .map_err(io(&path))?;
+            self.counters.hashed_bytes.fetch_add(n, Ordering::Relaxed);
+            // Stat again: the stamp must be the one of the bytes just hashed.
+            let m2 = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+            if sha == rec.sha256 && n == rec.size && Stamp::of(&m2) == Stamp::of(&m) {
+                lock(&self.verified).insert(rec.id.clone(), Verified { stamp: Stamp::of(&m), sha256: sha });
+                true
+            } else {
+                false
+            }
+        };
+        if good {
+            return Ok(Local::Good);
+        }
+        lock(&self.verified).remove(&rec.id);
+        match quarantine(&path)? {
+            Some(to) => {
+                self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(file = %rec.id, name = %rec.name, renamed = %to.display(), "local copy does not match its size and checksum; renamed");
+            }
+            None => tracing::info!(file = %rec.id, "bad local copy already moved away (shared storage)"),
+        }
+        Ok(Local::Bad)
+    }
+
+    /// Makes sure a good local copy exists and returns its path. With `from_peers`, a missing
+    /// or bad copy is fetched from another head; without (a peer is asking), it is not.
+    /// Concurrent calls for one file share the work.
+    pub async fn ensure(self: &Arc<Self>, rec: &FileRecord, from_peers: bool) -> Result<PathBuf> {
+        if self.known_good(rec) {
+            return Ok(self.path(&rec.id));
+        }
+        let key = (rec.id.clone(), from_peers);
+        let flight = {
+            let mut flights = lock(&self.flights);
+            flights
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let me = self.clone();
+                    let rec = rec.clone();
+                    async move {
+                        let r = me.ensure_once(&rec, from_peers).await;
+                        lock(&me.flights).remove(&(rec.id.clone(), from_peers));
+                        r
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        match flight.await {
+            Ok(()) => Ok(self.path(&rec.id)),
+            Err(_) if self.known_good(rec) => Ok(self.path(&rec.id)),
+            Err(FlightError::NotHere) => Err(StorageError::NotHere { id: rec.id.clone() }),
+            Err(FlightError::Unavailable { asked }) => {
+                Err(StorageError::Unavailable { id: rec.id.clone(), name: rec.name.clone(), asked })
+            }
+            Err(FlightError::Other(m)) => Err(StorageError::Invalid(m)),
+        }
+    }
+
+    async fn ensure_once(self: &Arc<Self>, rec: &FileRecord, from_peers: bool) -> Result<(), FlightError> {
+        let other = |e: StorageError| FlightError::Other(e.to_string());
+        match self.check_local(rec).await.map_err(other)? {
+            Local::Good => {
+                self.persist_verified();
+                return Ok(());
+            }
+            Local::Missing | Local::Bad if !from_peers => return Err(FlightError::NotHere),
+            Local::Missing | Local::Bad => {}
+        }
+        if let Some(asked) = self.fetch_from_peers(rec).await.map_err(other)? {
+            return Err(FlightError::Unavailable { asked });
+        }
+        self.persist_verified();
+        Ok(())
+    }
+
+    /// The other alive heads, in random order.
+    async fn peers(&self) -> Result<Vec<HeadRecord>> {
+        let (heads, _) = self.db.range(HEADS).await?;
+        let (alive, _) = self.db.range(ALIVE).await?;
+        let alive: Vec<&str> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE)).collect();
+        let mut out: Vec<HeadRecord> = heads
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<HeadRecord>(&kv.value).ok())
+            .filter(|h| h.name != self.head && alive.contains(&h.name.as_str()))
+            .collect();
+        use rand::seq::SliceRandom;
+        out.shuffle(&mut rand::rng());
+        Ok(out)
+    }
+
+    /// Downloads the file from the first peer that has it; returns `None` on success, else how
+    /// many peers were asked.
+    async fn fetch_from_peers(&self, rec: &FileRecord) -> Result<Option<usize>> {
+        let peers = self.peers().await?;
+        let total = peers.len();
+        for p in peers {
+            let url = format!("{}/api/v1/files/{}/content?peer=1", p.api_url, rec.id);
+            match self.http.head(&url).send().await {
+                Ok(r) if r.status().is_success() && r.content_length() == Some(rec.size) => {}
+                Ok(r) => {
+                    tracing::debug!(file = %rec.id, peer = %p.name, status = %r.status(), "peer has no good copy");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(file = %rec.id, peer = %p.name, error = %e, "peer did not answer");
+                    continue;
+                }
+            }
+            let resp = match self.http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    tracing::info!(file = %rec.id, peer = %p.name, status = %r.status(), "peer refused the download");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(file = %rec.id, peer = %p.name, error = %e, "peer download failed");
+                    continue;
+                }
+            };
+            let stream = resp.bytes_stream().map(|r| r.map_err(|e| e.to_string()));
+            match self.receive(&rec.id, stream, rec.size, Some(&rec.sha256)).await {
+                Ok(_) => {
+                    self.counters.peer_downloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(file = %rec.id, name = %rec.name, peer = %p.name, bytes = rec.size, "downloaded from peer");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.counters.peer_rejects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(file = %rec.id, peer = %p.name, error = %e, "download from peer discarded");
+                }
+            }
+        }
+        Ok(Some(total))
+    }
+
+    /// Writes a stream to a temporary file while hashing it; it becomes `<dir>/<id>` only when
+    /// exactly `size` bytes arrived (and match `expected`, when given), fsynced. Returns the
+    /// checksum.
+    pub async fn receive<S, E>(&self, id: &str, stream: S, size: u64, expected: Option<&str>) -> Result<String>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let tmp = self.tmp.join(format!("{}-{id}-{:016x}.part", self.head, rand::random::<u64>()));
+        let r = self.receive_into(&tmp, id, stream, size, expected).await;
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    async fn receive_into<S, E>(
+        &self,
+        tmp: &Path,
+        id: &str,
+        stream: S,
+        size: u64,
+        expected: Option<&str>,
+    ) -> Result<String>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(tmp).map_err(io(tmp))?;
+        let mut hasher = Sha256::new();
+        let mut got = 0u64;
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let next = tokio::time::timeout(PEER_READ_TIMEOUT, stream.next())
+                .await
+                .map_err(|_| StorageError::Invalid(format!("no data for {} s", PEER_READ_TIMEOUT.as_secs())))?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| StorageError::Invalid(format!("transfer broke after {got} bytes: {e}")))?;
+            got += chunk.len() as u64;
+            if got > size {
+                return Err(StorageError::Invalid(format!("more than the declared {size} bytes")));
+            }
+            hasher.update(&chunk);
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= CHUNK {
+                tokio::task::block_in_place(|| file.write_all(&buf)).map_err(io(tmp))?;
+                buf.clear();
+            }
+        }
+        if got != size {
+            return Err(StorageError::Invalid(format!("{got} bytes arrived, {size} declared")));
+        }
+        let sha = hex::encode(hasher.finalize());
+        if let Some(want) = expected {
+            if sha != want {
+                return Err(StorageError::Invalid(format!("checksum {sha} does not match the expected {want}")));
+            }
+        }
+        tokio::task::block_in_place(|| -> std::io::Result<()> {
+            file.write_all(&buf)?;
+            file.sync_all()
+        })
+        .map_err(io(tmp))?;
+        drop(file);
+        let dest = self.path(id);
+        std::fs::rename(tmp, &dest).map_err(io(&dest))?;
+        fsync_dir(&self.dir).map_err(io(&self.dir))?;
+        let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
+        lock(&self.verified).insert(id.to_string(), Verified { stamp: Stamp::of(&m), sha256: sha.clone() });
+        Ok(sha)
+    }
+
+    /// Stores an upload and then records it in the database.
+    pub async fn upload<S, E>(
+        &self,
+        name: &str,
+        kind: &str,
+        size: u64,
+        expected: Option<&str>,
+        body: S,
+    ) -> Result<FileRecord>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let id = format!("{:032x}", rand::random::<u128>());
+        let sha = self.receive(&id, body, size, expected).await?;
+        let rec = FileRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            size,
+            sha256: sha,
+            kind: kind.to_string(),
+            created: now(),
+        };
+        let key = format!("{FILES}{id}");
+        let body = serde_json::to_vec(&rec).expect("file record serialises");
+        let written =
+            self.db.txn(Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, body)])).await;
+        match written {
+            Ok(r) if r.succeeded => {
+                self.persist_verified();
+                Ok(rec)
+            }
+            other => {
+                // No record, so no file: remove the bytes.
+                self.delete_local(&id);
+                match other {
+                    Err(e) => Err(e.into()),
+                    Ok(_) => Err(StorageError::Invalid(format!("file id {id} already exists"))),
+                }
+            }
+        }
+    }
+
+    fn delete_local(&self, id: &str) {
+        lock(&self.verified).remove(id);
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %id, error = %e, "cannot remove local copy"),
+        }
+    }
+
+    /// Deletes a file from the cluster: the record goes to the deleted list for the other alive
+    /// heads, and this head's copy is removed.
+    pub async fn delete(&self, id: &str) -> Result<FileRecord> {
+        let key = format!("{FILES}{id}");
+        let kv = if is_file_id(id) { self.db.get(&key).await? } else { None };
+        let kv = kv.ok_or_else(|| StorageError::NotFound(id.to_string()))?;
+        let rec: FileRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| StorageError::Invalid(format!("corrupt record: {e}")))?;
+        let pending: Vec<String> = self.peers().await?.into_iter().map(|h| h.name).collect();
+        let entry = DeletedEntry { file: rec.clone(), deleted: now(), by: self.head.clone(), pending };
+        let r = self
+            .db
+            .txn(Txn::new().when([Compare::unchanged(key.clone(), kv.mod_revision)]).and_then([
+                TxnOp::delete(key),
+                TxnOp::put(format!("{DELETED}{id}"), serde_json::to_vec(&entry).expect("serialises")),
+            ]))
+            .await?;
+        if !r.succeeded {
+            return Err(StorageError::NotFound(id.to_string()));
+        }
+        self.delete_local(id);
+        self.persist_verified();
+        tracing::info!(file = %id, name = %rec.name, others = ?entry.pending, "file deleted");
+        Ok(rec)
+    }
+
+    /// Processes the deleted-files list: removes this head's copies of files deleted elsewhere
+    /// and drops entries no head needs any more.
+    pub async fn sweep_deleted(&self, ttl: Duration) -> Result<()> {
+        let (kvs, _) = self.db.range(DELETED).await?;
+        for kv in kvs {
+            let Ok(mut e) = serde_json::from_slice::<DeletedEntry>(&kv.value) else { continue };
+            let mine = e.pending.iter().any(|h| h == &self.head);
+            if mine {
+                self.delete_local(&e.file.id);
+                tracing::info!(file = %e.file.id, name = %e.file.name, by = %e.by, "removed local copy of a deleted file");
+                e.pending.retain(|h| h != &self.head);
+            }
+            let expired = now().saturating_sub(e.deleted) > ttl.as_secs();
+            let op = if e.pending.is_empty() || expired {
+                TxnOp::delete(kv.key.clone())
+            } else if mine {
+                TxnOp::put(kv.key.clone(), serde_json::to_vec(&e).expect("serialises"))
+            } else {
+                continue;
+            };
+            // Lost races are retried at the next sweep.
+            self.db.txn(Txn::new().when([Compare::unchanged(kv.key.clone(), kv.mod_revision)]).and_then([op])).await?;
+        }
+        if let Ok(true) = self.db.range(DELETED).await.map(|(k, _)| k.is_empty()) {
+            self.persist_verified();
+        }
+        Ok(())
+    }
+
+    /// Checks every file the database names, renames unreferenced local files `.old.NN`, and
+    /// records the summary in `storage/<head>` when it changed.
+    pub async fn audit(&self) -> Result<StorageSummary> {
+        let files = self.list().await?;
+        let mut s = StorageSummary::default();
+        for rec in &files {
+            match self.check_local(rec).await? {
+                Local::Good => {
+                    s.files += 1;
+                    s.bytes += rec.size;
+                }
+                Local::Missing => s.missing += 1,
+                Local::Bad => {
+                    s.bad += 1;
+                    s.missing += 1;
+                }
+            }
+        }
+        let (deleted, _) = self.db.range(DELETED).await?;
+        let pending_here: Vec<String> = deleted
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<DeletedEntry>(&kv.value).ok())
+            .filter(|e| e.pending.contains(&self.head))
+            .map(|e| e.file.id)
+            .collect();
+        let known: std::collections::HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
+        for e in std::fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !is_file_id(&name) || known.contains(name.as_str()) || pending_here.contains(&name) {
+                continue;
+            }
+            let young = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < UNREFERENCED_GRACE);
+            if young {
+                continue;
+            }
+            lock(&self.verified).remove(&name);
+            if let Some(to) = quarantine(&e.path())? {
+                self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(file = %name, renamed = %to.display(), "local file is not referenced by the database; renamed (remove it once you are sure it is not needed)");
+            }
+        }
+        self.persist_verified();
+        s.audited = now();
+        let key = format!("{SUMMARY}{}", self.head);
+        let old: Option<StorageSummary> =
+            self.db.get(&key).await?.and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        let changed =
+            old.as_ref().is_none_or(|o| (o.files, o.missing, o.bad, o.bytes) != (s.files, s.missing, s.bad, s.bytes));
+        if changed {
+            self.db.put(&key, serde_json::to_vec(&s).expect("serialises")).await?;
+        }
+        Ok(s)
+    }
+}
+
+/// Renames `path` to the next free `path.old.NN` (00 to 99) without ever replacing one; returns
+/// the new name, or `None` when the file was already gone (another head moved it).
+pub fn quarantine(path: &Path) -> Result<Option<PathBuf>> {
+    for nn in 0..100 {
+        let to = PathBuf::from(format!("{}.old.{nn:02}", path.display()));
+        match std::fs::hard_link(path, &to) {
+            Ok(()) => {
+                std::fs::remove_file(path)
+                    .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                    .map_err(io(path))?;
+                if let Some(dir) = path.parent() {
+                    fsync_dir(dir).map_err(io(dir))?;
+                }
+                return Ok(Some(to));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(path)(e)),
+        }
+    }
+    tracing::error!(path = %path.display(), "all of .old.00 to .old.99 exist; removing the bad copy instead");
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// Writes a small file atomically: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, tmp_dir: &Path, tag: &str, body: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_dir.join(format!("{tag}-write-{:016x}", rand::random::<u64>()));
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        fsync_dir(path.parent().unwrap_or(Path::new(".")))
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_numbers_up_and_never_overwrites() {
+        let d = tempfile::TempDir::new().unwrap();
+        let p = d.path().join("f");
+        for nn in 0..3 {
+            std::fs::write(&p, format!("v{nn}")).unwrap();
+            let to = quarantine(&p).unwrap().unwrap();
+            assert_eq!(to, d.path().join(format!("f.old.{nn:02}")));
+            assert!(!p.exists());
+        }
+        assert_eq!(std::fs::read_to_string(d.path().join("f.old.00")).unwrap(), "v0");
+        assert_eq!(quarantine(&p).unwrap(), None, "already gone");
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole() {
+        let d = tempfile::TempDir::new().unwrap();
+        let p = d.path().join("x.json");
+        write_atomic(&p, d.path(), "t", b"one").unwrap();
+        write_atomic(&p, d.path(), "t", b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}
