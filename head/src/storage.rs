@@ -120,6 +120,7 @@ struct Counters {
     peer_downloads: AtomicU64,
     peer_rejects: AtomicU64,
     quarantined: AtomicU64,
+    audits: AtomicU64,
 }
 
 /// How a shared check-and-fetch ended, for every request that waited on it.
@@ -224,6 +225,7 @@ impl Storage {
             peer_downloads: c.peer_downloads.load(Ordering::Relaxed),
             peer_rejects: c.peer_rejects.load(Ordering::Relaxed),
             quarantined: c.quarantined.load(Ordering::Relaxed),
+            audits: c.audits.load(Ordering::Relaxed),
         }
     }
 
@@ -383,8 +385,15 @@ impl Storage {
         let total = peers.len();
         for p in peers {
             let url = format!("{}/api/v1/files/{}/content?peer=1", p.api_url, rec.id);
+            // The declared length, from the header: a HEAD response has no body to measure.
+            let declared = |r: &reqwest::Response| {
+                r.headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
             match self.http.head(&url).send().await {
-                Ok(r) if r.status().is_success() && r.content_length() == Some(rec.size) => {}
+                Ok(r) if r.status().is_success() && declared(&r) == Some(rec.size) => {}
                 Ok(r) => {
                     tracing::debug!(file = %rec.id, peer = %p.name, status = %r.status(), "peer has no good copy");
                     continue;
@@ -657,6 +666,7 @@ impl Storage {
         if changed {
             self.db.put(&key, serde_json::to_vec(&s).expect("serialises")).await?;
         }
+        self.counters.audits.fetch_add(1, Ordering::Relaxed);
         Ok(s)
     }
 }

@@ -191,6 +191,8 @@ pub struct StorageCounters {
     pub peer_rejects: u64,
     /// Local copies renamed `.old.NN`.
     pub quarantined: u64,
+    /// Audits completed since start.
+    pub audits: u64,
 }
 
 /// One head node, as `scyld-clusterctl heads ls` shows it.
