@@ -10,22 +10,33 @@ CARGO ?= cargo
 APT_PACKAGES := etcd-server protobuf-compiler curl
 # The command that proves each package is installed.
 NEEDS := etcd protoc curl
+# And for make bench: nginx, the peer the file server is measured against.
+BENCH_APT_PACKAGES := nginx-light
+BENCH_NEEDS := nginx
 
-.PHONY: all build deps run test bench fmt clean
+.PHONY: all build deps bench-deps run test bench fmt clean
 
 all: build
 
-deps:
-	@missing=""; for c in $(NEEDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+# install NEEDS, PACKAGES: apt-get install the packages unless every command is there.
+define install
+	@missing=""; for c in $(1); do command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing $(APT_PACKAGES) (missing:$$missing)"; \
+	    echo "installing $(2) (missing:$$missing)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -q && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends $(2); \
 	  else \
-	    echo "missing:$$missing. Install them as root: apt-get install -y $(APT_PACKAGES)"; exit 1; \
+	    echo "missing:$$missing. Install them as root: apt-get install -y $(2)"; exit 1; \
 	  fi; \
 	fi
+endef
+
+deps:
+	$(call install,$(NEEDS),$(APT_PACKAGES))
+
+bench-deps: deps
+	$(call install,$(BENCH_NEEDS),$(BENCH_APT_PACKAGES))
 
 build: deps
 	$(CARGO) build --workspace
@@ -40,7 +51,7 @@ test: build
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status
 
-bench: deps
+bench: bench-deps
 	$(CARGO) build --release --workspace
 	target/release/cw-bench --output BENCHMARKS.md
 

@@ -7,7 +7,10 @@
 //!   abstraction on etcd, against the bare `etcd-client` crate on the same etcd member (peer),
 //!   and the embedded store;
 //! - node registry: bulk create, list and set of 10,000 nodes through the admin API of a solo
-//!   embedded head and of a 3-head etcd cluster.
+//!   embedded head and of a 3-head etcd cluster;
+//! - boot files: serving a large file (against nginx serving the same file), a peer download
+//!   (against `sha256sum` of the same file, the hashing limit), and the hashing work of
+//!   repeated requests for a verified file.
 
 use clap::Parser;
 use clusterware_head::db::embedded::Embedded;
@@ -33,6 +36,9 @@ struct Args {
     /// Transactions per database measurement
     #[arg(long, default_value_t = 2_000)]
     txns: usize,
+    /// Size of the file for the boot-file benchmarks, in MiB
+    #[arg(long, default_value_t = 1024)]
+    file_mib: u64,
 }
 
 struct Report {
@@ -274,9 +280,160 @@ fn main() {
     rt.block_on(bench_database(&mut r, args.txns));
     eprintln!("cw-bench: node registry…");
     bench_registry(&mut r, args.nodes);
+    eprintln!("cw-bench: boot files…");
+    bench_files(&mut r, args.file_mib);
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());
         std::process::exit(1);
     }
     print!("{}", r.text);
+}
+
+/// Runs a command, returning its wall time; panics with its output when it fails.
+fn timed(cmd: &mut std::process::Command) -> Duration {
+    let t = Instant::now();
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let d = t.elapsed();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    d
+}
+
+fn best_of(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..n).map(|_| f()).min().unwrap_or(Duration::MAX)
+}
+
+fn curl_get(url: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "-f", "-o", "/dev/null", url]);
+    c
+}
+
+/// nginx serving `root` on 127.0.0.1:`port`, stopped on drop.
+struct Nginx(std::process::Child);
+
+impl Nginx {
+    fn start(dir: &std::path::Path, root: &std::path::Path, port: u16) -> Nginx {
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {d}/cb; proxy_temp_path {d}/px; \
+                 fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
+                 server {{ listen 127.0.0.1:{port}; root {}; }} }}\n",
+                root.display()
+            ),
+        )
+        .expect("nginx.conf");
+        let child = std::process::Command::new("nginx")
+            .args(["-c", conf.to_str().expect("utf-8 path"), "-p", &d.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian package nginx-light)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start; see {d}/nginx-error.log");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx(child)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench_files(r: &mut Report, mib: u64) {
+    let dir = tempfile::TempDir::with_prefix("cw-bench-files-").expect("temp dir");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let file = www.join("image.bin");
+    {
+        // Incompressible-looking content, written fast.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).expect("create test file"));
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for w in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_le_bytes());
+            }
+            std::io::Write::write_all(&mut f, &block).expect("write test file");
+        }
+    }
+    let bytes = mib << 20;
+    let two = Cluster::etcd(2);
+    let up = two.heads[0].cli("scyld-clusterctl", &["files", "upload", file.to_str().expect("utf-8"), "--json"]);
+    let rec = up.json();
+    let id = rec["id"].as_str().expect("id").to_string();
+
+    // Serving: the head against nginx, the same file, the same client (curl), alternating.
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    let _nginx = Nginx::start(dir.path(), &www, port);
+    let ours_url = format!("{}/api/v1/files/{id}/content", two.heads[0].url());
+    let nginx_url = format!("http://127.0.0.1:{port}/image.bin");
+    timed(&mut curl_get(&ours_url));
+    timed(&mut curl_get(&nginx_url));
+    let (mut t_ours, mut t_nginx) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        t_ours = t_ours.min(timed(&mut curl_get(&ours_url)));
+        t_nginx = t_nginx.min(timed(&mut curl_get(&nginx_url)));
+    }
+    let hashed_before =
+        two.heads[0].api("GET", "/storage", Some(&two.token), None).1["hashed_bytes"].as_u64().unwrap_or(0);
+    for _ in 0..5 {
+        timed(&mut curl_get(&format!("{ours_url}?x")));
+    }
+    let hashed_after =
+        two.heads[0].api("GET", "/storage", Some(&two.token), None).1["hashed_bytes"].as_u64().unwrap_or(0);
+
+    // Peer download: head 2 fetches from head 1 (a HEAD request makes it fetch and verify
+    // without serving the body), against sha256sum of the same file.
+    let peer_url = format!("{}/api/v1/files/{id}/content", two.heads[1].url());
+    let t_peer = timed(std::process::Command::new("curl").args(["-sS", "-f", "-I", "-o", "/dev/null", &peer_url]));
+    let t_sha = best_of(2, || timed(std::process::Command::new("sha256sum").arg(&file)));
+    let mbps = |d: Duration| format!("{:.0} MiB/s", bytes as f64 / 1048576.0 / d.as_secs_f64());
+
+    r.section(
+        "Boot files: serving, peer download, verification",
+        "make bench (target/release/cw-bench)",
+        &format!(
+            "A {mib} MiB file. Serving: `curl -o /dev/null` from the head and from nginx (Debian `nginx-light`, \
+             sendfile on) serving the same file on loopback, alternating, best of 3; ratio = head throughput / nginx \
+             throughput (target at least 0.9). Peer download: a second head fetches the file from the first \
+             (HTTP, hashing while it receives, fsync, rename), against `sha256sum` of the same file; ratio = \
+             sha256sum time / download time (target at least 0.8). Verification: bytes hashed by the head over 5 \
+             more requests for the verified file (target 0)."
+        ),
+    );
+    r.table(
+        &["measurement", "ClusterWare head", "peer", "ratio"],
+        vec![
+            vec![
+                "serve over HTTP".into(),
+                mbps(t_ours),
+                format!("nginx {}", mbps(t_nginx)),
+                format!("{:.2}", t_nginx.as_secs_f64() / t_ours.as_secs_f64()),
+            ],
+            vec![
+                "peer download".into(),
+                mbps(t_peer),
+                format!("sha256sum {}", mbps(t_sha)),
+                format!("{:.2}", t_sha.as_secs_f64() / t_peer.as_secs_f64()),
+            ],
+            vec![
+                "bytes hashed by 5 repeated requests".into(),
+                format!("{}", hashed_after - hashed_before),
+                "-".into(),
+                "-".into(),
+            ],
+        ],
+    );
 }

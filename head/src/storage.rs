@@ -718,6 +718,70 @@ pub fn write_atomic(path: &Path, tmp_dir: &Path, tag: &str, body: &[u8]) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::embedded::Embedded;
+
+    fn chunks(parts: &[&[u8]]) -> impl Stream<Item = std::result::Result<Bytes, String>> + Send + use<> {
+        let v: Vec<std::result::Result<Bytes, String>> = parts.iter().map(|p| Ok(Bytes::copy_from_slice(p))).collect();
+        futures::stream::iter(v)
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn receive_keeps_only_exact_verified_bytes() {
+        let d = tempfile::TempDir::new().unwrap();
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let st = Storage::open(d.path(), "h", db).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let sha = hex::encode(Sha256::digest(b"hello world"));
+        // Too many bytes, too few, a broken stream, a wrong checksum: nothing under a final name.
+        let e = st.receive(id, chunks(&[b"hello ", b"world!"]), 11, None).await.unwrap_err();
+        assert!(e.to_string().contains("more than the declared 11 bytes"), "{e}");
+        let e = st.receive(id, chunks(&[b"hello"]), 11, None).await.unwrap_err();
+        assert!(e.to_string().contains("5 bytes arrived, 11 declared"), "{e}");
+        let broken = futures::stream::iter(vec![Ok(Bytes::from_static(b"hel")), Err("connection reset".to_string())]);
+        let e = st.receive(id, broken, 11, None).await.unwrap_err();
+        assert!(e.to_string().contains("connection reset"), "{e}");
+        let e = st.receive(id, chunks(&[b"hello world"]), 11, Some(&"0".repeat(64))).await.unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+        assert_eq!(entries(d.path()), [".tmp"]);
+        assert!(entries(&d.path().join(".tmp")).is_empty());
+        // The right bytes land, verified (no hashing needed to serve them).
+        assert_eq!(st.receive(id, chunks(&[b"hello ", b"world"]), 11, Some(&sha)).await.unwrap(), sha);
+        assert_eq!(std::fs::read(d.path().join(id)).unwrap(), b"hello world");
+        let rec =
+            FileRecord { id: id.into(), name: "x".into(), size: 11, sha256: sha, kind: "other".into(), created: 0 };
+        assert!(st.known_good(&rec));
+        st.ensure(&rec, false).await.unwrap();
+        assert_eq!(st.counters().hashed_bytes, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_and_wrong_sizes_are_never_served() {
+        let d = tempfile::TempDir::new().unwrap();
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let st = Storage::open(d.path(), "h", db).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"secret").unwrap();
+        std::os::unix::fs::symlink(&outside, d.path().join(id)).unwrap();
+        let rec = FileRecord {
+            id: id.into(),
+            name: "x".into(),
+            size: 6,
+            sha256: hex::encode(Sha256::digest(b"secret")),
+            kind: "other".into(),
+            created: 0,
+        };
+        assert!(matches!(st.ensure(&rec, false).await, Err(StorageError::NotHere { .. })));
+        assert!(std::fs::symlink_metadata(d.path().join(format!("{id}.old.00"))).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"secret", "the link target is untouched");
+    }
 
     #[test]
     fn quarantine_numbers_up_and_never_overwrites() {
