@@ -5,7 +5,7 @@
 //! Exit codes: 0 success, 1 failure (the head refused, the cluster is unreachable, …),
 //! 2 usage error (bad arguments). One line on stderr says what went wrong.
 
-use clusterware_shared::api::{ApiError, Node, PREFIX};
+use clusterware_shared::api::{ApiError, FileRecord, Node, PREFIX, is_file_id};
 use clusterware_shared::auth::{BEARER, admin_token};
 use clusterware_shared::config::{self, Config, ConfigError};
 use clusterware_shared::select;
@@ -179,6 +179,29 @@ impl Client {
         self.finish(r)
     }
 
+    /// GET whose body is copied to `out` (a stream of any size); returns the bytes copied.
+    pub fn get_to(&self, path: &str, out: &mut dyn std::io::Write, label: &str) -> CliResult<u64> {
+        let r = self.agent.get(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
+        let mut resp = r.map_err(|e| fail(format!("cannot reach the head at {}: {e}", self.base)))?;
+        if !resp.status().is_success() {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(match serde_json::from_str::<ApiError>(&body) {
+                Ok(e) => fail(e.message),
+                Err(_) => fail(format!("head at {} answered HTTP {}", self.base, resp.status())),
+            });
+        }
+        let mut reader = Progress::new(resp.body_mut().with_config().limit(u64::MAX).reader(), label, 0);
+        let n = std::io::copy(&mut reader, out).map_err(|e| fail(format!("transfer from {} broke: {e}", self.base)))?;
+        reader.finish();
+        Ok(n)
+    }
+
+    pub fn put_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
+        let r =
+            self.agent.put(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).send_json(body);
+        self.finish(r)
+    }
+
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
         let r =
             self.agent.post(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).send_json(body);
@@ -281,15 +304,20 @@ impl<R: std::io::Read> Progress<R> {
 
     fn report(&self, last: bool) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let pct = if self.total == 0 { 100.0 } else { self.done as f64 * 100.0 / self.total as f64 };
-        eprint!(
-            "\r{}: {pct:5.1}% {} of {} ({}/s){}",
-            self.label,
-            human_bytes(self.done),
-            human_bytes(self.total),
-            human_bytes((self.done as f64 / secs) as u64),
-            if last { "\n" } else { "" }
-        );
+        let rate = human_bytes((self.done as f64 / secs) as u64);
+        let end = if last { "\n" } else { "" };
+        if self.total == 0 {
+            // Unknown total (a stream): bytes so far.
+            eprint!("\r{}: {} ({rate}/s){end}", self.label, human_bytes(self.done));
+        } else {
+            let pct = self.done as f64 * 100.0 / self.total as f64;
+            eprint!(
+                "\r{}: {pct:5.1}% {} of {} ({rate}/s){end}",
+                self.label,
+                human_bytes(self.done),
+                human_bytes(self.total)
+            );
+        }
     }
 
     /// Ends the progress line.
@@ -311,6 +339,45 @@ impl<R: std::io::Read> std::io::Read for Progress<R> {
         }
         Ok(n)
     }
+}
+
+/// Uploads a local file as a boot file (progress on a terminal; the checksum the head computed is
+/// compared with the one of the bytes read here).
+pub fn upload_file(c: &Client, path: &std::path::Path, name: Option<&str>, kind: &str) -> CliResult<FileRecord> {
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .ok_or_else(|| usage(format!("{} has no file name; give --name", path.display())))?,
+    };
+    let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    let meta = f.metadata().map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(fail(format!("{} is not a regular file", path.display())));
+    }
+    let mut reader = Progress::new(f, &name, meta.len());
+    let q = format!("/files?name={}&kind={kind}&size={}", query_escape(&name), meta.len());
+    let rec: FileRecord = c.put_stream(&q, meta.len(), &mut reader)?;
+    reader.finish();
+    let sent = hex::encode(sha2::Digest::finalize(reader.hasher.clone()));
+    if sent != rec.sha256 {
+        let _: Result<FileRecord, _> = c.delete(&format!("/files/{}", rec.id));
+        return Err(fail(format!("{} changed during the upload (checksums differ); nothing was kept", path.display())));
+    }
+    Ok(rec)
+}
+
+/// A file given as a local path (uploaded with `kind`) or as the id of a file already uploaded.
+pub fn file_arg(c: &Client, arg: &str, kind: &str) -> CliResult<String> {
+    let p = std::path::Path::new(arg);
+    if p.exists() {
+        return Ok(upload_file(c, p, None, kind)?.id);
+    }
+    if is_file_id(arg) {
+        return Ok(arg.to_string());
+    }
+    Err(fail(format!("{arg} is neither a local file nor a file id (see scyld-clusterctl files ls)")))
 }
 
 /// Prints a value as pretty JSON.

@@ -2,10 +2,12 @@
 //! credential (`Authorization: Bearer <token>`, the token derived from `database.admin_pass`):
 //! 401 without one, 403 with a wrong one. Every error is JSON `{kind, message}`.
 
+use crate::boot::{self, BootError};
 use crate::db::{Database, DbError};
 use crate::heads::{self, HeadRecord};
 use crate::registry::{self, RegistryError};
 use crate::storage::{Storage, StorageError};
+use crate::transfer::{self, ImportOptions};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, OriginalUri, Path, RawQuery, Request, State};
@@ -14,8 +16,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clusterware_shared::api::{
-    ApiError, CreateNodes, DeleteNodes, ErrorKind, FILE_KINDS, FileList, HeadList, Health, NodeList, PREFIX,
-    UpdateNodes, is_file_id,
+    ApiError, BootConfigList, CloneRequest, CreateBootConfig, CreateImage, CreateNodes, DefaultBootConfig, DeleteNodes,
+    ErrorKind, FILE_KINDS, FileList, HeadList, Health, ImageList, NodeList, PREFIX, UpdateBootConfig, UpdateNodes,
+    is_file_id,
 };
 use clusterware_shared::auth::{BEARER, tokens_equal};
 use serde::Serialize;
@@ -51,6 +54,29 @@ pub enum ApiFailure {
     Db(#[from] DbError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+fn storage_kind(e: &StorageError) -> ErrorKind {
+    match e {
+        StorageError::NotFound(_) | StorageError::NotHere { .. } | StorageError::Unavailable { .. } => {
+            ErrorKind::NotFound
+        }
+        StorageError::Invalid(_) => ErrorKind::BadRequest,
+        StorageError::Io { .. } => ErrorKind::Internal,
+        StorageError::Db(e) => db_kind(e),
+    }
+}
+
+fn registry_kind(r: &RegistryError) -> ErrorKind {
+    match r {
+        RegistryError::Invalid(_) => ErrorKind::BadRequest,
+        RegistryError::Conflict(_) => ErrorKind::Conflict,
+        RegistryError::NotFound(_) => ErrorKind::NotFound,
+        RegistryError::Corrupt { .. } => ErrorKind::Internal,
+        RegistryError::Db(e) => db_kind(e),
+    }
 }
 
 fn db_kind(e: &DbError) -> ErrorKind {
@@ -68,21 +94,17 @@ impl ApiFailure {
             ApiFailure::Forbidden => ErrorKind::Forbidden,
             ApiFailure::BadRequest(_) => ErrorKind::BadRequest,
             ApiFailure::NotFound(_) => ErrorKind::NotFound,
-            ApiFailure::Registry(r) => match r {
-                RegistryError::Invalid(_) => ErrorKind::BadRequest,
-                RegistryError::Conflict(_) => ErrorKind::Conflict,
-                RegistryError::NotFound(_) => ErrorKind::NotFound,
-                RegistryError::Corrupt { .. } => ErrorKind::Internal,
-                RegistryError::Db(e) => db_kind(e),
-            },
+            ApiFailure::Registry(r) => registry_kind(r),
             ApiFailure::Db(e) => db_kind(e),
-            ApiFailure::Storage(e) => match e {
-                StorageError::NotFound(_) | StorageError::NotHere { .. } | StorageError::Unavailable { .. } => {
-                    ErrorKind::NotFound
-                }
-                StorageError::Invalid(_) => ErrorKind::BadRequest,
-                StorageError::Io { .. } => ErrorKind::Internal,
-                StorageError::Db(e) => db_kind(e),
+            ApiFailure::Storage(e) => storage_kind(e),
+            ApiFailure::Boot(b) => match b {
+                BootError::Invalid(_) => ErrorKind::BadRequest,
+                BootError::Conflict(_) => ErrorKind::Conflict,
+                BootError::NotFound(_) => ErrorKind::NotFound,
+                BootError::Corrupt { .. } => ErrorKind::Internal,
+                BootError::Db(e) => db_kind(e),
+                BootError::Storage(e) => storage_kind(e),
+                BootError::Registry(r) => registry_kind(r),
             },
         }
     }
@@ -120,6 +142,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/files/{id}", axum::routing::delete(delete_file))
         .route("/storage", get(storage_counters))
+        .route("/images", get(list_images).post(create_image))
+        .route("/images/{name}", get(get_image).delete(delete_image))
+        .route("/images/{name}/clone", post(clone_image))
+        .route("/bootconfigs", get(list_configs).post(create_config))
+        .route("/bootconfigs/{name}", get(get_config).delete(delete_config))
+        .route("/bootconfigs/{name}/update", post(update_config))
+        .route("/bootconfigs/{name}/clone", post(clone_config))
+        .route("/bootconfigs/{name}/export", get(export_config))
+        .route("/default-boot-config", axum::routing::put(set_default))
+        .route("/import", axum::routing::put(import_config).layer(axum::extract::DefaultBodyLimit::disable()))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     // Boot files are read by nodes (iPXE, the agent) and peers without a credential.
     let api = Router::new().route("/health", get(health)).route("/files/{id}/content", get(file_content)).merge(admin);
@@ -385,6 +417,104 @@ async fn file_content(
     }
     let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
     Ok(b.body(axum::body::Body::from_stream(stream)).expect("valid response"))
+}
+
+fn flag(q: &Option<String>, name: &str) -> ApiResult<bool> {
+    Ok(query_pairs(q.as_deref())?.iter().any(|(k, v)| k == name && (v == "1" || v == "true")))
+}
+
+async fn list_images(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &ImageList { images: boot::list_images(&st.db).await? }))
+}
+
+async fn get_image(State(st): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &boot::get_image(&st.db, &name).await?))
+}
+
+async fn create_image(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let img = boot::create_image(&st.db, parse::<CreateImage>(&body)?).await?;
+    tracing::info!(image = %img.name, rootfs = %img.rootfs, "image created");
+    Ok(json(StatusCode::CREATED, &img))
+}
+
+async fn clone_image(State(st): State<Arc<AppState>>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let req: CloneRequest = parse(&body)?;
+    Ok(json(StatusCode::CREATED, &boot::clone_image(&st.db, &name, &req.name).await?))
+}
+
+async fn delete_image(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &boot::delete_image(&st.db, &st.storage, &name, flag(&q, "force")?).await?))
+}
+
+async fn list_configs(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    let (boot_configs, default) = boot::list_configs(&st.db).await?;
+    Ok(json(StatusCode::OK, &BootConfigList { boot_configs, default }))
+}
+
+async fn get_config(State(st): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &boot::detail(&st.db, &name).await?))
+}
+
+async fn create_config(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let c = boot::create_config(&st.db, parse::<CreateBootConfig>(&body)?).await?;
+    tracing::info!(boot_config = %c.name, image = ?c.image, "boot config created");
+    Ok(json(StatusCode::CREATED, &c))
+}
+
+async fn update_config(State(st): State<Arc<AppState>>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &boot::update_config(&st.db, &name, parse::<UpdateBootConfig>(&body)?).await?))
+}
+
+async fn clone_config(State(st): State<Arc<AppState>>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let req: CloneRequest = parse(&body)?;
+    Ok(json(StatusCode::CREATED, &boot::clone_config(&st.db, &name, &req.name).await?))
+}
+
+async fn delete_config(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &boot::delete_config(&st.db, &st.storage, &name, flag(&q, "force")?).await?))
+}
+
+async fn set_default(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let req: DefaultBootConfig = parse(&body)?;
+    boot::set_default(&st.db, req.name.as_deref()).await?;
+    Ok(json(StatusCode::OK, &req))
+}
+
+async fn export_config(State(st): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let stream = transfer::export(&st.db, &st.storage, &name).await?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.export\""))
+        .body(axum::body::Body::from_stream(stream))
+        .expect("valid response"))
+}
+
+async fn import_config(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let pairs = query_pairs(q.as_deref())?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    let o = ImportOptions {
+        image: get("image"),
+        boot_config: get("boot_config"),
+        no_recurse: flag(&q, "no_recurse")?,
+        dry_run: flag(&q, "dry_run")?,
+    };
+    let report = transfer::import(&st.db, &st.storage, body.into_data_stream(), o).await?;
+    tracing::info!(%peer, boot_config = %report.boot_config, image = ?report.image, dry_run = report.dry_run, "import");
+    Ok(json(if report.dry_run { StatusCode::OK } else { StatusCode::CREATED }, &report))
 }
 
 #[cfg(test)]

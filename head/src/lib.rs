@@ -10,8 +10,10 @@
 //! - [`storage`]: boot files on local storage: verification, quarantine, peer download,
 //!   deletion list, audits.
 pub mod api;
+pub mod boot;
 pub mod daemon;
 pub mod db;
 pub mod heads;
 pub mod registry;
 pub mod storage;
+pub mod transfer;

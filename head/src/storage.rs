@@ -183,7 +183,8 @@ impl Storage {
         let prefix = format!("{head}-");
         for e in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
+                // Partial uploads and downloads, and import staging directories.
+                let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
             }
         }
         let verified = std::fs::read(dir.join(format!(".verified-{head}.json")))
@@ -546,7 +547,38 @@ impl Storage {
         }
     }
 
-    fn delete_local(&self, id: &str) {
+    /// A new private staging directory under `.tmp` (removed at the next start if left over).
+    pub fn new_staging(&self, what: &str) -> Result<PathBuf> {
+        let d = self.tmp.join(format!("{}-{what}-{:016x}", self.head, rand::random::<u64>()));
+        std::fs::create_dir(&d).map_err(io(&d))?;
+        Ok(d)
+    }
+
+    /// Bytes available to new files in the storage directory.
+    pub fn available_bytes(&self) -> Result<u64> {
+        let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| StorageError::Invalid("storage path has a NUL byte".into()))?;
+        // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io(&self.dir)(std::io::Error::last_os_error()));
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Moves a verified, fsynced file from a staging directory to `<dir>/<id>`.
+    pub fn adopt(&self, from: &Path, id: &str, sha256: &str) -> Result<()> {
+        let dest = self.path(id);
+        std::fs::rename(from, &dest).map_err(io(&dest))?;
+        fsync_dir(&self.dir).map_err(io(&self.dir))?;
+        let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
+        lock(&self.verified).insert(id.to_string(), Verified { stamp: Stamp::of(&m), sha256: sha256.to_string() });
+        self.persist_verified();
+        Ok(())
+    }
+
+    /// Removes this head's copy of a file (the record is the caller's business).
+    pub fn delete_local(&self, id: &str) {
         lock(&self.verified).remove(id);
         match std::fs::remove_file(self.path(id)) {
             Ok(()) => {}

@@ -237,3 +237,148 @@ mod tests {
         assert_eq!(s.ip, None);
     }
 }
+
+/// A node root image: its root-filesystem file and optional extra files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// File id of the root filesystem.
+    pub rootfs: String,
+    /// File ids of extra files that travel with the image.
+    #[serde(default)]
+    pub extra_files: Vec<String>,
+    pub created: u64,
+}
+
+/// A boot configuration: kernel, initramfs, image and kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// File id of the kernel.
+    pub kernel: String,
+    /// File id of the initramfs.
+    pub initramfs: String,
+    /// Image name; `None` for a config imported without its image, until one is set.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub cmdline: String,
+    pub created: u64,
+}
+
+/// `GET /api/v1/images`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageList {
+    pub images: Vec<Image>,
+}
+
+/// `GET /api/v1/bootconfigs`: the configs, and which one nodes without `_boot_config` use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootConfigList {
+    pub boot_configs: Vec<BootConfig>,
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// `POST /api/v1/images`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateImage {
+    pub name: String,
+    pub rootfs: String,
+    #[serde(default)]
+    pub extra_files: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `POST /api/v1/bootconfigs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateBootConfig {
+    pub name: String,
+    pub kernel: String,
+    pub initramfs: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `POST /api/v1/bootconfigs/{name}/update`: the fields given change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateBootConfig {
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initramfs: Option<String>,
+    /// `Some("")` removes the image.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST /api/v1/{images,bootconfigs}/{name}/clone`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneRequest {
+    pub name: String,
+}
+
+/// `PUT /api/v1/default-boot-config`: `None` clears it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DefaultBootConfig {
+    pub name: Option<String>,
+}
+
+/// `GET /api/v1/bootconfigs/{name}`: a config with its image and every file record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootConfigDetail {
+    pub boot_config: BootConfig,
+    pub image: Option<Image>,
+    /// Kernel, initramfs, then the image's files; a missing record is left out.
+    pub files: Vec<FileRecord>,
+    /// Nodes whose `_boot_config` names it.
+    pub nodes: Vec<String>,
+    pub is_default: bool,
+}
+
+/// What an import did (or, with `dry_run`, would do) with one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedFile {
+    pub name: String,
+    pub kind: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The file's id on this cluster.
+    pub id: String,
+    /// `added` (stored now) or `reused` (a file with the same checksum was already here).
+    pub action: String,
+}
+
+/// Answer of `PUT /api/v1/import`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub dry_run: bool,
+    /// Name of the boot config on this cluster (and the name it had in the archive).
+    pub boot_config: String,
+    pub boot_config_was: String,
+    pub image: Option<String>,
+    pub image_was: Option<String>,
+    pub files: Vec<ImportedFile>,
+}
+
+/// Names of images and boot configs: 1-128 letters, digits, `-`, `_`, `.`, starting with a
+/// letter or digit.
+pub fn valid_object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}

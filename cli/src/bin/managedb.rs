@@ -45,3 +45,11 @@ fn main() -> ExitCode {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_are_consistent() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

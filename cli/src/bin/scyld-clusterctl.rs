@@ -2,9 +2,7 @@
 //! `heads ls [-l] [--json]` lists the head nodes; `files ls|upload|rm` manages boot files.
 
 use clap::{Parser, Subcommand};
-use clusterware_cli::{
-    CliResult, Client, ConnOpts, Progress, fail, human_bytes, print_json, print_table, query_escape, run, usage,
-};
+use clusterware_cli::{CliResult, Client, ConnOpts, human_bytes, print_json, print_table, run, upload_file, usage};
 use clusterware_shared::api::{FILE_KINDS, FileList, FileRecord, HeadList};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,29 +145,8 @@ fn upload(args: &Args, path: &PathBuf, name: Option<&str>, kind: &str) -> CliRes
     if !FILE_KINDS.contains(&kind) {
         return Err(usage(format!("--kind {kind:?} is not one of {}", FILE_KINDS.join(", "))));
     }
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .ok_or_else(|| usage(format!("{} has no file name; give --name", path.display())))?,
-    };
-    let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-    let meta = f.metadata().map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(fail(format!("{} is not a regular file", path.display())));
-    }
     let c = Client::new(&args.conn)?;
-    let mut reader = Progress::new(f, &name, meta.len());
-    let q = format!("/files?name={}&kind={kind}&size={}", query_escape(&name), meta.len());
-    let rec: FileRecord = c.put_stream(&q, meta.len(), &mut reader)?;
-    reader.finish();
-    let sent = hex::encode(sha2::Digest::finalize(reader.hasher.clone()));
-    if sent != rec.sha256 {
-        // The head stored other bytes than were read here (the file changed while uploading?).
-        let _: Result<FileRecord, _> = c.delete(&format!("/files/{}", rec.id));
-        return Err(fail(format!("{} changed during the upload (checksums differ); nothing was kept", path.display())));
-    }
+    let rec = upload_file(&c, path, name, kind)?;
     if args.json {
         print_json(&rec);
     } else {
@@ -192,4 +169,12 @@ fn rm(args: &Args, ids: &[String]) -> CliResult<()> {
         print_json(&FileList { files: out });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_are_consistent() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -286,3 +286,11 @@ fn rm(args: &Args) -> CliResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_are_consistent() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

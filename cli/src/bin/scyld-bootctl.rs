@@ -1,0 +1,351 @@
+//! `scyld-bootctl`: boot configurations, and their export and import between clusters.
+//!
+//! ```text
+//! scyld-bootctl ls [-l] [--json]
+//! scyld-bootctl create --name xyzBoot --kernel vmlinuz --initramfs initrd.img --image xyzImage --cmdline "console=ttyS0"
+//! scyld-bootctl -i xyzBoot ls -l
+//! scyld-bootctl -i xyzBoot update --cmdline "console=ttyS0 quiet"
+//! scyld-bootctl -i xyzBoot clone --name xyzBoot2
+//! scyld-bootctl -i xyzBoot rm [--force]
+//! scyld-bootctl -i xyzBoot export [-o FILE]          # writes xyzBoot.export
+//! scyld-bootctl import xyzBoot.export [--image NEW] [--boot-config NEW] [--no-recurse] [--dry-run]
+//! scyld-bootctl default [NAME | --clear]
+//! ```
+
+use clap::{Parser, Subcommand};
+use clusterware_cli::{
+    CliResult, Client, ConnOpts, Progress, fail, file_arg, human_bytes, print_json, query_escape, run, usage,
+};
+use clusterware_shared::api::{
+    BootConfig, BootConfigDetail, BootConfigList, CloneRequest, CreateBootConfig, DefaultBootConfig, FileList,
+    ImportReport, UpdateBootConfig,
+};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Manage boot configurations (kernel, initramfs, image, kernel command line), and copy them
+/// between clusters with export and import.
+#[derive(Parser)]
+#[command(name = "scyld-bootctl", version)]
+struct Args {
+    #[command(flatten)]
+    conn: ConnOpts,
+    /// The boot config to act on
+    #[arg(short = 'i', long = "boot-config-name", value_name = "NAME", global = true)]
+    selected: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List boot configs (names; -l for image, files and command line)
+    Ls {
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Create a boot config (local kernel and initramfs files are uploaded; file ids are used as is)
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "PATH|ID")]
+        kernel: String,
+        #[arg(long, value_name = "PATH|ID")]
+        initramfs: String,
+        #[arg(long, value_name = "NAME")]
+        image: Option<String>,
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        cmdline: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Change the boot config selected with -i
+    Update {
+        #[arg(long, value_name = "PATH|ID")]
+        kernel: Option<String>,
+        #[arg(long, value_name = "PATH|ID")]
+        initramfs: Option<String>,
+        /// Image name ("" removes it)
+        #[arg(long, value_name = "NAME")]
+        image: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        cmdline: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Copy the boot config selected with -i under a new name
+    Clone {
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete the boot config selected with -i (refused while nodes use it, unless --force)
+    Rm {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the boot config selected with -i, its image and all their files to one file
+    Export {
+        /// Output file [default: NAME.export]
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import an export file into this cluster
+    Import {
+        file: PathBuf,
+        /// Name the imported image this
+        #[arg(long, value_name = "NEW_IMAGE")]
+        image: Option<String>,
+        /// Name the imported boot config this
+        #[arg(long = "boot-config", value_name = "NEW_CONFIG")]
+        boot_config: Option<String>,
+        /// Import the boot config without its image
+        #[arg(long)]
+        no_recurse: bool,
+        /// Only check the file and show what would be added, renamed or reused
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show or set the boot config of nodes that have no _boot_config attribute
+    Default {
+        name: Option<String>,
+        /// Remove the default
+        #[arg(long, conflicts_with = "name")]
+        clear: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    run("scyld-bootctl", || {
+        let c = Client::new(&args.conn)?;
+        let selected = || args.selected.clone().ok_or_else(|| usage("select the boot config with -i NAME"));
+        let done = |what: &str, cfg: &BootConfig| {
+            if args.json { print_json(cfg) } else { println!("{what} boot config {}", cfg.name) }
+        };
+        match &args.cmd {
+            Cmd::Ls { long } => ls(&args, &c, *long),
+            Cmd::Create { name, kernel, initramfs, image, cmdline, description } => {
+                let req = CreateBootConfig {
+                    name: name.clone(),
+                    kernel: file_arg(&c, kernel, "kernel")?,
+                    initramfs: file_arg(&c, initramfs, "initramfs")?,
+                    image: image.clone(),
+                    cmdline: cmdline.clone(),
+                    description: description.clone(),
+                };
+                done("created", &c.post("/bootconfigs", &req)?);
+                Ok(())
+            }
+            Cmd::Update { kernel, initramfs, image, cmdline, description } => {
+                let req = UpdateBootConfig {
+                    kernel: kernel.as_deref().map(|k| file_arg(&c, k, "kernel")).transpose()?,
+                    initramfs: initramfs.as_deref().map(|i| file_arg(&c, i, "initramfs")).transpose()?,
+                    image: image.clone(),
+                    cmdline: cmdline.clone(),
+                    description: description.clone(),
+                };
+                if req.kernel.is_none()
+                    && req.initramfs.is_none()
+                    && req.image.is_none()
+                    && req.cmdline.is_none()
+                    && req.description.is_none()
+                {
+                    return Err(usage(
+                        "nothing to update (give --kernel, --initramfs, --image, --cmdline or --description)",
+                    ));
+                }
+                done("updated", &c.post(&format!("/bootconfigs/{}/update", selected()?), &req)?);
+                Ok(())
+            }
+            Cmd::Clone { name } => {
+                done(
+                    "created",
+                    &c.post(&format!("/bootconfigs/{}/clone", selected()?), &CloneRequest { name: name.clone() })?,
+                );
+                Ok(())
+            }
+            Cmd::Rm { force } => {
+                done(
+                    "deleted",
+                    &c.delete(&format!("/bootconfigs/{}{}", selected()?, if *force { "?force=1" } else { "" }))?,
+                );
+                Ok(())
+            }
+            Cmd::Export { output } => export(&args, &c, &selected()?, output.clone()),
+            Cmd::Import { file, image, boot_config, no_recurse, dry_run } => {
+                import(&args, &c, file, image.as_deref(), boot_config.as_deref(), *no_recurse, *dry_run)
+            }
+            Cmd::Default { name, clear } => {
+                if name.is_some() || *clear {
+                    let r: DefaultBootConfig =
+                        c.put_json("/default-boot-config", &DefaultBootConfig { name: name.clone() })?;
+                    if args.json {
+                        print_json(&r)
+                    } else {
+                        match &r.name {
+                            Some(n) => println!("default boot config: {n}"),
+                            None => println!("no default boot config"),
+                        }
+                    }
+                } else {
+                    let l: BootConfigList = c.get("/bootconfigs")?;
+                    if args.json {
+                        print_json(&DefaultBootConfig { name: l.default })
+                    } else {
+                        println!("{}", l.default.unwrap_or_else(|| "(none)".into()));
+                    }
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
+    if let Some(name) = &args.selected {
+        let d: BootConfigDetail = c.get(&format!("/bootconfigs/{name}"))?;
+        if args.json {
+            print_json(&d);
+            return Ok(());
+        }
+        let b = &d.boot_config;
+        println!("{}{}", b.name, if d.is_default { " (default)" } else { "" });
+        if long {
+            if !b.description.is_empty() {
+                println!("  description: {}", b.description);
+            }
+            println!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
+            println!("  cmdline: {}", b.cmdline);
+            let mut ids = vec![("kernel", &b.kernel), ("initramfs", &b.initramfs)];
+            if let Some(img) = &d.image {
+                ids.push(("rootfs", &img.rootfs));
+                ids.extend(img.extra_files.iter().map(|f| ("extra", f)));
+            }
+            for (what, id) in ids {
+                match d.files.iter().find(|f| &f.id == id) {
+                    Some(f) => println!(
+                        "  {what}: {} id {} size {} ({}) sha256 {}",
+                        f.name,
+                        f.id,
+                        f.size,
+                        human_bytes(f.size),
+                        f.sha256
+                    ),
+                    None => println!("  {what}: {id} (missing record)"),
+                }
+            }
+            println!("  nodes: {}", if d.nodes.is_empty() { "(none)".to_string() } else { d.nodes.join(",") });
+        }
+        return Ok(());
+    }
+    let list: BootConfigList = c.get("/bootconfigs")?;
+    if args.json {
+        print_json(&list);
+        return Ok(());
+    }
+    let files: FileList = if long { c.get("/files")? } else { FileList { files: Vec::new() } };
+    let fname =
+        |id: &str| files.files.iter().find(|f| f.id == id).map_or(id.to_string(), |f| format!("{} ({id})", f.name));
+    for b in &list.boot_configs {
+        let default = if list.default.as_deref() == Some(b.name.as_str()) { " (default)" } else { "" };
+        println!("{}{default}", b.name);
+        if long {
+            println!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
+            println!("  kernel: {}", fname(&b.kernel));
+            println!("  initramfs: {}", fname(&b.initramfs));
+            println!("  cmdline: {}", b.cmdline);
+        }
+    }
+    Ok(())
+}
+
+fn export(args: &Args, c: &Client, name: &str, output: Option<PathBuf>) -> CliResult<()> {
+    let out = output.unwrap_or_else(|| PathBuf::from(format!("{name}.export")));
+    let tmp = PathBuf::from(format!("{}.part", out.display()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
+    let r = c.get_to(&format!("/bootconfigs/{name}/export"), &mut f, name).and_then(|n| {
+        f.sync_all().map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &out).map_err(|e| fail(format!("cannot write {}: {e}", out.display())))?;
+        Ok(n)
+    });
+    match r {
+        Ok(n) => {
+            if args.json {
+                print_json(&serde_json::json!({"boot_config": name, "file": out, "bytes": n}));
+            } else {
+                println!("exported {name} to {} ({})", out.display(), human_bytes(n));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn import(
+    args: &Args,
+    c: &Client,
+    file: &PathBuf,
+    image: Option<&str>,
+    boot_config: Option<&str>,
+    no_recurse: bool,
+    dry_run: bool,
+) -> CliResult<()> {
+    if no_recurse && image.is_some() {
+        return Err(usage("--image and --no-recurse exclude each other"));
+    }
+    let f = std::fs::File::open(file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    let len = f.metadata().map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?.len();
+    let mut q = vec![];
+    if let Some(i) = image {
+        q.push(format!("image={}", query_escape(i)));
+    }
+    if let Some(b) = boot_config {
+        q.push(format!("boot_config={}", query_escape(b)));
+    }
+    if no_recurse {
+        q.push("no_recurse=1".into());
+    }
+    if dry_run {
+        q.push("dry_run=1".into());
+    }
+    let label = file.file_name().map_or("import".into(), |n| n.to_string_lossy().to_string());
+    let mut reader = Progress::new(f, &label, len);
+    let report: ImportReport = c.put_stream(&format!("/import?{}", q.join("&")), len, &mut reader)?;
+    reader.finish();
+    if args.json {
+        print_json(&report);
+        return Ok(());
+    }
+    let verb = if report.dry_run { "would import" } else { "imported" };
+    let renamed =
+        |now: &str, was: &str| if now == was { now.to_string() } else { format!("{now} (renamed from {was})") };
+    println!("{verb} boot config {}", renamed(&report.boot_config, &report.boot_config_was));
+    match (&report.image, &report.image_was) {
+        (Some(i), Some(w)) => println!("{verb} image {}", renamed(i, w)),
+        (None, Some(w)) => println!("image {w} not imported (--no-recurse)"),
+        _ => {}
+    }
+    for f in &report.files {
+        let what = match (f.action.as_str(), report.dry_run) {
+            ("reused", _) => "reuse existing",
+            (_, true) => "add",
+            _ => "added",
+        };
+        println!("  {what} {} {} ({}, {}) as {}", f.kind, f.name, human_bytes(f.size), &f.sha256[..16], f.id);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_are_consistent() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,0 +1,144 @@
+//! `scyld-imgctl`: node root images.
+//!
+//! ```text
+//! scyld-imgctl ls [-l] [--json]
+//! scyld-imgctl create --name xyzImage --file root.img
+//! scyld-imgctl -i xyzImage clone --name xyzImage2
+//! scyld-imgctl -i xyzImage rm [--force]
+//! ```
+
+use clap::{Parser, Subcommand};
+use clusterware_cli::{CliResult, Client, ConnOpts, file_arg, human_bytes, print_json, run, usage};
+use clusterware_shared::api::{CloneRequest, CreateImage, FileList, Image, ImageList};
+use std::process::ExitCode;
+
+/// Manage node root images: each names its root-filesystem file (and optional extra files).
+#[derive(Parser)]
+#[command(name = "scyld-imgctl", version)]
+struct Args {
+    #[command(flatten)]
+    conn: ConnOpts,
+    /// The image to act on
+    #[arg(short = 'i', long = "image", value_name = "NAME", global = true)]
+    image: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List images (names; -l for their files with sizes and checksums)
+    Ls {
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Create an image from a root-filesystem file (a local path is uploaded; a file id is used as is)
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Root filesystem: a local file or the id of an uploaded file
+        #[arg(long, value_name = "PATH|ID")]
+        file: String,
+        /// Extra files that travel with the image (paths or ids)
+        #[arg(long = "extra", value_name = "PATH|ID")]
+        extra: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Copy the image selected with -i under a new name (the files are shared)
+    Clone {
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete the image selected with -i (refused while a boot config uses it, unless --force)
+    Rm {
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    run("scyld-imgctl", || {
+        let c = Client::new(&args.conn)?;
+        let selected = || args.image.clone().ok_or_else(|| usage("select the image with -i NAME"));
+        match &args.cmd {
+            Cmd::Ls { long } => ls(&args, &c, *long),
+            Cmd::Create { name, file, extra, description } => {
+                let rootfs = file_arg(&c, file, "rootfs")?;
+                let extra_files = extra.iter().map(|e| file_arg(&c, e, "other")).collect::<CliResult<Vec<_>>>()?;
+                let img: Image = c.post(
+                    "/images",
+                    &CreateImage { name: name.clone(), rootfs, extra_files, description: description.clone() },
+                )?;
+                if args.json {
+                    print_json(&img)
+                } else {
+                    println!("created image {}", img.name)
+                }
+                Ok(())
+            }
+            Cmd::Clone { name } => {
+                let img: Image =
+                    c.post(&format!("/images/{}/clone", selected()?), &CloneRequest { name: name.clone() })?;
+                if args.json {
+                    print_json(&img)
+                } else {
+                    println!("created image {}", img.name)
+                }
+                Ok(())
+            }
+            Cmd::Rm { force } => {
+                let img: Image =
+                    c.delete(&format!("/images/{}{}", selected()?, if *force { "?force=1" } else { "" }))?;
+                if args.json {
+                    print_json(&img)
+                } else {
+                    println!("deleted image {}", img.name)
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
+    let mut list: ImageList = c.get("/images")?;
+    if let Some(name) = &args.image {
+        list.images.retain(|i| &i.name == name);
+        if list.images.is_empty() {
+            return Err(clusterware_cli::fail(format!("no image named {name}")));
+        }
+    }
+    if args.json {
+        print_json(&list);
+        return Ok(());
+    }
+    let files: FileList = if long { c.get("/files")? } else { FileList { files: Vec::new() } };
+    for i in &list.images {
+        println!("{}", i.name);
+        if long {
+            if !i.description.is_empty() {
+                println!("  description: {}", i.description);
+            }
+            for (what, id) in std::iter::once(("rootfs", &i.rootfs)).chain(i.extra_files.iter().map(|f| ("extra", f))) {
+                match files.files.iter().find(|f| &f.id == id) {
+                    Some(f) => println!("  {what}: {} id {} {} sha256 {}", f.name, f.id, human_bytes(f.size), f.sha256),
+                    None => println!("  {what}: {id} (missing record)"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_are_consistent() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

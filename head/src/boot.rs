@@ -1,0 +1,372 @@
+//! Images and boot configurations in the cluster database (`images/<name>`,
+//! `bootconfigs/<name>`, and `settings/default_boot_config` for nodes without `_boot_config`).
+//!
+//! Every reference is checked inside the writing transaction (the files and image named must
+//! exist), deleting something still in use is refused unless forced, and deleting removes the
+//! underlying files that nothing else references, through the storage deletion list.
+
+use crate::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::registry;
+use crate::storage::{FILES, Storage, StorageError};
+use clusterware_shared::api::{
+    BootConfig, BootConfigDetail, CreateBootConfig, CreateImage, FileRecord, Image, UpdateBootConfig, is_file_id,
+    valid_object_name,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+pub const IMAGES: &str = "images/";
+pub const BOOTCONFIGS: &str = "bootconfigs/";
+pub const DEFAULT_KEY: &str = "settings/default_boot_config";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+}
+
+pub type Result<T, E = BootError> = std::result::Result<T, E>;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| BootError::Corrupt { key: key.to_string(), reason: e.to_string() })
+}
+
+async fn get<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<(T, i64)>> {
+    match db.get(key).await? {
+        Some(kv) => Ok(Some((decode(key, &kv.value)?, kv.mod_revision))),
+        None => Ok(None),
+    }
+}
+
+async fn all<T: DeserializeOwned>(db: &Database, prefix: &str) -> Result<Vec<T>> {
+    let (kvs, _) = db.range(prefix).await?;
+    kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if valid_object_name(name) {
+        Ok(())
+    } else {
+        Err(BootError::Invalid(format!(
+            "{what} name {name:?} is invalid (1-128 letters, digits, '-', '_' or '.', starting with a letter or digit)"
+        )))
+    }
+}
+
+/// Checks that every id names an existing file; returns the compares that keep it so.
+async fn files_exist(db: &Database, ids: &[&str]) -> Result<Vec<Compare>> {
+    let mut out = Vec::new();
+    for id in ids {
+        if !is_file_id(id) || db.get(&format!("{FILES}{id}")).await?.is_none() {
+            return Err(BootError::NotFound(format!(
+                "no file with id {id} (upload it with scyld-clusterctl files upload)"
+            )));
+        }
+        out.push(Compare::present(format!("{FILES}{id}")));
+    }
+    Ok(out)
+}
+
+pub async fn list_images(db: &Database) -> Result<Vec<Image>> {
+    all(db, IMAGES).await
+}
+
+pub async fn get_image(db: &Database, name: &str) -> Result<Image> {
+    get::<Image>(db, &format!("{IMAGES}{name}"))
+        .await?
+        .map(|(i, _)| i)
+        .ok_or_else(|| BootError::NotFound(format!("no image named {name}")))
+}
+
+pub async fn create_image(db: &Database, req: CreateImage) -> Result<Image> {
+    check_name("image", &req.name)?;
+    let mut ids = vec![req.rootfs.as_str()];
+    ids.extend(req.extra_files.iter().map(String::as_str));
+    let mut cmp = files_exist(db, &ids).await?;
+    let key = format!("{IMAGES}{}", req.name);
+    cmp.push(Compare::absent(key.clone()));
+    let img = Image {
+        name: req.name,
+        description: req.description,
+        rootfs: req.rootfs,
+        extra_files: req.extra_files,
+        created: now(),
+    };
+    if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&img))])).await?.succeeded {
+        return Err(BootError::Conflict(format!(
+            "image {} already exists (or one of its files was just deleted)",
+            img.name
+        )));
+    }
+    Ok(img)
+}
+
+pub async fn clone_image(db: &Database, from: &str, to: &str) -> Result<Image> {
+    let src = get_image(db, from).await?;
+    create_image(
+        db,
+        CreateImage {
+            name: to.to_string(),
+            rootfs: src.rootfs,
+            extra_files: src.extra_files,
+            description: src.description,
+        },
+    )
+    .await
+}
+
+pub async fn list_configs(db: &Database) -> Result<(Vec<BootConfig>, Option<String>)> {
+    let default = db.get(DEFAULT_KEY).await?.map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+    Ok((all(db, BOOTCONFIGS).await?, default))
+}
+
+pub async fn get_config(db: &Database, name: &str) -> Result<(BootConfig, i64)> {
+    get::<BootConfig>(db, &format!("{BOOTCONFIGS}{name}"))
+        .await?
+        .ok_or_else(|| BootError::NotFound(format!("no boot config named {name}")))
+}
+
+async fn config_refs(db: &Database, c: &BootConfig) -> Result<Vec<Compare>> {
+    let mut cmp = files_exist(db, &[&c.kernel, &c.initramfs]).await?;
+    if let Some(img) = &c.image {
+        get_image(db, img).await?;
+        cmp.push(Compare::present(format!("{IMAGES}{img}")));
+    }
+    Ok(cmp)
+}
+
+pub async fn create_config(db: &Database, req: CreateBootConfig) -> Result<BootConfig> {
+    check_name("boot config", &req.name)?;
+    let c = BootConfig {
+        name: req.name,
+        description: req.description,
+        kernel: req.kernel,
+        initramfs: req.initramfs,
+        image: req.image.filter(|i| !i.is_empty()),
+        cmdline: req.cmdline,
+        created: now(),
+    };
+    let mut cmp = config_refs(db, &c).await?;
+    let key = format!("{BOOTCONFIGS}{}", c.name);
+    cmp.push(Compare::absent(key.clone()));
+    if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&c))])).await?.succeeded {
+        return Err(BootError::Conflict(format!(
+            "boot config {} already exists (or what it names was just deleted)",
+            c.name
+        )));
+    }
+    Ok(c)
+}
+
+pub async fn clone_config(db: &Database, from: &str, to: &str) -> Result<BootConfig> {
+    let (c, _) = get_config(db, from).await?;
+    create_config(
+        db,
+        CreateBootConfig {
+            name: to.to_string(),
+            kernel: c.kernel,
+            initramfs: c.initramfs,
+            image: c.image,
+            cmdline: c.cmdline,
+            description: c.description,
+        },
+    )
+    .await
+}
+
+pub async fn update_config(db: &Database, name: &str, u: UpdateBootConfig) -> Result<BootConfig> {
+    let (mut c, rev) = get_config(db, name).await?;
+    if let Some(k) = u.kernel {
+        c.kernel = k;
+    }
+    if let Some(i) = u.initramfs {
+        c.initramfs = i;
+    }
+    if let Some(img) = u.image {
+        c.image = Some(img).filter(|i| !i.is_empty());
+    }
+    if let Some(cl) = u.cmdline {
+        c.cmdline = cl;
+    }
+    if let Some(d) = u.description {
+        c.description = d;
+    }
+    let mut cmp = config_refs(db, &c).await?;
+    let key = format!("{BOOTCONFIGS}{name}");
+    cmp.push(Compare::unchanged(key.clone(), rev));
+    if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&c))])).await?.succeeded {
+        return Err(BootError::Conflict(format!("boot config {name} changed meanwhile; try again")));
+    }
+    Ok(c)
+}
+
+pub async fn set_default(db: &Database, name: Option<&str>) -> Result<()> {
+    match name {
+        Some(n) => {
+            let key = format!("{BOOTCONFIGS}{n}");
+            let r = db
+                .txn(Txn::new().when([Compare::present(key)]).and_then([TxnOp::put(DEFAULT_KEY, n.as_bytes())]))
+                .await?;
+            if !r.succeeded {
+                return Err(BootError::NotFound(format!("no boot config named {n}")));
+            }
+        }
+        None => {
+            db.delete(DEFAULT_KEY).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file id an image or boot config references.
+async fn referenced_files(db: &Database) -> Result<HashSet<String>> {
+    let mut used = HashSet::new();
+    for i in list_images(db).await? {
+        used.insert(i.rootfs);
+        used.extend(i.extra_files);
+    }
+    for c in list_configs(db).await?.0 {
+        used.insert(c.kernel);
+        used.insert(c.initramfs);
+    }
+    Ok(used)
+}
+
+/// Deletes the files among `ids` that nothing references any more.
+async fn drop_unreferenced(db: &Database, storage: &Arc<Storage>, ids: Vec<String>) -> Result<Vec<String>> {
+    let used = referenced_files(db).await?;
+    let mut gone = Vec::new();
+    for id in ids {
+        if used.contains(&id) || gone.contains(&id) {
+            continue;
+        }
+        match storage.delete(&id).await {
+            Ok(_) | Err(StorageError::NotFound(_)) => gone.push(id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(gone)
+}
+
+pub async fn delete_image(db: &Database, storage: &Arc<Storage>, name: &str, force: bool) -> Result<Image> {
+    let key = format!("{IMAGES}{name}");
+    let (img, rev) =
+        get::<Image>(db, &key).await?.ok_or_else(|| BootError::NotFound(format!("no image named {name}")))?;
+    let users: Vec<String> =
+        list_configs(db).await?.0.into_iter().filter(|c| c.image.as_deref() == Some(name)).map(|c| c.name).collect();
+    if !users.is_empty() && !force {
+        return Err(BootError::Conflict(format!(
+            "image {name} is used by boot config {}; change those first, or delete with --force",
+            users.join(", ")
+        )));
+    }
+    if !db.txn(Txn::new().when([Compare::unchanged(key.clone(), rev)]).and_then([TxnOp::delete(key)])).await?.succeeded
+    {
+        return Err(BootError::Conflict(format!("image {name} changed meanwhile; try again")));
+    }
+    let mut ids = vec![img.rootfs.clone()];
+    ids.extend(img.extra_files.clone());
+    let gone = drop_unreferenced(db, storage, ids).await?;
+    tracing::info!(image = %name, files_deleted = ?gone, forced = force, "image deleted");
+    Ok(img)
+}
+
+pub async fn delete_config(db: &Database, storage: &Arc<Storage>, name: &str, force: bool) -> Result<BootConfig> {
+    let (c, rev) = get_config(db, name).await?;
+    let nodes = nodes_using(db, name).await?;
+    let (_, default) = list_configs(db).await?;
+    let is_default = default.as_deref() == Some(name);
+    if (!nodes.is_empty() || is_default) && !force {
+        let mut why = Vec::new();
+        if !nodes.is_empty() {
+            why.push(format!("nodes {} use it", nodes.join(",")));
+        }
+        if is_default {
+            why.push("it is the cluster default".to_string());
+        }
+        return Err(BootError::Conflict(format!(
+            "boot config {name} is in use ({}); delete with --force to do it anyway",
+            why.join("; ")
+        )));
+    }
+    let key = format!("{BOOTCONFIGS}{name}");
+    let mut ops = vec![TxnOp::delete(key.clone())];
+    if is_default {
+        ops.push(TxnOp::delete(DEFAULT_KEY));
+    }
+    if !db.txn(Txn::new().when([Compare::unchanged(key, rev)]).and_then(ops)).await?.succeeded {
+        return Err(BootError::Conflict(format!("boot config {name} changed meanwhile; try again")));
+    }
+    let gone = drop_unreferenced(db, storage, vec![c.kernel.clone(), c.initramfs.clone()]).await?;
+    tracing::info!(boot_config = %name, files_deleted = ?gone, forced = force, "boot config deleted");
+    Ok(c)
+}
+
+async fn nodes_using(db: &Database, name: &str) -> Result<Vec<String>> {
+    Ok(registry::list(db)
+        .await?
+        .into_iter()
+        .filter(|n| n.attributes.get("_boot_config").map(String::as_str) == Some(name))
+        .map(|n| n.name)
+        .collect())
+}
+
+/// A file's record, if it exists.
+pub async fn file_record(db: &Database, id: &str) -> Result<Option<FileRecord>> {
+    if !is_file_id(id) {
+        return Ok(None);
+    }
+    Ok(get::<FileRecord>(db, &format!("{FILES}{id}")).await?.map(|(f, _)| f))
+}
+
+pub async fn detail(db: &Database, name: &str) -> Result<BootConfigDetail> {
+    let (c, _) = get_config(db, name).await?;
+    let image = match &c.image {
+        Some(i) => Some(get_image(db, i).await?),
+        None => None,
+    };
+    let mut ids = vec![c.kernel.clone(), c.initramfs.clone()];
+    if let Some(i) = &image {
+        ids.push(i.rootfs.clone());
+        ids.extend(i.extra_files.clone());
+    }
+    let mut files = Vec::new();
+    let mut seen = HashSet::new();
+    for id in ids {
+        if seen.insert(id.clone()) {
+            if let Some(f) = file_record(db, &id).await? {
+                files.push(f);
+            }
+        }
+    }
+    let (_, default) = list_configs(db).await?;
+    Ok(BootConfigDetail {
+        is_default: default.as_deref() == Some(name),
+        nodes: nodes_using(db, name).await?,
+        boot_config: c,
+        image,
+        files,
+    })
+}

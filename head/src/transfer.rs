@@ -1,0 +1,527 @@
+//! Export and import of a boot configuration between clusters.
+//!
+//! An export is a POSIX tar archive (inspectable with `tar tvf`): first `manifest.json` (format,
+//! version, the boot config, its image, and every file's name, kind, size and SHA-256), then one
+//! entry `files/<id>` per file. It is produced as a stream, so memory stays bounded whatever
+//! the image size.
+//!
+//! An import reads the archive as a stream too. The manifest comes first and is checked before
+//! any file data is read: format version, names, conflicts with what exists here (a conflict
+//! names the option that resolves it), free space for what will be stored. Then each entry must
+//! be a regular file named `files/<id>` of the manifest, once, of the manifest's size; its bytes
+//! are hashed (and, when the file is not already here, written to a private staging directory
+//! under `.tmp`). Only when every file of the manifest has arrived intact are the new files moved
+//! into storage and the database changed, in one transaction. A refused archive leaves nothing
+//! outside the staging directory, which is removed.
+
+use crate::boot::{self, BOOTCONFIGS, BootError, IMAGES, encode};
+use crate::db::{Compare, Database, Txn, TxnOp};
+use crate::storage::{FILES, Storage};
+use bytes::Bytes;
+use clusterware_shared::api::{
+    BootConfig, FILE_KINDS, FileRecord, Image, ImportReport, ImportedFile, is_file_id, valid_object_name,
+};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The format name and the version this code writes and reads.
+pub const FORMAT: &str = "clusterware-boot-export";
+pub const VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const MAX_MANIFEST: u64 = 1 << 20;
+/// Space left free in the storage directory after an import.
+const SPACE_MARGIN: u64 = 64 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub created: u64,
+    pub boot_config: BootConfig,
+    pub image: Option<Image>,
+    pub files: Vec<FileRecord>,
+}
+
+/// A refusal; the message may quote archive bytes, so it is kept to one printable line.
+fn bad(m: impl Into<String>) -> BootError {
+    let m: String =
+        m.into().chars().map(|c| if c.is_control() || c == '\u{fffd}' { '?' } else { c }).take(300).collect();
+    BootError::Invalid(format!("archive refused: {m}"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A writer that hands 256 KiB chunks to an async receiver (the HTTP response body).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(256 << 10)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 256 << 10 {
+            self.ship()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ship()
+    }
+}
+
+fn header(size: u64, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h
+}
+
+/// The archive of a boot config, as a stream of bytes.
+pub async fn export(
+    db: &Database,
+    storage: &Arc<Storage>,
+    name: &str,
+) -> Result<impl Stream<Item = std::io::Result<Bytes>> + use<>, BootError> {
+    let d = boot::detail(db, name).await?;
+    let mut needed = vec![d.boot_config.kernel.clone(), d.boot_config.initramfs.clone()];
+    if let Some(i) = &d.image {
+        needed.push(i.rootfs.clone());
+        needed.extend(i.extra_files.clone());
+    }
+    for id in &needed {
+        if !d.files.iter().any(|f| &f.id == id) {
+            return Err(BootError::NotFound(format!(
+                "file {id} of boot config {name} has no record; it cannot be exported"
+            )));
+        }
+    }
+    let mut paths = Vec::new();
+    for f in &d.files {
+        paths.push((f.clone(), storage.ensure(f, true).await?));
+    }
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        created: now(),
+        boot_config: d.boot_config.clone(),
+        image: d.image.clone(),
+        files: d.files.clone(),
+    };
+    let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let err_tx = tx.clone();
+        let r = (|| -> std::io::Result<()> {
+            let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(256 << 10) });
+            let mut h = header(body.len() as u64, manifest.created);
+            b.append_data(&mut h, MANIFEST, body.as_slice())?;
+            for (rec, path) in &paths {
+                let f = std::fs::File::open(path)?;
+                let mut h = header(rec.size, rec.created);
+                b.append_data(&mut h, format!("files/{}", rec.id), f.take(rec.size))?;
+            }
+            b.into_inner()?.flush()
+        })();
+        match r {
+            Ok(()) => tracing::info!(boot_config = %name, files = paths.len(), "boot config exported"),
+            Err(e) => {
+                tracing::warn!(boot_config = %name, error = %e, "export stopped");
+                let _ = err_tx.blocking_send(Err(e));
+            }
+        }
+    });
+    Ok(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// What the administrator asked of an import.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    pub image: Option<String>,
+    pub boot_config: Option<String>,
+    pub no_recurse: bool,
+    pub dry_run: bool,
+}
+
+/// Checks the manifest on its own: format, version, names, ids, references.
+fn check_manifest(m: &Manifest) -> Result<(), BootError> {
+    if m.format != FORMAT {
+        return Err(bad(format!("not a ClusterWare boot-config export (format {:?})", m.format)));
+    }
+    if m.version != VERSION {
+        return Err(bad(format!(
+            "made by a newer ClusterWare (export format version {}); this ClusterWare reads version {VERSION}",
+            m.version
+        )));
+    }
+    if !valid_object_name(&m.boot_config.name) {
+        return Err(bad(format!("invalid boot config name {:?}", m.boot_config.name)));
+    }
+    let mut ids = HashSet::new();
+    for f in &m.files {
+        if !is_file_id(&f.id) || f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!("malformed file entry {:?} in the manifest", f.id)));
+        }
+        if !FILE_KINDS.contains(&f.kind.as_str()) || f.name.is_empty() || f.name.contains('/') || f.name.len() > 255 {
+            return Err(bad(format!("file {} has an invalid name or kind", f.id)));
+        }
+        if !ids.insert(f.id.as_str()) {
+            return Err(bad(format!("file {} is listed twice in the manifest", f.id)));
+        }
+    }
+    let mut refs = vec![("kernel", &m.boot_config.kernel), ("initramfs", &m.boot_config.initramfs)];
+    if let Some(i) = &m.image {
+        if !valid_object_name(&i.name) || m.boot_config.image.as_deref() != Some(i.name.as_str()) {
+            return Err(bad(format!("image {:?} does not match the boot config", i.name)));
+        }
+        refs.push(("root filesystem", &i.rootfs));
+        refs.extend(i.extra_files.iter().map(|f| ("extra file", f)));
+    }
+    for (what, id) in refs {
+        if !ids.contains(id.as_str()) {
+            return Err(bad(format!("the {what} {id} is not among the manifest's files")));
+        }
+    }
+    Ok(())
+}
+
+/// The decisions taken before any file data is read.
+struct Plan {
+    config_name: String,
+    image_name: Option<String>,
+    /// Archive file id → id on this cluster, for the files the import needs.
+    ids: HashMap<String, String>,
+    /// Archive ids of the files to store (the others needed are reused).
+    store: HashSet<String>,
+}
+
+async fn plan(db: &Database, m: &Manifest, o: &ImportOptions) -> Result<Plan, BootError> {
+    if o.no_recurse && o.image.is_some() {
+        return Err(BootError::Invalid("--image and --no-recurse exclude each other".into()));
+    }
+    let config_name = o.boot_config.clone().unwrap_or_else(|| m.boot_config.name.clone());
+    if !valid_object_name(&config_name) {
+        return Err(BootError::Invalid(format!("invalid boot config name {config_name:?}")));
+    }
+    if db.get(&format!("{BOOTCONFIGS}{config_name}")).await?.is_some() {
+        return Err(BootError::Conflict(format!(
+            "boot config {config_name} already exists on this cluster; nothing was imported (import with --boot-config NEW_NAME)"
+        )));
+    }
+    let image_name = match (&m.image, o.no_recurse) {
+        (Some(i), false) => {
+            let n = o.image.clone().unwrap_or_else(|| i.name.clone());
+            if !valid_object_name(&n) {
+                return Err(BootError::Invalid(format!("invalid image name {n:?}")));
+            }
+            if db.get(&format!("{IMAGES}{n}")).await?.is_some() {
+                return Err(BootError::Conflict(format!(
+                    "image {n} already exists on this cluster; nothing was imported (import with --image NEW_NAME, or --no-recurse to import the boot config without its image)"
+                )));
+            }
+            Some(n)
+        }
+        _ => None,
+    };
+    let mut needed = vec![m.boot_config.kernel.clone(), m.boot_config.initramfs.clone()];
+    if let (Some(i), Some(_)) = (&m.image, &image_name) {
+        needed.push(i.rootfs.clone());
+        needed.extend(i.extra_files.clone());
+    }
+    let (existing, _) = db.range(FILES).await?;
+    let existing: Vec<FileRecord> = existing.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+    let mut ids = HashMap::new();
+    let mut store = HashSet::new();
+    for id in needed {
+        if ids.contains_key(&id) {
+            continue;
+        }
+        let rec = m.files.iter().find(|f| f.id == id).expect("checked by check_manifest");
+        match existing.iter().find(|e| e.sha256 == rec.sha256 && e.size == rec.size) {
+            Some(e) => {
+                ids.insert(id, e.id.clone());
+            }
+            None => {
+                ids.insert(id.clone(), format!("{:032x}", rand::random::<u128>()));
+                store.insert(id);
+            }
+        }
+    }
+    Ok(Plan { config_name, image_name, ids, store })
+}
+
+/// Imports an archive read from `body`.
+pub async fn import<S, E>(
+    db: &Database,
+    storage: &Arc<Storage>,
+    body: S,
+    o: ImportOptions,
+) -> Result<ImportReport, BootError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    let reader = tokio_util::io::StreamReader::new(body.map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))));
+    let reader = tokio_util::io::SyncIoBridge::new(reader);
+    let staging = storage.new_staging("import")?;
+    let (db2, st2, stg2) = (db.clone(), storage.clone(), staging.clone());
+    let handle = tokio::runtime::Handle::current();
+    let r = tokio::task::spawn_blocking(move || import_blocking(&handle, &db2, &st2, reader, &stg2, &o))
+        .await
+        .map_err(|e| BootError::Invalid(format!("import task failed: {e}")));
+    let _ = std::fs::remove_dir_all(&staging);
+    r?
+}
+
+/// At most this much of a refused archive is read (and discarded) so that the client, which
+/// sends the whole body before it reads the answer, gets the error instead of a broken pipe.
+const DRAIN_LIMIT: u64 = 64 << 30;
+
+fn import_blocking(
+    handle: &tokio::runtime::Handle,
+    db: &Database,
+    storage: &Arc<Storage>,
+    reader: impl Read,
+    staging: &Path,
+    o: &ImportOptions,
+) -> Result<ImportReport, BootError> {
+    let mut ar = tar::Archive::new(reader);
+    let r = import_archive(handle, db, storage, &mut ar, staging, o);
+    if r.is_err() {
+        let mut rest = ar.into_inner().take(DRAIN_LIMIT);
+        let _ = std::io::copy(&mut rest, &mut std::io::sink());
+    }
+    r
+}
+
+fn import_archive<R: Read>(
+    handle: &tokio::runtime::Handle,
+    db: &Database,
+    storage: &Arc<Storage>,
+    ar: &mut tar::Archive<R>,
+    staging: &Path,
+    o: &ImportOptions,
+) -> Result<ImportReport, BootError> {
+    let mut entries = ar.entries().map_err(|e| bad(format!("not a tar archive: {e}")))?;
+    let first =
+        entries.next().ok_or_else(|| bad("the archive is empty"))?.map_err(|e| bad(format!("unreadable: {e}")))?;
+    let m: Manifest = {
+        let mut first = first;
+        let path = first.path_bytes().to_vec();
+        if path != MANIFEST.as_bytes() || first.header().entry_type() != tar::EntryType::Regular {
+            return Err(bad(format!("the first entry must be {MANIFEST}, found {:?}", String::from_utf8_lossy(&path))));
+        }
+        if first.size() > MAX_MANIFEST {
+            return Err(bad(format!("{MANIFEST} is larger than {MAX_MANIFEST} bytes")));
+        }
+        let mut text = Vec::new();
+        first.read_to_end(&mut text).map_err(|e| bad(format!("{MANIFEST} unreadable: {e}")))?;
+        // Anything the format does not know is refused: the version check comes first.
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("{MANIFEST} is not JSON: {e}")))?;
+        if let Some(ver) = v.get("version").and_then(|x| x.as_u64()) {
+            if ver != u64::from(VERSION) && v.get("format").and_then(|f| f.as_str()) == Some(FORMAT) {
+                return Err(bad(format!(
+                    "made by a newer ClusterWare (export format version {ver}); this ClusterWare reads version {VERSION}"
+                )));
+            }
+        }
+        serde_json::from_value(v).map_err(|e| bad(format!("{MANIFEST} is not valid: {e}")))?
+    };
+    check_manifest(&m)?;
+    let p = handle.block_on(plan(db, &m, o))?;
+    let to_store: u64 = m.files.iter().filter(|f| p.store.contains(&f.id)).map(|f| f.size).sum();
+    let avail = storage.available_bytes()?;
+    if !o.dry_run && to_store.saturating_add(SPACE_MARGIN) > avail {
+        return Err(bad(format!("it needs {to_store} bytes in local storage, {avail} are available")));
+    }
+
+    let by_id: HashMap<&str, &FileRecord> = m.files.iter().map(|f| (f.id.as_str(), f)).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for e in entries {
+        let mut e = e.map_err(|e| bad(format!("unreadable entry: {e}")))?;
+        let path = String::from_utf8_lossy(&e.path_bytes()).to_string();
+        let kind = e.header().entry_type();
+        if kind != tar::EntryType::Regular {
+            return Err(bad(format!("entry {path:?} is a {kind:?}, not a regular file")));
+        }
+        let id = path
+            .strip_prefix("files/")
+            .filter(|id| is_file_id(id))
+            .ok_or_else(|| bad(format!("unexpected entry {path:?} (only files/<id> may follow {MANIFEST})")))?;
+        let rec = by_id.get(id).ok_or_else(|| bad(format!("entry {path:?} is not in the manifest")))?;
+        if !seen.insert(id.to_string()) {
+            return Err(bad(format!("entry {path:?} appears twice")));
+        }
+        if e.size() != rec.size {
+            return Err(bad(format!(
+                "{} ({path}) is {} bytes in the archive, {} in the manifest",
+                rec.name,
+                e.size(),
+                rec.size
+            )));
+        }
+        let mut out = if p.store.contains(id) && !o.dry_run {
+            let f = staging.join(id);
+            Some((
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&f)
+                    .map_err(|e| bad(format!("staging: {e}")))?,
+                f,
+            ))
+        } else {
+            None
+        };
+        let mut h = Sha256::new();
+        let mut got = 0u64;
+        loop {
+            let n = e.read(&mut buf).map_err(|err| bad(format!("{} ({path}) unreadable: {err}", rec.name)))?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+            h.update(&buf[..n]);
+            if let Some((f, _)) = out.as_mut() {
+                f.write_all(&buf[..n]).map_err(|err| bad(format!("staging: {err}")))?;
+            }
+        }
+        if got != rec.size {
+            return Err(bad(format!("{} ({path}) is truncated: {got} of {} bytes", rec.name, rec.size)));
+        }
+        if hex::encode(h.finalize()) != rec.sha256 {
+            return Err(bad(format!("{} ({path}) does not match the manifest's SHA-256", rec.name)));
+        }
+        if let Some((f, _)) = out {
+            f.sync_all().map_err(|err| bad(format!("staging: {err}")))?;
+        }
+    }
+    if let Some(missing) = m.files.iter().find(|f| !seen.contains(&f.id)) {
+        return Err(bad(format!(
+            "the manifest names {} (files/{}), which is not in the archive (truncated?)",
+            missing.name, missing.id
+        )));
+    }
+
+    let files: Vec<ImportedFile> = m
+        .files
+        .iter()
+        .filter(|f| p.ids.contains_key(&f.id))
+        .map(|f| ImportedFile {
+            name: f.name.clone(),
+            kind: f.kind.clone(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            id: p.ids[&f.id].clone(),
+            action: if p.store.contains(&f.id) { "added" } else { "reused" }.into(),
+        })
+        .collect();
+    let report = ImportReport {
+        dry_run: o.dry_run,
+        boot_config: p.config_name.clone(),
+        boot_config_was: m.boot_config.name.clone(),
+        image: p.image_name.clone(),
+        image_was: m.image.as_ref().map(|i| i.name.clone()),
+        files,
+    };
+    if o.dry_run {
+        return Ok(report);
+    }
+
+    // Commit: move the new files into storage, then one transaction for every record.
+    let mut adopted = Vec::new();
+    let undo = |adopted: &[String]| {
+        for id in adopted {
+            storage.delete_local(id);
+        }
+    };
+    for f in m.files.iter().filter(|f| p.store.contains(&f.id)) {
+        let new_id = &p.ids[&f.id];
+        if let Err(e) = storage.adopt(&staging.join(&f.id), new_id, &f.sha256) {
+            undo(&adopted);
+            return Err(e.into());
+        }
+        adopted.push(new_id.clone());
+    }
+    let created = now();
+    let mut txn = Txn::new().when([Compare::absent(format!("{BOOTCONFIGS}{}", p.config_name))]);
+    for f in &m.files {
+        let Some(new_id) = p.ids.get(&f.id) else { continue };
+        let key = format!("{FILES}{new_id}");
+        if p.store.contains(&f.id) {
+            let rec = FileRecord { id: new_id.clone(), created, ..f.clone() };
+            txn.compares.push(Compare::absent(key.clone()));
+            txn.success.push(TxnOp::put(key, encode(&rec)));
+        } else {
+            txn.compares.push(Compare::present(key));
+        }
+    }
+    if let (Some(img), Some(name)) = (&m.image, &p.image_name) {
+        let key = format!("{IMAGES}{name}");
+        let new = Image {
+            name: name.clone(),
+            rootfs: p.ids[&img.rootfs].clone(),
+            extra_files: img.extra_files.iter().map(|f| p.ids[f].clone()).collect(),
+            created,
+            ..img.clone()
+        };
+        txn.compares.push(Compare::absent(key.clone()));
+        txn.success.push(TxnOp::put(key, encode(&new)));
+    }
+    let cfg = BootConfig {
+        name: p.config_name.clone(),
+        kernel: p.ids[&m.boot_config.kernel].clone(),
+        initramfs: p.ids[&m.boot_config.initramfs].clone(),
+        image: p.image_name.clone(),
+        created,
+        ..m.boot_config.clone()
+    };
+    txn.success.push(TxnOp::put(format!("{BOOTCONFIGS}{}", p.config_name), encode(&cfg)));
+    match handle.block_on(db.txn(txn)) {
+        Ok(r) if r.succeeded => {
+            tracing::info!(boot_config = %p.config_name, image = ?p.image_name, added = adopted.len(), "boot config imported");
+            Ok(report)
+        }
+        Ok(_) => {
+            undo(&adopted);
+            Err(BootError::Conflict(format!(
+                "boot config {} or image {:?} was created, or a reused file deleted, while importing; nothing was imported",
+                p.config_name, p.image_name
+            )))
+        }
+        Err(e) => {
+            undo(&adopted);
+            Err(e.into())
+        }
+    }
+}
