@@ -179,8 +179,9 @@ impl Client {
         self.finish(r)
     }
 
-    /// GET whose body is copied to `out` (a stream of any size); returns the bytes copied.
-    pub fn get_to(&self, path: &str, out: &mut dyn std::io::Write, label: &str) -> CliResult<u64> {
+    /// GET whose body is copied to the file `out` (a stream of any size); returns the bytes
+    /// copied. The caller fsyncs.
+    pub fn get_to(&self, path: &str, out: &mut std::fs::File, label: &str) -> CliResult<u64> {
         let r = self.agent.get(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
         let mut resp = r.map_err(|e| fail(format!("cannot reach the head at {}: {e}", self.base)))?;
         if !resp.status().is_success() {
@@ -191,7 +192,10 @@ impl Client {
             });
         }
         let mut reader = Progress::new(resp.body_mut().with_config().limit(u64::MAX).reader(), label, 0);
-        let n = std::io::copy(&mut reader, out).map_err(|e| fail(format!("transfer from {} broke: {e}", self.base)))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, clusterware_shared::fsutil::EarlyWriteback::new(out));
+        let n = std::io::copy(&mut reader, &mut out)
+            .and_then(|n| std::io::Write::flush(&mut out).map(|_| n))
+            .map_err(|e| fail(format!("transfer from {} broke: {e}", self.base)))?;
         reader.finish();
         Ok(n)
     }
@@ -283,7 +287,8 @@ pub struct Progress<R> {
     started: std::time::Instant,
     last: std::time::Instant,
     show: bool,
-    pub hasher: sha2::Sha256,
+    /// Hashes what is read (uploads compare it with the head's checksum).
+    pub hasher: Option<sha2::Sha256>,
 }
 
 impl<R: std::io::Read> Progress<R> {
@@ -298,8 +303,14 @@ impl<R: std::io::Read> Progress<R> {
             started: now,
             last: now,
             show: std::io::stderr().is_terminal(),
-            hasher: sha2::Digest::new(),
+            hasher: None,
         }
+    }
+
+    /// Also hashes what is read.
+    pub fn hashing(mut self) -> Self {
+        self.hasher = Some(sha2::Digest::new());
+        self
     }
 
     fn report(&self, last: bool) {
@@ -331,7 +342,9 @@ impl<R: std::io::Read> Progress<R> {
 impl<R: std::io::Read> std::io::Read for Progress<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            sha2::Digest::update(h, &buf[..n]);
+        }
         self.done += n as u64;
         if self.show && self.last.elapsed() >= std::time::Duration::from_millis(200) {
             self.last = std::time::Instant::now();
@@ -356,11 +369,11 @@ pub fn upload_file(c: &Client, path: &std::path::Path, name: Option<&str>, kind:
     if !meta.is_file() {
         return Err(fail(format!("{} is not a regular file", path.display())));
     }
-    let mut reader = Progress::new(f, &name, meta.len());
+    let mut reader = Progress::new(std::io::BufReader::with_capacity(1 << 20, f), &name, meta.len()).hashing();
     let q = format!("/files?name={}&kind={kind}&size={}", query_escape(&name), meta.len());
     let rec: FileRecord = c.put_stream(&q, meta.len(), &mut reader)?;
     reader.finish();
-    let sent = hex::encode(sha2::Digest::finalize(reader.hasher.clone()));
+    let sent = reader.hasher.take().map(|h| hex::encode(sha2::Digest::finalize(h))).unwrap_or_default();
     if sent != rec.sha256 {
         let _: Result<FileRecord, _> = c.delete(&format!("/files/{}", rec.id));
         return Err(fail(format!("{} changed during the upload (checksums differ); nothing was kept", path.display())));

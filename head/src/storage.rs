@@ -459,7 +459,9 @@ impl Storage {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(tmp).map_err(io(tmp))?;
+        let mut file = clusterware_shared::fsutil::EarlyWriteback::new(
+            std::fs::OpenOptions::new().write(true).create_new(true).open(tmp).map_err(io(tmp))?,
+        );
         let mut hasher = Sha256::new();
         let mut got = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
@@ -492,7 +494,7 @@ impl Storage {
         }
         tokio::task::block_in_place(|| -> std::io::Result<()> {
             file.write_all(&buf)?;
-            file.sync_all()
+            file.get_ref().sync_all()
         })
         .map_err(io(tmp))?;
         drop(file);

@@ -141,7 +141,7 @@ pub async fn export(
             let mut h = header(body.len() as u64, manifest.created);
             b.append_data(&mut h, MANIFEST, body.as_slice())?;
             for (rec, path) in &paths {
-                let f = std::fs::File::open(path)?;
+                let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
                 let mut h = header(rec.size, rec.created);
                 b.append_data(&mut h, format!("files/{}", rec.id), f.take(rec.size))?;
             }
@@ -392,14 +392,12 @@ fn import_archive<R: Read>(
         }
         let mut out = if p.store.contains(id) && !o.dry_run {
             let f = staging.join(id);
-            Some((
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&f)
-                    .map_err(|e| bad(format!("staging: {e}")))?,
-                f,
-            ))
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&f)
+                .map_err(|e| bad(format!("staging: {e}")))?;
+            Some((std::io::BufWriter::with_capacity(1 << 20, clusterware_shared::fsutil::EarlyWriteback::new(file)), f))
         } else {
             None
         };
@@ -423,6 +421,7 @@ fn import_archive<R: Read>(
             return Err(bad(format!("{} ({path}) does not match the manifest's SHA-256", rec.name)));
         }
         if let Some((f, _)) = out {
+            let f = f.into_inner().map_err(|err| bad(format!("staging: {}", err.error())))?.into_inner();
             f.sync_all().map_err(|err| bad(format!("staging: {err}")))?;
         }
     }

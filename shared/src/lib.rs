@@ -7,6 +7,7 @@
 //! - [`config`]: `base.ini` parsing, defaults and validation.
 //! - [`api`]: the `/api/v1` request and response bodies, and the `{kind, message}` error shape.
 //! - [`auth`]: the admin credential derived from `database.admin_pass`.
+//! - [`fsutil`]: file-writing helpers (early writeback for large files).
 //!
 //! This crate must stay free of async runtimes, HTTP stacks and database clients: the static
 //! node agent links it.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod fsutil;
 pub mod ids;
 pub mod select;
 

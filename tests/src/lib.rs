@@ -144,6 +144,11 @@ impl Head {
         format!("http://{}:{}", self.ip, self.port)
     }
 
+    /// The process id while the head runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

@@ -315,7 +315,7 @@ fn import(
         q.push("dry_run=1".into());
     }
     let label = file.file_name().map_or("import".into(), |n| n.to_string_lossy().to_string());
-    let mut reader = Progress::new(f, &label, len);
+    let mut reader = Progress::new(std::io::BufReader::with_capacity(1 << 20, f), &label, len);
     let report: ImportReport = c.put_stream(&format!("/import?{}", q.join("&")), len, &mut reader)?;
     reader.finish();
     if args.json {
