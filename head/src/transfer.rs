@@ -301,6 +301,57 @@ where
     r?
 }
 
+const BLOCK: usize = 1 << 20;
+
+/// Writes a staged file on its own thread, so that disk writes overlap the hashing of the
+/// next blocks; `finish` waits for the last write and the fsync.
+struct StagedWriter {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl StagedWriter {
+    fn create(path: &Path) -> Result<StagedWriter, BootError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| bad(format!("staging: {e}")))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let thread = std::thread::Builder::new()
+            .name("import-writer".into())
+            .spawn(move || {
+                let mut w = clusterware_shared::fsutil::EarlyWriteback::new(file);
+                for block in rx {
+                    w.write_all(&block)?;
+                }
+                w.into_inner().sync_all()
+            })
+            .map_err(|e| bad(format!("staging: {e}")))?;
+        Ok(StagedWriter { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn send(&mut self, block: Vec<u8>) -> Result<(), BootError> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(block).is_ok());
+        if sent { Ok(()) } else { self.finish().and(Err(bad("staging: the writer stopped"))) }
+    }
+
+    fn finish(&mut self) -> Result<(), BootError> {
+        drop(self.tx.take());
+        match self.thread.take().map(|t| t.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(bad(format!("staging: {e}"))),
+            Some(Err(_)) => Err(bad("staging: the writer thread failed")),
+        }
+    }
+}
+
+impl Drop for StagedWriter {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// At most this much of a refused archive is read (and discarded) so that the client, which
 /// sends the whole body before it reads the answer, gets the error instead of a broken pipe.
 const DRAIN_LIMIT: u64 = 64 << 30;
@@ -390,19 +441,11 @@ fn import_archive<R: Read>(
                 rec.size
             )));
         }
-        let mut out = if p.store.contains(id) && !o.dry_run {
-            let f = staging.join(id);
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&f)
-                .map_err(|e| bad(format!("staging: {e}")))?;
-            Some((std::io::BufWriter::with_capacity(1 << 20, clusterware_shared::fsutil::EarlyWriteback::new(file)), f))
-        } else {
-            None
-        };
+        let mut out =
+            if p.store.contains(id) && !o.dry_run { Some(StagedWriter::create(&staging.join(id))?) } else { None };
         let mut h = Sha256::new();
         let mut got = 0u64;
+        let mut block: Vec<u8> = Vec::with_capacity(BLOCK);
         loop {
             let n = e.read(&mut buf).map_err(|err| bad(format!("{} ({path}) unreadable: {err}", rec.name)))?;
             if n == 0 {
@@ -410,8 +453,11 @@ fn import_archive<R: Read>(
             }
             got += n as u64;
             h.update(&buf[..n]);
-            if let Some((f, _)) = out.as_mut() {
-                f.write_all(&buf[..n]).map_err(|err| bad(format!("staging: {err}")))?;
+            if let Some(w) = out.as_mut() {
+                block.extend_from_slice(&buf[..n]);
+                if block.len() >= BLOCK {
+                    w.send(std::mem::replace(&mut block, Vec::with_capacity(BLOCK)))?;
+                }
             }
         }
         if got != rec.size {
@@ -420,9 +466,9 @@ fn import_archive<R: Read>(
         if hex::encode(h.finalize()) != rec.sha256 {
             return Err(bad(format!("{} ({path}) does not match the manifest's SHA-256", rec.name)));
         }
-        if let Some((f, _)) = out {
-            let f = f.into_inner().map_err(|err| bad(format!("staging: {}", err.error())))?.into_inner();
-            f.sync_all().map_err(|err| bad(format!("staging: {err}")))?;
+        if let Some(mut w) = out {
+            w.send(block)?;
+            w.finish()?;
         }
     }
     if let Some(missing) = m.files.iter().find(|f| !seen.contains(&f.id)) {
