@@ -324,7 +324,19 @@ async fn upload_file(
     Ok(json(StatusCode::CREATED, &rec))
 }
 
-async fn delete_file(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn delete_file(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let users = boot::users_of_file(&st.db, &id).await?;
+    if !users.is_empty() && !flag(&q, "force")? {
+        return Err(BootError::Conflict(format!(
+            "file {id} is used by {}; delete or change those first, or delete with --force",
+            users.join(", ")
+        ))
+        .into());
+    }
     Ok(json(StatusCode::OK, &st.storage.delete(&id).await?))
 }
 

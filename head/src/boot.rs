@@ -254,6 +254,22 @@ async fn referenced_files(db: &Database) -> Result<HashSet<String>> {
     Ok(used)
 }
 
+/// The images and boot configs that reference a file, as `image NAME` / `boot config NAME`.
+pub async fn users_of_file(db: &Database, id: &str) -> Result<Vec<String>> {
+    let mut users = Vec::new();
+    for i in list_images(db).await? {
+        if i.rootfs == id || i.extra_files.iter().any(|f| f == id) {
+            users.push(format!("image {}", i.name));
+        }
+    }
+    for c in list_configs(db).await?.0 {
+        if c.kernel == id || c.initramfs == id {
+            users.push(format!("boot config {}", c.name));
+        }
+    }
+    Ok(users)
+}
+
 /// Deletes the files among `ids` that nothing references any more.
 async fn drop_unreferenced(db: &Database, storage: &Arc<Storage>, ids: Vec<String>) -> Result<Vec<String>> {
     let used = referenced_files(db).await?;

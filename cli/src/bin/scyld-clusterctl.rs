@@ -63,10 +63,13 @@ enum FilesCmd {
         #[arg(long, default_value = "other")]
         kind: String,
     },
-    /// Delete files from the cluster (every head removes its copy)
+    /// Delete files from the cluster (every head removes its copy); refused for files an image
+    /// or boot config uses, unless --force
     Rm {
         #[arg(value_name = "ID", required = true)]
         ids: Vec<String>,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -76,7 +79,7 @@ fn main() -> ExitCode {
         Cmd::Heads { cmd: HeadsCmd::Ls { long } } => heads_ls(&args, *long),
         Cmd::Files { cmd: FilesCmd::Ls { long } } => files_ls(&args, *long),
         Cmd::Files { cmd: FilesCmd::Upload { path, name, kind } } => upload(&args, path, name.as_deref(), kind),
-        Cmd::Files { cmd: FilesCmd::Rm { ids } } => rm(&args, ids),
+        Cmd::Files { cmd: FilesCmd::Rm { ids, force } } => rm(&args, ids, *force),
     })
 }
 
@@ -155,11 +158,11 @@ fn upload(args: &Args, path: &PathBuf, name: Option<&str>, kind: &str) -> CliRes
     Ok(())
 }
 
-fn rm(args: &Args, ids: &[String]) -> CliResult<()> {
+fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
     let mut out = Vec::new();
     for id in ids {
-        let rec: FileRecord = c.delete(&format!("/files/{id}"))?;
+        let rec: FileRecord = c.delete(&format!("/files/{id}{}", if force { "?force=1" } else { "" }))?;
         if !args.json {
             println!("deleted {} ({})", rec.id, rec.name);
         }

@@ -53,6 +53,30 @@ async fn deadline<T>(f: impl Future<Output = std::result::Result<T, ec::Error>>)
     }
 }
 
+/// Runs a read again while etcd is briefly without a leader (an election after a member died
+/// answers "leader changed" or "no leader"): reads are safe to repeat. Gives up after
+/// [`OP_TIMEOUT`] in all.
+async fn retry_read<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match f().await {
+            Err(DbError::Unavailable(m)) if start.elapsed() < OP_TIMEOUT && transient(&m) => {
+                tracing::debug!(error = %m, "etcd read retried");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn transient(m: &str) -> bool {
+    ["leader changed", "no leader", "timed out", "too many requests", "not capable"].iter().any(|t| m.contains(t))
+}
+
 fn full(key: &str) -> String {
     format!("{KEY_PREFIX}{key}")
 }
@@ -100,8 +124,11 @@ impl Etcd {
     }
 
     pub async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        let mut kv = self.kv();
-        let r = deadline(kv.get(full(prefix), Some(prefix_get()))).await?;
+        let r = retry_read(|| {
+            let mut kv = self.kv();
+            async move { deadline(kv.get(full(prefix), Some(prefix_get()))).await }
+        })
+        .await?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().iter().map(convert).collect::<Result<_>>()?, rev))
     }
@@ -153,8 +180,19 @@ impl Etcd {
             TxnOp::Put { lease: Some(l), .. } => Some(*l),
             _ => None,
         });
-        let mut kv = self.kv();
-        let r = match deadline(kv.txn(t)).await {
+        let reads_only =
+            txn.success.iter().chain(&txn.failure).all(|op| matches!(op, TxnOp::Get { .. } | TxnOp::GetPrefix { .. }));
+        let r = if reads_only {
+            retry_read(|| {
+                let (mut kv, t) = (self.kv(), t.clone());
+                async move { deadline(kv.txn(t)).await }
+            })
+            .await
+        } else {
+            let mut kv = self.kv();
+            deadline(kv.txn(t)).await
+        };
+        let r = match r {
             Err(DbError::LeaseNotFound(_)) => {
                 return Err(DbError::LeaseNotFound(lease_in_txn.unwrap_or(0)));
             }
@@ -210,8 +248,11 @@ impl Etcd {
     }
 
     pub async fn members(&self) -> Result<Vec<Member>> {
-        let mut c = self.client.clone();
-        let r = deadline(c.member_list()).await?;
+        let r = retry_read(|| {
+            let mut c = self.client.clone();
+            async move { deadline(c.member_list()).await }
+        })
+        .await?;
         Ok(r.members()
             .iter()
             .map(|m| Member {
