@@ -170,7 +170,10 @@ fn export_and_import_between_clusters() {
     let out = d.cli("scyld-imgctl", &["-i", "xyzImage", "rm"]);
     assert!(out.code == 1 && out.stderr.contains("used by boot config xyzBoot"), "{out:?}");
     let out = d.cli("scyld-clusterctl", &["files", "rm", &ids[0]]);
-    assert!(out.code == 1 && out.stderr.contains("is used by") && out.stderr.contains("boot config xyzBoot"), "{out:?}");
+    assert!(
+        out.code == 1 && out.stderr.contains("is used by") && out.stderr.contains("boot config xyzBoot"),
+        "{out:?}"
+    );
     d.cli("scyld-bootctl", &["default", "b3"]).ok();
     assert_eq!(d.cli("scyld-bootctl", &["default"]).ok(), "b3\n");
     let out = d.cli("scyld-bootctl", &["-i", "b3", "rm"]);
