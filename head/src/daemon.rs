@@ -242,19 +242,22 @@ async fn storage_loop(
 ) {
     let mut next_audit = tokio::time::Instant::now();
     loop {
-        if let Err(e) = storage.sweep_deleted(ttl).await {
-            tracing::warn!(error = %e, "cannot process the deleted-files list");
+        // Shutdown does not wait for an audit that is hashing a large file.
+        tokio::select! {
+            r = storage.sweep_deleted(ttl) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot process the deleted-files list");
+                }
+            }
+            _ = stop.changed() => return,
         }
         if tokio::time::Instant::now() >= next_audit {
-            match storage.audit().await {
-                Ok(s) => tracing::info!(
-                    files = s.files,
-                    missing = s.missing,
-                    bad = s.bad,
-                    bytes = s.bytes,
-                    "storage audited"
-                ),
-                Err(e) => tracing::warn!(error = %e, "storage audit failed"),
+            tokio::select! {
+                r = storage.audit() => match r {
+                    Ok(s) => tracing::info!(files = s.files, missing = s.missing, bad = s.bad, bytes = s.bytes, "storage audited"),
+                    Err(e) => tracing::warn!(error = %e, "storage audit failed"),
+                },
+                _ = stop.changed() => return,
             }
             next_audit = tokio::time::Instant::now() + audit;
         }
