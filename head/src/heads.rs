@@ -121,6 +121,7 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
     let (alive, _) = db.range(ALIVE).await?;
     let alive: HashSet<&str> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE)).collect();
     let members = db.members().await;
+    let leader = db.leader().await.ok().flatten();
     let (summaries, _) = db.range(crate::storage::SUMMARY).await?;
     let summary = |name: &str| {
         summaries
@@ -138,18 +139,21 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
             }
         };
         let db_member = match rec.db_mode {
-            DbMode::Embedded => DbMember { backend: "embedded".into(), id: None, state: "solo".into() },
-            DbMode::EtcdExternal => DbMember { backend: "etcd".into(), id: None, state: "external".into() },
+            DbMode::Embedded => DbMember { backend: "embedded".into(), id: None, state: "solo".into(), leader: false },
+            DbMode::EtcdExternal => {
+                DbMember { backend: "etcd".into(), id: None, state: "external".into(), leader: false }
+            }
             DbMode::EtcdMember => match &members {
                 Ok(ms) => match ms.iter().find(|m| m.name == rec.name) {
                     Some(m) => DbMember {
                         backend: "etcd".into(),
                         id: Some(format!("{:x}", m.id)),
                         state: if m.is_learner { "learner" } else { "voting" }.into(),
+                        leader: leader == Some(m.id),
                     },
-                    None => DbMember { backend: "etcd".into(), id: None, state: "not a member".into() },
+                    None => DbMember { backend: "etcd".into(), id: None, state: "not a member".into(), leader: false },
                 },
-                Err(_) => DbMember { backend: "etcd".into(), id: None, state: "unknown".into() },
+                Err(_) => DbMember { backend: "etcd".into(), id: None, state: "unknown".into(), leader: false },
             },
         };
         out.push(HeadInfo {

@@ -102,6 +102,29 @@ impl Stamp {
 struct Verified {
     stamp: Stamp,
     sha256: String,
+    /// Wall-clock time of the verification, in ns since the epoch.
+    #[serde(default)]
+    at_ns: i64,
+}
+
+/// A file modified less than this before it was verified may have been modified again within
+/// the same timestamp tick without its mtime changing (git's "racily clean" problem): such a
+/// verification is not trusted, and the file is hashed again at the next request.
+const RACY_NS: i64 = 100_000_000;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl Verified {
+    fn new(stamp: Stamp, sha256: String) -> Verified {
+        Verified { stamp, sha256, at_ns: now_ns() }
+    }
+
+    /// Whether this verification still vouches for a file with this stamp and checksum.
+    fn vouches(&self, stamp: &Stamp, sha256: &str) -> bool {
+        self.stamp == *stamp && self.sha256 == sha256 && self.at_ns - stamp.mtime_ns > RACY_NS
+    }
 }
 
 /// Why a local copy cannot be served.
@@ -264,7 +287,7 @@ impl Storage {
         let Ok(m) = std::fs::symlink_metadata(self.path(&rec.id)) else { return false };
         m.file_type().is_file()
             && m.len() == rec.size
-            && lock(&self.verified).get(&rec.id).is_some_and(|v| v.stamp == Stamp::of(&m) && v.sha256 == rec.sha256)
+            && lock(&self.verified).get(&rec.id).is_some_and(|v| v.vouches(&Stamp::of(&m), &rec.sha256))
     }
 
     /// Checks the local copy, hashing it if it was not verified in this version; a copy that
@@ -291,7 +314,7 @@ impl Storage {
             // Stat again: the stamp must be the one of the bytes just hashed.
             let m2 = std::fs::symlink_metadata(&path).map_err(io(&path))?;
             if sha == rec.sha256 && n == rec.size && Stamp::of(&m2) == Stamp::of(&m) {
-                lock(&self.verified).insert(rec.id.clone(), Verified { stamp: Stamp::of(&m), sha256: sha });
+                lock(&self.verified).insert(rec.id.clone(), Verified::new(Stamp::of(&m), sha));
                 true
             } else {
                 false
@@ -502,7 +525,7 @@ impl Storage {
         std::fs::rename(tmp, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
-        lock(&self.verified).insert(id.to_string(), Verified { stamp: Stamp::of(&m), sha256: sha.clone() });
+        lock(&self.verified).insert(id.to_string(), Verified::new(Stamp::of(&m), sha.clone()));
         Ok(sha)
     }
 
@@ -574,7 +597,7 @@ impl Storage {
         std::fs::rename(from, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
-        lock(&self.verified).insert(id.to_string(), Verified { stamp: Stamp::of(&m), sha256: sha256.to_string() });
+        lock(&self.verified).insert(id.to_string(), Verified::new(Stamp::of(&m), sha256.to_string()));
         self.persist_verified();
         Ok(())
     }
@@ -785,14 +808,20 @@ mod tests {
         assert!(e.to_string().contains("does not match"), "{e}");
         assert_eq!(entries(d.path()), [".tmp"]);
         assert!(entries(&d.path().join(".tmp")).is_empty());
-        // The right bytes land, verified (no hashing needed to serve them).
+        // The right bytes land.
         assert_eq!(st.receive(id, chunks(&[b"hello ", b"world"]), 11, Some(&sha)).await.unwrap(), sha);
         assert_eq!(std::fs::read(d.path().join(id)).unwrap(), b"hello world");
         let rec =
             FileRecord { id: id.into(), name: "x".into(), size: 11, sha256: sha, kind: "other".into(), created: 0 };
+        assert!(!st.known_good(&rec), "written a moment ago: not trusted yet (racy)");
+        // An older file is verified once, then trusted without hashing.
+        let f = std::fs::File::options().write(true).open(d.path().join(id)).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+        st.ensure(&rec, false).await.unwrap();
+        assert_eq!(st.counters().hashed_bytes, 11);
         assert!(st.known_good(&rec));
         st.ensure(&rec, false).await.unwrap();
-        assert_eq!(st.counters().hashed_bytes, 0);
+        assert_eq!(st.counters().hashed_bytes, 11);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

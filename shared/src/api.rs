@@ -130,6 +130,9 @@ pub struct DbMember {
     /// `voting`, `learner`, `unstarted` (added, not yet started), `solo` (embedded),
     /// `external` (the head uses etcd endpoints it does not run), or `not a member`.
     pub state: String,
+    /// This member is the etcd leader.
+    #[serde(default)]
+    pub leader: bool,
 }
 
 /// A boot file (kernel, initramfs, root image, …) known to the cluster. Every head keeps a

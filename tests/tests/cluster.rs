@@ -42,28 +42,55 @@ fn three_heads_share_nodes_and_see_a_dead_head() {
     let listed = c.heads[0].cli("managedb", &["--heads"]);
     assert_eq!(listed.ok().matches("connected").count(), 3, "{listed:?}");
 
-    // kill -9 of head B: not alive within its lease TTL (plus etcd's expiry tick and polling).
-    c.heads[1].kill9();
+    // Exactly one etcd leader.
+    let v = c.heads[0].cli("scyld-clusterctl", &["heads", "ls", "--json"]).json();
+    let leaders: Vec<usize> = (0..3).filter(|&i| v["heads"][i]["db_member"]["leader"] == true).collect();
+    assert_eq!(leaders.len(), 1, "{v}");
+
+    // kill -9 of head B: not alive within its lease TTL (plus etcd's 500 ms expiry tick and the
+    // polling). B is a head that is not the etcd leader: when the leader dies, etcd elects a
+    // new one and renews every lease to its full TTL, so a dead leader's record lasts up to an
+    // election longer (checked below with head C).
+    let b = if leaders[0] == 1 { 0 } else { 1 };
+    let (a, cc) = (if b == 0 { 1 } else { 0 }, 2);
+    let bname = format!("head{}", b + 1);
+    c.heads[b].kill9();
     let killed = Instant::now();
-    poll_until("head2 shown as not alive", Duration::from_secs(LEASE_TTL + 3), || {
-        alive(&c, 0).iter().any(|(n, a)| n == "head2" && !a)
+    poll_until("B shown as not alive", Duration::from_secs(LEASE_TTL + 5), || {
+        alive(&c, a).iter().any(|(n, al)| n == &bname && !al)
     });
-    assert!(killed.elapsed() <= Duration::from_millis(LEASE_TTL * 1000 + 1500), "took {:?}", killed.elapsed());
-    assert!(alive(&c, 2).contains(&("head2".into(), false)));
+    assert!(killed.elapsed() <= Duration::from_millis(LEASE_TTL * 1000 + 2000), "took {:?}", killed.elapsed());
+    assert!(alive(&c, cc).contains(&(bname.clone(), false)));
 
     // A and C keep serving reads and writes.
-    c.heads[2].cli("scyld-nodectl", &["create", "mac=52:54:00:aa:00:02"]).ok();
-    assert_eq!(node_names(&c, 0), ["n0", "n1"]);
-    c.heads[0].cli("scyld-nodectl", &["-i", "n1", "set", "_boot_config=compute"]).ok();
-    let v = c.heads[2].cli("scyld-nodectl", &["-i", "n1", "ls", "--json"]).json();
+    c.heads[cc].cli("scyld-nodectl", &["create", "mac=52:54:00:aa:00:02"]).ok();
+    assert_eq!(node_names(&c, a), ["n0", "n1"]);
+    c.heads[a].cli("scyld-nodectl", &["-i", "n1", "set", "_boot_config=compute"]).ok();
+    let v = c.heads[cc].cli("scyld-nodectl", &["-i", "n1", "ls", "--json"]).json();
     assert_eq!(v["nodes"][0]["attributes"]["_boot_config"], "compute");
     assert_eq!(v["nodes"][0]["ip"], "10.54.0.2");
 
     // B comes back and is alive again, with the data.
-    c.heads[1].start();
-    c.heads[1].wait_ready(Duration::from_secs(60));
-    poll_until("head2 alive again", Duration::from_secs(10), || alive(&c, 0).iter().all(|(_, a)| *a));
-    assert_eq!(node_names(&c, 1), ["n0", "n1"]);
+    c.heads[b].start();
+    c.heads[b].wait_ready(Duration::from_secs(60));
+    poll_until("B alive again", Duration::from_secs(10), || alive(&c, a).iter().all(|(_, al)| *al));
+    assert_eq!(node_names(&c, b), ["n0", "n1"]);
+
+    // kill -9 of the etcd leader: not alive within its TTL plus an election (etcd renews every
+    // lease when a new leader takes over).
+    let v = c.heads[a].cli("scyld-clusterctl", &["heads", "ls", "--json"]).json();
+    let l = (0..3).find(|&i| v["heads"][i]["db_member"]["leader"] == true).expect("a leader");
+    let lname = format!("head{}", l + 1);
+    let other = (0..3).find(|&i| i != l).unwrap();
+    c.heads[l].kill9();
+    let killed = Instant::now();
+    poll_until("the dead leader shown as not alive", Duration::from_secs(LEASE_TTL + 8), || {
+        alive(&c, other).iter().any(|(n, al)| n == &lname && !al)
+    });
+    assert!(killed.elapsed() <= Duration::from_secs(LEASE_TTL + 6), "took {:?}", killed.elapsed());
+    c.heads[l].start();
+    c.heads[l].wait_ready(Duration::from_secs(60));
+    poll_until("all alive again", Duration::from_secs(10), || alive(&c, other).iter().all(|(_, al)| *al));
 
     // A clean stop removes the liveness record at once, not after the TTL.
     assert_eq!(c.heads[2].stop(), Some(0));

@@ -75,7 +75,10 @@ fn registry_through_the_cli() {
 
     // heads ls and managedb on a solo head.
     let v = h.cli("scyld-clusterctl", &["heads", "ls", "--json"]).json();
-    assert_eq!(v["heads"][0]["db_member"], json!({"backend": "embedded", "id": null, "state": "solo"}));
+    assert_eq!(
+        v["heads"][0]["db_member"],
+        json!({"backend": "embedded", "id": null, "state": "solo", "leader": false})
+    );
     assert_eq!(v["heads"][0]["alive"], true);
     assert_eq!(h.cli("scyld-clusterctl", &["heads", "ls"]).ok(), "head1\n");
     assert!(h.cli("managedb", &["--heads"]).ok().contains("head1"));

@@ -102,7 +102,12 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
                     h.ip.to_string(),
                     if h.alive { "yes" } else { "NO" }.to_string(),
                     h.version.clone(),
-                    format!("{} {}", h.db_member.backend, h.db_member.state),
+                    format!(
+                        "{} {}{}",
+                        h.db_member.backend,
+                        h.db_member.state,
+                        if h.db_member.leader { " (leader)" } else { "" }
+                    ),
                     h.db_member.id.clone().unwrap_or_else(|| "-".into()),
                     files,
                     missing,

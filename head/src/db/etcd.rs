@@ -247,6 +247,16 @@ impl Etcd {
         }
     }
 
+    /// The id of the current leader, as this member sees it.
+    pub async fn leader(&self) -> Result<u64> {
+        let r = retry_read(|| {
+            let mut c = self.client.clone();
+            async move { deadline(c.status()).await }
+        })
+        .await?;
+        Ok(r.leader())
+    }
+
     pub async fn members(&self) -> Result<Vec<Member>> {
         let r = retry_read(|| {
             let mut c = self.client.clone();

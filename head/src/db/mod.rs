@@ -354,6 +354,14 @@ impl Database {
         }
     }
 
+    /// The member id of the etcd leader; `None` for the embedded store.
+    pub async fn leader(&self) -> Result<Option<u64>> {
+        match self {
+            Database::Embedded(_) => Ok(None),
+            Database::Etcd(d) => d.leader().await.map(Some),
+        }
+    }
+
     /// The largest number of operations one transaction may hold.
     pub fn max_txn_ops(&self) -> usize {
         match self {
