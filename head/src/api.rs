@@ -4,6 +4,7 @@
 
 use crate::boot::{self, BootError};
 use crate::db::{Database, DbError};
+use crate::dump::{self, Dump, DumpError};
 use crate::heads::{self, HeadRecord};
 use crate::registry::{self, RegistryError};
 use crate::storage::{Storage, StorageError};
@@ -56,6 +57,8 @@ pub enum ApiFailure {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error(transparent)]
+    Dump(#[from] DumpError),
 }
 
 fn storage_kind(e: &StorageError) -> ErrorKind {
@@ -106,6 +109,11 @@ impl ApiFailure {
                 BootError::Storage(e) => storage_kind(e),
                 BootError::Registry(r) => registry_kind(r),
             },
+            ApiFailure::Dump(d) => match d {
+                DumpError::Invalid(_) => ErrorKind::BadRequest,
+                DumpError::Conflict(_) => ErrorKind::Conflict,
+                DumpError::Db(e) => db_kind(e),
+            },
         }
     }
 }
@@ -151,6 +159,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bootconfigs/{name}/clone", post(clone_config))
         .route("/bootconfigs/{name}/export", get(export_config))
         .route("/default-boot-config", axum::routing::put(set_default))
+        .route("/database", get(save_database).put(load_database).layer(axum::extract::DefaultBodyLimit::max(1 << 30)))
         .route("/import", axum::routing::put(import_config).layer(axum::extract::DefaultBodyLimit::disable()))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     // Boot files are read by nodes (iPXE, the agent) and peers without a credential.
@@ -527,6 +536,22 @@ async fn import_config(
     let report = transfer::import(&st.db, &st.storage, body.into_data_stream(), o).await?;
     tracing::info!(%peer, boot_config = %report.boot_config, image = ?report.image, dry_run = report.dry_run, "import");
     Ok(json(if report.dry_run { StatusCode::OK } else { StatusCode::CREATED }, &report))
+}
+
+async fn save_database(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &dump::save(&st.db).await?))
+}
+
+async fn load_database(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let d: Dump = serde_json::from_slice(&body)
+        .map_err(|e| ApiFailure::BadRequest(format!("not a database dump (malformed or truncated JSON): {e}")))?;
+    let n = dump::load(&st.db, &d).await?;
+    tracing::info!(%peer, keys = n, "database loaded from a dump");
+    Ok(json(StatusCode::OK, &serde_json::json!({ "loaded": n })))
 }
 
 #[cfg(test)]

@@ -7,12 +7,14 @@
 //! - [`db`]: the cluster database abstraction and its two backends (etcd, embedded).
 //! - [`registry`]: compute nodes (create, list, set/clear attributes, delete) with MAC, IP and
 //!   index uniqueness enforced inside database transactions.
+//! - [`dump`]: `managedb save`/`load` of the cluster's data.
 //! - [`storage`]: boot files on local storage: verification, quarantine, peer download,
 //!   deletion list, audits.
 pub mod api;
 pub mod boot;
 pub mod daemon;
 pub mod db;
+pub mod dump;
 pub mod heads;
 pub mod registry;
 pub mod storage;

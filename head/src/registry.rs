@@ -10,7 +10,7 @@
 //! writes nothing; a creation that loses a race in a later transaction removes what its earlier
 //! ones wrote.
 
-use crate::db::{Compare, Database, DbError, KeyValue, Txn, TxnOp};
+use crate::db::{Compare, Database, DbError, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
 use clusterware_shared::api::{NODE_FIELDS, Node, NodeSpec};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, node_name, validate_attr, validate_attr_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -97,42 +97,6 @@ fn new_uid() -> String {
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Part of a change: the compares and operations for one node, kept together in one transaction.
-struct Piece {
-    compares: Vec<Compare>,
-    ops: Vec<TxnOp>,
-}
-
-/// Groups pieces into transactions no larger than `limit` operations.
-fn batch(pieces: Vec<Piece>, limit: usize) -> Vec<Txn> {
-    let mut out = Vec::new();
-    let mut cur = Txn::new();
-    for p in pieces {
-        if !cur.success.is_empty()
-            && (cur.compares.len() + p.compares.len() > limit || cur.success.len() + p.ops.len() > limit)
-        {
-            out.push(std::mem::take(&mut cur));
-        }
-        cur.compares.extend(p.compares);
-        cur.success.extend(p.ops);
-    }
-    if !cur.success.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Commits the pieces in as few transactions as the database allows, in order; false when one
-/// of them failed its compares (the ones before it stay committed).
-async fn commit_all(db: &Database, pieces: Vec<Piece>) -> Result<bool> {
-    for txn in batch(pieces, db.max_txn_ops()) {
-        if !db.txn(txn).await?.succeeded {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Tells who owns the first of `keys` that is taken by someone other than `me`.
@@ -285,29 +249,10 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
             },
             Err(e) => RegistryError::Db(e),
         };
-        undo_creates(db, &done).await;
+        undo_puts(db, &done).await;
         return Err(reason);
     }
     Ok(nodes)
-}
-
-/// Removes what earlier transactions of a failed creation wrote (only keys still holding what
-/// they wrote).
-async fn undo_creates(db: &Database, done: &[Txn]) {
-    for t in done {
-        let mut undo = Txn::new();
-        for op in &t.success {
-            if let TxnOp::Put { key, value, .. } = op {
-                undo.compares.push(Compare::value_is(key.clone(), value.clone()));
-                undo.success.push(TxnOp::delete(key.clone()));
-            }
-        }
-        match db.txn(undo).await {
-            Ok(r) if r.succeeded => {}
-            Ok(_) => tracing::error!("could not undo part of a failed node creation: records changed meanwhile"),
-            Err(e) => tracing::error!(error = %e, "could not undo part of a failed node creation"),
-        }
-    }
 }
 
 /// A parsed `set` request.

@@ -385,3 +385,17 @@ pub fn valid_object_name(s: &str) -> bool {
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
+
+/// `GET`/`PUT /api/v1/database`: the cluster's data, as `managedb save` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseDump {
+    pub format: String,
+    pub version: u32,
+    /// Seconds since the Unix epoch.
+    pub saved: u64,
+    /// The backend and revision it was read at.
+    pub backend: String,
+    pub revision: i64,
+    /// Every key and its value (all values are UTF-8: JSON records or uids).
+    pub keys: std::collections::BTreeMap<String, String>,
+}

@@ -370,3 +370,58 @@ impl Database {
         }
     }
 }
+
+/// Part of a change that must stay in one transaction (one node and its index keys, say).
+pub struct Piece {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<TxnOp>,
+}
+
+/// Groups pieces into transactions no larger than `limit` operations each.
+pub fn batch(pieces: Vec<Piece>, limit: usize) -> Vec<Txn> {
+    let mut out = Vec::new();
+    let mut cur = Txn::new();
+    for p in pieces {
+        if !cur.success.is_empty()
+            && (cur.compares.len() + p.compares.len() > limit || cur.success.len() + p.ops.len() > limit)
+        {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.compares.extend(p.compares);
+        cur.success.extend(p.ops);
+    }
+    if !cur.success.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Commits the pieces in as few transactions as the database allows, in order; false when one
+/// of them failed its compares (the ones before it stay committed).
+pub async fn commit_all(db: &Database, pieces: Vec<Piece>) -> Result<bool> {
+    for txn in batch(pieces, db.max_txn_ops()) {
+        if !db.txn(txn).await?.succeeded {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes what the puts of committed transactions wrote, where the keys still hold what they
+/// wrote: the undo of a change split over several transactions that failed part-way.
+pub async fn undo_puts(db: &Database, done: &[Txn]) {
+    for t in done {
+        let mut undo = Txn::new();
+        for op in &t.success {
+            if let TxnOp::Put { key, value, .. } = op {
+                undo.compares.push(Compare::value_is(key.clone(), value.clone()));
+                undo.success.push(TxnOp::delete(key.clone()));
+            }
+        }
+        match db.txn(undo).await {
+            Ok(r) if r.succeeded => {}
+            Ok(_) => tracing::error!("could not undo part of a failed change: records changed meanwhile"),
+            Err(e) => tracing::error!(error = %e, "could not undo part of a failed change"),
+        }
+    }
+}
