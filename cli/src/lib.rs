@@ -397,3 +397,18 @@ pub fn file_arg(c: &Client, arg: &str, kind: &str) -> CliResult<String> {
 pub fn print_json<T: Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("API types always serialise"));
 }
+
+/// The test every command has: its clap definition is consistent (unique names, valid
+/// defaults), checked at `cargo test` rather than when an administrator runs it.
+#[macro_export]
+macro_rules! clap_consistency_test {
+    ($args:ident) => {
+        #[cfg(test)]
+        mod clap_consistency {
+            #[test]
+            fn arguments_are_consistent() {
+                <super::$args as clap::CommandFactory>::command().debug_assert();
+            }
+        }
+    };
+}

@@ -8,6 +8,7 @@
 use crate::db::{Compare, Database, DbError, Txn, TxnOp};
 use crate::registry;
 use crate::storage::{FILES, Storage, StorageError};
+use crate::unix_now as now;
 use clusterware_shared::api::{
     BootConfig, BootConfigDetail, CreateBootConfig, CreateImage, FileRecord, Image, UpdateBootConfig, is_file_id,
     valid_object_name,
@@ -40,10 +41,6 @@ pub enum BootError {
 }
 
 pub type Result<T, E = BootError> = std::result::Result<T, E>;
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialise")

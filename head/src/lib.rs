@@ -19,3 +19,8 @@ pub mod heads;
 pub mod registry;
 pub mod storage;
 pub mod transfer;
+
+/// Seconds since the Unix epoch (0 if the clock is before it), for record timestamps.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

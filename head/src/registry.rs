@@ -11,6 +11,7 @@
 //! ones wrote.
 
 use crate::db::{Compare, Database, DbError, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
+use crate::unix_now as now;
 use clusterware_shared::api::{NODE_FIELDS, Node, NodeSpec};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, node_name, validate_attr, validate_attr_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -93,10 +94,6 @@ pub async fn list(db: &Database) -> Result<Vec<Node>> {
 
 fn new_uid() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Tells who owns the first of `keys` that is taken by someone other than `me`.

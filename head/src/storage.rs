@@ -24,6 +24,7 @@
 
 use crate::db::{Compare, Database, DbError, Txn, TxnOp};
 use crate::heads::{ALIVE, HEADS, HeadRecord};
+use crate::unix_now as now;
 use bytes::Bytes;
 use clusterware_shared::api::{FileRecord, StorageCounters, StorageSummary, is_file_id};
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -163,6 +164,8 @@ pub struct Storage {
     head: String,
     db: Database,
     verified: Mutex<HashMap<String, Verified>>,
+    /// The verification cache changed since it was last saved.
+    verified_dirty: std::sync::atomic::AtomicBool,
     flights: Mutex<HashMap<(String, bool), Flight>>,
     http: reqwest::Client,
     counters: Counters,
@@ -170,10 +173,6 @@ pub struct Storage {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Hashes a file; returns (size, hex SHA-256).
@@ -225,6 +224,7 @@ impl Storage {
             head: head.to_string(),
             db,
             verified: Mutex::new(verified),
+            verified_dirty: std::sync::atomic::AtomicBool::new(false),
             flights: Mutex::new(HashMap::new()),
             http,
             counters: Counters::default(),
@@ -257,10 +257,26 @@ impl Storage {
         self.counters.peer_requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn remember(&self, id: &str, v: Verified) {
+        lock(&self.verified).insert(id.to_string(), v);
+        self.verified_dirty.store(true, Ordering::Relaxed);
+    }
+
+    fn forget(&self, id: &str) {
+        if lock(&self.verified).remove(id).is_some() {
+            self.verified_dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Saves the verification cache, when it changed.
     fn persist_verified(&self) {
+        if !self.verified_dirty.swap(false, Ordering::Relaxed) {
+            return;
+        }
         let path = self.dir.join(format!(".verified-{}.json", self.head));
         let body = serde_json::to_vec(&*lock(&self.verified)).expect("verification cache serialises");
         if let Err(e) = write_atomic(&path, &self.tmp, &self.head, &body) {
+            self.verified_dirty.store(true, Ordering::Relaxed);
             tracing::warn!(path = %path.display(), error = %e, "cannot save the verification cache; files will be hashed again after a restart");
         }
     }
@@ -314,7 +330,7 @@ impl Storage {
             // Stat again: the stamp must be the one of the bytes just hashed.
             let m2 = std::fs::symlink_metadata(&path).map_err(io(&path))?;
             if sha == rec.sha256 && n == rec.size && Stamp::of(&m2) == Stamp::of(&m) {
-                lock(&self.verified).insert(rec.id.clone(), Verified::new(Stamp::of(&m), sha));
+                self.remember(&rec.id, Verified::new(Stamp::of(&m), sha));
                 true
             } else {
                 false
@@ -323,7 +339,7 @@ impl Storage {
         if good {
             return Ok(Local::Good);
         }
-        lock(&self.verified).remove(&rec.id);
+        self.forget(&rec.id);
         match quarantine(&path)? {
             Some(to) => {
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
@@ -525,7 +541,7 @@ impl Storage {
         std::fs::rename(tmp, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
-        lock(&self.verified).insert(id.to_string(), Verified::new(Stamp::of(&m), sha.clone()));
+        self.remember(id, Verified::new(Stamp::of(&m), sha.clone()));
         Ok(sha)
     }
 
@@ -597,14 +613,14 @@ impl Storage {
         std::fs::rename(from, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
-        lock(&self.verified).insert(id.to_string(), Verified::new(Stamp::of(&m), sha256.to_string()));
+        self.remember(id, Verified::new(Stamp::of(&m), sha256.to_string()));
         self.persist_verified();
         Ok(())
     }
 
     /// Removes this head's copy of a file (the record is the caller's business).
     pub fn delete_local(&self, id: &str) {
-        lock(&self.verified).remove(id);
+        self.forget(id);
         match std::fs::remove_file(self.path(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -661,9 +677,7 @@ impl Storage {
             // Lost races are retried at the next sweep.
             self.db.txn(Txn::new().when([Compare::unchanged(kv.key.clone(), kv.mod_revision)]).and_then([op])).await?;
         }
-        if let Ok(true) = self.db.range(DELETED).await.map(|(k, _)| k.is_empty()) {
-            self.persist_verified();
-        }
+        self.persist_verified();
         Ok(())
     }
 
@@ -707,7 +721,7 @@ impl Storage {
             if young {
                 continue;
             }
-            lock(&self.verified).remove(&name);
+            self.forget(&name);
             if let Some(to) = quarantine(&e.path())? {
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(file = %name, renamed = %to.display(), "local file is not referenced by the database; renamed (remove it once you are sure it is not needed)");

@@ -17,6 +17,7 @@
 use crate::boot::{self, BOOTCONFIGS, BootError, IMAGES, encode};
 use crate::db::{Compare, Database, Txn, TxnOp};
 use crate::storage::{FILES, Storage};
+use crate::unix_now as now;
 use bytes::Bytes;
 use clusterware_shared::api::{
     BootConfig, FILE_KINDS, FileRecord, Image, ImportReport, ImportedFile, is_file_id, valid_object_name,
@@ -52,10 +53,6 @@ fn bad(m: impl Into<String>) -> BootError {
     let m: String =
         m.into().chars().map(|c| if c.is_control() || c == '\u{fffd}' { '?' } else { c }).take(300).collect();
     BootError::Invalid(format!("archive refused: {m}"))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A writer that hands 256 KiB chunks to an async receiver (the HTTP response body).

@@ -113,10 +113,4 @@ fn load(args: &Args, file: &PathBuf) -> clusterware_cli::CliResult<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn arguments_are_consistent() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
-    }
-}
+clusterware_cli::clap_consistency_test!(Args);

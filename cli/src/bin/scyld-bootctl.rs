@@ -342,10 +342,4 @@ fn import(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn arguments_are_consistent() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
-    }
-}
+clusterware_cli::clap_consistency_test!(Args);

@@ -179,10 +179,4 @@ fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn arguments_are_consistent() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
-    }
-}
+clusterware_cli::clap_consistency_test!(Args);

@@ -135,10 +135,4 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn arguments_are_consistent() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
-    }
-}
+clusterware_cli::clap_consistency_test!(Args);

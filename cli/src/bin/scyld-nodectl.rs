@@ -287,10 +287,4 @@ fn rm(args: &Args) -> CliResult<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn arguments_are_consistent() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
-    }
-}
+clusterware_cli::clap_consistency_test!(Args);
