@@ -98,6 +98,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(o: &ConnOpts) -> CliResult<Client> {
+        Client::with_timeout(o, o.timeout)
+    }
+
+    /// A client whose requests may take `secs` (a command that waits on the head's side).
+    pub fn with_timeout(o: &ConnOpts, secs: u64) -> CliResult<Client> {
         let needs_config = o.head.is_none() || o.token.is_none();
         let cfg = if needs_config {
             let path = config::resolve_path(o.config.as_deref());
@@ -123,7 +128,7 @@ impl Client {
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(o.timeout.max(1))))
+            .timeout_global(Some(Duration::from_secs(secs.max(1))))
             .build()
             .into();
         Ok(Client { agent, base, token })

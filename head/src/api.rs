@@ -6,7 +6,9 @@ use crate::boot::{self, BootError};
 use crate::db::{Database, DbError};
 use crate::dump::{self, Dump, DumpError};
 use crate::heads::{self, HeadRecord};
+use crate::keys::{self, KeyError};
 use crate::registry::{self, RegistryError};
+use crate::status::{AgentError, Hub};
 use crate::storage::{Storage, StorageError};
 use crate::transfer::{self, ImportOptions};
 use axum::Router;
@@ -16,12 +18,17 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use clusterware_shared::agent::{
+    AddKey, HeadsReply, KeysReply, MAX_REPORT_BYTES, RunScript, ScriptOutcome, ScriptResults, SshKeyList, StatusQuery,
+    StatusReport,
+};
 use clusterware_shared::api::{
     ApiError, BootConfigList, CloneRequest, CreateBootConfig, CreateImage, CreateNodes, DefaultBootConfig, DeleteNodes,
     ErrorKind, FILE_KINDS, FileList, HeadList, Health, ImageList, NodeList, PREFIX, UpdateBootConfig, UpdateNodes,
     is_file_id,
 };
 use clusterware_shared::auth::{BEARER, tokens_equal};
+use clusterware_shared::ids::MacAddr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -36,6 +43,7 @@ pub struct AppState {
     pub token: String,
     pub head: HeadRecord,
     pub storage: Arc<Storage>,
+    pub hub: Arc<Hub>,
 }
 
 /// Why a request failed.
@@ -59,6 +67,10 @@ pub enum ApiFailure {
     Boot(#[from] BootError),
     #[error(transparent)]
     Dump(#[from] DumpError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 fn storage_kind(e: &StorageError) -> ErrorKind {
@@ -109,6 +121,18 @@ impl ApiFailure {
                 BootError::Storage(e) => storage_kind(e),
                 BootError::Registry(r) => registry_kind(r),
             },
+            ApiFailure::Agent(a) => match a {
+                AgentError::Invalid(_) => ErrorKind::BadRequest,
+                AgentError::Unknown(_) => ErrorKind::NotFound,
+                AgentError::WrongAddress(_) => ErrorKind::Forbidden,
+                AgentError::NotChild(_) => ErrorKind::Conflict,
+            },
+            ApiFailure::Keys(k) => match k {
+                KeyError::Invalid(_) => ErrorKind::BadRequest,
+                KeyError::Conflict(_) => ErrorKind::Conflict,
+                KeyError::NotFound(_) => ErrorKind::NotFound,
+                KeyError::Db(e) => db_kind(e),
+            },
             ApiFailure::Dump(d) => match d {
                 DumpError::Invalid(_) => ErrorKind::BadRequest,
                 DumpError::Conflict(_) => ErrorKind::Conflict,
@@ -147,6 +171,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes/{uid}", get(get_node))
         .route("/nodes/update", post(update_nodes))
         .route("/nodes/delete", post(delete_nodes))
+        .route("/nodes/status", post(node_status))
+        .route("/nodes/reports", post(node_reports))
+        .route("/nodes/script", post(run_script))
+        .route("/keys", get(list_keys).post(add_key))
+        .route("/keys/{name}", axum::routing::delete(remove_key))
         .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/files/{id}", axum::routing::delete(delete_file))
         .route("/storage", get(storage_counters))
@@ -162,8 +191,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/database", get(save_database).put(load_database).layer(axum::extract::DefaultBodyLimit::max(1 << 30)))
         .route("/import", axum::routing::put(import_config).layer(axum::extract::DefaultBodyLimit::disable()))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    // Boot files are read by nodes (iPXE, the agent) and peers without a credential.
-    let api = Router::new().route("/health", get(health)).route("/files/{id}/content", get(file_content)).merge(admin);
+    // Boot files are read by nodes (iPXE, the agent) and peers without a credential; the agent's
+    // endpoints check that a node speaks from its own registered address.
+    let agent = Router::new()
+        .route("/heads", get(agent_heads))
+        .route("/status", post(agent_status))
+        .route("/wait", get(agent_wait))
+        .route("/result", post(agent_result))
+        .route("/keys", get(agent_keys));
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/files/{id}/content", get(file_content))
+        .nest("/agent", agent)
+        .merge(admin);
     Router::new()
         .nest(PREFIX, api)
         .fallback(|| async { ApiFailure::NotFound("no such endpoint".into()) })
@@ -245,6 +285,136 @@ async fn delete_nodes(
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     tracing::info!(%peer, ?names, "nodes deleted");
     Ok(json(StatusCode::OK, &NodeList { nodes }))
+}
+
+fn mac_param(pairs: &[(String, String)]) -> ApiResult<MacAddr> {
+    let m = pairs
+        .iter()
+        .find(|(k, _)| k == "mac")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| ApiFailure::BadRequest("mac= is required".into()))?;
+    m.parse().map_err(|_| ApiFailure::BadRequest(format!("{m:?} is not a MAC address")))
+}
+
+async fn agent_heads(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let mac = mac_param(&query_pairs(q.as_deref())?)?;
+    st.hub.authenticate(&mac, peer.ip())?;
+    Ok(json(StatusCode::OK, &HeadsReply { heads: st.hub.heads_for(&mac) }))
+}
+
+async fn agent_status(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    if body.len() > MAX_REPORT_BYTES {
+        return Err(ApiFailure::BadRequest(format!("a status report is at most {MAX_REPORT_BYTES} bytes")));
+    }
+    let report: StatusReport = serde_json::from_slice(&body).map_err(|e| {
+        st.hub.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%peer, error = %e, "malformed status report refused");
+        ApiFailure::BadRequest(format!("malformed status report: {e}"))
+    })?;
+    Ok(json(StatusCode::OK, &st.hub.push(peer.ip(), report)?))
+}
+
+async fn agent_wait(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let pairs = query_pairs(q.as_deref())?;
+    let mac = mac_param(&pairs)?;
+    let secs = match pairs.iter().find(|(k, _)| k == "secs") {
+        None => 25,
+        Some((_, v)) => v.parse::<u32>().map_err(|_| ApiFailure::BadRequest(format!("secs {v:?} is not a number")))?,
+    };
+    Ok(json(StatusCode::OK, &st.hub.wait(peer.ip(), &mac, secs).await?))
+}
+
+async fn agent_result(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let o: ScriptOutcome = parse(&body)?;
+    st.hub.outcome(peer.ip(), o)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn agent_keys(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let mac = mac_param(&query_pairs(q.as_deref())?)?;
+    let node = st.hub.authenticate(&mac, peer.ip())?;
+    Ok(json(StatusCode::OK, &KeysReply { keys: st.hub.keys_for(&node) }))
+}
+
+async fn node_status(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let q: StatusQuery = parse(&body)?;
+    if let Some(uids) = &q.nodes {
+        if let Some(u) = uids.iter().find(|u| st.hub.nodes.by_uid(u).is_none()) {
+            return Err(ApiFailure::NotFound(format!("no node with uid {u}")));
+        }
+    }
+    let nodes = st.hub.status_of(q.nodes.as_deref(), q.details).await;
+    Ok(json(StatusCode::OK, &clusterware_shared::agent::NodeStatusList { nodes }))
+}
+
+async fn node_reports(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let q: DeleteNodes = parse(&body)?;
+    Ok(json(StatusCode::OK, &st.hub.reports(&q.nodes)))
+}
+
+async fn run_script(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: RunScript = parse(&body)?;
+    if req.nodes.is_empty() {
+        return Err(ApiFailure::BadRequest("no nodes selected".into()));
+    }
+    if !(1..=3600).contains(&req.timeout_secs) {
+        return Err(ApiFailure::BadRequest(format!("timeout {} s is not from 1 to 3600", req.timeout_secs)));
+    }
+    if let Some(u) = req.nodes.iter().find(|u| st.hub.nodes.by_uid(u).is_none()) {
+        return Err(ApiFailure::NotFound(format!("no node with uid {u}")));
+    }
+    tracing::info!(%peer, script = req.script.name(), nodes = req.nodes.len(), "script requested");
+    let results = st.hub.run_script(&req.nodes, req.script, std::time::Duration::from_secs(req.timeout_secs)).await?;
+    Ok(json(StatusCode::OK, &ScriptResults { results }))
+}
+
+async fn list_keys(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &SshKeyList { keys: keys::list(&st.db).await? }))
+}
+
+async fn add_key(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: AddKey = parse(&body)?;
+    let k = keys::add(&st.db, &req.name, &req.key).await?;
+    tracing::info!(%peer, name = %k.name, "cluster SSH key added");
+    Ok(json(StatusCode::CREATED, &k))
+}
+
+async fn remove_key(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let k = keys::remove(&st.db, &name).await?;
+    tracing::info!(%peer, %name, "cluster SSH key removed");
+    Ok(json(StatusCode::OK, &k))
 }
 
 async fn list_files(State(st): State<Arc<AppState>>) -> ApiResult<Response> {

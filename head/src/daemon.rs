@@ -9,6 +9,7 @@ use crate::db::etcd::Etcd;
 use crate::db::member::{MemberError, MemberHandle, MemberSpec};
 use crate::db::{Database, DbError};
 use crate::heads::{self, DbMode, HeadRecord};
+use crate::status::Hub;
 use crate::storage::{Storage, StorageError};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{Config, ConfigError, DatabaseType};
@@ -162,11 +163,46 @@ async fn wait_for_etcd(endpoints: &[String], cfg: &Config, hint: String) -> Resu
     }
 }
 
+/// Root's public keys from the configured files; unreadable or malformed ones are logged.
+fn read_ssh_keys(files: &[PathBuf]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(text) => {
+                for line in text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
+                    match clusterware_shared::agent::validate_ssh_key(line) {
+                        Ok(k) => keys.push(k),
+                        Err(e) => {
+                            tracing::warn!(path = %f.display(), error = %e, "skipping a line that is not an SSH public key")
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %f.display(), error = %e, "cannot read SSH public key"),
+        }
+    }
+    keys
+}
+
+/// Raises the open-files limit to the hard limit: every node keeps a connection open.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 /// Runs the head until SIGTERM or SIGINT.
 pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    raise_fd_limit();
     let token = admin_token(cfg.require_admin_pass()?);
     if let Some(mode) = clusterware_shared::config::insecure_mode(&cfg.path) {
         tracing::warn!(path = %cfg.path.display(), mode = format!("{mode:o}"), "the configuration holds the database password but others may read it; chmod 600 it");
@@ -184,6 +220,7 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         version: clusterware_shared::VERSION.to_string(),
         started,
         db_mode,
+        ssh_keys: read_ssh_keys(&cfg.ssh_key_files),
     };
     heads::register(&db, &rec).await?;
     let storage = Storage::open(&cfg.storage_dir, &name, db.clone())?;
@@ -197,7 +234,11 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         Duration::from_secs(cfg.deleted_ttl_secs),
         stop_rx.clone(),
     ));
-    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage });
+    let hub = Hub::spawn(db.clone(), rec.clone(), token.clone(), stop_rx.clone());
+    if !hub.wait_ready(Duration::from_secs(30)).await {
+        tracing::warn!("the node table is not loaded yet; node requests are refused until it is");
+    }
+    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage, hub });
     let app = api::router(state);
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 

@@ -2,8 +2,8 @@
 //! consistent snapshot and loadable into an empty cluster of either backend.
 //!
 //! Saved: nodes and their index keys, file records and the deleted-files list, images, boot
-//! configs and cluster settings. Not saved: head records, liveness and storage summaries, which
-//! belong to the heads of one cluster. File contents are not in the database either; the heads
+//! configs, cluster settings and cluster SSH keys. Not saved: head records, liveness, storage
+//! summaries, node status and pending scripts, which belong to the heads of one cluster. File contents are not in the database either; the heads
 //! of the loading cluster need their own copies (or fetch them from a peer that has them).
 
 use crate::db::{Compare, Database, DbError, OpResult, Piece, Txn, TxnOp, batch, undo_puts};
@@ -12,7 +12,8 @@ use clusterware_shared::api::{BootConfig, FileRecord, Image, Node};
 pub const FORMAT: &str = "clusterware-database";
 pub const VERSION: u32 = 1;
 /// The prefixes that hold the cluster's data.
-pub const SAVED: [&str; 7] = ["nodes/", "index/", "files/", "deleted/", "images/", "bootconfigs/", "settings/"];
+pub const SAVED: [&str; 8] =
+    ["nodes/", "index/", "files/", "deleted/", "images/", "bootconfigs/", "settings/", "keys/"];
 
 /// The document `managedb save` writes (defined in `shared`, read by the CLI too).
 pub use clusterware_shared::api::DatabaseDump as Dump;
@@ -81,6 +82,12 @@ fn check(d: &Dump) -> Result<(), DumpError> {
         } else if k.starts_with("bootconfigs/") {
             serde_json::from_str::<BootConfig>(v)
                 .map(|b| k == &format!("bootconfigs/{}", b.name))
+                .map_err(|e| e.to_string())
+        } else if k.starts_with("keys/") {
+            serde_json::from_str::<clusterware_shared::agent::SshKey>(v)
+                .map(|s| {
+                    k == &format!("keys/{}", s.name) && clusterware_shared::agent::validate_ssh_key(&s.key).is_ok()
+                })
                 .map_err(|e| e.to_string())
         } else if k.starts_with("index/") {
             Ok(d.keys.contains_key(&format!("nodes/{v}")))

@@ -36,6 +36,9 @@ pub struct HeadRecord {
     /// When the daemon last started, seconds since the Unix epoch.
     pub started: u64,
     pub db_mode: DbMode,
+    /// Root's public SSH keys on this head, given to nodes by `update_keys`.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
 }
 
 /// `alive/<name>`: exists while the head renews its lease.

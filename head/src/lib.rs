@@ -10,13 +10,21 @@
 //! - [`dump`]: `managedb save`/`load` of the cluster's data.
 //! - [`storage`]: boot files on local storage: verification, quarantine, peer download,
 //!   deletion list, audits.
+//! - [`follow`]: in-memory copies of database prefixes kept current by watches.
+//! - [`nodecache`]: every node by uid and MAC, in memory.
+//! - [`status`]: the agent channel (status pushes, long polls, scripts) and node state.
+//! - [`keys`]: cluster SSH keys for `update_keys`.
 pub mod api;
 pub mod boot;
 pub mod daemon;
 pub mod db;
 pub mod dump;
+pub mod follow;
 pub mod heads;
+pub mod keys;
+pub mod nodecache;
 pub mod registry;
+pub mod status;
 pub mod storage;
 pub mod transfer;
 

@@ -397,6 +397,7 @@ pub async fn delete(db: &Database, uids: Vec<String>) -> Result<Vec<Node>> {
             .map(|(n, rev)| Piece {
                 compares: vec![Compare::unchanged(node_key(&n.uid), *rev)],
                 ops: std::iter::once(TxnOp::delete(node_key(&n.uid)))
+                    .chain(std::iter::once(TxnOp::delete(format!("{}{}", crate::status::STATUS, n.uid))))
                     .chain(claims(n).into_iter().map(TxnOp::delete))
                     .collect(),
             })

@@ -192,9 +192,7 @@ fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((n, hex::encode(h.finalize())))
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+use clusterware_shared::fsutil::{fsync_dir, write_atomic};
 
 impl Storage {
     /// Opens the storage directory (creating it), removes this head's leftover temporary files
@@ -275,7 +273,7 @@ impl Storage {
         }
         let path = self.dir.join(format!(".verified-{}.json", self.head));
         let body = serde_json::to_vec(&*lock(&self.verified)).expect("verification cache serialises");
-        if let Err(e) = write_atomic(&path, &self.tmp, &self.head, &body) {
+        if let Err(e) = write_atomic(&path, Some(&self.tmp), &body, None) {
             self.verified_dirty.store(true, Ordering::Relaxed);
             tracing::warn!(path = %path.display(), error = %e, "cannot save the verification cache; files will be hashed again after a restart");
         }
@@ -770,22 +768,6 @@ pub fn quarantine(path: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Writes a small file atomically: temporary file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, tmp_dir: &Path, tag: &str, body: &[u8]) -> std::io::Result<()> {
-    let tmp = tmp_dir.join(format!("{tag}-write-{:016x}", rand::random::<u64>()));
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        fsync_dir(path.parent().unwrap_or(Path::new(".")))
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -878,8 +860,8 @@ mod tests {
     fn atomic_write_replaces_whole() {
         let d = tempfile::TempDir::new().unwrap();
         let p = d.path().join("x.json");
-        write_atomic(&p, d.path(), "t", b"one").unwrap();
-        write_atomic(&p, d.path(), "t", b"two").unwrap();
+        write_atomic(&p, Some(d.path()), b"one", None).unwrap();
+        write_atomic(&p, Some(d.path()), b"two", None).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }

@@ -80,6 +80,9 @@ pub struct Config {
     pub sweep_interval_secs: u64,
     /// Seconds a deleted-files entry is kept for heads that have not processed it.
     pub deleted_ttl_secs: u64,
+    /// Public keys of this head's root that `update_keys` gives every node (files that do not
+    /// exist are skipped).
+    pub ssh_key_files: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -110,6 +113,10 @@ impl Default for Config {
             audit_interval_secs: 300,
             sweep_interval_secs: 10,
             deleted_ttl_secs: 3600,
+            ssh_key_files: ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
+                .iter()
+                .map(|f| PathBuf::from("/root/.ssh").join(f))
+                .collect(),
         }
     }
 }
@@ -265,6 +272,15 @@ impl Config {
                 "head.port" => c.head_port = port_value(value).map_err(bad)?,
                 "head.bind" => {
                     c.head_bind = value.parse().map_err(|_| bad(format!("{value:?} is not an IP address")))?
+                }
+                "head.ssh_keys" => {
+                    c.ssh_key_files = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(path_value)
+                        .collect::<Result<_, _>>()
+                        .map_err(bad)?
                 }
                 "head.lease_ttl" => c.lease_ttl_secs = int_value(value, 2, 300).map_err(bad)?,
                 "logging.dir" => c.log_dir = path_value(value).map_err(bad)?,

@@ -138,8 +138,14 @@ pub fn validate_attr(key: &str, value: &str) -> Result<(), IdError> {
     }
     match key {
         "_status_secs" => match value.parse::<u32>() {
-            Ok(n) if (1..=86_400).contains(&n) => Ok(()),
+            Ok(n) if crate::agent::STATUS_SECS_RANGE.contains(&n) => Ok(()),
             _ => bad("expected whole seconds from 1 to 86400"),
+        },
+        "_ssh_keys" => match crate::agent::parse_key_list(value) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                Err(IdError::AttrValue { key: key.to_string(), reason: format!("{e} (keys are separated by ';')") })
+            }
         },
         "_preferred_head" | "_boot_config" if value.is_empty() => bad("empty (use clear to remove it)"),
         "_preferred_head" if value.parse::<std::net::Ipv4Addr>().is_err() && validate_head_name(value).is_err() => {

@@ -5,6 +5,7 @@
 //! - [`ids`]: MAC addresses, head names, node names and the attribute-key rules.
 //! - [`select`]: node selectors as administrators type them (`n[0-5,7]`, `n3,n9`).
 //! - [`config`]: `base.ini` parsing, defaults and validation.
+//! - [`agent`]: the node agent's protocol and node status as administrators see it.
 //! - [`api`]: the `/api/v1` request and response bodies, and the `{kind, message}` error shape.
 //! - [`auth`]: the admin credential derived from `database.admin_pass`.
 //! - [`fsutil`]: file-writing helpers (early writeback for large files).
@@ -12,6 +13,7 @@
 //! This crate must stay free of async runtimes, HTTP stacks and database clients: the static
 //! node agent links it.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -1,8 +1,10 @@
 //! `scyld-clusterctl`: cluster-wide views and boot files.
-//! `heads ls [-l] [--json]` lists the head nodes; `files ls|upload|rm` manages boot files.
+//! `heads ls [-l] [--json]` lists the head nodes; `files ls|upload|rm` manages boot files;
+//! `keys add|ls|rm` manages the SSH keys that `scyld-nodectl script update_keys` gives nodes.
 
 use clap::{Parser, Subcommand};
 use clusterware_cli::{CliResult, Client, ConnOpts, human_bytes, print_json, print_table, run, upload_file, usage};
+use clusterware_shared::agent::{AddKey, SshKey, SshKeyList, validate_ssh_key};
 use clusterware_shared::api::{FILE_KINDS, FileList, FileRecord, HeadList};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,38 @@ enum Cmd {
     Files {
         #[command(subcommand)]
         cmd: FilesCmd,
+    },
+    /// SSH public keys for root on every node (with the heads' own root keys), installed by
+    /// `scyld-nodectl script update_keys`
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Add a public key under a name
+    Add {
+        /// A name for the key (letters, digits, '-', '_', '.')
+        name: String,
+        /// The key line (`ssh-ed25519 AAAA… comment`); or use --file
+        #[arg(value_name = "KEY", conflicts_with = "file", required_unless_present = "file")]
+        key: Option<String>,
+        /// Read the key from this .pub file
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// List the keys (names; -l for the keys themselves)
+    Ls {
+        /// Long listing
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Remove keys by name
+    Rm {
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -80,6 +114,9 @@ fn main() -> ExitCode {
         Cmd::Files { cmd: FilesCmd::Ls { long } } => files_ls(&args, *long),
         Cmd::Files { cmd: FilesCmd::Upload { path, name, kind } } => upload(&args, path, name.as_deref(), kind),
         Cmd::Files { cmd: FilesCmd::Rm { ids, force } } => rm(&args, ids, *force),
+        Cmd::Keys { cmd: KeysCmd::Add { name, key, file } } => keys_add(&args, name, key.as_deref(), file.as_ref()),
+        Cmd::Keys { cmd: KeysCmd::Ls { long } } => keys_ls(&args, *long),
+        Cmd::Keys { cmd: KeysCmd::Rm { names } } => keys_rm(&args, names),
     })
 }
 
@@ -175,6 +212,63 @@ fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
     }
     if args.json {
         print_json(&FileList { files: out });
+    }
+    Ok(())
+}
+
+fn keys_add(args: &Args, name: &str, key: Option<&str>, file: Option<&PathBuf>) -> CliResult<()> {
+    let key = match (key, file) {
+        (Some(k), _) => k.to_string(),
+        (None, Some(p)) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| clusterware_cli::fail(format!("cannot read {}: {e}", p.display())))?;
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.len() != 1 {
+                return Err(usage(format!("{} holds {} lines; give one key per name", p.display(), lines.len())));
+            }
+            lines[0].to_string()
+        }
+        (None, None) => return Err(usage("give the key or --file PATH")),
+    };
+    validate_ssh_key(&key).map_err(|e| usage(format!("not an SSH public key: {e}")))?;
+    let c = Client::new(&args.conn)?;
+    let k: SshKey = c.post("/keys", &AddKey { name: name.to_string(), key })?;
+    if args.json {
+        print_json(&k);
+    } else {
+        println!("added key {}", k.name);
+    }
+    Ok(())
+}
+
+fn keys_ls(args: &Args, long: bool) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let list: SshKeyList = c.get("/keys")?;
+    if args.json {
+        print_json(&list);
+    } else if long {
+        let rows: Vec<Vec<String>> = list.keys.iter().map(|k| vec![k.name.clone(), k.key.clone()]).collect();
+        print_table(&["NAME", "KEY"], &rows);
+    } else {
+        for k in &list.keys {
+            println!("{}", k.name);
+        }
+    }
+    Ok(())
+}
+
+fn keys_rm(args: &Args, names: &[String]) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let mut out = Vec::new();
+    for n in names {
+        let k: SshKey = c.delete(&format!("/keys/{}", clusterware_cli::query_escape(n)))?;
+        if !args.json {
+            println!("removed key {}", k.name);
+        }
+        out.push(k);
+    }
+    if args.json {
+        print_json(&SshKeyList { keys: out });
     }
     Ok(())
 }

@@ -8,10 +8,13 @@
 //! scyld-nodectl -i n[0-5,7] set _boot_config=compute
 //! scyld-nodectl -i n3,n9 clear _boot_config
 //! scyld-nodectl -i n3 rm
+//! scyld-nodectl -i n[0-99] status [--json]
+//! scyld-nodectl -i n[0-99] script fetch_hosts|update_keys [--wait 30]
 //! ```
 
 use clap::{Parser, Subcommand};
 use clusterware_cli::{CliResult, Client, ConnOpts, fail, print_json, print_table, run, select_nodes, usage};
+use clusterware_shared::agent::{NodeStatus, NodeStatusList, Outcome, RunScript, Script, ScriptResults, StatusQuery};
 use clusterware_shared::api::{CreateNodes, DeleteNodes, Node, NodeList, NodeSpec, UpdateNodes};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, parse_ipv4, validate_attr};
 use std::collections::BTreeMap;
@@ -40,7 +43,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// List nodes (names; -l for index, MACs, IP and attributes)
+    /// List nodes (names; -l for index, IP, MACs, state, parent head, last seen and attributes)
     Ls {
         /// Long listing
         #[arg(short = 'l', long)]
@@ -71,6 +74,18 @@ enum Cmd {
     },
     /// Delete the selected nodes
     Rm,
+    /// Show the state, parent head, last report and hardware of the selected nodes (all by default)
+    Status,
+    /// Run a script on the selected nodes through their agents and wait for the results:
+    /// fetch_hosts (re-download the head list), update_keys (rewrite root's managed keys)
+    Script {
+        /// fetch_hosts or update_keys
+        #[arg(value_name = "SCRIPT", value_parser = ["fetch_hosts", "update_keys"])]
+        script: String,
+        /// Seconds to wait for the nodes to answer
+        #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        wait: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +96,8 @@ fn main() -> ExitCode {
         Cmd::Set { assignments } => set(&args, assignments),
         Cmd::Clear { keys } => clear(&args, keys),
         Cmd::Rm => rm(&args),
+        Cmd::Status => status(&args),
+        Cmd::Script { script, wait } => script_cmd(&args, script, *wait),
     })
 }
 
@@ -108,15 +125,25 @@ fn ls(args: &Args, long: bool) -> CliResult<()> {
     if args.json {
         print_json(&NodeList { nodes });
     } else if long {
+        let status = statuses(&c, &nodes, false)?;
         let rows: Vec<Vec<String>> = nodes
             .iter()
             .map(|n| {
                 let macs: Vec<String> = n.macs.iter().map(|m| m.to_string()).collect();
                 let attrs: Vec<String> = n.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                vec![n.name.clone(), n.index.to_string(), n.ip.to_string(), macs.join(","), attrs.join(" ")]
+                let st = status.iter().find(|s| s.uid == n.uid);
+                let mut row = vec![n.name.clone(), n.index.to_string(), n.ip.to_string(), macs.join(",")];
+                row.extend(state_columns(st));
+                row.push(attrs.join(" "));
+                row
             })
             .collect();
-        print_table(&["NAME", "INDEX", "IP", "MAC", "ATTRIBUTES"], &rows);
+        print_table(&["NAME", "INDEX", "IP", "MAC", "STATE", "PARENT", "LAST SEEN", "ATTRIBUTES"], &rows);
+        for s in &status {
+            for p in &s.problems {
+                eprintln!("{}: {p}", s.name);
+            }
+        }
     } else {
         for n in &nodes {
             println!("{}", n.name);
@@ -267,6 +294,102 @@ fn set(args: &Args, assignments: &[String]) -> CliResult<()> {
 
 fn clear(args: &Args, keys: &[String]) -> CliResult<()> {
     update(args, BTreeMap::new(), keys.to_vec())
+}
+
+fn statuses(c: &Client, nodes: &[Node], details: bool) -> CliResult<Vec<NodeStatus>> {
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = StatusQuery { nodes: Some(nodes.iter().map(|n| n.uid.clone()).collect()), details };
+    Ok(c.post::<_, NodeStatusList>("/nodes/status", &q)?.nodes)
+}
+
+fn ago(t: Option<u64>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let s = now.saturating_sub(t);
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        7200..=172_799 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn state_columns(s: Option<&NodeStatus>) -> [String; 3] {
+    match s {
+        None => ["?".into(), "-".into(), "-".into()],
+        Some(s) => [s.state.name().into(), s.parent.clone().unwrap_or_else(|| "-".into()), ago(s.last_seen)],
+    }
+}
+
+fn status(args: &Args) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let nodes = selected(args, &all_nodes(&c)?, false)?;
+    let st = statuses(&c, &nodes, true)?;
+    if args.json {
+        print_json(&NodeStatusList { nodes: st });
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = st
+        .iter()
+        .map(|s| {
+            let [state, parent, seen] = state_columns(Some(s));
+            let (up, load, mem) = match &s.report {
+                Some(r) => (
+                    format!("{}h{:02}m", r.uptime_secs / 3600, r.uptime_secs / 60 % 60),
+                    format!("{:.2}", r.load[0]),
+                    format!(
+                        "{} / {}",
+                        clusterware_cli::human_bytes(r.mem_available_kib * 1024),
+                        clusterware_cli::human_bytes(r.mem_total_kib * 1024)
+                    ),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let cpus = s.hardware.as_ref().map_or("-".into(), |h| h.cpus.to_string());
+            vec![s.name.clone(), state, parent, seen, up, load, cpus, mem]
+        })
+        .collect();
+    print_table(&["NAME", "STATE", "PARENT", "LAST SEEN", "UPTIME", "LOAD", "CPUS", "MEM FREE / TOTAL"], &rows);
+    for s in &st {
+        for p in &s.problems {
+            eprintln!("{}: {p}", s.name);
+        }
+    }
+    Ok(())
+}
+
+fn script_cmd(args: &Args, script: &str, wait: u64) -> CliResult<()> {
+    let script = Script::parse(script).ok_or_else(|| usage(format!("unknown script {script:?}")))?;
+    let c = Client::with_timeout(&args.conn, args.conn.timeout.max(wait + 15))?;
+    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    if nodes.is_empty() {
+        return Err(fail("there are no nodes"));
+    }
+    let req = RunScript { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), script, timeout_secs: wait };
+    let res: ScriptResults = c.post("/nodes/script", &req)?;
+    let bad = res.results.iter().filter(|r| r.outcome != Outcome::Ok).count();
+    if args.json {
+        print_json(&res);
+    } else {
+        for r in &res.results {
+            let what = match r.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Failed => "failed",
+                Outcome::Unreachable => "unreachable",
+            };
+            if r.message.is_empty() {
+                println!("{}: {what}", r.name);
+            } else {
+                println!("{}: {what} ({})", r.name, r.message);
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(fail(format!("{} of {} nodes did not run {}", bad, res.results.len(), script.name())));
+    }
+    Ok(())
 }
 
 fn rm(args: &Args) -> CliResult<()> {

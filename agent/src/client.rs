@@ -1,0 +1,272 @@
+//! A small HTTP/1.1 client for the agent: one kept-alive connection to the current parent,
+//! optionally from a given source address (each simulated node has its own), over TLS (rustls)
+//! when the head URL is `https`. Every request has a deadline; answers are size-limited.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpSocket;
+
+/// Largest answer the agent reads.
+const MAX_ANSWER: usize = 4 << 20;
+
+/// A head's base URL, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Endpoint {
+    /// Accepts `http://host[:port]`, `https://host[:port]`, `host:port` and a bare host (port
+    /// 80). The host is an IPv4 address or a name.
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        let s = s.trim().trim_end_matches('/');
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else if s.contains("://") {
+            return Err(format!("{s:?}: only http:// and https:// head URLs are supported"));
+        } else {
+            (false, s)
+        };
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(format!("{s:?} is not a head address (http://HOST[:PORT])"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{s:?}: {p:?} is not a port"))?),
+            None => (rest, if tls { 443 } else { 80 }),
+        };
+        if host.is_empty() || port == 0 {
+            return Err(format!("{s:?} is not a head address"));
+        }
+        let scheme = if tls { "https" } else { "http" };
+        Ok(Endpoint { url: format!("{scheme}://{host}:{port}"), host: host.to_string(), port, tls })
+    }
+
+    /// The head's IPv4 address, when the host is one.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.host.parse().ok()
+    }
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// No connection (refused, unreachable, name not resolved, TLS failed).
+    Connect(String),
+    /// No complete answer within the deadline.
+    Timeout,
+    /// The connection broke or the answer was not HTTP.
+    Broken(String),
+    /// The head answered with an error status; `message` is its explanation.
+    Status { status: u16, message: String },
+    /// The answer was not what the protocol says.
+    Garbage(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(m) => write!(f, "cannot connect: {m}"),
+            ClientError::Timeout => write!(f, "no answer in time"),
+            ClientError::Broken(m) => write!(f, "connection broken: {m}"),
+            ClientError::Status { status, message } => write!(f, "HTTP {status}: {message}"),
+            ClientError::Garbage(m) => write!(f, "unexpected answer: {m}"),
+        }
+    }
+}
+
+impl ClientError {
+    /// True when the head answered deliberately (a 4xx with the protocol's error body): it is
+    /// alive, and asking another head would not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::Status { status, .. } if (400..500).contains(status))
+    }
+}
+
+/// TLS settings: the CA that signs the heads' certificates.
+pub fn tls_config(ca_file: &std::path::Path) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("cannot read CA file {}: {e}", ca_file.display()))?;
+    for c in certs {
+        let c = c.map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+        roots.add(c).map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("CA file {} holds no certificate", ca_file.display()));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+struct Conn {
+    url: String,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+/// One agent's connection to its heads.
+pub struct HeadClient {
+    bind: Option<Ipv4Addr>,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    conn: Option<Conn>,
+}
+
+impl HeadClient {
+    pub fn new(bind: Option<Ipv4Addr>, tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>) -> HeadClient {
+        HeadClient { bind, tls, conn: None }
+    }
+
+    /// Drops the kept connection (the next request connects again).
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    async fn connect(&self, ep: &Endpoint) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let addr: SocketAddr = match ep.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, ep.port),
+            Err(_) => tokio::net::lookup_host((ep.host.as_str(), ep.port))
+                .await
+                .map_err(|e| ClientError::Connect(format!("{}: {e}", ep.host)))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(|| ClientError::Connect(format!("{} has no IPv4 address", ep.host)))?,
+        };
+        let sock = TcpSocket::new_v4().map_err(|e| ClientError::Connect(e.to_string()))?;
+        if let Some(ip) = self.bind {
+            sock.bind(SocketAddr::new(IpAddr::V4(ip), 0))
+                .map_err(|e| ClientError::Connect(format!("cannot use source address {ip}: {e}")))?;
+        }
+        let stream = sock.connect(addr).await.map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        if ep.tls {
+            let cfg = self.tls.clone().ok_or_else(|| {
+                ClientError::Connect(format!("{} is https but no CA file is configured (ca_file=)", ep.url))
+            })?;
+            let name = rustls_pki_types::ServerName::try_from(ep.host.clone())
+                .map_err(|e| ClientError::Connect(format!("{}: {e}", ep.host)))?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, stream)
+                .await
+                .map_err(|e| ClientError::Connect(format!("TLS with {}: {e}", ep.url)))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(sender)
+        }
+    }
+
+    /// One request; the whole exchange (connecting included) must end within `limit`.
+    pub async fn request(
+        &mut self,
+        ep: &Endpoint,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: Duration,
+    ) -> Result<Bytes, ClientError> {
+        match tokio::time::timeout(limit, self.exchange(ep, method, path, body)).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => {
+                if !e.is_refusal() {
+                    self.conn = None;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(ClientError::Timeout)
+            }
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        ep: &Endpoint,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let reuse = matches!(&self.conn, Some(c) if c.url == ep.url && !c.sender.is_closed());
+        if !reuse {
+            self.conn = None;
+            let sender = self.connect(ep).await?;
+            self.conn = Some(Conn { url: ep.url.clone(), sender });
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        conn.sender.ready().await.map_err(|e| ClientError::Broken(e.to_string()))?;
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, format!("{}:{}", ep.host, ep.port))
+            .header(hyper::header::USER_AGENT, concat!("clusterware-node/", env!("CARGO_PKG_VERSION")));
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        let resp = conn.sender.send_request(req).await.map_err(|e| ClientError::Broken(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Broken(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        // The protocol's error body; anything else is garbage.
+        match serde_json::from_slice::<clusterware_shared::api::ApiError>(&body) {
+            Ok(e) => Err(ClientError::Status { status, message: e.message }),
+            Err(_) if (400..500).contains(&status) => {
+                Err(ClientError::Garbage(format!("HTTP {status} without the protocol's error body")))
+            }
+            Err(_) => Err(ClientError::Status {
+                status,
+                message: String::from_utf8_lossy(&body[..body.len().min(200)]).into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e = Endpoint::parse("10.0.0.1").unwrap();
+        assert_eq!((e.url.as_str(), e.port, e.tls), ("http://10.0.0.1:80", 80, false));
+        assert_eq!(Endpoint::parse("http://10.0.0.1:8080/").unwrap().url, "http://10.0.0.1:8080");
+        assert_eq!(Endpoint::parse("https://head1").unwrap().url, "https://head1:443");
+        assert_eq!(Endpoint::parse("head1:81").unwrap().ip(), None);
+        for bad in ["", "ftp://x", "http://", "http://a:b", "http://a:0", "http://a/b", "a b"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

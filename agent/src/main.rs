@@ -1,0 +1,364 @@
+//! `clusterware-node`: the compute-node agent.
+
+mod client;
+mod config;
+mod facts;
+mod node;
+mod sim;
+
+use clap::{Parser, Subcommand};
+use client::{Endpoint, HeadClient};
+use clusterware_shared::agent::HeadEntry;
+use clusterware_shared::ids::MacAddr;
+use config::NodeConfig;
+use node::{Agent, AgentState, Files, NoObserver, Settings, Source};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "clusterware-node",
+    version,
+    about = "ClusterWare compute-node agent: keeps the head list, pushes status to the parent head, fails over to the next head, runs fetch_hosts and update_keys",
+    after_help = "The parent comes from the kernel command line (cw.parent=, cw.heads=, cw.mac= or BOOTIF=) when the node was network-booted, else from the heads file, else from the configuration (heads=, parent=)."
+)]
+struct Cli {
+    /// Agent configuration (key = value lines)
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the clusterware-node service)
+    Run,
+    /// Download the head list from the parent once and store it
+    FetchHosts,
+    /// Rewrite the managed block of root's authorized_keys from the parent once
+    UpdateKeys,
+    /// Show the running agent's parent, head list and last push
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Simulate many nodes in one process (tests and benchmarks)
+    Sim {
+        /// Number of nodes
+        #[arg(long, default_value_t = 100)]
+        nodes: u32,
+        /// Heads to start with, parent first (comma-separated URLs)
+        #[arg(long, value_name = "URLS")]
+        heads: String,
+        /// Address of the first node (on loopback); node i uses this plus i. Each must be the
+        /// node's registered IP.
+        #[arg(long, value_name = "IP")]
+        ip_start: Ipv4Addr,
+        /// MAC of the first node; node i uses this plus i
+        #[arg(long, value_name = "MAC")]
+        mac_start: MacAddr,
+        /// Directory for the nodes' files and summary.json
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Status interval until the heads say otherwise
+        #[arg(long, default_value_t = 10)]
+        status_secs: u32,
+        /// Push deadline in milliseconds
+        #[arg(long, default_value_t = 3000)]
+        push_timeout_ms: u64,
+        /// Spread the first pushes over this many seconds
+        #[arg(long, default_value_t = 1.0)]
+        ramp_secs: f64,
+        /// Worker threads
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("clusterware-node: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Raises the open-files limit to the hard limit (one connection per simulated node).
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// A real node's status source.
+struct Machine {
+    mac: MacAddr,
+    boot_id: String,
+    phase: clusterware_shared::agent::Phase,
+}
+
+impl Source for Machine {
+    fn report(&self, first: bool) -> clusterware_shared::agent::StatusReport {
+        facts::report(self.mac, &self.boot_id, self.phase, first)
+    }
+}
+
+/// Everything a real node's agent needs, from the configuration and the kernel command line.
+fn prepare(cli_config: Option<&PathBuf>) -> Result<(NodeConfig, Vec<HeadEntry>, MacAddr, HeadClient), String> {
+    let path = cli_config.cloned().unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+    let cfg = NodeConfig::load(&path, cli_config.is_some())?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (boot_heads, boot_mac) = config::from_cmdline(&cmdline).map_err(|e| format!("kernel command line: {e}"))?;
+    let file_heads = match std::fs::read_to_string(&cfg.heads_file) {
+        Ok(t) => node::read_heads_file(&t).map_err(|e| format!("{}: {e}", cfg.heads_file.display()))?,
+        Err(_) => Vec::new(),
+    };
+    let heads = if !boot_heads.is_empty() {
+        boot_heads
+    } else if !file_heads.is_empty() {
+        file_heads
+    } else {
+        cfg.heads.clone()
+    };
+    if heads.is_empty() {
+        return Err(format!(
+            "no head known: no cw.parent=/cw.heads= on the kernel command line, no {}, no heads= in {}",
+            cfg.heads_file.display(),
+            path.display()
+        ));
+    }
+    let mac = match cfg.mac.or(boot_mac) {
+        Some(m) => m,
+        None => {
+            let ip = Endpoint::parse(&heads[0].url)?.ip();
+            ip.and_then(facts::mac_towards).ok_or_else(|| {
+                format!(
+                    "cannot tell this node's boot MAC (no route to {}); set mac= in the configuration",
+                    heads[0].url
+                )
+            })?
+        }
+    };
+    let tls = match &cfg.ca_file {
+        Some(p) => Some(client::tls_config(p)?),
+        None => None,
+    };
+    Ok((cfg, heads, mac, HeadClient::new(None, tls)))
+}
+
+fn make_agent(cli_config: Option<&PathBuf>, quiet: bool) -> Result<(Agent, NodeConfig), String> {
+    let (cfg, heads, mac, client) = prepare(cli_config)?;
+    let files = Files {
+        heads: Some(cfg.heads_file.clone()),
+        hosts: Some(cfg.hosts_file.clone()),
+        keys: Some(cfg.authorized_keys.clone()),
+        state: Some(cfg.state_file.clone()),
+    };
+    let settings =
+        Settings { push_timeout: cfg.push_timeout, status_secs: cfg.status_secs, quiet, ..Settings::default() };
+    let source = Arc::new(Machine { mac, boot_id: facts::boot_id(), phase: cfg.phase });
+    let agent = Agent::new(mac, heads, client, files, source, Arc::new(NoObserver), settings)?;
+    Ok((agent, cfg))
+}
+
+fn stop_on_signals(rt: &tokio::runtime::Runtime) -> Result<watch::Receiver<bool>, String> {
+    let (tx, rx) = watch::channel(false);
+    let _g = rt.enter();
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    rt.spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn print_state(s: &AgentState, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        return;
+    }
+    let parent = s.parent.as_ref().map_or("-".to_string(), |p| format!("{} ({})", p.name, p.url));
+    println!("MAC:          {}", s.mac);
+    println!("Parent:       {parent}");
+    println!("Status every: {} s", s.status_secs);
+    let last = match s.last_push {
+        None => "never".to_string(),
+        Some(t) => {
+            let ago = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(t);
+            format!("{ago} s ago, {}", if s.last_push_ok { "ok" } else { "failed" })
+        }
+    };
+    println!("Last push:    {last}");
+    if let Some(e) = &s.last_error {
+        println!("Last error:   {e}");
+    }
+    println!("Pushes:       {} ok, {} failed", s.pushes_ok, s.pushes_failed);
+    println!("Heads:");
+    for (i, h) in s.heads.iter().enumerate() {
+        println!("  {}. {} {}", i + 1, h.name, h.url);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run => {
+            let rt = match runtime(1) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let (agent, cfg) = match make_agent(cli.config.as_ref(), false) {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            let stop = match stop_on_signals(&rt) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            eprintln!(
+                "clusterware-node: starting; parent {}, status every {} s",
+                agent.heads()[0].name,
+                cfg.status_secs
+            );
+            rt.block_on(agent.run(stop));
+            eprintln!("clusterware-node: stopped");
+            ExitCode::SUCCESS
+        }
+        Cmd::FetchHosts | Cmd::UpdateKeys => {
+            let rt = match runtime(1) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let fetch = matches!(cli.cmd, Cmd::FetchHosts);
+            let (mut agent, _) = match make_agent(cli.config.as_ref(), true) {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            let r = rt.block_on(async {
+                if fetch {
+                    agent.fetch_heads().await.map(|n| format!("{n} heads")).map_err(|e| e.to_string())
+                } else {
+                    agent.update_keys().await.map(|n| format!("{n} keys written")).map_err(|e| e.0)
+                }
+            });
+            match r {
+                Ok(m) => {
+                    if fetch {
+                        for h in agent.heads() {
+                            println!("{} {}", h.name, h.url);
+                        }
+                    } else {
+                        println!("{m}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Status { json } => {
+            let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+            let cfg = match NodeConfig::load(&path, cli.config.is_some()) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let text = match std::fs::read_to_string(&cfg.state_file) {
+                Ok(t) => t,
+                Err(e) => {
+                    return fail(format!(
+                        "no agent state in {} ({e}); is the clusterware-node service running?",
+                        cfg.state_file.display()
+                    ));
+                }
+            };
+            match serde_json::from_str::<AgentState>(&text) {
+                Ok(s) => {
+                    print_state(&s, json);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{} is not an agent state file: {e}", cfg.state_file.display())),
+            }
+        }
+        Cmd::Sim { nodes, heads, ip_start, mac_start, dir, status_secs, push_timeout_ms, ramp_secs, threads } => {
+            raise_fd_limit();
+            let mut list = Vec::new();
+            for h in heads.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                match Endpoint::parse(h) {
+                    Ok(ep) => list.push(HeadEntry { name: ep.host.clone(), url: ep.url }),
+                    Err(e) => return fail(format!("--heads: {e}")),
+                }
+            }
+            if list.is_empty() {
+                return fail("--heads: at least one head URL is needed");
+            }
+            if !(1..=1_000_000).contains(&nodes) {
+                return fail("--nodes must be from 1 to 1000000");
+            }
+            if !clusterware_shared::agent::STATUS_SECS_RANGE.contains(&status_secs) {
+                return fail("--status-secs must be from 1 to 86400");
+            }
+            if !(ramp_secs.is_finite() && (0.0..=3600.0).contains(&ramp_secs)) {
+                return fail("--ramp-secs must be from 0 to 3600");
+            }
+            let rt = match runtime(threads.max(1)) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let stop = match stop_on_signals(&rt) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let args = sim::SimArgs {
+                nodes,
+                heads: list,
+                ip_start,
+                mac_start,
+                dir,
+                settings: Settings {
+                    push_timeout: Duration::from_millis(push_timeout_ms.clamp(100, 60_000)),
+                    status_secs,
+                    quiet: true,
+                    ..Settings::default()
+                },
+                ramp: Duration::from_secs_f64(ramp_secs),
+            };
+            match rt.block_on(sim::run(args, stop)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,250 @@
+//! `clusterware-node sim`: a fleet of simulated nodes in one process. Each node is an
+//! [`Agent`](crate::node::Agent) with its own MAC, its own source address on loopback
+//! (127.x.y.z, which must be the node's registered IP), its own files under `DIR/<mac>/`, and
+//! the machine's real status facts with the node's identity put in. Statistics for tests and
+//! benchmarks go to `DIR/summary.json`, rewritten every half second and at exit.
+
+use crate::client::HeadClient;
+use crate::node::{Agent, Files, Observer, Settings, Source};
+use clusterware_shared::agent::{HeadEntry, Interface, Phase, Script, StatusReport};
+use clusterware_shared::ids::{MacAddr, ipv4_offset};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// Latency histogram: 100 µs buckets up to 1 s; the last bucket holds everything slower.
+const BUCKETS: usize = 10_000;
+const BUCKET_US: u64 = 100;
+
+pub struct SimArgs {
+    pub nodes: u32,
+    pub heads: Vec<HeadEntry>,
+    pub ip_start: Ipv4Addr,
+    pub mac_start: MacAddr,
+    pub dir: PathBuf,
+    pub settings: Settings,
+    /// First pushes are spread over this long, as real nodes do not boot in the same instant.
+    pub ramp: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct NodeInfo {
+    mac: String,
+    ip: String,
+    parent: String,
+    /// Unix time (ms) of the last parent change.
+    switched_ms: u64,
+    switches: u64,
+    heads: usize,
+    scripts_ok: u64,
+    scripts_failed: u64,
+}
+
+struct Stats {
+    pushes_ok: AtomicU64,
+    pushes_failed: AtomicU64,
+    hist: Vec<AtomicU64>,
+    nodes: Mutex<Vec<NodeInfo>>,
+    started_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    nodes: usize,
+    started_ms: u64,
+    now_ms: u64,
+    pushes_ok: u64,
+    pushes_failed: u64,
+    /// Bucket index (100 µs each) → pushes.
+    latency_100us: BTreeMap<usize, u64>,
+    parents: BTreeMap<String, usize>,
+    node: &'a [NodeInfo],
+}
+
+impl Stats {
+    fn summary(&self) -> Vec<u8> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parents = BTreeMap::new();
+        for n in nodes.iter() {
+            *parents.entry(n.parent.clone()).or_insert(0) += 1;
+        }
+        let latency_100us = self
+            .hist
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.load(Ordering::Relaxed);
+                (c > 0).then_some((i, c))
+            })
+            .collect();
+        serde_json::to_vec(&Summary {
+            nodes: nodes.len(),
+            started_ms: self.started_ms,
+            now_ms: now_ms(),
+            pushes_ok: self.pushes_ok.load(Ordering::Relaxed),
+            pushes_failed: self.pushes_failed.load(Ordering::Relaxed),
+            latency_100us,
+            parents,
+            node: &nodes,
+        })
+        .expect("summary serialises")
+    }
+}
+
+struct NodeObserver {
+    i: usize,
+    stats: Arc<Stats>,
+}
+
+impl Observer for NodeObserver {
+    fn pushed(&self, latency: Duration, ok: bool) {
+        if ok {
+            self.stats.pushes_ok.fetch_add(1, Ordering::Relaxed);
+            let b = ((latency.as_micros() as u64) / BUCKET_US).min(BUCKETS as u64 - 1) as usize;
+            self.stats.hist[b].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.pushes_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn parent_changed(&self, parent: &str) {
+        let mut n = self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let e = &mut n[self.i];
+        if e.parent != parent {
+            e.parent = parent.to_string();
+            e.switched_ms = now_ms();
+            e.switches += 1;
+        }
+    }
+    fn heads_fetched(&self, count: usize) {
+        self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].heads = count;
+    }
+    fn script_done(&self, _script: Script, ok: bool) {
+        let mut n = self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            n[self.i].scripts_ok += 1;
+        } else {
+            n[self.i].scripts_failed += 1;
+        }
+    }
+}
+
+/// The machine's facts, refreshed once a second and shared by every simulated node.
+struct SimSource {
+    template: Arc<RwLock<StatusReport>>,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    boot_id: String,
+    hostname: String,
+}
+
+impl Source for SimSource {
+    fn report(&self, first: bool) -> StatusReport {
+        let mut r = self.template.read().unwrap_or_else(|p| p.into_inner()).clone();
+        r.mac = self.mac;
+        r.boot_id.clone_from(&self.boot_id);
+        r.hostname.clone_from(&self.hostname);
+        r.interfaces =
+            vec![Interface { name: "eth0".into(), mac: Some(self.mac), addrs: vec![format!("{}/8", self.ip)] }];
+        if !first {
+            r.hardware = None;
+        }
+        r
+    }
+}
+
+/// Runs the fleet until `stop` turns true.
+pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
+    let template = Arc::new(RwLock::new(crate::facts::report(args.mac_start, "0", Phase::Up, true)));
+    let t2 = template.clone();
+    let template_mac = args.mac_start;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let r = tokio::task::spawn_blocking(move || crate::facts::report(template_mac, "0", Phase::Up, true)).await;
+            if let Ok(r) = r {
+                *t2.write().unwrap_or_else(|p| p.into_inner()) = r;
+            }
+        }
+    });
+    let mut infos = Vec::new();
+    let mut plan = Vec::new();
+    let run_id = format!("{:08x}", (now_ms() & 0xffff_ffff) as u32);
+    for i in 0..args.nodes {
+        let mac = args.mac_start.offset(i as u64).map_err(|e| format!("--mac-start: {e}"))?;
+        let ip = ipv4_offset(args.ip_start, i as u64).map_err(|e| format!("--ip-start: {e}"))?;
+        if ip.octets()[0] != 127 {
+            return Err(format!("simulated node address {ip} is not on loopback (127.0.0.0/8)"));
+        }
+        infos.push(NodeInfo { mac: mac.to_string(), ip: ip.to_string(), ..Default::default() });
+        plan.push((mac, ip));
+    }
+    let stats = Arc::new(Stats {
+        pushes_ok: AtomicU64::new(0),
+        pushes_failed: AtomicU64::new(0),
+        hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        nodes: Mutex::new(infos),
+        started_ms: now_ms(),
+    });
+    let n = plan.len().max(1) as u32;
+    let mut tasks = Vec::new();
+    for (i, (mac, ip)) in plan.into_iter().enumerate() {
+        let dir = args.dir.join(mac.to_string().replace(':', ""));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let files = Files {
+            heads: Some(dir.join("heads")),
+            hosts: Some(dir.join("hosts")),
+            keys: Some(dir.join("authorized_keys")),
+            state: None,
+        };
+        let source = Arc::new(SimSource {
+            template: template.clone(),
+            mac,
+            ip,
+            boot_id: format!("{run_id}-{}", mac.to_string().replace(':', "")),
+            hostname: format!("sim-{}", mac.to_string().replace(':', "")),
+        });
+        let observer = Arc::new(NodeObserver { i, stats: stats.clone() });
+        let agent = Agent::new(
+            mac,
+            args.heads.clone(),
+            HeadClient::new(Some(ip), None),
+            files,
+            source,
+            observer,
+            args.settings.clone(),
+        )?;
+        let delay = args.ramp.mul_f64(i as f64 / n as f64);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            agent.run(stop).await;
+        }));
+    }
+    let summary = args.dir.join("summary.json");
+    let write = |stats: &Stats| {
+        if let Err(e) = clusterware_shared::fsutil::write_atomic(&summary, None, &stats.summary(), None) {
+            eprintln!("clusterware-node sim: cannot write {}: {e}", summary.display());
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => write(&stats),
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    write(&stats);
+    Ok(())
+}

@@ -1,0 +1,958 @@
+//! Node status and the agent channel.
+//!
+//! A node's agent pushes status to its parent head; the parent keeps what it learns in memory
+//! (the [`Hub`]'s children) and writes `status/<uid>` = {state, parent, last seen, boot id} only
+//! when one of those changes (last seen: at most every [`REFRESH_SECS`]), in batched
+//! transactions, never once per push. Every head follows `status/`, so any head can show any
+//! node's state; when a record's parent is no longer alive, the state is computed from the
+//! record's age.
+//!
+//! A head writes a record only while it is the node's parent: a node arriving from another head
+//! is claimed by an unconditional write, and every later write is conditional on the record not
+//! having changed since, so a former parent cannot mark down a node that moved on.
+//!
+//! Scripts (`fetch_hosts`, `update_keys`) travel as `commands/<uid>/<id>` records under a lease:
+//! the head an administrator asked writes them; the node's parent (which follows `commands/`)
+//! hands them to the agent's long poll at once; the agent posts the outcome to its parent, which
+//! writes it into the record; the asking head sees it through its own follow.
+
+use crate::db::{Compare, Database, DbError, KeyValue, LeaseId, Txn, TxnOp};
+use crate::follow::{Change, Mirror, follow};
+use crate::heads::{ALIVE, AliveRecord, HEADS, HeadRecord};
+use crate::nodecache::NodeCache;
+use crate::unix_now;
+use clusterware_shared::agent::{
+    Command, DEFAULT_STATUS_SECS, Directives, Hardware, HeadEntry, MAX_WAIT_SECS, MISSED_INTERVALS, NodeOutcome,
+    NodeState, NodeStatus, Outcome, Phase, STATUS_SECS_RANGE, Script, ScriptOutcome, SshKey, StatusReport,
+    parse_key_list,
+};
+use clusterware_shared::api::Node;
+use clusterware_shared::ids::MacAddr;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, broadcast, watch};
+
+pub const STATUS: &str = "status/";
+pub const COMMANDS: &str = "commands/";
+pub const KEYS: &str = "keys/";
+/// A parent rewrites an up node's record at least this often, so that other heads can tell a
+/// node whose parent died from one that is still fine.
+pub const REFRESH_SECS: u64 = 30;
+/// Largest number of records one status transaction writes.
+const FLUSH_CHUNK: usize = 1000;
+
+/// `status/<uid>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub state: NodeState,
+    pub parent: String,
+    pub last_seen: u64,
+    pub boot_id: String,
+    pub status_secs: u32,
+    #[serde(default)]
+    pub hardware: Option<Hardware>,
+}
+
+/// `commands/<uid>/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub uid: String,
+    pub script: Script,
+    /// The head that was asked.
+    pub origin: String,
+    pub issued: u64,
+    /// The lease the record lives under (the outcome is written under the same lease).
+    pub lease: LeaseId,
+    #[serde(default)]
+    pub result: Option<CommandResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub ok: bool,
+    pub message: String,
+    /// The parent head that relayed the outcome.
+    pub head: String,
+}
+
+/// Why a node's request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unknown(String),
+    #[error("{0}")]
+    WrongAddress(String),
+    #[error("{0}")]
+    NotChild(String),
+}
+
+/// What the parent knows about a node that reports to it.
+struct Child {
+    uid: String,
+    name: String,
+    mac: MacAddr,
+    state: NodeState,
+    boot_id: String,
+    last_seen: Instant,
+    last_seen_unix: u64,
+    status_secs: u32,
+    report: Option<Arc<StatusReport>>,
+    hardware: Option<Hardware>,
+    pending: Vec<Command>,
+    notify: Arc<Notify>,
+    /// Bumped by every change the database must see.
+    generation: u64,
+    /// The generation last written, and the record's revision after that write.
+    written_generation: u64,
+    written_rev: Option<i64>,
+    written_seen: u64,
+    /// The next write claims the node (unconditional).
+    claim: bool,
+}
+
+impl Child {
+    fn dirty(&self) -> bool {
+        self.generation != self.written_generation
+    }
+    fn touch(&mut self) {
+        self.generation += 1;
+    }
+    fn record(&self, me: &str) -> StatusRecord {
+        StatusRecord {
+            state: self.state,
+            parent: me.to_string(),
+            last_seen: self.last_seen_unix,
+            boot_id: self.boot_id.clone(),
+            status_secs: self.status_secs,
+            hardware: self.hardware.clone(),
+        }
+    }
+}
+
+/// Counters for `GET /api/v1/storage`-style inspection and benchmarks.
+#[derive(Default)]
+pub struct HubCounters {
+    pub pushes: AtomicU64,
+    pub rejected: AtomicU64,
+    pub status_writes: AtomicU64,
+    pub status_txns: AtomicU64,
+}
+
+pub struct Hub {
+    pub me: HeadRecord,
+    db: Database,
+    pub nodes: Arc<NodeCache>,
+    children: Mutex<HashMap<String, Child>>,
+    /// Every `status/` record with its revision.
+    records: RwLock<HashMap<String, (Arc<StatusRecord>, i64)>>,
+    /// Open commands (no result yet) by (uid, id).
+    open: Mutex<HashMap<(String, String), CommandRecord>>,
+    /// Outcomes written by parents: (uid, id, result).
+    results: broadcast::Sender<(String, String, CommandResult)>,
+    /// Outcomes from agents waiting to be written.
+    outbox: Mutex<Vec<(CommandRecord, CommandResult)>>,
+    pub heads: Arc<Mirror<HeadRecord>>,
+    pub alive: Arc<Mirror<AliveRecord>>,
+    pub keys: Arc<Mirror<SshKey>>,
+    complaints: Mutex<HashMap<String, Instant>>,
+    pub counters: HubCounters,
+    stop: watch::Receiver<bool>,
+    http: reqwest::Client,
+    token: String,
+}
+
+fn status_secs_of(node: &Node) -> (u32, Option<String>) {
+    match node.attributes.get("_status_secs") {
+        None => (DEFAULT_STATUS_SECS, None),
+        Some(v) => match v.parse::<u32>() {
+            Ok(s) if STATUS_SECS_RANGE.contains(&s) => (s, None),
+            _ => (
+                DEFAULT_STATUS_SECS,
+                Some(format!(
+                    "_status_secs={v:?} is not a number of seconds from {} to {}; using {DEFAULT_STATUS_SECS}",
+                    STATUS_SECS_RANGE.start(),
+                    STATUS_SECS_RANGE.end()
+                )),
+            ),
+        },
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, String> {
+    serde_json::from_slice(&kv.value).map_err(|e| e.to_string())
+}
+
+fn outcome_of(names: &HashMap<&str, &str>, uid: String, res: CommandResult) -> NodeOutcome {
+    NodeOutcome {
+        name: names.get(uid.as_str()).map(|s| s.to_string()).unwrap_or_default(),
+        uid,
+        outcome: if res.ok { Outcome::Ok } else { Outcome::Failed },
+        message: res.message,
+    }
+}
+
+fn hash_str(s: &str) -> u64 {
+    // FNV-1a: stable across heads and versions, unlike the std hasher.
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+impl Hub {
+    /// Starts following nodes, status, commands, heads and keys, and the loops that write
+    /// status and detect silent nodes.
+    pub fn spawn(db: Database, me: HeadRecord, token: String, stop: watch::Receiver<bool>) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            nodes: NodeCache::spawn(db.clone(), stop.clone()),
+            heads: Mirror::spawn(db.clone(), HEADS, decode, stop.clone()),
+            alive: Mirror::spawn(db.clone(), ALIVE, decode, stop.clone()),
+            keys: Mirror::spawn(db.clone(), KEYS, decode, stop.clone()),
+            me,
+            db: db.clone(),
+            children: Mutex::new(HashMap::new()),
+            records: RwLock::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
+            results: broadcast::channel(1 << 16).0,
+            outbox: Mutex::new(Vec::new()),
+            complaints: Mutex::new(HashMap::new()),
+            counters: HubCounters::default(),
+            stop: stop.clone(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+            token,
+        });
+        let h = hub.clone();
+        tokio::spawn(follow(db.clone(), STATUS, move |c| h.apply_status(c), stop.clone()));
+        let h = hub.clone();
+        tokio::spawn(follow(db, COMMANDS, move |c| h.apply_command(c), stop.clone()));
+        tokio::spawn(hub.clone().writer());
+        hub
+    }
+
+    /// Waits until the node table is loaded (requests before that would be refused).
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        self.nodes.wait_ready(limit).await
+    }
+
+    fn complain(&self, key: String, f: impl FnOnce()) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        let mut c = self.complaints.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() > 10_000 {
+            c.clear();
+        }
+        let now = Instant::now();
+        match c.get(&key) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => {}
+            _ => {
+                c.insert(key, now);
+                f();
+            }
+        }
+    }
+
+    /// The node a request is about, checked against the address it came from.
+    pub fn authenticate(&self, mac: &MacAddr, peer: IpAddr) -> Result<Arc<Node>, AgentError> {
+        let Some(node) = self.nodes.by_mac(mac) else {
+            self.complain(
+                format!("mac {mac}"),
+                || tracing::warn!(%mac, %peer, "request from an unknown MAC refused (logged once a minute per MAC)"),
+            );
+            return Err(AgentError::Unknown(format!("no node has MAC {mac}")));
+        };
+        if peer != IpAddr::V4(node.ip) {
+            self.complain(format!("addr {mac} {peer}"), || {
+                tracing::warn!(node = %node.name, %mac, %peer, registered = %node.ip, "request for a node from an address that is not the node's refused")
+            });
+            return Err(AgentError::WrongAddress(format!(
+                "{} ({mac}) reports from {}; this head accepts it only from the node's address {}",
+                node.name, peer, node.ip
+            )));
+        }
+        Ok(node)
+    }
+
+    /// Absorbs a status push; answers the node's directives.
+    pub fn push(&self, peer: IpAddr, report: StatusReport) -> Result<Directives, AgentError> {
+        report.validate().map_err(AgentError::Invalid)?;
+        let node = self.authenticate(&report.mac, peer)?;
+        let (secs, _) = status_secs_of(&node);
+        let state = match report.phase {
+            Phase::Booting => NodeState::Booting,
+            Phase::Up => NodeState::Up,
+        };
+        let now_unix = unix_now();
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = !children.contains_key(&node.uid);
+        let child = children.entry(node.uid.clone()).or_insert_with(|| Child {
+            uid: node.uid.clone(),
+            name: node.name.clone(),
+            mac: report.mac,
+            state,
+            boot_id: String::new(),
+            last_seen: Instant::now(),
+            last_seen_unix: now_unix,
+            status_secs: secs,
+            report: None,
+            hardware: None,
+            pending: Vec::new(),
+            notify: Arc::new(Notify::new()),
+            generation: 1,
+            written_generation: 0,
+            written_rev: None,
+            written_seen: 0,
+            claim: true,
+        });
+        if fresh {
+            let previous = self.records.read().unwrap_or_else(|p| p.into_inner()).get(&node.uid).map(|r| r.0.clone());
+            match &previous {
+                Some(p) if p.parent != self.me.name && p.boot_id == report.boot_id => {
+                    tracing::info!(node = %node.name, mac = %report.mac, from = %p.parent, "node changed parent to this head")
+                }
+                _ => {}
+            }
+            if previous.as_ref().is_some_and(|p| p.boot_id == report.boot_id) {
+                child.boot_id = report.boot_id.clone();
+                child.hardware = previous.and_then(|p| p.hardware.clone());
+            }
+            // Commands issued before the node arrived here.
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            for ((uid, _), c) in open.iter() {
+                if *uid == node.uid {
+                    child.pending.push(Command { id: c.id.clone(), script: c.script });
+                }
+            }
+        }
+        if child.boot_id != report.boot_id {
+            tracing::info!(node = %node.name, mac = %report.mac, boot_id = %report.boot_id, phase = ?report.phase, "Booting node {} ({})", node.name, report.mac);
+            child.boot_id = report.boot_id.clone();
+            child.hardware = None;
+            child.touch();
+        }
+        if let Some(hw) = &report.hardware {
+            if child.hardware.as_ref() != Some(hw) {
+                child.hardware = Some(hw.clone());
+                child.touch();
+            }
+        }
+        if child.state != state {
+            if child.state == NodeState::Down {
+                tracing::info!(node = %node.name, "node is reporting again");
+            }
+            child.state = state;
+            child.touch();
+        }
+        if child.status_secs != secs {
+            child.status_secs = secs;
+            child.touch();
+        }
+        child.name.clone_from(&node.name);
+        child.mac = report.mac;
+        child.last_seen = Instant::now();
+        child.last_seen_unix = now_unix;
+        if now_unix.saturating_sub(child.written_seen) >= REFRESH_SECS {
+            child.touch();
+        }
+        child.report = Some(Arc::new(report));
+        let commands = std::mem::take(&mut child.pending);
+        self.counters.pushes.fetch_add(1, Ordering::Relaxed);
+        Ok(Directives { status_secs: Some(secs), commands, switch_parent: None })
+    }
+
+    /// The long poll: answers as soon as there is a directive for the node, or after `secs`.
+    pub async fn wait(&self, peer: IpAddr, mac: &MacAddr, secs: u32) -> Result<Directives, AgentError> {
+        let node = self.authenticate(mac, peer)?;
+        let secs = secs.clamp(1, MAX_WAIT_SECS);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs as u64);
+        let mut stop = self.stop.clone();
+        loop {
+            let notify = {
+                let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(child) = children.get_mut(&node.uid) else {
+                    return Err(AgentError::NotChild(format!(
+                        "{} has not pushed status to this head; push first",
+                        node.name
+                    )));
+                };
+                if !child.pending.is_empty() {
+                    let commands = std::mem::take(&mut child.pending);
+                    return Ok(Directives { status_secs: Some(child.status_secs), commands, switch_parent: None });
+                }
+                child.notify.clone()
+            };
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Directives::default()),
+                // A head shutting down ends its long polls, so agents move on at once.
+                _ = stop.wait_for(|s| *s) => return Ok(Directives::default()),
+            }
+        }
+    }
+
+    /// An agent's outcome of a script.
+    pub fn outcome(&self, peer: IpAddr, o: ScriptOutcome) -> Result<(), AgentError> {
+        let node = self.authenticate(&o.mac, peer)?;
+        if o.message.len() > 4096 {
+            return Err(AgentError::Invalid("message longer than 4096 bytes".into()));
+        }
+        let rec = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&(node.uid.clone(), o.id.clone())).cloned();
+        let Some(rec) = rec else {
+            // Expired or already answered: nothing waits for it any more.
+            return Err(AgentError::Unknown(format!("no open command {} for {}", o.id, node.name)));
+        };
+        let res = CommandResult { ok: o.ok, message: o.message, head: self.me.name.clone() };
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push((rec, res));
+        Ok(())
+    }
+
+    /// The head list for a node: this head first, then the other live heads (in an order that
+    /// differs from node to node, so that the nodes of a head that dies spread over the others),
+    /// then heads that are down.
+    pub fn heads_for(&self, mac: &MacAddr) -> Vec<HeadEntry> {
+        let alive: HashSet<String> = self.alive.keys().into_iter().collect();
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for h in self.heads.values() {
+            if h.name == self.me.name {
+                continue;
+            }
+            let e = HeadEntry { name: h.name.clone(), url: h.api_url.clone() };
+            if alive.contains(&h.name) { up.push(e) } else { down.push(e) }
+        }
+        if !up.is_empty() {
+            let n = (hash_str(&mac.to_string()) % up.len() as u64) as usize;
+            up.rotate_left(n);
+        }
+        let mut v = vec![HeadEntry { name: self.me.name.clone(), url: self.me.api_url.clone() }];
+        v.extend(up);
+        v.extend(down);
+        v
+    }
+
+    /// Keys for root's `authorized_keys` on a node: every head's root keys, the cluster keys,
+    /// then the node's own `_ssh_keys`.
+    pub fn keys_for(&self, node: &Node) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        let mut push = |k: &str| {
+            if !v.iter().any(|x| x == k) {
+                v.push(k.to_string());
+            }
+        };
+        for h in self.heads.values() {
+            h.ssh_keys.iter().for_each(|k| push(k));
+        }
+        for k in self.keys.values() {
+            push(&k.key);
+        }
+        if let Some(extra) = node.attributes.get("_ssh_keys") {
+            match parse_key_list(extra) {
+                Ok(ks) => ks.iter().for_each(|k| push(k)),
+                Err(e) => tracing::warn!(node = %node.name, error = %e, "ignoring the node's _ssh_keys"),
+            }
+        }
+        v
+    }
+
+    fn apply_status(&self, c: Change) {
+        let mut recs = self.records.write().unwrap_or_else(|p| p.into_inner());
+        let mut changed: Vec<(String, Arc<StatusRecord>, i64)> = Vec::new();
+        match c {
+            Change::Reset(kvs) => {
+                recs.clear();
+                for kv in kvs {
+                    match decode::<StatusRecord>(&kv) {
+                        Ok(r) => {
+                            let r = Arc::new(r);
+                            changed.push((kv.key.clone(), r.clone(), kv.mod_revision));
+                            recs.insert(kv.key, (r, kv.mod_revision));
+                        }
+                        Err(e) => tracing::warn!(key = %kv.key, error = %e, "ignoring unreadable status record"),
+                    }
+                }
+            }
+            Change::Put(kv) => match decode::<StatusRecord>(&kv) {
+                Ok(r) => {
+                    let r = Arc::new(r);
+                    changed.push((kv.key.clone(), r.clone(), kv.mod_revision));
+                    recs.insert(kv.key, (r, kv.mod_revision));
+                }
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "ignoring unreadable status record"),
+            },
+            Change::Delete(k) => {
+                recs.remove(&k);
+            }
+        }
+        drop(recs);
+        // A node that another head wrote after our last write has moved on.
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for (uid, r, rev) in changed {
+            if r.parent == self.me.name {
+                continue;
+            }
+            let gone = children.get(&uid).is_some_and(|ch| !ch.claim && ch.written_rev.is_some_and(|w| rev > w));
+            if gone {
+                let ch = children.remove(&uid);
+                if let Some(ch) = ch {
+                    tracing::info!(node = %ch.name, to = %r.parent, "node changed parent to another head");
+                    ch.notify.notify_one();
+                }
+            }
+        }
+    }
+
+    fn apply_command(&self, c: Change) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new: Vec<CommandRecord> = Vec::new();
+        let mut done: Vec<CommandRecord> = Vec::new();
+        let mut add =
+            |kv: &KeyValue, open: &mut HashMap<(String, String), CommandRecord>| match decode::<CommandRecord>(kv) {
+                Ok(r) => {
+                    let k = (r.uid.clone(), r.id.clone());
+                    if r.result.is_some() {
+                        open.remove(&k);
+                        done.push(r);
+                    } else if !open.contains_key(&k) {
+                        open.insert(k, r.clone());
+                        new.push(r);
+                    }
+                }
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "ignoring unreadable command record"),
+            };
+        match c {
+            Change::Reset(kvs) => {
+                open.clear();
+                for kv in &kvs {
+                    add(kv, &mut open);
+                }
+            }
+            Change::Put(kv) => add(&kv, &mut open),
+            Change::Delete(k) => {
+                if let Some((uid, id)) = k.split_once('/') {
+                    open.remove(&(uid.to_string(), id.to_string()));
+                    let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(ch) = children.get_mut(uid) {
+                        ch.pending.retain(|c| c.id != id);
+                    }
+                }
+            }
+        }
+        drop(open);
+        if !new.is_empty() {
+            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            for r in new {
+                if let Some(ch) = children.get_mut(&r.uid) {
+                    if !ch.pending.iter().any(|c| c.id == r.id) {
+                        ch.pending.push(Command { id: r.id.clone(), script: r.script });
+                        ch.notify.notify_one();
+                    }
+                }
+            }
+        }
+        for r in done {
+            if let Some(res) = r.result {
+                let _ = self.results.send((r.uid, r.id, res));
+            }
+        }
+    }
+
+    /// Writes changed status records and script outcomes, and marks silent nodes down.
+    async fn writer(self: Arc<Self>) {
+        let mut stop = self.stop.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = Instant::now();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let r = self.flush_outcomes().await;
+            let r = match r {
+                Ok(()) if last_status.elapsed() >= Duration::from_millis(500) => {
+                    last_status = Instant::now();
+                    self.mark_silent();
+                    self.flush_status().await
+                }
+                r => r,
+            };
+            match r {
+                Ok(()) if failing => {
+                    tracing::info!("node status reaches the database again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot write node status; keeping it in memory and retrying");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    fn mark_silent(&self) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for ch in children.values_mut() {
+            let limit = Duration::from_secs((ch.status_secs * MISSED_INTERVALS) as u64);
+            if matches!(ch.state, NodeState::Up | NodeState::Booting) && ch.last_seen.elapsed() > limit {
+                tracing::warn!(node = %ch.name, mac = %ch.mac, silent_secs = ch.last_seen.elapsed().as_secs(), "node is down: no status for {} intervals", MISSED_INTERVALS);
+                ch.state = NodeState::Down;
+                ch.touch();
+            }
+        }
+    }
+
+    async fn flush_outcomes(&self) -> Result<(), DbError> {
+        let batch = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pieces = Vec::new();
+        for (rec, res) in &batch {
+            let key = format!("{COMMANDS}{}/{}", rec.uid, rec.id);
+            let mut done = rec.clone();
+            done.result = Some(res.clone());
+            let value = serde_json::to_vec(&done).expect("command records serialise");
+            pieces.push((key, value, rec.lease));
+        }
+        for chunk in pieces.chunks(FLUSH_CHUNK) {
+            // Only while the record exists (the asking head deletes it when it stops waiting);
+            // the record keeps its lease.
+            let mut txn = Txn::new();
+            for (k, v, lease) in chunk {
+                txn.compares.push(Compare::present(k.clone()));
+                txn.success.push(TxnOp::put_with_lease(k.clone(), v.clone(), *lease));
+            }
+            if !self.db.txn(txn).await?.succeeded {
+                for (k, v, lease) in chunk {
+                    let t = Txn::new().when([Compare::present(k.clone())]).and_then([TxnOp::put_with_lease(
+                        k.clone(),
+                        v.clone(),
+                        *lease,
+                    )]);
+                    self.db.txn(t).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_status(&self) -> Result<(), DbError> {
+        // (uid, generation, value, claim, expected revision)
+        let due: Vec<(String, u64, Vec<u8>, bool, Option<i64>, u64)> = {
+            let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            children
+                .values()
+                .filter(|c| c.dirty())
+                .map(|c| {
+                    let rec = c.record(&self.me.name);
+                    (
+                        c.uid.clone(),
+                        c.generation,
+                        serde_json::to_vec(&rec).expect("status records serialise"),
+                        c.claim,
+                        c.written_rev,
+                        c.last_seen_unix,
+                    )
+                })
+                .collect()
+        };
+        for chunk in due.chunks(FLUSH_CHUNK) {
+            let mut txn = Txn::new();
+            for (uid, _, value, claim, rev, _) in chunk {
+                let key = format!("{STATUS}{uid}");
+                if !claim {
+                    txn.compares.push(Compare::unchanged(key.clone(), rev.unwrap_or(0)));
+                }
+                txn.success.push(TxnOp::put(key, value.clone()));
+            }
+            let r = self.db.txn(txn).await?;
+            self.counters.status_txns.fetch_add(1, Ordering::Relaxed);
+            if r.succeeded {
+                self.counters.status_writes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                self.written(chunk.iter().map(|(u, g, _, _, _, s)| (u.as_str(), *g, *s)), r.revision);
+                continue;
+            }
+            // Someone else wrote some of these: one by one, dropping the nodes we lost.
+            for (uid, generation, value, claim, rev, seen) in chunk {
+                let key = format!("{STATUS}{uid}");
+                let mut t = Txn::new().and_then([TxnOp::put(key.clone(), value.clone())]);
+                if !claim {
+                    t = t.when([Compare::unchanged(key, rev.unwrap_or(0))]);
+                }
+                let r = self.db.txn(t).await?;
+                self.counters.status_txns.fetch_add(1, Ordering::Relaxed);
+                if r.succeeded {
+                    self.counters.status_writes.fetch_add(1, Ordering::Relaxed);
+                    self.written([(uid.as_str(), *generation, *seen)].into_iter(), r.revision);
+                } else {
+                    let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(ch) = children.remove(uid) {
+                        tracing::info!(node = %ch.name, "node is now parented by another head");
+                        ch.notify.notify_one();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn written<'a>(&self, done: impl Iterator<Item = (&'a str, u64, u64)>, revision: i64) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for (uid, generation, seen) in done {
+            if let Some(ch) = children.get_mut(uid) {
+                ch.written_generation = ch.written_generation.max(generation);
+                ch.written_rev = Some(revision);
+                ch.written_seen = seen;
+                ch.claim = false;
+            }
+        }
+    }
+
+    /// This head's latest reports for the nodes it parents among `uids`.
+    pub fn reports(&self, uids: &[String]) -> BTreeMap<String, StatusReport> {
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        uids.iter()
+            .filter_map(|u| children.get(u).and_then(|c| c.report.as_ref()).map(|r| (u.clone(), (**r).clone())))
+            .collect()
+    }
+
+    /// How many nodes this head parents now (up or booting).
+    pub fn child_count(&self) -> usize {
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.values().filter(|c| matches!(c.state, NodeState::Up | NodeState::Booting)).count()
+    }
+
+    /// The status of the given nodes (all when `None`), as any head sees it; with `details`,
+    /// the latest reports, asked from each parent head.
+    pub async fn status_of(&self, uids: Option<&[String]>, details: bool) -> Vec<NodeStatus> {
+        let nodes: Vec<Arc<Node>> = match uids {
+            None => self.nodes.all(),
+            Some(u) => u.iter().filter_map(|u| self.nodes.by_uid(u)).collect(),
+        };
+        let alive: HashSet<String> = self.alive.keys().into_iter().collect();
+        let now = unix_now();
+        let mut out: Vec<NodeStatus> = {
+            let recs = self.records.read().unwrap_or_else(|p| p.into_inner());
+            let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            nodes
+                .iter()
+                .map(|n| {
+                    let (secs, problem) = status_secs_of(n);
+                    let mut problems: Vec<String> = problem.into_iter().collect();
+                    if let Some(Err(e)) = n.attributes.get("_ssh_keys").map(|k| parse_key_list(k)) {
+                        problems.push(format!("_ssh_keys is ignored: {e}"));
+                    }
+                    let mut st = NodeStatus {
+                        uid: n.uid.clone(),
+                        name: n.name.clone(),
+                        state: NodeState::New,
+                        parent: None,
+                        last_seen: None,
+                        boot_id: None,
+                        status_secs: secs,
+                        report: None,
+                        hardware: None,
+                        problems,
+                    };
+                    if let Some(ch) = children.get(&n.uid) {
+                        st.state = ch.state;
+                        st.parent = Some(self.me.name.clone());
+                        st.last_seen = Some(ch.last_seen_unix);
+                        st.boot_id = Some(ch.boot_id.clone());
+                        st.hardware.clone_from(&ch.hardware);
+                        if details {
+                            st.report = ch.report.as_ref().map(|r| (**r).clone());
+                        }
+                    } else if let Some((r, _)) = recs.get(&n.uid) {
+                        let stale = now.saturating_sub(r.last_seen) > (r.status_secs * MISSED_INTERVALS) as u64;
+                        st.state = if !alive.contains(&r.parent) && stale && r.state != NodeState::Down {
+                            NodeState::Down
+                        } else {
+                            r.state
+                        };
+                        st.parent = Some(r.parent.clone());
+                        st.last_seen = Some(r.last_seen);
+                        st.boot_id = Some(r.boot_id.clone());
+                        st.hardware.clone_from(&r.hardware);
+                    }
+                    st
+                })
+                .collect()
+        };
+        if details {
+            let mut by_parent: HashMap<String, Vec<String>> = HashMap::new();
+            for s in &out {
+                if let Some(p) = &s.parent {
+                    if *p != self.me.name && alive.contains(p) && s.report.is_none() {
+                        by_parent.entry(p.clone()).or_default().push(s.uid.clone());
+                    }
+                }
+            }
+            let asks = by_parent.into_iter().filter_map(|(p, uids)| self.heads.get(&p).map(|h| (h, uids)));
+            let got = futures::future::join_all(asks.map(|(h, uids)| self.ask_reports(h, uids))).await;
+            let mut all: HashMap<String, StatusReport> = HashMap::new();
+            for m in got.into_iter().flatten() {
+                all.extend(m);
+            }
+            for s in &mut out {
+                if s.report.is_none() {
+                    s.report = all.remove(&s.uid);
+                }
+            }
+        }
+        out
+    }
+
+    async fn ask_reports(&self, head: Arc<HeadRecord>, uids: Vec<String>) -> Option<BTreeMap<String, StatusReport>> {
+        let url = format!("{}{}/nodes/reports", head.api_url, clusterware_shared::api::PREFIX);
+        let body = serde_json::to_vec(&clusterware_shared::api::DeleteNodes { nodes: uids }).ok()?;
+        let r = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(resp) if resp.status().is_success() => {
+                let body = resp.bytes().await.ok()?;
+                serde_json::from_slice::<BTreeMap<String, StatusReport>>(&body).ok()
+            }
+            Ok(resp) => {
+                tracing::warn!(head = %head.name, status = %resp.status(), "peer did not give node reports");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(head = %head.name, error = %e, "cannot ask peer for node reports");
+                None
+            }
+        }
+    }
+
+    /// Runs a script on nodes: writes the commands (under a lease that outlives the wait), waits
+    /// for every outcome or the timeout, then removes the commands.
+    pub async fn run_script(
+        &self,
+        uids: &[String],
+        script: Script,
+        timeout: Duration,
+    ) -> Result<Vec<NodeOutcome>, DbError> {
+        let statuses = self.status_of(Some(uids), false).await;
+        let mut outcomes: BTreeMap<String, NodeOutcome> = BTreeMap::new();
+        let mut ask: Vec<(String, String)> = Vec::new();
+        for s in &statuses {
+            if matches!(s.state, NodeState::Up | NodeState::Booting) {
+                let id = format!("{:016x}", rand::random::<u64>());
+                ask.push((s.uid.clone(), id));
+            } else {
+                outcomes.insert(
+                    s.uid.clone(),
+                    NodeOutcome {
+                        uid: s.uid.clone(),
+                        name: s.name.clone(),
+                        outcome: Outcome::Unreachable,
+                        message: format!("node is {}", s.state.name()),
+                    },
+                );
+            }
+        }
+        let names: HashMap<&str, &str> = statuses.iter().map(|s| (s.uid.as_str(), s.name.as_str())).collect();
+        if !ask.is_empty() {
+            let mut rx = self.results.subscribe();
+            let lease: LeaseId = self.db.grant_lease(timeout.as_secs() as i64 + 30).await?;
+            let issued = unix_now();
+            let mut wanted: HashMap<(String, String), ()> = HashMap::new();
+            let ops: Vec<TxnOp> = ask
+                .iter()
+                .map(|(uid, id)| {
+                    wanted.insert((uid.clone(), id.clone()), ());
+                    let rec = CommandRecord {
+                        id: id.clone(),
+                        uid: uid.clone(),
+                        script,
+                        origin: self.me.name.clone(),
+                        issued,
+                        lease,
+                        result: None,
+                    };
+                    TxnOp::put_with_lease(
+                        format!("{COMMANDS}{uid}/{id}"),
+                        serde_json::to_vec(&rec).expect("command records serialise"),
+                        lease,
+                    )
+                })
+                .collect();
+            let written = async {
+                for chunk in ops.chunks(FLUSH_CHUNK.min(self.db.max_txn_ops())) {
+                    self.db.txn(Txn::new().and_then(chunk.iter().cloned())).await?;
+                }
+                Ok::<(), DbError>(())
+            }
+            .await;
+            if let Err(e) = written {
+                let _ = self.db.revoke_lease(lease).await;
+                return Err(e);
+            }
+            tracing::info!(script = script.name(), nodes = ask.len(), "script sent to nodes");
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut lagged = false;
+            while !wanted.is_empty() {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok((uid, id, res)) => {
+                            if wanted.remove(&(uid.clone(), id)).is_some() {
+                                outcomes.insert(uid.clone(), outcome_of(&names, uid, res));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => { lagged = true; }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+                if lagged {
+                    break;
+                }
+            }
+            // Outcomes that the channel dropped (or that raced the deadline) are in the records.
+            while !wanted.is_empty() {
+                if let Ok((kvs, _)) = self.db.range(COMMANDS).await {
+                    for r in kvs.iter().filter_map(|kv| decode::<CommandRecord>(kv).ok()) {
+                        let Some(res) = r.result else { continue };
+                        if wanted.remove(&(r.uid.clone(), r.id.clone())).is_some() {
+                            outcomes.insert(r.uid.clone(), outcome_of(&names, r.uid, res));
+                        }
+                    }
+                }
+                if !lagged || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for (uid, _) in wanted.into_keys() {
+                outcomes.insert(
+                    uid.clone(),
+                    NodeOutcome {
+                        name: names.get(uid.as_str()).map(|s| s.to_string()).unwrap_or_default(),
+                        uid,
+                        outcome: Outcome::Unreachable,
+                        message: format!("no answer within {} s", timeout.as_secs()),
+                    },
+                );
+            }
+            if let Err(e) = self.db.revoke_lease(lease).await {
+                tracing::warn!(error = %e, "cannot remove finished commands now; they expire with their lease");
+            }
+        }
+        let mut v: Vec<NodeOutcome> = outcomes.into_values().collect();
+        let index: HashMap<&str, usize> = uids.iter().enumerate().map(|(i, u)| (u.as_str(), i)).collect();
+        v.sort_by_key(|o| index.get(o.uid.as_str()).copied().unwrap_or(usize::MAX));
+        Ok(v)
+    }
+}
