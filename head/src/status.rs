@@ -435,9 +435,11 @@ impl Hub {
     /// Keys for root's `authorized_keys` on a node: every head's root keys, the cluster keys,
     /// then the node's own `_ssh_keys`.
     pub fn keys_for(&self, node: &Node) -> Vec<String> {
+        // One entry per key material (type and blob); the first comment wins.
+        let material = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
         let mut v: Vec<String> = Vec::new();
         let mut push = |k: &str| {
-            if !v.iter().any(|x| x == k) {
+            if !v.iter().any(|x| material(x) == material(k)) {
                 v.push(k.to_string());
             }
         };

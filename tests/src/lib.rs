@@ -369,3 +369,95 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A simulated fleet: `clusterware-node sim` as a child process, killed on drop.
+pub struct Sim {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Sim {
+    /// Starts `nodes` simulated nodes with MACs from `mac_start` and addresses from `ip_start`
+    /// (which must be the nodes' registered IPs), talking to `heads` (parent first).
+    pub fn start(heads: &[String], nodes: u32, ip_start: &str, mac_start: &str, extra: &[&str]) -> Sim {
+        let tmp = TempDir::with_prefix_in("cw-sim-", "/dev/shm")
+            .or_else(|_| TempDir::with_prefix("cw-sim-"))
+            .expect("sim dir");
+        let dir = tmp.path().to_path_buf();
+        let out = std::fs::File::create(dir.join("sim.log")).expect("sim log");
+        let mut cmd = Command::new(bin("clusterware-node"));
+        cmd.arg("sim")
+            .arg("--nodes")
+            .arg(nodes.to_string())
+            .arg("--heads")
+            .arg(heads.join(","))
+            .arg("--ip-start")
+            .arg(ip_start)
+            .arg("--mac-start")
+            .arg(mac_start)
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out);
+        // SAFETY: prctl only affects the child being set up.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn clusterware-node sim");
+        Sim { child: Some(child), dir, _tmp: tmp }
+    }
+
+    /// The latest `summary.json` (Null until the first one is written).
+    pub fn summary(&self) -> Value {
+        std::fs::read_to_string(self.dir.join("summary.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// A simulated node's file (`heads`, `hosts`, `authorized_keys`).
+    pub fn node_file(&self, mac: &str, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(mac.replace(':', "")).join(file)).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sim.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The MAC `n` places after `start`, as text.
+pub fn mac_plus(start: &str, n: u64) -> String {
+    let hex: String = start.chars().filter(|c| *c != ':').collect();
+    let v = u64::from_str_radix(&hex, 16).expect("MAC") + n;
+    let b = v.to_be_bytes();
+    b[2..].iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl Head {
+    /// SIGSTOP (true) or SIGCONT (false): a hung head.
+    pub fn freeze(&self, stop: bool) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, if stop { libc::SIGSTOP } else { libc::SIGCONT }) };
+        }
+    }
+}
