@@ -270,3 +270,59 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An https head URL goes through rustls with the configured CA; a wrong CA is refused.
+    #[tokio::test]
+    async fn https_with_configured_ca() {
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+        let cert = rustls_pki_types::CertificateDer::from(ca.cert.der().to_vec());
+        let key = rustls_pki_types::PrivateKeyDer::try_from(ca.key_pair.serialize_der()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(s).await else { return };
+                    let mut buf = vec![0u8; 4096];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
+                    let _ = tls.flush().await;
+                });
+            }
+        });
+        let ep = Endpoint::parse(&format!("https://127.0.0.1:{port}")).unwrap();
+        let mut c = HeadClient::new(None, Some(tls_config(&ca_path).unwrap()));
+        let body = c.request(&ep, "GET", "/api/v1/health", None, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&body[..], b"{}");
+        // Another CA: the handshake fails, clearly.
+        let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let other_path = dir.path().join("other.pem");
+        std::fs::write(&other_path, other.cert.pem()).unwrap();
+        let mut c = HeadClient::new(None, Some(tls_config(&other_path).unwrap()));
+        let e = c.request(&ep, "GET", "/", None, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, ClientError::Connect(ref m) if m.contains("TLS")), "{e}");
+        // No CA configured for an https head.
+        let mut c = HeadClient::new(None, None);
+        let e = c.request(&ep, "GET", "/", None, Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.to_string().contains("no CA file"), "{e}");
+        assert!(tls_config(&dir.path().join("missing.pem")).is_err());
+    }
+}
