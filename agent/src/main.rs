@@ -78,6 +78,9 @@ enum Cmd {
         /// Worker threads
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Push every this many milliseconds whatever the heads say (to offer a set load)
+        #[arg(long, value_name = "MS")]
+        push_interval_ms: Option<u64>,
     },
 }
 
@@ -303,7 +306,21 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("{} is not an agent state file: {e}", cfg.state_file.display())),
             }
         }
-        Cmd::Sim { nodes, heads, ip_start, mac_start, dir, status_secs, push_timeout_ms, ramp_secs, threads } => {
+        Cmd::Sim {
+            nodes,
+            heads,
+            ip_start,
+            mac_start,
+            dir,
+            status_secs,
+            push_timeout_ms,
+            ramp_secs,
+            threads,
+            push_interval_ms,
+        } => {
+            if push_interval_ms.is_some_and(|m| !(10..=86_400_000).contains(&m)) {
+                return fail("--push-interval-ms must be from 10 to 86400000");
+            }
             raise_fd_limit();
             let mut list = Vec::new();
             for h in heads.split(',').map(str::trim).filter(|h| !h.is_empty()) {
@@ -342,6 +359,7 @@ fn main() -> ExitCode {
                     push_timeout: Duration::from_millis(push_timeout_ms.clamp(100, 60_000)),
                     status_secs,
                     quiet: true,
+                    fixed_interval: push_interval_ms.map(Duration::from_millis),
                     ..Settings::default()
                 },
                 ramp: Duration::from_secs_f64(ramp_secs),

@@ -64,6 +64,8 @@ pub struct Settings {
     pub status_secs: u32,
     /// No log lines (the simulator).
     pub quiet: bool,
+    /// Push at this fixed interval whatever the heads say (benchmarks offering a set load).
+    pub fixed_interval: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -74,6 +76,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(30),
             status_secs: DEFAULT_STATUS_SECS,
             quiet: false,
+            fixed_interval: None,
         }
     }
 }
@@ -499,14 +502,20 @@ impl Agent {
             if switched {
                 continue;
             }
-            let next = Instant::now() + Duration::from_secs(self.status_secs as u64);
+            let interval = self.settings.fixed_interval.unwrap_or(Duration::from_secs(self.status_secs as u64));
+            let next = Instant::now() + interval;
             // The long poll until the next push is due.
             loop {
                 let left = next.saturating_duration_since(Instant::now());
-                if left < Duration::from_millis(50) {
+                if left < Duration::from_secs(1) {
+                    // Too short for a poll (a head holds whole seconds): wait for the push.
+                    tokio::select! {
+                        _ = tokio::time::sleep(left) => {}
+                        _ = stop.wait_for(|s| *s) => break 'outer,
+                    }
                     break;
                 }
-                let secs = (left.as_secs_f64().ceil() as u32).clamp(1, MAX_WAIT_SECS);
+                let secs = (left.as_secs() as u32).clamp(1, MAX_WAIT_SECS);
                 let path = format!("{AGENT_PREFIX}/wait?mac={}&secs={secs}", self.mac);
                 let limit = Duration::from_secs(secs as u64) + self.settings.poll_grace;
                 let polled = tokio::select! {

@@ -36,9 +36,13 @@ pub struct SimArgs {
 struct NodeInfo {
     mac: String,
     ip: String,
+    /// The head that took the node's last successful push.
     parent: String,
-    /// Unix time (ms) of the last parent change.
+    /// Unix time (ms) of the first successful push to the current parent.
     switched_ms: u64,
+    /// The head at the top of the node's list (the parent once a push succeeds).
+    #[serde(skip)]
+    candidate: String,
     switches: u64,
     heads: usize,
     scripts_ok: u64,
@@ -111,18 +115,19 @@ impl Observer for NodeObserver {
             self.stats.pushes_ok.fetch_add(1, Ordering::Relaxed);
             let b = ((latency.as_micros() as u64) / BUCKET_US).min(BUCKETS as u64 - 1) as usize;
             self.stats.hist[b].fetch_add(1, Ordering::Relaxed);
+            let mut n = self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let e = &mut n[self.i];
+            if e.parent != e.candidate {
+                e.parent = e.candidate.clone();
+                e.switched_ms = now_ms();
+                e.switches += 1;
+            }
         } else {
             self.stats.pushes_failed.fetch_add(1, Ordering::Relaxed);
         }
     }
     fn parent_changed(&self, parent: &str) {
-        let mut n = self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let e = &mut n[self.i];
-        if e.parent != parent {
-            e.parent = parent.to_string();
-            e.switched_ms = now_ms();
-            e.switches += 1;
-        }
+        self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].candidate = parent.to_string();
     }
     fn heads_fetched(&self, count: usize) {
         self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].heads = count;

@@ -12,7 +12,12 @@
 //!   (against `sha256sum` of the same file, the hashing limit), and the hashing work of
 //!   repeated requests for a verified file;
 //! - boot-config export and import with a large image, against `tar` writing the same files,
-//!   with the peak memory of the head and the CLI for a small and a large image.
+//!   with the peak memory of the head and the CLI for a small and a large image;
+//! - the node agent: status pushes one head absorbs (1,000 and 10,000 simulated nodes),
+//!   re-parenting after `kill -9` of the parent, the `update_keys` round trip, and the static
+//!   agent's size and memory.
+
+mod agent;
 
 use clap::Parser;
 use clusterware_head::db::embedded::Embedded;
@@ -41,6 +46,9 @@ struct Args {
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
+    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent"])]
+    only: Vec<String>,
 }
 
 struct Report {
@@ -278,14 +286,26 @@ fn main() {
         ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    eprintln!("cw-bench: cluster database…");
-    rt.block_on(bench_database(&mut r, args.txns));
-    eprintln!("cw-bench: node registry…");
-    bench_registry(&mut r, args.nodes);
-    eprintln!("cw-bench: boot files…");
-    bench_files(&mut r, args.file_mib);
-    eprintln!("cw-bench: export and import…");
-    bench_transfer(&mut r, args.file_mib);
+    let run = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
+    if run("database") {
+        eprintln!("cw-bench: cluster database…");
+        rt.block_on(bench_database(&mut r, args.txns));
+    }
+    if run("registry") {
+        eprintln!("cw-bench: node registry…");
+        bench_registry(&mut r, args.nodes);
+    }
+    if run("files") {
+        eprintln!("cw-bench: boot files…");
+        bench_files(&mut r, args.file_mib);
+    }
+    if run("transfer") {
+        eprintln!("cw-bench: export and import…");
+        bench_transfer(&mut r, args.file_mib);
+    }
+    if run("agent") {
+        agent::bench_agent(&mut r);
+    }
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());
         std::process::exit(1);

@@ -174,6 +174,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes/status", post(node_status))
         .route("/nodes/reports", post(node_reports))
         .route("/nodes/script", post(run_script))
+        .route("/nodes/counters", get(|State(st): State<Arc<AppState>>| async move { json(StatusCode::OK, &st.hub.counters()) }))
         .route("/keys", get(list_keys).post(add_key))
         .route("/keys/{name}", axum::routing::delete(remove_key))
         .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))

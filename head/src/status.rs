@@ -136,7 +136,7 @@ impl Child {
     }
 }
 
-/// Counters for `GET /api/v1/storage`-style inspection and benchmarks.
+/// Counters for `GET /api/v1/nodes/counters` (inspection and benchmarks).
 #[derive(Default)]
 pub struct HubCounters {
     pub pushes: AtomicU64,
@@ -722,6 +722,16 @@ impl Hub {
         uids.iter()
             .filter_map(|u| children.get(u).and_then(|c| c.report.as_ref()).map(|r| (u.clone(), (**r).clone())))
             .collect()
+    }
+
+    pub fn counters(&self) -> clusterware_shared::agent::StatusCounters {
+        let c = &self.counters;
+        clusterware_shared::agent::StatusCounters {
+            pushes: c.pushes.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            status_writes: c.status_writes.load(Ordering::Relaxed),
+            status_txns: c.status_txns.load(Ordering::Relaxed),
+        }
     }
 
     /// How many nodes this head parents now (up or booting).

@@ -258,6 +258,19 @@ pub struct NodeStatusList {
     pub nodes: Vec<NodeStatus>,
 }
 
+/// `GET /api/v1/nodes/counters`: this head's status-ingest counters since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounters {
+    /// Status pushes absorbed.
+    pub pushes: u64,
+    /// Node requests refused (malformed, unknown MAC, wrong address).
+    pub rejected: u64,
+    /// Status records written to the database.
+    pub status_writes: u64,
+    /// Database transactions those writes took.
+    pub status_txns: u64,
+}
+
 /// `POST /api/v1/nodes/script`: run a script on nodes and wait for their results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunScript {
