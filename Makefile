@@ -2,6 +2,7 @@
 #   make run    build and start a solo head on the embedded database, with demo nodes
 #   make test   install what the tests need (as root, with apt-get), then run the whole suite
 #   make bench  run the benchmarks and write BENCHMARKS.md
+#   make agent  build the static node agent (target/x86_64-unknown-linux-gnu/agent/clusterware-node)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -14,7 +15,11 @@ NEEDS := etcd protoc curl
 BENCH_APT_PACKAGES := nginx-light
 BENCH_NEEDS := nginx
 
-.PHONY: all build deps bench-deps run test bench fmt clean
+.PHONY: all build agent deps bench-deps run test bench fmt clean
+
+# The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT_BIN := target/$(AGENT_TARGET)/agent/clusterware-node
 
 all: build
 
@@ -41,17 +46,23 @@ bench-deps: deps
 build: deps
 	$(CARGO) build --workspace
 
+agent: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile agent -p clusterware-node --target $(AGENT_TARGET)
+	@if ldd $(AGENT_BIN) 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then \
+	  echo "$(AGENT_BIN): static, $$(stat -c %s $(AGENT_BIN)) bytes"; \
+	else echo "$(AGENT_BIN) is not static:"; ldd $(AGENT_BIN); exit 1; fi
+
 run: build
 	@scripts/run-solo.sh
 
 # The integration tests start the binaries the workspace build produced, so build first.
 # The last line sums cargo's per-target results into one "N passed, N failed" line.
-test: build
+test: build agent
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status
 
-bench: bench-deps
+bench: bench-deps agent
 	$(CARGO) build --release --workspace
 	target/release/cw-bench --output BENCHMARKS.md
 

@@ -41,9 +41,18 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 if [ -z "$("$bin/scyld-nodectl" ls)" ]; then
-  "$bin/scyld-nodectl" create --count 4 mac=52:54:00:00:00:01 ip=10.54.0.1 _boot_config=demo-boot >/dev/null
+  # Demo nodes on loopback addresses, so that simulated agents can report for them.
+  "$bin/scyld-nodectl" create --count 4 mac=52:54:00:00:00:01 ip=127.54.0.1 _status_secs=5 >/dev/null
   "$bin/scyld-nodectl" -i 'n[2-3]' set rack=2 >/dev/null
 fi
+# Four simulated compute nodes (the real agent code, one per node) report to the head.
+sim=""
+if "$bin/scyld-nodectl" -i n0 ls -l 2>/dev/null | grep -q ' 127\.54\.0\.1 '; then
+  "$bin/clusterware-node" sim --nodes 4 --heads "http://127.0.0.1:$port" --ip-start 127.54.0.1 \
+    --mac-start 52:54:00:00:00:01 --dir "$dir/sim" --status-secs 5 >"$dir/log/sim.log" 2>&1 &
+  sim=$!
+fi
+trap 'kill -TERM $pid ${sim} 2>/dev/null; wait $pid 2>/dev/null' INT TERM
 cat <<TXT
 
 A solo ClusterWare head is running on http://127.0.0.1:$port (embedded database in $dir).
@@ -51,6 +60,10 @@ Its log: $dir/log/head_demo-head.log. In another shell, try:
 
   export CLUSTERWARE_CONFIG=$cfg PATH=$bin:\$PATH
   scyld-nodectl ls -l
+  scyld-nodectl status
+  scyld-nodectl -a script fetch_hosts
+  scyld-clusterctl keys add me --file ~/.ssh/id_ed25519.pub
+  scyld-nodectl -a script update_keys      (keys land in $dir/sim/<mac>/authorized_keys)
   scyld-nodectl -i 'n[0-1]' set _preferred_head=demo-head
   scyld-nodectl create mac=52:54:00:00:00:10
   scyld-nodectl -i n4 rm

@@ -148,9 +148,11 @@ pub struct Agent {
     status_secs: u32,
     sent_hardware: bool,
     state: AgentState,
-    state_written: Option<(Instant, AgentState)>,
+    state_warned: bool,
     failed_rounds: u32,
     failures_in_round: usize,
+    /// No head list has been fetched yet: ask again after the next successful push.
+    need_heads: bool,
 }
 
 impl Agent {
@@ -187,9 +189,10 @@ impl Agent {
             settings,
             sent_hardware: false,
             state: AgentState { mac: mac.to_string(), pid: std::process::id(), status_secs, ..Default::default() },
-            state_written: None,
+            state_warned: false,
             failed_rounds: 0,
             failures_in_round: 0,
+            need_heads: true,
         })
     }
 
@@ -312,6 +315,7 @@ impl Agent {
             self.log(format_args!("head list: {}", names.join(", ")));
         }
         self.observer.heads_fetched(n);
+        self.need_heads = false;
         Ok(n)
     }
 
@@ -412,28 +416,18 @@ impl Agent {
         }
     }
 
+    /// Writes the state file (on tmpfs, `/run`) after every push, for `clusterware-node status`.
     fn write_state(&mut self) {
         let Some(p) = self.files.state.clone() else { return };
-        let due = match &self.state_written {
-            None => true,
-            Some((at, s)) => {
-                at.elapsed() > Duration::from_secs(30)
-                    || s.parent != self.state.parent
-                    || s.heads != self.state.heads
-                    || s.last_push_ok != self.state.last_push_ok
-                    || s.status_secs != self.state.status_secs
-                    || s.last_error != self.state.last_error
-            }
-        };
-        if due {
-            let body = serde_json::to_vec_pretty(&self.state).expect("state serialises");
-            if let Some(dir) = p.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            if let Err(e) = write_atomic(&p, None, &body, Some(0o644)) {
+        let body = serde_json::to_vec_pretty(&self.state).expect("state serialises");
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = write_atomic(&p, None, &body, Some(0o644)) {
+            if !self.state_warned {
                 self.log(format_args!("cannot write {}: {e}", p.display()));
+                self.state_warned = true;
             }
-            self.state_written = Some((Instant::now(), self.state.clone()));
         }
     }
 
@@ -484,6 +478,10 @@ impl Agent {
                 Ok(d) => {
                     self.failures_in_round = 0;
                     self.failed_rounds = 0;
+                    if self.need_heads {
+                        // The list could not be fetched at start: the parent answers now.
+                        let _ = self.fetch_heads().await;
+                    }
                     switched = self.apply(d).await;
                 }
                 Err(e) if e.is_refusal() => {
