@@ -647,7 +647,9 @@ impl Hub {
     async fn flush_status(&self) -> Result<(), DbError> {
         // (uid, generation, value, claim, expected revision)
         let due: Vec<(String, u64, Vec<u8>, bool, Option<i64>, u64)> = {
-            let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            // A deleted node's status goes with it.
+            children.retain(|uid, _| self.nodes.by_uid(uid).is_some());
             children
                 .values()
                 .filter(|c| c.dirty())
