@@ -79,10 +79,7 @@ fn push_rate(nodes: u32, interval_ms: u64) -> Vec<String> {
     let failed = b["pushes_failed"].as_u64().unwrap() - a["pushes_failed"].as_u64().unwrap();
     let writes = cb["status_writes"].as_u64().expect("head counters") - ca["status_writes"].as_u64().unwrap_or(0);
     let txns = cb["status_txns"].as_u64().unwrap_or(0) - ca["status_txns"].as_u64().unwrap_or(0);
-    let total = format!(
-        "{} records in {} txns for {} pushes",
-        cb["status_writes"], cb["status_txns"], cb["pushes"]
-    );
+    let total = format!("{} records in {} txns for {} pushes", cb["status_writes"], cb["status_txns"], cb["pushes"]);
     let offered = nodes as f64 * 1000.0 / interval_ms as f64;
     vec![
         nodes.to_string(),
@@ -108,7 +105,16 @@ pub fn bench_agent(r: &mut Report) {
         rows.push(push_rate(n, ms));
     }
     r.table(
-        &["nodes", "offered /s", "absorbed /s", "p50 ms", "p99 ms", "failed", "database writes in the window", "since the head started"],
+        &[
+            "nodes",
+            "offered /s",
+            "absorbed /s",
+            "p50 ms",
+            "p99 ms",
+            "failed",
+            "database writes in the window",
+            "since the head started",
+        ],
         rows,
     );
 
@@ -145,7 +151,9 @@ pub fn bench_agent(r: &mut Report) {
     poll_until("fleet re-parented", Duration::from_secs(60), || {
         let s = sim.summary();
         s["parents"]["head1"].is_null()
-            && s["node"].as_array().is_some_and(|v| v.iter().all(|x| x["switched_ms"].as_u64().unwrap_or(0) > killed_ms))
+            && s["node"]
+                .as_array()
+                .is_some_and(|v| v.iter().all(|x| x["switched_ms"].as_u64().unwrap_or(0) > killed_ms))
     });
     let s = sim.summary();
     let mut d: Vec<u64> =
@@ -176,7 +184,11 @@ pub fn bench_agent(r: &mut Report) {
         .map(|t| t.join("x86_64-unknown-linux-gnu/agent/clusterware-node"))
         .filter(|p| p.is_file());
     let Some(static_bin) = static_bin else {
-        r.section("Node agent: binary size and memory", "make agent", "The static agent was not built (`make agent`); not measured.");
+        r.section(
+            "Node agent: binary size and memory",
+            "make agent",
+            "The static agent was not built (`make agent`); not measured.",
+        );
         return;
     };
     let size = std::fs::metadata(&static_bin).map(|m| m.len()).unwrap_or(0);

@@ -174,7 +174,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes/status", post(node_status))
         .route("/nodes/reports", post(node_reports))
         .route("/nodes/script", post(run_script))
-        .route("/nodes/counters", get(|State(st): State<Arc<AppState>>| async move { json(StatusCode::OK, &st.hub.counters()) }))
+        .route(
+            "/nodes/counters",
+            get(|State(st): State<Arc<AppState>>| async move { json(StatusCode::OK, &st.hub.counters()) }),
+        )
         .route("/keys", get(list_keys).post(add_key))
         .route("/keys/{name}", axum::routing::delete(remove_key))
         .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
@@ -359,12 +362,11 @@ async fn agent_keys(
 
 async fn node_status(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let q: StatusQuery = parse(&body)?;
-    if let Some(uids) = &q.nodes {
-        if let Some(u) = uids.iter().find(|u| st.hub.nodes.by_uid(u).is_none()) {
-            return Err(ApiFailure::NotFound(format!("no node with uid {u}")));
-        }
-    }
-    let nodes = st.hub.status_of(q.nodes.as_deref(), q.details).await;
+    let wanted = match &q.nodes {
+        Some(uids) => Some(st.hub.resolve(uids).await?),
+        None => None,
+    };
+    let nodes = st.hub.status_of(wanted, q.details).await;
     Ok(json(StatusCode::OK, &clusterware_shared::agent::NodeStatusList { nodes }))
 }
 
@@ -385,11 +387,9 @@ async fn run_script(
     if !(1..=3600).contains(&req.timeout_secs) {
         return Err(ApiFailure::BadRequest(format!("timeout {} s is not from 1 to 3600", req.timeout_secs)));
     }
-    if let Some(u) = req.nodes.iter().find(|u| st.hub.nodes.by_uid(u).is_none()) {
-        return Err(ApiFailure::NotFound(format!("no node with uid {u}")));
-    }
+    let nodes = st.hub.resolve(&req.nodes).await?;
     tracing::info!(%peer, script = req.script.name(), nodes = req.nodes.len(), "script requested");
-    let results = st.hub.run_script(&req.nodes, req.script, std::time::Duration::from_secs(req.timeout_secs)).await?;
+    let results = st.hub.run_script(&nodes, req.script, std::time::Duration::from_secs(req.timeout_secs)).await?;
     Ok(json(StatusCode::OK, &ScriptResults { results }))
 }
 

@@ -742,13 +742,32 @@ impl Hub {
         children.values().filter(|c| matches!(c.state, NodeState::Up | NodeState::Booting)).count()
     }
 
+    /// The nodes with these uids: from memory, else (a node created a moment ago through
+    /// another head) from the database. Err names a uid that no node has.
+    pub async fn resolve(&self, uids: &[String]) -> Result<Vec<Arc<Node>>, crate::registry::RegistryError> {
+        let mut out = Vec::with_capacity(uids.len());
+        let mut fresh: Option<HashMap<String, Arc<Node>>> = None;
+        for u in uids {
+            if let Some(n) = self.nodes.by_uid(u) {
+                out.push(n);
+                continue;
+            }
+            if fresh.is_none() {
+                let all = crate::registry::list(&self.db).await?;
+                fresh = Some(all.into_iter().map(|n| (n.uid.clone(), Arc::new(n))).collect());
+            }
+            match fresh.as_ref().and_then(|f| f.get(u)) {
+                Some(n) => out.push(n.clone()),
+                None => return Err(crate::registry::RegistryError::NotFound(format!("no node with uid {u}"))),
+            }
+        }
+        Ok(out)
+    }
+
     /// The status of the given nodes (all when `None`), as any head sees it; with `details`,
     /// the latest reports, asked from each parent head.
-    pub async fn status_of(&self, uids: Option<&[String]>, details: bool) -> Vec<NodeStatus> {
-        let nodes: Vec<Arc<Node>> = match uids {
-            None => self.nodes.all(),
-            Some(u) => u.iter().filter_map(|u| self.nodes.by_uid(u)).collect(),
-        };
+    pub async fn status_of(&self, nodes: Option<Vec<Arc<Node>>>, details: bool) -> Vec<NodeStatus> {
+        let nodes: Vec<Arc<Node>> = nodes.unwrap_or_else(|| self.nodes.all());
         let alive: HashSet<String> = self.alive.keys().into_iter().collect();
         let now = unix_now();
         let mut out: Vec<NodeStatus> = {
@@ -854,11 +873,13 @@ impl Hub {
     /// for every outcome or the timeout, then removes the commands.
     pub async fn run_script(
         &self,
-        uids: &[String],
+        nodes: &[Arc<Node>],
         script: Script,
         timeout: Duration,
     ) -> Result<Vec<NodeOutcome>, DbError> {
-        let statuses = self.status_of(Some(uids), false).await;
+        let statuses = self.status_of(Some(nodes.to_vec()), false).await;
+        let uids: Vec<String> = nodes.iter().map(|n| n.uid.clone()).collect();
+        let uids = &uids[..];
         let mut outcomes: BTreeMap<String, NodeOutcome> = BTreeMap::new();
         let mut ask: Vec<(String, String)> = Vec::new();
         for s in &statuses {
