@@ -44,6 +44,7 @@ pub struct AppState {
     pub head: HeadRecord,
     pub storage: Arc<Storage>,
     pub hub: Arc<Hub>,
+    pub rebalance: crate::rebalance::Settings,
 }
 
 /// Why a request failed.
@@ -178,6 +179,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/nodes/counters",
             get(|State(st): State<Arc<AppState>>| async move { json(StatusCode::OK, &st.hub.counters()) }),
         )
+        .route("/rebalance", post(rebalance))
         .route("/keys", get(list_keys).post(add_key))
         .route("/keys/{name}", axum::routing::delete(remove_key))
         .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
@@ -240,7 +242,13 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn list_heads(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &HeadList { heads: heads::list(&st.db).await? }))
+    let mut heads = heads::list(&st.db).await?;
+    let load = st.hub.load();
+    for h in &mut heads {
+        h.nodes = load.get(&h.name).copied().unwrap_or(0);
+    }
+    let mean = if load.is_empty() { 0.0 } else { load.values().sum::<u64>() as f64 / load.len() as f64 };
+    Ok(json(StatusCode::OK, &HeadList { heads, mean_nodes: mean }))
 }
 
 async fn list_nodes(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
@@ -391,6 +399,19 @@ async fn run_script(
     tracing::info!(%peer, script = req.script.name(), nodes = req.nodes.len(), "script requested");
     let results = st.hub.run_script(&nodes, req.script, std::time::Duration::from_secs(req.timeout_secs)).await?;
     Ok(json(StatusCode::OK, &ScriptResults { results }))
+}
+
+async fn rebalance(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: clusterware_shared::agent::RebalanceRequest = parse(&body)?;
+    if !req.dry_run {
+        tracing::info!(%peer, "rebalancing round requested");
+    }
+    let r = st.hub.rebalance(&st.rebalance, None, req.dry_run).await?;
+    Ok(json(StatusCode::OK, &r))
 }
 
 async fn list_keys(State(st): State<Arc<AppState>>) -> ApiResult<Response> {

@@ -238,7 +238,14 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     if !hub.wait_ready(Duration::from_secs(30)).await {
         tracing::warn!("the node table is not loaded yet; node requests are refused until it is");
     }
-    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage, hub });
+    let rebalance = crate::rebalance::Settings {
+        enabled: cfg.rebalance_enabled,
+        interval: Duration::from_secs(cfg.rebalance_interval_secs),
+        threshold_pct: cfg.rebalance_threshold_pct,
+        holdoff: Duration::from_secs(cfg.rebalance_holdoff_secs),
+    };
+    let rebalancer = tokio::spawn(crate::rebalance::run(hub.clone(), rebalance, stop_rx.clone()));
+    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage, hub, rebalance });
     let app = api::router(state);
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 
@@ -263,6 +270,7 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     }
     let _ = liveness.await;
     let _ = audits.await;
+    let _ = rebalancer.await;
     drop(db);
     if let Some(mut m) = member {
         tokio::task::spawn_blocking(move || m.stop()).await.ok();

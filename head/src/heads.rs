@@ -161,6 +161,7 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
         };
         out.push(HeadInfo {
             storage: summary(&rec.name),
+            nodes: 0,
             alive: alive.contains(rec.name.as_str()),
             name: rec.name,
             ip: rec.ip,

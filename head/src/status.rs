@@ -106,6 +106,10 @@ struct Child {
     report: Option<Arc<StatusReport>>,
     hardware: Option<Hardware>,
     pending: Vec<Command>,
+    /// A parent switch to hand over (rebalancing).
+    switch: Option<HeadEntry>,
+    /// Already told to go to its preferred head (logged once).
+    preferred_told: bool,
     notify: Arc<Notify>,
     /// Bumped by every change the database must see.
     generation: u64,
@@ -143,11 +147,13 @@ pub struct HubCounters {
     pub rejected: AtomicU64,
     pub status_writes: AtomicU64,
     pub status_txns: AtomicU64,
+    /// Switch-parent directives handed to agents.
+    pub switches: AtomicU64,
 }
 
 pub struct Hub {
     pub me: HeadRecord,
-    db: Database,
+    pub(crate) db: Database,
     pub nodes: Arc<NodeCache>,
     children: Mutex<HashMap<String, Child>>,
     /// Every `status/` record with its revision.
@@ -228,7 +234,9 @@ impl Hub {
         let h = hub.clone();
         tokio::spawn(follow(db.clone(), STATUS, move |c| h.apply_status(c), stop.clone()));
         let h = hub.clone();
-        tokio::spawn(follow(db, COMMANDS, move |c| h.apply_command(c), stop.clone()));
+        tokio::spawn(follow(db.clone(), COMMANDS, move |c| h.apply_command(c), stop.clone()));
+        let h = hub.clone();
+        tokio::spawn(follow(db, crate::rebalance::MOVES, move |c| h.apply_move(c), stop.clone()));
         tokio::spawn(hub.clone().writer());
         hub
     }
@@ -238,8 +246,8 @@ impl Hub {
         self.nodes.wait_ready(limit).await
     }
 
+    /// Runs `f` (a log line) at most once a minute per `key`.
     fn complain(&self, key: String, f: impl FnOnce()) {
-        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
         let mut c = self.complaints.lock().unwrap_or_else(|p| p.into_inner());
         if c.len() > 10_000 {
             c.clear();
@@ -257,6 +265,7 @@ impl Hub {
     /// The node a request is about, checked against the address it came from.
     pub fn authenticate(&self, mac: &MacAddr, peer: IpAddr) -> Result<Arc<Node>, AgentError> {
         let Some(node) = self.nodes.by_mac(mac) else {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             self.complain(
                 format!("mac {mac}"),
                 || tracing::warn!(%mac, %peer, "request from an unknown MAC refused (logged once a minute per MAC)"),
@@ -264,6 +273,7 @@ impl Hub {
             return Err(AgentError::Unknown(format!("no node has MAC {mac}")));
         };
         if peer != IpAddr::V4(node.ip) {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             self.complain(format!("addr {mac} {peer}"), || {
                 tracing::warn!(node = %node.name, %mac, %peer, registered = %node.ip, "request for a node from an address that is not the node's refused")
             });
@@ -299,6 +309,8 @@ impl Hub {
             report: None,
             hardware: None,
             pending: Vec::new(),
+            switch: None,
+            preferred_told: false,
             notify: Arc::new(Notify::new()),
             generation: 1,
             written_generation: 0,
@@ -358,8 +370,24 @@ impl Hub {
         }
         child.report = Some(Arc::new(report));
         let commands = std::mem::take(&mut child.pending);
+        let mut switch_parent = child.switch.take();
+        // A node whose preferred head is alive (and is not this one) goes there.
+        if let Some(pref) = self.preferred_head(&node) {
+            if pref != self.me.name && self.alive.get(&pref).is_some() {
+                if let Some(h) = self.heads.get(&pref) {
+                    if !child.preferred_told {
+                        tracing::info!(node = %node.name, to = %pref, "directing node to its preferred head");
+                        child.preferred_told = true;
+                    }
+                    switch_parent = Some(HeadEntry { name: h.name.clone(), url: h.api_url.clone() });
+                }
+            }
+        }
+        if switch_parent.is_some() {
+            self.counters.switches.fetch_add(1, Ordering::Relaxed);
+        }
         self.counters.pushes.fetch_add(1, Ordering::Relaxed);
-        Ok(Directives { status_secs: Some(secs), commands, switch_parent: None })
+        Ok(Directives { status_secs: Some(secs), commands, switch_parent })
     }
 
     /// The long poll: answers as soon as there is a directive for the node, or after `secs`.
@@ -377,9 +405,13 @@ impl Hub {
                         node.name
                     )));
                 };
-                if !child.pending.is_empty() {
+                if !child.pending.is_empty() || child.switch.is_some() {
                     let commands = std::mem::take(&mut child.pending);
-                    return Ok(Directives { status_secs: Some(child.status_secs), commands, switch_parent: None });
+                    let switch_parent = child.switch.take();
+                    if switch_parent.is_some() {
+                        self.counters.switches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(Directives { status_secs: Some(child.status_secs), commands, switch_parent });
                 }
                 child.notify.clone()
             };
@@ -501,6 +533,37 @@ impl Hub {
                     tracing::info!(node = %ch.name, to = %r.parent, "node changed parent to another head");
                     ch.notify.notify_one();
                 }
+            }
+        }
+    }
+
+    /// A move decided by a rebalancing round: if the node is this head's child, its agent gets
+    /// the switch at once (through the long poll).
+    fn apply_move(&self, c: Change) {
+        let Change::Put(kv) = c else { return };
+        let Ok(m) = decode::<crate::rebalance::MoveRecord>(&kv) else { return };
+        if m.from != self.me.name {
+            return;
+        }
+        let Some(to) = self.heads.get(&m.to) else { return };
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = children.get_mut(&m.uid) {
+            ch.switch = Some(HeadEntry { name: to.name.clone(), url: to.api_url.clone() });
+            ch.notify.notify_one();
+        }
+    }
+
+    /// The head a node's `_preferred_head` names (by name or IP), if any head has it.
+    pub fn preferred_head(&self, node: &Node) -> Option<String> {
+        let want = node.attributes.get("_preferred_head")?;
+        let found = self.heads.values().into_iter().find(|h| h.name == *want || h.ip.to_string() == *want);
+        match found {
+            Some(h) => Some(h.name.clone()),
+            None => {
+                self.complain(format!("pref {} {want}", node.uid), || {
+                    tracing::warn!(node = %node.name, preferred = %want, "_preferred_head names no head; the node is treated as having no preference")
+                });
+                None
             }
         }
     }
@@ -733,7 +796,23 @@ impl Hub {
             rejected: c.rejected.load(Ordering::Relaxed),
             status_writes: c.status_writes.load(Ordering::Relaxed),
             status_txns: c.status_txns.load(Ordering::Relaxed),
+            switches: c.switches.load(Ordering::Relaxed),
         }
+    }
+
+    /// Nodes parented per alive head (up or booting), from the status records.
+    pub fn load(&self) -> BTreeMap<String, u64> {
+        let alive: HashSet<String> = self.alive.keys().into_iter().collect();
+        let mut m: BTreeMap<String, u64> = alive.iter().map(|h| (h.clone(), 0)).collect();
+        let recs = self.records.read().unwrap_or_else(|p| p.into_inner());
+        for (r, _) in recs.values() {
+            if matches!(r.state, NodeState::Up | NodeState::Booting) {
+                if let Some(c) = m.get_mut(&r.parent) {
+                    *c += 1;
+                }
+            }
+        }
+        m
     }
 
     /// How many nodes this head parents now (up or booting).
@@ -769,6 +848,8 @@ impl Hub {
     pub async fn status_of(&self, nodes: Option<Vec<Arc<Node>>>, details: bool) -> Vec<NodeStatus> {
         let nodes: Vec<Arc<Node>> = nodes.unwrap_or_else(|| self.nodes.all());
         let alive: HashSet<String> = self.alive.keys().into_iter().collect();
+        let head_names: Vec<(String, String)> =
+            self.heads.values().iter().map(|h| (h.name.clone(), h.ip.to_string())).collect();
         let now = unix_now();
         let mut out: Vec<NodeStatus> = {
             let recs = self.records.read().unwrap_or_else(|p| p.into_inner());
@@ -780,6 +861,11 @@ impl Hub {
                     let mut problems: Vec<String> = problem.into_iter().collect();
                     if let Some(Err(e)) = n.attributes.get("_ssh_keys").map(|k| parse_key_list(k)) {
                         problems.push(format!("_ssh_keys is ignored: {e}"));
+                    }
+                    if let Some(p) = n.attributes.get("_preferred_head") {
+                        if !head_names.iter().any(|(name, ip)| name == p || ip == p) {
+                            problems.push(format!("_preferred_head={p} names no head; the node has no preference"));
+                        }
                     }
                     let mut st = NodeStatus {
                         uid: n.uid.clone(),

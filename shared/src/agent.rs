@@ -269,6 +269,9 @@ pub struct StatusCounters {
     pub status_writes: u64,
     /// Database transactions those writes took.
     pub status_txns: u64,
+    /// Switch-parent directives handed to agents (rebalancing, preferred heads).
+    #[serde(default)]
+    pub switches: u64,
 }
 
 /// `POST /api/v1/nodes/script`: run a script on nodes and wait for their results.
@@ -523,4 +526,44 @@ mod tests {
             "10.0.0.3\tparent-head-node\n10.0.0.9\tother\n"
         );
     }
+}
+
+/// `POST /api/v1/rebalance`: plan a rebalancing round for every head now; carry it out unless
+/// `dry_run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebalanceRequest {
+    pub dry_run: bool,
+}
+
+/// One head's load in a rebalancing plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadLoad {
+    pub name: String,
+    /// Nodes it parents, counting moves under way at their destination.
+    pub nodes: u64,
+    /// Of those, nodes that prefer it (`_preferred_head`) and never move away.
+    pub pinned: u64,
+}
+
+/// A node to move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMove {
+    pub uid: String,
+    pub node: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+/// Answer of `POST /api/v1/rebalance`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceReport {
+    pub mean: f64,
+    pub threshold_pct: u32,
+    pub heads: Vec<HeadLoad>,
+    pub moves: Vec<NodeMove>,
+    /// Imbalances that rebalancing leaves alone, and why.
+    pub notes: Vec<String>,
+    /// The moves were handed to the parents (false for a dry run).
+    pub executed: bool,
 }

@@ -213,12 +213,18 @@ pub struct HeadInfo {
     /// Its storage at its last audit (absent until it has audited once).
     #[serde(default)]
     pub storage: Option<StorageSummary>,
+    /// Compute nodes it parents (up or booting).
+    #[serde(default)]
+    pub nodes: u64,
 }
 
 /// `GET /api/v1/heads`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadList {
     pub heads: Vec<HeadInfo>,
+    /// Mean number of nodes per alive head.
+    #[serde(default)]
+    pub mean_nodes: f64,
 }
 
 #[cfg(test)]

@@ -83,6 +83,14 @@ pub struct Config {
     /// Public keys of this head's root that `update_keys` gives every node (files that do not
     /// exist are skipped).
     pub ssh_key_files: Vec<PathBuf>,
+    /// Whether heads move nodes among themselves to even out the number each parents.
+    pub rebalance_enabled: bool,
+    /// Seconds between rebalancing rounds (each head, jittered by ±10 %).
+    pub rebalance_interval_secs: u64,
+    /// A head rebalances when it parents more than the mean by more than this many percent.
+    pub rebalance_threshold_pct: u32,
+    /// Seconds a moved node is not moved again.
+    pub rebalance_holdoff_secs: u64,
 }
 
 impl Default for Config {
@@ -117,6 +125,10 @@ impl Default for Config {
                 .iter()
                 .map(|f| PathBuf::from("/root/.ssh").join(f))
                 .collect(),
+            rebalance_enabled: true,
+            rebalance_interval_secs: 60,
+            rebalance_threshold_pct: 20,
+            rebalance_holdoff_secs: 300,
         }
     }
 }
@@ -282,6 +294,18 @@ impl Config {
                         .collect::<Result<_, _>>()
                         .map_err(bad)?
                 }
+                "rebalance.enabled" => {
+                    c.rebalance_enabled = match value {
+                        "yes" | "true" | "1" | "on" => true,
+                        "no" | "false" | "0" | "off" => false,
+                        _ => return Err(bad(format!("{value:?} is not yes or no"))),
+                    }
+                }
+                "rebalance.interval" => c.rebalance_interval_secs = int_value(value, 1, 86_400).map_err(bad)?,
+                "rebalance.threshold" => {
+                    c.rebalance_threshold_pct = int_value(value.trim_end_matches('%'), 1, 1000).map_err(bad)? as u32
+                }
+                "rebalance.holdoff" => c.rebalance_holdoff_secs = int_value(value, 5, 30 * 86_400).map_err(bad)?,
                 "head.lease_ttl" => c.lease_ttl_secs = int_value(value, 2, 300).map_err(bad)?,
                 "logging.dir" => c.log_dir = path_value(value).map_err(bad)?,
                 "logging.level" => {

@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use clusterware_cli::{CliResult, Client, ConnOpts, human_bytes, print_json, print_table, run, upload_file, usage};
-use clusterware_shared::agent::{AddKey, SshKey, SshKeyList, validate_ssh_key};
+use clusterware_shared::agent::{AddKey, RebalanceReport, RebalanceRequest, SshKey, SshKeyList, validate_ssh_key};
 use clusterware_shared::api::{FILE_KINDS, FileList, FileRecord, HeadList};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,17 @@ enum Cmd {
     Files {
         #[command(subcommand)]
         cmd: FilesCmd,
+    },
+    /// Even out the nodes each head parents: show the moves a round would make now
+    /// (--dry-run), or make them (--now). Heads also do this by themselves every
+    /// rebalance.interval seconds
+    Rebalance {
+        /// Show the moves without making them
+        #[arg(long, conflicts_with = "now", required_unless_present = "now")]
+        dry_run: bool,
+        /// Make the moves now
+        #[arg(long)]
+        now: bool,
     },
     /// SSH public keys for root on every node (with the heads' own root keys), installed by
     /// `scyld-nodectl script update_keys`
@@ -71,7 +82,8 @@ enum KeysCmd {
 
 #[derive(Subcommand)]
 enum HeadsCmd {
-    /// List the heads (names; -l for address, liveness, version, database membership, storage)
+    /// List the heads (names; -l for address, liveness, version, database membership, nodes
+    /// parented, storage)
     Ls {
         /// Long listing
         #[arg(short = 'l', long)]
@@ -117,6 +129,7 @@ fn main() -> ExitCode {
         Cmd::Keys { cmd: KeysCmd::Add { name, key, file } } => keys_add(&args, name, key.as_deref(), file.as_ref()),
         Cmd::Keys { cmd: KeysCmd::Ls { long } } => keys_ls(&args, *long),
         Cmd::Keys { cmd: KeysCmd::Rm { names } } => keys_rm(&args, names),
+        Cmd::Rebalance { dry_run, now: _ } => rebalance(&args, *dry_run),
     })
 }
 
@@ -146,6 +159,7 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
                         if h.db_member.leader { " (leader)" } else { "" }
                     ),
                     h.db_member.id.clone().unwrap_or_else(|| "-".into()),
+                    if h.alive { h.nodes.to_string() } else { "-".into() },
                     files,
                     missing,
                     bad,
@@ -155,9 +169,23 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
             })
             .collect();
         print_table(
-            &["NAME", "IP", "ALIVE", "VERSION", "DATABASE", "MEMBER ID", "FILES", "MISSING", "BAD", "BYTES", "API"],
+            &[
+                "NAME",
+                "IP",
+                "ALIVE",
+                "VERSION",
+                "DATABASE",
+                "MEMBER ID",
+                "NODES",
+                "FILES",
+                "MISSING",
+                "BAD",
+                "BYTES",
+                "API",
+            ],
             &rows,
         );
+        println!("mean nodes per alive head: {:.1}", list.mean_nodes);
     } else {
         for h in &list.heads {
             println!("{}", h.name);
@@ -212,6 +240,30 @@ fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
     }
     if args.json {
         print_json(&FileList { files: out });
+    }
+    Ok(())
+}
+
+fn rebalance(args: &Args, dry_run: bool) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let r: RebalanceReport = c.post("/rebalance", &RebalanceRequest { dry_run })?;
+    if args.json {
+        print_json(&r);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> =
+        r.heads.iter().map(|h| vec![h.name.clone(), h.nodes.to_string(), h.pinned.to_string()]).collect();
+    print_table(&["HEAD", "NODES", "PREFERRING IT"], &rows);
+    println!("mean {:.1}, threshold {}%", r.mean, r.threshold_pct);
+    let verb = if dry_run { "would move" } else { "moving" };
+    for m in &r.moves {
+        println!("{verb} {} from {} to {}", m.node, m.from, m.to);
+    }
+    if r.moves.is_empty() {
+        println!("no moves needed");
+    }
+    for n in &r.notes {
+        println!("note: {n}");
     }
     Ok(())
 }

@@ -1,0 +1,377 @@
+//! Rebalancing: each head, every `rebalance.interval` seconds (jittered), computes the mean
+//! number of up nodes per alive head; a head that parents more than the mean by more than
+//! `rebalance.threshold` percent directs just enough of its nodes to heads below the mean.
+//!
+//! Rounds are serialised through a lease-bound lock (`rebalance/lock`), and each reads status,
+//! moves and liveness in one transaction (one revision). A move is a `moves/<uid>` record under
+//! a lease as long as the hold-off: it counts the node at its destination while it travels, keeps
+//! the node from being moved again within the hold-off, and is how the decision reaches the
+//! node's parent, which hands the agent a switch-parent directive. Two heads deciding in turn
+//! therefore never overshoot each other's targets.
+//!
+//! Nodes whose `_preferred_head` is alive never move away from it; the imbalance they cause is
+//! reported in the plan's notes, not fought.
+
+use crate::db::{Compare, DbError, KeyValue, OpResult, Txn, TxnOp};
+use crate::heads::ALIVE;
+use crate::status::{Hub, STATUS, StatusRecord};
+use clusterware_shared::agent::{HeadLoad, NodeMove, NodeState, RebalanceReport};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const MOVES: &str = "moves/";
+const LOCK: &str = "rebalance/lock";
+
+/// `moves/<uid>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub uid: String,
+    pub node: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub threshold_pct: u32,
+    pub holdoff: Duration,
+}
+
+/// A node as rebalancing sees it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub uid: String,
+    pub name: String,
+    pub parent: String,
+    /// Its `_preferred_head`, when that head is alive.
+    pub pinned_to: Option<String>,
+    /// A move decided earlier and not yet completed.
+    pub moving_to: Option<String>,
+    /// Moved within the hold-off.
+    pub held: bool,
+}
+
+fn hash_str(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// The moves that bring every overloaded head (or only `source`) down to the mean, from one
+/// snapshot. Pure: the tests and `--dry-run` use it as is.
+pub fn plan(nodes: &[NodeView], alive: &[String], threshold_pct: u32, source: Option<&str>) -> RebalanceReport {
+    let mut counts: BTreeMap<String, u64> = alive.iter().map(|h| (h.clone(), 0)).collect();
+    let mut pinned: BTreeMap<String, u64> = BTreeMap::new();
+    for n in nodes {
+        let at = n.moving_to.as_deref().filter(|t| counts.contains_key(*t)).unwrap_or(&n.parent);
+        if let Some(c) = counts.get_mut(at) {
+            *c += 1;
+            if n.pinned_to.as_deref() == Some(at) {
+                *pinned.entry(at.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let total: u64 = counts.values().sum();
+    let heads = counts.len().max(1) as f64;
+    let mean = total as f64 / heads;
+    let limit = mean * (1.0 + threshold_pct as f64 / 100.0);
+    let (floor, ceil) = (mean.floor() as u64, mean.ceil() as u64);
+    let mut report = RebalanceReport {
+        mean,
+        threshold_pct,
+        heads: counts
+            .iter()
+            .map(|(h, c)| HeadLoad { name: h.clone(), nodes: *c, pinned: pinned.get(h).copied().unwrap_or(0) })
+            .collect(),
+        moves: Vec::new(),
+        notes: Vec::new(),
+        executed: false,
+    };
+    let mut load = counts.clone();
+    let sources: Vec<String> = counts
+        .iter()
+        .filter(|(h, c)| (**c as f64) > limit && source.is_none_or(|s| s == h.as_str()))
+        .map(|(h, _)| h.clone())
+        .collect();
+    for src in sources {
+        let excess = load[&src].saturating_sub(ceil);
+        let mut movable: Vec<&NodeView> = nodes
+            .iter()
+            .filter(|n| n.parent == src && n.moving_to.is_none() && !n.held && n.pinned_to.is_none())
+            .collect();
+        movable.sort_by_key(|n| (hash_str(&n.uid), n.uid.clone()));
+        let mut moved = 0u64;
+        for n in movable {
+            if moved == excess {
+                break;
+            }
+            // The receiver furthest below the mean.
+            let Some((to, _)) = load
+                .iter()
+                .filter(|(h, c)| **h != src && **c < floor)
+                .max_by_key(|(h, c)| (floor - **c, std::cmp::Reverse((*h).clone())))
+                .map(|(h, c)| (h.clone(), *c))
+            else {
+                break;
+            };
+            *load.get_mut(&to).expect("receiver is counted") += 1;
+            *load.get_mut(&src).expect("source is counted") -= 1;
+            report.moves.push(NodeMove {
+                uid: n.uid.clone(),
+                node: n.name.clone(),
+                from: src.clone(),
+                to: to.clone(),
+                reason: format!(
+                    "{src} parents {} nodes, more than the mean {mean:.1} + {threshold_pct}%",
+                    counts[&src]
+                ),
+            });
+            moved += 1;
+        }
+        if moved < excess {
+            let pinned_here = pinned.get(&src).copied().unwrap_or(0);
+            report.notes.push(format!(
+                "{src} keeps {} nodes above the mean: {} of its nodes prefer it (_preferred_head), the others moved recently or no head is below the mean",
+                excess - moved,
+                pinned_here
+            ));
+        }
+    }
+    report
+}
+
+impl Hub {
+    /// One rebalancing round for `source` (every head when `None`); writes the moves unless
+    /// `dry_run`.
+    pub async fn rebalance(
+        &self,
+        settings: &Settings,
+        source: Option<&str>,
+        dry_run: bool,
+    ) -> Result<RebalanceReport, DbError> {
+        let lease = if dry_run {
+            None
+        } else {
+            let lease = self.db.grant_lease(30).await?;
+            let t = Txn::new().when([Compare::absent(LOCK)]).and_then([TxnOp::put_with_lease(
+                LOCK,
+                self.me.name.as_bytes().to_vec(),
+                lease,
+            )]);
+            if !self.db.txn(t).await?.succeeded {
+                let _ = self.db.revoke_lease(lease).await;
+                return Ok(RebalanceReport {
+                    mean: 0.0,
+                    threshold_pct: settings.threshold_pct,
+                    heads: Vec::new(),
+                    moves: Vec::new(),
+                    notes: vec!["another head is rebalancing right now; try again in a moment".into()],
+                    executed: false,
+                });
+            }
+            Some(lease)
+        };
+        let r = self.round(settings, source, dry_run).await;
+        if let Some(l) = lease {
+            let _ = self.db.revoke_lease(l).await;
+        }
+        r
+    }
+
+    async fn round(
+        &self,
+        settings: &Settings,
+        source: Option<&str>,
+        dry_run: bool,
+    ) -> Result<RebalanceReport, DbError> {
+        let snap = self
+            .db
+            .txn(Txn::new().and_then([
+                TxnOp::GetPrefix { prefix: STATUS.into() },
+                TxnOp::GetPrefix { prefix: MOVES.into() },
+                TxnOp::GetPrefix { prefix: ALIVE.into() },
+            ]))
+            .await?;
+        let got = |i: usize| match snap.results.get(i) {
+            Some(OpResult::Got(kvs)) => kvs.clone(),
+            _ => Vec::new(),
+        };
+        let (status, moves, alive) = (got(0), got(1), got(2));
+        let alive: Vec<String> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE).map(str::to_string)).collect();
+        let alive_set: HashSet<&str> = alive.iter().map(String::as_str).collect();
+        let moves: HashMap<String, MoveRecord> = moves
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<MoveRecord>(&kv.value).ok())
+            .map(|m| (m.uid.clone(), m))
+            .collect();
+        let mut views = Vec::new();
+        let mut revs: HashMap<String, i64> = HashMap::new();
+        for kv in &status {
+            let Some(uid) = kv.key.strip_prefix(STATUS) else { continue };
+            let Ok(rec) = serde_json::from_slice::<StatusRecord>(&kv.value) else { continue };
+            if !matches!(rec.state, NodeState::Up | NodeState::Booting) || !alive_set.contains(rec.parent.as_str()) {
+                continue;
+            }
+            let Some(node) = self.nodes.by_uid(uid) else { continue };
+            let pinned_to = self.preferred_head(&node).filter(|h| alive_set.contains(h.as_str()));
+            let mv = moves.get(uid);
+            views.push(NodeView {
+                uid: uid.to_string(),
+                name: node.name.clone(),
+                moving_to: mv.filter(|m| m.from == rec.parent).map(|m| m.to.clone()),
+                held: mv.is_some(),
+                parent: rec.parent.clone(),
+                pinned_to,
+            });
+            revs.insert(uid.to_string(), kv_rev(kv));
+        }
+        let mut report = plan(&views, &alive, settings.threshold_pct, source);
+        if dry_run || report.moves.is_empty() {
+            return Ok(report);
+        }
+        let lease = self.db.grant_lease(settings.holdoff.as_secs().max(5) as i64).await?;
+        let now = crate::unix_now();
+        let mut done = Vec::new();
+        for chunk in report.moves.chunks(500) {
+            let mut t = Txn::new();
+            for m in chunk {
+                let key = format!("{STATUS}{}", m.uid);
+                t.compares.push(Compare::unchanged(key, revs.get(&m.uid).copied().unwrap_or(0)));
+                let rec = MoveRecord {
+                    uid: m.uid.clone(),
+                    node: m.node.clone(),
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                    reason: m.reason.clone(),
+                    at: now,
+                };
+                t.success.push(TxnOp::put_with_lease(
+                    format!("{MOVES}{}", m.uid),
+                    serde_json::to_vec(&rec).expect("moves serialise"),
+                    lease,
+                ));
+            }
+            if self.db.txn(t).await?.succeeded {
+                done.extend(chunk.iter().cloned());
+            } else {
+                report.notes.push("some nodes changed parent during the round; the next round looks again".into());
+                break;
+            }
+        }
+        for m in &done {
+            tracing::info!(node = %m.node, from = %m.from, to = %m.to, reason = %m.reason, "rebalance: moving node");
+        }
+        report.moves = done;
+        report.executed = true;
+        Ok(report)
+    }
+}
+
+fn kv_rev(kv: &KeyValue) -> i64 {
+    kv.mod_revision
+}
+
+/// Runs this head's rounds until shutdown.
+pub async fn run(hub: Arc<Hub>, settings: Settings, mut stop: watch::Receiver<bool>) {
+    if !settings.enabled {
+        tracing::info!("rebalancing is off (rebalance.enabled = no)");
+        return;
+    }
+    loop {
+        let jitter = 0.9 + rand::random::<f64>() * 0.2;
+        tokio::select! {
+            _ = tokio::time::sleep(settings.interval.mul_f64(jitter)) => {}
+            _ = stop.changed() => return,
+        }
+        let me = hub.me.name.clone();
+        match hub.rebalance(&settings, Some(&me), false).await {
+            Ok(r) => {
+                for n in &r.notes {
+                    tracing::info!(note = %n, "rebalance");
+                }
+                if !r.moves.is_empty() {
+                    tracing::info!(moved = r.moves.len(), mean = r.mean, "rebalance round");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "rebalance round failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(spec: &[(&str, usize)]) -> Vec<NodeView> {
+        let mut v = Vec::new();
+        for (h, n) in spec {
+            for i in 0..*n {
+                v.push(NodeView {
+                    uid: format!("{h}-{i}"),
+                    name: format!("{h}-{i}"),
+                    parent: h.to_string(),
+                    pinned_to: None,
+                    moving_to: None,
+                    held: false,
+                });
+            }
+        }
+        v
+    }
+
+    fn heads(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn all_on_one_head_moves_the_minimum() {
+        let r = plan(&nodes(&[("a", 300)]), &heads(&["a", "b", "c"]), 20, None);
+        assert_eq!(r.moves.len(), 200);
+        assert_eq!(r.moves.iter().filter(|m| m.to == "b").count(), 100);
+        let r = plan(&nodes(&[("a", 301)]), &heads(&["a", "b", "c"]), 20, None);
+        assert_eq!(r.moves.len(), 200, "a keeps 101");
+    }
+
+    #[test]
+    fn a_new_head_gets_its_share_without_overshoot() {
+        let mut n = nodes(&[("a", 100), ("b", 100), ("c", 100)]);
+        let h = heads(&["a", "b", "c", "d"]);
+        // Rounds of a, b, c in turn, each seeing the moves before it as under way.
+        let mut total = 0;
+        for src in ["a", "b", "c"] {
+            let r = plan(&n, &h, 20, Some(src));
+            assert_eq!(r.moves.len(), 25, "{src}");
+            for m in &r.moves {
+                let v = n.iter_mut().find(|x| x.uid == m.uid).unwrap();
+                v.moving_to = Some(m.to.clone());
+                v.held = true;
+            }
+            total += r.moves.len();
+        }
+        assert_eq!(total, 75);
+        assert!(plan(&n, &h, 20, None).moves.is_empty());
+    }
+
+    #[test]
+    fn balanced_and_pinned_nodes_stay() {
+        assert!(plan(&nodes(&[("a", 110), ("b", 95), ("c", 95)]), &heads(&["a", "b", "c"]), 20, None).moves.is_empty());
+        let mut n = nodes(&[("a", 300)]);
+        for v in n.iter_mut().take(250) {
+            v.pinned_to = Some("a".into());
+        }
+        let r = plan(&n, &heads(&["a", "b", "c"]), 20, None);
+        assert_eq!(r.moves.len(), 50);
+        assert!(
+            r.moves
+                .iter()
+                .all(|m| !m.uid.starts_with("a-") || n.iter().any(|v| v.uid == m.uid && v.pinned_to.is_none()))
+        );
+        assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+        assert_eq!(r.heads[0].pinned, 250);
+    }
+}

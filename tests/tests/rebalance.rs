@@ -1,0 +1,143 @@
+//! Rebalancing and `_preferred_head` with real heads and a simulated fleet.
+
+use clusterware_tests::{Backend, Cluster, Head, Sim, poll_until};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const FAST: &str = "rebalance.interval = 2\nrebalance.holdoff = 5\n";
+
+fn load(h: &Head) -> BTreeMap<String, u64> {
+    let out = h.cli("scyld-nodectl", &["status", "--json"]);
+    let mut m = BTreeMap::new();
+    if out.code != 0 {
+        return m;
+    }
+    for n in out.json()["nodes"].as_array().cloned().unwrap_or_default() {
+        if n["state"] == "up" {
+            *m.entry(n["parent"].as_str().unwrap_or("-").to_string()).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// Parent changes made after each node's first report.
+fn moves(sim: &Sim) -> u64 {
+    let s = sim.summary();
+    s["node"].as_array().map_or(0, |v| v.iter().map(|n| n["switches"].as_u64().unwrap_or(0).saturating_sub(1)).sum())
+}
+
+fn wait_load(h: &Head, what: &str, within: Duration, want: &[(&str, u64)]) {
+    let want: BTreeMap<String, u64> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let l = load(h);
+        if l == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {l:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
+    let mut c = Cluster::configure(Backend::Etcd, 4, FAST);
+    for h in &mut c.heads[..3] {
+        h.start();
+    }
+    for h in &mut c.heads[..3] {
+        h.wait_ready(Duration::from_secs(60));
+    }
+    let (mac0, ip0) = ("52:54:00:a5:00:00", "127.205.0.1");
+    c.heads[0]
+        .cli(
+            "scyld-nodectl",
+            &["create", "--count", "300", &format!("mac={mac0}"), &format!("ip={ip0}"), "_status_secs=2"],
+        )
+        .ok();
+    // Every node is given head1 first.
+    let urls: Vec<String> = c.heads[..3].iter().map(Head::url).collect();
+    let sim = Sim::start(&urls, 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
+    wait_load(
+        &c.heads[1],
+        "100 nodes per head",
+        Duration::from_secs(60),
+        &[("head1", 100), ("head2", 100), ("head3", 100)],
+    );
+    poll_until("sim summary current", Duration::from_secs(5), || moves(&sim) == 200);
+    // Many rounds (interval 2 s) on a balanced cluster: no move.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(moves(&sim), 200, "a balanced cluster moved nodes");
+    let dry = c.heads[2].cli("scyld-clusterctl", &["rebalance", "--dry-run"]);
+    assert!(dry.ok().contains("no moves needed"), "{dry:?}");
+    let ls = c.heads[0].cli("scyld-clusterctl", &["heads", "ls", "-l"]);
+    assert!(ls.ok().contains("mean nodes per alive head: 100.0"), "{ls:?}");
+    let log = std::fs::read_to_string(c.heads[0].dir.join("log/head_head1.log")).unwrap();
+    assert_eq!(log.matches("rebalance: moving node").count(), 200, "every move logged once");
+
+    // A fourth head: it gets its share (75 of 300), and only 75 nodes move.
+    c.heads[3].start();
+    c.heads[3].wait_ready(Duration::from_secs(60));
+    wait_load(
+        &c.heads[3],
+        "75 nodes per head",
+        Duration::from_secs(60),
+        &[("head1", 75), ("head2", 75), ("head3", 75), ("head4", 75)],
+    );
+    poll_until("sim summary current", Duration::from_secs(5), || moves(&sim) == 275);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(moves(&sim), 275);
+    let j: Value = c.heads[3].cli("scyld-clusterctl", &["heads", "ls", "--json"]).json();
+    assert_eq!(j["mean_nodes"], 75.0);
+}
+
+#[test]
+fn preferred_head_pins_nodes_and_they_return_after_a_restart() {
+    let mut c = Cluster::start(Backend::Etcd, 3, FAST);
+    let (mac0, ip0) = ("52:54:00:a6:00:00", "127.206.0.1");
+    c.heads[0]
+        .cli(
+            "scyld-nodectl",
+            &["create", "--count", "30", &format!("mac={mac0}"), &format!("ip={ip0}"), "_status_secs=2"],
+        )
+        .ok();
+    c.heads[0].cli("scyld-nodectl", &["-i", "n[0-14]", "set", "_preferred_head=head3"]).ok();
+    c.heads[0].cli("scyld-nodectl", &["-i", "n29", "set", "_preferred_head=nosuchhead"]).ok();
+    let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
+    let _sim = Sim::start(&urls, 30, ip0, mac0, &["--status-secs", "2"]);
+    let on = |h: &Head, parent: &str, range: std::ops::Range<usize>| {
+        let out = h.cli("scyld-nodectl", &["status", "--json"]);
+        out.code == 0
+            && out.json()["nodes"]
+                .as_array()
+                .is_some_and(|v| range.clone().all(|i| v[i]["parent"] == parent && v[i]["state"] == "up"))
+    };
+    // The 15 pinned nodes go to head3 and stay, whatever the imbalance (15 on head3, 15 left
+    // for head1 and head2): rebalancing reports it rather than fighting it.
+    poll_until("pinned nodes on head3", Duration::from_secs(30), || on(&c.heads[0], "head3", 0..15));
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(on(&c.heads[0], "head3", 0..15), "pinned nodes moved away");
+    let dry = c.heads[0].cli("scyld-clusterctl", &["--json", "rebalance", "--dry-run"]).json();
+    assert!(
+        dry["moves"].as_array().unwrap().iter().all(|m| m["from"] != "head3" || m["node"].as_str().unwrap() >= "n15")
+    );
+    // A preferred head that does not exist: no preference, and said so.
+    let ls = c.heads[1].cli("scyld-nodectl", &["ls", "-l"]);
+    assert!(ls.stderr.contains("n29: _preferred_head=nosuchhead names no head"), "{ls:?}");
+
+    // head3 restarts: its nodes use the others meanwhile, then come back.
+    c.heads[2].stop();
+    poll_until("pinned nodes elsewhere", Duration::from_secs(30), || {
+        let out = c.heads[0].cli("scyld-nodectl", &["status", "--json"]);
+        out.json()["nodes"]
+            .as_array()
+            .is_some_and(|v| (0..15).all(|i| v[i]["state"] == "up" && v[i]["parent"] != "head3"))
+    });
+    c.heads[2].start();
+    c.heads[2].wait_ready(Duration::from_secs(60));
+    poll_until("pinned nodes back on head3", Duration::from_secs(30), || on(&c.heads[1], "head3", 0..15));
+    let log = std::fs::read_to_string(c.heads[0].dir.join("log/head_head1.log")).unwrap();
+    assert!(log.contains("directing node to its preferred head"), "moves to the preferred head are logged");
+    assert!(log.contains("_preferred_head names no head"), "the bad preference is logged");
+}
