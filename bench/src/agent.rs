@@ -93,6 +93,53 @@ fn push_rate(nodes: u32, interval_ms: u64) -> Vec<String> {
     ]
 }
 
+/// N nodes all given head1 first, on 3 heads rebalancing every 5 s: moves against the minimum,
+/// rounds and seconds until balanced, largest deviation from the mean afterwards.
+fn rebalance_run(n: u64) -> Vec<String> {
+    let c = Cluster::start(clusterware_tests::Backend::Etcd, 3, "rebalance.interval = 5\nrebalance.holdoff = 60\n");
+    create(&c.heads[0], n as u32, "52:54:00:b3:00:00", "127.212.0.1", &[]);
+    let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
+    let started = Instant::now();
+    let sim = Sim::start(&urls, n as u32, "127.212.0.1", "52:54:00:b3:00:00", &["--ramp-secs", "1"]);
+    let mean = n as f64 / 3.0;
+    let balanced = |s: &Value| {
+        let p = &s["parents"];
+        let counts: Vec<u64> = ["head1", "head2", "head3"].iter().map(|h| p[h].as_u64().unwrap_or(0)).collect();
+        counts.iter().sum::<u64>() == n && counts.iter().all(|c| (*c as f64 - mean).abs() <= 1.0)
+    };
+    poll_until("balanced", Duration::from_secs(300), || balanced(&sim.summary()));
+    let took = started.elapsed();
+    // Rounds that follow a balanced cluster must not move anything.
+    std::thread::sleep(Duration::from_secs(11));
+    let s = sim.summary();
+    let moves: u64 =
+        s["node"].as_array().unwrap().iter().map(|x| x["switches"].as_u64().unwrap_or(0).saturating_sub(1)).sum();
+    let minimum = n - (n as f64 / 3.0).ceil() as u64;
+    let rounds: usize = c
+        .heads
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(h.dir.join(format!("log/head_{}.log", h.name)))
+                .unwrap_or_default()
+                .matches("rebalance round")
+                .count()
+        })
+        .sum();
+    let dev = ["head1", "head2", "head3"]
+        .iter()
+        .map(|h| (s["parents"][h].as_u64().unwrap_or(0) as f64 - mean).abs())
+        .fold(0.0f64, f64::max);
+    vec![
+        n.to_string(),
+        moves.to_string(),
+        minimum.to_string(),
+        format!("{:.2}", moves as f64 / minimum as f64),
+        rounds.to_string(),
+        secs(took),
+        format!("{dev:.1} ({:.2}%)", dev / mean * 100.0),
+    ]
+}
+
 pub fn bench_agent(r: &mut Report) {
     r.section(
         "Node agent: status pushes absorbed by one head",
@@ -175,6 +222,16 @@ pub fn bench_agent(r: &mut Report) {
         ]],
     );
     drop(sim);
+    drop(kill);
+
+    eprintln!("cw-bench: rebalancing…");
+    r.section(
+        "Rebalancing",
+        "clusterware-node sim with every node given head1 first; 3 heads, rebalance.interval = 5 s",
+        "Moves made (parent changes after each node's first report) against the minimum needed to reach the mean (target: equal); rounds that moved nodes (summed over the heads' logs); time from the fleet's start until every head is within one node of the mean, which includes the fleet coming up and waiting for the first round (up to 5.5 s); the largest deviation from the mean after a further 11 s of rounds.",
+    );
+    let rows = vec![rebalance_run(1000), rebalance_run(10_000)];
+    r.table(&["nodes", "moves", "minimum", "ratio", "rounds", "seconds to balance", "largest deviation"], rows);
 
     // The static agent: size, and memory while it runs for real against a head.
     let exe = bin("clusterware-node");
@@ -197,7 +254,8 @@ pub fn bench_agent(r: &mut Report) {
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
         .map(|t| if t.contains("not a dynamic") || t.contains("statically linked") { "static" } else { "DYNAMIC" })
         .unwrap_or("unknown");
-    let h = &kill.heads[1];
+    let c = Cluster::etcd(1);
+    let h = &c.heads[0];
     h.cli("scyld-nodectl", &["create", "mac=52:54:00:b2:00:01", "ip=127.0.0.1", "_status_secs=1"]).ok();
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("node.conf");
