@@ -7,10 +7,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests and benchmarks use: the etcd server (a real cluster database),
-# protoc (etcd-client compiles etcd's protobuf definitions at build time), curl (make run).
-APT_PACKAGES := etcd-server protobuf-compiler curl
+# protoc (etcd-client compiles etcd's protobuf definitions at build time), curl (make run),
+# ipmitool (power control drives it) and openipmi (ipmi_sim, the BMCs the power tests talk to).
+APT_PACKAGES := etcd-server protobuf-compiler curl ipmitool openipmi
 # The command that proves each package is installed.
-NEEDS := etcd protoc curl
+NEEDS := etcd protoc curl ipmitool ipmi_sim
 # And for make bench: nginx, the peer the file server is measured against.
 BENCH_APT_PACKAGES := nginx-light
 BENCH_NEEDS := nginx

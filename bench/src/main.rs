@@ -15,7 +15,8 @@
 //!   with the peak memory of the head and the CLI for a small and a large image;
 //! - the node agent: status pushes one head absorbs (1,000 and 10,000 simulated nodes),
 //!   re-parenting after `kill -9` of the parent, the `update_keys` round trip, and the static
-//!   agent's size and memory.
+//!   agent's size and memory; rebalancing;
+//! - power control: `power status` of 200 simulated BMCs against ipmitool in sequence.
 
 mod agent;
 
@@ -46,8 +47,8 @@ struct Args {
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
-    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent"])]
+    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power"])]
     only: Vec<String>,
 }
 
@@ -305,6 +306,9 @@ fn main() {
     }
     if run("agent") {
         agent::bench_agent(&mut r);
+    }
+    if run("power") {
+        agent::bench_power(&mut r, 200);
     }
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());

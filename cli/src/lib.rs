@@ -211,11 +211,60 @@ impl Client {
         self.finish(r)
     }
 
+    /// POST of a JSON body; the head logs who asked (`X-Clusterware-User`) for actions such as
+    /// power control.
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
-        let r =
-            self.agent.post(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).send_json(body);
+        let r = self
+            .agent
+            .post(self.url(path))
+            .header("Authorization", format!("{BEARER}{}", self.token))
+            .header("X-Clusterware-User", who())
+            .send_json(body);
         self.finish(r)
     }
+}
+
+/// Reads a secret: from the terminal without echo (after `prompt`), or the first line of stdin
+/// when stdin is not a terminal.
+pub fn read_secret(prompt: &str) -> CliResult<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        // SAFETY: termios calls on stdin with a struct we own; echo is restored below.
+        let saved = unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return Err(fail("cannot read the terminal's settings"));
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            saved
+        };
+        let r = stdin.lock().read_line(&mut line);
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+        eprintln!();
+        r.map_err(|e| fail(format!("cannot read the terminal: {e}")))?;
+    } else {
+        stdin.lock().read_line(&mut line).map_err(|e| fail(format!("cannot read stdin: {e}")))?;
+    }
+    let v = line.trim_end_matches(['\n', '\r']).to_string();
+    if v.is_empty() {
+        return Err(usage("the secret is empty"));
+    }
+    Ok(v)
+}
+
+/// The administrator running the command: the user behind sudo, else the login name.
+pub fn who() -> String {
+    let name = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+    // SAFETY: getuid has no preconditions.
+    let name = name.unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
+    name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect()
 }
 
 /// The nodes a selector names. Every exact name must exist and every range must match a node.

@@ -7,6 +7,7 @@ use crate::db::{Database, DbError};
 use crate::dump::{self, Dump, DumpError};
 use crate::heads::{self, HeadRecord};
 use crate::keys::{self, KeyError};
+use crate::power::{self, PowerSettings, SecretError};
 use crate::registry::{self, RegistryError};
 use crate::status::{AgentError, Hub};
 use crate::storage::{Storage, StorageError};
@@ -45,6 +46,7 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     pub hub: Arc<Hub>,
     pub rebalance: crate::rebalance::Settings,
+    pub power: PowerSettings,
 }
 
 /// Why a request failed.
@@ -72,6 +74,8 @@ pub enum ApiFailure {
     Agent(#[from] AgentError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 fn storage_kind(e: &StorageError) -> ErrorKind {
@@ -128,6 +132,11 @@ impl ApiFailure {
                 AgentError::WrongAddress(_) => ErrorKind::Forbidden,
                 AgentError::NotChild(_) => ErrorKind::Conflict,
             },
+            ApiFailure::Secret(k) => match k {
+                SecretError::Invalid(_) => ErrorKind::BadRequest,
+                SecretError::NotFound(_) => ErrorKind::NotFound,
+                SecretError::Db(e) => db_kind(e),
+            },
             ApiFailure::Keys(k) => match k {
                 KeyError::Invalid(_) => ErrorKind::BadRequest,
                 KeyError::Conflict(_) => ErrorKind::Conflict,
@@ -180,6 +189,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|State(st): State<Arc<AppState>>| async move { json(StatusCode::OK, &st.hub.counters()) }),
         )
         .route("/rebalance", post(rebalance))
+        .route("/nodes/power", post(node_power))
+        .route("/secrets", get(list_secrets))
+        .route("/secrets/{name}", axum::routing::put(set_secret).delete(remove_secret))
         .route("/keys", get(list_keys).post(add_key))
         .route("/keys/{name}", axum::routing::delete(remove_key))
         .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
@@ -251,8 +263,16 @@ async fn list_heads(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, &HeadList { heads, mean_nodes: mean }))
 }
 
+/// Nodes as the API shows them: secret attributes masked.
+fn shown(mut nodes: Vec<clusterware_shared::api::Node>) -> NodeList {
+    for n in &mut nodes {
+        clusterware_shared::power::mask_secrets(&mut n.attributes);
+    }
+    NodeList { nodes }
+}
+
 async fn list_nodes(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &NodeList { nodes: registry::list(&st.db).await? }))
+    Ok(json(StatusCode::OK, &shown(registry::list(&st.db).await?)))
 }
 
 async fn get_node(State(st): State<Arc<AppState>>, Path(uid): Path<String>) -> ApiResult<Response> {
@@ -261,7 +281,7 @@ async fn get_node(State(st): State<Arc<AppState>>, Path(uid): Path<String>) -> A
         .into_iter()
         .find(|n| n.uid == uid)
         .ok_or_else(|| ApiFailure::NotFound(format!("no node with uid {uid}")))?;
-    Ok(json(StatusCode::OK, &n))
+    Ok(json(StatusCode::OK, &shown(vec![n]).nodes[0]))
 }
 
 async fn create_nodes(
@@ -272,7 +292,7 @@ async fn create_nodes(
     let req: CreateNodes = parse(&body)?;
     let nodes = registry::create(&st.db, req.nodes).await?;
     tracing::info!(%peer, count = nodes.len(), first = %nodes[0].name, "nodes created");
-    Ok(json(StatusCode::CREATED, &NodeList { nodes }))
+    Ok(json(StatusCode::CREATED, &shown(nodes)))
 }
 
 async fn update_nodes(
@@ -284,7 +304,7 @@ async fn update_nodes(
     let (set, clear) = (req.set.keys().cloned().collect::<Vec<_>>(), req.clear.clone());
     let nodes = registry::update(&st.db, req.nodes, req.set, req.clear).await?;
     tracing::info!(%peer, count = nodes.len(), ?set, ?clear, "node attributes changed");
-    Ok(json(StatusCode::OK, &NodeList { nodes }))
+    Ok(json(StatusCode::OK, &shown(nodes)))
 }
 
 async fn delete_nodes(
@@ -296,7 +316,7 @@ async fn delete_nodes(
     let nodes = registry::delete(&st.db, req.nodes).await?;
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     tracing::info!(%peer, ?names, "nodes deleted");
-    Ok(json(StatusCode::OK, &NodeList { nodes }))
+    Ok(json(StatusCode::OK, &shown(nodes)))
 }
 
 fn mac_param(pairs: &[(String, String)]) -> ApiResult<MacAddr> {
@@ -412,6 +432,92 @@ async fn rebalance(
     }
     let r = st.hub.rebalance(&st.rebalance, None, req.dry_run).await?;
     Ok(json(StatusCode::OK, &r))
+}
+
+async fn node_power(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: clusterware_shared::power::PowerRequest = parse(&body)?;
+    use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerResults};
+    if req.nodes.is_empty() {
+        return Err(ApiFailure::BadRequest("no nodes selected".into()));
+    }
+    if !(1..=600).contains(&req.timeout_secs) {
+        return Err(ApiFailure::BadRequest(format!("timeout {} s is not from 1 to 600", req.timeout_secs)));
+    }
+    if req.soft && req.action != PowerAction::Off {
+        return Err(ApiFailure::BadRequest("--soft applies to `off` only".into()));
+    }
+    if req.boot.is_some() && matches!(req.action, PowerAction::Status | PowerAction::Off) {
+        return Err(ApiFailure::BadRequest("a boot device applies to on, cycle and reset".into()));
+    }
+    let nodes = st.hub.resolve(&req.nodes).await?;
+    let who: String = headers
+        .get("x-clusterware-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect();
+    let action = match (req.action, req.soft, req.boot) {
+        (a, true, _) => format!("{} --soft", a.name()),
+        (a, _, Some(BootDevice::Pxe)) => format!("{} --pxe", a.name()),
+        (a, _, Some(BootDevice::Disk)) => format!("{} --disk", a.name()),
+        (a, _, None) => a.name().to_string(),
+    };
+    let results = power::run(
+        &st.db,
+        &st.power,
+        nodes,
+        req.action,
+        req.soft,
+        req.boot,
+        std::time::Duration::from_secs(req.timeout_secs),
+    )
+    .await?;
+    for r in &results {
+        let outcome = match r.outcome {
+            PowerOutcome::Ok => "ok",
+            PowerOutcome::Failed => "failed",
+            PowerOutcome::Timeout => "timeout",
+        };
+        if req.action == PowerAction::Status {
+            tracing::debug!(node = %r.name, %action, by = %who, %peer, outcome, message = %r.message, "power");
+        } else {
+            tracing::info!(node = %r.name, %action, by = %who, %peer, outcome, message = %r.message, "power");
+        }
+    }
+    Ok(json(StatusCode::OK, &PowerResults { results }))
+}
+
+async fn list_secrets(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &clusterware_shared::power::SecretList { secrets: power::list_secrets(&st.db).await? }))
+}
+
+async fn set_secret(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: clusterware_shared::power::SetSecret = parse(&body)?;
+    let info = power::set_secret(&st.db, &name, &req.value).await?;
+    tracing::info!(%peer, %name, "secret set");
+    Ok(json(StatusCode::OK, &info))
+}
+
+async fn remove_secret(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let info = power::remove_secret(&st.db, &name).await?;
+    tracing::info!(%peer, %name, "secret removed");
+    Ok(json(StatusCode::OK, &info))
 }
 
 async fn list_keys(State(st): State<Arc<AppState>>) -> ApiResult<Response> {

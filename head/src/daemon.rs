@@ -245,7 +245,8 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         holdoff: Duration::from_secs(cfg.rebalance_holdoff_secs),
     };
     let rebalancer = tokio::spawn(crate::rebalance::run(hub.clone(), rebalance, stop_rx.clone()));
-    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage, hub, rebalance });
+    let power = crate::power::PowerSettings { ipmitool: cfg.ipmitool.clone(), concurrency: cfg.power_concurrency };
+    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage, hub, rebalance, power });
     let app = api::router(state);
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 

@@ -2,7 +2,8 @@
 //! consistent snapshot and loadable into an empty cluster of either backend.
 //!
 //! Saved: nodes and their index keys, file records and the deleted-files list, images, boot
-//! configs, cluster settings and cluster SSH keys. Not saved: head records, liveness, storage
+//! configs, cluster settings, cluster SSH keys and secrets (BMC passwords: the
+//! CLI writes the file mode 0600). Not saved: head records, liveness, storage
 //! summaries, node status and pending scripts, which belong to the heads of one cluster. File contents are not in the database either; the heads
 //! of the loading cluster need their own copies (or fetch them from a peer that has them).
 
@@ -12,8 +13,8 @@ use clusterware_shared::api::{BootConfig, FileRecord, Image, Node};
 pub const FORMAT: &str = "clusterware-database";
 pub const VERSION: u32 = 1;
 /// The prefixes that hold the cluster's data.
-pub const SAVED: [&str; 8] =
-    ["nodes/", "index/", "files/", "deleted/", "images/", "bootconfigs/", "settings/", "keys/"];
+pub const SAVED: [&str; 9] =
+    ["nodes/", "index/", "files/", "deleted/", "images/", "bootconfigs/", "settings/", "keys/", "secrets/"];
 
 /// The document `managedb save` writes (defined in `shared`, read by the CLI too).
 pub use clusterware_shared::api::DatabaseDump as Dump;
@@ -88,6 +89,10 @@ fn check(d: &Dump) -> Result<(), DumpError> {
                 .map(|s| {
                     k == &format!("keys/{}", s.name) && clusterware_shared::agent::validate_ssh_key(&s.key).is_ok()
                 })
+                .map_err(|e| e.to_string())
+        } else if k.starts_with("secrets/") {
+            serde_json::from_str::<crate::power::SecretRecord>(v)
+                .map(|s| k == &format!("secrets/{}", s.name))
                 .map_err(|e| e.to_string())
         } else if k.starts_with("index/") {
             Ok(d.keys.contains_key(&format!("nodes/{v}")))

@@ -14,6 +14,7 @@
 //! - [`nodecache`]: every node by uid and MAC, in memory.
 //! - [`status`]: the agent channel (status pushes, long polls, scripts) and node state.
 //! - [`keys`]: cluster SSH keys for `update_keys`.
+//! - [`power`]: power control through BMCs (ipmitool), cluster secrets.
 //! - [`rebalance`]: evening out the nodes each head parents.
 pub mod api;
 pub mod boot;
@@ -24,6 +25,7 @@ pub mod follow;
 pub mod heads;
 pub mod keys;
 pub mod nodecache;
+pub mod power;
 pub mod rebalance;
 pub mod registry;
 pub mod status;

@@ -91,6 +91,10 @@ pub struct Config {
     pub rebalance_threshold_pct: u32,
     /// Seconds a moved node is not moved again.
     pub rebalance_holdoff_secs: u64,
+    /// The `ipmitool` program power control runs.
+    pub ipmitool: PathBuf,
+    /// BMCs talked to at once by one power command.
+    pub power_concurrency: usize,
 }
 
 impl Default for Config {
@@ -129,6 +133,8 @@ impl Default for Config {
             rebalance_interval_secs: 60,
             rebalance_threshold_pct: 20,
             rebalance_holdoff_secs: 300,
+            ipmitool: PathBuf::from("ipmitool"),
+            power_concurrency: 64,
         }
     }
 }
@@ -306,6 +312,8 @@ impl Config {
                     c.rebalance_threshold_pct = int_value(value.trim_end_matches('%'), 1, 1000).map_err(bad)? as u32
                 }
                 "rebalance.holdoff" => c.rebalance_holdoff_secs = int_value(value, 5, 30 * 86_400).map_err(bad)?,
+                "power.ipmitool" => c.ipmitool = path_value(value).map_err(bad)?,
+                "power.concurrency" => c.power_concurrency = int_value(value, 1, 1024).map_err(bad)? as usize,
                 "head.lease_ttl" => c.lease_ttl_secs = int_value(value, 2, 300).map_err(bad)?,
                 "logging.dir" => c.log_dir = path_value(value).map_err(bad)?,
                 "logging.level" => {

@@ -141,6 +141,8 @@ pub fn validate_attr(key: &str, value: &str) -> Result<(), IdError> {
             Ok(n) if crate::agent::STATUS_SECS_RANGE.contains(&n) => Ok(()),
             _ => bad("expected whole seconds from 1 to 86400"),
         },
+        k if k.starts_with("_bmc_") => crate::power::validate_bmc_attr(k, value)
+            .map_err(|reason| IdError::AttrValue { key: key.to_string(), reason }),
         "_ssh_keys" => match crate::agent::parse_key_list(value) {
             Ok(_) => Ok(()),
             Err(e) => {

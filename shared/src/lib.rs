@@ -8,6 +8,7 @@
 //! - [`agent`]: the node agent's protocol and node status as administrators see it.
 //! - [`api`]: the `/api/v1` request and response bodies, and the `{kind, message}` error shape.
 //! - [`auth`]: the admin credential derived from `database.admin_pass`.
+//! - [`power`]: power control through BMCs, BMC attributes, cluster secrets.
 //! - [`fsutil`]: file-writing helpers (early writeback for large files).
 //!
 //! This crate must stay free of async runtimes, HTTP stacks and database clients: the static
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod fsutil;
 pub mod ids;
+pub mod power;
 pub mod select;
 
 /// The version every program reports (heads record it in the database).

@@ -461,3 +461,158 @@ impl Head {
         }
     }
 }
+
+/// A simulated BMC: OpenIPMI's `ipmi_sim` on a loopback address, its chassis power wired to a
+/// state file (`power`: `on`/`off`; `boot`: the next boot device). Killed on drop.
+pub struct Bmc {
+    child: Option<Child>,
+    pub ip: String,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Bmc {
+    /// Starts a BMC with one admin user and waits until it answers.
+    pub fn start(ip: &str, user: &str, pass: &str) -> Bmc {
+        let dir = TempDir::with_prefix("cw-bmc-").expect("bmc dir");
+        let d = dir.path();
+        let port = std::net::UdpSocket::bind((ip, 0)).expect("udp port").local_addr().expect("addr").port();
+        std::fs::create_dir_all(d.join("state")).expect("state dir");
+        let script = d.join("chassis.sh");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+# ipmi_sim chassis control: "set power 1", "set boot pxe", "get power", ...
+d={d}
+op=$1; shift
+case "$op" in
+  get) for n in "$@"; do
+         case $n in
+           power) if [ "$(cat $d/power 2>/dev/null)" = on ]; then echo power:1; else echo power:0; fi ;;
+           boot) echo "boot:$(cat $d/boot 2>/dev/null || echo default)" ;;
+         esac
+       done ;;
+  set) while [ $# -ge 2 ]; do
+         case $1 in
+           power) if [ "$2" = 1 ]; then echo on > $d/power; else echo off > $d/power; fi ;;
+           reset) echo reset >> $d/resets ;;
+           boot) echo "$2" > $d/boot ;;
+           shutdown) echo off > $d/power ;;
+         esac
+         shift 2
+       done ;;
+esac
+exit 0
+"#,
+                d = d.display()
+            ),
+        )
+        .expect("chassis script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        std::fs::write(d.join("power"), "off\n").expect("power file");
+        std::fs::write(
+            d.join("lan.conf"),
+            format!(
+                "name \"bmc\"\nset_working_mc 0x20\n  startlan 1\n    addr {ip} {port}\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789abcdef\n  endlan\n  user 2 true \"{user}\" \"{pass}\" admin 10 none md2 md5 straight\n  chassis_control \"{}\"\n",
+                script.display()
+            ),
+        )
+        .expect("lan.conf");
+        std::fs::write(
+            d.join("bmc.emu"),
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n",
+        )
+        .expect("emu");
+        let log = std::fs::File::create(d.join("ipmi_sim.log")).expect("log");
+        let mut cmd = Command::new("ipmi_sim");
+        cmd.arg("-c")
+            .arg(d.join("lan.conf"))
+            .arg("-f")
+            .arg(d.join("bmc.emu"))
+            .arg("-s")
+            .arg(d.join("state"))
+            .arg("-n")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log);
+        // SAFETY: prctl only affects the child being set up.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("ipmi_sim (Debian package openipmi; make test installs it)");
+        let bmc = Bmc { child: Some(child), ip: ip.to_string(), port, dir };
+        poll_until("ipmi_sim answering", Duration::from_secs(10), || {
+            Command::new("ipmitool")
+                .args([
+                    "-I",
+                    "lanplus",
+                    "-C",
+                    "3",
+                    "-H",
+                    ip,
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    user,
+                    "-E",
+                    "-N",
+                    "1",
+                    "-R",
+                    "1",
+                ])
+                .args(["chassis", "power", "status"])
+                .env("IPMI_PASSWORD", pass)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        bmc
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// `on` or `off`.
+    pub fn power(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("power")).unwrap_or_default().trim().to_string()
+    }
+
+    /// The next boot device the BMC was given (`pxe`, `disk`, …; empty if none).
+    pub fn boot(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("boot")).unwrap_or_default().trim().to_string()
+    }
+}
+
+impl Drop for Bmc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs one of the admin CLIs with `input` on its stdin.
+pub fn cli_with_stdin(prog: &str, args: &[&str], input: &str) -> Out {
+    let mut child = Command::new(bin(prog))
+        .args(args)
+        .env_remove("CLUSTERWARE_HEAD")
+        .env_remove("CLUSTERWARE_TOKEN")
+        .env_remove("CLUSTERWARE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run CLI");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("CLI output");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}

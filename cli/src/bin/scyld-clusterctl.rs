@@ -1,11 +1,14 @@
 //! `scyld-clusterctl`: cluster-wide views and boot files.
 //! `heads ls [-l] [--json]` lists the head nodes; `files ls|upload|rm` manages boot files;
-//! `keys add|ls|rm` manages the SSH keys that `scyld-nodectl script update_keys` gives nodes.
+//! `keys add|ls|rm` manages the SSH keys that `scyld-nodectl script update_keys` gives nodes;
+//! `secrets set|ls|rm` the BMC passwords nodes name with `_bmc_pass_ref`; `rebalance` evens out
+//! the nodes each head parents.
 
 use clap::{Parser, Subcommand};
 use clusterware_cli::{CliResult, Client, ConnOpts, human_bytes, print_json, print_table, run, upload_file, usage};
 use clusterware_shared::agent::{AddKey, RebalanceReport, RebalanceRequest, SshKey, SshKeyList, validate_ssh_key};
 use clusterware_shared::api::{FILE_KINDS, FileList, FileRecord, HeadList};
+use clusterware_shared::power::{SecretInfo, SecretList};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,11 +49,30 @@ enum Cmd {
         #[arg(long)]
         now: bool,
     },
+    /// Secrets (BMC passwords) that nodes name with _bmc_pass_ref=NAME; values are never shown
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretsCmd,
+    },
     /// SSH public keys for root on every node (with the heads' own root keys), installed by
     /// `scyld-nodectl script update_keys`
     Keys {
         #[command(subcommand)]
         cmd: KeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Set (or replace) a secret; the value is read from the terminal without echo, or from
+    /// the first line of stdin
+    Set { name: String },
+    /// List the secrets' names and when they were set
+    Ls,
+    /// Remove secrets
+    Rm {
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -130,6 +152,9 @@ fn main() -> ExitCode {
         Cmd::Keys { cmd: KeysCmd::Ls { long } } => keys_ls(&args, *long),
         Cmd::Keys { cmd: KeysCmd::Rm { names } } => keys_rm(&args, names),
         Cmd::Rebalance { dry_run, now: _ } => rebalance(&args, *dry_run),
+        Cmd::Secrets { cmd: SecretsCmd::Set { name } } => secret_set(&args, name),
+        Cmd::Secrets { cmd: SecretsCmd::Ls } => secrets_ls(&args),
+        Cmd::Secrets { cmd: SecretsCmd::Rm { names } } => secrets_rm(&args, names),
     })
 }
 
@@ -264,6 +289,49 @@ fn rebalance(args: &Args, dry_run: bool) -> CliResult<()> {
     }
     for n in &r.notes {
         println!("note: {n}");
+    }
+    Ok(())
+}
+
+fn secret_set(args: &Args, name: &str) -> CliResult<()> {
+    clusterware_shared::ids::validate_attr_key(name).map_err(|e| usage(format!("secret name: {e}")))?;
+    let c = Client::new(&args.conn)?;
+    let value = clusterware_cli::read_secret(&format!("value of secret {name}: "))?;
+    let info: SecretInfo = c.put_json(&format!("/secrets/{name}"), &clusterware_shared::power::SetSecret { value })?;
+    if args.json {
+        print_json(&info);
+    } else {
+        println!("secret {} set", info.name);
+    }
+    Ok(())
+}
+
+fn secrets_ls(args: &Args) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let list: SecretList = c.get("/secrets")?;
+    if args.json {
+        print_json(&list);
+    } else {
+        for s in &list.secrets {
+            println!("{}", s.name);
+        }
+    }
+    Ok(())
+}
+
+fn secrets_rm(args: &Args, names: &[String]) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let mut out = Vec::new();
+    for n in names {
+        clusterware_shared::ids::validate_attr_key(n).map_err(|e| usage(format!("secret name: {e}")))?;
+        let s: SecretInfo = c.delete(&format!("/secrets/{n}"))?;
+        if !args.json {
+            println!("removed secret {}", s.name);
+        }
+        out.push(s);
+    }
+    if args.json {
+        print_json(&SecretList { secrets: out });
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! scyld-nodectl -i n3 rm
 //! scyld-nodectl -i n[0-99] status [--json]
 //! scyld-nodectl -i n[0-99] script fetch_hosts|update_keys [--wait 30]
+//! scyld-nodectl -i n[0-99] power status|on|off|cycle|reset [--soft] [--pxe|--disk]
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -76,6 +77,25 @@ enum Cmd {
     Rm,
     /// Show the state, parent head, last report and hardware of the selected nodes (all by default)
     Status,
+    /// Power control through the nodes' BMCs (IPMI over LAN: _bmc_addr, _bmc_user, _bmc_pass or
+    /// _bmc_pass_ref), from any head, in parallel, one result per node
+    Power {
+        /// status, on, off, cycle or reset
+        #[arg(value_name = "ACTION", value_parser = ["status", "on", "off", "cycle", "reset"])]
+        action: String,
+        /// With off: ask the operating system to shut down (ACPI soft off)
+        #[arg(long)]
+        soft: bool,
+        /// With on, cycle or reset: boot from the network next time
+        #[arg(long, conflicts_with = "disk")]
+        pxe: bool,
+        /// With on, cycle or reset: boot from disk next time
+        #[arg(long)]
+        disk: bool,
+        /// Seconds each BMC gets to answer
+        #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=600))]
+        wait: u64,
+    },
     /// Run a script on the selected nodes through their agents and wait for the results:
     /// fetch_hosts (re-download the head list), update_keys (rewrite root's managed keys)
     Script {
@@ -98,6 +118,7 @@ fn main() -> ExitCode {
         Cmd::Rm => rm(&args),
         Cmd::Status => status(&args),
         Cmd::Script { script, wait } => script_cmd(&args, script, *wait),
+        Cmd::Power { action, soft, pxe, disk, wait } => power_cmd(&args, action, *soft, *pxe, *disk, *wait),
     })
 }
 
@@ -388,6 +409,50 @@ fn script_cmd(args: &Args, script: &str, wait: u64) -> CliResult<()> {
     }
     if bad > 0 {
         return Err(fail(format!("{} of {} nodes did not run {}", bad, res.results.len(), script.name())));
+    }
+    Ok(())
+}
+
+fn power_cmd(args: &Args, action: &str, soft: bool, pxe: bool, disk: bool, wait: u64) -> CliResult<()> {
+    use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerRequest, PowerResults};
+    let action = PowerAction::parse(action).ok_or_else(|| usage(format!("unknown power action {action:?}")))?;
+    if soft && action != PowerAction::Off {
+        return Err(usage("--soft goes with `off`"));
+    }
+    let boot = match (pxe, disk) {
+        (true, _) => Some(BootDevice::Pxe),
+        (_, true) => Some(BootDevice::Disk),
+        _ => None,
+    };
+    if boot.is_some() && matches!(action, PowerAction::Status | PowerAction::Off) {
+        return Err(usage("--pxe and --disk go with on, cycle or reset"));
+    }
+    let c = Client::with_timeout(&args.conn, args.conn.timeout.max(wait * 2 + 15))?;
+    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    if nodes.is_empty() {
+        return Err(fail("there are no nodes"));
+    }
+    let req =
+        PowerRequest { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), action, soft, boot, timeout_secs: wait };
+    let res: PowerResults = c.post("/nodes/power", &req)?;
+    let bad = res.results.iter().filter(|r| r.outcome != PowerOutcome::Ok).count();
+    if args.json {
+        print_json(&res);
+    } else {
+        for r in &res.results {
+            let what = match r.outcome {
+                PowerOutcome::Ok => "ok",
+                PowerOutcome::Failed => "failed",
+                PowerOutcome::Timeout => "timeout",
+            };
+            match (&r.power, r.outcome) {
+                (Some(p), PowerOutcome::Ok) => println!("{}: {p}", r.name),
+                _ => println!("{}: {what} ({})", r.name, r.message),
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(fail(format!("{} of {} nodes failed power {}", bad, res.results.len(), action.name())));
     }
     Ok(())
 }
