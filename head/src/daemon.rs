@@ -48,6 +48,13 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("network boot on {interface}: {what}: {source}")]
+    BootNet {
+        interface: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// This host's name, from the kernel.
@@ -185,6 +192,59 @@ fn read_ssh_keys(files: &[PathBuf]) -> Vec<String> {
     keys
 }
 
+/// DHCP and TFTP on the cluster-network interface, when `dhcp.interface` is set.
+async fn start_boot_net(
+    cfg: &Config,
+    hub: &Arc<Hub>,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let Some(iface) = cfg.boot.interface.clone() else {
+        tracing::info!("network boot is off (set dhcp.interface to the cluster-network interface)");
+        return Ok(Vec::new());
+    };
+    let err = |what: &str| {
+        let (iface, what) = (iface.clone(), what.to_string());
+        move |source| StartError::BootNet { interface: iface, what, source }
+    };
+    let server_ip = crate::dhcp::interface_ip(&iface)
+        .or(cfg.head_ip)
+        .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
+    let settings = crate::dhcp::DhcpSettings {
+        interface: iface.clone(),
+        server_ip,
+        port: cfg.boot.dhcp_port,
+        netmask: cfg.boot.netmask,
+        router: cfg.boot.router,
+        dns: cfg.boot.dns.clone(),
+        domain: cfg.boot.domain.clone(),
+        lease_secs: cfg.boot.lease_secs,
+        register_unknown: cfg.boot.register_unknown,
+        first_ip: cfg.boot.first_ip,
+        defer: Duration::from_millis(cfg.boot.defer_ms),
+        http_base: hub.me.api_url.clone(),
+        bios_file: cfg.boot.bios_file.clone(),
+        efi_file: cfg.boot.efi_file.clone(),
+    };
+    let dhcp_sock = crate::dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
+    let tftp_sock = tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
+        .await
+        .map_err(err("binding the TFTP port"))?;
+    if !cfg.boot.tftp_dir.is_dir() {
+        tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the TFTP directory does not exist (Debian package ipxe); PXE ROMs cannot load iPXE from this head");
+    }
+    let dhcp = crate::dhcp::DhcpServer::new(hub.clone(), settings);
+    let tftp = crate::tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
+    tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
+    let mut tasks = vec![tokio::spawn(dhcp.run(dhcp_sock, stop.clone())), tokio::spawn(tftp.run(tftp_sock, stop.clone()))];
+    if cfg.boot.ra {
+        match crate::ra::bind(&iface) {
+            Ok(sock) => tasks.push(tokio::spawn(crate::ra::run(sock, iface.clone(), stop))),
+            Err(e) => tracing::warn!(interface = %iface, error = %e, "cannot answer IPv6 router solicitations; iPXE may wait for IPv6 autoconfiguration"),
+        }
+    }
+    Ok(tasks)
+}
+
 /// Raises the open-files limit to the hard limit: every node keeps a connection open.
 fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit on a local struct.
@@ -245,6 +305,7 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         holdoff: Duration::from_secs(cfg.rebalance_holdoff_secs),
     };
     let rebalancer = tokio::spawn(crate::rebalance::run(hub.clone(), rebalance, stop_rx.clone()));
+    let boot_tasks = start_boot_net(&cfg, &hub, stop_rx.clone()).await?;
     let power = crate::power::PowerSettings { ipmitool: cfg.ipmitool.clone(), concurrency: cfg.power_concurrency };
     let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage, hub, rebalance, power });
     let app = api::router(state);
@@ -272,6 +333,9 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     let _ = liveness.await;
     let _ = audits.await;
     let _ = rebalancer.await;
+    for t in boot_tasks {
+        let _ = t.await;
+    }
     drop(db);
     if let Some(mut m) = member {
         tokio::task::spawn_blocking(move || m.stop()).await.ok();

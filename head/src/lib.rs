@@ -10,6 +10,7 @@
 //! - [`dump`]: `managedb save`/`load` of the cluster's data.
 //! - [`storage`]: boot files on local storage: verification, quarantine, peer download,
 //!   deletion list, audits.
+//! - [`dhcp`], [`tftp`]: network boot (DHCP answers from memory, iPXE binaries over TFTP).
 //! - [`follow`]: in-memory copies of database prefixes kept current by watches.
 //! - [`nodecache`]: every node by uid and MAC, in memory.
 //! - [`status`]: the agent channel (status pushes, long polls, scripts) and node state.
@@ -20,16 +21,19 @@ pub mod api;
 pub mod boot;
 pub mod daemon;
 pub mod db;
+pub mod dhcp;
 pub mod dump;
 pub mod follow;
 pub mod heads;
 pub mod keys;
 pub mod nodecache;
 pub mod power;
+pub mod ra;
 pub mod rebalance;
 pub mod registry;
 pub mod status;
 pub mod storage;
+pub mod tftp;
 pub mod transfer;
 
 /// Seconds since the Unix epoch (0 if the clock is before it), for record timestamps.

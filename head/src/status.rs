@@ -42,6 +42,8 @@ pub const KEYS: &str = "keys/";
 /// A parent rewrites an up node's record at least this often, so that other heads can tell a
 /// node whose parent died from one that is still fine.
 pub const REFRESH_SECS: u64 = 30;
+/// How long a network-booting node may stay silent before it counts as down.
+pub const BOOT_GRACE_SECS: u64 = 300;
 /// Largest number of records one status transaction writes.
 const FLUSH_CHUNK: usize = 1000;
 
@@ -110,6 +112,8 @@ struct Child {
     switch: Option<HeadEntry>,
     /// Already told to go to its preferred head (logged once).
     preferred_told: bool,
+    /// Its boot script was served by this head and "Booting node" logged.
+    pxe_booted: bool,
     notify: Arc<Notify>,
     /// Bumped by every change the database must see.
     generation: u64,
@@ -311,6 +315,7 @@ impl Hub {
             pending: Vec::new(),
             switch: None,
             preferred_told: false,
+            pxe_booted: false,
             notify: Arc::new(Notify::new()),
             generation: 1,
             written_generation: 0,
@@ -339,7 +344,9 @@ impl Hub {
             }
         }
         if child.boot_id != report.boot_id {
-            tracing::info!(node = %node.name, mac = %report.mac, boot_id = %report.boot_id, phase = ?report.phase, "Booting node {} ({})", node.name, report.mac);
+            if !std::mem::take(&mut child.pxe_booted) {
+                tracing::info!(node = %node.name, mac = %report.mac, boot_id = %report.boot_id, phase = ?report.phase, "Booting node {} ({})", node.name, report.mac);
+            }
             child.boot_id = report.boot_id.clone();
             child.hardware = None;
             child.touch();
@@ -388,6 +395,43 @@ impl Hub {
         }
         self.counters.pushes.fetch_add(1, Ordering::Relaxed);
         Ok(Directives { status_secs: Some(secs), commands, switch_parent })
+    }
+
+    /// The node is network-booting from this head (its boot script was served): this head is its
+    /// parent, the node is `booting`.
+    pub fn booting(&self, node: &Node, mac: &MacAddr) {
+        tracing::info!(node = %node.name, %mac, "Booting node {} ({})", node.name, mac);
+        let (secs, _) = status_secs_of(node);
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        let child = children.entry(node.uid.clone()).or_insert_with(|| Child {
+            uid: node.uid.clone(),
+            name: node.name.clone(),
+            mac: *mac,
+            state: NodeState::Booting,
+            boot_id: String::new(),
+            last_seen: Instant::now(),
+            last_seen_unix: unix_now(),
+            status_secs: secs,
+            report: None,
+            hardware: None,
+            pending: Vec::new(),
+            switch: None,
+            preferred_told: false,
+            pxe_booted: true,
+            notify: Arc::new(Notify::new()),
+            generation: 0,
+            written_generation: 0,
+            written_rev: None,
+            written_seen: 0,
+            claim: true,
+        });
+        child.state = NodeState::Booting;
+        child.report = None;
+        child.hardware = None;
+        child.pxe_booted = true;
+        child.last_seen = Instant::now();
+        child.last_seen_unix = unix_now();
+        child.touch();
     }
 
     /// The long poll: answers as soon as there is a directive for the node, or after `secs`.
@@ -663,7 +707,13 @@ impl Hub {
     fn mark_silent(&self) {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for ch in children.values_mut() {
-            let limit = Duration::from_secs((ch.status_secs * MISSED_INTERVALS) as u64);
+            // A node that was only handed its boot script has a kernel and an initramfs to load
+            // before its agent can report.
+            let limit = if ch.report.is_none() {
+                Duration::from_secs(BOOT_GRACE_SECS.max((ch.status_secs * MISSED_INTERVALS) as u64))
+            } else {
+                Duration::from_secs((ch.status_secs * MISSED_INTERVALS) as u64)
+            };
             if matches!(ch.state, NodeState::Up | NodeState::Booting) && ch.last_seen.elapsed() > limit {
                 tracing::warn!(node = %ch.name, mac = %ch.mac, silent_secs = ch.last_seen.elapsed().as_secs(), "node is down: no status for {} intervals", MISSED_INTERVALS);
                 ch.state = NodeState::Down;

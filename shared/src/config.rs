@@ -95,6 +95,52 @@ pub struct Config {
     pub ipmitool: PathBuf,
     /// BMCs talked to at once by one power command.
     pub power_concurrency: usize,
+    /// Network boot; off unless `dhcp.interface` names the cluster-network interface.
+    pub boot: BootNet,
+}
+
+/// DHCP, TFTP and iPXE settings (`dhcp.*`, `tftp.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootNet {
+    pub interface: Option<String>,
+    pub dhcp_port: u16,
+    pub netmask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_secs: u32,
+    pub register_unknown: bool,
+    pub first_ip: Option<Ipv4Addr>,
+    pub defer_ms: u64,
+    pub bios_file: String,
+    pub efi_file: String,
+    pub tftp_port: u16,
+    pub tftp_dir: PathBuf,
+    /// Answer IPv6 router solicitations with a router advertisement that offers nothing, so
+    /// that iPXE does not wait for IPv6 autoconfiguration on a segment without a router.
+    pub ra: bool,
+}
+
+impl Default for BootNet {
+    fn default() -> Self {
+        BootNet {
+            interface: None,
+            dhcp_port: 67,
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: Vec::new(),
+            domain: None,
+            lease_secs: 86_400,
+            register_unknown: false,
+            first_ip: None,
+            defer_ms: 500,
+            bios_file: "undionly.kpxe".into(),
+            efi_file: "snponly.efi".into(),
+            tftp_port: 69,
+            tftp_dir: PathBuf::from("/usr/lib/ipxe"),
+            ra: true,
+        }
+    }
 }
 
 impl Default for Config {
@@ -135,6 +181,7 @@ impl Default for Config {
             rebalance_holdoff_secs: 300,
             ipmitool: PathBuf::from("ipmitool"),
             power_concurrency: 64,
+            boot: BootNet::default(),
         }
     }
 }
@@ -312,6 +359,59 @@ impl Config {
                     c.rebalance_threshold_pct = int_value(value.trim_end_matches('%'), 1, 1000).map_err(bad)? as u32
                 }
                 "rebalance.holdoff" => c.rebalance_holdoff_secs = int_value(value, 5, 30 * 86_400).map_err(bad)?,
+                "dhcp.interface" => {
+                    let ok = !value.is_empty()
+                        && value.len() < 16
+                        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+                    if !ok {
+                        return Err(bad(format!("{value:?} is not a network interface name")));
+                    }
+                    c.boot.interface = Some(value.to_string());
+                }
+                "dhcp.port" => c.boot.dhcp_port = port_value(value).map_err(bad)?,
+                "dhcp.netmask" => {
+                    let m: Ipv4Addr = value.parse().map_err(|_| bad(format!("{value:?} is not a netmask")))?;
+                    let bits = u32::from(m);
+                    if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                        return Err(bad(format!("{value:?} is not a contiguous netmask")));
+                    }
+                    c.boot.netmask = m;
+                }
+                "dhcp.router" => {
+                    c.boot.router = Some(value.parse().map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?)
+                }
+                "dhcp.dns" => {
+                    c.boot.dns = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| v.parse().map_err(|_| bad(format!("{v:?} is not an IPv4 address"))))
+                        .collect::<Result<_, _>>()?
+                }
+                "dhcp.domain" => c.boot.domain = Some(value.to_string()),
+                "dhcp.lease_time" => c.boot.lease_secs = int_value(value, 60, 31_536_000).map_err(bad)? as u32,
+                "dhcp.register_unknown" => {
+                    c.boot.register_unknown = match value {
+                        "yes" | "true" | "1" | "on" => true,
+                        "no" | "false" | "0" | "off" => false,
+                        _ => return Err(bad(format!("{value:?} is not yes or no"))),
+                    }
+                }
+                "dhcp.first_ip" => {
+                    c.boot.first_ip = Some(value.parse().map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?)
+                }
+                "dhcp.defer_ms" => c.boot.defer_ms = int_value(value, 0, 10_000).map_err(bad)?,
+                "dhcp.bios_file" => c.boot.bios_file = value.to_string(),
+                "dhcp.efi_file" => c.boot.efi_file = value.to_string(),
+                "dhcp.ipv6_ra" => {
+                    c.boot.ra = match value {
+                        "yes" | "true" | "1" | "on" => true,
+                        "no" | "false" | "0" | "off" => false,
+                        _ => return Err(bad(format!("{value:?} is not yes or no"))),
+                    }
+                }
+                "tftp.port" => c.boot.tftp_port = port_value(value).map_err(bad)?,
+                "tftp.dir" => c.boot.tftp_dir = path_value(value).map_err(bad)?,
                 "power.ipmitool" => c.ipmitool = path_value(value).map_err(bad)?,
                 "power.concurrency" => c.power_concurrency = int_value(value, 1, 1024).map_err(bad)? as usize,
                 "head.lease_ttl" => c.lease_ttl_secs = int_value(value, 2, 300).map_err(bad)?,

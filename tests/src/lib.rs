@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+pub mod netns;
+
 /// The lease TTL the harness gives heads (seconds).
 pub const LEASE_TTL: u64 = 3;
 const PASS: &str = "harness-db-pass";
@@ -137,9 +139,16 @@ pub struct Head {
     pub config: PathBuf,
     pub dir: PathBuf,
     child: Option<Child>,
+    /// The network namespace the head runs in (network-boot tests), else the machine's own.
+    pub netns: Option<String>,
 }
 
 impl Head {
+    /// A head that is not started yet (for harness variants such as [`netns`]).
+    pub fn new_for_harness(name: String, ip: Ipv4Addr, port: u16, config: PathBuf, dir: PathBuf) -> Head {
+        Head { name, ip, port, config, dir, child: None, netns: None }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}:{}", self.ip, self.port)
     }
@@ -162,7 +171,14 @@ impl Head {
             .append(true)
             .open(self.dir.join("stderr.log"))
             .expect("stderr log");
-        let mut cmd = Command::new(bin("clusterware-head"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("clusterware-head"));
+                c
+            }
+            None => Command::new(bin("clusterware-head")),
+        };
         cmd.arg("--config").arg(&self.config).stdin(Stdio::null()).stdout(out.try_clone().expect("dup")).stderr(out);
         // SAFETY: prctl only affects the child being set up.
         unsafe {
@@ -181,10 +197,11 @@ impl Head {
         let url = format!("{}/api/v1/health", self.url());
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(r) = agent().get(&url).call() {
-                if r.status().is_success() {
-                    return;
-                }
+            let ok = netns::run_in(self.netns.as_deref(), || {
+                agent().get(&url).call().is_ok_and(|r| r.status().is_success())
+            });
+            if ok {
+                return;
             }
             if !self.is_running() {
                 panic!("head {} exited during start-up:\n{}", self.name, self.stderr_tail());
@@ -231,7 +248,10 @@ impl Head {
         let config = self.config.to_string_lossy();
         let mut all = vec!["--config", &config];
         all.extend_from_slice(args);
-        cli(prog, &all)
+        match &self.netns {
+            Some(ns) => netns::cli_in(ns, prog, &all),
+            None => cli(prog, &all),
+        }
     }
 
     /// A raw API call with an optional bearer token: (status, JSON body).
@@ -243,9 +263,11 @@ impl Head {
         }
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let req = req.header("Content-Type", "application/json").body(body).expect("request");
-        let mut resp = agent().run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+        let (status, text) = netns::run_in(self.netns.as_deref(), || {
+            let mut resp = agent().run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let status = resp.status().as_u16();
+            (status, resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default())
+        });
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
@@ -347,13 +369,28 @@ impl Cluster {
             let mut f = std::fs::File::create(&config).expect("write base.ini");
             f.write_all(ini.as_bytes()).expect("write base.ini");
             std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-            heads.push(Head { name, ip, port, config, dir: hdir, child: None });
+            heads.push(Head { name, ip, port, config, dir: hdir, child: None, netns: None });
         }
         Cluster { heads, token: admin_token(PASS), dir }
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A cluster from heads configured elsewhere (see [`netns`]).
+    pub fn from_parts(heads: Vec<Head>, dir: TempDir) -> Cluster {
+        Cluster { heads, token: admin_token(PASS), dir }
+    }
+
+    /// Starts every head and waits until all answer.
+    pub fn start_all(&mut self) {
+        for h in &mut self.heads {
+            h.start();
+        }
+        for h in &mut self.heads {
+            h.wait_ready(Duration::from_secs(60));
+        }
     }
 }
 

@@ -1,0 +1,342 @@
+//! The DHCP server every head runs on its cluster-network interface (`dhcp.interface`).
+//!
+//! Answers come from memory (the node table that follows `nodes/`): the same MAC gets the same
+//! IP from every head, each head naming itself as server identifier and next server. No database
+//! round trip and no disk write per packet; no lease state (bindings are static). PXE: a plain PXE
+//! ROM gets the iPXE binary for its architecture over TFTP; iPXE (user class `iPXE`) gets the URL
+//! of its boot script on this head. A relayed request (giaddr set) is answered to the relay.
+//! Unknown MACs are ignored and logged once an hour each, or registered as new nodes when
+//! `dhcp.register_unknown` is on (the registry's transactions make sure that one DISCOVER seen by
+//! several heads creates one node). A node whose `_preferred_head` is another live head gets this
+//! head's offer `dhcp.defer_ms` later, so that the preferred head usually wins.
+
+use crate::status::Hub;
+use clusterware_shared::ids::MacAddr;
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct DhcpSettings {
+    pub interface: String,
+    /// This head's address on the cluster network (server identifier, next server).
+    pub server_ip: Ipv4Addr,
+    pub port: u16,
+    pub netmask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_secs: u32,
+    pub register_unknown: bool,
+    /// The first node's IP when registering into an empty registry.
+    pub first_ip: Option<Ipv4Addr>,
+    pub defer: Duration,
+    /// Base URL of this head's API, for iPXE.
+    pub http_base: String,
+    pub bios_file: String,
+    pub efi_file: String,
+}
+
+#[derive(Default)]
+pub struct DhcpCounters {
+    pub received: AtomicU64,
+    pub offers: AtomicU64,
+    pub acks: AtomicU64,
+    pub naks: AtomicU64,
+    pub unknown: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+pub struct DhcpServer {
+    hub: Arc<Hub>,
+    settings: DhcpSettings,
+    pub counters: DhcpCounters,
+    complaints: Mutex<HashMap<String, Instant>>,
+    registering: Mutex<HashSet<MacAddr>>,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub struct Reply {
+    pub msg: Message,
+    pub to: SocketAddrV4,
+    pub delay: Duration,
+}
+
+/// Why a packet got no answer (counted; logged at a bounded rate).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drop {
+    Malformed(String),
+    NotForUs,
+    Unknown(MacAddr),
+}
+
+fn is_ipxe(msg: &Message) -> bool {
+    match msg.opts().get(OptionCode::UserClass) {
+        Some(DhcpOption::UserClass(v)) => v.windows(4).any(|w| w == b"iPXE"),
+        _ => false,
+    }
+}
+
+impl DhcpServer {
+    pub fn new(hub: Arc<Hub>, settings: DhcpSettings) -> Arc<DhcpServer> {
+        Arc::new(DhcpServer {
+            hub,
+            settings,
+            counters: DhcpCounters::default(),
+            complaints: Mutex::new(HashMap::new()),
+            registering: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn complain(&self, key: String, every: Duration, f: impl FnOnce()) {
+        let mut c = self.complaints.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() > 10_000 {
+            c.clear();
+        }
+        let now = Instant::now();
+        match c.get(&key) {
+            Some(t) if now.duration_since(*t) < every => {}
+            _ => {
+                c.insert(key, now);
+                f();
+            }
+        }
+    }
+
+    /// The answer to one packet, from memory. Pure apart from counters: the tests and the
+    /// fuzz-style property test call it directly.
+    pub fn respond(&self, bytes: &[u8], from: SocketAddrV4) -> Result<Reply, Drop> {
+        if bytes.len() < 240 || bytes.len() > 1500 {
+            return Err(Drop::Malformed(format!("{} bytes", bytes.len())));
+        }
+        let msg = Message::decode(&mut Decoder::new(bytes)).map_err(|e| Drop::Malformed(e.to_string()))?;
+        if msg.opcode() != Opcode::BootRequest {
+            return Err(Drop::NotForUs);
+        }
+        if msg.hlen() != 6 || msg.chaddr().len() < 6 {
+            return Err(Drop::Malformed("hardware address is not Ethernet".into()));
+        }
+        let c = msg.chaddr();
+        let mac: MacAddr = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", c[0], c[1], c[2], c[3], c[4], c[5])
+            .parse()
+            .map_err(|_| Drop::Malformed("bad hardware address".into()))?;
+        let mtype = msg.opts().msg_type().ok_or_else(|| Drop::Malformed("no message type".into()))?;
+        let Some(node) = self.hub.nodes.by_mac(&mac) else {
+            return Err(Drop::Unknown(mac));
+        };
+        let me = self.settings.server_ip;
+        let (reply_type, yiaddr) = match mtype {
+            MessageType::Discover => (MessageType::Offer, node.ip),
+            MessageType::Request => {
+                if let Some(DhcpOption::ServerIdentifier(sid)) = msg.opts().get(OptionCode::ServerIdentifier) {
+                    if *sid != me {
+                        // The client took another head's offer.
+                        return Err(Drop::NotForUs);
+                    }
+                }
+                let wanted = match msg.opts().get(OptionCode::RequestedIpAddress) {
+                    Some(DhcpOption::RequestedIpAddress(ip)) => *ip,
+                    _ => msg.ciaddr(),
+                };
+                if wanted == node.ip { (MessageType::Ack, node.ip) } else { (MessageType::Nak, Ipv4Addr::UNSPECIFIED) }
+            }
+            MessageType::Inform => (MessageType::Ack, Ipv4Addr::UNSPECIFIED),
+            MessageType::Release | MessageType::Decline => {
+                tracing::info!(node = %node.name, %mac, kind = ?mtype, "DHCP client gave up its address");
+                return Err(Drop::NotForUs);
+            }
+            _ => return Err(Drop::NotForUs),
+        };
+        let mut r = Message::default();
+        r.set_opcode(Opcode::BootReply)
+            .set_xid(msg.xid())
+            .set_flags(msg.flags())
+            .set_giaddr(msg.giaddr())
+            .set_chaddr(&c[..6])
+            .set_yiaddr(yiaddr);
+        if mtype == MessageType::Inform {
+            r.set_ciaddr(msg.ciaddr());
+        }
+        let o = r.opts_mut();
+        o.insert(DhcpOption::MessageType(reply_type));
+        o.insert(DhcpOption::ServerIdentifier(me));
+        if reply_type != MessageType::Nak {
+            r.set_siaddr(me);
+            let o = r.opts_mut();
+            if mtype != MessageType::Inform {
+                o.insert(DhcpOption::AddressLeaseTime(self.settings.lease_secs));
+            }
+            o.insert(DhcpOption::SubnetMask(self.settings.netmask));
+            if let Some(gw) = self.settings.router {
+                o.insert(DhcpOption::Router(vec![gw]));
+            }
+            if !self.settings.dns.is_empty() {
+                o.insert(DhcpOption::DomainNameServer(self.settings.dns.clone()));
+            }
+            o.insert(DhcpOption::Hostname(node.name.clone()));
+            if let Some(d) = &self.settings.domain {
+                o.insert(DhcpOption::DomainName(d.clone()));
+            }
+            // PXE: iPXE gets its script, a PXE ROM the iPXE binary for its architecture.
+            if is_ipxe(&msg) {
+                r.set_fname_str(format!("{}/api/v1/boot/script?mac={mac}", self.settings.http_base));
+            } else if let Some(DhcpOption::ClientSystemArchitecture(a)) =
+                msg.opts().get(OptionCode::ClientSystemArchitecture)
+            {
+                let file = match u16::from(*a) {
+                    0 => &self.settings.bios_file,
+                    _ => &self.settings.efi_file,
+                };
+                r.set_fname_str(file);
+            }
+        }
+        let to = if !msg.giaddr().is_unspecified() {
+            SocketAddrV4::new(msg.giaddr(), 67)
+        } else if !msg.ciaddr().is_unspecified() && reply_type != MessageType::Nak {
+            SocketAddrV4::new(msg.ciaddr(), from.port().max(68))
+        } else {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
+        };
+        let mut delay = Duration::ZERO;
+        if reply_type == MessageType::Offer {
+            if let Some(pref) = self.hub.preferred_head(&node) {
+                if pref != self.hub.me.name && self.hub.alive.get(&pref).is_some() {
+                    delay = self.settings.defer;
+                }
+            }
+        }
+        match reply_type {
+            MessageType::Offer => self.counters.offers.fetch_add(1, Ordering::Relaxed),
+            MessageType::Ack => self.counters.acks.fetch_add(1, Ordering::Relaxed),
+            _ => self.counters.naks.fetch_add(1, Ordering::Relaxed),
+        };
+        Ok(Reply { msg: r, to, delay })
+    }
+
+    /// Registers an unknown MAC as a new node (one registration per MAC at a time).
+    fn register(self: &Arc<Self>, mac: MacAddr) {
+        {
+            let mut r = self.registering.lock().unwrap_or_else(|p| p.into_inner());
+            if r.len() >= 64 || !r.insert(mac) {
+                return;
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let db = me.hub.db.clone();
+            let ip = if me.hub.nodes.all().is_empty() { me.settings.first_ip } else { None };
+            let spec = clusterware_shared::api::NodeSpec { macs: vec![mac], ip, ..Default::default() };
+            match crate::registry::create(&db, vec![spec]).await {
+                Ok(n) => tracing::info!(node = %n[0].name, %mac, ip = %n[0].ip, "registered a new node from its DHCP request"),
+                Err(crate::registry::RegistryError::Conflict(m)) => {
+                    tracing::debug!(%mac, reason = %m, "another head registered this MAC first")
+                }
+                Err(e) => tracing::warn!(%mac, error = %e, "cannot register a new node from its DHCP request"),
+            }
+            me.registering.lock().unwrap_or_else(|p| p.into_inner()).remove(&mac);
+        });
+    }
+
+    /// Serves until `stop` turns true.
+    pub async fn run(self: Arc<Self>, sock: UdpSocket, mut stop: watch::Receiver<bool>) {
+        let sock = Arc::new(sock);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = tokio::select! {
+                r = sock.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "DHCP receive failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            let SocketAddr::V4(from) = from else { continue };
+            match self.respond(&buf[..n], from) {
+                Ok(reply) => {
+                    let mut out = Vec::with_capacity(576);
+                    if reply.msg.encode(&mut Encoder::new(&mut out)).is_err() {
+                        continue;
+                    }
+                    // Some clients ignore replies shorter than a BOOTP packet.
+                    if out.len() < 300 {
+                        out.resize(300, 0);
+                    }
+                    if reply.delay.is_zero() {
+                        let _ = sock.send_to(&out, reply.to).await;
+                    } else {
+                        let sock = sock.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(reply.delay).await;
+                            let _ = sock.send_to(&out, reply.to).await;
+                        });
+                    }
+                }
+                Err(Drop::Unknown(mac)) => {
+                    self.counters.unknown.fetch_add(1, Ordering::Relaxed);
+                    if self.settings.register_unknown {
+                        self.register(mac);
+                    } else {
+                        self.complain(format!("unknown {mac}"), Duration::from_secs(3600), || {
+                            tracing::info!(%mac, "DHCP request from an unknown MAC ignored (set dhcp.register_unknown = yes to add such nodes)")
+                        });
+                    }
+                }
+                Err(Drop::Malformed(why)) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.complain("malformed".into(), Duration::from_secs(60), || {
+                        tracing::warn!(%from, reason = %why, "malformed DHCP packet dropped (logged once a minute)")
+                    });
+                }
+                Err(Drop::NotForUs) => {}
+            }
+        }
+    }
+}
+
+/// The first IPv4 address of an interface.
+pub fn interface_ip(name: &str) -> Option<Ipv4Addr> {
+    // SAFETY: getifaddrs fills a list that is read, then freed with freeifaddrs.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return None;
+        }
+        let mut p = head;
+        let mut found = None;
+        while !p.is_null() {
+            let ifa = &*p;
+            if !ifa.ifa_addr.is_null()
+                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                break;
+            }
+            p = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+        found
+    }
+}
+
+/// The DHCP socket: all addresses, port `port`, bound to the interface, broadcast allowed.
+pub fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    let std_sock = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+    std_sock.set_broadcast(true)?;
+    std_sock.set_nonblocking(true)?;
+    let sock = UdpSocket::from_std(std_sock)?;
+    sock.bind_device(Some(interface.as_bytes()))?;
+    Ok(sock)
+}
