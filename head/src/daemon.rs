@@ -235,11 +235,14 @@ async fn start_boot_net(
     let dhcp = crate::dhcp::DhcpServer::new(hub.clone(), settings);
     let tftp = crate::tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
     tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
-    let mut tasks = vec![tokio::spawn(dhcp.run(dhcp_sock, stop.clone())), tokio::spawn(tftp.run(tftp_sock, stop.clone()))];
+    let mut tasks =
+        vec![tokio::spawn(dhcp.run(dhcp_sock, stop.clone())), tokio::spawn(tftp.run(tftp_sock, stop.clone()))];
     if cfg.boot.ra {
         match crate::ra::bind(&iface) {
             Ok(sock) => tasks.push(tokio::spawn(crate::ra::run(sock, iface.clone(), stop))),
-            Err(e) => tracing::warn!(interface = %iface, error = %e, "cannot answer IPv6 router solicitations; iPXE may wait for IPv6 autoconfiguration"),
+            Err(e) => {
+                tracing::warn!(interface = %iface, error = %e, "cannot answer IPv6 router solicitations; iPXE may wait for IPv6 autoconfiguration")
+            }
         }
     }
     Ok(tasks)

@@ -234,7 +234,9 @@ impl DhcpServer {
             let ip = if me.hub.nodes.all().is_empty() { me.settings.first_ip } else { None };
             let spec = clusterware_shared::api::NodeSpec { macs: vec![mac], ip, ..Default::default() };
             match crate::registry::create(&db, vec![spec]).await {
-                Ok(n) => tracing::info!(node = %n[0].name, %mac, ip = %n[0].ip, "registered a new node from its DHCP request"),
+                Ok(n) => {
+                    tracing::info!(node = %n[0].name, %mac, ip = %n[0].ip, "registered a new node from its DHCP request")
+                }
                 Err(crate::registry::RegistryError::Conflict(m)) => {
                     tracing::debug!(%mac, reason = %m, "another head registered this MAC first")
                 }
@@ -294,9 +296,11 @@ impl DhcpServer {
                 }
                 Err(Drop::Malformed(why)) => {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    self.complain("malformed".into(), Duration::from_secs(60), || {
-                        tracing::warn!(%from, reason = %why, "malformed DHCP packet dropped (logged once a minute)")
-                    });
+                    self.complain(
+                        "malformed".into(),
+                        Duration::from_secs(60),
+                        || tracing::warn!(%from, reason = %why, "malformed DHCP packet dropped (logged once a minute)"),
+                    );
                 }
                 Err(Drop::NotForUs) => {}
             }

@@ -323,10 +323,15 @@ mod tests {
         assert_eq!(r.file, "undionly.kpxe");
         assert_eq!(r.options, vec![("blksize".into(), "1428".into()), ("tsize".into(), "0".into())]);
         assert!(parse_request(b"\x00\x02f\x00octet\x00").unwrap().write);
-        for bad in [&b"\x00"[..], b"\x00\x03f\x00octet\x00", b"\x00\x01f\x00octet", b"\x00\x01\x00octet\x00", b"\x00\x01f\x00"] {
+        for bad in
+            [&b"\x00"[..], b"\x00\x03f\x00octet\x00", b"\x00\x01f\x00octet", b"\x00\x01\x00octet\x00", b"\x00\x01f\x00"]
+        {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }
-        let o = negotiate(&parse_request(b"\x00\x01f\x00octet\x00blksize\x0099999\x00bogus\x001\x00windowsize\x008\x00").unwrap(), 10);
+        let o = negotiate(
+            &parse_request(b"\x00\x01f\x00octet\x00blksize\x0099999\x00bogus\x001\x00windowsize\x008\x00").unwrap(),
+            10,
+        );
         assert_eq!((o.blksize, o.window), (512, 8));
     }
 

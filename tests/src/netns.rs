@@ -156,7 +156,8 @@ impl Cluster {
     /// every base.ini.
     pub fn configure_on(seg: &mut Segment, n: usize, extra: &str) -> Cluster {
         let dir = TempDir::with_prefix("cw-netns-").expect("temp dir");
-        let specs: Vec<(String, Ipv4Addr)> = (0..n).map(|i| (format!("head{}", i + 1), seg.addr(11 + i as u8))).collect();
+        let specs: Vec<(String, Ipv4Addr)> =
+            (0..n).map(|i| (format!("head{}", i + 1), seg.addr(11 + i as u8))).collect();
         let initial: Vec<String> = specs.iter().map(|(name, ip)| format!("{name}=http://{ip}:2380")).collect();
         let mut heads = Vec::new();
         for (name, ip) in specs {

@@ -1,0 +1,267 @@
+//! Network boot in network namespaces: three heads on one bridge, real DHCP clients (udhcpc,
+//! dhclient), a relay, TFTP with curl, and the iPXE boot script.
+
+use clusterware_tests::netns::{Segment, run_in};
+use clusterware_tests::{Cluster, poll_until};
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn mac_bytes(mac: &str) -> Vec<u8> {
+    mac.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
+}
+
+fn discover(mac: &str, giaddr: Option<Ipv4Addr>, ipxe: bool) -> Vec<u8> {
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootRequest).set_xid(0x1234_5678).set_chaddr(&mac_bytes(mac));
+    if let Some(g) = giaddr {
+        m.set_giaddr(g).set_hops(1);
+    }
+    m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+    if ipxe {
+        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    }
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf)).unwrap();
+    buf
+}
+
+/// Sends a DISCOVER from namespace `ns` (bound to `local`) to `to` and collects the answers for
+/// `wait`: (server identifier, offered address, boot file name).
+fn offers(
+    ns: &str,
+    local: SocketAddr,
+    to: SocketAddr,
+    packet: Vec<u8>,
+    wait: Duration,
+) -> Vec<(Ipv4Addr, Ipv4Addr, String)> {
+    run_in(Some(ns), move || {
+        let s = UdpSocket::bind(local).unwrap();
+        bind_device(&s);
+        s.set_broadcast(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.send_to(&packet, to).unwrap();
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) else { continue };
+                if m.opcode() != Opcode::BootReply || m.opts().msg_type() != Some(MessageType::Offer) {
+                    continue;
+                }
+                let sid = match m.opts().get(OptionCode::ServerIdentifier) {
+                    Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                let file = m.fname_str().and_then(Result::ok).unwrap_or("").trim_end_matches('\0').to_string();
+                got.push((sid, m.yiaddr(), file));
+            }
+        }
+        got
+    })
+}
+
+/// SO_BINDTODEVICE: broadcasts leave through the segment's interface without a route.
+fn bind_device(s: &UdpSocket) {
+    let dev = b"cwn0\0";
+    // SAFETY: setsockopt with a NUL-terminated interface name on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            dev.as_ptr().cast(),
+            dev.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_BINDTODEVICE: {}", std::io::Error::last_os_error());
+}
+
+fn link_mac(ns: &str) -> String {
+    let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", "cwn0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split("link/ether ").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+fn in_ns(ns: &str, cmd: &[&str]) -> std::process::Output {
+    Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().unwrap()
+}
+
+#[test]
+fn three_heads_boot_nodes_alike() {
+    let mut seg = Segment::new();
+    let mut c = Cluster::configure_on(&mut seg, 3, "");
+    c.start_all();
+    let capture = seg.member("cap", Some(seg.addr(200)));
+    let relay = seg.member("rel", Some(seg.addr(250)));
+    let udhcpc_ns = seg.member("u", None);
+    let dhclient_ns = seg.member("d", None);
+    let h = &c.heads[0];
+    let n0 = "52:54:00:a8:00:01";
+    let (umac, dmac) = (link_mac(&udhcpc_ns), link_mac(&dhclient_ns));
+    for (mac, host) in [(n0, 101), (umac.as_str(), 102), (dmac.as_str(), 103)] {
+        h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(host))]).ok();
+    }
+    let heads: Vec<Ipv4Addr> = c.heads.iter().map(|h| h.ip).collect();
+
+    // All three heads offer the same address for the same MAC, each naming itself.
+    let bcast: SocketAddr = "255.255.255.255:67".parse().unwrap();
+    let local: SocketAddr = "0.0.0.0:68".parse().unwrap();
+    let mut got = Vec::new();
+    poll_until("offers from three heads", Duration::from_secs(20), || {
+        got = offers(&capture, local, bcast, discover(n0, None, false), Duration::from_millis(1200));
+        got.len() == 3
+    });
+    let mut sids: Vec<Ipv4Addr> = got.iter().map(|o| o.0).collect();
+    sids.sort();
+    assert_eq!(sids, heads, "{got:?}");
+    assert!(got.iter().all(|o| o.1 == seg.addr(101) && o.2.is_empty()), "{got:?}");
+
+    // iPXE gets its boot script on the answering head.
+    let ipxe = offers(&capture, local, bcast, discover(n0, None, true), Duration::from_millis(1200));
+    assert_eq!(ipxe.len(), 3);
+    for (sid, _, file) in &ipxe {
+        assert_eq!(file, &format!("http://{sid}:8080/api/v1/boot/script?mac={n0}"));
+    }
+
+    // A relayed DISCOVER is answered to the relay.
+    let relayed = offers(
+        &relay,
+        SocketAddr::from((seg.addr(250), 67)),
+        SocketAddr::from((heads[0], 67)),
+        discover(n0, Some(seg.addr(250)), false),
+        Duration::from_millis(1000),
+    );
+    assert_eq!(relayed.len(), 1, "{relayed:?}");
+    assert_eq!((relayed[0].0, relayed[0].1), (heads[0], seg.addr(101)));
+
+    // Real clients get their registered addresses.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("udhcpc.sh");
+    let log = dir.path().join("udhcpc.log");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1 ip=$ip serverid=$serverid\" >> {}\n", log.display()))
+        .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = in_ns(
+        &udhcpc_ns,
+        &["busybox", "udhcpc", "-i", "cwn0", "-n", "-q", "-f", "-t", "5", "-T", "2", "-s", script.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "udhcpc: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("bound ip={}", seg.addr(102))), "{text}");
+
+    let dscript = dir.path().join("dhclient.sh");
+    let dlog = dir.path().join("dhclient.log");
+    std::fs::write(&dscript, format!("#!/bin/sh\necho \"$reason $new_ip_address\" >> {}\n", dlog.display())).unwrap();
+    std::fs::set_permissions(&dscript, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pidfile = dir.path().join("dhclient.pid");
+    let out = in_ns(
+        &dhclient_ns,
+        &[
+            "dhclient",
+            "-1",
+            "-sf",
+            dscript.to_str().unwrap(),
+            "-lf",
+            dir.path().join("leases").to_str().unwrap(),
+            "-pf",
+            pidfile.to_str().unwrap(),
+            "cwn0",
+        ],
+    );
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        // SAFETY: kill(2) on the dhclient daemon this test started.
+        unsafe { libc::kill(pid.trim().parse().unwrap_or(0), libc::SIGTERM) };
+    }
+    assert!(out.status.success(), "dhclient: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&dlog).unwrap();
+    assert!(text.contains(&format!("BOUND {}", seg.addr(103))), "{text}");
+
+    // TFTP: the iPXE binary, with blksize, byte for byte; a path outside is refused.
+    let file = dir.path().join("undionly.kpxe");
+    let out = in_ns(
+        &capture,
+        &[
+            "curl",
+            "-sS",
+            "--tftp-blksize",
+            "1428",
+            "-o",
+            file.to_str().unwrap(),
+            &format!("tftp://{}/undionly.kpxe", heads[1]),
+        ],
+    );
+    assert!(out.status.success(), "curl tftp: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap());
+    let out = in_ns(&capture, &["curl", "-sS", "-o", "/dev/null", &format!("tftp://{}/../../etc/passwd", heads[1])]);
+    assert!(!out.status.success());
+    let out = in_ns(&capture, &["curl", "-sS", "-T", file.to_str().unwrap(), &format!("tftp://{}/up.bin", heads[1])]);
+    assert!(!out.status.success(), "a TFTP write was accepted");
+
+    // The boot script: first the reason it cannot boot, then the config with this head as parent.
+    let url = format!("http://{}:8080/api/v1/boot/script?mac={n0}", heads[2]);
+    let out = in_ns(&capture, &["curl", "-sS", &url]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("#!ipxe") && text.contains("cannot boot yet") && text.contains("chain "), "{text}");
+    std::fs::write(dir.path().join("vmlinuz"), b"kernel bytes").unwrap();
+    std::fs::write(dir.path().join("initrd.img"), b"initramfs bytes").unwrap();
+    let (k, i) = (dir.path().join("vmlinuz"), dir.path().join("initrd.img"));
+    let out = c.heads[2].cli(
+        "scyld-bootctl",
+        &[
+            "create",
+            "--name",
+            "compute",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initramfs",
+            i.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    h.cli("scyld-nodectl", &["-i", "n0", "set", "_boot_config=compute"]).ok();
+    let out = in_ns(&capture, &["curl", "-sS", &url]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains(&format!("kernel http://{}:8080/api/v1/files/", heads[2])), "{text}");
+    assert!(text.contains(&format!("cw.parent=http://{}:8080", heads[2])) && text.contains("console=ttyS0"), "{text}");
+    assert!(text.contains("initrd --name initramfs"), "{text}");
+    let log = std::fs::read_to_string(c.heads[2].dir.join("log/head_head3.log")).unwrap();
+    assert!(log.contains(&format!("Booting node n0 ({n0})")), "head3 logs the boot");
+    poll_until("n0 booting with head3 as parent", Duration::from_secs(10), || {
+        let s = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+        s.code == 0 && s.json()["nodes"][0]["state"] == "booting" && s.json()["nodes"][0]["parent"] == "head3"
+    });
+
+    // _preferred_head: the other heads hold their offers back, so head2's comes first.
+    h.cli("scyld-nodectl", &["-i", "n0", "set", "_preferred_head=head2"]).ok();
+    poll_until("head2's offer first", Duration::from_secs(10), || {
+        let got = offers(&capture, local, bcast, discover(n0, None, false), Duration::from_millis(1200));
+        got.len() == 3 && got[0].0 == heads[1]
+    });
+
+    // An unknown MAC gets no offer; garbage does not stall the server.
+    let none = offers(&capture, local, bcast, discover("52:54:00:a8:0f:0f", None, false), Duration::from_millis(800));
+    assert!(none.is_empty(), "{none:?}");
+    run_in(Some(&capture), || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        bind_device(&s);
+        s.set_broadcast(true).unwrap();
+        for len in [0usize, 10, 240, 300, 1400] {
+            let mut junk = vec![0xa5u8; len];
+            if len > 236 {
+                junk[236..240].copy_from_slice(&[99, 130, 83, 99]);
+                junk[0] = 1;
+            }
+            s.send_to(&junk, "255.255.255.255:67").unwrap();
+        }
+    });
+    let after = offers(&capture, local, bcast, discover(n0, None, false), Duration::from_millis(1200));
+    assert_eq!(after.len(), 3, "still answering after garbage");
+    let log1 = std::fs::read_to_string(h.dir.join("log/head_head1.log")).unwrap();
+    assert!(log1.contains("unknown MAC"), "unknown MACs are logged");
+}
