@@ -6,15 +6,15 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# Debian packages the tests and benchmarks use: the etcd server (a real cluster database),
-# protoc (etcd-client compiles etcd's protobuf definitions at build time), curl (make run),
-# ipmitool (power control drives it) and openipmi (ipmi_sim, the BMCs the power tests talk to).
-APT_PACKAGES := etcd-server protobuf-compiler curl ipmitool openipmi
-# The command that proves each package is installed.
-NEEDS := etcd protoc curl ipmitool ipmi_sim
-# And for make bench: nginx, the peer the file server is measured against.
-BENCH_APT_PACKAGES := nginx-light
-BENCH_NEEDS := nginx
+# Debian packages the tests use: the etcd server (a real cluster database), protoc (etcd-client
+# compiles etcd's protobuf definitions at build time), curl (make run, TFTP tests), ipmitool (power
+# control drives it), openipmi (ipmi_sim, the BMCs the power tests talk to), iproute2 (network
+# namespaces), ipxe (the binaries heads serve over TFTP), busybox (udhcpc) and isc-dhcp-client
+# (dhclient) as real DHCP clients, qemu-system-x86 with ipxe-qemu (a real PXE client).
+APT_PACKAGES := etcd-server protobuf-compiler curl ipmitool openipmi iproute2 ipxe busybox \
+	isc-dhcp-client qemu-system-x86 ipxe-qemu
+# And for make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
+BENCH_APT_PACKAGES := nginx-light dnsmasq-base kea-admin
 
 .PHONY: all build agent deps bench-deps run test bench fmt clean
 
@@ -24,25 +24,25 @@ AGENT_BIN := target/$(AGENT_TARGET)/agent/clusterware-node
 
 all: build
 
-# install NEEDS, PACKAGES: apt-get install the packages unless every command is there.
+# install PACKAGES: apt-get install the Debian packages that are not installed yet.
 define install
-	@missing=""; for c in $(1); do command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing $(2) (missing:$$missing)"; \
+	    echo "installing:$$missing"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -q && apt-get install -y -q --no-install-recommends $(2); \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	  else \
-	    echo "missing:$$missing. Install them as root: apt-get install -y $(2)"; exit 1; \
+	    echo "missing:$$missing. Install them as root: apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
 endef
 
 deps:
-	$(call install,$(NEEDS),$(APT_PACKAGES))
+	$(call install,$(APT_PACKAGES))
 
 bench-deps: deps
-	$(call install,$(BENCH_NEEDS),$(BENCH_APT_PACKAGES))
+	$(call install,$(BENCH_APT_PACKAGES))
 
 build: deps
 	$(CARGO) build --workspace

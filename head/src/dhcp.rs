@@ -116,7 +116,8 @@ impl DhcpServer {
         if bytes.len() < 240 || bytes.len() > 1500 {
             return Err(Drop::Malformed(format!("{} bytes", bytes.len())));
         }
-        let msg = Message::decode(&mut Decoder::new(bytes)).map_err(|e| Drop::Malformed(e.to_string()))?;
+        let clean = sanitize(bytes).map_err(Drop::Malformed)?;
+        let msg = Message::decode(&mut Decoder::new(&clean)).map_err(|e| Drop::Malformed(e.to_string()))?;
         if msg.opcode() != Opcode::BootRequest {
             return Err(Drop::NotForUs);
         }
@@ -308,6 +309,62 @@ impl DhcpServer {
     }
 }
 
+/// The request with only the options a server reads, each checked: message type (53),
+/// requested address (50), server identifier (54), parameter list (55), vendor class (60),
+/// client identifier (61), user class (77), client architecture (93). Everything else (option
+/// overload included) is left out, so that the decoder never sees an option it could choke on.
+pub fn sanitize(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    if bytes.len() < 240 {
+        return Err(format!("{} bytes, shorter than a DHCP header", bytes.len()));
+    }
+    if bytes[236..240] != [99, 130, 83, 99] {
+        return Err("wrong magic cookie".into());
+    }
+    let mut out = bytes[..240].to_vec();
+    // sname and file are not read (no option overload): blank them.
+    out[44..236].fill(0);
+    let mut i = 240;
+    let mut ended = false;
+    while i < bytes.len() {
+        let code = bytes[i];
+        if code == 0 {
+            i += 1;
+            continue;
+        }
+        if code == 255 {
+            ended = true;
+            break;
+        }
+        let len = *bytes.get(i + 1).ok_or("an option is cut off")? as usize;
+        let val =
+            bytes.get(i + 2..i + 2 + len).ok_or_else(|| format!("option {code} claims {len} bytes past the end"))?;
+        let ok = match code {
+            53 => len == 1,
+            50 | 54 => len == 4,
+            93 => len >= 2 && len % 2 == 0,
+            55 | 60 | 61 | 77 => len >= 1,
+            _ => false,
+        };
+        if ok {
+            out.push(code);
+            out.push(len as u8);
+            out.extend_from_slice(if code == 93 { &val[..2] } else { val });
+            if code == 93 {
+                let n = out.len();
+                out[n - 3] = 2;
+            }
+        } else if matches!(code, 53 | 50 | 54 | 93) {
+            return Err(format!("option {code} has a bad length {len}"));
+        }
+        i += 2 + len;
+    }
+    if !ended {
+        return Err("no end option".into());
+    }
+    out.push(255);
+    Ok(out)
+}
+
 /// The first IPv4 address of an interface.
 pub fn interface_ip(name: &str) -> Option<Ipv4Addr> {
     // SAFETY: getifaddrs fills a list that is read, then freed with freeifaddrs.
@@ -343,4 +400,132 @@ pub fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
     let sock = UdpSocket::from_std(std_sock)?;
     sock.bind_device(Some(interface.as_bytes()))?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Database;
+    use crate::db::embedded::Embedded;
+    use crate::heads::{DbMode, HeadRecord};
+
+    async fn server() -> (Arc<DhcpServer>, watch::Sender<bool>) {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let spec = clusterware_shared::api::NodeSpec {
+            macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+            ip: Some("10.0.0.5".parse().unwrap()),
+            ..Default::default()
+        };
+        crate::registry::create(&db, vec![spec]).await.unwrap();
+        let me = HeadRecord {
+            name: "h1".into(),
+            ip: "10.0.0.1".parse().unwrap(),
+            api_url: "http://10.0.0.1:80".into(),
+            version: "t".into(),
+            started: 0,
+            db_mode: DbMode::Embedded,
+            ssh_keys: Vec::new(),
+        };
+        let (tx, rx) = watch::channel(false);
+        let hub = Hub::spawn(db, me, "t".into(), rx);
+        assert!(hub.wait_ready(Duration::from_secs(5)).await);
+        let settings = DhcpSettings {
+            interface: "x".into(),
+            server_ip: "10.0.0.1".parse().unwrap(),
+            port: 67,
+            netmask: "255.255.255.0".parse().unwrap(),
+            router: None,
+            dns: vec![],
+            domain: None,
+            lease_secs: 600,
+            register_unknown: false,
+            first_ip: None,
+            defer: Duration::ZERO,
+            http_base: "http://10.0.0.1:80".into(),
+            bios_file: "undionly.kpxe".into(),
+            efi_file: "snponly.efi".into(),
+        };
+        (DhcpServer::new(hub, settings), tx)
+    }
+
+    fn packet(kind: MessageType, mac: [u8; 6], arch: Option<u16>) -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest).set_xid(7).set_chaddr(&mac);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        if let Some(a) = arch {
+            m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(a.into()));
+        }
+        let mut b = Vec::new();
+        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        b
+    }
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    fn from() -> SocketAddrV4 {
+        "0.0.0.0:68".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_known_macs_by_architecture() {
+        let (s, _stop) = server().await;
+        let r = s.respond(&packet(MessageType::Discover, MAC, Some(0)), from()).unwrap();
+        assert_eq!(r.msg.yiaddr(), "10.0.0.5".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(r.to, "255.255.255.255:68".parse().unwrap());
+        assert_eq!(r.msg.fname_str().unwrap().unwrap().trim_end_matches('\0'), "undionly.kpxe");
+        let r = s.respond(&packet(MessageType::Discover, MAC, Some(7)), from()).unwrap();
+        assert_eq!(r.msg.fname_str().unwrap().unwrap().trim_end_matches('\0'), "snponly.efi");
+        // A REQUEST for another address is refused.
+        let mut m = Message::decode(&mut Decoder::new(&packet(MessageType::Request, MAC, None))).unwrap();
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress("10.0.0.9".parse().unwrap()));
+        let mut b = Vec::new();
+        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        assert_eq!(s.respond(&b, from()).unwrap().msg.opts().msg_type(), Some(MessageType::Nak));
+        assert!(matches!(
+            s.respond(&packet(MessageType::Discover, [2, 0, 0, 0, 0, 9], None), from()),
+            Err(Drop::Unknown(_))
+        ));
+    }
+
+    /// Malformed input is dropped, never a panic: truncations, wrong cookie, bad option lengths,
+    /// option overload, unknown message types, and random mutations of a valid packet.
+    #[tokio::test]
+    async fn survives_malformed_and_random_packets() {
+        let (s, _stop) = server().await;
+        let good = packet(MessageType::Discover, MAC, Some(0));
+        for n in 0..good.len() {
+            let _ = s.respond(&good[..n], from());
+        }
+        let mut cookie = good.clone();
+        cookie[236] ^= 0xff;
+        assert!(s.respond(&cookie, from()).is_err());
+        let mut badlen = good.clone();
+        badlen[240 + 1] = 200; // the first option claims 200 bytes
+        assert!(s.respond(&badlen, from()).is_err());
+        let mut overload = good.clone();
+        overload.truncate(240);
+        overload.extend_from_slice(&[53, 1, 1, 52, 1, 3, 255]);
+        let _ = s.respond(&overload, from());
+        let mut unknown_type = good.clone();
+        unknown_type[242] = 77;
+        assert!(s.respond(&unknown_type, from()).is_err());
+        assert!(s.respond(&vec![0u8; 2000], from()).is_err());
+        let mut x: u64 = 0x243f6a8885a308d3;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut p = good.clone();
+            for _ in 0..(next() % 8 + 1) {
+                let i = (next() as usize) % p.len();
+                p[i] = next() as u8;
+            }
+            let _ = s.respond(&p, from());
+            let len = (next() % 700) as usize;
+            let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let _ = s.respond(&junk, from());
+        }
+    }
 }

@@ -401,8 +401,16 @@ impl Config {
                     c.boot.first_ip = Some(value.parse().map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?)
                 }
                 "dhcp.defer_ms" => c.boot.defer_ms = int_value(value, 0, 10_000).map_err(bad)?,
-                "dhcp.bios_file" => c.boot.bios_file = value.to_string(),
-                "dhcp.efi_file" => c.boot.efi_file = value.to_string(),
+                "dhcp.bios_file" | "dhcp.efi_file" => {
+                    if value.is_empty() || value.len() > 127 || value.chars().any(|c| c.is_control()) {
+                        return Err(bad("a boot file name is 1 to 127 characters".into()));
+                    }
+                    if key == "dhcp.bios_file" {
+                        c.boot.bios_file = value.to_string()
+                    } else {
+                        c.boot.efi_file = value.to_string()
+                    }
+                }
                 "dhcp.ipv6_ra" => {
                     c.boot.ra = match value {
                         "yes" | "true" | "1" | "on" => true,
