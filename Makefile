@@ -16,7 +16,7 @@ APT_PACKAGES := etcd-server protobuf-compiler curl ipmitool openipmi iproute2 ip
 # And for make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
 BENCH_APT_PACKAGES := nginx-light dnsmasq-base kea-admin
 
-.PHONY: all build agent deps bench-deps run test bench fmt clean
+.PHONY: all build agent netboot-kernel deps bench-deps run test bench fmt clean
 
 # The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
 AGENT_TARGET := x86_64-unknown-linux-gnu
@@ -58,7 +58,11 @@ run: build
 
 # The integration tests start the binaries the workspace build produced, so build first.
 # The last line sums cargo's per-target results into one "N passed, N failed" line.
-test: build agent
+# Debian's kernel for the network-boot tests (apt-get download + dpkg -x into target/netboot).
+netboot-kernel: deps
+	@scripts/fetch-kernel.sh >/dev/null
+
+test: build agent netboot-kernel
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status

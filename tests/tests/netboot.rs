@@ -265,3 +265,106 @@ fn three_heads_boot_nodes_alike() {
     let log1 = std::fs::read_to_string(h.dir.join("log/head_head1.log")).unwrap();
     assert!(log1.contains("unknown MAC"), "unknown MACs are logged");
 }
+
+/// KVM only where it works: /dev/kvm present and the CPU advertises vmx or svm.
+fn accel() -> &'static str {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if std::path::Path::new("/dev/kvm").exists() && (cpu.contains(" vmx") || cpu.contains(" svm")) {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+fn kernel() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/netboot/kernel/boot");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make netboot-kernel` (make test does)", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .expect("a vmlinuz in target/netboot (make netboot-kernel)")
+}
+
+/// QEMU's own iPXE ROM boots from a head: DHCP, the boot script, kernel and initramfs over HTTP,
+/// and the kernel starts.
+#[test]
+fn qemu_network_boots_from_a_head() {
+    let vmlinuz = kernel();
+    let mut seg = Segment::new();
+    let mut c = Cluster::configure_on(&mut seg, 1, "");
+    c.start_all();
+    let h = &c.heads[0];
+    let mac = "52:54:00:a9:00:01";
+    h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(101))]).ok();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, b"not an initramfs: the kernel starts, finds no init and reboots").unwrap();
+    let out = h.cli(
+        "scyld-bootctl",
+        &[
+            "create",
+            "--name",
+            "qemu",
+            "--kernel",
+            vmlinuz.to_str().unwrap(),
+            "--initramfs",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 panic=1",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    h.cli("scyld-bootctl", &["default", "qemu"]).ok();
+    seg.tap("cwtap0");
+    let serial = dir.path().join("serial.log");
+    let started = Instant::now();
+    let mut qemu = Command::new("ip")
+        .args(["netns", "exec", seg.bridge_ns(), "timeout", "240", "qemu-system-x86_64"])
+        .args([
+            "-machine",
+            &format!("pc,accel={}", accel()),
+            "-m",
+            "512",
+            "-boot",
+            "n",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .args(["-netdev", "tap,id=n0,ifname=cwtap0,script=no,downscript=no"])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+        .args(["-serial", &format!("file:{}", serial.display()), "-monitor", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 (Debian package qemu-system-x86)");
+    let log_path = h.dir.join("log/head_head1.log");
+    let mut booting_after = None;
+    let deadline = Instant::now() + Duration::from_secs(200);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if booting_after.is_none() && log.contains(&format!("Booting node n0 ({mac})")) {
+            booting_after = Some(started.elapsed());
+        }
+        let console = std::fs::read_to_string(&serial).unwrap_or_default();
+        if booting_after.is_some() && console.contains("Linux version") {
+            break;
+        }
+        if let Ok(Some(status)) = qemu.try_wait() {
+            panic!("QEMU ended ({status}) before the kernel started; console:\n{console}");
+        }
+        assert!(Instant::now() < deadline, "no network boot within 200 s; console:\n{console}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    eprintln!(
+        "QEMU ({}) fetched its boot script after {:?}, kernel running after {:?}",
+        accel(),
+        booting_after.unwrap(),
+        started.elapsed()
+    );
+    let s = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+    assert_eq!(s.json()["nodes"][0]["parent"], "head1");
+}
