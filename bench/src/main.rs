@@ -16,9 +16,11 @@
 //! - the node agent: status pushes one head absorbs (1,000 and 10,000 simulated nodes),
 //!   re-parenting after `kill -9` of the parent, the `update_keys` round trip, and the static
 //!   agent's size and memory; rebalancing;
-//! - power control: `power status` of 200 simulated BMCs against ipmitool in sequence.
+//! - power control: `power status` of 200 simulated BMCs against ipmitool in sequence;
+//! - DHCP: exchanges per second with Kea's perfdhcp, against dnsmasq with the same static hosts.
 
 mod agent;
+mod netboot;
 
 use clap::Parser;
 use clusterware_head::db::embedded::Embedded;
@@ -47,8 +49,8 @@ struct Args {
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
-    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power"])]
+    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power, dhcp)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power", "dhcp"])]
     only: Vec<String>,
 }
 
@@ -309,6 +311,9 @@ fn main() {
     }
     if run("power") {
         agent::bench_power(&mut r, 200);
+    }
+    if run("dhcp") {
+        netboot::bench_dhcp(&mut r);
     }
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());
