@@ -52,35 +52,7 @@ pub fn interfaces() -> Vec<Interface> {
     map.into_values().collect()
 }
 
-/// (interface, address, prefix length) of every IPv4 address.
-pub fn ipv4_addrs() -> Vec<(String, Ipv4Addr, u32)> {
-    let mut out = Vec::new();
-    // SAFETY: getifaddrs fills a list that is read, then freed with freeifaddrs.
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut p = head;
-        while !p.is_null() {
-            let ifa = &*p;
-            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                let prefix = if ifa.ifa_netmask.is_null() {
-                    32
-                } else {
-                    u32::from_be((*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr).count_ones()
-                };
-                let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-                out.push((name, ip, prefix));
-            }
-            p = ifa.ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out
-}
+pub use clusterware_shared::sys::ipv4_addrs;
 
 /// The MAC of the interface this machine uses to reach `head` (the boot interface, for a node).
 pub fn mac_towards(head: Ipv4Addr) -> Option<MacAddr> {

@@ -89,18 +89,6 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Raises the open-files limit to the hard limit (one connection per simulated node).
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 /// A real node's status source.
 struct Machine {
     mac: MacAddr,
@@ -321,7 +309,7 @@ fn main() -> ExitCode {
             if push_interval_ms.is_some_and(|m| !(10..=86_400_000).contains(&m)) {
                 return fail("--push-interval-ms must be from 10 to 86400000");
             }
-            raise_fd_limit();
+            clusterware_shared::sys::raise_fd_limit();
             let mut list = Vec::new();
             for h in heads.split(',').map(str::trim).filter(|h| !h.is_empty()) {
                 match Endpoint::parse(h) {

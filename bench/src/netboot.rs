@@ -51,7 +51,9 @@ fn perfdhcp(ns: &str, macs: &std::path::Path, rate: u64) -> (f64, f64) {
 /// The highest offered rate with at most 2.5 % drops: (rate, exchanges/s, drops %).
 fn best(ns: &str, macs: &std::path::Path) -> (u64, f64, f64) {
     let mut best = (0, 0.0, 0.0);
-    for rate in [500u64, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000, 12000, 14000, 16000, 20000, 24000, 28000, 32000] {
+    for rate in
+        [500u64, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000, 12000, 14000, 16000, 20000, 24000, 28000, 32000]
+    {
         let (x, d) = perfdhcp(ns, macs, rate);
         eprintln!("cw-bench:   rate {rate}/s: {x:.0} exchanges/s, {d:.2}% drops");
         if d > 2.5 {

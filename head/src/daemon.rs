@@ -206,7 +206,7 @@ async fn start_boot_net(
         let (iface, what) = (iface.clone(), what.to_string());
         move |source| StartError::BootNet { interface: iface, what, source }
     };
-    let server_ip = crate::dhcp::interface_ip(&iface)
+    let server_ip = clusterware_shared::sys::interface_ip(&iface)
         .or(cfg.head_ip)
         .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
     let settings = crate::dhcp::DhcpSettings {
@@ -248,24 +248,12 @@ async fn start_boot_net(
     Ok(tasks)
 }
 
-/// Raises the open-files limit to the hard limit: every node keeps a connection open.
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 /// Runs the head until SIGTERM or SIGINT.
 pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-    raise_fd_limit();
+    clusterware_shared::sys::raise_fd_limit();
     let token = admin_token(cfg.require_admin_pass()?);
     if let Some(mode) = clusterware_shared::config::insecure_mode(&cfg.path) {
         tracing::warn!(path = %cfg.path.display(), mode = format!("{mode:o}"), "the configuration holds the database password but others may read it; chmod 600 it");

@@ -365,33 +365,6 @@ pub fn sanitize(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The first IPv4 address of an interface.
-pub fn interface_ip(name: &str) -> Option<Ipv4Addr> {
-    // SAFETY: getifaddrs fills a list that is read, then freed with freeifaddrs.
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
-            return None;
-        }
-        let mut p = head;
-        let mut found = None;
-        while !p.is_null() {
-            let ifa = &*p;
-            if !ifa.ifa_addr.is_null()
-                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
-                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
-            {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-                break;
-            }
-            p = ifa.ifa_next;
-        }
-        libc::freeifaddrs(head);
-        found
-    }
-}
-
 /// The DHCP socket: all addresses, port `port`, bound to the interface, broadcast allowed.
 pub fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
     let std_sock = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;

@@ -126,6 +126,31 @@ struct Child {
 }
 
 impl Child {
+    fn new(node: &Node, mac: MacAddr, state: NodeState, status_secs: u32) -> Child {
+        Child {
+            uid: node.uid.clone(),
+            name: node.name.clone(),
+            mac,
+            state,
+            boot_id: String::new(),
+            last_seen: Instant::now(),
+            last_seen_unix: unix_now(),
+            status_secs,
+            report: None,
+            hardware: None,
+            pending: Vec::new(),
+            switch: None,
+            preferred_told: false,
+            pxe_booted: false,
+            notify: Arc::new(Notify::new()),
+            generation: 1,
+            written_generation: 0,
+            written_rev: None,
+            written_seen: 0,
+            claim: true,
+        }
+    }
+
     fn dirty(&self) -> bool {
         self.generation != self.written_generation
     }
@@ -301,28 +326,7 @@ impl Hub {
         let now_unix = unix_now();
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = !children.contains_key(&node.uid);
-        let child = children.entry(node.uid.clone()).or_insert_with(|| Child {
-            uid: node.uid.clone(),
-            name: node.name.clone(),
-            mac: report.mac,
-            state,
-            boot_id: String::new(),
-            last_seen: Instant::now(),
-            last_seen_unix: now_unix,
-            status_secs: secs,
-            report: None,
-            hardware: None,
-            pending: Vec::new(),
-            switch: None,
-            preferred_told: false,
-            pxe_booted: false,
-            notify: Arc::new(Notify::new()),
-            generation: 1,
-            written_generation: 0,
-            written_rev: None,
-            written_seen: 0,
-            claim: true,
-        });
+        let child = children.entry(node.uid.clone()).or_insert_with(|| Child::new(&node, report.mac, state, secs));
         if fresh {
             let previous = self.records.read().unwrap_or_else(|p| p.into_inner()).get(&node.uid).map(|r| r.0.clone());
             match &previous {
@@ -403,28 +407,8 @@ impl Hub {
         tracing::info!(node = %node.name, %mac, "Booting node {} ({})", node.name, mac);
         let (secs, _) = status_secs_of(node);
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        let child = children.entry(node.uid.clone()).or_insert_with(|| Child {
-            uid: node.uid.clone(),
-            name: node.name.clone(),
-            mac: *mac,
-            state: NodeState::Booting,
-            boot_id: String::new(),
-            last_seen: Instant::now(),
-            last_seen_unix: unix_now(),
-            status_secs: secs,
-            report: None,
-            hardware: None,
-            pending: Vec::new(),
-            switch: None,
-            preferred_told: false,
-            pxe_booted: true,
-            notify: Arc::new(Notify::new()),
-            generation: 0,
-            written_generation: 0,
-            written_rev: None,
-            written_seen: 0,
-            claim: true,
-        });
+        let child =
+            children.entry(node.uid.clone()).or_insert_with(|| Child::new(node, *mac, NodeState::Booting, secs));
         child.state = NodeState::Booting;
         child.report = None;
         child.hardware = None;

@@ -9,6 +9,7 @@
 //! - [`api`]: the `/api/v1` request and response bodies, and the `{kind, message}` error shape.
 //! - [`auth`]: the admin credential derived from `database.admin_pass`.
 //! - [`power`]: power control through BMCs, BMC attributes, cluster secrets.
+//! - [`sys`]: the open-files limit, the machine's IPv4 addresses.
 //! - [`fsutil`]: file-writing helpers (early writeback for large files).
 //!
 //! This crate must stay free of async runtimes, HTTP stacks and database clients: the static
@@ -22,6 +23,7 @@ pub mod fsutil;
 pub mod ids;
 pub mod power;
 pub mod select;
+pub mod sys;
 
 /// The version every program reports (heads record it in the database).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

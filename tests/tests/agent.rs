@@ -146,9 +146,12 @@ fn fleet_of_200_reports_runs_scripts_and_fails_over() {
         })
         .collect();
     c.heads[0].kill9();
-    wait_status(&c.heads[1], "every node re-parented off head1", Duration::from_secs(30), |s| {
-        s.iter().all(|n| n["state"] == "up" && n["parent"] != "head1")
-    });
+    // Every head's view catches up (each follows the status records on its own).
+    for via in &c.heads[1..] {
+        wait_status(via, "every node re-parented off head1", Duration::from_secs(30), |s| {
+            s.iter().all(|n| n["state"] == "up" && n["parent"] != "head1")
+        });
+    }
     let s = statuses(&c.heads[3]);
     for (i, n) in s.iter().enumerate() {
         assert_eq!(n["parent"].as_str().unwrap(), expected_next[i], "node {i} went to the next head in its list");
