@@ -10,7 +10,7 @@ if [ -z "$pkg" ]; then
   echo "fetch-kernel: apt-cache knows no linux-image-amd64 dependency; run apt-get update" >&2
   exit 1
 fi
-if [ -f "$dest/$pkg.done" ]; then
+if [ -f "$dest/$pkg.done" ] && ls "$dest"/kernel/lib/modules/*/modules.dep >/dev/null 2>&1; then
   ls "$dest"/kernel/boot/vmlinuz-*
   exit 0
 fi
@@ -20,5 +20,8 @@ chmod 777 "$dest"   # apt-get download runs as _apt where it can
 (cd "$dest" && apt-get download "$pkg" >/dev/null 2>&1)
 dpkg -x "$dest"/"$pkg"_*.deb "$dest/kernel"
 rm -f "$dest"/"$pkg"_*.deb
+# modules.dep, as the kernel's own install would create it (scyld-mkinitramfs reads it).
+ver=$(basename "$(ls -d "$dest"/kernel/lib/modules/*)")
+depmod -b "$dest/kernel" "$ver"
 touch "$dest/$pkg.done"
 ls "$dest"/kernel/boot/vmlinuz-*
