@@ -180,6 +180,52 @@ impl HeadClient {
         }
     }
 
+    /// GET `path` into the file `dest` (streamed, hashed while it arrives); returns its size and
+    /// SHA-256. The whole transfer must end within `limit`.
+    pub async fn download(
+        &mut self,
+        ep: &Endpoint,
+        path: &str,
+        dest: &std::path::Path,
+        limit: Duration,
+    ) -> Result<(u64, String), ClientError> {
+        use sha2::Digest;
+        let work = async {
+            let sender = self.connect(ep).await?;
+            let mut sender = sender;
+            let req = hyper::Request::builder()
+                .method("GET")
+                .uri(path)
+                .header(hyper::header::HOST, format!("{}:{}", ep.host, ep.port))
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| ClientError::Broken(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| ClientError::Broken(e.to_string()))?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                return Err(ClientError::Status { status, message: format!("GET {path}") });
+            }
+            let mut body = resp.into_body();
+            let mut file =
+                std::fs::File::create(dest).map_err(|e| ClientError::Broken(format!("{}: {e}", dest.display())))?;
+            let mut hasher = sha2::Sha256::new();
+            let mut size = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ClientError::Broken(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    hasher.update(&data);
+                    size += data.len() as u64;
+                    std::io::Write::write_all(&mut file, &data)
+                        .map_err(|e| ClientError::Broken(format!("{}: {e}", dest.display())))?;
+                }
+            }
+            Ok((size, hex::encode(hasher.finalize())))
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
     /// One request; the whole exchange (connecting included) must end within `limit`.
     pub async fn request(
         &mut self,

@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod facts;
+mod init;
 mod node;
 mod sim;
 
@@ -48,6 +49,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Boot the node as /init in the initramfs: drivers, DHCP, root image from the heads, switch
+    /// root (also chosen automatically when running as process 1)
+    Init,
     /// Simulate many nodes in one process (tests and benchmarks)
     Sim {
         /// Number of nodes
@@ -216,6 +220,10 @@ fn print_state(s: &AgentState, json: bool) {
 }
 
 fn main() -> ExitCode {
+    // The kernel runs /init as process 1 with no arguments.
+    if std::process::id() == 1 {
+        init::main();
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run => {
@@ -239,6 +247,12 @@ fn main() -> ExitCode {
             rt.block_on(agent.run(stop));
             eprintln!("clusterware-node: stopped");
             ExitCode::SUCCESS
+        }
+        Cmd::Init => {
+            if std::process::id() != 1 {
+                return fail("`init` runs only as /init (process 1) in the initramfs");
+            }
+            init::main()
         }
         Cmd::FetchHosts | Cmd::UpdateKeys => {
             let rt = match runtime(1) {

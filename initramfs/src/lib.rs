@@ -105,57 +105,11 @@ pub fn resolve(
     Ok((order, missing))
 }
 
-/// One archive entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
-    Dir,
-    File {
-        data: Vec<u8>,
-        mode: u32,
-    },
-    /// A character device (major, minor).
-    Char(u32, u32),
-}
+pub use clusterware_shared::cpio::Entry;
 
-/// A newc cpio archive of `entries` (paths without a leading `/`), in path order.
+/// A newc cpio archive of `entries`.
 pub fn cpio(entries: &BTreeMap<String, Entry>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut ino = 1u32;
-    let put = |out: &mut Vec<u8>, name: &str, mode: u32, nlink: u32, data: &[u8], rdev: (u32, u32), ino: u32| {
-        let name_c = format!("{name}\0");
-        let header = format!(
-            "070701{ino:08X}{mode:08X}{uid:08X}{gid:08X}{nlink:08X}{mtime:08X}{size:08X}{dmaj:08X}{dmin:08X}{rmaj:08X}{rmin:08X}{nsize:08X}{check:08X}",
-            uid = 0,
-            gid = 0,
-            mtime = 0,
-            size = data.len(),
-            dmaj = 0,
-            dmin = 0,
-            rmaj = rdev.0,
-            rmin = rdev.1,
-            nsize = name_c.len(),
-            check = 0
-        );
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(name_c.as_bytes());
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out.extend_from_slice(data);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-    };
-    for (path, e) in entries {
-        match e {
-            Entry::Dir => put(&mut out, path, 0o040755, 2, &[], (0, 0), ino),
-            Entry::File { data, mode } => put(&mut out, path, 0o100000 | (mode & 0o7777), 1, data, (0, 0), ino),
-            Entry::Char(ma, mi) => put(&mut out, path, 0o020600, 1, &[], (*ma, *mi), ino),
-        }
-        ino += 1;
-    }
-    put(&mut out, "TRAILER!!!", 0, 1, &[], (0, 0), 0);
-    out
+    clusterware_shared::cpio::write(entries)
 }
 
 /// gzip without a file name or time stamp (so the same archive gives the same bytes).
@@ -193,7 +147,7 @@ fn add_dirs(entries: &mut BTreeMap<String, Entry>, path: &str) {
             cur.push('/');
         }
         cur.push_str(part);
-        entries.entry(cur.clone()).or_insert(Entry::Dir);
+        entries.entry(cur.clone()).or_insert(Entry::Dir(0o755));
     }
 }
 
@@ -252,33 +206,8 @@ pub fn build(spec: &Spec, compress: bool) -> Result<Built, BuildError> {
 }
 
 /// Reads a newc archive back: (path, mode, data). For tests and `--list`.
-pub fn read_cpio(mut b: &[u8]) -> Result<Vec<(String, u32, Vec<u8>)>, BuildError> {
-    let total = b.len();
-    let mut out = Vec::new();
-    let hex = |s: &[u8]| -> Result<usize, BuildError> {
-        usize::from_str_radix(std::str::from_utf8(s).map_err(|_| err("bad header"))?, 16).map_err(|_| err("bad header"))
-    };
-    loop {
-        if b.len() < 110 || &b[..6] != b"070701" {
-            return Err(err("not a newc archive"));
-        }
-        let mode = hex(&b[14..22])? as u32;
-        let size = hex(&b[54..62])?;
-        let nsize = hex(&b[94..102])?;
-        let name_end = 110 + nsize;
-        let name = std::str::from_utf8(b.get(110..name_end - 1).ok_or_else(|| err("truncated"))?)
-            .map_err(|_| err("bad name"))?
-            .to_string();
-        let pos = total - b.len();
-        let data_start = (pos + name_end).div_ceil(4) * 4 - pos;
-        let data = b.get(data_start..data_start + size).ok_or_else(|| err("truncated"))?.to_vec();
-        let next = (pos + data_start + size).div_ceil(4) * 4 - pos;
-        if name == "TRAILER!!!" {
-            return Ok(out);
-        }
-        out.push((name, mode, data));
-        b = b.get(next..).ok_or_else(|| err("truncated"))?;
-    }
+pub fn read_cpio(b: &[u8]) -> Result<Vec<(String, u32, Vec<u8>)>, BuildError> {
+    clusterware_shared::cpio::read(b).map(|v| v.into_iter().map(|r| (r.path, r.mode, r.data)).collect()).map_err(err)
 }
 
 /// `Path` helper for callers that print the modules directory.

@@ -9,6 +9,7 @@
 //! - [`api`]: the `/api/v1` request and response bodies, and the `{kind, message}` error shape.
 //! - [`auth`]: the admin credential derived from `database.admin_pass`.
 //! - [`power`]: power control through BMCs, BMC attributes, cluster secrets.
+//! - [`cpio`]: the newc archive format (initramfs, node root images).
 //! - [`sys`]: the open-files limit, the machine's IPv4 addresses.
 //! - [`fsutil`]: file-writing helpers (early writeback for large files).
 //!
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod cpio;
 pub mod fsutil;
 pub mod ids;
 pub mod power;

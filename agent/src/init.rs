@@ -1,0 +1,546 @@
+//! The agent as `/init` in the initramfs: mount the kernel file systems, load the network
+//! drivers listed in `/etc/clusterware/modules`, bring up the boot interface (the one with the MAC
+//! from `cw.mac=`), get its address by DHCP, download the root image named by `cw.image=` from the
+//! parent (then the other heads of `cw.heads=`), check its size and SHA-256, unpack it into RAM
+//! (tmpfs), and switch root into the image's `/sbin/init`. Every failure is printed on the
+//! console and retried with backoff (1 s doubling to 30 s); nothing here makes the kernel panic.
+
+use crate::client::{Endpoint, HeadClient};
+use clusterware_shared::ids::MacAddr;
+use std::ffi::CString;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn say(msg: &str) {
+    eprintln!("clusterware-node init: {msg}");
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in literal paths")
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), String> {
+    let _ = std::fs::create_dir_all(target);
+    let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
+    // SAFETY: mount(2) with valid NUL-terminated strings.
+    let r = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(format!("mount {fstype} on {target}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// What the kernel command line says.
+#[derive(Debug, Default, Clone)]
+pub struct BootArgs {
+    pub heads: Vec<String>,
+    pub mac: Option<MacAddr>,
+    pub image: Option<String>,
+    pub image_size: Option<u64>,
+    pub image_sha256: Option<String>,
+}
+
+pub fn boot_args(cmdline: &str) -> Result<BootArgs, String> {
+    let (heads, mac) = crate::config::from_cmdline(cmdline)?;
+    let mut a = BootArgs { heads: heads.into_iter().map(|h| h.url).collect(), mac, ..Default::default() };
+    for tok in cmdline.split_whitespace() {
+        if let Some(v) = tok.strip_prefix("cw.image=") {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(format!("cw.image={v:?} is not a file id"));
+            }
+            a.image = Some(v.to_string());
+        } else if let Some(v) = tok.strip_prefix("cw.image_size=") {
+            a.image_size = Some(v.parse().map_err(|_| format!("cw.image_size={v:?} is not a number"))?);
+        } else if let Some(v) = tok.strip_prefix("cw.image_sha256=") {
+            if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("cw.image_sha256={v:?} is not a SHA-256"));
+            }
+            a.image_sha256 = Some(v.to_ascii_lowercase());
+        }
+    }
+    Ok(a)
+}
+
+fn load_modules() {
+    let Ok(list) = std::fs::read_to_string("/etc/clusterware/modules") else { return };
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                say(&format!("cannot open module {path}: {e}"));
+                continue;
+            }
+        };
+        let params = cstr("");
+        // SAFETY: finit_module with an open module file and empty parameters.
+        let r =
+            unsafe { libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&f), params.as_ptr(), 0) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                say(&format!("cannot load {path}: {e}"));
+            }
+        }
+    }
+}
+
+/// The interface with this MAC, waiting for drivers to create it.
+fn find_interface(mac: &MacAddr, within: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let addr = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap_or_default();
+                if addr.trim().parse::<MacAddr>().ok().as_ref() == Some(mac) {
+                    return Ok(name);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no network interface has MAC {mac} (is its driver in the initramfs?)"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+        r.ifr_name[i] = b as libc::c_char;
+    }
+    r
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size on Linux; sockaddr is plain data.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ioctl(req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> Result<(), String> {
+    // SAFETY: a datagram socket for interface ioctls, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the ioctl's argument matches the request (caller's contract).
+    let r = unsafe { libc::ioctl(fd, req as _, arg) };
+    let e = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    if r != 0 && e.raw_os_error() != Some(libc::EEXIST) {
+        return Err(format!("{what}: {e}"));
+    }
+    Ok(())
+}
+
+fn link_up(name: &str) -> Result<(), String> {
+    for n in ["lo", name] {
+        let mut r = ifreq(n);
+        ioctl(libc::SIOCGIFFLAGS, (&mut r as *mut libc::ifreq).cast(), &format!("flags of {n}"))?;
+        // SAFETY: ifru_flags is the union member SIOCGIFFLAGS filled.
+        unsafe { r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+        ioctl(libc::SIOCSIFFLAGS, (&mut r as *mut libc::ifreq).cast(), &format!("bringing up {n}"))?;
+    }
+    Ok(())
+}
+
+/// An address from DHCP.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub mask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub server: Ipv4Addr,
+}
+
+fn dhcp_packet(kind: u8, xid: u32, mac: &MacAddr, extra: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1;
+    p[1] = 1;
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[10] = 0x80; // broadcast replies: we have no address yet
+    p[28..34].copy_from_slice(&mac.0);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    p.extend_from_slice(&[53, 1, kind]);
+    for (code, val) in extra {
+        p.push(*code);
+        p.push(val.len() as u8);
+        p.extend_from_slice(val);
+    }
+    // Parameters wanted: netmask, router, DNS, host name.
+    p.extend_from_slice(&[55, 4, 1, 3, 6, 12, 255]);
+    p
+}
+
+/// (message type, yiaddr, server id, mask, router) of a reply for `xid` and `mac`.
+pub fn parse_reply(
+    b: &[u8],
+    xid: u32,
+    mac: &MacAddr,
+) -> Option<(u8, Ipv4Addr, Option<Ipv4Addr>, Option<Ipv4Addr>, Option<Ipv4Addr>)> {
+    if b.len() < 240
+        || b[0] != 2
+        || b[4..8] != xid.to_be_bytes()
+        || b[28..34] != mac.0
+        || b[236..240] != [99, 130, 83, 99]
+    {
+        return None;
+    }
+    let yi = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
+    let (mut kind, mut sid, mut mask, mut router) = (0u8, None, None, None);
+    let mut i = 240;
+    while i < b.len() {
+        let code = b[i];
+        if code == 255 {
+            break;
+        }
+        if code == 0 {
+            i += 1;
+            continue;
+        }
+        let len = *b.get(i + 1)? as usize;
+        let v = b.get(i + 2..i + 2 + len)?;
+        let ip = |v: &[u8]| (v.len() >= 4).then(|| Ipv4Addr::new(v[0], v[1], v[2], v[3]));
+        match code {
+            53 if len == 1 => kind = v[0],
+            54 => sid = ip(v),
+            1 => mask = ip(v),
+            3 => router = ip(v),
+            _ => {}
+        }
+        i += 2 + len;
+    }
+    Some((kind, yi, sid, mask, router))
+}
+
+fn dhcp(iface: &str, mac: &MacAddr) -> Result<Lease, String> {
+    let s = UdpSocket::bind("0.0.0.0:68").map_err(|e| format!("DHCP socket: {e}"))?;
+    s.set_broadcast(true).map_err(|e| e.to_string())?;
+    let dev = cstr(iface);
+    // SAFETY: SO_BINDTODEVICE with a NUL-terminated interface name.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            dev.as_ptr().cast(),
+            (iface.len() + 1) as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(format!("binding the DHCP socket to {iface}: {}", std::io::Error::last_os_error()));
+    }
+    s.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
+    let to: SocketAddr = "255.255.255.255:67".parse().expect("literal address");
+    let xid = (std::process::id() as u32)
+        ^ (Instant::now().elapsed().subsec_nanos())
+        ^ u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]);
+    let mut buf = [0u8; 1500];
+    for attempt in 0..4 {
+        s.send_to(&dhcp_packet(1, xid, mac, &[]), to).map_err(|e| format!("sending DHCPDISCOVER: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(2 + attempt);
+        let mut offer = None;
+        while Instant::now() < deadline && offer.is_none() {
+            if let Ok(n) = s.recv(&mut buf) {
+                if let Some((2, yi, Some(sid), mask, router)) = parse_reply(&buf[..n], xid, mac) {
+                    offer = Some((yi, sid, mask, router));
+                }
+            }
+        }
+        let Some((yi, sid, mask, router)) = offer else { continue };
+        let req = dhcp_packet(3, xid, mac, &[(50, yi.octets().to_vec()), (54, sid.octets().to_vec())]);
+        s.send_to(&req, to).map_err(|e| format!("sending DHCPREQUEST: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(n) = s.recv(&mut buf) {
+                match parse_reply(&buf[..n], xid, mac) {
+                    Some((5, ip, _, m, r)) => {
+                        return Ok(Lease {
+                            ip,
+                            mask: m.or(mask).unwrap_or(Ipv4Addr::new(255, 255, 255, 0)),
+                            router: r.or(router),
+                            server: sid,
+                        });
+                    }
+                    Some((6, ..)) => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Err("no DHCP answer".into())
+}
+
+fn configure(iface: &str, lease: &Lease) -> Result<(), String> {
+    let mut r = ifreq(iface);
+    r.ifr_ifru.ifru_addr = sockaddr(lease.ip);
+    ioctl(libc::SIOCSIFADDR, (&mut r as *mut libc::ifreq).cast(), "setting the address")?;
+    let mut r = ifreq(iface);
+    r.ifr_ifru.ifru_netmask = sockaddr(lease.mask);
+    ioctl(libc::SIOCSIFNETMASK, (&mut r as *mut libc::ifreq).cast(), "setting the netmask")?;
+    if let Some(gw) = lease.router {
+        // SAFETY: rtentry is plain data; zeroed is a valid value.
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr(gw);
+        rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
+        let dev = cstr(iface);
+        rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
+        ioctl(libc::SIOCADDRT, (&mut rt as *mut libc::rtentry).cast(), "adding the default route")?;
+    }
+    Ok(())
+}
+
+/// Downloads the image into `dest` from the first head that has it; checks size and SHA-256.
+async fn download(heads: &[String], args: &BootArgs, dest: &std::path::Path) -> Result<(), String> {
+    let id = args.image.as_deref().ok_or("no cw.image= on the kernel command line")?;
+    let mut errors = Vec::new();
+    for h in heads {
+        let ep = match Endpoint::parse(h) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        say(&format!("downloading image {id} from {}", ep.url));
+        let mut client = HeadClient::new(None, None);
+        let path = format!("/api/v1/files/{id}/content");
+        match client.download(&ep, &path, dest, Duration::from_secs(600)).await {
+            Ok((size, sha)) => {
+                if args.image_size.is_some_and(|s| s != size) {
+                    errors.push(format!("{}: {size} bytes, expected {}", ep.url, args.image_size.unwrap_or(0)));
+                    continue;
+                }
+                if args.image_sha256.as_deref().is_some_and(|s| s != sha) {
+                    errors.push(format!("{}: SHA-256 {sha} is not the expected one", ep.url));
+                    continue;
+                }
+                return Ok(());
+            }
+            Err(e) => errors.push(format!("{}: {e}", ep.url)),
+        }
+    }
+    Err(format!("no head gave the image: {}", errors.join("; ")))
+}
+
+/// Unpacks a gzip'd (or plain) newc archive under `root`.
+pub fn unpack(archive: &[u8], root: &std::path::Path) -> Result<usize, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let raw = if archive.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(archive), &mut out)
+            .map_err(|e| format!("the image is not valid gzip: {e}"))?;
+        out
+    } else {
+        archive.to_vec()
+    };
+    let entries = clusterware_shared::cpio::read(&raw).map_err(|e| format!("the image is not a newc archive: {e}"))?;
+    let n = entries.len();
+    for e in entries {
+        let p = root.join(&e.path);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|err| format!("{}: {err}", d.display()))?;
+        }
+        let kind = e.mode & 0o170000;
+        let perm = e.mode & 0o7777;
+        match kind {
+            0o040000 => {
+                std::fs::create_dir_all(&p).map_err(|err| format!("{}: {err}", p.display()))?;
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(perm));
+            }
+            0o100000 => {
+                std::fs::write(&p, &e.data).map_err(|err| format!("{}: {err}", p.display()))?;
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(perm));
+            }
+            0o120000 => {
+                let target = String::from_utf8_lossy(&e.data).to_string();
+                let _ = std::fs::remove_file(&p);
+                std::os::unix::fs::symlink(&target, &p).map_err(|err| format!("{}: {err}", p.display()))?;
+            }
+            0o020000 => {
+                let c = cstr(&p.to_string_lossy());
+                // SAFETY: mknod of a character device with a valid path.
+                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | perm, libc::makedev(e.rdev.0, e.rdev.1)) };
+            }
+            _ => {}
+        }
+    }
+    Ok(n)
+}
+
+fn switch_root(new_root: &str, init: &str) -> String {
+    for d in ["dev", "proc", "sys", "run"] {
+        let target = format!("{new_root}/{d}");
+        let _ = std::fs::create_dir_all(&target);
+        let (s, t) = (cstr(&format!("/{d}")), cstr(&target));
+        // SAFETY: moving a mount point with valid paths.
+        unsafe { libc::mount(s.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) };
+    }
+    let root = cstr(new_root);
+    let dot = cstr(".");
+    let slash = cstr("/");
+    // SAFETY: the classic switch_root sequence; every string is NUL-terminated.
+    unsafe {
+        if libc::chdir(root.as_ptr()) != 0 {
+            return format!("chdir {new_root}: {}", std::io::Error::last_os_error());
+        }
+        if libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) != 0 {
+            return format!("moving {new_root} to /: {}", std::io::Error::last_os_error());
+        }
+        if libc::chroot(dot.as_ptr()) != 0 {
+            return format!("chroot: {}", std::io::Error::last_os_error());
+        }
+        libc::chdir(slash.as_ptr());
+        let prog = cstr(init);
+        let argv = [prog.as_ptr(), std::ptr::null()];
+        libc::execv(prog.as_ptr(), argv.as_ptr());
+    }
+    format!("cannot run {init} in the image: {}", std::io::Error::last_os_error())
+}
+
+/// One attempt at booting; returns only on failure.
+fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr) -> String {
+    let iface = match find_interface(mac, Duration::from_secs(15)) {
+        Ok(i) => i,
+        Err(e) => return e,
+    };
+    if let Err(e) = link_up(&iface) {
+        return e;
+    }
+    say(&format!("asking for an address on {iface} ({mac})"));
+    let lease = match dhcp(&iface, mac) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    say(&format!("address {} from {}", lease.ip, lease.server));
+    if let Err(e) = configure(&iface, &lease) {
+        return e;
+    }
+    if let Err(e) = mount("tmpfs", "/newroot", "tmpfs", 0, "mode=0755") {
+        return e;
+    }
+    let file = std::path::Path::new("/run/clusterware-image");
+    if let Err(e) = rt.block_on(download(&args.heads, args, file)) {
+        return e;
+    }
+    let data = match std::fs::read(file) {
+        Ok(d) => d,
+        Err(e) => return format!("reading the downloaded image: {e}"),
+    };
+    let _ = std::fs::remove_file(file);
+    match unpack(&data, std::path::Path::new("/newroot")) {
+        Ok(n) => say(&format!("image unpacked: {n} entries")),
+        Err(e) => return e,
+    }
+    drop(data);
+    // The booted system's agent starts from the same kernel command line.
+    say("switching to the image's /sbin/init");
+    switch_root("/newroot", "/sbin/init")
+}
+
+/// Runs as `/init`: never returns.
+pub fn main() -> ! {
+    for (src, target, fs) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/run", "tmpfs"),
+    ] {
+        if let Err(e) = mount(src, target, fs, 0, "") {
+            say(&e);
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            say(&format!("cannot start: {e}"));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    };
+    load_modules();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let why = match boot_args(&cmdline) {
+            Err(e) => format!("kernel command line: {e}"),
+            Ok(a) if a.heads.is_empty() => "no cw.parent= or cw.heads= on the kernel command line".into(),
+            Ok(a) => match a.mac {
+                None => "no cw.mac= (or BOOTIF=) on the kernel command line".into(),
+                Some(mac) => attempt(&rt, &a, &mac),
+            },
+        };
+        say(&format!("{why}; trying again in {} s", wait.as_secs()));
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_command_line() {
+        let a = boot_args("console=ttyS0 cw.image=ab12 cw.image_size=10 cw.image_sha256=0000000000000000000000000000000000000000000000000000000000000000 cw.parent=http://10.0.0.1:8080 cw.heads=http://10.0.0.1:8080,http://10.0.0.2:8080 cw.mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(a.heads, ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]);
+        assert_eq!((a.image.as_deref(), a.image_size), (Some("ab12"), Some(10)));
+        assert!(boot_args("cw.image=../x").is_err());
+        assert!(boot_args("cw.image_sha256=xyz").is_err());
+    }
+
+    #[test]
+    fn dhcp_replies() {
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let mut p = dhcp_packet(1, 7, &mac, &[]);
+        assert_eq!(&p[240..243], &[53, 1, 1]);
+        assert_eq!(*p.last().unwrap(), 255);
+        p[0] = 2;
+        p[16..20].copy_from_slice(&[10, 0, 0, 5]);
+        let end = p.len() - 1;
+        p.truncate(end);
+        p.extend_from_slice(&[54, 4, 10, 0, 0, 1, 1, 4, 255, 255, 255, 0, 255]);
+        p[242] = 2;
+        let (kind, yi, sid, mask, _) = parse_reply(&p, 7, &mac).unwrap();
+        assert_eq!(
+            (kind, yi, sid, mask),
+            (2, Ipv4Addr::new(10, 0, 0, 5), Some(Ipv4Addr::new(10, 0, 0, 1)), Some(Ipv4Addr::new(255, 255, 255, 0)))
+        );
+        assert!(parse_reply(&p, 8, &mac).is_none());
+        assert!(parse_reply(&p[..100], 7, &mac).is_none());
+        let mut cut = p.clone();
+        cut.truncate(246);
+        let _ = parse_reply(&cut, 7, &mac);
+    }
+
+    #[test]
+    fn unpacks_images() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = std::collections::BTreeMap::new();
+        use clusterware_shared::cpio::Entry;
+        e.insert("bin".to_string(), Entry::Dir(0o755));
+        e.insert("bin/busybox".to_string(), Entry::File { data: b"x".to_vec(), mode: 0o755 });
+        e.insert("bin/sh".to_string(), Entry::Symlink("busybox".into()));
+        let raw = clusterware_shared::cpio::write(&e);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        assert_eq!(unpack(&gz.finish().unwrap(), d.path()).unwrap(), 3);
+        assert_eq!(std::fs::read_link(d.path().join("bin/sh")).unwrap().to_str(), Some("busybox"));
+        assert!(unpack(b"not an image", d.path()).is_err());
+    }
+}
