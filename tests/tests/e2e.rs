@@ -53,16 +53,16 @@ fn busybox_root(dir: &Path) {
     std::fs::write(dir.join("etc/hostname"), "node\n").unwrap();
 }
 
-fn status(c: &Cluster, via: usize) -> Value {
-    let s = c.heads[via].cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+fn status(c: &Cluster, via: usize, node: &str) -> Value {
+    let s = c.heads[via].cli("scyld-nodectl", &["-i", node, "status", "--json"]);
     if s.code != 0 {
         return Value::Null;
     }
     s.json()["nodes"][0].clone()
 }
 
-#[test]
-fn qemu_boots_into_the_agent_and_fails_over() {
+/// Kernel, initramfs and the registered busybox image, as boot config `e2e` (the default).
+fn prepare(c: &Cluster, dir: &Path) {
     let root = workspace().join("target/netboot/kernel");
     let version =
         std::fs::read_dir(root.join("lib/modules")).expect("make netboot-kernel").flatten().next().unwrap().file_name();
@@ -70,8 +70,7 @@ fn qemu_boots_into_the_agent_and_fails_over() {
     let vmlinuz = root.join(format!("boot/vmlinuz-{version}"));
     let agent = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");
     assert!(agent.is_file(), "run `make agent` (make test does)");
-    let dir = tempfile::tempdir().unwrap();
-    let initrd = dir.path().join("initrd.img");
+    let initrd = dir.join("initrd.img");
     run_ok(
         Command::new(bin("scyld-mkinitramfs"))
             .arg("--agent")
@@ -81,9 +80,15 @@ fn qemu_boots_into_the_agent_and_fails_over() {
             .args(["--module", "virtio_net", "--module", "virtio_pci", "-o"])
             .arg(&initrd),
     );
-    let rootfs = dir.path().join("root");
+    let rootfs = dir.join("root");
     busybox_root(&rootfs);
-    let image = dir.path().join("busybox.img");
+    // The test reads the node's files from its console: every 2 s they are printed there.
+    std::fs::write(
+        rootfs.join("etc/inittab"),
+        "::respawn:/bin/sh -c 'sleep 2; for f in /etc/hosts /root/.ssh/authorized_keys; do while read l; do echo \"VMFILE $f: $l\"; done < $f; done 2>/dev/null > /dev/console'\n",
+    )
+    .unwrap();
+    let image = dir.join("busybox.img");
     run_ok(
         Command::new(bin("scyld-modimg"))
             .arg("build")
@@ -94,11 +99,6 @@ fn qemu_boots_into_the_agent_and_fails_over() {
             .arg("-o")
             .arg(&image),
     );
-
-    let mut seg = Segment::new();
-    // Three heads: etcd keeps its quorum when one dies.
-    let mut c = Cluster::configure_on(&mut seg, 3, "");
-    c.start_all();
     let h = &c.heads[0];
     let ns = h.netns.clone().unwrap();
     let cfg = h.config.to_string_lossy().to_string();
@@ -123,60 +123,173 @@ fn qemu_boots_into_the_agent_and_fails_over() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     h.cli("scyld-bootctl", &["default", "e2e"]).ok();
-    let mac = "52:54:00:aa:0e:01";
-    h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(101)), "_status_secs=2"]).ok();
+}
 
-    seg.tap("cwtap0");
-    let serial = dir.path().join("serial.log");
+/// A VM with its own tap and a console log kept in target/e2e-logs.
+struct Vm {
+    child: std::process::Child,
+    pub console: PathBuf,
+}
+
+impl Vm {
+    fn start(seg: &mut Segment, n: usize, mac: &str, test: &str) -> Vm {
+        let tap = format!("cwtap{n}");
+        seg.tap(&tap);
+        let logs = workspace().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let console = logs.join(format!("{test}-vm{n}.log"));
+        let _ = std::fs::remove_file(&console);
+        let child = Command::new("ip")
+            .args(["netns", "exec", seg.bridge_ns(), "timeout", "500", "qemu-system-x86_64"])
+            .args([
+                "-machine",
+                &format!("pc,accel={}", accel()),
+                "-m",
+                "768",
+                "-boot",
+                "n",
+                "-no-reboot",
+                "-display",
+                "none",
+            ])
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+            .args(["-serial", &format!("file:{}", console.display()), "-monitor", "none"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        Vm { child, console }
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).to_string()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn three_heads_boot_three_vms_into_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seg = Segment::new();
+    // Three heads: etcd keeps its quorum when one dies.
+    let mut c = Cluster::configure_on(&mut seg, 3, "");
+    c.start_all();
+    prepare(&c, dir.path());
+    let h = &c.heads[0];
+    let macs = ["52:54:00:aa:0e:01", "52:54:00:aa:0e:02", "52:54:00:aa:0e:03"];
+    for (i, mac) in macs.iter().enumerate() {
+        h.cli(
+            "scyld-nodectl",
+            &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(101 + i as u8)), "_status_secs=2"],
+        )
+        .ok();
+    }
+    // n0 boots from head2, whose copy of the root image is corrupt: head2 must repair it from a
+    // peer before n0 gets it.
+    h.cli("scyld-nodectl", &["-i", "n0", "set", "_preferred_head=head2"]).ok();
+    let img: Value = h.cli("scyld-imgctl", &["--json", "ls"]).json();
+    let rootfs_id = img["images"][0]["rootfs"].as_str().unwrap().to_string();
+    let stored = c.heads[1].dir.join("storage").join(&rootfs_id);
+    // Heads fetch files from peers when first asked: ask head2 once, so it keeps a copy.
+    let url = format!("{}/api/v1/files/{rootfs_id}/content", c.heads[1].url());
+    run_ok(Command::new("ip").args([
+        "netns",
+        "exec",
+        c.heads[1].netns.as_deref().unwrap(),
+        "curl",
+        "-sSf",
+        "-o",
+        "/dev/null",
+        &url,
+    ]));
+    poll_until("head2 has its copy of the image", Duration::from_secs(60), || stored.is_file());
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+
     let started = Instant::now();
-    let mut qemu = Command::new("ip")
-        .args(["netns", "exec", seg.bridge_ns(), "timeout", "400", "qemu-system-x86_64"])
-        .args([
-            "-machine",
-            &format!("pc,accel={}", accel()),
-            "-m",
-            "768",
-            "-boot",
-            "n",
-            "-no-reboot",
-            "-display",
-            "none",
-        ])
-        .args(["-netdev", "tap,id=n0,ifname=cwtap0,script=no,downscript=no"])
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-        .args(["-serial", &format!("file:{}", serial.display()), "-monitor", "none"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64");
-    let console = || std::fs::read_to_string(&serial).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let parent = loop {
-        let s = status(&c, 2);
-        if s["state"] == "up" {
-            break s["parent"].as_str().unwrap().to_string();
+    let vms: Vec<Vm> = macs.iter().enumerate().map(|(i, m)| Vm::start(&mut seg, i, m, "three")).collect();
+    let nodes = ["n0", "n1", "n2"];
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        let up = nodes.iter().filter(|n| status(&c, 2, n)["state"] == "up").count();
+        if up == 3 {
+            break;
         }
-        if let Ok(Some(st)) = qemu.try_wait() {
-            panic!("QEMU ended ({st}); console:\n{}", console());
-        }
-        assert!(Instant::now() < deadline, "the node did not come up within 300 s; console:\n{}", console());
+        assert!(Instant::now() < deadline, "{up} of 3 VMs up after 400 s; consoles in target/e2e-logs");
         std::thread::sleep(Duration::from_millis(500));
-    };
-    eprintln!("node up after {:?} ({}), parent {parent}", started.elapsed(), accel());
-    let text = console();
-    assert!(text.contains("clusterware-node init: switching to the image's /sbin/init"), "{text}");
-    let s = status(&c, 0);
-    assert_eq!(s["report"]["phase"], "up", "{s}");
-    assert_eq!(s["boot_id"].as_str().map(str::len), Some(36), "{s}");
-
-    // The parent dies: the node's agent moves to another head.
-    let dead = c.heads.iter().position(|h| h.name == parent).unwrap();
+    }
+    eprintln!("three VMs up after {:?} ({})", started.elapsed(), accel());
+    let parents: Vec<String> = nodes.iter().map(|n| status(&c, 0, n)["parent"].as_str().unwrap().to_string()).collect();
+    assert_eq!(parents[0], "head2", "n0 prefers head2");
+    let counters = c.heads[1].api("GET", "/storage", Some(&c.token), None).1;
+    assert!(counters["peer_downloads"].as_u64().unwrap_or(0) >= 1, "head2 fetched the image from a peer: {counters}");
+    // Every VM's /etc/hosts names its parent.
+    for (i, vm) in vms.iter().enumerate() {
+        let ip = c.heads.iter().find(|h| h.name == parents[i]).unwrap().ip;
+        poll_until("parent-head-node in the VM's /etc/hosts", Duration::from_secs(30), || {
+            vm.console().contains(&format!("VMFILE /etc/hosts: {ip}\tparent-head-node"))
+        });
+    }
+    // update_keys reaches the VMs.
+    h.cli(
+        "scyld-clusterctl",
+        &[
+            "keys",
+            "add",
+            "e2e",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNsdXN0ZXJ3YXJlIHRlc3Qga2V5IG9ubHkgMzJieXRl e2e@test",
+        ],
+    )
+    .ok();
+    let out = c.heads[2].cli("scyld-nodectl", &["-a", "script", "update_keys"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for vm in &vms {
+        poll_until("the key in the VM's authorized_keys", Duration::from_secs(30), || {
+            vm.console().contains("e2e@test")
+        });
+    }
+    // kill -9 of n1's parent: its VMs move to the next head and stay up.
+    let dead = c.heads.iter().position(|h| h.name == parents[1]).unwrap();
     let other = (dead + 1) % 3;
     c.heads[dead].kill9();
-    poll_until("the node re-parented to a surviving head", Duration::from_secs(60), || {
-        let s = status(&c, other);
-        s["state"] == "up" && s["parent"] != parent.as_str() && s["parent"].is_string()
+    poll_until("every VM up on a surviving head", Duration::from_secs(60), || {
+        nodes.iter().all(|n| {
+            let s = status(&c, other, n);
+            s["state"] == "up" && s["parent"] != parents[1].as_str() && s["parent"].is_string()
+        })
     });
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+}
+
+/// A root image that no head can serve intact: the node says why on its console and keeps
+/// trying; it never reports up.
+#[test]
+fn a_corrupt_image_everywhere_never_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seg = Segment::new();
+    let mut c = Cluster::configure_on(&mut seg, 1, "");
+    c.start_all();
+    prepare(&c, dir.path());
+    let h = &c.heads[0];
+    h.cli("scyld-nodectl", &["create", "mac=52:54:00:aa:0e:11", &format!("ip={}", seg.addr(111))]).ok();
+    let img: Value = h.cli("scyld-imgctl", &["--json", "ls"]).json();
+    let stored = h.dir.join("storage").join(img["images"][0]["rootfs"].as_str().unwrap());
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let vm = Vm::start(&mut seg, 0, "52:54:00:aa:0e:11", "corrupt");
+    poll_until("the console says why and retries", Duration::from_secs(300), || {
+        let t = vm.console();
+        t.contains("no head gave the image") && t.contains("trying again")
+    });
+    assert_ne!(status(&c, 0, "n0")["state"], "up");
 }

@@ -146,7 +146,7 @@ fn peer_download_verification_and_repair() {
     let b = &c.heads[1];
     assert_eq!(fetch(b, &id, "").1, data);
     let p = local(b, &id);
-    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all_at_offset(12345, &[data[12345] ^ 0x01]);
     drop(f);
     assert_eq!(fetch(b, &id, "").1, data, "bit flip repaired");
