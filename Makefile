@@ -69,7 +69,7 @@ test: build agent netboot-kernel
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status
 
-bench: bench-deps agent
+bench: bench-deps agent netboot-kernel
 	$(CARGO) build --release --workspace
 	target/release/cw-bench --output BENCHMARKS.md
 

@@ -17,7 +17,9 @@
 //!   re-parenting after `kill -9` of the parent, the `update_keys` round trip, and the static
 //!   agent's size and memory; rebalancing;
 //! - power control: `power status` of 200 simulated BMCs against ipmitool in sequence;
-//! - DHCP: exchanges per second with Kea's perfdhcp, against dnsmasq with the same static hosts.
+//! - DHCP: exchanges per second with Kea's perfdhcp, against dnsmasq with the same static hosts;
+//! - network boot of a QEMU VM into the agent, phase by phase, against dnsmasq + busybox, and
+//!   the VM's re-parent time after its head is killed.
 
 mod agent;
 mod netboot;
@@ -49,8 +51,8 @@ struct Args {
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
-    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power, dhcp)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power", "dhcp"])]
+    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power, dhcp, boot)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power", "dhcp", "boot"])]
     only: Vec<String>,
 }
 
@@ -314,6 +316,9 @@ fn main() {
     }
     if run("dhcp") {
         netboot::bench_dhcp(&mut r);
+    }
+    if run("boot") {
+        netboot::bench_boot(&mut r);
     }
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());

@@ -135,3 +135,363 @@ pub fn bench_dhcp(r: &mut Report) {
         ],
     );
 }
+
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn accel() -> &'static str {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if std::path::Path::new("/dev/kvm").exists() && (cpu.contains(" vmx") || cpu.contains(" svm")) {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+fn qemu(seg: &mut Segment, tap: &str, mac: &str, console: &std::path::Path) -> std::process::Child {
+    seg.tap(tap);
+    Command::new("ip")
+        .args(["netns", "exec", seg.bridge_ns(), "timeout", "400", "qemu-system-x86_64"])
+        .args([
+            "-machine",
+            &format!("pc,accel={}", accel()),
+            "-m",
+            "768",
+            "-boot",
+            "n",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+        .args(["-serial", &format!("file:{}", console.display()), "-monitor", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64")
+}
+
+struct Kernel {
+    vmlinuz: std::path::PathBuf,
+    root: std::path::PathBuf,
+    version: String,
+}
+
+fn kernel() -> Option<Kernel> {
+    let root = workspace().join("target/netboot/kernel");
+    let version =
+        std::fs::read_dir(root.join("lib/modules")).ok()?.flatten().next()?.file_name().to_string_lossy().to_string();
+    Some(Kernel { vmlinuz: root.join(format!("boot/vmlinuz-{version}")), root, version })
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Time from QEMU's start to each phase of a boot into the agent, and the same VM's re-parent
+/// time after its head dies; against dnsmasq + busybox httpd booting a busybox initramfs that
+/// makes its first HTTP request.
+pub fn bench_boot(r: &mut Report) {
+    use clusterware_tests::netns::{cli_in, run_in};
+    use std::time::Instant;
+    let Some(k) = kernel() else {
+        r.section(
+            "Network boot into the agent",
+            "make netboot-kernel",
+            "Debian's kernel was not fetched (`make netboot-kernel`); not measured.",
+        );
+        return;
+    };
+    let agent = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");
+    let bin_dir = clusterware_tests::bin("scyld-mkinitramfs").parent().unwrap().to_path_buf();
+    eprintln!("cw-bench: network boot into the agent…");
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    run_ok(
+        Command::new(bin_dir.join("scyld-mkinitramfs"))
+            .arg("--agent")
+            .arg(&agent)
+            .args(["--kernel-version", &k.version, "--modules-root"])
+            .arg(&k.root)
+            .args(["--module", "virtio_net", "--module", "virtio_pci", "-o"])
+            .arg(&initrd),
+    );
+    let rootfs = dir.path().join("root");
+    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", rootfs.join("sbin/init")).unwrap();
+    let image = dir.path().join("root.img");
+    run_ok(
+        Command::new(bin_dir.join("scyld-modimg"))
+            .arg("build")
+            .arg("--from")
+            .arg(&rootfs)
+            .arg("--agent")
+            .arg(&agent)
+            .arg("-o")
+            .arg(&image),
+    );
+
+    // Ours: three heads (so that one may die), one VM.
+    let mut seg = Segment::new();
+    let mut c = Cluster::configure_on(&mut seg, 3, "");
+    c.start_all();
+    let h = &c.heads[0];
+    let cfg = h.config.to_string_lossy().to_string();
+    cli_in(
+        h.netns.as_deref().unwrap(),
+        "scyld-modimg",
+        &["--config", &cfg, "register", image.to_str().unwrap(), "--name", "bench"],
+    );
+    h.cli(
+        "scyld-bootctl",
+        &[
+            "create",
+            "--name",
+            "bench",
+            "--kernel",
+            k.vmlinuz.to_str().unwrap(),
+            "--initramfs",
+            initrd.to_str().unwrap(),
+            "--image",
+            "bench",
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ],
+    );
+    h.cli("scyld-bootctl", &["default", "bench"]);
+    let mac = "52:54:00:bb:00:01";
+    h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(101)), "_status_secs=2"]);
+    let console = dir.path().join("console.log");
+    let t0 = Instant::now();
+    let mut vm = qemu(&mut seg, "cwtap0", mac, &console);
+    let mut marks: Vec<(&str, Option<Duration>)> = vec![
+        ("boot script", None),
+        ("kernel running", None),
+        ("image unpacked", None),
+        ("switch root", None),
+        ("up", None),
+    ];
+    let logs: Vec<std::path::PathBuf> =
+        c.heads.iter().map(|x| x.dir.join(format!("log/head_{}.log", x.name))).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while marks[4].1.is_none() && Instant::now() < deadline {
+        let con = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).to_string();
+        let log: String = logs.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect();
+        let now = t0.elapsed();
+        let seen = [
+            log.contains("Booting node n0"),
+            con.contains("clusterware-node init: asking for an address"),
+            con.contains("image unpacked"),
+            con.contains("switching to the image"),
+            {
+                let s = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+                s.code == 0 && s.json()["nodes"][0]["state"] == "up"
+            },
+        ];
+        for (i, s) in seen.iter().enumerate() {
+            if *s && marks[i].1.is_none() {
+                marks[i].1 = Some(now);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Re-parent after kill -9 of the parent.
+    let s: serde_json::Value = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]).json();
+    let parent = s["nodes"][0]["parent"].as_str().unwrap_or("head1").to_string();
+    let dead = c.heads.iter().position(|x| x.name == parent).unwrap_or(0);
+    let watch = (dead + 1) % 3;
+    let killed = Instant::now();
+    c.heads[dead].kill9();
+    let mut reparent = None;
+    while killed.elapsed() < Duration::from_secs(60) {
+        let s = c.heads[watch].cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+        if s.code == 0 && s.json()["nodes"][0]["state"] == "up" && s.json()["nodes"][0]["parent"] != parent.as_str() {
+            reparent = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = vm.kill();
+    let _ = vm.wait();
+    drop(c);
+    drop(seg);
+
+    // Baseline: dnsmasq (DHCP, iPXE script URL) + busybox httpd (script, kernel, initramfs), a
+    // busybox initramfs whose /init loads the same drivers, runs udhcpc and makes an HTTP request.
+    let mut seg = Segment::new();
+    let srv = seg.addr(13);
+    let ns = seg.member("bs", Some(srv));
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy(&k.vmlinuz, www.join("vmlinuz")).unwrap();
+    std::fs::write(
+        www.join("boot.ipxe"),
+        format!(
+            "#!ipxe\nkernel http://{srv}:8000/vmlinuz console=ttyS0 quiet\ninitrd http://{srv}:8000/initrd.img\nboot\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(www.join("ping"), "pong\n").unwrap();
+    let mut entries = std::collections::BTreeMap::new();
+    use clusterware_shared::cpio::Entry;
+    for d in ["bin", "dev", "proc", "sys", "etc"] {
+        entries.insert(d.to_string(), Entry::Dir(0o755));
+    }
+    entries.insert("dev/console".into(), Entry::Char(5, 1));
+    entries.insert("bin/busybox".into(), Entry::File { data: std::fs::read("/bin/busybox").unwrap(), mode: 0o755 });
+    let dep = std::fs::read_to_string(k.root.join("lib/modules").join(&k.version).join("modules.dep")).unwrap();
+    let dep = clusterware_initramfs::parse_modules_dep(&dep).expect("modules.dep");
+    let (order, _) =
+        clusterware_initramfs::resolve(&dep, &["virtio_net".into(), "virtio_pci".into()]).expect("modules");
+    let mut insmods = String::new();
+    for m in &order {
+        let data = std::fs::read(k.root.join("lib/modules").join(&k.version).join(m)).unwrap();
+        let name = m.rsplit('/').next().unwrap().to_string();
+        entries.insert(format!("bin/{name}"), Entry::File { data, mode: 0o644 });
+        insmods.push_str(&format!("/bin/busybox insmod /bin/{name}\n"));
+    }
+    entries.insert(
+        "init".into(),
+        Entry::File {
+            data: format!("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox mount -t sysfs sys /sys\n/bin/busybox mount -t devtmpfs dev /dev\n{insmods}/bin/busybox ip link set eth0 up\n/bin/busybox udhcpc -i eth0 -q -n -s /bin/dhcp.sh\n/bin/busybox wget -q -O /dev/null http://{srv}:8001/ping\n/bin/busybox sleep 600\n").into_bytes(),
+            mode: 0o755,
+        },
+    );
+    entries.insert(
+        "bin/dhcp.sh".into(),
+        Entry::File {
+            data: b"#!/bin/busybox sh\n[ \"$1\" = bound ] && /bin/busybox ip addr add $ip/24 dev $interface\nexit 0\n"
+                .to_vec(),
+            mode: 0o755,
+        },
+    );
+    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &clusterware_shared::cpio::write(&entries)).unwrap();
+    std::fs::write(www.join("initrd.img"), gz.finish().unwrap()).unwrap();
+    let mut httpd = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &format!("{srv}:8000"),
+            "-h",
+            www.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The booted baseline's first HTTP request lands here.
+    let ping = run_in(Some(&ns), || std::net::TcpListener::bind((srv, 8001))).expect("ping listener");
+    let bmac = "52:54:00:bb:00:02";
+    let mut dnsmasq = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "dnsmasq",
+            "--no-daemon",
+            "--port=0",
+            "--interface=cwn0",
+            "--bind-interfaces",
+            "--leasefile-ro",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .arg(format!("--dhcp-range={},static,255.255.255.0,600", seg.addr(0)))
+        .arg(format!("--dhcp-host={bmac},{}", seg.addr(102)))
+        .arg("--dhcp-userclass=set:ipxe,iPXE")
+        .arg(format!("--dhcp-boot=tag:ipxe,http://{srv}:8000/boot.ipxe"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The same empty router advertisements as the heads send, so iPXE does not wait for IPv6.
+    let ra_sock = run_in(Some(&ns), || clusterware_head::ra::open("cwn0"));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ra_thread = ra_sock.ok().map(|s| {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(fd) = clusterware_head::ra::register(s) {
+                    clusterware_head::ra::run(fd, "cwn0".into(), stop_rx).await;
+                }
+            })
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let bconsole = dir.path().join("baseline.log");
+    let t1 = Instant::now();
+    let mut bvm = qemu(&mut seg, "cwtap1", bmac, &bconsole);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = ping.accept() {
+            let _ = tx.send(());
+            let _ = std::io::Write::write_all(&mut s, b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\npong\n");
+        }
+    });
+    let baseline = rx.recv_timeout(Duration::from_secs(120)).ok().map(|_| t1.elapsed());
+    if baseline.is_none() {
+        let con = String::from_utf8_lossy(&std::fs::read(&bconsole).unwrap_or_default()).to_string();
+        let tail: Vec<&str> = con.lines().rev().take(15).collect();
+        eprintln!(
+            "cw-bench: the baseline VM made no HTTP request; its console ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let _ = bvm.kill();
+    let _ = bvm.wait();
+    let _ = stop_tx.send(true);
+    if let Some(t) = ra_thread {
+        let _ = t.join();
+    }
+    let _ = dnsmasq.kill();
+    let _ = httpd.kill();
+    let _ = dnsmasq.wait();
+    let _ = httpd.wait();
+
+    let fmt = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+    let up = marks[4].1;
+    let ratio = match (up, baseline) {
+        (Some(u), Some(b)) => format!("{:.2}", u.as_secs_f64() / b.as_secs_f64()),
+        _ => "-".into(),
+    };
+    r.section(
+        "Network boot into the agent",
+        "QEMU (TCG unless KVM works, virtio-net, its iPXE ROM) booting from a head in network namespaces",
+        &format!("Seconds from QEMU's start ({}) until: the head served the boot script (DHCP and iPXE done), the agent runs as /init and asks for an address (kernel and initramfs downloaded and started), the root image is unpacked (downloaded from the head, size and SHA-256 checked), the agent switches root, and the node is `up` (the image's agent reported). The baseline is dnsmasq + busybox httpd booting the same kernel with a busybox initramfs that loads the same drivers, runs udhcpc and makes its first HTTP request (no root image). Both segments get the same empty IPv6 router advertisements. Target: up / baseline <= 1.2. Then the head that booted the VM is killed (kill -9): time until the node is up on another head.", accel()),
+    );
+    r.table(
+        &[
+            "boot script",
+            "agent as /init",
+            "image unpacked",
+            "switch root",
+            "up",
+            "baseline: first HTTP request",
+            "up / baseline",
+            "re-parent after kill -9",
+        ],
+        vec![vec![
+            fmt(marks[0].1),
+            fmt(marks[1].1),
+            fmt(marks[2].1),
+            fmt(marks[3].1),
+            fmt(up),
+            fmt(baseline),
+            ratio,
+            fmt(reparent),
+        ]],
+    );
+}

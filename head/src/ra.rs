@@ -25,8 +25,15 @@ pub fn advertisement() -> [u8; 16] {
     p
 }
 
-/// A raw ICMPv6 socket on `iface` that may send with hop limit 255 (RFC 4861).
+/// A raw ICMPv6 socket on `iface` that may send with hop limit 255 (RFC 4861), registered with
+/// the current tokio runtime.
 pub fn bind(iface: &str) -> std::io::Result<(AsyncFd<Socket>, u32)> {
+    register(open(iface)?)
+}
+
+/// The socket of [`bind`], not yet registered (for a caller that opens it in another network
+/// namespace than the runtime's thread).
+pub fn open(iface: &str) -> std::io::Result<(Socket, u32)> {
     let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
     s.bind_device(Some(iface.as_bytes()))?;
     s.set_multicast_hops_v6(255)?;
@@ -40,6 +47,11 @@ pub fn bind(iface: &str) -> std::io::Result<(AsyncFd<Socket>, u32)> {
     }
     // All-routers group: router solicitations are sent to ff02::2.
     s.join_multicast_v6(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), index)?;
+    Ok((s, index))
+}
+
+/// Registers an [`open`]ed socket with the current tokio runtime.
+pub fn register((s, index): (Socket, u32)) -> std::io::Result<(AsyncFd<Socket>, u32)> {
     // SAFETY: the socket is owned by the AsyncFd from here on and not used through another handle.
     let fd = unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)?;
     Ok((fd, index))
