@@ -293,3 +293,27 @@ fn a_corrupt_image_everywhere_never_comes_up() {
     });
     assert_ne!(status(&c, 0, "n0")["state"], "up");
 }
+
+#[test]
+fn one_head_one_vm_reaches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seg = Segment::new();
+    let mut c = Cluster::configure_on(&mut seg, 1, "");
+    c.start_all();
+    prepare(&c, dir.path());
+    let h = &c.heads[0];
+    h.cli("scyld-nodectl", &["create", "mac=52:54:00:aa:0e:21", &format!("ip={}", seg.addr(121)), "_status_secs=2"])
+        .ok();
+    let vm = Vm::start(&mut seg, 0, "52:54:00:aa:0e:21", "one");
+    poll_until("the VM up with head1 as parent", Duration::from_secs(300), || {
+        let s = status(&c, 0, "n0");
+        s["state"] == "up" && s["parent"] == "head1"
+    });
+    poll_until("parent-head-node in the VM's /etc/hosts", Duration::from_secs(30), || {
+        vm.console().contains(&format!("VMFILE /etc/hosts: {}\tparent-head-node", h.ip))
+    });
+    let t = vm.console();
+    for phase in ["asking for an address", "image unpacked", "switching to the image's /sbin/init"] {
+        assert!(t.contains(phase), "{phase} missing from the console:\n{t}");
+    }
+}
