@@ -58,6 +58,8 @@ pub struct DhcpServer {
     settings: DhcpSettings,
     pub counters: DhcpCounters,
     complaints: Mutex<HashMap<String, Instant>>,
+    /// Unknown-MAC log lines in the current minute, and those held back.
+    unknown_log: Mutex<(Instant, u32, u64)>,
     registering: Mutex<HashSet<MacAddr>>,
 }
 
@@ -91,6 +93,7 @@ impl DhcpServer {
             settings,
             counters: DhcpCounters::default(),
             complaints: Mutex::new(HashMap::new()),
+            unknown_log: Mutex::new((Instant::now(), 0, 0)),
             registering: Mutex::new(HashSet::new()),
         })
     }
@@ -221,6 +224,27 @@ impl DhcpServer {
         Ok(Reply { msg: r, to, delay })
     }
 
+    /// Logs an ignored MAC, at most 20 lines a minute in all: a flood of random MACs is summed
+    /// up, not logged packet by packet.
+    fn log_unknown(&self, mac: MacAddr) {
+        let mut l = self.unknown_log.lock().unwrap_or_else(|p| p.into_inner());
+        if l.0.elapsed() >= Duration::from_secs(60) {
+            if l.2 > 0 {
+                tracing::warn!(
+                    held_back = l.2,
+                    "more DHCP requests from unknown MACs were ignored in the last minute than are logged one by one"
+                );
+            }
+            *l = (Instant::now(), 0, 0);
+        }
+        if l.1 < 20 {
+            l.1 += 1;
+            tracing::info!(%mac, "DHCP request from an unknown MAC ignored (set dhcp.register_unknown = yes to add such nodes)");
+        } else {
+            l.2 += 1;
+        }
+    }
+
     /// Registers an unknown MAC as a new node (one registration per MAC at a time).
     fn register(self: &Arc<Self>, mac: MacAddr) {
         {
@@ -290,9 +314,7 @@ impl DhcpServer {
                     if self.settings.register_unknown {
                         self.register(mac);
                     } else {
-                        self.complain(format!("unknown {mac}"), Duration::from_secs(3600), || {
-                            tracing::info!(%mac, "DHCP request from an unknown MAC ignored (set dhcp.register_unknown = yes to add such nodes)")
-                        });
+                        self.complain(format!("unknown {mac}"), Duration::from_secs(3600), || self.log_unknown(mac));
                     }
                 }
                 Err(Drop::Malformed(why)) => {

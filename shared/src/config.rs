@@ -481,6 +481,28 @@ mod tests {
     }
 
     #[test]
+    fn rebalance_power_and_boot_keys_are_checked() {
+        let ok = parse("rebalance.interval = 30\nrebalance.threshold = 25%\nrebalance.holdoff = 60\npower.concurrency = 8\ndhcp.interface = eth1\ndhcp.dns = 10.0.0.1, 10.0.0.2\n").unwrap().config;
+        assert_eq!((ok.rebalance_interval_secs, ok.rebalance_threshold_pct, ok.power_concurrency), (30, 25, 8));
+        assert_eq!(ok.boot.dns.len(), 2);
+        for bad in [
+            "rebalance.interval = 0",
+            "rebalance.threshold = 0",
+            "rebalance.threshold = 5000",
+            "rebalance.holdoff = 1",
+            "rebalance.enabled = maybe",
+            "power.concurrency = 0",
+            "dhcp.interface = a/b",
+            "dhcp.netmask = 255.0.255.0",
+            "dhcp.dns = 10.0.0.x",
+            "tftp.dir = relative",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(":1: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn defaults_and_values() {
         let l = parse(
             "# comment\n\n database.admin_pass = s3cret \nlocal_thing.x = 1\ndatabase.type=etcd\nhead.port = \"8080\"\nhead.lease_ttl=3\n",

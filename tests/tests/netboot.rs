@@ -368,3 +368,27 @@ fn qemu_network_boots_from_a_head() {
     let s = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
     assert_eq!(s.json()["nodes"][0]["parent"], "head1");
 }
+
+/// With dhcp.register_unknown, a DISCOVER that three heads see creates exactly one node, which
+/// then gets offers.
+#[test]
+fn unknown_macs_are_registered_once() {
+    let mut seg = Segment::new();
+    let first = seg.addr(150);
+    let mut c = Cluster::configure_on(&mut seg, 3, &format!("dhcp.register_unknown = yes\ndhcp.first_ip = {first}\n"));
+    c.start_all();
+    let capture = seg.member("cap", Some(seg.addr(200)));
+    let bcast: SocketAddr = "255.255.255.255:67".parse().unwrap();
+    let local: SocketAddr = "0.0.0.0:68".parse().unwrap();
+    let mac = "52:54:00:a8:0e:e1";
+    let mut got = Vec::new();
+    poll_until("offers for the registered MAC", Duration::from_secs(30), || {
+        got = offers(&capture, local, bcast, discover(mac, None, false), Duration::from_millis(1000));
+        got.len() == 3
+    });
+    assert!(got.iter().all(|o| o.1 == first), "{got:?}");
+    let nodes: serde_json::Value = c.heads[2].cli("scyld-nodectl", &["--json", "ls"]).json();
+    let list = nodes["nodes"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "one node for one MAC: {list:?}");
+    assert_eq!(list[0]["macs"][0], mac);
+}
