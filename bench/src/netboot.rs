@@ -136,56 +136,6 @@ pub fn bench_dhcp(r: &mut Report) {
     );
 }
 
-fn workspace() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn accel() -> &'static str {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if std::path::Path::new("/dev/kvm").exists() && (cpu.contains(" vmx") || cpu.contains(" svm")) {
-        "kvm"
-    } else {
-        "tcg"
-    }
-}
-
-fn qemu(seg: &mut Segment, tap: &str, mac: &str, console: &std::path::Path) -> std::process::Child {
-    seg.tap(tap);
-    Command::new("ip")
-        .args(["netns", "exec", seg.bridge_ns(), "timeout", "400", "qemu-system-x86_64"])
-        .args([
-            "-machine",
-            &format!("pc,accel={}", accel()),
-            "-m",
-            "768",
-            "-boot",
-            "n",
-            "-no-reboot",
-            "-display",
-            "none",
-        ])
-        .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-        .args(["-serial", &format!("file:{}", console.display()), "-monitor", "none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64")
-}
-
-struct Kernel {
-    vmlinuz: std::path::PathBuf,
-    root: std::path::PathBuf,
-    version: String,
-}
-
-fn kernel() -> Option<Kernel> {
-    let root = workspace().join("target/netboot/kernel");
-    let version =
-        std::fs::read_dir(root.join("lib/modules")).ok()?.flatten().next()?.file_name().to_string_lossy().to_string();
-    Some(Kernel { vmlinuz: root.join(format!("boot/vmlinuz-{version}")), root, version })
-}
-
 fn run_ok(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -196,8 +146,9 @@ fn run_ok(cmd: &mut Command) {
 /// makes its first HTTP request.
 pub fn bench_boot(r: &mut Report) {
     use clusterware_tests::netns::{cli_in, run_in};
+    use clusterware_tests::vm::{Kernel, Vm, accel, static_agent};
     use std::time::Instant;
-    let Some(k) = kernel() else {
+    let Some(k) = Kernel::find() else {
         r.section(
             "Network boot into the agent",
             "make netboot-kernel",
@@ -205,7 +156,7 @@ pub fn bench_boot(r: &mut Report) {
         );
         return;
     };
-    let agent = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");
+    let agent = static_agent();
     let bin_dir = clusterware_tests::bin("scyld-mkinitramfs").parent().unwrap().to_path_buf();
     eprintln!("cw-bench: network boot into the agent…");
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +221,7 @@ pub fn bench_boot(r: &mut Report) {
     h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(101)), "_status_secs=2"]);
     let console = dir.path().join("console.log");
     let t0 = Instant::now();
-    let mut vm = qemu(&mut seg, "cwtap0", mac, &console);
+    let vm = Vm::start(&mut seg, 0, mac, &console);
     let mut marks: Vec<(&str, Option<Duration>)> = vec![
         ("boot script", None),
         ("kernel running", None),
@@ -318,8 +269,7 @@ pub fn bench_boot(r: &mut Report) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = vm.kill();
-    let _ = vm.wait();
+    drop(vm);
     drop(c);
     drop(seg);
 
@@ -433,7 +383,7 @@ pub fn bench_boot(r: &mut Report) {
     std::thread::sleep(Duration::from_millis(500));
     let bconsole = dir.path().join("baseline.log");
     let t1 = Instant::now();
-    let mut bvm = qemu(&mut seg, "cwtap1", bmac, &bconsole);
+    let bvm = Vm::start(&mut seg, 1, bmac, &bconsole);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = ping.accept() {
@@ -450,8 +400,7 @@ pub fn bench_boot(r: &mut Report) {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    let _ = bvm.kill();
-    let _ = bvm.wait();
+    drop(bvm);
     let _ = stop_tx.send(true);
     if let Some(t) = ra_thread {
         let _ = t.join();

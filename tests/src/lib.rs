@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod netns;
+pub mod vm;
 
 /// The lease TTL the harness gives heads (seconds).
 pub const LEASE_TTL: u64 = 3;

@@ -5,20 +5,12 @@
 //! parent head, and moves to the other head when that one is killed.
 
 use clusterware_tests::netns::{Segment, cli_in};
+use clusterware_tests::vm::{Kernel, Vm, static_agent, workspace};
 use clusterware_tests::{Cluster, bin, poll_until};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn accel() -> &'static str {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if Path::new("/dev/kvm").exists() && (cpu.contains(" vmx") || cpu.contains(" svm")) { "kvm" } else { "tcg" }
-}
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -63,13 +55,9 @@ fn status(c: &Cluster, via: usize, node: &str) -> Value {
 
 /// Kernel, initramfs and the registered busybox image, as boot config `e2e` (the default).
 fn prepare(c: &Cluster, dir: &Path) {
-    let root = workspace().join("target/netboot/kernel");
-    let version =
-        std::fs::read_dir(root.join("lib/modules")).expect("make netboot-kernel").flatten().next().unwrap().file_name();
-    let version = version.to_string_lossy().to_string();
-    let vmlinuz = root.join(format!("boot/vmlinuz-{version}"));
-    let agent = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");
-    assert!(agent.is_file(), "run `make agent` (make test does)");
+    let k = Kernel::require();
+    let (root, version, vmlinuz) = (k.root, k.version, k.vmlinuz);
+    let agent = static_agent();
     let initrd = dir.join("initrd.img");
     run_ok(
         Command::new(bin("scyld-mkinitramfs"))
@@ -125,53 +113,11 @@ fn prepare(c: &Cluster, dir: &Path) {
     h.cli("scyld-bootctl", &["default", "e2e"]).ok();
 }
 
-/// A VM with its own tap and a console log kept in target/e2e-logs.
-struct Vm {
-    child: std::process::Child,
-    pub console: PathBuf,
-}
-
-impl Vm {
-    fn start(seg: &mut Segment, n: usize, mac: &str, test: &str) -> Vm {
-        let tap = format!("cwtap{n}");
-        seg.tap(&tap);
-        let logs = workspace().join("target/e2e-logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let console = logs.join(format!("{test}-vm{n}.log"));
-        let _ = std::fs::remove_file(&console);
-        let child = Command::new("ip")
-            .args(["netns", "exec", seg.bridge_ns(), "timeout", "500", "qemu-system-x86_64"])
-            .args([
-                "-machine",
-                &format!("pc,accel={}", accel()),
-                "-m",
-                "768",
-                "-boot",
-                "n",
-                "-no-reboot",
-                "-display",
-                "none",
-            ])
-            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-            .args(["-serial", &format!("file:{}", console.display()), "-monitor", "none"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64");
-        Vm { child, console }
-    }
-
-    fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).to_string()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A VM whose console log is kept in target/e2e-logs.
+fn vm(seg: &mut Segment, n: usize, mac: &str, test: &str) -> Vm {
+    let logs = workspace().join("target/e2e-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    Vm::start(seg, n, mac, &logs.join(format!("{test}-vm{n}.log")))
 }
 
 #[test]
@@ -216,7 +162,7 @@ fn three_heads_boot_three_vms_into_the_agent() {
     std::fs::write(&stored, &bytes).unwrap();
 
     let started = Instant::now();
-    let vms: Vec<Vm> = macs.iter().enumerate().map(|(i, m)| Vm::start(&mut seg, i, m, "three")).collect();
+    let vms: Vec<Vm> = macs.iter().enumerate().map(|(i, m)| vm(&mut seg, i, m, "three")).collect();
     let nodes = ["n0", "n1", "n2"];
     let deadline = Instant::now() + Duration::from_secs(400);
     loop {
@@ -227,7 +173,7 @@ fn three_heads_boot_three_vms_into_the_agent() {
         assert!(Instant::now() < deadline, "{up} of 3 VMs up after 400 s; consoles in target/e2e-logs");
         std::thread::sleep(Duration::from_millis(500));
     }
-    eprintln!("three VMs up after {:?} ({})", started.elapsed(), accel());
+    eprintln!("three VMs up after {:?} ({})", started.elapsed(), clusterware_tests::vm::accel());
     let parents: Vec<String> = nodes.iter().map(|n| status(&c, 0, n)["parent"].as_str().unwrap().to_string()).collect();
     assert_eq!(parents[0], "head2", "n0 prefers head2");
     let counters = c.heads[1].api("GET", "/storage", Some(&c.token), None).1;
@@ -286,7 +232,7 @@ fn a_corrupt_image_everywhere_never_comes_up() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&stored, &bytes).unwrap();
-    let vm = Vm::start(&mut seg, 0, "52:54:00:aa:0e:11", "corrupt");
+    let vm = vm(&mut seg, 0, "52:54:00:aa:0e:11", "corrupt");
     poll_until("the console says why and retries", Duration::from_secs(300), || {
         let t = vm.console();
         t.contains("no head gave the image") && t.contains("trying again")
@@ -304,7 +250,7 @@ fn one_head_one_vm_reaches_up() {
     let h = &c.heads[0];
     h.cli("scyld-nodectl", &["create", "mac=52:54:00:aa:0e:21", &format!("ip={}", seg.addr(121)), "_status_secs=2"])
         .ok();
-    let vm = Vm::start(&mut seg, 0, "52:54:00:aa:0e:21", "one");
+    let vm = vm(&mut seg, 0, "52:54:00:aa:0e:21", "one");
     poll_until("the VM up with head1 as parent", Duration::from_secs(300), || {
         let s = status(&c, 0, "n0");
         s["state"] == "up" && s["parent"] == "head1"

@@ -5,35 +5,16 @@ use clusterware_tests::bin;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn kernel_root() -> (PathBuf, String) {
-    let root = workspace().join("target/netboot/kernel");
-    let modules = root.join("lib/modules");
-    let version = std::fs::read_dir(&modules)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make netboot-kernel` (make test does)", modules.display()))
-        .flatten()
-        .next()
-        .expect("a kernel version under target/netboot/kernel/lib/modules")
-        .file_name()
-        .to_string_lossy()
-        .to_string();
-    (root, version)
-}
-
-fn static_agent() -> PathBuf {
-    let p = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");
-    assert!(p.is_file(), "{} is missing: run `make agent` (make test does)", p.display());
-    p
+    let k = clusterware_tests::vm::Kernel::require();
+    (k.root, k.version)
 }
 
 fn mk(out: &Path, extra: &[&str]) -> std::process::Output {
     let (root, version) = kernel_root();
     Command::new(bin("scyld-mkinitramfs"))
         .arg("--agent")
-        .arg(static_agent())
+        .arg(clusterware_tests::vm::static_agent())
         .args(["--kernel-version", &version, "--modules-root"])
         .arg(&root)
         .arg("-o")

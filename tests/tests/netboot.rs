@@ -266,31 +266,11 @@ fn three_heads_boot_nodes_alike() {
     assert!(log1.contains("unknown MAC"), "unknown MACs are logged");
 }
 
-/// KVM only where it works: /dev/kvm present and the CPU advertises vmx or svm.
-fn accel() -> &'static str {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if std::path::Path::new("/dev/kvm").exists() && (cpu.contains(" vmx") || cpu.contains(" svm")) {
-        "kvm"
-    } else {
-        "tcg"
-    }
-}
-
-fn kernel() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/netboot/kernel/boot");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make netboot-kernel` (make test does)", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-        .expect("a vmlinuz in target/netboot (make netboot-kernel)")
-}
-
 /// QEMU's own iPXE ROM boots from a head: DHCP, the boot script, kernel and initramfs over HTTP,
 /// and the kernel starts.
 #[test]
 fn qemu_network_boots_from_a_head() {
-    let vmlinuz = kernel();
+    let vmlinuz = clusterware_tests::vm::Kernel::require().vmlinuz;
     let mut seg = Segment::new();
     let mut c = Cluster::configure_on(&mut seg, 1, "");
     c.start_all();
@@ -316,29 +296,9 @@ fn qemu_network_boots_from_a_head() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     h.cli("scyld-bootctl", &["default", "qemu"]).ok();
-    seg.tap("cwtap0");
     let serial = dir.path().join("serial.log");
     let started = Instant::now();
-    let mut qemu = Command::new("ip")
-        .args(["netns", "exec", seg.bridge_ns(), "timeout", "240", "qemu-system-x86_64"])
-        .args([
-            "-machine",
-            &format!("pc,accel={}", accel()),
-            "-m",
-            "512",
-            "-boot",
-            "n",
-            "-no-reboot",
-            "-display",
-            "none",
-        ])
-        .args(["-netdev", "tap,id=n0,ifname=cwtap0,script=no,downscript=no"])
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-        .args(["-serial", &format!("file:{}", serial.display()), "-monitor", "none"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64 (Debian package qemu-system-x86)");
+    let mut qemu = clusterware_tests::vm::Vm::start(&mut seg, 0, mac, &serial);
     let log_path = h.dir.join("log/head_head1.log");
     let mut booting_after = None;
     let deadline = Instant::now() + Duration::from_secs(200);
@@ -351,17 +311,16 @@ fn qemu_network_boots_from_a_head() {
         if booting_after.is_some() && console.contains("Linux version") {
             break;
         }
-        if let Ok(Some(status)) = qemu.try_wait() {
+        if let Some(status) = qemu.ended() {
             panic!("QEMU ended ({status}) before the kernel started; console:\n{console}");
         }
         assert!(Instant::now() < deadline, "no network boot within 200 s; console:\n{console}");
         std::thread::sleep(Duration::from_millis(250));
     }
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    drop(qemu);
     eprintln!(
         "QEMU ({}) fetched its boot script after {:?}, kernel running after {:?}",
-        accel(),
+        clusterware_tests::vm::accel(),
         booting_after.unwrap(),
         started.elapsed()
     );

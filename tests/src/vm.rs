@@ -1,0 +1,106 @@
+//! QEMU virtual machines that network-boot on a [`Segment`](crate::netns::Segment), and the
+//! files they boot: Debian's kernel (`make netboot-kernel`) and the static agent (`make agent`).
+
+use crate::netns::Segment;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The workspace's top directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// KVM only where it works: `/dev/kvm` present and the CPU advertises vmx or svm (else KVM makes
+/// iPXE triple-fault); otherwise TCG.
+pub fn accel() -> &'static str {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if Path::new("/dev/kvm").exists() && (cpu.contains(" vmx") || cpu.contains(" svm")) { "kvm" } else { "tcg" }
+}
+
+/// Debian's kernel unpacked by `make netboot-kernel`.
+pub struct Kernel {
+    pub vmlinuz: PathBuf,
+    /// The directory holding `lib/modules/<version>`.
+    pub root: PathBuf,
+    pub version: String,
+}
+
+impl Kernel {
+    pub fn find() -> Option<Kernel> {
+        let root = workspace().join("target/netboot/kernel");
+        let version = std::fs::read_dir(root.join("lib/modules"))
+            .ok()?
+            .flatten()
+            .next()?
+            .file_name()
+            .to_string_lossy()
+            .to_string();
+        let vmlinuz = root.join(format!("boot/vmlinuz-{version}"));
+        vmlinuz.is_file().then_some(Kernel { vmlinuz, root, version })
+    }
+
+    /// The kernel, or a panic that says how to get it.
+    pub fn require() -> Kernel {
+        Kernel::find().expect("Debian's kernel is not in target/netboot: run `make netboot-kernel` (make test does)")
+    }
+}
+
+/// The static agent built by `make agent`.
+pub fn static_agent() -> PathBuf {
+    let p = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");
+    assert!(p.is_file(), "{} is missing: run `make agent` (make test does)", p.display());
+    p
+}
+
+/// A VM on its own tap device on the segment's bridge, network-booting (QEMU's iPXE ROM,
+/// virtio-net), its serial console in a file, under an outer timeout; killed on drop.
+pub struct Vm {
+    child: Child,
+    pub console: PathBuf,
+}
+
+impl Vm {
+    pub fn start(seg: &mut Segment, n: usize, mac: &str, console: &Path) -> Vm {
+        let tap = format!("cwtap{n}");
+        seg.tap(&tap);
+        let _ = std::fs::remove_file(console);
+        let child = Command::new("ip")
+            .args(["netns", "exec", seg.bridge_ns(), "timeout", "500", "qemu-system-x86_64"])
+            .args([
+                "-machine",
+                &format!("pc,accel={}", accel()),
+                "-m",
+                "768",
+                "-boot",
+                "n",
+                "-no-reboot",
+                "-display",
+                "none",
+            ])
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+            .args(["-serial", &format!("file:{}", console.display()), "-monitor", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian package qemu-system-x86)");
+        Vm { child, console: console.to_path_buf() }
+    }
+
+    /// What the console printed so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).to_string()
+    }
+
+    /// Whether QEMU has ended (and how).
+    pub fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
