@@ -174,10 +174,26 @@ fn three_heads_boot_three_vms_into_the_agent() {
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!("three VMs up after {:?} ({})", started.elapsed(), clusterware_tests::vm::accel());
+    // n0 prefers head2 (usually it also booted from it; if another head answered first, its
+    // parent sends it to head2 at its first report).
+    poll_until("n0 on head2", Duration::from_secs(30), || status(&c, 0, "n0")["parent"] == "head2");
     let parents: Vec<String> = nodes.iter().map(|n| status(&c, 0, n)["parent"].as_str().unwrap().to_string()).collect();
-    assert_eq!(parents[0], "head2", "n0 prefers head2");
+    // head2 never serves its corrupt copy: it was quarantined and replaced from a peer.
+    let check = dir.path().join("check.img");
+    run_ok(Command::new("ip").args([
+        "netns",
+        "exec",
+        c.heads[1].netns.as_deref().unwrap(),
+        "curl",
+        "-sSf",
+        "-o",
+        check.to_str().unwrap(),
+        &url,
+    ]));
+    assert_eq!(std::fs::read(&check).unwrap().len(), bytes.len());
+    assert_ne!(std::fs::read(&check).unwrap(), bytes, "head2 served its corrupt copy");
     let counters = c.heads[1].api("GET", "/storage", Some(&c.token), None).1;
-    assert!(counters["peer_downloads"].as_u64().unwrap_or(0) >= 1, "head2 fetched the image from a peer: {counters}");
+    assert!(counters["quarantined"].as_u64().unwrap_or(0) >= 1, "head2 quarantined its corrupt copy: {counters}");
     // Every VM's /etc/hosts names its parent.
     for (i, vm) in vms.iter().enumerate() {
         let ip = c.heads.iter().find(|h| h.name == parents[i]).unwrap().ip;
