@@ -307,6 +307,8 @@ pub fn bench_boot(r: &mut Report) {
         entries.insert(format!("bin/{name}"), Entry::File { data, mode: 0o644 });
         insmods.push_str(&format!("/bin/busybox insmod /bin/{name}\n"));
     }
+    // The baseline VM's /init: everything here runs inside the guest (its own eth0), not on
+    // this machine.
     entries.insert(
         "init".into(),
         Entry::File {

@@ -231,17 +231,26 @@ fn three_heads_boot_three_vms_into_the_agent() {
     });
 }
 
-/// A root image that no head can serve intact: the node says why on its console and keeps
-/// trying; it never reports up.
-#[test]
-fn a_corrupt_image_everywhere_never_comes_up() {
+/// One head, prepared, with node n0 (`mac`, host address `host`) registered. Dropped in order:
+/// heads, then the namespaces, then the files.
+fn one_head(mac: &str, host: u8) -> (Cluster, Segment, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut seg = Segment::new();
     let mut c = Cluster::configure_on(&mut seg, 1, "");
     c.start_all();
     prepare(&c, dir.path());
+    c.heads[0]
+        .cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(host)), "_status_secs=2"])
+        .ok();
+    (c, seg, dir)
+}
+
+/// A root image that no head can serve intact: the node says why on its console and keeps
+/// trying; it never reports up.
+#[test]
+fn a_corrupt_image_everywhere_never_comes_up() {
+    let (c, mut seg, _dir) = one_head("52:54:00:aa:0e:11", 111);
     let h = &c.heads[0];
-    h.cli("scyld-nodectl", &["create", "mac=52:54:00:aa:0e:11", &format!("ip={}", seg.addr(111))]).ok();
     let img: Value = h.cli("scyld-imgctl", &["--json", "ls"]).json();
     let stored = h.dir.join("storage").join(img["images"][0]["rootfs"].as_str().unwrap());
     let mut bytes = std::fs::read(&stored).unwrap();
@@ -258,14 +267,8 @@ fn a_corrupt_image_everywhere_never_comes_up() {
 
 #[test]
 fn one_head_one_vm_reaches_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut seg = Segment::new();
-    let mut c = Cluster::configure_on(&mut seg, 1, "");
-    c.start_all();
-    prepare(&c, dir.path());
+    let (c, mut seg, _dir) = one_head("52:54:00:aa:0e:21", 121);
     let h = &c.heads[0];
-    h.cli("scyld-nodectl", &["create", "mac=52:54:00:aa:0e:21", &format!("ip={}", seg.addr(121)), "_status_secs=2"])
-        .ok();
     let vm = vm(&mut seg, 0, "52:54:00:aa:0e:21", "one");
     poll_until("the VM up with head1 as parent", Duration::from_secs(300), || {
         let s = status(&c, 0, "n0");
