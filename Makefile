@@ -7,13 +7,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests use: the etcd server (a real cluster database), protoc (etcd-client
-# compiles etcd's protobuf definitions at build time), curl (make run, TFTP tests), ipmitool (power
+# compiles etcd's protobuf definitions at build time), etcd-client (etcdctl: `managedb recover`
+# restores a head's data as a new one-member cluster with it), curl (make run, TFTP tests), ipmitool (power
 # control drives it), openipmi (ipmi_sim, the BMCs the power tests talk to), iproute2 (network
 # namespaces), ipxe (the binaries heads serve over TFTP), busybox-static (udhcpc; the static
 # busybox of the end-to-end root image) and isc-dhcp-client
 # (dhclient) as real DHCP clients, qemu-system-x86 with ipxe-qemu (a real PXE client), kmod
 # (depmod, for the unpacked test kernel's modules.dep).
-APT_PACKAGES := etcd-server protobuf-compiler curl ipmitool openipmi iproute2 ipxe busybox-static \
+APT_PACKAGES := etcd-server etcd-client protobuf-compiler curl ipmitool openipmi iproute2 ipxe busybox-static \
 	isc-dhcp-client qemu-system-x86 ipxe-qemu kmod
 # And for make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
 BENCH_APT_PACKAGES := nginx-light dnsmasq-base kea-admin

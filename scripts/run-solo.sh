@@ -33,7 +33,7 @@ export CLUSTERWARE_CONFIG="$cfg"
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' INT TERM
 for _ in $(seq 1 100); do
-  if curl -fsS "http://127.0.0.1:$port/api/v1/health" >/dev/null 2>&1; then break; fi
+  if curl -fsS "http://127.0.0.1:$port/api/v1/health" 2>/dev/null | grep -q '"state":"serving"'; then break; fi
   if ! kill -0 $pid 2>/dev/null; then
     echo "the head did not start (see above); if port $port is busy, try: PORT=8081 RUN_DIR=\$PWD/run2 make run" >&2
     exit 1

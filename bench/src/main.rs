@@ -22,6 +22,7 @@
 //!   the VM's re-parent time after its head is killed.
 
 mod agent;
+mod membership;
 mod netboot;
 
 use clap::Parser;
@@ -51,8 +52,9 @@ struct Args {
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
-    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power, dhcp, boot)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power", "dhcp", "boot"])]
+    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power, dhcp, boot,
+    /// membership)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power", "dhcp", "boot", "membership"])]
     only: Vec<String>,
 }
 
@@ -319,6 +321,9 @@ fn main() {
     }
     if run("boot") {
         netboot::bench_boot(&mut r);
+    }
+    if run("membership") {
+        membership::bench_membership(&mut r);
     }
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+pub mod membership;
+
 /// Where the head is and how to authenticate; every command takes these.
 #[derive(clap::Args, Debug)]
 pub struct ConnOpts {
@@ -134,6 +136,30 @@ impl Client {
         Ok(Client { agent, base, token })
     }
 
+    /// A client for the head at `base` with this token.
+    pub fn to(base: &str, token: &str, secs: u64) -> CliResult<Client> {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(secs.max(1))))
+            .build()
+            .into();
+        Ok(Client { agent, base: base.trim_end_matches('/').to_string(), token: token.to_string() })
+    }
+
+    /// GET that tells the HTTP status of a refusal (`None`: no answer at all).
+    pub fn get_status<T: DeserializeOwned>(&self, path: &str) -> Result<T, (Option<u16>, String)> {
+        let r = self.agent.get(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
+        let mut resp = r.map_err(|e| (None, e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().with_config().limit(1 << 30).read_to_string().map_err(|e| (None, e.to_string()))?;
+        if (200..300).contains(&status) {
+            return serde_json::from_str(&body)
+                .map_err(|e| (Some(status), format!("an answer this command does not understand: {e}")));
+        }
+        let m = serde_json::from_str::<ApiError>(&body).map(|e| e.message).unwrap_or_else(|_| format!("HTTP {status}"));
+        Err((Some(status), m))
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -222,6 +248,27 @@ impl Client {
             .send_json(body);
         self.finish(r)
     }
+}
+
+/// This head's name: `head.name`, else the host name (as the head daemon decides it).
+pub fn head_name_of(cfg: &Config) -> CliResult<String> {
+    if let Some(n) = &cfg.head_name {
+        return Ok(n.clone());
+    }
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    let short = h.split('.').next().unwrap_or(&h).to_string();
+    clusterware_shared::ids::validate_head_name(&short)
+        .map_err(|_| fail(format!("this host's name {h:?} is not a valid head name; set head.name in base.ini")))?;
+    Ok(short)
+}
+
+/// Reads a password from the terminal without echo; fails when there is no terminal.
+pub fn read_password_tty(prompt: &str, hint: &str) -> CliResult<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(fail(format!("there is no terminal to ask for the password: {hint}")));
+    }
+    read_secret(prompt)
 }
 
 /// Reads a secret: from the terminal without echo (after `prompt`), or the first line of stdin

@@ -7,6 +7,7 @@ use crate::db::{Database, DbError};
 use crate::dump::{self, Dump, DumpError};
 use crate::heads::{self, HeadRecord};
 use crate::keys::{self, KeyError};
+use crate::membership::{Control, MembershipError};
 use crate::power::{self, PowerSettings, SecretError};
 use crate::registry::{self, RegistryError};
 use crate::status::{AgentError, Hub};
@@ -23,17 +24,24 @@ use clusterware_shared::agent::{
     AddKey, HeadsReply, KeysReply, MAX_REPORT_BYTES, RunScript, ScriptOutcome, ScriptResults, SshKeyList, StatusQuery,
     StatusReport,
 };
+use clusterware_shared::api::{AddMember, FailoverRequest, HeadRef};
 use clusterware_shared::api::{
     ApiError, BootConfigList, CloneRequest, CreateBootConfig, CreateImage, CreateNodes, DefaultBootConfig, DeleteNodes,
     ErrorKind, FILE_KINDS, FileList, HeadList, Health, ImageList, NodeList, PREFIX, UpdateBootConfig, UpdateNodes,
     is_file_id,
 };
 use clusterware_shared::auth::{BEARER, tokens_equal};
+use clusterware_shared::config::Membership;
 use clusterware_shared::ids::MacAddr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// Added to every "database unavailable" answer.
+const DEGRADED: &str = "; this head cannot reach a quorum of the cluster database's members: it keeps serving the boot \
+     files it has verified and DHCP for the nodes it knows, refuses changes until the quorum returns, and recovers by \
+     itself then (with two heads and one gone for good, run `managedb recover`)";
 
 /// Largest request body accepted (a CSV of 100,000 nodes fits).
 pub const BODY_LIMIT: usize = 64 << 20;
@@ -47,6 +55,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub rebalance: crate::rebalance::Settings,
     pub power: PowerSettings,
+    pub control: Arc<crate::membership::Control>,
+    pub config: clusterware_shared::config::Config,
 }
 
 /// Why a request failed.
@@ -76,6 +86,8 @@ pub enum ApiFailure {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 fn storage_kind(e: &StorageError) -> ErrorKind {
@@ -143,6 +155,13 @@ impl ApiFailure {
                 KeyError::NotFound(_) => ErrorKind::NotFound,
                 KeyError::Db(e) => db_kind(e),
             },
+            ApiFailure::Membership(m) => match m {
+                MembershipError::Refused(_) | MembershipError::NotReady(_) => ErrorKind::Conflict,
+                MembershipError::NotFound(_) => ErrorKind::NotFound,
+                MembershipError::Invalid(_) => ErrorKind::BadRequest,
+                MembershipError::Db(e) => db_kind(e),
+                MembershipError::Config(_) | MembershipError::Io(_) => ErrorKind::Internal,
+            },
             ApiFailure::Dump(d) => match d {
                 DumpError::Invalid(_) => ErrorKind::BadRequest,
                 DumpError::Conflict(_) => ErrorKind::Conflict,
@@ -159,7 +178,11 @@ impl IntoResponse for ApiFailure {
         if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
             tracing::warn!(error = %self, "request failed");
         }
-        (status, axum::Json(ApiError { kind, message: self.to_string() })).into_response()
+        let mut message = self.to_string();
+        if kind == ErrorKind::Unavailable {
+            message.push_str(DEGRADED);
+        }
+        (status, axum::Json(ApiError { kind, message })).into_response()
     }
 }
 
@@ -207,6 +230,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bootconfigs/{name}/export", get(export_config))
         .route("/default-boot-config", axum::routing::put(set_default))
         .route("/database", get(save_database).put(load_database).layer(axum::extract::DefaultBodyLimit::max(1 << 30)))
+        .route("/cluster", get(cluster_info))
+        .route("/cluster/members", post(add_member))
+        .route("/cluster/promote", post(promote_member))
+        .route("/cluster/eject", post(eject_head))
+        .route("/cluster/leave", post(leave_cluster))
+        .route("/cluster/recover", post(recover_full))
+        .route("/cluster/failover", get(get_failover).post(set_failover))
+        .route("/database/convert", post(convert_database))
         .route("/import", axum::routing::put(import_config).layer(axum::extract::DefaultBodyLimit::disable()))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     // Boot files are read by nodes (iPXE, the agent) and peers without a credential; the agent's
@@ -247,11 +278,151 @@ async fn require_admin(State(st): State<Arc<AppState>>, req: Request, next: Next
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn health_of(name: &str, database: &str, state: &str) -> Health {
+    Health {
+        name: name.to_string(),
+        version: clusterware_shared::VERSION.to_string(),
+        database: database.to_string(),
+        pid: std::process::id(),
+        now_ms: now_ms(),
+        state: state.to_string(),
+    }
+}
+
 async fn health(State(st): State<Arc<AppState>>) -> Response {
-    json(
-        StatusCode::OK,
-        &Health { name: st.head.name.clone(), version: st.head.version.clone(), database: st.db.backend().into() },
-    )
+    json(StatusCode::OK, &health_of(&st.head.name, st.db.backend(), "serving"))
+}
+
+/// Checks the admin credential against `token`.
+fn check_token(headers: &HeaderMap, token: &str) -> ApiResult<()> {
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix(BEARER));
+    match given {
+        None => Err(ApiFailure::Unauthorized),
+        Some(t) if !tokens_equal(t.trim(), token) => Err(ApiFailure::Forbidden),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The API of a head that is waiting for its database: health, `recover`, and a clear answer
+/// for everything else.
+pub fn starting_router(ctl: Arc<Control>) -> Router {
+    let name = ctl.name.clone();
+    let c2 = ctl.clone();
+    let api = Router::new()
+        .route("/health", get(move || async move { json(StatusCode::OK, &health_of(&name, "etcd", "starting")) }))
+        .route(
+            "/cluster/recover",
+            post(move |headers: HeaderMap| async move {
+                check_token(&headers, &c2.token)?;
+                let r = crate::membership::recover(None, &c2).await?;
+                Ok::<_, ApiFailure>(json(StatusCode::OK, &r))
+            }),
+        );
+    Router::new().nest(PREFIX, api).fallback(|| async {
+        ApiFailure::Db(DbError::Unavailable(
+            "this head is starting and waiting for its cluster database (an etcd cluster needs a quorum of its \
+             members; a joining head waits until it has caught up)"
+                .into(),
+        ))
+    })
+}
+
+/// The API of a head that left its cluster or was ejected: health, and for everything else
+/// what to do.
+pub fn detached_router(name: String, state: Membership) -> Router {
+    let why = match state {
+        Membership::Left => "this head left its cluster (managedb leave)",
+        Membership::Ejected | Membership::Member => {
+            "this head was ejected from its cluster (managedb eject on another head, or automatic failover)"
+        }
+    };
+    let message = format!(
+        "{why} and has no cluster database, so no scyld command works here: join a cluster again with `managedb join \
+         <IP_HEAD>` (after setting database.admin_pass in base.ini to that cluster's password if it is another \
+         cluster), or reinstall with `scyld-install --clear-all --config <CLUSTER_CONFIG>`"
+    );
+    let n = name.clone();
+    let api = Router::new()
+        .route("/health", get(move || async move { json(StatusCode::OK, &health_of(&n, "none", state.as_str())) }));
+    Router::new().nest(PREFIX, api).fallback(move || async move {
+        (StatusCode::CONFLICT, axum::Json(ApiError { kind: ErrorKind::Conflict, message: message.clone() }))
+    })
+}
+
+async fn cluster_info(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    let i = crate::membership::info(&st.db, &st.control, &st.head, &st.config.etcd_cluster_token).await?;
+    Ok(json(StatusCode::OK, &i))
+}
+
+async fn add_member(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: AddMember = parse(&body)?;
+    tracing::info!(%peer, head = %req.name, url = %req.peer_url, "a head asks to join");
+    let r = crate::membership::add_member(&st.db, &st.control, &req, &st.config.etcd_cluster_token).await?;
+    Ok(json(StatusCode::OK, &r))
+}
+
+async fn promote_member(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let req: HeadRef = parse(&body)?;
+    Ok(json(StatusCode::OK, &crate::membership::promote(&st.db, &st.control, &req.head).await?))
+}
+
+async fn eject_head(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: HeadRef = parse(&body)?;
+    let user = headers.get("x-clusterware-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+    tracing::warn!(%peer, %user, head = %req.head, "eject requested");
+    Ok(json(StatusCode::OK, &crate::membership::eject(&st.db, &st.control, &req.head).await?))
+}
+
+async fn leave_cluster(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> ApiResult<Response> {
+    tracing::warn!(%peer, "leave requested");
+    Ok(json(StatusCode::OK, &crate::membership::leave(&st.db, &st.control).await?))
+}
+
+async fn recover_full(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> ApiResult<Response> {
+    tracing::warn!(%peer, "recover requested");
+    Ok(json(StatusCode::OK, &crate::membership::recover(Some(&st.db), &st.control).await?))
+}
+
+async fn get_failover(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &crate::membership::failover(&st.db).await?.0))
+}
+
+async fn set_failover(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    let req: FailoverRequest = parse(&body)?;
+    let f = crate::membership::set_failover(&st.db, &req).await?;
+    tracing::info!(action = %req.action, enabled = f.enabled, timeout = f.timeout_secs, armed = f.armed, "failover setting changed");
+    Ok(json(StatusCode::OK, &f))
+}
+
+async fn convert_database(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
+    #[derive(serde::Deserialize)]
+    struct To {
+        to: String,
+    }
+    let req: To = parse(&body)?;
+    if req.to != "etcd" {
+        return Err(ApiFailure::BadRequest(format!("cannot convert to {:?}: the only conversion is to etcd", req.to)));
+    }
+    Ok(json(StatusCode::OK, &crate::membership::convert(&st.db, &st.control, &st.config, st.head.ip).await?))
 }
 
 async fn list_heads(State(st): State<Arc<AppState>>) -> ApiResult<Response> {

@@ -9,10 +9,11 @@ use crate::db::etcd::Etcd;
 use crate::db::member::{MemberError, MemberHandle, MemberSpec};
 use crate::db::{Database, DbError};
 use crate::heads::{self, DbMode, HeadRecord};
+use crate::membership::{self, Control};
 use crate::status::Hub;
 use crate::storage::{Storage, StorageError};
 use clusterware_shared::auth::admin_token;
-use clusterware_shared::config::{Config, ConfigError, DatabaseType};
+use clusterware_shared::config::{Config, ConfigError, DatabaseType, Membership};
 use clusterware_shared::ids::validate_head_name;
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub enum StartError {
     HeadName(String),
     #[error(transparent)]
     Member(#[from] MemberError),
+    #[error("managedb recover: {0}")]
+    Recover(String),
     #[error("cluster database: {0}")]
     Db(#[from] DbError),
     #[error("the cluster database did not become ready within {secs} s: {last} ({hint})")]
@@ -111,6 +114,7 @@ async fn open_database(
     cfg: &Config,
     name: &str,
     ip: Ipv4Addr,
+    ctl: &Control,
 ) -> Result<(Database, DbMode, Option<MemberHandle>), StartError> {
     match cfg.database_type {
         DatabaseType::Embedded => {
@@ -120,46 +124,103 @@ async fn open_database(
         DatabaseType::Etcd if !cfg.etcd_endpoints.is_empty() => {
             tracing::info!(endpoints = ?cfg.etcd_endpoints, "connecting to external etcd");
             let hint = format!("check that etcd answers at {}", cfg.etcd_endpoints.join(", "));
-            let db = wait_for_etcd(&cfg.etcd_endpoints, cfg, hint).await?;
+            let db = wait_for_etcd(&cfg.etcd_endpoints, cfg, hint, None).await?;
             Ok((db, DbMode::EtcdExternal, None))
         }
         DatabaseType::Etcd => {
             let peer_url = format!("http://{ip}:{}", cfg.etcd_peer_port);
+            let (data_dir, initial_cluster, initial_state, token) = if cfg.recover {
+                let r = membership::restore_alone(cfg, ctl).map_err(|e| StartError::Recover(e.to_string()))?;
+                (r.0, r.1, "new".to_string(), r.2)
+            } else {
+                (
+                    cfg.etcd_data_dir.clone(),
+                    cfg.etcd_initial_cluster.clone().unwrap_or_else(|| format!("{name}={peer_url}")),
+                    cfg.etcd_initial_cluster_state.clone(),
+                    cfg.etcd_cluster_token.clone(),
+                )
+            };
             let spec = MemberSpec {
                 binary: cfg.etcd_binary.clone(),
                 name: name.to_string(),
-                data_dir: cfg.etcd_data_dir.clone(),
+                data_dir,
                 client_port: cfg.etcd_client_port,
-                initial_cluster: cfg.etcd_initial_cluster.clone().unwrap_or_else(|| format!("{name}={peer_url}")),
+                initial_cluster,
                 peer_url,
-                initial_state: cfg.etcd_initial_cluster_state.clone(),
-                token: cfg.etcd_cluster_token.clone(),
+                initial_state,
+                token,
                 max_txn_ops: cfg.max_txn_ops,
                 log_file: cfg.log_dir.join(format!("etcd_{name}.log")),
             };
             tracing::info!(data_dir = %spec.data_dir.display(), peer = %spec.peer_url, client = %spec.client_url(), "starting etcd member");
             let hint = format!("the member's output is in {}", spec.log_file.display());
             let member = MemberHandle::start(spec)?;
-            let db = wait_for_etcd(&[member.client_url()], cfg, hint).await?;
+            let db = wait_for_etcd(&[member.client_url()], cfg, hint, Some(ctl)).await?;
             Ok((db, DbMode::EtcdMember, Some(member)))
         }
     }
 }
 
-async fn wait_for_etcd(endpoints: &[String], cfg: &Config, hint: String) -> Result<Database, StartError> {
-    let start = Instant::now();
+fn name_of(ctl: Option<&Control>) -> &str {
+    ctl.map_or("", |c| c.name.as_str())
+}
+
+/// Waits until the database answers. With this head's own member (`ctl`), a learner (a head
+/// that is joining) asks the other heads to promote it, which they do once it has caught up;
+/// it then keeps waiting as long as that takes. A member that cannot reach a quorum asks the other
+/// heads whether it was ejected meanwhile.
+async fn wait_for_etcd(
+    endpoints: &[String],
+    cfg: &Config,
+    hint: String,
+    ctl: Option<&Control>,
+) -> Result<Database, StartError> {
+    let mut start = Instant::now();
     let limit = Duration::from_secs(cfg.db_ready_timeout_secs);
     let mut last_report = Instant::now();
+    let mut last_ask = Instant::now();
+    let peers = ctl.map(|c| c.known_peers(&cfg.peers)).unwrap_or_default();
     loop {
-        match Etcd::connect(endpoints, cfg.max_txn_ops).await {
+        let connected = match Etcd::connect(endpoints, cfg.max_txn_ops).await {
+            // A learner may answer some reads: this head serves only once it votes.
+            Ok(e) if ctl.is_some() => match e.members().await {
+                Ok(ms) if ms.iter().any(|m| m.name == name_of(ctl) && m.is_learner) => {
+                    Err(DbError::Unavailable("this head's etcd member is a learner".into()))
+                }
+                Ok(_) => Ok(e),
+                Err(err) => Err(err),
+            },
+            r => r,
+        };
+        match connected {
             Ok(e) => {
                 tracing::info!(after = ?start.elapsed(), "cluster database ready");
                 return Ok(Database::Etcd(e));
+            }
+            Err(e) if ctl.is_some() && e.to_string().contains("learner") => {
+                // Catching up with 10,000 nodes takes a while: a learner is making progress.
+                start = Instant::now();
+                if last_ask.elapsed() > Duration::from_millis(500) {
+                    if let Some(c) = ctl {
+                        c.request_promotion(&peers).await;
+                    }
+                    last_ask = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(last) if start.elapsed() > limit => {
                 return Err(StartError::DbNotReady { secs: cfg.db_ready_timeout_secs, last, hint });
             }
             Err(e) => {
+                if let Some(c) = ctl.filter(|_| last_ask.elapsed() > Duration::from_secs(3) && !peers.is_empty()) {
+                    last_ask = Instant::now();
+                    if let Some(by) = c.ejected_per_peers(&peers).await {
+                        c.detach(
+                            clusterware_shared::config::Membership::Ejected,
+                            &format!("this head was ejected from its cluster (as {by} reports)"),
+                        );
+                    }
+                }
                 if last_report.elapsed() > Duration::from_secs(5) {
                     tracing::info!(error = %e, "waiting for the cluster database (an etcd cluster needs a quorum of its members)");
                     last_report = Instant::now();
@@ -248,11 +309,61 @@ async fn start_boot_net(
     Ok(tasks)
 }
 
-/// Runs the head until SIGTERM or SIGINT.
-pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or SIGINT: exit.
+    Stopped,
+    /// SIGHUP, or a membership change: start again with the configuration as it is now.
+    Restart,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(StartError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(StartError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(StartError::Signals)?,
+        })
+    }
+
+    /// The next signal or restart request.
+    async fn next(&mut self, ctl: &Control) -> Exit {
+        tokio::select! {
+            _ = self.term.recv() => { tracing::info!("SIGTERM: shutting down"); Exit::Stopped }
+            _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); Exit::Stopped }
+            _ = self.hup.recv() => { tracing::info!("SIGHUP: restarting with the configuration as it is now"); Exit::Restart }
+            _ = ctl.restart_requested() => { tracing::info!("restarting to take up a membership change"); Exit::Restart }
+        }
+    }
+}
+
+/// Serves `app` on a copy of `listener` until `stop` turns true.
+fn serve(
+    listener: &std::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, std::io::Error> {
+    let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    Ok(tokio::spawn(async move {
+        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await
+    }))
+}
+
+/// Runs the head until SIGTERM or SIGINT (or until it must restart).
+pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
+    let mut signals = Signals::new()?;
     clusterware_shared::sys::raise_fd_limit();
     let token = admin_token(cfg.require_admin_pass()?);
     if let Some(mode) = clusterware_shared::config::insecure_mode(&cfg.path) {
@@ -261,13 +372,62 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     let ip = advertised_ip(&cfg, &name);
     let addr = SocketAddr::new(cfg.head_bind, cfg.head_port);
     // Bind before starting anything else, so a busy port fails fast.
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
-    let (db, db_mode, member) = open_database(&cfg, &name, ip).await?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let listen_err = |source| StartError::Listen { addr, source };
+    let api_url = format!("http://{ip}:{}", cfg.head_port);
+    let ctl = Arc::new(Control::new(
+        cfg.path.clone(),
+        name.clone(),
+        api_url.clone(),
+        format!("http://{ip}:{}", cfg.etcd_peer_port),
+        token.clone(),
+    ));
+    if cfg.membership != Membership::Member {
+        tracing::warn!(
+            state = cfg.membership.as_str(),
+            "this head is in no cluster: it serves nothing and every command says how to join one"
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server =
+            serve(&listener, api::detached_router(name.clone(), cfg.membership), stop_rx).map_err(listen_err)?;
+        let exit = signals.next(&ctl).await;
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        return Ok(exit);
+    }
+    // While the database opens (a joining head catches up, a member waits for a quorum), a
+    // minimal API answers: health, `recover`, and "starting" for everything else.
+    let (pre_tx, pre_rx) = watch::channel(false);
+    let pre = serve(&listener, api::starting_router(ctl.clone()), pre_rx).map_err(listen_err)?;
+    let opened = tokio::select! {
+        r = open_database(&cfg, &name, ip, &ctl) => Some(r),
+        exit = signals.next(&ctl) => {
+            let _ = pre_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(10), pre).await;
+            return Ok(exit);
+        }
+    };
+    let _ = pre_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), pre).await;
+    let (db, db_mode, member) = opened.expect("the database was opened")?;
+    *ctl.db_mode.lock().unwrap_or_else(|p| p.into_inner()) = Some(db_mode);
+    if cfg.recover && db_mode == DbMode::EtcdMember {
+        if let Err(e) = membership::after_recover(&db, &ctl).await {
+            tracing::error!(error = %e, "recovered, but cannot tidy up the former peers' records");
+        }
+    }
+    if let Some(file) = &cfg.import_on_start {
+        if let Err(e) = membership::after_convert(&db, &ctl, file).await {
+            tracing::error!(error = %e, "cannot load the converted data; it is loaded again at the next start");
+        }
+    }
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let rec = HeadRecord {
         name: name.clone(),
         ip,
-        api_url: format!("http://{ip}:{}", cfg.head_port),
+        api_url,
         version: clusterware_shared::VERSION.to_string(),
         started,
         db_mode,
@@ -296,24 +456,27 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         holdoff: Duration::from_secs(cfg.rebalance_holdoff_secs),
     };
     let rebalancer = tokio::spawn(crate::rebalance::run(hub.clone(), rebalance, stop_rx.clone()));
+    let failover = tokio::spawn(membership::run_failover(db.clone(), ctl.clone(), stop_rx.clone()));
+    let watcher = tokio::spawn(membership::watch_membership(db.clone(), ctl.clone(), stop_rx.clone()));
     let boot_tasks = start_boot_net(&cfg, &hub, stop_rx.clone()).await?;
     let power = crate::power::PowerSettings { ipmitool: cfg.ipmitool.clone(), concurrency: cfg.power_concurrency };
-    let state = Arc::new(AppState { db: db.clone(), token, head: rec.clone(), storage, hub, rebalance, power });
+    let state = Arc::new(AppState {
+        db: db.clone(),
+        token,
+        head: rec.clone(),
+        storage,
+        hub,
+        rebalance,
+        power,
+        control: ctl.clone(),
+        config: cfg.clone(),
+    });
     let app = api::router(state);
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 
-    let mut stop_rx2 = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx2.changed().await;
-            })
-            .await
-    });
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let server = serve(&listener, app, stop_rx.clone()).map_err(listen_err)?;
+    drop(listener);
+    let exit = signals.next(&ctl).await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
@@ -324,6 +487,8 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
     let _ = liveness.await;
     let _ = audits.await;
     let _ = rebalancer.await;
+    let _ = failover.await;
+    let _ = watcher.await;
     for t in boot_tasks {
         let _ = t.await;
     }
@@ -333,7 +498,7 @@ pub async fn run(cfg: Config, name: String) -> Result<(), StartError> {
         tracing::info!("etcd member stopped");
     }
     tracing::info!("head stopped");
-    Ok(())
+    Ok(exit)
 }
 
 /// Audits the local storage at start and every `audit`, and processes the deleted-files list

@@ -26,6 +26,7 @@ pub mod dump;
 pub mod follow;
 pub mod heads;
 pub mod keys;
+pub mod membership;
 pub mod nodecache;
 pub mod power;
 pub mod ra;

@@ -70,7 +70,24 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(daemon::run(cfg, name)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(daemon::Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(daemon::Exit::Restart) => {
+            // Start again in the same process (same pid for systemd and for whoever started
+            // it), reading the configuration afresh. Every descriptor is close-on-exec.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            drop(_guard);
+            // The installed program (a newer one after an upgrade), else the running one.
+            let exe = std::env::current_exe()
+                .ok()
+                .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+                .filter(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(std::env::args_os().skip(1));
+            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+            eprintln!("clusterware-head: error: cannot restart {}: {err}", exe.display());
+            ExitCode::from(1)
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("clusterware-head: error: {e}");

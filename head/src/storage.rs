@@ -169,6 +169,9 @@ pub struct Storage {
     flights: Mutex<HashMap<(String, bool), Flight>>,
     http: reqwest::Client,
     counters: Counters,
+    /// The records read last, by id: while the database has no quorum, a file whose copy was
+    /// verified against its record is still served.
+    records: Mutex<HashMap<String, FileRecord>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -226,6 +229,7 @@ impl Storage {
             flights: Mutex::new(HashMap::new()),
             http,
             counters: Counters::default(),
+            records: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -284,9 +288,29 @@ impl Storage {
         if !is_file_id(id) {
             return Err(StorageError::NotFound(id.to_string()));
         }
-        let kv = self.db.get(&format!("{FILES}{id}")).await?.ok_or_else(|| StorageError::NotFound(id.to_string()))?;
-        serde_json::from_slice(&kv.value)
-            .map_err(|e| StorageError::Invalid(format!("corrupt record for file {id}: {e}")))
+        let kv = match self.db.get(&format!("{FILES}{id}")).await {
+            Ok(kv) => kv,
+            Err(DbError::Unavailable(m)) => {
+                // Degraded: the last record seen, for a copy verified against it.
+                let last = lock(&self.records).get(id).cloned();
+                return match last {
+                    Some(rec) if self.known_good(&rec) => {
+                        tracing::debug!(file = %id, "database unavailable: serving a verified copy by its last record");
+                        Ok(rec)
+                    }
+                    _ => Err(DbError::Unavailable(m).into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let kv = kv.ok_or_else(|| {
+            lock(&self.records).remove(id);
+            StorageError::NotFound(id.to_string())
+        })?;
+        let rec: FileRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| StorageError::Invalid(format!("corrupt record for file {id}: {e}")))?;
+        lock(&self.records).insert(id.to_string(), rec.clone());
+        Ok(rec)
     }
 
     pub async fn list(&self) -> Result<Vec<FileRecord>> {

@@ -59,6 +59,137 @@ pub struct Health {
     pub name: String,
     pub version: String,
     pub database: String,
+    /// The head daemon's process id (a command on the same host signals it to restart).
+    #[serde(default)]
+    pub pid: u32,
+    /// The head's clock, milliseconds since the Unix epoch (clock-skew checks).
+    #[serde(default)]
+    pub now_ms: u64,
+    /// `serving`, `starting` (waiting for its database), `left` or `ejected`.
+    #[serde(default)]
+    pub state: String,
+}
+
+/// One etcd member, as `GET /api/v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Member id, hexadecimal.
+    pub id: String,
+    /// Empty until the member has started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub learner: bool,
+}
+
+/// How much data a head's database holds (what a join would discard).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub nodes: usize,
+    pub images: usize,
+    pub boot_configs: usize,
+    pub files: usize,
+}
+
+/// `GET /api/v1/cluster`: what a joining head needs to know, and what `managedb` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The answering head.
+    pub head: String,
+    /// `embedded` or `etcd`.
+    pub backend: String,
+    /// How the answering head reaches the database: `embedded`, `etcd-member`, `etcd-external`.
+    pub db_mode: String,
+    pub version: String,
+    pub cluster_token: String,
+    pub members: Vec<ClusterMember>,
+    /// Heads ejected from this cluster (until they join again).
+    pub ejected: Vec<String>,
+    /// API URLs of the heads the database knows.
+    pub head_urls: Vec<String>,
+    pub failover: Failover,
+    pub data: DataSummary,
+}
+
+/// `POST /api/v1/cluster/members`: add a head's etcd member (as a learner).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddMember {
+    pub name: String,
+    /// `http://IP:PORT` where the new member listens for its peers.
+    pub peer_url: String,
+}
+
+/// The answer to [`AddMember`]: how the new member must start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberAdded {
+    pub id: String,
+    /// `name=peer-url,…` of every member, the new one included.
+    pub initial_cluster: String,
+    pub cluster_token: String,
+    /// API URLs of the cluster's heads (whom the new head asks for its promotion).
+    pub peers: Vec<String>,
+}
+
+/// `POST /api/v1/cluster/promote`, `POST /api/v1/cluster/eject`: a head by name or IP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadRef {
+    pub head: String,
+}
+
+/// The answer to a membership change (`leave`, `eject`, `recover`, `convert`, promotion).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipChange {
+    /// What happened, for the administrator.
+    pub message: String,
+    /// Warnings the administrator must read (`recover`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The answering head restarts itself to take the change up.
+    #[serde(default)]
+    pub restarting: bool,
+}
+
+/// The automatic-failover setting (`failover` in the database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    pub enabled: bool,
+    pub timeout_secs: u64,
+    /// False after an automatic ejection, until `managedb failover reset`.
+    pub armed: bool,
+    #[serde(default)]
+    pub last: Option<FailoverEvent>,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover { enabled: false, timeout_secs: DEFAULT_FAILOVER_SECS, armed: true, last: None }
+    }
+}
+
+/// Default seconds a head must be unreachable before automatic failover ejects it.
+pub const DEFAULT_FAILOVER_SECS: u64 = 120;
+
+/// One automatic ejection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverEvent {
+    pub head: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The head that ejected it.
+    pub by: String,
+    /// Seconds it had been unreachable.
+    pub down_secs: u64,
+    /// Set when the ejection was decided but could not be carried out.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/cluster/failover`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailoverRequest {
+    /// `enable`, `disable` or `reset`.
+    pub action: String,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// A compute node as stored in the cluster database.

@@ -22,6 +22,27 @@ pub enum DatabaseType {
     Etcd,
 }
 
+/// `database.state`: this head's place in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// In a cluster (or solo).
+    Member,
+    /// Left with `managedb leave`.
+    Left,
+    /// Ejected by another head (`managedb eject`, or automatic failover).
+    Ejected,
+}
+
+impl Membership {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Membership::Member => "member",
+            Membership::Left => "left",
+            Membership::Ejected => "ejected",
+        }
+    }
+}
+
 impl DatabaseType {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +81,19 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Seconds the head waits at start for its database (an etcd cluster needs a quorum).
     pub db_ready_timeout_secs: u64,
+    /// Whether this head is in a cluster, or left it or was ejected (then it serves nothing and
+    /// every command says so until it joins again).
+    pub membership: Membership,
+    /// At the next start, restore this head's etcd data as a new one-member cluster
+    /// (`managedb recover` sets it; the head removes it once done).
+    pub recover: bool,
+    /// The `etcdctl` program (a recovery restores the member's data with it).
+    pub etcdctl_binary: PathBuf,
+    /// API URLs of the other heads, written at a join: whom to ask for promotion at start.
+    pub peers: Vec<String>,
+    /// A saved database to load at the next start (`managedb convert etcd` sets it; the head
+    /// removes it once loaded).
+    pub import_on_start: Option<PathBuf>,
     /// This head's name (defaults to the host name).
     pub head_name: Option<String>,
     /// The address nodes and other heads reach this head at.
@@ -160,6 +194,11 @@ impl Default for Config {
             etcd_cluster_token: "clusterware".into(),
             max_txn_ops: 10240,
             db_ready_timeout_secs: 90,
+            membership: Membership::Member,
+            recover: false,
+            etcdctl_binary: PathBuf::from("etcdctl"),
+            peers: Vec::new(),
+            import_on_start: None,
             head_name: None,
             head_ip: None,
             head_port: 80,
@@ -201,6 +240,12 @@ pub enum ConfigError {
     Syntax { path: PathBuf, line: usize, text: String },
     #[error("{}: {key} is not set", path.display())]
     Missing { path: PathBuf, key: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A loaded configuration and the warnings found while reading it.
@@ -326,6 +371,25 @@ impl Config {
                 "database.max_txn_ops" => {
                     c.max_txn_ops = int_value(value, 16, 1_000_000).map_err(bad)? as usize;
                 }
+                "database.state" => {
+                    c.membership = match value {
+                        "member" => Membership::Member,
+                        "left" => Membership::Left,
+                        "ejected" => Membership::Ejected,
+                        other => return Err(bad(format!("{other:?} is not member, left or ejected"))),
+                    }
+                }
+                "database.recover" => c.recover = bool_value(value).map_err(bad)?,
+                "database.etcdctl_binary" => c.etcdctl_binary = path_value(value).map_err(bad)?,
+                "database.peers" => {
+                    let urls: Vec<String> =
+                        value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                    if let Some(u) = urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+                        return Err(bad(format!("{u:?} is not an http:// or https:// URL")));
+                    }
+                    c.peers = urls;
+                }
+                "database.import_on_start" => c.import_on_start = Some(path_value(value).map_err(bad)?),
                 "database.ready_timeout" => c.db_ready_timeout_secs = int_value(value, 1, 3600).map_err(bad)?,
                 "head.name" => {
                     crate::ids::validate_head_name(value).map_err(|e| bad(e.to_string()))?;
@@ -448,6 +512,56 @@ impl Config {
     }
 }
 
+fn bool_value(v: &str) -> Result<bool, String> {
+    match v {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err(format!("{v:?} is not yes or no")),
+    }
+}
+
+/// Changes keys of a configuration file in place, keeping every other line and comment: a key
+/// with `Some(value)` replaces the key's line (the first one; later duplicates are removed) or is
+/// appended; `None` removes the key's lines. The file is replaced atomically, mode 0600 (it holds
+/// the database password). The new text must parse.
+pub fn edit(path: &Path, changes: &[(&str, Option<&str>)]) -> Result<(), ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let new = edit_text(&text, changes);
+    Config::parse(&new, path)?;
+    crate::fsutil::write_atomic(path, None, new.as_bytes(), Some(0o600))
+        .map_err(|source| ConfigError::Write { path: path.to_path_buf(), source })
+}
+
+/// The text of [`edit`].
+pub fn edit_text(text: &str, changes: &[(&str, Option<&str>)]) -> String {
+    let mut done: Vec<&str> = Vec::new();
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        let key =
+            (!t.starts_with('#') && !t.starts_with(';')).then(|| t.split_once('=').map(|(k, _)| k.trim())).flatten();
+        match key.and_then(|k| changes.iter().find(|(c, _)| *c == k)) {
+            Some((k, v)) => {
+                if let (Some(v), false) = (v, done.contains(k)) {
+                    out.push_str(&format!("{k} = {v}\n"));
+                }
+                done.push(k);
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    for (k, v) in changes {
+        if let (Some(v), false) = (v, done.contains(k)) {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    out
+}
+
 fn path_value(v: &str) -> Result<PathBuf, String> {
     if v.is_empty() {
         return Err("empty path".into());
@@ -550,5 +664,40 @@ mod tests {
             l.config.require_admin_pass().unwrap_err().to_string(),
             "/x/base.ini: database.admin_pass is not set"
         );
+    }
+}
+
+#[cfg(test)]
+mod edit_tests {
+    use super::*;
+
+    #[test]
+    fn edit_replaces_appends_removes_and_keeps_comments() {
+        let text = "# head\ndatabase.type = embedded\nhead.port = 80\n; note\nhead.port = 81\ndatabase.state = left\n";
+        let out = edit_text(
+            text,
+            &[
+                ("database.type", Some("etcd")),
+                ("head.port", Some("8080")),
+                ("database.state", None),
+                ("database.peers", Some("http://1.2.3.4")),
+            ],
+        );
+        assert_eq!(out, "# head\ndatabase.type = etcd\nhead.port = 8080\n; note\ndatabase.peers = http://1.2.3.4\n");
+        let c = Config::parse(&out, Path::new("x")).unwrap().config;
+        assert_eq!(c.database_type, DatabaseType::Etcd);
+        assert_eq!(c.membership, Membership::Member);
+        assert_eq!(c.peers, vec!["http://1.2.3.4".to_string()]);
+    }
+
+    #[test]
+    fn membership_keys_parse_and_bad_values_name_the_key() {
+        let c = Config::parse("database.state = ejected\ndatabase.recover = yes\n", Path::new("x")).unwrap().config;
+        assert_eq!(c.membership, Membership::Ejected);
+        assert!(c.recover);
+        let e = Config::parse("database.state = gone\n", Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("database.state") && e.contains("gone"), "{e}");
+        let e = Config::parse("database.peers = ftp://x\n", Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("database.peers"), "{e}");
     }
 }

@@ -25,7 +25,8 @@ pub mod vm;
 
 /// The lease TTL the harness gives heads (seconds).
 pub const LEASE_TTL: u64 = 3;
-const PASS: &str = "harness-db-pass";
+/// The database password of every harness cluster.
+pub const PASS: &str = "harness-db-pass";
 const PID_DIR: &str = "/tmp/clusterware-tests/pids";
 
 /// Where the workspace's binaries are: `target/<profile>/`, beside a test executable's `deps/`
@@ -87,8 +88,16 @@ fn sweep_leftovers() {
     });
 }
 
+/// True while the process exists and is not a zombie.
+pub fn proc_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next() != Some('Z')))
+        .unwrap_or(false)
+}
+
 /// A fresh 127.A.B.0/24 block for one cluster.
-fn address_block() -> (u8, u8) {
+pub fn address_block() -> (u8, u8) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
     let a = 100 + (std::process::id() % 100) as u8;
@@ -140,6 +149,8 @@ pub struct Head {
     pub config: PathBuf,
     pub dir: PathBuf,
     child: Option<Child>,
+    /// A head process this harness did not start (`scyld-install` started it): its pid.
+    adopted: Option<u32>,
     /// The network namespace the head runs in (network-boot tests), else the machine's own.
     pub netns: Option<String>,
 }
@@ -147,19 +158,44 @@ pub struct Head {
 impl Head {
     /// A head that is not started yet (for harness variants such as [`netns`]).
     pub fn new_for_harness(name: String, ip: Ipv4Addr, port: u16, config: PathBuf, dir: PathBuf) -> Head {
-        Head { name, ip, port, config, dir, child: None, netns: None }
+        Head { name, ip, port, config, dir, child: None, adopted: None, netns: None }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}:{}", self.ip, self.port)
     }
 
+    /// Takes charge of a head that `scyld-install` started (found by its health answer); it is
+    /// killed on drop like the others.
+    pub fn adopt(name: &str, ip: Ipv4Addr, port: u16, config: PathBuf, dir: PathBuf) -> Head {
+        let url = format!("http://{ip}:{port}/api/v1/health");
+        let mut pid = 0;
+        poll_until(&format!("{name} to answer"), Duration::from_secs(60), || {
+            pid = agent()
+                .get(&url)
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .filter(|v| v["name"] == name)
+                .and_then(|v| v["pid"].as_u64())
+                .unwrap_or(0) as u32;
+            pid != 0
+        });
+        let _ = std::fs::create_dir_all(PID_DIR);
+        let _ = std::fs::write(format!("{PID_DIR}/{}-{pid}", std::process::id()), b"");
+        Head { name: name.into(), ip, port, config, dir, child: None, adopted: Some(pid), netns: None }
+    }
+
     /// The process id while the head runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(Child::id).or(self.adopted)
     }
 
     pub fn is_running(&mut self) -> bool {
+        if let Some(pid) = self.adopted {
+            return proc_alive(pid);
+        }
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
@@ -193,13 +229,21 @@ impl Head {
         self.child = Some(child);
     }
 
-    /// Waits until the head answers its health endpoint.
+    /// Waits until the head answers its health endpoint as serving.
     pub fn wait_ready(&mut self, within: Duration) {
         let url = format!("{}/api/v1/health", self.url());
         let deadline = Instant::now() + within;
         loop {
+            // A head answers `starting` while its database opens: ready means `serving`.
             let ok = netns::run_in(self.netns.as_deref(), || {
-                agent().get(&url).call().is_ok_and(|r| r.status().is_success())
+                agent()
+                    .get(&url)
+                    .call()
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .is_some_and(|v| v["state"] == "serving")
             });
             if ok {
                 return;
@@ -219,14 +263,29 @@ impl Head {
 
     /// `kill -9`.
     pub fn kill9(&mut self) {
+        if let Some(pid) = self.adopted.take() {
+            // SAFETY: kill(2) on the head process this harness adopted.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proc_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// SIGTERM and wait for a clean exit; returns the exit code.
+    /// SIGTERM and wait for a clean exit; returns the exit code (an adopted head's is unknown:
+    /// 0 once it is gone).
     pub fn stop(&mut self) -> Option<i32> {
+        if let Some(pid) = self.adopted.take() {
+            // SAFETY: kill(2) on the head process this harness adopted.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            poll_until(&format!("{} to stop", self.name), Duration::from_secs(20), || !proc_alive(pid));
+            return Some(0);
+        }
         let mut c = self.child.take()?;
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -253,6 +312,19 @@ impl Head {
             Some(ns) => netns::cli_in(ns, prog, &all),
             None => cli(prog, &all),
         }
+    }
+
+    /// The health answer, if the head answers at all (it may be restarting).
+    pub fn try_health(&self) -> Option<Value> {
+        let url = format!("{}/api/v1/health", self.url());
+        netns::run_in(self.netns.as_deref(), || {
+            agent()
+                .get(&url)
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        })
     }
 
     /// A raw API call with an optional bearer token: (status, JSON body).
@@ -370,7 +442,7 @@ impl Cluster {
             let mut f = std::fs::File::create(&config).expect("write base.ini");
             f.write_all(ini.as_bytes()).expect("write base.ini");
             std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-            heads.push(Head { name, ip, port, config, dir: hdir, child: None, netns: None });
+            heads.push(Head { name, ip, port, config, dir: hdir, child: None, adopted: None, netns: None });
         }
         Cluster { heads, token: admin_token(PASS), dir }
     }

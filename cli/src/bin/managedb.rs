@@ -1,17 +1,22 @@
 //! `managedb`: the cluster database as seen from this head. `--heads` lists the heads connected
-//! to the shared database; `save FILE` and `load FILE` copy the cluster's data (nodes, files'
-//! records, images, boot configs, settings) as one JSON document, loadable into an empty cluster
-//! of either backend.
+//! to the shared database; `join`, `leave`, `eject`, `recover` and `convert etcd` change this
+//! head's membership (see `clusterware_cli::membership` and the head's `membership` module);
+//! `failover` sets automatic failover; `save FILE` and `load FILE` copy the cluster's data as one
+//! JSON document, loadable into an empty cluster of either backend.
 
 use clap::{Parser, Subcommand};
+use clusterware_cli::membership::{self, Start};
 use clusterware_cli::{Client, ConnOpts, fail, print_json, print_table, run, usage};
-use clusterware_shared::api::{DatabaseDump, HeadList};
+use clusterware_shared::api::{DatabaseDump, Failover, FailoverRequest, HeadList, HeadRef, MembershipChange};
+use clusterware_shared::config::{self, Config};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// Manage the cluster database: list the connected heads, save and load the cluster's data.
+/// Manage the cluster database and this head's membership: list the heads, join, leave, eject,
+/// recover, automatic failover, convert a solo head to etcd, save and load the cluster's data.
 #[derive(Parser)]
 #[command(name = "managedb", version)]
 struct Args {
@@ -33,24 +38,193 @@ enum Cmd {
     Save { file: PathBuf },
     /// Load a saved FILE into this cluster, which must hold no nodes, files, images or configs
     Load { file: PathBuf },
+    /// Join this head to the cluster of the head at IP_HEAD (this head's own data is discarded)
+    Join {
+        /// The head to join: IP, IP:PORT or URL (the port defaults to this head's head.port)
+        ip_head: String,
+        /// IP_HEAD's database password [default: database.admin_pass of this head's base.ini]
+        #[arg(long, value_name = "DBPASS")]
+        database_passwd: Option<String>,
+    },
+    /// Remove this head from its cluster (three or more heads); it can then run no command
+    /// until it joins again
+    Leave,
+    /// Remove another head (one that is shut down, usually) from the cluster, by IP or name
+    Eject { ip_head: String },
+    /// Sever this head from its peers: it restarts as a cluster of its own with its copy of the
+    /// database (a two-head cluster, or a lost quorum)
+    Recover,
+    /// Convert this solo head's embedded database into a one-member etcd cluster, data kept
+    /// (a join does this by itself to the head joined)
+    Convert {
+        /// The database to convert to
+        #[arg(value_parser = ["etcd"])]
+        to: String,
+    },
+    /// Automatic failover (three or more heads): eject one head that stays down longer than a
+    /// timeout, once, until reset
+    Failover {
+        #[command(subcommand)]
+        action: FailoverCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum FailoverCmd {
+    /// Turn automatic failover on
+    Enable {
+        /// Seconds a head must stay unreachable before it is ejected
+        #[arg(long, default_value_t = clusterware_shared::api::DEFAULT_FAILOVER_SECS)]
+        timeout: u64,
+    },
+    /// Turn automatic failover off
+    Disable,
+    /// Show the setting and the last automatic ejection
+    Status,
+    /// Arm failover again after an automatic ejection
+    Reset,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     run("managedb", || match (&args.cmd, args.heads) {
         (None, true) => heads(&args),
-        (Some(Cmd::Save { file }), false) => save(&args, file),
-        (Some(Cmd::Load { file }), false) => load(&args, file),
         (Some(_), true) => Err(usage("--heads goes alone")),
-        (None, false) => Err(usage("give --heads, save FILE or load FILE (see --help)")),
+        (None, false) => Err(usage("give --heads or a command (see --help)")),
+        (Some(cmd), false) => match cmd {
+            Cmd::Save { file } => save(&args, file),
+            Cmd::Load { file } => load(&args, file),
+            Cmd::Join { ip_head, database_passwd } => join(&args, ip_head, database_passwd.as_deref()),
+            Cmd::Leave => change(&args, "/cluster/leave", Some("left")),
+            Cmd::Eject { ip_head } => {
+                let c = Client::new(&args.conn)?;
+                let r: MembershipChange = c.post("/cluster/eject", &HeadRef { head: ip_head.clone() })?;
+                report(&args, &r);
+                Ok(())
+            }
+            Cmd::Recover => change(&args, "/cluster/recover", Some("serving")),
+            Cmd::Convert { .. } => change(&args, "/database/convert", Some("serving")),
+            Cmd::Failover { action } => failover(&args, action),
+        },
     })
+}
+
+fn local_config(args: &Args) -> clusterware_cli::CliResult<(PathBuf, Config)> {
+    let path = config::resolve_path(args.conn.config.as_deref());
+    let cfg = Config::load(&path).map_err(|e| fail(format!("{e} (run as root on the head)")))?.config;
+    Ok((path, cfg))
+}
+
+fn report(args: &Args, r: &MembershipChange) {
+    if args.json {
+        print_json(r);
+        return;
+    }
+    println!("{}", r.message);
+    for w in &r.warnings {
+        eprintln!("managedb: warning: {w}");
+    }
+}
+
+/// A change on the local head; waits until it has restarted into `then`.
+fn change(args: &Args, path: &str, then: Option<&str>) -> clusterware_cli::CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let body = if path == "/database/convert" { serde_json::json!({"to": "etcd"}) } else { serde_json::json!({}) };
+    let r: MembershipChange = c.post(path, &body)?;
+    if let (true, Some(state)) = (r.restarting, then) {
+        let url = c.base().to_string();
+        // The head restarts: wait for the old process to stop answering as it did, then for
+        // the new state.
+        std::thread::sleep(Duration::from_millis(300));
+        let e = membership::Expect { state, ..Default::default() };
+        membership::wait_state(&url, &e, Duration::from_secs(120)).map_err(|last| {
+            fail(format!(
+                "{} (but the head has not come back as {state} within 120 s; it reports {:?}: see its log)",
+                r.message,
+                last.map(|h| h.state)
+            ))
+        })?;
+    }
+    report(args, &r);
+    Ok(())
+}
+
+fn join(args: &Args, target: &str, pass: Option<&str>) -> clusterware_cli::CliResult<()> {
+    let (path, cfg) = local_config(args)?;
+    let password = match pass {
+        Some(p) => p.to_string(),
+        None => cfg.require_admin_pass().map_err(|e| fail(e.to_string()))?.to_string(),
+    };
+    let local = membership::local_url(&cfg);
+    let start = match membership::health(&local) {
+        Some(h) => Start::Running(h),
+        None => {
+            return Err(fail(format!(
+                "the head daemon does not answer at {local}: start it first (systemctl start clusterware)"
+            )));
+        }
+    };
+    let json = args.json;
+    let say = |m: &str| {
+        if !json {
+            eprintln!("managedb: {m}");
+        }
+    };
+    let j = membership::join(&path, target, &password, start, &say)?;
+    if args.json {
+        print_json(&j);
+    } else {
+        println!(
+            "joined the cluster of {} as etcd member {} ({} members now) in {:.1} s; the other heads take up the new \
+             membership by themselves (no restart needed)",
+            j.cluster_head, j.member_id, j.members, j.seconds
+        );
+    }
+    Ok(())
+}
+
+fn failover(args: &Args, action: &FailoverCmd) -> clusterware_cli::CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let f: Failover = match action {
+        FailoverCmd::Status => c.get("/cluster/failover")?,
+        FailoverCmd::Enable { timeout } => {
+            c.post("/cluster/failover", &FailoverRequest { action: "enable".into(), timeout_secs: Some(*timeout) })?
+        }
+        FailoverCmd::Disable => {
+            c.post("/cluster/failover", &FailoverRequest { action: "disable".into(), timeout_secs: None })?
+        }
+        FailoverCmd::Reset => {
+            c.post("/cluster/failover", &FailoverRequest { action: "reset".into(), timeout_secs: None })?
+        }
+    };
+    if args.json {
+        print_json(&f);
+        return Ok(());
+    }
+    println!(
+        "automatic failover: {}, timeout {} s, {}",
+        if f.enabled { "enabled" } else { "disabled" },
+        f.timeout_secs,
+        if f.armed { "armed" } else { "disarmed after an ejection (managedb failover reset arms it again)" }
+    );
+    if let Some(e) = &f.last {
+        println!(
+            "last automatic ejection: {} by {} after {} s down{}",
+            e.head,
+            e.by,
+            e.down_secs,
+            e.error.as_ref().map(|m| format!(" (failed: {m})")).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn heads(args: &Args) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
     let list: HeadList = c.get("/heads")?;
+    let warnings = membership::head_warnings(&list);
     if args.json {
-        print_json(&list);
+        print_json(&serde_json::json!({"heads": list.heads, "warnings": warnings}));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -66,6 +240,9 @@ fn heads(args: &Args) -> clusterware_cli::CliResult<()> {
         })
         .collect();
     print_table(&["NAME", "IP", "STATE", "DATABASE"], &rows);
+    for w in warnings {
+        eprintln!("managedb: warning: {w}");
+    }
     Ok(())
 }
 

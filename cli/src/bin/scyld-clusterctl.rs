@@ -211,6 +211,9 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
             &rows,
         );
         println!("mean nodes per alive head: {:.1}", list.mean_nodes);
+        for w in clusterware_cli::membership::head_warnings(&list) {
+            eprintln!("scyld-clusterctl: warning: {w}");
+        }
     } else {
         for h in &list.heads {
             println!("{}", h.name);

@@ -94,6 +94,16 @@ fn convert(kv: &ec::KeyValue) -> Result<KeyValue> {
     })
 }
 
+fn member(m: &ec::Member) -> Member {
+    Member {
+        id: m.id(),
+        name: m.name().to_string(),
+        peer_urls: m.peer_urls().to_vec(),
+        client_urls: m.client_urls().to_vec(),
+        is_learner: m.is_learner(),
+    }
+}
+
 /// Largest gRPC message accepted or sent: a range over 100,000 nodes is tens of MiB, beyond
 /// tonic's 4 MiB default.
 const MAX_MESSAGE: usize = 512 << 20;
@@ -263,16 +273,26 @@ impl Etcd {
             async move { deadline(c.member_list()).await }
         })
         .await?;
-        Ok(r.members()
-            .iter()
-            .map(|m| Member {
-                id: m.id(),
-                name: m.name().to_string(),
-                peer_urls: m.peer_urls().to_vec(),
-                client_urls: m.client_urls().to_vec(),
-                is_learner: m.is_learner(),
-            })
-            .collect())
+        Ok(r.members().iter().map(member).collect())
+    }
+
+    /// Adds a member, as a learner when `learner`; returns its id and the member list after.
+    pub async fn member_add(&self, peer_url: &str, learner: bool) -> Result<(u64, Vec<Member>)> {
+        let mut c = self.client.clone();
+        let opts = if learner { ec::MemberAddOptions::new().with_is_learner() } else { ec::MemberAddOptions::new() };
+        let r = deadline(c.member_add([peer_url], Some(opts))).await?;
+        let id = r.member().map(|m| m.id()).ok_or_else(|| DbError::Unavailable("etcd added no member".into()))?;
+        Ok((id, r.member_list().iter().map(member).collect()))
+    }
+
+    pub async fn member_promote(&self, id: u64) -> Result<()> {
+        let mut c = self.client.clone();
+        deadline(c.member_promote(id)).await.map(|_| ())
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<()> {
+        let mut c = self.client.clone();
+        deadline(c.member_remove(id)).await.map(|_| ())
     }
 
     pub async fn watch(&self, prefix: &str, start: Option<Revision>) -> Result<EtcdWatcher> {

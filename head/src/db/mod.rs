@@ -354,6 +354,28 @@ impl Database {
         }
     }
 
+    /// Adds an etcd member (a learner when `learner`): its id and the members after.
+    pub async fn member_add(&self, peer_url: &str, learner: bool) -> Result<(u64, Vec<Member>)> {
+        match self {
+            Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
+            Database::Etcd(d) => d.member_add(peer_url, learner).await,
+        }
+    }
+
+    pub async fn member_promote(&self, id: u64) -> Result<()> {
+        match self {
+            Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
+            Database::Etcd(d) => d.member_promote(id).await,
+        }
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<()> {
+        match self {
+            Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
+            Database::Etcd(d) => d.member_remove(id).await,
+        }
+    }
+
     /// The member id of the etcd leader; `None` for the embedded store.
     pub async fn leader(&self) -> Result<Option<u64>> {
         match self {

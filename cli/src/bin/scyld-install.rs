@@ -1,0 +1,596 @@
+//! `scyld-install`: sets up this machine as a ClusterWare head: a fresh solo head (a generated
+//! database password, the directories, the systemd unit, started), a head that joins an
+//! existing cluster (`--join IP_HEAD`), or a fresh cluster from a cluster configuration file
+//! (`--config`). `--clear-all` removes the local installation's state first.
+//!
+//! Cluster configuration file (`--config`), one setting per line, `#` comments:
+//!
+//! ```text
+//! interface enp2s0                  # the private cluster network (DHCP, TFTP)
+//! iprange 10.54.0.100/24            # first node address / prefix length of the network
+//! iprange 10.54.0.100-10.54.0.199/24   # the same with a last address (nodes must fit)
+//! domain cluster.local              # optional DNS domain given to nodes
+//! node 52:54:00:00:00:01            # one line per node, its MAC(s), in index order
+//! node 52:54:00:00:00:02 52:54:00:00:01:02
+//! ```
+
+use clap::Parser;
+use clusterware_cli::membership::{self, Start};
+use clusterware_cli::{CliResult, Client, fail, print_json, run, usage};
+use clusterware_shared::api::{ClusterInfo, CreateNodes, NodeList, NodeSpec};
+use clusterware_shared::auth::admin_token;
+use clusterware_shared::config::Config;
+use clusterware_shared::ids::MacAddr;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const DEFAULT_PREFIX: &str = "/opt/scyld/clusterware";
+const UNIT: &str = "/etc/systemd/system/clusterware.service";
+
+/// Install this machine as a ClusterWare head: a fresh solo head, a head joining a cluster
+/// (--join), or a cluster from a configuration file (--config).
+///
+/// It sets up ClusterWare's own files (base.ini, directories, the systemd unit) and starts the
+/// head. Installing distribution packages is outside its job: install etcd-server (for etcd),
+/// ipxe, ipmitool and the ClusterWare binaries with your package manager first.
+#[derive(Parser)]
+#[command(name = "scyld-install", version)]
+struct Args {
+    /// Join the cluster of the head at this address (IP, IP:PORT or URL)
+    #[arg(long, value_name = "IP_HEAD")]
+    join: Option<String>,
+    /// IP_HEAD's database password (database.admin_pass in its base.ini) [default: asked on
+    /// the terminal, without echo]
+    #[arg(long, value_name = "DBPASS", requires = "join")]
+    database_passwd: Option<String>,
+    /// Remove this installation's state (configuration, database, storage) before installing
+    #[arg(long)]
+    clear_all: bool,
+    /// Create the cluster from this cluster configuration file (interface, IP range, nodes)
+    #[arg(long, value_name = "CLUSTER_CONFIG", conflicts_with = "join")]
+    config: Option<PathBuf>,
+    /// Database of a fresh head: embedded (solo) or etcd (a one-member cluster others can join)
+    #[arg(long, value_parser = ["embedded", "etcd"], default_value = "embedded")]
+    database: String,
+    /// Installation directory
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PREFIX)]
+    prefix: PathBuf,
+    /// This head's name [default: the host name]
+    #[arg(long)]
+    name: Option<String>,
+    /// This head's address on the cluster network, which nodes and other heads reach
+    /// [default: the address the host name resolves to]
+    #[arg(long)]
+    ip: Option<Ipv4Addr>,
+    /// Port of the head's HTTP API and boot files
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    /// Ports of this head's etcd member (peers on --ip, clients on 127.0.0.1)
+    #[arg(long, default_value_t = 2380)]
+    peer_port: u16,
+    #[arg(long, default_value_t = 2379)]
+    client_port: u16,
+    /// Do not install a systemd unit even when systemd runs: start the head directly
+    #[arg(long)]
+    no_systemd: bool,
+    /// Extra base.ini settings, KEY=VALUE (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// A parsed cluster configuration.
+#[derive(Debug, Default)]
+struct ClusterConfig {
+    interface: Option<String>,
+    first: Option<Ipv4Addr>,
+    last: Option<Ipv4Addr>,
+    prefix_len: Option<u8>,
+    domain: Option<String>,
+    nodes: Vec<Vec<MacAddr>>,
+}
+
+fn parse_cluster_config(path: &Path) -> CliResult<ClusterConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    let mut c = ClusterConfig::default();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |m: String| fail(format!("{}:{}: {m}", path.display(), i + 1));
+        let mut words = line.split_whitespace();
+        let key = words.next().unwrap_or_default();
+        let rest: Vec<&str> = words.collect();
+        match key {
+            "interface" => {
+                let [name] = rest[..] else { return Err(bad("interface takes one name".into())) };
+                c.interface = Some(name.to_string());
+            }
+            "iprange" => {
+                let [range] = rest[..] else { return Err(bad("iprange takes FIRST[-LAST]/PREFIX".into())) };
+                let (addrs, len) =
+                    range.split_once('/').ok_or_else(|| bad(format!("{range:?}: give FIRST[-LAST]/PREFIX")))?;
+                let len: u8 = len
+                    .parse()
+                    .ok()
+                    .filter(|l| (8..=30).contains(l))
+                    .ok_or_else(|| bad(format!("{len:?} is not a prefix length from 8 to 30")))?;
+                let (first, last) = match addrs.split_once('-') {
+                    Some((a, b)) => (a, Some(b)),
+                    None => (addrs, None),
+                };
+                let ip = |s: &str| s.parse::<Ipv4Addr>().map_err(|_| bad(format!("{s:?} is not an IPv4 address")));
+                c.first = Some(ip(first)?);
+                c.last = last.map(ip).transpose()?;
+                if let (Some(f), Some(l)) = (c.first, c.last) {
+                    if u32::from(l) < u32::from(f) {
+                        return Err(bad(format!("{l} comes before {f}")));
+                    }
+                }
+                c.prefix_len = Some(len);
+            }
+            "domain" => {
+                let [d] = rest[..] else { return Err(bad("domain takes one name".into())) };
+                c.domain = Some(d.to_string());
+            }
+            "node" => {
+                if rest.is_empty() {
+                    return Err(bad("node takes one or more MAC addresses".into()));
+                }
+                let macs = rest
+                    .iter()
+                    .map(|m| m.parse::<MacAddr>().map_err(|_| bad(format!("{m:?} is not a MAC address"))))
+                    .collect::<CliResult<Vec<_>>>()?;
+                c.nodes.push(macs);
+            }
+            other => return Err(bad(format!("unknown setting {other:?} (interface, iprange, domain, node)"))),
+        }
+    }
+    if !c.nodes.is_empty() && c.first.is_none() {
+        return Err(fail(format!("{}: nodes need an iprange for their addresses", path.display())));
+    }
+    if let (Some(f), Some(l)) = (c.first, c.last) {
+        let room = u32::from(l) - u32::from(f) + 1;
+        if c.nodes.len() as u32 > room {
+            return Err(fail(format!("{}: {} nodes do not fit in {f}-{l}", path.display(), c.nodes.len())));
+        }
+    }
+    Ok(c)
+}
+
+fn netmask(len: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX << (32 - len as u32))
+}
+
+fn random_password() -> CliResult<String> {
+    let mut b = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| fail(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+fn systemd_runs() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// The `clusterware-head` installed beside this program.
+fn head_binary() -> CliResult<PathBuf> {
+    let me = std::env::current_exe().map_err(|e| fail(format!("cannot find this program's path: {e}")))?;
+    let p = me.with_file_name("clusterware-head");
+    if !p.is_file() {
+        return Err(fail(format!("{} is missing: install the ClusterWare head package first", p.display())));
+    }
+    Ok(p)
+}
+
+/// Starts the head: through systemd when it runs (unit installed and enabled), else directly
+/// as a background process (its output in the log directory).
+fn start_head(args: &Args, conf: &Path, log_dir: &Path) -> CliResult<(String, u32)> {
+    let bin = head_binary()?;
+    if systemd_runs() && !args.no_systemd {
+        let unit = format!(
+            "[Unit]\nDescription=ClusterWare head\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nExecStart={} --config {}\nExecReload=/bin/kill -HUP $MAINPID\nRestart=on-failure\nRestartSec=2\nLimitNOFILE=1048576\n\n[Install]\nWantedBy=multi-user.target\n",
+            bin.display(),
+            conf.display()
+        );
+        clusterware_shared::fsutil::write_atomic(Path::new(UNIT), None, unit.as_bytes(), Some(0o644))
+            .map_err(|e| fail(format!("cannot write {UNIT}: {e}")))?;
+        for a in [&["daemon-reload"][..], &["enable", "--now", "clusterware"][..]] {
+            let st = std::process::Command::new("systemctl")
+                .args(a)
+                .status()
+                .map_err(|e| fail(format!("cannot run systemctl: {e}")))?;
+            if !st.success() {
+                return Err(fail(format!("systemctl {} failed", a.join(" "))));
+            }
+        }
+        let pid = std::process::Command::new("systemctl")
+            .args(["show", "-p", "MainPID", "--value", "clusterware"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        return Ok((format!("systemd unit {UNIT} installed, enabled and started"), pid));
+    }
+    std::fs::create_dir_all(log_dir).map_err(|e| fail(format!("cannot create {}: {e}", log_dir.display())))?;
+    let out_path = log_dir.join("clusterware-head.out");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out_path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", out_path.display())))?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--config")
+        .arg(conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().map_err(|e| fail(e.to_string()))?)
+        .stderr(out);
+    // SAFETY: setsid in the child only, so it outlives this command's session.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| fail(format!("cannot start {}: {e}", bin.display())))?;
+    Ok((
+        format!(
+            "systemd is {}: started {} directly (pid {}, output in {})",
+            if args.no_systemd { "not used (--no-systemd)" } else { "not running here" },
+            bin.display(),
+            child.id(),
+            out_path.display()
+        ),
+        child.id(),
+    ))
+}
+
+/// Stops the local head (for --clear-all): SIGTERM, wait for it to go.
+fn stop_head(cfg: &Config) -> CliResult<()> {
+    let url = membership::local_url(cfg);
+    let Some(h) = membership::health(&url) else { return Ok(()) };
+    if systemd_runs() && Path::new(UNIT).exists() {
+        let _ = std::process::Command::new("systemctl").args(["stop", "clusterware"]).status();
+    } else if h.pid != 0 {
+        // SAFETY: kill(2) on the pid the local head reports.
+        unsafe { libc::kill(h.pid as i32, libc::SIGTERM) };
+    }
+    for _ in 0..150 {
+        if membership::health(&url).is_none() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(fail(format!("the head at {url} did not stop within 30 s")))
+}
+
+fn clear_all(conf: &Path, say: &dyn Fn(&str)) -> CliResult<()> {
+    if !conf.exists() {
+        return Ok(());
+    }
+    let cfg = Config::load(conf).map_err(|e| fail(e.to_string()))?.config;
+    let url = membership::local_url(&cfg);
+    if let Some(h) = membership::health(&url) {
+        if h.state == "serving" {
+            let token = admin_token(cfg.admin_pass.as_deref().unwrap_or(""));
+            if let Ok(info) = Client::to(&url, &token, 10).and_then(|c| c.get::<ClusterInfo>("/cluster")) {
+                let voting = info.members.iter().filter(|m| !m.learner).count();
+                if voting > 1 {
+                    return Err(fail(format!(
+                        "this head is one of the {voting} heads of a cluster: remove it first (`managedb leave`, or \
+                         `managedb eject` from another head; with two heads `managedb recover` on both)"
+                    )));
+                }
+            }
+        }
+    }
+    stop_head(&cfg)?;
+    let mut removed = Vec::new();
+    let mut rm = |p: &Path| {
+        if p.exists() {
+            let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+            match r {
+                Ok(()) => removed.push(p.display().to_string()),
+                Err(e) => say(&format!("cannot remove {}: {e}", p.display())),
+            }
+        }
+    };
+    rm(&cfg.storage_dir);
+    if let Some(db_dir) = cfg.database_path.parent() {
+        rm(db_dir);
+    }
+    if let Some(parent) = cfg.etcd_data_dir.parent() {
+        if let Ok(rd) = std::fs::read_dir(parent) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                let base = cfg.etcd_data_dir.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+                if n == base || n.starts_with("etcd-") || n.starts_with(&format!("{base}.old-")) {
+                    rm(&e.path());
+                }
+            }
+        }
+    }
+    let confdir = conf.parent().unwrap_or(Path::new("/"));
+    rm(&confdir.join("peers.json"));
+    rm(conf);
+    say(&format!("removed the previous installation: {}", removed.join(", ")));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    run("scyld-install", || install(&args))
+}
+
+fn install(args: &Args) -> CliResult<()> {
+    if !args.prefix.is_absolute() {
+        return Err(usage(format!("--prefix {}: give an absolute path", args.prefix.display())));
+    }
+    let json = args.json;
+    let say = |m: &str| {
+        if !json {
+            eprintln!("scyld-install: {m}");
+        }
+    };
+    let cluster = args.config.as_deref().map(parse_cluster_config).transpose()?;
+    let extra: Vec<(String, String)> = args
+        .set
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| usage(format!("--set {kv:?}: give KEY=VALUE")))
+        })
+        .collect::<CliResult<_>>()?;
+    let conf = args.prefix.join("conf/base.ini");
+    if args.clear_all {
+        clear_all(&conf, &say)?;
+    }
+    if conf.exists() {
+        let cfg = Config::load(&conf).map_err(|e| fail(e.to_string()))?.config;
+        let Some(target) = &args.join else {
+            return Err(fail(format!(
+                "ClusterWare is installed here already ({}): give --clear-all to reinstall, or --join IP_HEAD to join a \
+                 cluster",
+                conf.display()
+            )));
+        };
+        // An installed head joins like `managedb join`.
+        let password = password_for(args)?;
+        let url = membership::local_url(&cfg);
+        let log_dir = cfg.log_dir.clone();
+        let starter = || {
+            start_head(args, &conf, &log_dir).map(|(m, pid)| {
+                say(&m);
+                pid
+            })
+        };
+        let start = match membership::health(&url) {
+            Some(h) => Start::Running(h),
+            None => Start::With(&starter),
+        };
+        let j = membership::join(&conf, target, &password, start, &say)?;
+        return done_join(args, &j);
+    }
+    // A fresh installation.
+    let password = match &args.join {
+        Some(target) => {
+            let p = password_for(args)?;
+            // A wrong password or an unreachable head must leave nothing behind.
+            membership::check_access(target, &p, args.port)?;
+            p
+        }
+        None => random_password()?,
+    };
+    let p = &args.prefix;
+    let log_dir = if p == Path::new(DEFAULT_PREFIX) { PathBuf::from("/var/log/clusterware") } else { p.join("log") };
+    for d in [p.join("conf"), p.join("storage"), p.join("db"), log_dir.clone()] {
+        std::fs::create_dir_all(&d).map_err(|e| fail(format!("cannot create {}: {e}", d.display())))?;
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => clusterware_cli::head_name_of(&Config::default())?,
+    };
+    clusterware_shared::ids::validate_head_name(&name).map_err(|e| usage(format!("--name {name:?}: {e}")))?;
+    let ip = match args.ip {
+        Some(ip) => ip,
+        None => detect_ip(&name)?,
+    };
+    let database = if args.join.is_some() { "etcd" } else { args.database.as_str() };
+    let mut ini = format!(
+        "# ClusterWare head configuration, written by scyld-install\n\
+         database.admin_pass = {password}\n\
+         database.type = {database}\n\
+         database.path = {db}/cluster.redb\n\
+         database.data_dir = {p}/etcd\n\
+         database.client_port = {client}\n\
+         database.peer_port = {peer}\n\
+         database.initial_cluster = {name}=http://{ip}:{peer}\n\
+         database.cluster_token = clusterware-{token}\n\
+         head.name = {name}\n\
+         head.ip = {ip}\n\
+         head.port = {port}\n\
+         logging.dir = {log}\n\
+         local_files.path = {p}/storage\n",
+        db = p.join("db").display(),
+        p = p.display(),
+        client = args.client_port,
+        peer = args.peer_port,
+        token = &random_password()?[..16],
+        port = args.port,
+        log = log_dir.display(),
+    );
+    if let Some(c) = &cluster {
+        if let Some(i) = &c.interface {
+            ini.push_str(&format!("dhcp.interface = {i}\n"));
+        }
+        if let (Some(f), Some(l)) = (c.first, c.prefix_len) {
+            ini.push_str(&format!("dhcp.first_ip = {f}\ndhcp.netmask = {}\n", netmask(l)));
+        }
+        if let Some(d) = &c.domain {
+            ini.push_str(&format!("dhcp.domain = {d}\n"));
+        }
+    }
+    for (k, v) in &extra {
+        ini.push_str(&format!("{k} = {v}\n"));
+    }
+    Config::parse(&ini, &conf).map_err(|e| usage(format!("the configuration would be invalid: {e}")))?;
+    clusterware_shared::fsutil::write_atomic(&conf, None, ini.as_bytes(), Some(0o600))
+        .map_err(|e| fail(format!("cannot write {}: {e}", conf.display())))?;
+    say(&format!(
+        "wrote {} (mode 0600, with a {} database password)",
+        conf.display(),
+        if args.join.is_some() { "given" } else { "generated" }
+    ));
+    if let Some(target) = &args.join {
+        let starter = || {
+            start_head(args, &conf, &log_dir).map(|(m, pid)| {
+                say(&m);
+                pid
+            })
+        };
+        let j = membership::join(&conf, target, &password, Start::With(&starter), &say).inspect_err(|_| {
+            // A fresh installation that could not join leaves nothing behind.
+            let _ = std::fs::remove_file(&conf);
+        })?;
+        return done_join(args, &j);
+    }
+    let (how, pid) = start_head(args, &conf, &log_dir)?;
+    say(&how);
+    let url = format!("http://{ip}:{}", args.port);
+    let e = membership::Expect {
+        state: "serving",
+        name: Some(&name),
+        pid: (pid != 0).then_some(pid),
+        ..Default::default()
+    };
+    membership::wait_state(&url, &e, Duration::from_secs(120)).map_err(|last| {
+        fail(format!(
+            "the head did not start serving within 120 s (it reports {:?}); see {}",
+            last.map(|h| h.state),
+            log_dir.display()
+        ))
+    })?;
+    let mut created = 0;
+    if let Some(c) = &cluster {
+        if !c.nodes.is_empty() {
+            let first = c.first.expect("checked: nodes need an iprange");
+            let nodes = c
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, macs)| NodeSpec {
+                    macs: macs.clone(),
+                    ip: Some(Ipv4Addr::from(u32::from(first) + i as u32)),
+                    index: None,
+                    attributes: Default::default(),
+                })
+                .collect();
+            let client = Client::to(&url, &admin_token(&password), 120)?;
+            let r: NodeList = client.post("/nodes", &CreateNodes { nodes })?;
+            created = r.nodes.len();
+        }
+    }
+    if args.json {
+        print_json(
+            &serde_json::json!({"config": conf, "name": name, "ip": ip, "url": url, "database": database, "nodes": created}),
+        );
+    } else {
+        println!(
+            "installed head {name} at {url} ({database} database{}); the database password is database.admin_pass in {}",
+            if created > 0 { format!(", {created} nodes") } else { String::new() },
+            conf.display()
+        );
+    }
+    Ok(())
+}
+
+fn password_for(args: &Args) -> CliResult<String> {
+    match &args.database_passwd {
+        Some(p) if p.is_empty() => Err(usage("--database-passwd is empty")),
+        Some(p) => Ok(p.clone()),
+        None => clusterware_cli::read_password_tty(
+            "Database password of the head to join (database.admin_pass in its base.ini): ",
+            "give --database-passwd DBPASS",
+        ),
+    }
+}
+
+fn detect_ip(name: &str) -> CliResult<Ipv4Addr> {
+    use std::net::ToSocketAddrs;
+    (name, 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut it| {
+            it.find_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) if !v4.is_loopback() => Some(v4),
+                _ => None,
+            })
+        })
+        .ok_or_else(|| fail(format!("{name:?} resolves to no cluster address: give --ip")))
+}
+
+fn done_join(args: &Args, j: &membership::Joined) -> CliResult<()> {
+    if args.json {
+        print_json(j);
+    } else {
+        println!(
+            "joined the cluster of {} as etcd member {} ({} members now) in {:.1} s{}; the other heads take up the new \
+             membership by themselves (no restart needed)",
+            j.cluster_head,
+            j.member_id,
+            j.members,
+            j.seconds,
+            if j.converted { format!(" ({} was converted to etcd first)", j.cluster_head) } else { String::new() }
+        );
+    }
+    Ok(())
+}
+
+clusterware_cli::clap_consistency_test!(Args);
+
+#[cfg(test)]
+mod cluster_config_tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example_and_refuses_bad_lines() {
+        let dir = tempfile_dir();
+        let p = dir.join("cluster.conf");
+        std::fs::write(
+            &p,
+            "interface enp2s0 # cluster\niprange 10.54.0.100-10.54.0.199/24\ndomain c.local\nnode 52:54:00:00:00:01\nnode 52:54:00:00:00:02 52:54:00:00:01:02\n",
+        )
+        .unwrap();
+        let c = parse_cluster_config(&p).unwrap();
+        assert_eq!(c.interface.as_deref(), Some("enp2s0"));
+        assert_eq!(c.first, Some("10.54.0.100".parse().unwrap()));
+        assert_eq!(netmask(c.prefix_len.unwrap()), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[1].len(), 2);
+        for (bad, says) in [
+            ("iprange 10.0.0.1\n", "FIRST"),
+            ("node zz\n", "not a MAC"),
+            ("color blue\n", "unknown setting"),
+            ("node 52:54:00:00:00:01\n", "need an iprange"),
+            ("iprange 10.0.0.9-10.0.0.9/24\nnode 52:54:00:00:00:01\nnode 52:54:00:00:00:02\n", "do not fit"),
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            let e = parse_cluster_config(&p).unwrap_err();
+            assert!(e.message().contains(says), "{bad:?}: {}", e.message());
+        }
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cw-install-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

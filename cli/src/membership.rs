@@ -1,0 +1,430 @@
+//! Joining a head to a cluster, shared by `managedb join` and `scyld-install --join`, and the
+//! checks `managedb --heads` and `scyld-clusterctl heads ls -l` make (host names, clocks).
+//!
+//! A join: ask the head at IP_HEAD (with the database password) what its cluster is; convert
+//! it into a one-member etcd cluster first when it is a solo head on the embedded database;
+//! refuse what cannot work (wrong password, another cluster, a name or version clash); have it
+//! add this head's etcd member as a learner; rewrite this head's `base.ini` for the cluster;
+//! restart (or start) the local head daemon, which starts its member, asks to be promoted once
+//! caught up, and serves. If the local head does not come up as a member in time, the learner
+//! is removed and the old `base.ini` put back: a failed join changes nothing.
+
+use crate::{CliResult, Client, fail};
+use clusterware_shared::api::{ClusterInfo, DataSummary, HeadList, HeadRef, Health, MemberAdded, MembershipChange};
+use clusterware_shared::auth::admin_token;
+use clusterware_shared::config::{self, Config, DatabaseType, Membership};
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// `IP`, `IP:PORT` or a URL → the head's API base URL (`default_port` when none is given).
+pub fn head_url(target: &str, default_port: u16) -> CliResult<String> {
+    let t = target.trim().trim_end_matches('/');
+    if t.starts_with("http://") || t.starts_with("https://") {
+        return Ok(t.to_string());
+    }
+    let (host, port) = match t.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| crate::usage(format!("{target:?}: bad port")))?),
+        None => (t, default_port),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(crate::usage(format!("{target:?} is not IP_HEAD (an address, optionally :PORT)")));
+    }
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// The local head's API URL, from its configuration.
+pub fn local_url(cfg: &Config) -> String {
+    let ip = cfg.head_ip.map_or("127.0.0.1".to_string(), |i| i.to_string());
+    format!("http://{ip}:{}", cfg.head_port)
+}
+
+/// The local head's health, if it answers.
+pub fn health(url: &str) -> Option<Health> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().into();
+    let mut r = agent.get(format!("{url}/api/v1/health")).call().ok()?;
+    serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+}
+
+/// Sends SIGHUP to the local head daemon (it restarts in place with its configuration as it is
+/// now). Checks first that the pid is a `clusterware-head`.
+pub fn restart_local(h: &Health) -> CliResult<()> {
+    let cmd = std::fs::read(format!("/proc/{}/cmdline", h.pid)).unwrap_or_default();
+    if h.pid == 0 || !String::from_utf8_lossy(&cmd).contains("clusterware-head") {
+        return Err(fail(format!(
+            "the head answering locally (pid {}) is not a clusterware-head process on this machine; restart it by hand \
+             (systemctl restart clusterware)",
+            h.pid
+        )));
+    }
+    // SAFETY: kill(2) with a pid checked above.
+    if unsafe { libc::kill(h.pid as i32, libc::SIGHUP) } != 0 {
+        return Err(fail(format!(
+            "cannot signal the head daemon (pid {}): {} (run as root)",
+            h.pid,
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// What [`wait_state`] waits for.
+#[derive(Default)]
+pub struct Expect<'a> {
+    pub state: &'a str,
+    /// The database backend, when it matters.
+    pub database: Option<&'a str>,
+    /// The head's name (another head may answer on a shared port).
+    pub name: Option<&'a str>,
+    /// The daemon's process: if it is gone, waiting is over.
+    pub pid: Option<u32>,
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next() != Some('Z')))
+        .unwrap_or(false)
+}
+
+/// Waits until the head at `url` answers as expected; the last health seen otherwise.
+pub fn wait_state(url: &str, e: &Expect, within: Duration) -> Result<Health, Option<Health>> {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        if let Some(h) = health(url) {
+            if h.state == e.state
+                && e.database.is_none_or(|d| h.database == d)
+                && e.name.is_none_or(|n| h.name == n)
+                && e.pid.is_none_or(|p| h.pid == p)
+            {
+                return Ok(h);
+            }
+            last = Some(h);
+        }
+        if Instant::now() > deadline || e.pid.is_some_and(|p| !process_alive(p)) {
+            return Err(last);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An authenticated client for another head.
+fn remote(url: &str, password: &str, secs: u64) -> CliResult<Client> {
+    Client::to(url, &admin_token(password), secs)
+}
+
+/// Asks a head for its cluster; turns the usual failures into what the administrator must do.
+fn cluster_of(c: &Client, target: &str) -> CliResult<ClusterInfo> {
+    c.get_status::<ClusterInfo>("/cluster").map_err(|(status, m)| match status {
+        Some(403) => fail(format!(
+            "the head at {target} refused the database password: it is not that cluster's (see database.admin_pass in \
+             {} on {target})",
+            config::DEFAULT_CONFIG_PATH
+        )),
+        Some(409) => fail(format!("the head at {target} cannot take a join: {m}")),
+        None => fail(format!("cannot reach the head at {target}: {m}")),
+        Some(_) => fail(format!("the head at {target}: {m}")),
+    })
+}
+
+/// Checks that the head at `target` takes this password (before anything is written).
+pub fn check_access(target: &str, password: &str, default_port: u16) -> CliResult<ClusterInfo> {
+    let url = head_url(target, default_port)?;
+    cluster_of(&remote(&url, password, 30)?, target)
+}
+
+fn same_release(a: &str, b: &str) -> bool {
+    let mm = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    mm(a) == mm(b)
+}
+
+/// What a join did.
+#[derive(Debug, serde::Serialize)]
+pub struct Joined {
+    pub cluster_head: String,
+    pub member_id: String,
+    pub members: usize,
+    pub converted: bool,
+    pub discarded: Option<DataSummary>,
+    pub seconds: f64,
+}
+
+/// How the local head daemon is (re)started after the configuration changed.
+pub enum Start<'a> {
+    /// It runs: SIGHUP it.
+    Running(Health),
+    /// It does not run: this starts it and returns its pid.
+    With(&'a dyn Fn() -> CliResult<u32>),
+}
+
+/// Joins this head (configuration at `cfg_path`) to the cluster of the head at `target`.
+/// `say` prints progress.
+pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &dyn Fn(&str)) -> CliResult<Joined> {
+    let t0 = Instant::now();
+    let old_text =
+        std::fs::read_to_string(cfg_path).map_err(|e| fail(format!("cannot read {}: {e}", cfg_path.display())))?;
+    let cfg = Config::parse(&old_text, cfg_path).map_err(|e| fail(e.to_string()))?.config;
+    let name = crate::head_name_of(&cfg)?;
+    let ip = cfg.head_ip.ok_or_else(|| {
+        fail(format!("head.ip is not set in {}: the other heads need this head's cluster address", cfg_path.display()))
+    })?;
+    let url = head_url(target, cfg.head_port)?;
+    let c = remote(&url, password, 60)?;
+    let mut info = cluster_of(&c, target)?;
+    if !same_release(&info.version, clusterware_shared::VERSION) {
+        return Err(fail(format!(
+            "the head at {target} runs ClusterWare {} and this one {}: update both to the same release first",
+            info.version,
+            clusterware_shared::VERSION
+        )));
+    }
+    // This head's own state: in another cluster, or data that the join discards.
+    let local = local_url(&cfg);
+    let running = match &start {
+        Start::Running(h) => Some(h.clone()),
+        Start::With(_) => None,
+    };
+    if running.is_none()
+        && cfg.membership == Membership::Member
+        && cfg.database_type == DatabaseType::Etcd
+        && cfg.etcd_initial_cluster.as_deref().is_some_and(|c| c.contains(','))
+        && cfg.etcd_cluster_token != info.cluster_token
+    {
+        return Err(fail(format!(
+            "{} says this head belongs to a cluster of several heads: start it and leave that cluster first (`managedb \
+             leave`), or reinstall with `scyld-install --clear-all`",
+            cfg_path.display()
+        )));
+    }
+    let mut discarded = None;
+    if let (Some(h), Membership::Member) = (&running, cfg.membership) {
+        if h.state == "serving" {
+            if let Ok(mine) = Client::to(&local, &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), 10)
+                .and_then(|lc| lc.get::<ClusterInfo>("/cluster"))
+            {
+                let voting = mine.members.iter().filter(|m| !m.learner).count();
+                if mine.cluster_token == info.cluster_token && info.members.iter().any(|m| m.name == name) {
+                    return Err(fail(format!("this head ({name}) is already a member of the cluster at {target}")));
+                }
+                if voting > 1 {
+                    let names: Vec<&str> = mine.members.iter().map(|m| m.name.as_str()).collect();
+                    return Err(fail(format!(
+                        "this head is one of the {voting} heads of another cluster ({}): leave it first with `managedb \
+                         leave` (or eject it from there)",
+                        names.join(", ")
+                    )));
+                }
+                let d = mine.data.clone();
+                if d.nodes + d.images + d.boot_configs + d.files > 0 {
+                    // Nothing is lost: the records go to a file first (boot files stay in storage
+                    // until the first audit renames them .old.NN).
+                    let lc = Client::to(&local, &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), 300)?;
+                    let dump: clusterware_shared::api::DatabaseDump = lc.get("/database")?;
+                    let file = cfg_path.parent().unwrap_or(Path::new("/")).join(format!(
+                        "before-join-{}.json",
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                    ));
+                    let body = serde_json::to_vec_pretty(&dump).expect("a dump serialises");
+                    clusterware_shared::fsutil::write_atomic(&file, None, &body, Some(0o600))
+                        .map_err(|e| fail(format!("cannot save this head's data to {}: {e}", file.display())))?;
+                    say(&format!(
+                        "joining discards this head's own data ({} nodes, {} images, {} boot configs, {} files); a copy \
+                         of its database is in {} (`managedb load` puts it into an empty cluster; boot configs travel \
+                         with `scyld-bootctl export`)",
+                        d.nodes,
+                        d.images,
+                        d.boot_configs,
+                        d.files,
+                        file.display()
+                    ));
+                }
+                discarded = Some(d);
+            }
+        }
+    }
+    let mut converted = false;
+    match info.db_mode.as_str() {
+        "etcd-member" => {}
+        "embedded" => {
+            say(&format!(
+                "{} at {target} is a solo head on the embedded database: converting it into a one-member etcd cluster \
+                 first (its data is kept)",
+                info.head
+            ));
+            let _: MembershipChange = c.post("/database/convert", &serde_json::json!({"to": "etcd"}))?;
+            let e = Expect { state: "serving", database: Some("etcd"), name: Some(&info.head), pid: None };
+            wait_state(&url, &e, Duration::from_secs(300))
+                .map_err(|_| fail(format!("{} did not come back on etcd within 300 s; see its log", info.head)))?;
+            info = cluster_of(&c, target)?;
+            converted = true;
+        }
+        other => {
+            return Err(fail(format!(
+                "the head at {target} uses {other} (a database it does not run itself): point this head's \
+                 database.endpoints at the same etcd instead of joining"
+            )));
+        }
+    }
+    if info.members.iter().any(|m| m.name == name) {
+        return Err(fail(if info.cluster_token == cfg.etcd_cluster_token {
+            format!("this head ({name}) is already a member of the cluster at {target}")
+        } else {
+            format!(
+                "a head named {name} is already a member of the cluster at {target}: give this head another name \
+                 (head.name in {})",
+                cfg_path.display()
+            )
+        }));
+    }
+    let peer_url = format!("http://{ip}:{}", cfg.etcd_peer_port);
+    let added: MemberAdded = c
+        .post("/cluster/members", &clusterware_shared::api::AddMember { name: name.clone(), peer_url })
+        .map_err(|e| fail(format!("the head at {target} did not add this head: {}", e.message())))?;
+    say(&format!("added as etcd learner {} of the cluster at {target}; starting this head's member", added.id));
+    let base = cfg.etcd_data_dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let data_dir = base.join(format!("etcd-{}", added.id));
+    let peers: Vec<String> = added.peers.iter().filter(|u| **u != local).cloned().collect();
+    let pass_line = password.to_string();
+    let edits = [
+        ("database.type", Some("etcd")),
+        ("database.state", None),
+        ("database.admin_pass", Some(pass_line.as_str())),
+        ("database.initial_cluster", Some(added.initial_cluster.as_str())),
+        ("database.initial_cluster_state", Some("existing")),
+        ("database.cluster_token", Some(added.cluster_token.as_str())),
+        ("database.data_dir", Some(&*data_dir.to_string_lossy())),
+        ("database.peers", Some(&*peers.join(","))),
+        ("database.recover", None),
+        ("database.import_on_start", None),
+    ];
+    let undo = |why: String| -> crate::CliError {
+        let _ = c.post::<_, MembershipChange>("/cluster/eject", &HeadRef { head: name.clone() });
+        let _ = clusterware_shared::fsutil::write_atomic(cfg_path, None, old_text.as_bytes(), Some(0o600));
+        if let Some(h) = health(&local) {
+            let _ = restart_local(&h);
+        }
+        let _ = std::fs::remove_dir_all(&data_dir);
+        fail(format!("{why}; the join was undone (learner removed, {} restored)", cfg_path.display()))
+    };
+    if let Err(e) = config::edit(cfg_path, &edits) {
+        return Err(undo(format!("cannot rewrite {}: {e}", cfg_path.display())));
+    }
+    let r = match &start {
+        Start::Running(h) => restart_local(h).map(|()| h.pid),
+        Start::With(f) => f(),
+    };
+    let pid = match r {
+        Ok(pid) => pid,
+        Err(e) => return Err(undo(e.message().to_string())),
+    };
+    // Catching up copies the whole database: allow for a large one.
+    let e = Expect { state: "serving", database: Some("etcd"), name: Some(&name), pid: (pid != 0).then_some(pid) };
+    if let Err(last) = wait_state(&local, &e, Duration::from_secs(600)) {
+        let how = match last {
+            _ if pid != 0 && !process_alive(pid) => "exited".to_string(),
+            Some(h) if h.name != name => format!("is not answering at {local} (head {} answers there)", h.name),
+            Some(h) => format!("reports {:?} after 600 s", h.state),
+            None => "does not answer".to_string(),
+        };
+        return Err(undo(format!("this head's daemon {how} (see its log in {})", cfg.log_dir.display())));
+    }
+    // The old data dir of a former etcd member is of no use any more.
+    if cfg.database_type == DatabaseType::Etcd && cfg.etcd_data_dir != data_dir && cfg.etcd_endpoints.is_empty() {
+        let _ = std::fs::remove_dir_all(&cfg.etcd_data_dir);
+    }
+    let after = cluster_of(&c, target)?;
+    Ok(Joined {
+        cluster_head: info.head,
+        member_id: added.id,
+        members: after.members.len(),
+        converted,
+        discarded,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// A path in `base.ini` terms (for messages).
+pub fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Warnings about the heads the spec asks administrators to get right: every head's name must
+/// resolve on this head, and clocks must agree within a second.
+pub fn head_warnings(list: &HeadList) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in &list.heads {
+        if (h.name.as_str(), 0).to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
+            out.push(format!(
+                "head {} ({}): its name does not resolve on this head; add it to /etc/hosts or DNS on every head",
+                h.name, h.ip
+            ));
+        }
+        if !h.alive {
+            continue;
+        }
+        let t0 = now_ms();
+        if let Some(hh) = health(&h.api_url) {
+            let t1 = now_ms();
+            if let Some(skew) = clock_skew(t0, t1, hh.now_ms) {
+                out.push(format!(
+                    "head {} ({}): its clock differs from this head's by {:.1} s; run a common time service (chrony) \
+                     on every head",
+                    h.name,
+                    h.ip,
+                    skew as f64 / 1000.0
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The skew in ms when a clock read `theirs` between our `t0` and `t1` is more than a second
+/// off (the round trip's middle is our estimate of the moment it was read; a reading inside
+/// the round trip is no skew at all).
+pub fn clock_skew(t0: u64, t1: u64, theirs: u64) -> Option<u64> {
+    if theirs == 0 {
+        return None;
+    }
+    let off = if theirs < t0 {
+        t0 - theirs
+    } else if theirs > t1 {
+        theirs - t1
+    } else {
+        0
+    };
+    (off > 1000).then_some(off)
+}
+
+/// The configuration path the commands use.
+pub fn config_path(arg: Option<&Path>) -> PathBuf {
+    config::resolve_path(arg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_counts_only_what_lies_outside_the_round_trip() {
+        assert_eq!(clock_skew(1000, 1200, 1100), None);
+        assert_eq!(clock_skew(10_000, 10_200, 8_000), Some(2000));
+        assert_eq!(clock_skew(10_000, 10_200, 11_500), Some(1300));
+        assert_eq!(clock_skew(10_000, 10_200, 10_900), None);
+        assert_eq!(clock_skew(10_000, 10_200, 0), None);
+    }
+
+    #[test]
+    fn head_urls() {
+        assert_eq!(head_url("10.0.0.2", 80).unwrap(), "http://10.0.0.2:80");
+        assert_eq!(head_url("10.0.0.2:8080", 80).unwrap(), "http://10.0.0.2:8080");
+        assert_eq!(head_url("http://h:1/", 80).unwrap(), "http://h:1");
+        assert!(head_url("10.0.0.2:x", 80).is_err());
+        assert!(same_release("0.1.0", "0.1.7") && !same_release("0.1.0", "0.2.0"));
+    }
+}

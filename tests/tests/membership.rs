@@ -1,0 +1,342 @@
+//! Head membership with real etcd members: `scyld-install` and `--join` growing a cluster
+//! 1 → 2 → 3 → 5, `leave` and `eject`, heads that left or were ejected refusing every command,
+//! the two-head rules and `recover`, automatic failover (once, until reset; never for two
+//! failures at once), and the bad inputs of a join.
+
+use clusterware_tests::{Cluster, Head, LEASE_TTL, Out, address_block, cli, free_port, poll_until};
+use serde_json::{Value, json};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// Heads installed with `scyld-install` under one temp dir, on 127.A.B.11, .12, …
+struct Installed {
+    dir: TempDir,
+    block: (u8, u8),
+    heads: Vec<Head>,
+}
+
+/// What `scyld-install` needs for head `i` (1-based).
+struct Spot {
+    name: String,
+    ip: Ipv4Addr,
+    port: u16,
+    prefix: PathBuf,
+    args: Vec<String>,
+}
+
+impl Installed {
+    fn new() -> Installed {
+        Installed { dir: TempDir::with_prefix("cw-install-").unwrap(), block: address_block(), heads: Vec::new() }
+    }
+
+    fn spot(&self, i: usize) -> Spot {
+        let ip = Ipv4Addr::new(127, self.block.0, self.block.1, 10 + i as u8);
+        let name = format!("head{i}");
+        let prefix = self.dir.path().join(&name);
+        let port = free_port(ip);
+        let args = vec![
+            "--prefix".into(),
+            prefix.display().to_string(),
+            "--name".into(),
+            name.clone(),
+            "--ip".into(),
+            ip.to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--peer-port".into(),
+            free_port(ip).to_string(),
+            "--client-port".into(),
+            free_port(Ipv4Addr::LOCALHOST).to_string(),
+            "--no-systemd".into(),
+            "--set".into(),
+            format!("head.bind={ip}"),
+            "--set".into(),
+            format!("head.lease_ttl={LEASE_TTL}"),
+            "--set".into(),
+            "local_files.audit_interval=2".into(),
+        ];
+        Spot { name, ip, port, prefix, args }
+    }
+
+    fn install(&self, s: &Spot, extra: &[&str]) -> Out {
+        let mut a: Vec<&str> = s.args.iter().map(String::as_str).collect();
+        a.extend_from_slice(extra);
+        cli("scyld-install", &a)
+    }
+
+    /// Takes charge of the head `scyld-install` started.
+    fn adopt(&mut self, s: &Spot) -> usize {
+        let h = Head::adopt(&s.name, s.ip, s.port, s.prefix.join("conf/base.ini"), s.prefix.clone());
+        self.heads.push(h);
+        self.heads.len() - 1
+    }
+
+    fn target(&self, h: usize) -> String {
+        format!("{}:{}", self.heads[h].ip, self.heads[h].port)
+    }
+
+    fn password(&self) -> String {
+        let text = std::fs::read_to_string(&self.heads[0].config).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("database.admin_pass = ")).unwrap().to_string()
+    }
+}
+
+fn heads(h: &Head) -> Vec<(String, bool, String)> {
+    let v = h.cli("managedb", &["--heads", "--json"]).json();
+    v["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap().to_string(),
+                x["alive"].as_bool().unwrap(),
+                x["db_member"]["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn names(h: &Head) -> Vec<String> {
+    heads(h).into_iter().map(|x| x.0).collect()
+}
+
+fn voting(h: &Head) -> usize {
+    heads(h).iter().filter(|x| x.2 == "voting").count()
+}
+
+fn health(h: &Head) -> Value {
+    h.api("GET", "/health", None, None).1
+}
+
+#[test]
+fn install_join_grow_to_five_then_leave_eject_and_rejoin() {
+    let mut c = Installed::new();
+    // A fresh solo head: generated password in a 0600 base.ini, embedded database, started.
+    let s1 = c.spot(1);
+    let out = c.install(&s1, &[]);
+    assert!(out.ok().contains("installed head head1"), "{out:?}");
+    let conf = s1.prefix.join("conf/base.ini");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&conf).unwrap().permissions()) & 0o777;
+    assert_eq!(mode, 0o600);
+    let h1 = c.adopt(&s1);
+    assert_eq!(health(&c.heads[h1])["database"], "embedded");
+    // Installing again over it is refused.
+    let again = c.install(&s1, &[]);
+    assert!(again.code != 0 && again.stderr.contains("installed here already"), "{again:?}");
+    c.heads[h1].cli("scyld-nodectl", &["create", "--count", "3", "mac=52:54:00:e0:00:01", "ip=10.60.0.1"]).ok();
+    let pass = c.password();
+
+    // Bad input changes nothing: a wrong password, an unreachable head.
+    let s2 = c.spot(2);
+    let target = c.target(h1);
+    let wrong = c.install(&s2, &["--join", &target, "--database-passwd", "not-the-password"]);
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert!(wrong.stderr.contains("refused the database password"), "{wrong:?}");
+    assert!(!s2.prefix.exists(), "a refused join wrote nothing");
+    let nowhere = format!("{}:{}", Ipv4Addr::new(127, c.block.0, c.block.1, 99), free_port(Ipv4Addr::LOCALHOST));
+    let unreachable = c.install(&s2, &["--join", &nowhere, "--database-passwd", &pass]);
+    assert!(unreachable.code == 1 && unreachable.stderr.contains("cannot reach the head"), "{unreachable:?}");
+    // Without --database-passwd and without a terminal: a clear refusal.
+    let no_tty = c.install(&s2, &["--join", &target]);
+    assert!(no_tty.code == 1 && no_tty.stderr.contains("no terminal"), "{no_tty:?}");
+    assert_eq!(health(&c.heads[h1])["database"], "embedded", "the cluster is unchanged");
+
+    // 1 → 2: the solo head is converted into a one-member etcd cluster (its data kept), then
+    // joined; the new head takes everything from the database.
+    let out = c.install(&s2, &["--join", &target, "--database-passwd", &pass]);
+    assert!(out.ok().contains("converted to etcd first"), "{out:?}");
+    let h2 = c.adopt(&s2);
+    assert_eq!(health(&c.heads[h1])["database"], "etcd");
+    assert_eq!(c.heads[h2].cli("scyld-nodectl", &["ls"]).ok().lines().count(), 3);
+    assert_eq!(voting(&c.heads[h1]), 2);
+
+    // 2 → 3 → 5, each joining through a different head.
+    for i in 3..=5 {
+        let s = c.spot(i);
+        let via = c.target(i - 2);
+        let t0 = Instant::now();
+        let out = c.install(&s, &["--join", &via, "--database-passwd", &pass, "--json"]);
+        let j: Value = serde_json::from_str(out.ok()).unwrap();
+        assert_eq!(j["members"], i, "{j}");
+        c.adopt(&s);
+        eprintln!("head{i} joined in {:?}", t0.elapsed());
+    }
+    for h in &c.heads {
+        poll_until("every head sees five voting members", Duration::from_secs(20), || voting(h) == 5);
+    }
+    assert_eq!(c.heads[4].cli("scyld-nodectl", &["ls"]).ok().lines().count(), 3);
+
+    // leave (head5): it restarts detached and every command there says why.
+    let out = c.heads[4].cli("managedb", &["leave"]);
+    assert!(out.ok().contains("head5 left the cluster"), "{out:?}");
+    assert_eq!(health(&c.heads[4])["state"], "left");
+    let refused = c.heads[4].cli("scyld-nodectl", &["ls"]);
+    assert!(refused.code == 1 && refused.stderr.contains("left its cluster"), "{refused:?}");
+    assert!(refused.stderr.contains("managedb join"), "{refused:?}");
+    poll_until("head5 gone from the list", Duration::from_secs(30), || !names(&c.heads[0]).contains(&"head5".into()));
+
+    // eject (head4, shut down) from head1; ejecting the head one is on is refused.
+    let own = c.heads[0].cli("managedb", &["eject", &c.heads[0].ip.to_string()]);
+    assert!(own.code == 1 && own.stderr.contains("managedb leave"), "{own:?}");
+    c.heads[3].kill9();
+    let out = c.heads[0].cli("managedb", &["eject", &c.heads[3].ip.to_string()]);
+    assert!(out.ok().contains("ejected head4"), "{out:?}");
+    assert_eq!(names(&c.heads[0]), ["head1", "head2", "head3"]);
+    // The ejected head, started again, finds out and refuses every command.
+    c.heads[3].start();
+    poll_until("head4 detached", Duration::from_secs(60), || {
+        c.heads[3].try_health().is_some_and(|v| v["state"] == "ejected")
+    });
+    let refused = c.heads[3].cli("scyld-clusterctl", &["heads", "ls"]);
+    assert!(refused.code == 1 && refused.stderr.contains("ejected from its cluster"), "{refused:?}");
+    assert!(c.heads[3].config.exists());
+
+    // Both come back with `managedb join` (the departed head keeps the cluster's password).
+    for i in [3, 4] {
+        let via = c.target(1);
+        let out = c.heads[i].cli("managedb", &["join", &via]);
+        assert!(out.ok().contains("joined the cluster of head2"), "{out:?}");
+        assert_eq!(c.heads[i].cli("scyld-nodectl", &["ls"]).ok().lines().count(), 3);
+    }
+    poll_until("five voting members again", Duration::from_secs(20), || voting(&c.heads[0]) == 5);
+    // A head that is a member already is told so.
+    let dup = c.heads[4].cli("managedb", &["join", &c.target(0)]);
+    assert!(dup.code == 1 && dup.stderr.contains("already a member"), "{dup:?}");
+}
+
+#[test]
+fn two_heads_refuse_leave_and_eject_and_recover_into_two_solo_heads() {
+    let mut c = Installed::new();
+    let s1 = c.spot(1);
+    c.install(&s1, &["--database", "etcd"]).ok();
+    c.adopt(&s1);
+    let pass = c.password();
+    let s2 = c.spot(2);
+    c.install(&s2, &["--join", &c.target(0), "--database-passwd", &pass]).ok();
+    c.adopt(&s2);
+    c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:e1:00:01", "ip=10.61.0.1"]).ok();
+
+    // Another cluster (a solo head with its own password): head2 cannot join it while it is in
+    // this one.
+    let s3 = c.spot(3);
+    c.install(&s3, &[]).ok();
+    let other = c.adopt(&s3);
+    let other_pass = {
+        let text = std::fs::read_to_string(&c.heads[other].config).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("database.admin_pass = ")).unwrap().to_string()
+    };
+    let out = c.heads[1].cli("managedb", &["join", &c.target(other), "--database-passwd", &other_pass]);
+    assert!(out.code == 1 && out.stderr.contains("another cluster"), "{out:?}");
+    assert_eq!(health(&c.heads[other])["database"], "embedded", "the other cluster is unchanged");
+
+    // Two heads: leave and eject are refused with the spec's explanation.
+    let out = c.heads[1].cli("managedb", &["leave"]);
+    assert!(out.code == 1 && out.stderr.contains("managedb recover"), "{out:?}");
+    let out = c.heads[0].cli("managedb", &["eject", "head2"]);
+    assert!(out.code == 1 && out.stderr.contains("quorum"), "{out:?}");
+    assert_eq!(voting(&c.heads[0]), 2);
+
+    // recover on both: two solo heads, each with the data, each on its own.
+    for i in [0, 1] {
+        let out = c.heads[i].cli("managedb", &["recover"]);
+        assert!(out.ok().contains("one-member cluster"), "{out:?}");
+        assert!(out.stderr.contains("compete for the same booting nodes"), "{out:?}");
+    }
+    for i in [0, 1] {
+        let h = &c.heads[i];
+        poll_until("a one-head list", Duration::from_secs(30), || heads(h).len() == 1);
+        assert_eq!(names(h), [h.name.clone()]);
+        assert_eq!(h.cli("scyld-nodectl", &["ls"]).ok().trim(), "n0");
+        let mac = format!("52:54:00:e1:01:0{i}");
+        h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip=10.61.1.{i}")]).ok();
+    }
+    // Severed: what one creates the other does not see.
+    assert_eq!(c.heads[0].cli("scyld-nodectl", &["ls"]).ok().lines().count(), 2);
+    assert_eq!(c.heads[1].cli("scyld-nodectl", &["ls"]).ok().lines().count(), 2);
+    let v = c.heads[0].cli("scyld-nodectl", &["ls", "--json"]).json();
+    assert!(!v.to_string().contains("52:54:00:e1:01:01"), "{v}");
+    // And one can join the other again; its own data is saved, not lost.
+    let out = c.heads[1].cli("managedb", &["join", &c.target(0)]);
+    assert!(out.ok().contains("joined the cluster of head1"), "{out:?}");
+    assert!(out.stderr.contains("before-join-"), "{out:?}");
+    assert_eq!(voting(&c.heads[0]), 2);
+}
+
+/// Waits until `name` is shown as not alive by head `via`.
+fn wait_down(c: &Cluster, via: usize, name: &str) {
+    poll_until(&format!("{name} down"), Duration::from_secs(30), || {
+        heads(&c.heads[via]).iter().any(|x| x.0 == name && !x.1)
+    });
+}
+
+fn failover(c: &Cluster, via: usize) -> Value {
+    c.heads[via].cli("managedb", &["failover", "status", "--json"]).json()
+}
+
+#[test]
+fn automatic_failover_ejects_once_until_reset() {
+    let mut c = Cluster::etcd(4);
+    assert_eq!(failover(&c, 0)["enabled"], false, "off by default");
+    let bad = c.heads[0].cli("managedb", &["failover", "enable", "--timeout", "1"]);
+    assert!(bad.code == 1 && bad.stderr.contains("5 to 86400"), "{bad:?}");
+    c.heads[0].cli("managedb", &["failover", "enable", "--timeout", "5"]).ok();
+
+    // One head dies: ejected once, after the timeout; failover disarms.
+    c.heads[3].kill9();
+    let killed = Instant::now();
+    poll_until("head4 ejected", Duration::from_secs(60), || !names(&c.heads[0]).contains(&"head4".into()));
+    assert!(killed.elapsed() >= Duration::from_secs(5), "not before the timeout: {:?}", killed.elapsed());
+    let f = failover(&c, 1);
+    assert_eq!((f["armed"].as_bool(), f["last"]["head"].as_str()), (Some(false), Some("head4")), "{f}");
+    assert_eq!(voting(&c.heads[0]), 3);
+
+    // A second failure is not ejected while disarmed …
+    c.heads[2].kill9();
+    wait_down(&c, 0, "head3");
+    std::thread::sleep(Duration::from_secs(5 + 3));
+    assert!(names(&c.heads[0]).contains(&"head3".into()), "no cascade");
+    // … until an administrator resets failover.
+    c.heads[1].cli("managedb", &["failover", "reset"]).ok();
+    poll_until("head3 ejected after reset", Duration::from_secs(30), || !names(&c.heads[0]).contains(&"head3".into()));
+    assert_eq!(names(&c.heads[0]), ["head1", "head2"]);
+    let f = failover(&c, 0);
+    assert_eq!((f["armed"].as_bool(), f["last"]["head"].as_str()), (Some(false), Some("head3")), "{f}");
+    // The cluster kept serving throughout.
+    c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:e2:00:01", "ip=10.62.0.1"]).ok();
+}
+
+#[test]
+fn two_simultaneous_failures_eject_nothing_and_a_dead_learner_costs_no_quorum() {
+    let mut c = Cluster::etcd(5);
+    // A joining head whose member never answers: a learner, which does not count for quorum.
+    let ghost_ip = Ipv4Addr::new(127, 0, 0, 1);
+    let ghost = json!({"name": "ghost", "peer_url": format!("http://{ghost_ip}:{}", free_port(ghost_ip))});
+    let (status, v) = c.heads[0].api("POST", "/cluster/members", Some(&c.token), Some(&ghost));
+    assert_eq!(status, 200, "{v}");
+    // Bad requests are refused and add nothing.
+    for bad in [json!({"name": "x y", "peer_url": "http://127.0.0.1:1"}), json!({"name": "ok", "peer_url": "ftp://a"})]
+    {
+        let (status, _) = c.heads[0].api("POST", "/cluster/members", Some(&c.token), Some(&bad));
+        assert_eq!(status, 400);
+    }
+    let (_, info) = c.heads[0].api("GET", "/cluster", Some(&c.token), None);
+    assert_eq!(info["members"].as_array().unwrap().len(), 6, "{info}");
+
+    c.heads[0].cli("managedb", &["failover", "enable", "--timeout", "5"]).ok();
+    c.heads[3].kill9();
+    c.heads[4].kill9();
+    wait_down(&c, 0, "head4");
+    wait_down(&c, 0, "head5");
+    std::thread::sleep(Duration::from_secs(5 + 3));
+    assert_eq!(names(&c.heads[0]), ["head1", "head2", "head3", "head4", "head5"], "nothing ejected");
+    let f = failover(&c, 0);
+    assert_eq!((f["armed"].as_bool(), f["last"].is_null()), (Some(true), true), "{f}");
+    // Three of five voting members: quorum, the learner notwithstanding.
+    c.heads[1].cli("scyld-nodectl", &["create", "mac=52:54:00:e3:00:01", "ip=10.63.0.1"]).ok();
+    // The dead learner goes by its address.
+    let out = c.heads[2].cli("managedb", &["eject", "127.0.0.1"]);
+    assert!(out.ok().contains("ejected"), "{out:?}");
+}
