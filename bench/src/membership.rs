@@ -39,7 +39,13 @@ fn bare_join(c: &Cluster, ip: Ipv4Addr) -> Duration {
     let client = format!("http://127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
     let dir = c.dir().join("bare-etcd");
     let t0 = Instant::now();
-    let out = etcdctl(&endpoint, &["member", "add", "bare", &format!("--peer-urls={peer}"), "--learner"]);
+    let add = || etcdctl(&endpoint, &["member", "add", "bare", &format!("--peer-urls={peer}"), "--learner"]);
+    let mut out = add();
+    // etcd refuses a membership change until every member has been connected for 5 s.
+    while !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unhealthy cluster") {
+        std::thread::sleep(Duration::from_millis(500));
+        out = add();
+    }
     assert!(out.status.success(), "member add: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let initial = text
@@ -83,19 +89,26 @@ pub fn bench_membership(r: &mut Report) {
     let nodes = 10_000u32;
     let files = 1_000usize;
     let mut c = Cluster::etcd(3);
-    c.heads[0].cli("scyld-nodectl", &["create", "--count", &nodes.to_string(), "mac=52:54:01:00:00:00", "ip=10.80.0.1"]).ok();
+    c.heads[0]
+        .cli("scyld-nodectl", &["create", "--count", &nodes.to_string(), "mac=52:54:01:00:00:00", "ip=10.80.0.1"])
+        .ok();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     for i in 0..files {
         let body = format!("boot file {i}\n").repeat(64);
         let url = format!("{}/api/v1/files?name=f{i}&kind=kernel&size={}", c.heads[0].url(), body.len());
-        let r = agent.put(&url).header("Authorization", format!("Bearer {}", c.token)).send(body.as_bytes()).expect("upload");
+        let r = agent
+            .put(&url)
+            .header("Authorization", format!("Bearer {}", c.token))
+            .send(body.as_bytes())
+            .expect("upload");
         assert_eq!(r.status().as_u16(), 201, "upload {i}");
     }
     let ip4 = Ipv4Addr::new(c.heads[0].ip.octets()[0], c.heads[0].ip.octets()[1], c.heads[0].ip.octets()[2], 14);
     let ip5 = Ipv4Addr::new(ip4.octets()[0], ip4.octets()[1], ip4.octets()[2], 15);
 
-    // The bare etcd join first (then removed), then the head's; a pause between lets etcd see
-    // every member connected again (it refuses membership changes for 5 s after one).
+    // The bare etcd join first (then removed), then the head's; a pause before each lets etcd
+    // see every member connected (it refuses membership changes for 5 s after one).
+    std::thread::sleep(Duration::from_secs(6));
     let bare = bare_join(&c, ip5);
     std::thread::sleep(Duration::from_secs(6));
     let prefix = c.dir().join("head4");

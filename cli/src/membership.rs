@@ -14,7 +14,7 @@ use clusterware_shared::api::{ClusterInfo, DataSummary, HeadList, HeadRef, Healt
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{self, Config, DatabaseType, Membership};
 use std::net::ToSocketAddrs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// `IP`, `IP:PORT` or a URL → the head's API base URL (`default_port` when none is given).
@@ -83,7 +83,7 @@ pub struct Expect<'a> {
 fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next() != Some('Z')))
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 
@@ -105,7 +105,7 @@ pub fn wait_state(url: &str, e: &Expect, within: Duration) -> Result<Health, Opt
         if Instant::now() > deadline || e.pid.is_some_and(|p| !process_alive(p)) {
             return Err(last);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -344,11 +344,6 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     })
 }
 
-/// A path in `base.ini` terms (for messages).
-pub fn show(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// Warnings about the heads the spec asks administrators to get right: every head's name must
 /// resolve on this head, and clocks must agree within a second.
 pub fn head_warnings(list: &HeadList) -> Vec<String> {
@@ -399,11 +394,6 @@ pub fn clock_skew(t0: u64, t1: u64, theirs: u64) -> Option<u64> {
         0
     };
     (off > 1000).then_some(off)
-}
-
-/// The configuration path the commands use.
-pub fn config_path(arg: Option<&Path>) -> PathBuf {
-    config::resolve_path(arg)
 }
 
 #[cfg(test)]

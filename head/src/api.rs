@@ -262,19 +262,18 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn require_admin(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let given =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix(BEARER));
-    match given {
-        None => ApiFailure::Unauthorized.into_response(),
-        Some(t) if !tokens_equal(t.trim(), &st.token) => {
-            let path = req
-                .extensions()
-                .get::<OriginalUri>()
-                .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
-            tracing::warn!(%path, "request with a wrong admin credential refused");
-            ApiFailure::Forbidden.into_response()
+    match check_token(req.headers(), &st.token) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            if matches!(e, ApiFailure::Forbidden) {
+                let path = req
+                    .extensions()
+                    .get::<OriginalUri>()
+                    .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+                tracing::warn!(%path, "request with a wrong admin credential refused");
+            }
+            e.into_response()
         }
-        Some(_) => next.run(req).await,
     }
 }
 

@@ -200,13 +200,13 @@ async fn wait_for_etcd(
             Err(e) if ctl.is_some() && e.to_string().contains("learner") => {
                 // Catching up with 10,000 nodes takes a while: a learner is making progress.
                 start = Instant::now();
-                if last_ask.elapsed() > Duration::from_millis(500) {
+                if last_ask.elapsed() > Duration::from_millis(100) {
                     if let Some(c) = ctl {
                         c.request_promotion(&peers).await;
                     }
                     last_ask = Instant::now();
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(last) if start.elapsed() > limit => {
                 return Err(StartError::DbNotReady { secs: cfg.db_ready_timeout_secs, last, hint });
@@ -225,7 +225,7 @@ async fn wait_for_etcd(
                     tracing::info!(error = %e, "waiting for the cluster database (an etcd cluster needs a quorum of its members)");
                     last_report = Instant::now();
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }

@@ -88,11 +88,17 @@ fn sweep_leftovers() {
     });
 }
 
+fn is_head_process(pid: u32) -> bool {
+    proc_alive(pid)
+        && String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .contains("clusterware-head")
+}
+
 /// True while the process exists and is not a zombie.
 pub fn proc_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next() != Some('Z')))
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 
@@ -263,8 +269,9 @@ impl Head {
 
     /// `kill -9`.
     pub fn kill9(&mut self) {
-        if let Some(pid) = self.adopted.take() {
-            // SAFETY: kill(2) on the head process this harness adopted.
+        if let Some(pid) = self.adopted.take().filter(|p| is_head_process(*p)) {
+            // SAFETY: kill(2) on the head process this harness adopted (checked above: the pid
+            // was not reused after the head exited by itself).
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while proc_alive(pid) && Instant::now() < deadline {
@@ -280,8 +287,8 @@ impl Head {
     /// SIGTERM and wait for a clean exit; returns the exit code (an adopted head's is unknown:
     /// 0 once it is gone).
     pub fn stop(&mut self) -> Option<i32> {
-        if let Some(pid) = self.adopted.take() {
-            // SAFETY: kill(2) on the head process this harness adopted.
+        if let Some(pid) = self.adopted.take().filter(|p| is_head_process(*p)) {
+            // SAFETY: kill(2) on the head process this harness adopted (checked above).
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             poll_until(&format!("{} to stop", self.name), Duration::from_secs(20), || !proc_alive(pid));
             return Some(0);

@@ -5,7 +5,7 @@
 
 use clusterware_tests::{Cluster, Head, LEASE_TTL, Out, address_block, cli, free_port, poll_until};
 use serde_json::{Value, json};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -167,6 +167,15 @@ fn install_join_grow_to_five_then_leave_eject_and_rejoin() {
     for h in &c.heads {
         poll_until("every head sees five voting members", Duration::from_secs(20), || voting(h) == 5);
     }
+    // The checks the spec asks for: head names must resolve on every head.
+    let listed = c.heads[0].cli("managedb", &["--heads"]);
+    let resolves = ("head3", 0).to_socket_addrs().is_ok_and(|mut a| a.next().is_some());
+    assert_eq!(listed.ok().matches("connected").count(), 5);
+    assert_eq!(
+        listed.stderr.contains("head3 (") && listed.stderr.contains("does not resolve"),
+        !resolves,
+        "{listed:?}"
+    );
     assert_eq!(c.heads[4].cli("scyld-nodectl", &["ls"]).ok().lines().count(), 3);
 
     // leave (head5): it restarts detached and every command there says why.
@@ -231,6 +240,11 @@ fn two_heads_refuse_leave_and_eject_and_recover_into_two_solo_heads() {
     let out = c.heads[1].cli("managedb", &["join", &c.target(other), "--database-passwd", &other_pass]);
     assert!(out.code == 1 && out.stderr.contains("another cluster"), "{out:?}");
     assert_eq!(health(&c.heads[other])["database"], "embedded", "the other cluster is unchanged");
+
+    // A head of a multi-head cluster is not wiped by a reinstall.
+    let out = c.install(&s2, &["--clear-all"]);
+    assert!(out.code == 1 && out.stderr.contains("managedb leave"), "{out:?}");
+    assert!(s2.prefix.join("conf/base.ini").exists());
 
     // Two heads: leave and eject are refused with the spec's explanation.
     let out = c.heads[1].cli("managedb", &["leave"]);
@@ -339,4 +353,45 @@ fn two_simultaneous_failures_eject_nothing_and_a_dead_learner_costs_no_quorum() 
     // The dead learner goes by its address.
     let out = c.heads[2].cli("managedb", &["eject", "127.0.0.1"]);
     assert!(out.ok().contains("ejected"), "{out:?}");
+}
+
+#[test]
+fn install_from_a_cluster_configuration_and_reinstall_with_clear_all() {
+    let mut c = Installed::new();
+    let s1 = c.spot(1);
+    let conf = c.dir.path().join("cluster.conf");
+    std::fs::write(
+        &conf,
+        "# two racks\niprange 10.64.0.10-10.64.0.20/24\ndomain cluster.test\nnode 52:54:00:e4:00:01\nnode 52:54:00:e4:00:02 52:54:00:e4:01:02\n",
+    )
+    .unwrap();
+    let out = c.install(&s1, &["--config", conf.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(v["nodes"], 2, "{v}");
+    let h = c.adopt(&s1);
+    let ini = std::fs::read_to_string(&c.heads[h].config).unwrap();
+    assert!(ini.contains("dhcp.first_ip = 10.64.0.10") && ini.contains("dhcp.netmask = 255.255.255.0"), "{ini}");
+    assert!(ini.contains("dhcp.domain = cluster.test"), "{ini}");
+    let long = c.heads[h].cli("scyld-nodectl", &["ls", "-l"]);
+    assert!(long.ok().contains("10.64.0.10") && long.stdout.contains("10.64.0.11"), "{long:?}");
+    assert!(long.stdout.contains("52:54:00:e4:01:02"), "{long:?}");
+    let old_pass = c.password();
+
+    // A malformed configuration is refused before anything changes.
+    let bad = c.dir.path().join("bad.conf");
+    std::fs::write(&bad, "node 52:54:00:e4:00:09\n").unwrap();
+    let out = c.install(&s1, &["--clear-all", "--config", bad.to_str().unwrap()]);
+    assert!(out.code != 0 && out.stderr.contains("need an iprange"), "{out:?}");
+    assert_eq!(c.heads[h].cli("scyld-nodectl", &["ls"]).ok().lines().count(), 2, "the head is untouched");
+
+    // --clear-all: the old head stops, its state goes, a new one starts from the configuration.
+    std::fs::write(&conf, "iprange 10.65.0.1/16\nnode 52:54:00:e5:00:01\n").unwrap();
+    let out = c.install(&s1, &["--clear-all", "--config", conf.to_str().unwrap()]);
+    assert!(out.ok().contains("1 nodes"), "{out:?}");
+    assert!(out.stderr.contains("removed the previous installation"), "{out:?}");
+    c.heads.clear();
+    let h = c.adopt(&s1);
+    assert_ne!(c.password(), old_pass, "a new password");
+    let long = c.heads[h].cli("scyld-nodectl", &["ls", "-l"]);
+    assert!(long.ok().contains("52:54:00:e5:00:01") && !long.stdout.contains("52:54:00:e4"), "{long:?}");
 }

@@ -264,6 +264,16 @@ fn three_heads_boot_nodes_alike() {
     assert_eq!(after.len(), 3, "still answering after garbage");
     let log1 = std::fs::read_to_string(h.dir.join("log/head_head1.log")).unwrap();
     assert!(log1.contains("unknown MAC"), "unknown MACs are logged");
+
+    // Degraded: with two of three heads gone the last has no quorum, and still answers known
+    // nodes from its last view of the node table.
+    c.heads[1].kill9();
+    c.heads[2].kill9();
+    let refused = c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:a8:0e:01"]);
+    assert!(refused.code == 1 && refused.stderr.contains("quorum"), "{refused:?}");
+    let alone = offers(&capture, local, bcast, discover(n0, None, false), Duration::from_millis(1500));
+    assert_eq!(alone.len(), 1, "{alone:?}");
+    assert_eq!((alone[0].0, alone[0].1), (heads[0], seg.addr(101)), "{alone:?}");
 }
 
 /// QEMU's own iPXE ROM boots from a head: DHCP, the boot script, kernel and initramfs over HTTP,
