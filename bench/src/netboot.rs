@@ -161,15 +161,7 @@ pub fn bench_boot(r: &mut Report) {
     eprintln!("cw-bench: network boot into the agent…");
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.img");
-    run_ok(
-        Command::new(bin_dir.join("scyld-mkinitramfs"))
-            .arg("--agent")
-            .arg(&agent)
-            .args(["--kernel-version", &k.version, "--modules-root"])
-            .arg(&k.root)
-            .args(["--module", "virtio_net", "--module", "virtio_pci", "-o"])
-            .arg(&initrd),
-    );
+    k.initramfs(&agent, &initrd);
     let rootfs = dir.path().join("root");
     for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();

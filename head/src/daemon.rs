@@ -161,10 +161,6 @@ async fn open_database(
     }
 }
 
-fn name_of(ctl: Option<&Control>) -> &str {
-    ctl.map_or("", |c| c.name.as_str())
-}
-
 /// Waits until the database answers. With this head's own member (`ctl`), a learner (a head
 /// that is joining) asks the other heads to promote it, which they do once it has caught up;
 /// it then keeps waiting as long as that takes. A member that cannot reach a quorum asks the other
@@ -184,7 +180,8 @@ async fn wait_for_etcd(
         let connected = match Etcd::connect(endpoints, cfg.max_txn_ops).await {
             // A learner may answer some reads: this head serves only once it votes.
             Ok(e) if ctl.is_some() => match e.members().await {
-                Ok(ms) if ms.iter().any(|m| m.name == name_of(ctl) && m.is_learner) => {
+                // By peer URL: a new member publishes its name only some time after it starts.
+                Ok(ms) if ms.iter().any(|m| m.is_learner && ctl.is_some_and(|c| c.is_me(m))) => {
                     Err(DbError::Unavailable("this head's etcd member is a learner".into()))
                 }
                 Ok(_) => Ok(e),

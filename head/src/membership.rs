@@ -87,6 +87,11 @@ impl Control {
         }
     }
 
+    /// This head's own etcd member (by peer URL: a new member's name is published later).
+    pub fn is_me(&self, m: &Member) -> bool {
+        m.peer_urls.contains(&self.peer_url) || (!m.name.is_empty() && m.name == self.name)
+    }
+
     /// Asks the daemon to restart itself (after the answer to the current request is sent).
     pub fn request_restart(&self) {
         self.restart.notify_one();
@@ -166,6 +171,19 @@ impl Control {
                 }
                 Err(e) => tracing::debug!(via = %url, error = %e, "cannot ask for promotion"),
             }
+        }
+        false
+    }
+
+    /// True when a head of the cluster that answers no longer lists this head as a member.
+    pub async fn removed_per_peers(&self, peers: &[String]) -> bool {
+        for _ in 0..20 {
+            for url in peers {
+                if let Some(info) = self.peer_get::<ClusterInfo>(url, "/cluster").await {
+                    return !info.members.iter().any(|m| m.name == self.name || m.peer_urls.contains(&self.peer_url));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         false
     }
@@ -370,10 +388,11 @@ pub async fn add_member(db: &Database, ctl: &Control, req: &AddMember, cluster_t
 pub async fn promote(db: &Database, ctl: &Control, name: &str) -> Result<MembershipChange> {
     require_member_mode(ctl, "promote")?;
     let members = db.members().await?;
+    // A new member is named by its peer URL until it has published its name.
     let m = members
         .iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| MembershipError::NotFound(format!("no member named {name:?} (has its etcd started?)")))?;
+        .find(|m| (!m.name.is_empty() && m.name == name) || m.peer_urls.iter().any(|u| u == name))
+        .ok_or_else(|| MembershipError::NotFound(format!("no member {name:?} (has its etcd started?)")))?;
     if !m.is_learner {
         return Ok(MembershipChange {
             message: format!("{name} is a voting member"),
@@ -513,7 +532,7 @@ pub async fn leave(db: &Database, ctl: &Control) -> Result<MembershipChange> {
     let members = db.members().await?;
     let me = members
         .iter()
-        .find(|m| m.name == ctl.name)
+        .find(|m| ctl.is_me(m))
         .cloned()
         .ok_or_else(|| MembershipError::NotFound("this head is not among the database members".into()))?;
     if voting(&members) <= 1 {
@@ -526,7 +545,15 @@ pub async fn leave(db: &Database, ctl: &Control) -> Result<MembershipChange> {
     if !me.is_learner && voting(&members) <= 2 {
         return Err(MembershipError::Refused(format!("cannot leave: {TWO_HEADS}")));
     }
-    remove_member(db, me.id).await?;
+    let others: Vec<String> =
+        head_records(db).await?.into_iter().map(|h| h.api_url).filter(|u| *u != ctl.api_url).collect();
+    if let Err(e) = remove_member(db, me.id).await {
+        // A member that removes itself may stop before it answers ("server stopped"): the
+        // other heads tell whether the removal happened.
+        if !ctl.removed_per_peers(&others).await {
+            return Err(e);
+        }
+    }
     // The other heads remove this head's records (it can no longer write once its member is
     // gone).
     config::edit(&ctl.config_path, &[("database.state", Some("left"))])?;
@@ -860,7 +887,7 @@ pub async fn watch_membership(db: Database, ctl: std::sync::Arc<Control>, mut st
             continue;
         }
         match db.members().await {
-            Ok(ms) if ms.iter().any(|m| m.name == ctl.name) => {
+            Ok(ms) if ms.iter().any(|m| ctl.is_me(m)) => {
                 failures = 0;
                 if let Err(e) = tidy_departed(&db, &ms).await {
                     tracing::debug!(error = %e, "cannot tidy departed heads' records");

@@ -411,13 +411,7 @@ impl Config {
                         .collect::<Result<_, _>>()
                         .map_err(bad)?
                 }
-                "rebalance.enabled" => {
-                    c.rebalance_enabled = match value {
-                        "yes" | "true" | "1" | "on" => true,
-                        "no" | "false" | "0" | "off" => false,
-                        _ => return Err(bad(format!("{value:?} is not yes or no"))),
-                    }
-                }
+                "rebalance.enabled" => c.rebalance_enabled = bool_value(value).map_err(bad)?,
                 "rebalance.interval" => c.rebalance_interval_secs = int_value(value, 1, 86_400).map_err(bad)?,
                 "rebalance.threshold" => {
                     c.rebalance_threshold_pct = int_value(value.trim_end_matches('%'), 1, 1000).map_err(bad)? as u32
@@ -454,13 +448,7 @@ impl Config {
                 }
                 "dhcp.domain" => c.boot.domain = Some(value.to_string()),
                 "dhcp.lease_time" => c.boot.lease_secs = int_value(value, 60, 31_536_000).map_err(bad)? as u32,
-                "dhcp.register_unknown" => {
-                    c.boot.register_unknown = match value {
-                        "yes" | "true" | "1" | "on" => true,
-                        "no" | "false" | "0" | "off" => false,
-                        _ => return Err(bad(format!("{value:?} is not yes or no"))),
-                    }
-                }
+                "dhcp.register_unknown" => c.boot.register_unknown = bool_value(value).map_err(bad)?,
                 "dhcp.first_ip" => {
                     c.boot.first_ip = Some(value.parse().map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?)
                 }
@@ -475,13 +463,7 @@ impl Config {
                         c.boot.efi_file = value.to_string()
                     }
                 }
-                "dhcp.ipv6_ra" => {
-                    c.boot.ra = match value {
-                        "yes" | "true" | "1" | "on" => true,
-                        "no" | "false" | "0" | "off" => false,
-                        _ => return Err(bad(format!("{value:?} is not yes or no"))),
-                    }
-                }
+                "dhcp.ipv6_ra" => c.boot.ra = bool_value(value).map_err(bad)?,
                 "tftp.port" => c.boot.tftp_port = port_value(value).map_err(bad)?,
                 "tftp.dir" => c.boot.tftp_dir = path_value(value).map_err(bad)?,
                 "power.ipmitool" => c.ipmitool = path_value(value).map_err(bad)?,

@@ -43,6 +43,21 @@ impl Kernel {
     pub fn require() -> Kernel {
         Kernel::find().expect("Debian's kernel is not in target/netboot: run `make netboot-kernel` (make test does)")
     }
+
+    /// Writes an initramfs for this kernel with `scyld-mkinitramfs`: `agent` as /init and the
+    /// virtio network drivers QEMU's NIC needs.
+    pub fn initramfs(&self, agent: &Path, out: &Path) {
+        let o = Command::new(crate::bin("scyld-mkinitramfs"))
+            .arg("--agent")
+            .arg(agent)
+            .args(["--kernel-version", &self.version, "--modules-root"])
+            .arg(&self.root)
+            .args(["--module", "virtio_net", "--module", "virtio_pci", "-o"])
+            .arg(out)
+            .output()
+            .expect("run scyld-mkinitramfs");
+        assert!(o.status.success(), "scyld-mkinitramfs: {}", String::from_utf8_lossy(&o.stderr));
+    }
 }
 
 /// The static agent built by `make agent`.

@@ -56,18 +56,10 @@ fn status(c: &Cluster, via: usize, node: &str) -> Value {
 /// Kernel, initramfs and the registered busybox image, as boot config `e2e` (the default).
 fn prepare(c: &Cluster, dir: &Path) {
     let k = Kernel::require();
-    let (root, version, vmlinuz) = (k.root, k.version, k.vmlinuz);
     let agent = static_agent();
     let initrd = dir.join("initrd.img");
-    run_ok(
-        Command::new(bin("scyld-mkinitramfs"))
-            .arg("--agent")
-            .arg(&agent)
-            .args(["--kernel-version", &version, "--modules-root"])
-            .arg(&root)
-            .args(["--module", "virtio_net", "--module", "virtio_pci", "-o"])
-            .arg(&initrd),
-    );
+    k.initramfs(&agent, &initrd);
+    let vmlinuz = k.vmlinuz;
     let rootfs = dir.join("root");
     busybox_root(&rootfs);
     // The test reads the node's files from its console: every 2 s they are printed there.

@@ -214,6 +214,14 @@ fn install_join_grow_to_five_then_leave_eject_and_rejoin() {
     // A head that is a member already is told so.
     let dup = c.heads[4].cli("managedb", &["join", &c.target(0)]);
     assert!(dup.code == 1 && dup.stderr.contains("already a member"), "{dup:?}");
+
+    // A running head that is ejected notices by itself (its member stops) and detaches.
+    let out = c.heads[0].cli("managedb", &["eject", "head5"]);
+    assert!(out.ok().contains("ejected head5"), "{out:?}");
+    poll_until("the running head5 detached", Duration::from_secs(60), || {
+        c.heads[4].try_health().is_some_and(|v| v["state"] == "ejected")
+    });
+    assert_eq!(voting(&c.heads[1]), 4);
 }
 
 #[test]

@@ -34,7 +34,8 @@ const UNIT: &str = "/etc/systemd/system/clusterware.service";
 ///
 /// It sets up ClusterWare's own files (base.ini, directories, the systemd unit) and starts the
 /// head. Installing distribution packages is outside its job: install etcd-server (for etcd),
-/// ipxe, ipmitool and the ClusterWare binaries with your package manager first.
+/// etcd-client (for `managedb recover`), ipxe, ipmitool and the ClusterWare binaries with your
+/// package manager first.
 #[derive(Parser)]
 #[command(name = "scyld-install", version)]
 struct Args {
@@ -67,9 +68,10 @@ struct Args {
     /// Port of the head's HTTP API and boot files
     #[arg(long, default_value_t = 80)]
     port: u16,
-    /// Ports of this head's etcd member (peers on --ip, clients on 127.0.0.1)
+    /// Port of this head's etcd member for the other heads' members (on --ip)
     #[arg(long, default_value_t = 2380)]
     peer_port: u16,
+    /// Port of this head's etcd member for this head (on 127.0.0.1)
     #[arg(long, default_value_t = 2379)]
     client_port: u16,
     /// Do not install a systemd unit even when systemd runs: start the head directly
