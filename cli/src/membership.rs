@@ -201,7 +201,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     if let (Some(h), Membership::Member) = (&running, cfg.membership) {
         if h.state == "serving" {
             if let Ok(mine) = Client::to(&local, &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), 10)
-                .and_then(|lc| lc.get::<ClusterInfo>("/cluster"))
+                .and_then(|lc| lc.get::<ClusterInfo>("/cluster?data=1"))
             {
                 let voting = mine.members.iter().filter(|m| !m.learner).count();
                 if mine.cluster_token == info.cluster_token && info.members.iter().any(|m| m.name == name) {
@@ -215,7 +215,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
                         names.join(", ")
                     )));
                 }
-                let d = mine.data.clone();
+                let d = mine.data.clone().unwrap_or_default();
                 if d.nodes + d.images + d.boot_configs + d.files > 0 {
                     // Nothing is lost: the records go to a file first (boot files stay in storage
                     // until the first audit renames them .old.NN).

@@ -352,8 +352,9 @@ pub fn detached_router(name: String, state: Membership) -> Router {
     })
 }
 
-async fn cluster_info(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    let i = crate::membership::info(&st.db, &st.control, &st.head, &st.config.etcd_cluster_token).await?;
+async fn cluster_info(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let with_data = query_pairs(q.as_deref())?.iter().any(|(k, v)| k == "data" && v == "1");
+    let i = crate::membership::info(&st.db, &st.control, &st.head, &st.config.etcd_cluster_token, with_data).await?;
     Ok(json(StatusCode::OK, &i))
 }
 

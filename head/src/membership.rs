@@ -257,7 +257,13 @@ async fn data_summary(db: &Database) -> Result<DataSummary> {
 }
 
 /// `GET /api/v1/cluster`.
-pub async fn info(db: &Database, ctl: &Control, me: &HeadRecord, cluster_token: &str) -> Result<ClusterInfo> {
+pub async fn info(
+    db: &Database,
+    ctl: &Control,
+    me: &HeadRecord,
+    cluster_token: &str,
+    with_data: bool,
+) -> Result<ClusterInfo> {
     let members = db.members().await?;
     let (ejected, _) = db.range(EJECTED).await?;
     let heads = head_records(db).await?;
@@ -284,7 +290,7 @@ pub async fn info(db: &Database, ctl: &Control, me: &HeadRecord, cluster_token: 
         ejected: ejected.iter().filter_map(|kv| kv.key.strip_prefix(EJECTED).map(str::to_string)).collect(),
         head_urls: heads.iter().map(|h| h.api_url.clone()).collect(),
         failover: failover(db).await?.0,
-        data: data_summary(db).await?,
+        data: if with_data { Some(data_summary(db).await?) } else { None },
     })
 }
 

@@ -107,7 +107,9 @@ pub struct ClusterInfo {
     /// API URLs of the heads the database knows.
     pub head_urls: Vec<String>,
     pub failover: Failover,
-    pub data: DataSummary,
+    /// How much data the cluster holds (`GET /cluster?data=1` only: it reads every node).
+    #[serde(default)]
+    pub data: Option<DataSummary>,
 }
 
 /// `POST /api/v1/cluster/members`: add a head's etcd member (as a learner).

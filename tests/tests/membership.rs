@@ -403,3 +403,25 @@ fn install_from_a_cluster_configuration_and_reinstall_with_clear_all() {
     let long = c.heads[h].cli("scyld-nodectl", &["ls", "-l"]);
     assert!(long.ok().contains("52:54:00:e5:00:01") && !long.stdout.contains("52:54:00:e4"), "{long:?}");
 }
+
+#[test]
+fn a_head_left_alone_without_quorum_is_recovered_while_it_waits() {
+    // Two heads; one dies for good and the other restarts: it waits for a quorum that cannot
+    // come, answering `starting`, and `managedb recover` brings it back on its own.
+    let mut c = Cluster::etcd(2);
+    c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:e6:00:01", "ip=10.66.0.1"]).ok();
+    c.heads[1].kill9();
+    c.heads[0].stop();
+    c.heads[0].start();
+    poll_until("head1 waiting for its database", Duration::from_secs(30), || {
+        c.heads[0].try_health().is_some_and(|v| v["state"] == "starting")
+    });
+    let waiting = c.heads[0].cli("scyld-nodectl", &["ls"]);
+    assert!(waiting.code == 1 && waiting.stderr.contains("starting"), "{waiting:?}");
+    let out = c.heads[0].cli("managedb", &["recover"]);
+    assert!(out.ok().contains("one-member cluster"), "{out:?}");
+    assert_eq!(health(&c.heads[0])["state"], "serving");
+    assert_eq!(names(&c.heads[0]), ["head1"]);
+    assert_eq!(c.heads[0].cli("scyld-nodectl", &["ls"]).ok().trim(), "n0");
+    c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:e6:00:02"]).ok();
+}
