@@ -197,6 +197,12 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
             cfg_path.display()
         )));
     }
+    if running.as_ref().is_some_and(|h| h.state == "starting") {
+        return Err(fail(
+            "this head is waiting for its own cluster's quorum: it is still a member there. Recover it first \
+             (`managedb recover`), then join",
+        ));
+    }
     let mut discarded = None;
     if let (Some(h), Membership::Member) = (&running, cfg.membership) {
         if h.state == "serving" {

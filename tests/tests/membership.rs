@@ -418,6 +418,12 @@ fn a_head_left_alone_without_quorum_is_recovered_while_it_waits() {
     });
     let waiting = c.heads[0].cli("scyld-nodectl", &["ls"]);
     assert!(waiting.code == 1 && waiting.stderr.contains("starting"), "{waiting:?}");
+    // It is still a member of its cluster: joining another is refused until it is recovered.
+    let other = Cluster::solo();
+    let target = format!("{}:{}", other.heads[0].ip, other.heads[0].port);
+    let refused = c.heads[0].cli("managedb", &["join", &target]);
+    assert!(refused.code == 1 && refused.stderr.contains("Recover it first"), "{refused:?}");
+    assert_eq!(health(&other.heads[0])["database"], "embedded", "the other head is unchanged");
     let out = c.heads[0].cli("managedb", &["recover"]);
     assert!(out.ok().contains("one-member cluster"), "{out:?}");
     assert_eq!(health(&c.heads[0])["state"], "serving");
