@@ -87,6 +87,10 @@ fn process_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+fn pid_alive_or_unknown(pid: u32) -> bool {
+    pid == 0 || process_alive(pid)
+}
+
 /// Waits until the head at `url` answers as expected; the last health seen otherwise.
 pub fn wait_state(url: &str, e: &Expect, within: Duration) -> Result<Health, Option<Health>> {
     let deadline = Instant::now() + within;
@@ -326,11 +330,21 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     };
     // Catching up copies the whole database: allow for a large one.
     let e = Expect { state: "serving", database: Some("etcd"), name: Some(&name), pid: (pid != 0).then_some(pid) };
-    if let Err(last) = wait_state(&local, &e, Duration::from_secs(600)) {
+    let waited = Instant::now();
+    let mut r = wait_state(&local, &e, Duration::from_secs(15));
+    while r.is_err() && waited.elapsed() < Duration::from_secs(600) && pid_alive_or_unknown(pid) {
+        say(&format!(
+            "still waiting for this head's member to catch up and be promoted ({} s; the head reports {:?})",
+            waited.elapsed().as_secs(),
+            r.as_ref().err().and_then(|h| h.as_ref().map(|h| h.state.clone())).unwrap_or_default()
+        ));
+        r = wait_state(&local, &e, Duration::from_secs(15));
+    }
+    if let Err(last) = r {
         let how = match last {
             _ if pid != 0 && !process_alive(pid) => "exited".to_string(),
             Some(h) if h.name != name => format!("is not answering at {local} (head {} answers there)", h.name),
-            Some(h) => format!("reports {:?} after 600 s", h.state),
+            Some(h) => format!("still reports {:?} after {} s", h.state, waited.elapsed().as_secs()),
             None => "does not answer".to_string(),
         };
         return Err(undo(format!("this head's daemon {how} (see its log in {})", cfg.log_dir.display())));
