@@ -479,9 +479,9 @@ async fn remove_member(db: &Database, id: u64) -> Result<()> {
 
 /// Removes the records of heads that are no longer etcd members and not alive (a head that
 /// left removes its member, after which it can no longer write).
-async fn tidy_departed(db: &Database, members: &[Member]) -> Result<()> {
+async fn tidy_departed(db: &Database, members: &[Member], heads: &[HeadRecord]) -> Result<()> {
     let (alive, _) = db.range(ALIVE).await?;
-    for h in head_records(db).await? {
+    for h in heads {
         let gone = h.db_mode == DbMode::EtcdMember
             && !members.iter().any(|m| m.name == h.name)
             && !alive.iter().any(|kv| kv.key.strip_prefix(ALIVE) == Some(h.name.as_str()));
@@ -895,11 +895,13 @@ pub async fn watch_membership(db: Database, ctl: std::sync::Arc<Control>, mut st
         match db.members().await {
             Ok(ms) if ms.iter().any(|m| ctl.is_me(m)) => {
                 failures = 0;
-                if let Err(e) = tidy_departed(&db, &ms).await {
-                    tracing::debug!(error = %e, "cannot tidy departed heads' records");
-                }
-                if last_save.elapsed() > Duration::from_secs(10) {
+                // Every 5 s: the records of departed heads go, and the peers file follows the
+                // head records.
+                if last_save.elapsed() > Duration::from_secs(5) {
                     if let Ok(heads) = head_records(&db).await {
+                        if let Err(e) = tidy_departed(&db, &ms, &heads).await {
+                            tracing::debug!(error = %e, "cannot tidy departed heads' records");
+                        }
                         let mut urls: Vec<String> =
                             heads.into_iter().map(|h| h.api_url).filter(|u| *u != ctl.api_url).collect();
                         urls.sort();
