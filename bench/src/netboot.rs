@@ -163,12 +163,7 @@ pub fn bench_boot(r: &mut Report) {
     let initrd = dir.path().join("initrd.img");
     k.initramfs(&agent, &initrd);
     let rootfs = dir.path().join("root");
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
-    std::os::unix::fs::symlink("/bin/busybox", rootfs.join("sbin/init")).unwrap();
+    clusterware_tests::vm::busybox_root(&rootfs);
     let image = dir.path().join("root.img");
     run_ok(
         Command::new(bin_dir.join("scyld-modimg"))

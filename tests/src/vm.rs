@@ -60,6 +60,28 @@ impl Kernel {
     }
 }
 
+/// A minimal node root in `dir`: static busybox (checked) as init and shell, and a few applets.
+pub fn busybox_root(dir: &Path) {
+    let bb = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(bb).output().unwrap();
+    let text = String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
+    assert!(
+        text.contains("not a dynamic") || text.contains("statically"),
+        "/bin/busybox must be static (Debian package busybox-static; make test installs it): {text}"
+    );
+    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(bb, dir.join("bin/busybox")).unwrap();
+    for a in ["sh", "mount", "mkdir", "hostname", "ip", "cat", "ls"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
+    }
+    for a in ["init", "reboot"] {
+        std::os::unix::fs::symlink("/bin/busybox", dir.join("sbin").join(a)).unwrap();
+    }
+    std::fs::write(dir.join("etc/hostname"), "node\n").unwrap();
+}
+
 /// The static agent built by `make agent`.
 pub fn static_agent() -> PathBuf {
     let p = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");

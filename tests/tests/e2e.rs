@@ -23,26 +23,9 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// A minimal root: static busybox as init and shell.
-fn busybox_root(dir: &Path) {
-    let bb = Path::new("/bin/busybox");
-    let ldd = Command::new("ldd").arg(bb).output().unwrap();
-    let text = String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
-    assert!(
-        text.contains("not a dynamic") || text.contains("statically"),
-        "/bin/busybox must be static (Debian package busybox-static; make test installs it): {text}"
-    );
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    std::fs::copy(bb, dir.join("bin/busybox")).unwrap();
-    for a in ["sh", "mount", "mkdir", "hostname", "ip", "cat", "ls"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
-    }
-    for a in ["init", "reboot"] {
-        std::os::unix::fs::symlink("/bin/busybox", dir.join("sbin").join(a)).unwrap();
-    }
-    std::fs::write(dir.join("etc/hostname"), "node\n").unwrap();
+/// Fetches `url` with curl inside namespace `ns` into `out`.
+fn curl_in(ns: &str, url: &str, out: &str) {
+    run_ok(Command::new("ip").args(["netns", "exec", ns, "curl", "-sSf", "-o", out, url]));
 }
 
 fn status(c: &Cluster, via: usize, node: &str) -> Value {
@@ -61,7 +44,7 @@ fn prepare(c: &Cluster, dir: &Path) {
     k.initramfs(&agent, &initrd);
     let vmlinuz = k.vmlinuz;
     let rootfs = dir.join("root");
-    busybox_root(&rootfs);
+    clusterware_tests::vm::busybox_root(&rootfs);
     // The test reads the node's files from its console: every 2 s they are printed there.
     std::fs::write(
         rootfs.join("etc/inittab"),
@@ -137,16 +120,7 @@ fn three_heads_boot_three_vms_into_the_agent() {
     let stored = c.heads[1].dir.join("storage").join(&rootfs_id);
     // Heads fetch files from peers when first asked: ask head2 once, so it keeps a copy.
     let url = format!("{}/api/v1/files/{rootfs_id}/content", c.heads[1].url());
-    run_ok(Command::new("ip").args([
-        "netns",
-        "exec",
-        c.heads[1].netns.as_deref().unwrap(),
-        "curl",
-        "-sSf",
-        "-o",
-        "/dev/null",
-        &url,
-    ]));
+    curl_in(c.heads[1].netns.as_deref().unwrap(), &url, "/dev/null");
     poll_until("head2 has its copy of the image", Duration::from_secs(60), || stored.is_file());
     let mut bytes = std::fs::read(&stored).unwrap();
     let mid = bytes.len() / 2;
@@ -172,16 +146,7 @@ fn three_heads_boot_three_vms_into_the_agent() {
     let parents: Vec<String> = nodes.iter().map(|n| status(&c, 0, n)["parent"].as_str().unwrap().to_string()).collect();
     // head2 never serves its corrupt copy: it was quarantined and replaced from a peer.
     let check = dir.path().join("check.img");
-    run_ok(Command::new("ip").args([
-        "netns",
-        "exec",
-        c.heads[1].netns.as_deref().unwrap(),
-        "curl",
-        "-sSf",
-        "-o",
-        check.to_str().unwrap(),
-        &url,
-    ]));
+    curl_in(c.heads[1].netns.as_deref().unwrap(), &url, check.to_str().unwrap());
     assert_eq!(std::fs::read(&check).unwrap().len(), bytes.len());
     assert_ne!(std::fs::read(&check).unwrap(), bytes, "head2 served its corrupt copy");
     let counters = c.heads[1].api("GET", "/storage", Some(&c.token), None).1;
