@@ -309,7 +309,8 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
         ("database.import_on_start", None),
     ];
     let undo = |why: String| -> crate::CliError {
-        let _ = c.post::<_, MembershipChange>("/cluster/eject", &HeadRef { head: name.clone() });
+        // By address: a member that never started has no name yet.
+        let _ = c.post::<_, MembershipChange>("/cluster/eject", &HeadRef { head: ip.to_string() });
         let _ = clusterware_shared::fsutil::write_atomic(cfg_path, None, old_text.as_bytes(), Some(0o600));
         if let Some(h) = health(&local) {
             let _ = restart_local(&h);

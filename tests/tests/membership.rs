@@ -236,6 +236,17 @@ fn two_heads_refuse_leave_and_eject_and_recover_into_two_solo_heads() {
     c.adopt(&s2);
     c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:e1:00:01", "ip=10.61.0.1"]).ok();
 
+    // A join whose head cannot start its member is undone: no learner is left behind.
+    let s9 = c.spot(9);
+    let broken = c.install(
+        &s9,
+        &["--join", &c.target(0), "--database-passwd", &pass, "--set", "database.etcd_binary=/nonexistent/etcd"],
+    );
+    assert!(broken.code == 1 && broken.stderr.contains("the join was undone"), "{broken:?}");
+    assert!(!s9.prefix.join("conf/base.ini").exists());
+    let (_, info) = c.heads[0].api("GET", "/cluster", Some(&clusterware_shared::auth::admin_token(&pass)), None);
+    assert_eq!(info["members"].as_array().map(Vec::len), Some(2), "{info}");
+
     // Another cluster (a solo head with its own password): head2 cannot join it while it is in
     // this one.
     let s3 = c.spot(3);
