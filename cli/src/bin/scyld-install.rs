@@ -198,7 +198,8 @@ fn start_head(args: &Args, conf: &Path, log_dir: &Path) -> CliResult<(String, u3
     let bin = head_binary()?;
     if systemd_runs() && !args.no_systemd {
         let unit = format!(
-            "[Unit]\nDescription=ClusterWare head\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nExecStart={} --config {}\nExecReload=/bin/kill -HUP $MAINPID\nRestart=on-failure\nRestartSec=2\nLimitNOFILE=1048576\n\n[Install]\nWantedBy=multi-user.target\n",
+            // The settings of head/systemd/clusterware.service, with this installation's paths.
+            "[Unit]\nDescription=ClusterWare head daemon (cluster database, admin API, node registry)\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=simple\nExecStart={} --config {}\nExecReload=/bin/kill -HUP $MAINPID\nKillSignal=SIGTERM\nTimeoutStopSec=30\nRestart=on-failure\nRestartSec=2\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
             bin.display(),
             conf.display()
         );
