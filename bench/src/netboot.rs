@@ -136,11 +136,6 @@ pub fn bench_dhcp(r: &mut Report) {
     );
 }
 
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Time from QEMU's start to each phase of a boot into the agent, and the same VM's re-parent
 /// time after its head dies; against dnsmasq + busybox httpd booting a busybox initramfs that
 /// makes its first HTTP request.
@@ -157,7 +152,6 @@ pub fn bench_boot(r: &mut Report) {
         return;
     };
     let agent = static_agent();
-    let bin_dir = clusterware_tests::bin("scyld-mkinitramfs").parent().unwrap().to_path_buf();
     eprintln!("cw-bench: network boot into the agent…");
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.img");
@@ -165,16 +159,7 @@ pub fn bench_boot(r: &mut Report) {
     let rootfs = dir.path().join("root");
     clusterware_tests::vm::busybox_root(&rootfs);
     let image = dir.path().join("root.img");
-    run_ok(
-        Command::new(bin_dir.join("scyld-modimg"))
-            .arg("build")
-            .arg("--from")
-            .arg(&rootfs)
-            .arg("--agent")
-            .arg(&agent)
-            .arg("-o")
-            .arg(&image),
-    );
+    clusterware_tests::vm::root_image(&rootfs, &agent, &image);
 
     // Ours: three heads (so that one may die), one VM.
     let mut seg = Segment::new();

@@ -82,6 +82,21 @@ pub fn busybox_root(dir: &Path) {
     std::fs::write(dir.join("etc/hostname"), "node\n").unwrap();
 }
 
+/// Packs `rootfs` into a node root image with the agent in it (`scyld-modimg build`).
+pub fn root_image(rootfs: &Path, agent: &Path, out: &Path) {
+    let o = Command::new(crate::bin("scyld-modimg"))
+        .arg("build")
+        .arg("--from")
+        .arg(rootfs)
+        .arg("--agent")
+        .arg(agent)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("run scyld-modimg");
+    assert!(o.status.success(), "scyld-modimg build: {}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// The static agent built by `make agent`.
 pub fn static_agent() -> PathBuf {
     let p = workspace().join("target/x86_64-unknown-linux-gnu/agent/clusterware-node");

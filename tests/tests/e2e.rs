@@ -6,7 +6,7 @@
 
 use clusterware_tests::netns::{Segment, cli_in};
 use clusterware_tests::vm::{Kernel, Vm, static_agent, workspace};
-use clusterware_tests::{Cluster, bin, poll_until};
+use clusterware_tests::{Cluster, poll_until};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -52,16 +52,7 @@ fn prepare(c: &Cluster, dir: &Path) {
     )
     .unwrap();
     let image = dir.join("busybox.img");
-    run_ok(
-        Command::new(bin("scyld-modimg"))
-            .arg("build")
-            .arg("--from")
-            .arg(&rootfs)
-            .arg("--agent")
-            .arg(&agent)
-            .arg("-o")
-            .arg(&image),
-    );
+    clusterware_tests::vm::root_image(&rootfs, &agent, &image);
     let h = &c.heads[0];
     let ns = h.netns.clone().unwrap();
     let cfg = h.config.to_string_lossy().to_string();
