@@ -78,6 +78,9 @@ pub struct Expect<'a> {
     pub name: Option<&'a str>,
     /// The daemon's process: if it is gone, waiting is over.
     pub pid: Option<u32>,
+    /// The `started_ms` of the daemon before it was told to restart: only a later start counts
+    /// (a restart in place keeps the pid, and the old process may still answer as expected).
+    pub restarted_after: Option<u64>,
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -101,6 +104,7 @@ pub fn wait_state(url: &str, e: &Expect, within: Duration) -> Result<Health, Opt
                 && e.database.is_none_or(|d| h.database == d)
                 && e.name.is_none_or(|n| h.name == n)
                 && e.pid.is_none_or(|p| h.pid == p)
+                && e.restarted_after.is_none_or(|t| h.started_ms > t)
             {
                 return Ok(h);
             }
@@ -262,8 +266,15 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
                  first (its data is kept)",
                 info.head
             ));
+            let before = health(&url).map(|h| h.started_ms);
             let _: MembershipChange = c.post("/database/convert", &serde_json::json!({"to": "etcd"}))?;
-            let e = Expect { state: "serving", database: Some("etcd"), name: Some(&info.head), pid: None };
+            let e = Expect {
+                state: "serving",
+                database: Some("etcd"),
+                name: Some(&info.head),
+                restarted_after: before,
+                ..Default::default()
+            };
             wait_state(&url, &e, Duration::from_secs(300))
                 .map_err(|_| fail(format!("{} did not come back on etcd within 300 s; see its log", info.head)))?;
             info = cluster_of(&c, target)?;
@@ -330,7 +341,18 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
         Err(e) => return Err(undo(e.message().to_string())),
     };
     // Catching up copies the whole database: allow for a large one.
-    let e = Expect { state: "serving", database: Some("etcd"), name: Some(&name), pid: (pid != 0).then_some(pid) };
+    let e = Expect {
+        state: "serving",
+        database: Some("etcd"),
+        name: Some(&name),
+        pid: (pid != 0).then_some(pid),
+        // A head restarted in place keeps its pid; one that was on etcd already answers as
+        // expected until it has restarted.
+        restarted_after: match &start {
+            Start::Running(h) => Some(h.started_ms),
+            Start::With(_) => None,
+        },
+    };
     let waited = Instant::now();
     let mut r = wait_state(&local, &e, Duration::from_secs(15));
     while r.is_err() && waited.elapsed() < Duration::from_secs(600) && pid_alive_or_unknown(pid) {

@@ -281,6 +281,9 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// When this process started (forced by `main`; a restart in place is a new process image).
+pub static STARTED_MS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(now_ms);
+
 fn health_of(name: &str, database: &str, state: &str) -> Health {
     Health {
         name: name.to_string(),
@@ -288,6 +291,7 @@ fn health_of(name: &str, database: &str, state: &str) -> Health {
         database: database.to_string(),
         pid: std::process::id(),
         now_ms: now_ms(),
+        started_ms: *STARTED_MS,
         state: state.to_string(),
     }
 }

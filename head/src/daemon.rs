@@ -429,6 +429,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         started,
         db_mode,
         ssh_keys: read_ssh_keys(&cfg.ssh_key_files),
+        peer_url: (db_mode == DbMode::EtcdMember).then(|| ctl.peer_url.clone()),
     };
     heads::register(&db, &rec).await?;
     let storage = Storage::open(&cfg.storage_dir, &name, db.clone())?;

@@ -420,6 +420,7 @@ mod tests {
             started: 0,
             db_mode: DbMode::Embedded,
             ssh_keys: Vec::new(),
+            peer_url: None,
         };
         let (tx, rx) = watch::channel(false);
         let hub = Hub::spawn(db, me, "t".into(), rx);

@@ -3,7 +3,7 @@
 //! TTL. Renewals are lease keep-alives, not writes: a head's heartbeat costs the database no
 //! revision. When a head dies its lease expires and its liveness record disappears.
 
-use crate::db::{Database, DbError, LeaseId, Txn, TxnOp};
+use crate::db::{Database, DbError, LeaseId, Member, Txn, TxnOp};
 use clusterware_shared::api::{DbMember, HeadInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -39,6 +39,22 @@ pub struct HeadRecord {
     /// Root's public SSH keys on this head, given to nodes by `update_keys`.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
+    /// The etcd peer URL of the member this head runs: a member publishes its name only some
+    /// time after it starts, its peer URL is known from the moment it is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
+}
+
+impl HeadRecord {
+    /// Whether `m` is the etcd member of this head: by name once the member has published it,
+    /// by peer URL before (a head re-installed under another name may reuse an address).
+    pub fn is_member(&self, m: &Member) -> bool {
+        if m.name.is_empty() {
+            self.peer_url.as_ref().is_some_and(|u| m.peer_urls.contains(u))
+        } else {
+            m.name == self.name
+        }
+    }
 }
 
 /// `alive/<name>`: exists while the head renews its lease.
@@ -147,7 +163,7 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
                 DbMember { backend: "etcd".into(), id: None, state: "external".into(), leader: false }
             }
             DbMode::EtcdMember => match &members {
-                Ok(ms) => match ms.iter().find(|m| m.name == rec.name) {
+                Ok(ms) => match ms.iter().find(|m| rec.is_member(m)) {
                     Some(m) => DbMember {
                         backend: "etcd".into(),
                         id: Some(format!("{:x}", m.id)),
@@ -172,4 +188,36 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, peer: &str) -> Member {
+        Member { id: 1, name: name.into(), peer_urls: vec![peer.into()], client_urls: vec![], is_learner: false }
+    }
+
+    #[test]
+    fn a_member_is_its_heads_by_name_once_published_and_by_peer_url_before() {
+        let rec = HeadRecord {
+            name: "head2".into(),
+            ip: "10.0.0.2".parse().unwrap(),
+            api_url: "http://10.0.0.2:80".into(),
+            version: "t".into(),
+            started: 0,
+            db_mode: DbMode::EtcdMember,
+            ssh_keys: vec![],
+            peer_url: Some("http://10.0.0.2:2380".into()),
+        };
+        assert!(rec.is_member(&member("", "http://10.0.0.2:2380")), "not yet named: by peer URL");
+        assert!(rec.is_member(&member("head2", "http://10.0.0.9:2380")), "named: by name");
+        assert!(!rec.is_member(&member("head7", "http://10.0.0.2:2380")), "another head at a reused address");
+        assert!(!rec.is_member(&member("", "http://10.0.0.3:2380")));
+        let old = HeadRecord { peer_url: None, ..rec };
+        assert!(!old.is_member(&member("", "http://10.0.0.2:2380")), "a record without a peer URL");
+        // Records written before the field existed still read.
+        let text = r#"{"name":"h","ip":"10.0.0.1","api_url":"u","version":"v","started":0,"db_mode":"etcd-member"}"#;
+        assert_eq!(serde_json::from_str::<HeadRecord>(text).unwrap().peer_url, None);
+    }
 }

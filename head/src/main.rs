@@ -20,6 +20,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    std::sync::LazyLock::force(&clusterware_head::api::STARTED_MS);
     let args = Args::parse();
     let path = config::resolve_path(args.config.as_deref());
     let loaded = match Config::load(&path) {

@@ -15,7 +15,7 @@ use clusterware_shared::api::{
 };
 use clusterware_shared::config;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
@@ -479,22 +479,32 @@ async fn remove_member(db: &Database, id: u64) -> Result<()> {
 
 /// Removes the records of heads that are no longer etcd members and not alive (a head that
 /// left removes its member, after which it can no longer write).
-async fn tidy_departed(db: &Database, members: &[Member], heads: &[HeadRecord]) -> Result<()> {
+async fn tidy_departed(db: &Database, suspects: &mut HashSet<String>) -> Result<Vec<HeadRecord>> {
+    // Records first, then liveness, then members: a head registers only once its member votes,
+    // so any record read here has its member in the list read after it.
+    let heads = head_records(db).await?;
     let (alive, _) = db.range(ALIVE).await?;
-    for h in heads {
-        let gone = h.db_mode == DbMode::EtcdMember
-            && !members.iter().any(|m| m.name == h.name)
-            && !alive.iter().any(|kv| kv.key.strip_prefix(ALIVE) == Some(h.name.as_str()));
-        if gone {
-            db.txn(Txn::new().and_then([
-                TxnOp::delete(format!("{HEADS}{}", h.name)),
-                TxnOp::delete(format!("{}{}", crate::storage::SUMMARY, h.name)),
-            ]))
-            .await?;
-            tracing::info!(head = %h.name, "removed the record of a head that is no longer a member");
-        }
+    let members = db.members().await?;
+    let gone: HashSet<String> = heads
+        .iter()
+        .filter(|h| {
+            h.db_mode == DbMode::EtcdMember
+                && !members.iter().any(|m| h.is_member(m))
+                && !alive.iter().any(|kv| kv.key.strip_prefix(ALIVE) == Some(h.name.as_str()))
+        })
+        .map(|h| h.name.clone())
+        .collect();
+    // Only what was gone at the previous pass too: one stale view removes nothing.
+    for name in gone.intersection(suspects) {
+        db.txn(Txn::new().and_then([
+            TxnOp::delete(format!("{HEADS}{name}")),
+            TxnOp::delete(format!("{}{name}", crate::storage::SUMMARY)),
+        ]))
+        .await?;
+        tracing::info!(head = %name, "removed the record of a head that is no longer a member");
     }
-    Ok(())
+    *suspects = gone;
+    Ok(heads)
 }
 
 /// `POST /api/v1/cluster/eject`.
@@ -675,7 +685,7 @@ pub fn restore_alone(cfg: &config::Config, ctl: &Control) -> Result<(PathBuf, St
 pub async fn after_recover(db: &Database, ctl: &Control) -> Result<()> {
     let members = db.members().await?;
     for h in head_records(db).await? {
-        if !members.iter().any(|m| m.name == h.name) {
+        if !members.iter().any(|m| h.is_member(m)) {
             db.txn(Txn::new().and_then([
                 TxnOp::delete(format!("{HEADS}{}", h.name)),
                 TxnOp::delete(format!("{ALIVE}{}", h.name)),
@@ -884,6 +894,7 @@ pub async fn watch_membership(db: Database, ctl: std::sync::Arc<Control>, mut st
     let mut failures = 0u32;
     let mut last_peers: Vec<String> = ctl.known_peers(&[]);
     let mut last_save = Instant::now() - Duration::from_secs(3600);
+    let mut suspects = HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -898,16 +909,16 @@ pub async fn watch_membership(db: Database, ctl: std::sync::Arc<Control>, mut st
                 // Every 5 s: the records of departed heads go, and the peers file follows the
                 // head records.
                 if last_save.elapsed() > Duration::from_secs(5) {
-                    if let Ok(heads) = head_records(&db).await {
-                        if let Err(e) = tidy_departed(&db, &ms, &heads).await {
-                            tracing::debug!(error = %e, "cannot tidy departed heads' records");
-                        }
-                        let mut urls: Vec<String> =
-                            heads.into_iter().map(|h| h.api_url).filter(|u| *u != ctl.api_url).collect();
-                        urls.sort();
-                        if urls != last_peers {
-                            ctl.save_peers(&urls);
-                            last_peers = urls;
+                    match tidy_departed(&db, &mut suspects).await {
+                        Err(e) => tracing::debug!(error = %e, "cannot tidy departed heads' records"),
+                        Ok(heads) => {
+                            let mut urls: Vec<String> =
+                                heads.into_iter().map(|h| h.api_url).filter(|u| *u != ctl.api_url).collect();
+                            urls.sort();
+                            if urls != last_peers {
+                                ctl.save_peers(&urls);
+                                last_peers = urls;
+                            }
                         }
                     }
                     last_save = Instant::now();

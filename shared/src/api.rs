@@ -65,6 +65,10 @@ pub struct Health {
     /// The head's clock, milliseconds since the Unix epoch (clock-skew checks).
     #[serde(default)]
     pub now_ms: u64,
+    /// When this daemon process started, milliseconds since the Unix epoch: a restart in place
+    /// keeps the pid and changes this.
+    #[serde(default)]
+    pub started_ms: u64,
     /// `serving`, `starting` (waiting for its database), `left` or `ejected`.
     #[serde(default)]
     pub state: String,

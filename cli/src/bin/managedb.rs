@@ -129,14 +129,16 @@ fn report(args: &Args, r: &MembershipChange) {
 /// A change on the local head; waits until it has restarted into `then`.
 fn change(args: &Args, path: &str, then: Option<&str>) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
+    let url = c.base().to_string();
+    let before = membership::health(&url).map(|h| h.started_ms);
     let body = if path == "/database/convert" { serde_json::json!({"to": "etcd"}) } else { serde_json::json!({}) };
     let r: MembershipChange = c.post(path, &body)?;
     if let (true, Some(state)) = (r.restarting, then) {
-        let url = c.base().to_string();
-        // The head restarts: wait for the old process to stop answering as it did, then for
-        // the new state.
-        std::thread::sleep(Duration::from_millis(300));
-        let e = membership::Expect { state, ..Default::default() };
+        // The head restarts in place: only its next start counts.
+        if before.is_none() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let e = membership::Expect { state, restarted_after: before, ..Default::default() };
         membership::wait_state(&url, &e, Duration::from_secs(120)).map_err(|last| {
             fail(format!(
                 "{} (but the head has not come back as {state} within 120 s; it reports {:?}: see its log)",
