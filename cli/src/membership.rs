@@ -78,8 +78,9 @@ pub struct Expect<'a> {
     pub name: Option<&'a str>,
     /// The daemon's process: if it is gone, waiting is over.
     pub pid: Option<u32>,
-    /// The `started_ms` of the daemon before it was told to restart: only a later start counts
-    /// (a restart in place keeps the pid, and the old process may still answer as expected).
+    /// The `started_ms` of the daemon before it was told to restart: only another start counts
+    /// (a restart in place keeps the pid, and the old process may still answer as expected;
+    /// "another", not "later", so a clock stepped back cannot hold the wait).
     pub restarted_after: Option<u64>,
 }
 
@@ -104,7 +105,7 @@ pub fn wait_state(url: &str, e: &Expect, within: Duration) -> Result<Health, Opt
                 && e.database.is_none_or(|d| h.database == d)
                 && e.name.is_none_or(|n| h.name == n)
                 && e.pid.is_none_or(|p| h.pid == p)
-                && e.restarted_after.is_none_or(|t| h.started_ms > t)
+                && e.restarted_after.is_none_or(|t| h.started_ms != t)
             {
                 return Ok(h);
             }
