@@ -192,17 +192,27 @@ fn head_binary() -> CliResult<PathBuf> {
     Ok(p)
 }
 
+/// The unit the head package ships, with this installation's binary and configuration.
+fn unit_text(bin: &Path, conf: &Path) -> String {
+    const SHIPPED: &str = include_str!("../../../head/systemd/clusterware.service");
+    SHIPPED
+        .lines()
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                format!("ExecStart={} --config {}\n", bin.display(), conf.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
 /// Starts the head: through systemd when it runs (unit installed and enabled), else directly
 /// as a background process (its output in the log directory).
 fn start_head(args: &Args, conf: &Path, log_dir: &Path) -> CliResult<(String, u32)> {
     let bin = head_binary()?;
     if systemd_runs() && !args.no_systemd {
-        let unit = format!(
-            // The settings of head/systemd/clusterware.service, with this installation's paths.
-            "[Unit]\nDescription=ClusterWare head daemon (cluster database, admin API, node registry)\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=simple\nExecStart={} --config {}\nExecReload=/bin/kill -HUP $MAINPID\nKillSignal=SIGTERM\nTimeoutStopSec=30\nRestart=on-failure\nRestartSec=2\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
-            bin.display(),
-            conf.display()
-        );
+        let unit = unit_text(&bin, conf);
         clusterware_shared::fsutil::write_atomic(Path::new(UNIT), None, unit.as_bytes(), Some(0o644))
             .map_err(|e| fail(format!("cannot write {UNIT}: {e}")))?;
         for a in [&["daemon-reload"][..], &["enable", "--now", "clusterware"][..]] {
@@ -595,5 +605,20 @@ mod cluster_config_tests {
         let d = std::env::temp_dir().join(format!("cw-install-test-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_is_the_shipped_one_with_this_installations_paths() {
+        let text = unit_text(Path::new("/srv/cw/bin/clusterware-head"), Path::new("/srv/cw/conf/base.ini"));
+        let exec: Vec<&str> = text.lines().filter(|l| l.starts_with("ExecStart=")).collect();
+        assert_eq!(exec, ["ExecStart=/srv/cw/bin/clusterware-head --config /srv/cw/conf/base.ini"]);
+        for l in ["ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "WantedBy=multi-user.target"] {
+            assert!(text.lines().any(|x| x == l), "{l} missing from:\n{text}");
+        }
     }
 }
