@@ -6,20 +6,32 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# Debian packages the tests use: the etcd server (a real cluster database), protoc (etcd-client
-# compiles etcd's protobuf definitions at build time), etcd-client (etcdctl: `managedb recover`
-# restores a head's data as a new one-member cluster with it), curl (make run, TFTP tests), ipmitool (power
-# control drives it), openipmi (ipmi_sim, the BMCs the power tests talk to), iproute2 (network
-# namespaces), ipxe (the binaries heads serve over TFTP), busybox-static (udhcpc; the static
-# busybox of the end-to-end root image) and isc-dhcp-client
+# Debian packages, by what needs them. Each target installs its list with apt-get (as root) before
+# it runs; nothing else is assumed but Debian's base system, make and Rust (rustup).
+#
+# Building: a C compiler and linker for Rust and for crates with C parts (gcc, libc6-dev), protoc
+# and the .proto files it includes (etcd-client compiles etcd's protobuf definitions at build time:
+# protobuf-compiler, libprotobuf-dev, which protobuf-compiler only recommends), CA certificates
+# for cargo's downloads.
+BUILD_APT_PACKAGES := gcc libc6-dev protobuf-compiler libprotobuf-dev ca-certificates
+# make run: the build, and curl (it waits for the head's health check).
+RUN_APT_PACKAGES := $(BUILD_APT_PACKAGES) curl
+# make test: the build, and what the tests run: the etcd server (a real cluster database),
+# etcd-client (etcdctl: `managedb recover` restores a head's data as a new one-member cluster with
+# it), curl (TFTP tests), ipmitool (power control drives it), openipmi (ipmi_sim, the BMCs the
+# power tests talk to), iproute2 (network namespaces), ipxe (the binaries heads serve over TFTP),
+# busybox-static (udhcpc; the static busybox of the end-to-end root image) and isc-dhcp-client
 # (dhclient) as real DHCP clients, qemu-system-x86 with ipxe-qemu (a real PXE client), kmod
 # (depmod, for the unpacked test kernel's modules.dep).
-APT_PACKAGES := etcd-server etcd-client protobuf-compiler curl ipmitool openipmi iproute2 ipxe busybox-static \
-	isc-dhcp-client qemu-system-x86 ipxe-qemu kmod
-# And for make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
-BENCH_APT_PACKAGES := nginx-light dnsmasq-base kea-admin
+TEST_APT_PACKAGES := $(RUN_APT_PACKAGES) etcd-server etcd-client ipmitool openipmi iproute2 ipxe \
+	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu kmod
+# make deb: dpkg-dev (dpkg-shlibdeps for the packages' library dependencies).
+DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
+# make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
+BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-admin
 
-.PHONY: all build agent netboot-kernel deps bench-deps run test bench fmt clean
+.PHONY: all build agent netboot-kernel build-deps run-deps deps deb-deps bench-deps run test test-clean \
+	deb test-packages bench fmt clean
 
 # The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
 AGENT_TARGET := x86_64-unknown-linux-gnu
@@ -41,22 +53,31 @@ define install
 	fi
 endef
 
-deps:
-	$(call install,$(APT_PACKAGES))
+build-deps:
+	$(call install,$(BUILD_APT_PACKAGES))
 
-bench-deps: deps
+run-deps:
+	$(call install,$(RUN_APT_PACKAGES))
+
+deps:
+	$(call install,$(TEST_APT_PACKAGES))
+
+deb-deps:
+	$(call install,$(DEB_APT_PACKAGES))
+
+bench-deps:
 	$(call install,$(BENCH_APT_PACKAGES))
 
-build: deps
+build: build-deps
 	$(CARGO) build --workspace
 
-agent: deps
+agent: build-deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile agent -p clusterware-node --target $(AGENT_TARGET)
 	@if ldd $(AGENT_BIN) 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then \
 	  echo "$(AGENT_BIN): static, $$(stat -c %s $(AGENT_BIN)) bytes"; \
 	else echo "$(AGENT_BIN) is not static:"; ldd $(AGENT_BIN); exit 1; fi
 
-run: build
+run: run-deps build
 	@scripts/run-solo.sh
 
 # The integration tests start the binaries the workspace build produced, so build first.
@@ -65,10 +86,25 @@ run: build
 netboot-kernel: deps
 	@scripts/fetch-kernel.sh >/dev/null
 
-test: build agent netboot-kernel
+test: deps build agent netboot-kernel
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status
+
+# make test in a fresh clone inside a pristine Debian root (scripts/clean-root.sh; CI runs this),
+# and the Debian packages built, installed, used and removed in another.
+test-clean:
+	scripts/clean-root.sh -- make test-packages
+	scripts/clean-root.sh -- make test
+
+# Debian packages (clusterware, clusterware-node) in target/debian.
+deb: deb-deps agent
+	scripts/build-deb.sh
+
+# Installs the packages from make deb, uses them, removes and purges them. It changes the system,
+# so it runs only inside the clean root (make test-clean).
+test-packages: deb
+	scripts/test-packages.sh
 
 bench: bench-deps agent netboot-kernel
 	$(CARGO) build --release --workspace

@@ -2,8 +2,10 @@
 //! files they boot: Debian's kernel (`make netboot-kernel`) and the static agent (`make agent`).
 
 use crate::netns::Segment;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The workspace's top directory.
 pub fn workspace() -> PathBuf {
@@ -105,10 +107,26 @@ pub fn static_agent() -> PathBuf {
 }
 
 /// A VM on its own tap device on the segment's bridge, network-booting (QEMU's iPXE ROM,
-/// virtio-net), its serial console in a file, under an outer timeout; killed on drop.
+/// virtio-net), its serial console in a file. QEMU runs under an outer `timeout` (a VM whose test
+/// was killed outright ends by itself) in a process group of its own, which `drop` kills whole:
+/// killing `timeout` alone would orphan QEMU.
 pub struct Vm {
     child: Child,
     pub console: PathBuf,
+    /// QEMU's `-name`, unique to this VM: [`processes_named`] finds its processes by it.
+    pub marker: String,
+}
+
+/// The processes (not zombies) whose command line contains `marker`.
+pub fn processes_named(marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(marker) && crate::proc_alive(*pid)
+        })
+        .collect()
 }
 
 impl Vm {
@@ -116,8 +134,11 @@ impl Vm {
         let tap = format!("cwtap{n}");
         seg.tap(&tap);
         let _ = std::fs::remove_file(console);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let marker = format!("cw-vm-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
         let child = Command::new("ip")
             .args(["netns", "exec", seg.bridge_ns(), "timeout", "500", "qemu-system-x86_64"])
+            .args(["-name", &marker])
             .args([
                 "-machine",
                 &format!("pc,accel={}", accel()),
@@ -134,9 +155,10 @@ impl Vm {
             .args(["-serial", &format!("file:{}", console.display()), "-monitor", "none"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("qemu-system-x86_64 (Debian package qemu-system-x86)");
-        Vm { child, console: console.to_path_buf() }
+        Vm { child, console: console.to_path_buf(), marker }
     }
 
     /// What the console printed so far.
@@ -151,8 +173,11 @@ impl Vm {
 }
 
 impl Drop for Vm {
+    /// Kills the whole process group (`ip netns exec` became `timeout`, which leads the group that
+    /// QEMU is in), then reaps `timeout`; QEMU, orphaned for a moment, is reaped by init.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) with a negative pid signals the process group we created at spawn.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }

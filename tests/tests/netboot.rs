@@ -361,3 +361,19 @@ fn unknown_macs_are_registered_once() {
     assert_eq!(list.len(), 1, "one node for one MAC: {list:?}");
     assert_eq!(list[0]["macs"][0], mac);
 }
+
+/// No VM outlives its test: dropping a `Vm` ends QEMU itself, not only the `timeout` it runs
+/// under (which once left QEMU orphaned and running for minutes after the suite).
+#[test]
+fn no_vm_outlives_its_test() {
+    use clusterware_tests::vm::{Vm, processes_named};
+    let mut seg = Segment::new();
+    let dir = tempfile::tempdir().unwrap();
+    let vm = Vm::start(&mut seg, 0, "52:54:00:a9:0f:01", &dir.path().join("console.log"));
+    let marker = vm.marker.clone();
+    let qemu =
+        |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("qemu-system"));
+    poll_until("QEMU runs", Duration::from_secs(30), || processes_named(&marker).iter().any(qemu));
+    drop(vm);
+    poll_until("no process of the dropped VM is left", Duration::from_secs(10), || processes_named(&marker).is_empty());
+}
