@@ -7,86 +7,18 @@ mod init;
 mod node;
 mod sim;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use client::{Endpoint, HeadClient};
+use clusterware_node::args::{Cli, Cmd};
 use clusterware_shared::agent::HeadEntry;
 use clusterware_shared::ids::MacAddr;
 use config::NodeConfig;
 use node::{Agent, AgentState, Files, NoObserver, Settings, Source};
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-#[derive(Parser)]
-#[command(
-    name = "clusterware-node",
-    version,
-    about = "ClusterWare compute-node agent: keeps the head list, pushes status to the parent head, fails over to the next head, runs fetch_hosts and update_keys",
-    after_help = "The parent comes from the kernel command line (cw.parent=, cw.heads=, cw.mac= or BOOTIF=) when the node was network-booted, else from the heads file, else from the configuration (heads=, parent=)."
-)]
-struct Cli {
-    /// Agent configuration (key = value lines)
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the agent (the clusterware-node service)
-    Run,
-    /// Download the head list from the parent once and store it
-    FetchHosts,
-    /// Rewrite the managed block of root's authorized_keys from the parent once
-    UpdateKeys,
-    /// Show the running agent's parent, head list and last push
-    Status {
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Boot the node as /init in the initramfs: drivers, DHCP, root image from the heads, switch
-    /// root (also chosen automatically when running as process 1)
-    Init,
-    /// Simulate many nodes in one process (tests and benchmarks)
-    Sim {
-        /// Number of nodes
-        #[arg(long, default_value_t = 100)]
-        nodes: u32,
-        /// Heads to start with, parent first (comma-separated URLs)
-        #[arg(long, value_name = "URLS")]
-        heads: String,
-        /// Address of the first node (on loopback); node i uses this plus i. Each must be the
-        /// node's registered IP.
-        #[arg(long, value_name = "IP")]
-        ip_start: Ipv4Addr,
-        /// MAC of the first node; node i uses this plus i
-        #[arg(long, value_name = "MAC")]
-        mac_start: MacAddr,
-        /// Directory for the nodes' files and summary.json
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Status interval until the heads say otherwise
-        #[arg(long, default_value_t = 10)]
-        status_secs: u32,
-        /// Push deadline in milliseconds
-        #[arg(long, default_value_t = 3000)]
-        push_timeout_ms: u64,
-        /// Spread the first pushes over this many seconds
-        #[arg(long, default_value_t = 1.0)]
-        ramp_secs: f64,
-        /// Worker threads
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Push every this many milliseconds whatever the heads say (to offer a set load)
-        #[arg(long, value_name = "MS")]
-        push_interval_ms: Option<u64>,
-    },
-}
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("clusterware-node: {msg}");

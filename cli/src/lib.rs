@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+pub mod args;
 pub mod membership;
 
 /// Where the head is and how to authenticate; every command takes these.

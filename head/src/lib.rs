@@ -17,7 +17,9 @@
 //! - [`keys`]: cluster SSH keys for `update_keys`.
 //! - [`power`]: power control through BMCs (ipmitool), cluster secrets.
 //! - [`rebalance`]: evening out the nodes each head parents.
+//! - [`args`]: the daemon's command line.
 pub mod api;
+pub mod args;
 pub mod boot;
 pub mod daemon;
 pub mod db;

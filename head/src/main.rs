@@ -2,22 +2,11 @@
 //! Exit codes: 0 after a clean shutdown, 1 when it cannot start or fails, 2 on usage errors.
 
 use clap::Parser;
+use clusterware_head::args::Args;
 use clusterware_head::daemon;
 use clusterware_shared::config::{self, Config};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The ClusterWare head daemon: cluster database, admin API and node registry.
-#[derive(Parser)]
-#[command(name = "clusterware-head", version)]
-struct Args {
-    /// Configuration file [default: $CLUSTERWARE_CONFIG, else /opt/scyld/clusterware/conf/base.ini]
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Check the configuration, print the effective settings and exit
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> ExitCode {
     std::sync::LazyLock::force(&clusterware_head::api::STARTED_MS);

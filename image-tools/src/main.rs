@@ -1,7 +1,7 @@
 //! `scyld-modimg`: node root images.
 //!
 //! ```text
-//! scyld-modimg build --from DIR|ROOT.tar[.gz] --agent PATH -o IMAGE
+//! scyld-modimg build --from DIR|ROOT.tar[.gz] [--agent PATH] -o IMAGE
 //! scyld-modimg register IMAGE --name NAME [--description TEXT]
 //! ```
 //!
@@ -10,52 +10,16 @@
 //! service: a systemd unit (enabled) when the root has systemd, else a respawn line in busybox
 //! init's `/etc/inittab`. The same inputs give the same bytes.
 
-use clap::{Parser, Subcommand};
-use clusterware_cli::{CliResult, Client, ConnOpts, fail, print_json, run, upload_file, usage};
+use clap::Parser;
+use clusterware_cli::{CliResult, Client, fail, print_json, run, upload_file, usage};
+use clusterware_image_tools::args::{Args, Cmd};
 use clusterware_shared::api::{CreateImage, Image};
 use clusterware_shared::cpio::Entry;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-
-/// Build node root images with the ClusterWare agent baked in, and register them with the head.
-#[derive(Parser)]
-#[command(name = "scyld-modimg", version)]
-struct Args {
-    #[command(flatten)]
-    conn: ConnOpts,
-    /// Print JSON instead of text
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Pack a root file system (a directory or a tar archive) into an image with the agent in it
-    Build {
-        /// The root: a directory, or a .tar / .tar.gz archive
-        #[arg(long, value_name = "DIR|TAR")]
-        from: PathBuf,
-        /// The static agent to bake in (make agent)
-        #[arg(long, value_name = "PATH")]
-        agent: PathBuf,
-        /// Where to write the image
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-    },
-    /// Upload an image file and create the image record (scyld-imgctl create) under NAME
-    Register {
-        image: PathBuf,
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-}
 
 const SYSTEMD_UNIT: &str = include_str!("../../agent/systemd/clusterware-node.service");
 const RESPAWN: &str = "::respawn:/usr/sbin/clusterware-node run";
@@ -189,7 +153,9 @@ pub fn bake(mut e: BTreeMap<String, Entry>, agent: Vec<u8>) -> Result<(BTreeMap<
     Ok((e, "init respawn line"))
 }
 
-fn build(from: &Path, agent: &Path, output: &Path) -> CliResult<()> {
+fn build(from: &Path, agent: Option<&Path>, output: &Path) -> CliResult<()> {
+    let agent = clusterware_shared::sys::agent_path(agent).map_err(usage)?;
+    let agent = agent.as_path();
     let agent_bytes =
         std::fs::read(agent).map_err(|e| fail(format!("cannot read the agent {}: {e}", agent.display())))?;
     if agent_bytes.get(..4) != Some(b"\x7fELF") {
@@ -235,8 +201,9 @@ fn register(args: &Args, image: &Path, name: &str, description: &str) -> CliResu
 fn main() -> ExitCode {
     let args = Args::parse();
     run("scyld-modimg", || match &args.cmd {
-        Cmd::Build { from, agent, output } => build(from, agent, output),
+        Cmd::Build { from, agent, output } => build(from, agent.as_deref(), output),
         Cmd::Register { image, name, description } => register(&args, image, name, description),
+        Cmd::Completion(c) => c.print::<Args>(),
     })
 }
 

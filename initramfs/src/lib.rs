@@ -5,6 +5,8 @@
 //! same bytes: entries sorted, timestamps, owners and inode numbers fixed, gzip without a name or
 //! time.
 
+pub mod args;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,46 +1,23 @@
 //! `scyld-mkinitramfs`: builds a node's initramfs with the static ClusterWare agent as `/init`.
 
 use clap::Parser;
+use clusterware_initramfs::args::Args;
 use clusterware_initramfs::{DEFAULT_MODULES, Spec, build, read_cpio};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Build a compressed newc cpio initramfs with the static clusterware-node agent as /init and the
-/// kernel modules a node needs for its network card (with their dependencies, from the kernel's
-/// modules.dep). The same inputs give the same bytes.
-#[derive(Parser)]
-#[command(name = "scyld-mkinitramfs", version)]
-struct Args {
-    /// The static agent (`make agent` builds target/x86_64-unknown-linux-gnu/agent/clusterware-node)
-    #[arg(long, value_name = "PATH")]
-    agent: PathBuf,
-    /// Kernel version (the directory name under lib/modules)
-    #[arg(long = "kernel-version", value_name = "VERSION")]
-    kernel_version: String,
-    /// Directory holding lib/modules/VERSION (/ for this machine's kernel; for an unpacked kernel
-    /// package, the unpack directory after `depmod -b DIR VERSION`)
-    #[arg(long = "modules-root", value_name = "DIR", default_value = "/")]
-    modules_root: PathBuf,
-    /// A module to include (repeat); default: common network drivers (virtio_net, e1000, igb, ixgbe, mlx5_core, …)
-    #[arg(long = "module", value_name = "NAME")]
-    modules: Vec<String>,
-    /// Where to write the initramfs
-    #[arg(short, long, value_name = "FILE")]
-    output: PathBuf,
-    /// Write the cpio archive without gzip
-    #[arg(long)]
-    no_compress: bool,
-    /// Print what the archive holds afterwards
-    #[arg(long)]
-    list: bool,
-}
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    let agent = match clusterware_shared::sys::agent_path(a.agent.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("scyld-mkinitramfs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let explicit = !a.modules.is_empty();
     let spec = Spec {
-        agent: a.agent.clone(),
+        agent,
         kernel_version: a.kernel_version.clone(),
         modules_root: a.modules_root.clone(),
         modules: if explicit { a.modules.clone() } else { DEFAULT_MODULES.iter().map(|s| s.to_string()).collect() },

@@ -102,6 +102,18 @@ pub fn proc_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The processes (not zombies) whose command line contains `marker`.
+pub fn processes_named(marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(marker) && crate::proc_alive(*pid)
+        })
+        .collect()
+}
+
 /// A fresh 127.A.B.0/24 block for one cluster.
 pub fn address_block() -> (u8, u8) {
     static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -113,20 +113,8 @@ pub fn static_agent() -> PathBuf {
 pub struct Vm {
     child: Child,
     pub console: PathBuf,
-    /// QEMU's `-name`, unique to this VM: [`processes_named`] finds its processes by it.
+    /// QEMU's `-name`, unique to this VM: [`crate::processes_named`] finds its processes by it.
     pub marker: String,
-}
-
-/// The processes (not zombies) whose command line contains `marker`.
-pub fn processes_named(marker: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains(marker) && crate::proc_alive(*pid)
-        })
-        .collect()
 }
 
 impl Vm {

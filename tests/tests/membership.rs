@@ -375,6 +375,26 @@ fn two_simultaneous_failures_eject_nothing_and_a_dead_learner_costs_no_quorum() 
     assert!(out.ok().contains("ejected"), "{out:?}");
 }
 
+/// A fresh installation that is refused, or whose head cannot start, leaves nothing behind: no
+/// configuration, directory or process.
+#[test]
+fn a_refused_or_failed_install_leaves_nothing_behind() {
+    let c = Installed::new();
+    let s = c.spot(1);
+    let bad = c.install(&s, &["--set", "rebalance.interval=0"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("rebalance.interval"), "{bad:?}");
+    assert!(!s.prefix.exists(), "a refused install created nothing");
+
+    let out = c.install(&s, &["--database", "etcd", "--set", "database.etcd_binary=/nonexistent/etcd"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("the head exited at start"), "{out:?}");
+    assert!(out.stderr.contains("removed what it had created"), "{out:?}");
+    assert!(!s.prefix.exists(), "{} is still there: {out:?}", s.prefix.display());
+    let left = clusterware_tests::processes_named(&s.prefix.display().to_string());
+    assert!(left.is_empty(), "processes of the failed install still run: {left:?}");
+}
+
 #[test]
 fn install_from_a_cluster_configuration_and_reinstall_with_clear_all() {
     let mut c = Installed::new();

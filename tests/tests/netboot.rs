@@ -366,7 +366,8 @@ fn unknown_macs_are_registered_once() {
 /// under (which once left QEMU orphaned and running for minutes after the suite).
 #[test]
 fn no_vm_outlives_its_test() {
-    use clusterware_tests::vm::{Vm, processes_named};
+    use clusterware_tests::processes_named;
+    use clusterware_tests::vm::Vm;
     let mut seg = Segment::new();
     let dir = tempfile::tempdir().unwrap();
     let vm = Vm::start(&mut seg, 0, "52:54:00:a9:0f:01", &dir.path().join("console.log"));

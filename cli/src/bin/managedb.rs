@@ -4,9 +4,10 @@
 //! `failover` sets automatic failover; `save FILE` and `load FILE` copy the cluster's data as one
 //! JSON document, loadable into an empty cluster of either backend.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use clusterware_cli::args::managedb::{Args, Cmd, FailoverCmd};
 use clusterware_cli::membership::{self, Start};
-use clusterware_cli::{Client, ConnOpts, fail, print_json, print_table, run, usage};
+use clusterware_cli::{Client, fail, print_json, print_table, run, usage};
 use clusterware_shared::api::{DatabaseDump, Failover, FailoverRequest, HeadList, HeadRef, MembershipChange};
 use clusterware_shared::config::{self, Config};
 use std::io::Write;
@@ -15,79 +16,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Manage the cluster database and this head's membership: list the heads, join, leave, eject,
-/// recover, automatic failover, convert a solo head to etcd, save and load the cluster's data.
-#[derive(Parser)]
-#[command(name = "managedb", version)]
-struct Args {
-    #[command(flatten)]
-    conn: ConnOpts,
-    /// List the heads connected to the cluster database
-    #[arg(long)]
-    heads: bool,
-    /// Print JSON instead of text
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Save the cluster's data to FILE (one JSON document, from one consistent snapshot)
-    Save { file: PathBuf },
-    /// Load a saved FILE into this cluster, which must hold no nodes, files, images or configs
-    Load { file: PathBuf },
-    /// Join this head to the cluster of the head at IP_HEAD (this head's own data is discarded)
-    Join {
-        /// The head to join: IP, IP:PORT or URL (the port defaults to this head's head.port)
-        ip_head: String,
-        /// IP_HEAD's database password [default: database.admin_pass of this head's base.ini]
-        #[arg(long, value_name = "DBPASS")]
-        database_passwd: Option<String>,
-    },
-    /// Remove this head from its cluster (three or more heads); it can then run no command
-    /// until it joins again
-    Leave,
-    /// Remove another head (one that is shut down, usually) from the cluster, by IP or name
-    Eject { ip_head: String },
-    /// Sever this head from its peers: it restarts as a cluster of its own with its copy of the
-    /// database (a two-head cluster, or a lost quorum)
-    Recover,
-    /// Convert this solo head's embedded database into a one-member etcd cluster, data kept
-    /// (a join does this by itself to the head joined)
-    Convert {
-        /// The database to convert to
-        #[arg(value_parser = ["etcd"])]
-        to: String,
-    },
-    /// Automatic failover (three or more heads): eject one head that stays down longer than a
-    /// timeout, once, until reset
-    Failover {
-        #[command(subcommand)]
-        action: FailoverCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum FailoverCmd {
-    /// Turn automatic failover on
-    Enable {
-        /// Seconds a head must stay unreachable before it is ejected
-        #[arg(long, default_value_t = clusterware_shared::api::DEFAULT_FAILOVER_SECS)]
-        timeout: u64,
-    },
-    /// Turn automatic failover off
-    Disable,
-    /// Show the setting and the last automatic ejection
-    Status,
-    /// Arm failover again after an automatic ejection
-    Reset,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     run("managedb", || match (&args.cmd, args.heads) {
+        (Some(Cmd::Completion(c)), _) => c.print::<Args>(),
         (None, true) => heads(&args),
         (Some(_), true) => Err(usage("--heads goes alone")),
         (None, false) => Err(usage("give --heads or a command (see --help)")),
@@ -105,6 +37,7 @@ fn main() -> ExitCode {
             Cmd::Recover => change(&args, "/cluster/recover", Some("serving")),
             Cmd::Convert { .. } => change(&args, "/database/convert", Some("serving")),
             Cmd::Failover { action } => failover(&args, action),
+            Cmd::Completion(c) => c.print::<Args>(),
         },
     })
 }

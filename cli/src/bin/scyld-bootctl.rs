@@ -12,10 +12,9 @@
 //! scyld-bootctl default [NAME | --clear]
 //! ```
 
-use clap::{Parser, Subcommand};
-use clusterware_cli::{
-    CliResult, Client, ConnOpts, Progress, fail, file_arg, human_bytes, print_json, query_escape, run, usage,
-};
+use clap::Parser;
+use clusterware_cli::args::bootctl::{Args, Cmd};
+use clusterware_cli::{CliResult, Client, Progress, fail, file_arg, human_bytes, print_json, query_escape, run, usage};
 use clusterware_shared::api::{
     BootConfig, BootConfigDetail, BootConfigList, CloneRequest, CreateBootConfig, DefaultBootConfig, FileList,
     ImportReport, UpdateBootConfig,
@@ -23,103 +22,12 @@ use clusterware_shared::api::{
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Manage boot configurations (kernel, initramfs, image, kernel command line), and copy them
-/// between clusters with export and import.
-#[derive(Parser)]
-#[command(name = "scyld-bootctl", version)]
-struct Args {
-    #[command(flatten)]
-    conn: ConnOpts,
-    /// The boot config to act on
-    #[arg(short = 'i', long = "boot-config-name", value_name = "NAME", global = true)]
-    selected: Option<String>,
-    /// Print JSON instead of text
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// List boot configs (names; -l for image, files and command line)
-    Ls {
-        #[arg(short = 'l', long)]
-        long: bool,
-    },
-    /// Create a boot config (local kernel and initramfs files are uploaded; file ids are used as is)
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_name = "PATH|ID")]
-        kernel: String,
-        #[arg(long, value_name = "PATH|ID")]
-        initramfs: String,
-        #[arg(long, value_name = "NAME")]
-        image: Option<String>,
-        #[arg(long, default_value = "", allow_hyphen_values = true)]
-        cmdline: String,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-    /// Change the boot config selected with -i
-    Update {
-        #[arg(long, value_name = "PATH|ID")]
-        kernel: Option<String>,
-        #[arg(long, value_name = "PATH|ID")]
-        initramfs: Option<String>,
-        /// Image name ("" removes it)
-        #[arg(long, value_name = "NAME")]
-        image: Option<String>,
-        #[arg(long, allow_hyphen_values = true)]
-        cmdline: Option<String>,
-        #[arg(long)]
-        description: Option<String>,
-    },
-    /// Copy the boot config selected with -i under a new name
-    Clone {
-        #[arg(long)]
-        name: String,
-    },
-    /// Delete the boot config selected with -i (refused while nodes use it, unless --force)
-    Rm {
-        #[arg(long)]
-        force: bool,
-    },
-    /// Write the boot config selected with -i, its image and all their files to one file
-    Export {
-        /// Output file [default: NAME.export]
-        #[arg(short = 'o', long = "output", value_name = "FILE")]
-        output: Option<PathBuf>,
-    },
-    /// Import an export file into this cluster
-    Import {
-        file: PathBuf,
-        /// Name the imported image this
-        #[arg(long, value_name = "NEW_IMAGE")]
-        image: Option<String>,
-        /// Name the imported boot config this
-        #[arg(long = "boot-config", value_name = "NEW_CONFIG")]
-        boot_config: Option<String>,
-        /// Import the boot config without its image
-        #[arg(long)]
-        no_recurse: bool,
-        /// Only check the file and show what would be added, renamed or reused
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Show or set the boot config of nodes that have no _boot_config attribute
-    Default {
-        name: Option<String>,
-        /// Remove the default
-        #[arg(long, conflicts_with = "name")]
-        clear: bool,
-    },
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     run("scyld-bootctl", || {
+        if let Cmd::Completion(c) = &args.cmd {
+            return c.print::<Args>();
+        }
         let c = Client::new(&args.conn)?;
         let selected = || args.selected.clone().ok_or_else(|| usage("select the boot config with -i NAME"));
         let done = |what: &str, cfg: &BootConfig| {
@@ -174,6 +82,7 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            Cmd::Completion(_) => unreachable!("answered above, without a head"),
             Cmd::Export { output } => export(&args, &c, &selected()?, output.clone()),
             Cmd::Import { file, image, boot_config, no_recurse, dry_run } => {
                 import(&args, &c, file, image.as_deref(), boot_config.as_deref(), *no_recurse, *dry_run)

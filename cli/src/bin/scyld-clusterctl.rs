@@ -4,142 +4,14 @@
 //! `secrets set|ls|rm` the BMC passwords nodes name with `_bmc_pass_ref`; `rebalance` evens out
 //! the nodes each head parents.
 
-use clap::{Parser, Subcommand};
-use clusterware_cli::{CliResult, Client, ConnOpts, human_bytes, print_json, print_table, run, upload_file, usage};
+use clap::Parser;
+use clusterware_cli::args::clusterctl::{Args, Cmd, FilesCmd, HeadsCmd, KeysCmd, SecretsCmd};
+use clusterware_cli::{CliResult, Client, human_bytes, print_json, print_table, run, upload_file, usage};
 use clusterware_shared::agent::{AddKey, RebalanceReport, RebalanceRequest, SshKey, SshKeyList, validate_ssh_key};
 use clusterware_shared::api::{FILE_KINDS, FileList, FileRecord, HeadList};
 use clusterware_shared::power::{SecretInfo, SecretList};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Cluster-wide administration: the head nodes that share the cluster database, and the boot
-/// files every head keeps.
-#[derive(Parser)]
-#[command(name = "scyld-clusterctl", version)]
-struct Args {
-    #[command(flatten)]
-    conn: ConnOpts,
-    /// Print JSON instead of text
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Head nodes
-    Heads {
-        #[command(subcommand)]
-        cmd: HeadsCmd,
-    },
-    /// Boot files (kernels, initramfs, root images) kept by every head
-    Files {
-        #[command(subcommand)]
-        cmd: FilesCmd,
-    },
-    /// Even out the nodes each head parents: show the moves a round would make now
-    /// (--dry-run), or make them (--now). Heads also do this by themselves every
-    /// rebalance.interval seconds
-    Rebalance {
-        /// Show the moves without making them
-        #[arg(long, conflicts_with = "now", required_unless_present = "now")]
-        dry_run: bool,
-        /// Make the moves now
-        #[arg(long)]
-        now: bool,
-    },
-    /// Secrets (BMC passwords) that nodes name with _bmc_pass_ref=NAME; values are never shown
-    Secrets {
-        #[command(subcommand)]
-        cmd: SecretsCmd,
-    },
-    /// SSH public keys for root on every node (with the heads' own root keys), installed by
-    /// `scyld-nodectl script update_keys`
-    Keys {
-        #[command(subcommand)]
-        cmd: KeysCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum SecretsCmd {
-    /// Set (or replace) a secret; the value is read from the terminal without echo, or from
-    /// the first line of stdin
-    Set { name: String },
-    /// List the secrets' names and when they were set
-    Ls,
-    /// Remove secrets
-    Rm {
-        #[arg(value_name = "NAME", required = true)]
-        names: Vec<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysCmd {
-    /// Add a public key under a name
-    Add {
-        /// A name for the key (letters, digits, '-', '_', '.')
-        name: String,
-        /// The key line (`ssh-ed25519 AAAA… comment`); or use --file
-        #[arg(value_name = "KEY", conflicts_with = "file", required_unless_present = "file")]
-        key: Option<String>,
-        /// Read the key from this .pub file
-        #[arg(long, value_name = "PATH")]
-        file: Option<PathBuf>,
-    },
-    /// List the keys (names; -l for the keys themselves)
-    Ls {
-        /// Long listing
-        #[arg(short = 'l', long)]
-        long: bool,
-    },
-    /// Remove keys by name
-    Rm {
-        #[arg(value_name = "NAME", required = true)]
-        names: Vec<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum HeadsCmd {
-    /// List the heads (names; -l for address, liveness, version, database membership, nodes
-    /// parented, storage)
-    Ls {
-        /// Long listing
-        #[arg(short = 'l', long)]
-        long: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum FilesCmd {
-    /// List the files (ids and names; -l for kind, size and checksum)
-    Ls {
-        /// Long listing
-        #[arg(short = 'l', long)]
-        long: bool,
-    },
-    /// Upload a file to the head (which stores it and records its size and SHA-256)
-    Upload {
-        path: PathBuf,
-        /// Name to record (default: the file's name)
-        #[arg(long)]
-        name: Option<String>,
-        /// kernel, initramfs, rootfs or other
-        #[arg(long, default_value = "other")]
-        kind: String,
-    },
-    /// Delete files from the cluster (every head removes its copy); refused for files an image
-    /// or boot config uses, unless --force
-    Rm {
-        #[arg(value_name = "ID", required = true)]
-        ids: Vec<String>,
-        #[arg(long)]
-        force: bool,
-    },
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -155,6 +27,7 @@ fn main() -> ExitCode {
         Cmd::Secrets { cmd: SecretsCmd::Set { name } } => secret_set(&args, name),
         Cmd::Secrets { cmd: SecretsCmd::Ls } => secrets_ls(&args),
         Cmd::Secrets { cmd: SecretsCmd::Rm { names } } => secrets_rm(&args, names),
+        Cmd::Completion(c) => c.print::<Args>(),
     })
 }
 

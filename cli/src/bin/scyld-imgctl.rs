@@ -7,62 +7,18 @@
 //! scyld-imgctl -i xyzImage rm [--force]
 //! ```
 
-use clap::{Parser, Subcommand};
-use clusterware_cli::{CliResult, Client, ConnOpts, file_arg, human_bytes, print_json, run, usage};
+use clap::Parser;
+use clusterware_cli::args::imgctl::{Args, Cmd};
+use clusterware_cli::{CliResult, Client, file_arg, human_bytes, print_json, run, usage};
 use clusterware_shared::api::{CloneRequest, CreateImage, FileList, Image, ImageList};
 use std::process::ExitCode;
-
-/// Manage node root images: each names its root-filesystem file (and optional extra files).
-#[derive(Parser)]
-#[command(name = "scyld-imgctl", version)]
-struct Args {
-    #[command(flatten)]
-    conn: ConnOpts,
-    /// The image to act on
-    #[arg(short = 'i', long = "image", value_name = "NAME", global = true)]
-    image: Option<String>,
-    /// Print JSON instead of text
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// List images (names; -l for their files with sizes and checksums)
-    Ls {
-        #[arg(short = 'l', long)]
-        long: bool,
-    },
-    /// Create an image from a root-filesystem file (a local path is uploaded; a file id is used as is)
-    Create {
-        #[arg(long)]
-        name: String,
-        /// Root filesystem: a local file or the id of an uploaded file
-        #[arg(long, value_name = "PATH|ID")]
-        file: String,
-        /// Extra files that travel with the image (paths or ids)
-        #[arg(long = "extra", value_name = "PATH|ID")]
-        extra: Vec<String>,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-    /// Copy the image selected with -i under a new name (the files are shared)
-    Clone {
-        #[arg(long)]
-        name: String,
-    },
-    /// Delete the image selected with -i (refused while a boot config uses it, unless --force)
-    Rm {
-        #[arg(long)]
-        force: bool,
-    },
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
     run("scyld-imgctl", || {
+        if let Cmd::Completion(c) = &args.cmd {
+            return c.print::<Args>();
+        }
         let c = Client::new(&args.conn)?;
         let selected = || args.image.clone().ok_or_else(|| usage("select the image with -i NAME"));
         match &args.cmd {
@@ -91,6 +47,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Cmd::Completion(_) => unreachable!("answered above, without a head"),
             Cmd::Rm { force } => {
                 let img: Image =
                     c.delete(&format!("/images/{}{}", selected()?, if *force { "?force=1" } else { "" }))?;

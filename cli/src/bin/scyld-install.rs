@@ -15,6 +15,7 @@
 //! ```
 
 use clap::Parser;
+use clusterware_cli::args::install::{Args, Cmd, DEFAULT_PREFIX};
 use clusterware_cli::membership::{self, Start};
 use clusterware_cli::{CliResult, Client, fail, print_json, run, usage};
 use clusterware_shared::api::{ClusterInfo, CreateNodes, NodeList, NodeSpec};
@@ -26,64 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const DEFAULT_PREFIX: &str = "/opt/scyld/clusterware";
 const UNIT: &str = "/etc/systemd/system/clusterware.service";
-
-/// Install this machine as a ClusterWare head: a fresh solo head, a head joining a cluster
-/// (--join), or a cluster from a configuration file (--config).
-///
-/// It sets up ClusterWare's own files (base.ini, directories, the systemd unit) and starts the
-/// head. Installing distribution packages is outside its job: install etcd-server (for etcd),
-/// etcd-client (for `managedb recover`), ipxe, ipmitool and the ClusterWare binaries with your
-/// package manager first.
-#[derive(Parser)]
-#[command(name = "scyld-install", version)]
-struct Args {
-    /// Join the cluster of the head at this address (IP, IP:PORT or URL)
-    #[arg(long, value_name = "IP_HEAD")]
-    join: Option<String>,
-    /// IP_HEAD's database password (database.admin_pass in its base.ini) [default: asked on
-    /// the terminal, without echo]
-    #[arg(long, value_name = "DBPASS", requires = "join")]
-    database_passwd: Option<String>,
-    /// Remove this installation's state (configuration, database, storage) before installing
-    #[arg(long)]
-    clear_all: bool,
-    /// Create the cluster from this cluster configuration file (interface, IP range, nodes)
-    #[arg(long, value_name = "CLUSTER_CONFIG", conflicts_with = "join")]
-    config: Option<PathBuf>,
-    /// Database of a fresh head: embedded (solo) or etcd (a one-member cluster others can join)
-    #[arg(long, value_parser = ["embedded", "etcd"], default_value = "embedded")]
-    database: String,
-    /// Installation directory
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PREFIX)]
-    prefix: PathBuf,
-    /// This head's name [default: the host name]
-    #[arg(long)]
-    name: Option<String>,
-    /// This head's address on the cluster network, which nodes and other heads reach
-    /// [default: the address the host name resolves to]
-    #[arg(long)]
-    ip: Option<Ipv4Addr>,
-    /// Port of the head's HTTP API and boot files
-    #[arg(long, default_value_t = 80)]
-    port: u16,
-    /// Port of this head's etcd member for the other heads' members (on --ip)
-    #[arg(long, default_value_t = 2380)]
-    peer_port: u16,
-    /// Port of this head's etcd member for this head (on 127.0.0.1)
-    #[arg(long, default_value_t = 2379)]
-    client_port: u16,
-    /// Do not install a systemd unit even when systemd runs: start the head directly
-    #[arg(long)]
-    no_systemd: bool,
-    /// Extra base.ini settings, KEY=VALUE (repeatable)
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// Print JSON instead of text
-    #[arg(long)]
-    json: bool,
-}
 
 /// A parsed cluster configuration.
 #[derive(Debug, Default)]
@@ -182,14 +126,27 @@ fn systemd_runs() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-/// The `clusterware-head` installed beside this program.
-fn head_binary() -> CliResult<PathBuf> {
-    let me = std::env::current_exe().map_err(|e| fail(format!("cannot find this program's path: {e}")))?;
-    let p = me.with_file_name("clusterware-head");
-    if !p.is_file() {
-        return Err(fail(format!("{} is missing: install the ClusterWare head package first", p.display())));
+/// The units the `clusterware` package ships (Debian's path, and the same under /usr).
+const PACKAGED_UNITS: [&str; 2] =
+    ["/lib/systemd/system/clusterware.service", "/usr/lib/systemd/system/clusterware.service"];
+
+/// The head daemon to run: the installation's own (`PREFIX/bin/clusterware-head`, where the
+/// package puts it), else the one beside this program (a build tree).
+fn head_binary(prefix: &Path) -> CliResult<PathBuf> {
+    let installed = prefix.join("bin/clusterware-head");
+    if installed.is_file() {
+        return Ok(installed);
     }
-    Ok(p)
+    let me = std::env::current_exe().map_err(|e| fail(format!("cannot find this program's path: {e}")))?;
+    let beside = me.with_file_name("clusterware-head");
+    if !beside.is_file() {
+        return Err(fail(format!(
+            "no head daemon: neither {} nor {} exists; install the clusterware package first",
+            installed.display(),
+            beside.display()
+        )));
+    }
+    Ok(beside)
 }
 
 /// The unit the head package ships, with this installation's binary and configuration.
@@ -207,14 +164,41 @@ fn unit_text(bin: &Path, conf: &Path) -> String {
         .collect()
 }
 
-/// Starts the head: through systemd when it runs (unit installed and enabled), else directly
-/// as a background process (its output in the log directory).
-fn start_head(args: &Args, conf: &Path, log_dir: &Path) -> CliResult<(String, u32)> {
-    let bin = head_binary()?;
+/// The unit to write to /etc/systemd/system, or `None` when a packaged unit (one of `packaged`)
+/// already says exactly that.
+fn unit_to_write(bin: &Path, conf: &Path, packaged: &[&str]) -> Option<String> {
+    let text = unit_text(bin, conf);
+    let shipped = packaged.iter().any(|p| std::fs::read_to_string(p).is_ok_and(|t| t == text));
+    (!shipped).then_some(text)
+}
+
+/// Where a head started without systemd records its pid (the package's prerm stops it by this).
+fn pid_file(conf: &Path) -> PathBuf {
+    conf.with_file_name("clusterware-head.pid")
+}
+
+/// Starts the head: through systemd when it runs (the packaged unit, or one written for this
+/// installation's paths, enabled), else directly as a background process (its output in the log
+/// directory, its pid in conf/clusterware-head.pid).
+fn start_head(args: &Args, conf: &Path, log_dir: &Path, undo: &mut Undo) -> CliResult<(String, u32)> {
+    let bin = head_binary(&args.prefix)?;
     if systemd_runs() && !args.no_systemd {
-        let unit = unit_text(&bin, conf);
-        clusterware_shared::fsutil::write_atomic(Path::new(UNIT), None, unit.as_bytes(), Some(0o644))
-            .map_err(|e| fail(format!("cannot write {UNIT}: {e}")))?;
+        let how = match unit_to_write(&bin, conf, &PACKAGED_UNITS) {
+            Some(unit) => {
+                undo.file(Path::new(UNIT));
+                clusterware_shared::fsutil::write_atomic(Path::new(UNIT), None, unit.as_bytes(), Some(0o644))
+                    .map_err(|e| fail(format!("cannot write {UNIT}: {e}")))?;
+                format!("systemd unit {UNIT} installed, enabled and started")
+            }
+            None => {
+                // An override left by an earlier installation would hide the packaged unit.
+                if Path::new(UNIT).exists() {
+                    std::fs::remove_file(UNIT).map_err(|e| fail(format!("cannot remove {UNIT}: {e}")))?;
+                }
+                "the packaged systemd unit clusterware.service enabled and started".to_string()
+            }
+        };
+        undo.systemd = true;
         for a in [&["daemon-reload"][..], &["enable", "--now", "clusterware"][..]] {
             let st = std::process::Command::new("systemctl")
                 .args(a)
@@ -230,10 +214,11 @@ fn start_head(args: &Args, conf: &Path, log_dir: &Path) -> CliResult<(String, u3
             .ok()
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
             .unwrap_or(0);
-        return Ok((format!("systemd unit {UNIT} installed, enabled and started"), pid));
+        return Ok((how, pid));
     }
-    std::fs::create_dir_all(log_dir).map_err(|e| fail(format!("cannot create {}: {e}", log_dir.display())))?;
+    undo.dir(log_dir)?;
     let out_path = log_dir.join("clusterware-head.out");
+    undo.file(&out_path);
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -253,6 +238,11 @@ fn start_head(args: &Args, conf: &Path, log_dir: &Path) -> CliResult<(String, u3
         });
     }
     let child = cmd.spawn().map_err(|e| fail(format!("cannot start {}: {e}", bin.display())))?;
+    undo.pid = Some(child.id());
+    let pid_path = pid_file(conf);
+    undo.file(&pid_path);
+    clusterware_shared::fsutil::write_atomic(&pid_path, None, format!("{}\n", child.id()).as_bytes(), Some(0o644))
+        .map_err(|e| fail(format!("cannot write {}: {e}", pid_path.display())))?;
     Ok((
         format!(
             "systemd is {}: started {} directly (pid {}, output in {})",
@@ -265,11 +255,91 @@ fn start_head(args: &Args, conf: &Path, log_dir: &Path) -> CliResult<(String, u3
     ))
 }
 
+/// What an installation created, so that one that is refused or fails half-way can take it all
+/// back: the directories and files that did not exist before, the head it started, the unit it
+/// enabled. [`Undo::keep`] once the installation stands.
+#[derive(Default)]
+struct Undo {
+    /// In creation order; removed in reverse.
+    created: Vec<PathBuf>,
+    pid: Option<u32>,
+    systemd: bool,
+    kept: bool,
+}
+
+impl Undo {
+    /// `create_dir_all`, remembering each directory it creates.
+    fn dir(&mut self, d: &Path) -> CliResult<()> {
+        let missing: Vec<PathBuf> = d.ancestors().take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
+        std::fs::create_dir_all(d).map_err(|e| fail(format!("cannot create {}: {e}", d.display())))?;
+        self.created.extend(missing.into_iter().rev());
+        Ok(())
+    }
+
+    /// A file (or directory) about to be written by us or the head: removed on undo if it does
+    /// not exist yet.
+    fn file(&mut self, f: &Path) {
+        if !f.exists() && !self.created.iter().any(|c| c == f) {
+            self.created.push(f.to_path_buf());
+        }
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if self.systemd {
+            let _ = std::process::Command::new("systemctl").args(["disable", "--now", "clusterware"]).status();
+        }
+        if let Some(pid) = self.pid {
+            stop_pid(pid);
+        }
+        let mut removed = Vec::new();
+        for p in self.created.iter().rev() {
+            let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+            match r {
+                Ok(()) => removed.push(p.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("scyld-install: cannot remove {}: {e}", p.display()),
+            }
+        }
+        if self.systemd {
+            let _ = std::process::Command::new("systemctl").arg("daemon-reload").status();
+        }
+        if !removed.is_empty() {
+            eprintln!(
+                "scyld-install: the installation did not complete; removed what it had created: {}",
+                removed.join(", ")
+            );
+        }
+    }
+}
+
+/// SIGTERM, up to 10 s for the process to end, then SIGKILL.
+fn stop_pid(pid: u32) {
+    // SAFETY: kill(2) on a pid this installation started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    for _ in 0..100 {
+        if !membership::process_alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
 /// Stops the local head (for --clear-all): SIGTERM, wait for it to go.
 fn stop_head(cfg: &Config) -> CliResult<()> {
     let url = membership::local_url(cfg);
     let Some(h) = membership::health(&url) else { return Ok(()) };
-    if systemd_runs() && Path::new(UNIT).exists() {
+    if systemd_runs() && std::iter::once(UNIT).chain(PACKAGED_UNITS).any(|u| Path::new(u).exists()) {
         let _ = std::process::Command::new("systemctl").args(["stop", "clusterware"]).status();
     } else if h.pid != 0 {
         // SAFETY: kill(2) on the pid the local head reports.
@@ -332,6 +402,7 @@ fn clear_all(conf: &Path, say: &dyn Fn(&str)) -> CliResult<()> {
     }
     let confdir = conf.parent().unwrap_or(Path::new("/"));
     rm(&confdir.join("peers.json"));
+    rm(&pid_file(conf));
     rm(conf);
     say(&format!("removed the previous installation: {}", removed.join(", ")));
     Ok(())
@@ -339,7 +410,10 @@ fn clear_all(conf: &Path, say: &dyn Fn(&str)) -> CliResult<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    run("scyld-install", || install(&args))
+    run("scyld-install", || match &args.cmd {
+        Some(Cmd::Completion(c)) => c.print::<Args>(),
+        None => install(&args),
+    })
 }
 
 fn install(args: &Args) -> CliResult<()> {
@@ -375,12 +449,13 @@ fn install(args: &Args) -> CliResult<()> {
                 conf.display()
             )));
         };
-        // An installed head joins like `managedb join`.
+        // An installed head joins like `managedb join`; what it starts is part of it already.
         let password = password_for(args)?;
         let url = membership::local_url(&cfg);
         let log_dir = cfg.log_dir.clone();
+        let undo = std::cell::RefCell::new(Undo::default());
         let starter = || {
-            start_head(args, &conf, &log_dir).map(|(m, pid)| {
+            start_head(args, &conf, &log_dir, &mut undo.borrow_mut()).map(|(m, pid)| {
                 say(&m);
                 pid
             })
@@ -389,14 +464,15 @@ fn install(args: &Args) -> CliResult<()> {
             Some(h) => Start::Running(h),
             None => Start::With(&starter),
         };
-        let j = membership::join(&conf, target, &password, start, &say)?;
-        return done_join(args, &j);
+        let joined = membership::join(&conf, target, &password, start, &say);
+        undo.into_inner().keep();
+        return done_join(args, &joined?);
     }
-    // A fresh installation.
+    // A fresh installation: everything is checked before anything is created, and what it
+    // creates is removed again if it does not complete.
     let password = match &args.join {
         Some(target) => {
             let p = password_for(args)?;
-            // A wrong password or an unreachable head must leave nothing behind.
             membership::check_access(target, &p, args.port)?;
             p
         }
@@ -404,9 +480,6 @@ fn install(args: &Args) -> CliResult<()> {
     };
     let p = &args.prefix;
     let log_dir = if p == Path::new(DEFAULT_PREFIX) { PathBuf::from("/var/log/clusterware") } else { p.join("log") };
-    for d in [p.join("conf"), p.join("storage"), p.join("db"), log_dir.clone()] {
-        std::fs::create_dir_all(&d).map_err(|e| fail(format!("cannot create {}: {e}", d.display())))?;
-    }
     let name = match &args.name {
         Some(n) => n.clone(),
         None => clusterware_cli::head_name_of(&Config::default())?,
@@ -455,6 +528,15 @@ fn install(args: &Args) -> CliResult<()> {
         ini.push_str(&format!("{k} = {v}\n"));
     }
     Config::parse(&ini, &conf).map_err(|e| usage(format!("the configuration would be invalid: {e}")))?;
+    head_binary(p)?;
+
+    let mut undo = Undo::default();
+    for d in [p.join("conf"), p.join("storage"), p.join("db"), log_dir.clone()] {
+        undo.dir(&d)?;
+    }
+    // Made by the head itself.
+    undo.file(&p.join("etcd"));
+    undo.file(&conf);
     clusterware_shared::fsutil::write_atomic(&conf, None, ini.as_bytes(), Some(0o600))
         .map_err(|e| fail(format!("cannot write {}: {e}", conf.display())))?;
     say(&format!(
@@ -463,19 +545,18 @@ fn install(args: &Args) -> CliResult<()> {
         if args.join.is_some() { "given" } else { "generated" }
     ));
     if let Some(target) = &args.join {
+        let undo = std::cell::RefCell::new(undo);
         let starter = || {
-            start_head(args, &conf, &log_dir).map(|(m, pid)| {
+            start_head(args, &conf, &log_dir, &mut undo.borrow_mut()).map(|(m, pid)| {
                 say(&m);
                 pid
             })
         };
-        let j = membership::join(&conf, target, &password, Start::With(&starter), &say).inspect_err(|_| {
-            // A fresh installation that could not join leaves nothing behind.
-            let _ = std::fs::remove_file(&conf);
-        })?;
+        let j = membership::join(&conf, target, &password, Start::With(&starter), &say)?;
+        undo.into_inner().keep();
         return done_join(args, &j);
     }
-    let (how, pid) = start_head(args, &conf, &log_dir)?;
+    let (how, pid) = start_head(args, &conf, &log_dir, &mut undo)?;
     say(&how);
     let url = format!("http://{ip}:{}", args.port);
     let e = membership::Expect {
@@ -485,11 +566,22 @@ fn install(args: &Args) -> CliResult<()> {
         ..Default::default()
     };
     membership::wait_state(&url, &e, Duration::from_secs(120)).map_err(|last| {
-        fail(format!(
-            "the head did not start serving within 120 s (it reports {:?}); see {}",
-            last.map(|h| h.state),
-            log_dir.display()
-        ))
+        let log = log_dir.join(format!("head_{name}.log"));
+        let out = log_dir.join("clusterware-head.out");
+        let tail = [&out, &log]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter_map(|t| t.lines().rev().find(|l| l.contains("error")).map(str::to_string))
+            .next()
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        match last {
+            None if pid != 0 && !membership::process_alive(pid) => fail(format!("the head exited at start{tail}")),
+            last => fail(format!(
+                "the head did not start serving within 120 s (it reports {:?}){tail}",
+                last.map(|h| h.state)
+            )),
+        }
     })?;
     let mut created = 0;
     if let Some(c) = &cluster {
@@ -511,6 +603,7 @@ fn install(args: &Args) -> CliResult<()> {
             created = r.nodes.len();
         }
     }
+    undo.keep();
     if args.json {
         print_json(
             &serde_json::json!({"config": conf, "name": name, "ip": ip, "url": url, "database": database, "nodes": created}),
@@ -620,5 +713,57 @@ mod tests {
         for l in ["ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "WantedBy=multi-user.target"] {
             assert!(text.lines().any(|x| x == l), "{l} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_packaged_unit_that_says_the_same_is_enabled_as_it_is() {
+        let d = std::env::temp_dir().join(format!("cw-install-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let packaged = d.join("clusterware.service");
+        std::fs::write(&packaged, include_str!("../../../head/systemd/clusterware.service")).unwrap();
+        let packaged = [packaged.to_str().unwrap()];
+        let (bin, conf) = (
+            Path::new("/opt/scyld/clusterware/bin/clusterware-head"),
+            Path::new("/opt/scyld/clusterware/conf/base.ini"),
+        );
+        assert_eq!(unit_to_write(bin, conf, &packaged), None, "the package's own paths");
+        let other =
+            unit_to_write(Path::new("/srv/cw/bin/clusterware-head"), Path::new("/srv/cw/conf/base.ini"), &packaged);
+        assert!(other.is_some_and(|t| t.contains("ExecStart=/srv/cw/bin/clusterware-head")), "another prefix");
+        assert!(unit_to_write(bin, conf, &["/nonexistent/clusterware.service"]).is_some(), "no package");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_installed_daemon_comes_before_the_one_beside_this_program() {
+        let d = std::env::temp_dir().join(format!("cw-install-bin-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        let e = head_binary(&d).unwrap_err();
+        assert!(e.message().contains(&d.join("bin/clusterware-head").display().to_string()), "{}", e.message());
+        std::fs::write(d.join("bin/clusterware-head"), "").unwrap();
+        assert_eq!(head_binary(&d).unwrap(), d.join("bin/clusterware-head"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn undo_removes_what_it_created_and_only_that() {
+        let d = std::env::temp_dir().join(format!("cw-install-undo-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("old")).unwrap();
+        std::fs::write(d.join("old/keep"), "x").unwrap();
+        let mut u = Undo::default();
+        u.dir(&d.join("new/a/b")).unwrap();
+        u.dir(&d.join("old")).unwrap();
+        u.file(&d.join("old/keep"));
+        u.file(&d.join("old/made"));
+        std::fs::write(d.join("old/made"), "y").unwrap();
+        u.file(&d.join("never-made"));
+        drop(u);
+        assert!(!d.join("new").exists() && !d.join("old/made").exists());
+        assert!(d.join("old/keep").exists(), "what existed before stays");
+        let mut u = Undo::default();
+        u.dir(&d.join("kept")).unwrap();
+        u.keep();
+        assert!(d.join("kept").is_dir(), "a completed installation keeps everything");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

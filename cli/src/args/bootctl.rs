@@ -1,0 +1,125 @@
+//! The command line of `scyld-bootctl`.
+
+use crate::ConnOpts;
+use crate::args::Completion;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Manage boot configurations (kernel, initramfs, image, kernel command line), and copy them
+/// between clusters with export and import.
+#[derive(Parser)]
+#[command(name = "scyld-bootctl", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub conn: ConnOpts,
+    /// The boot config to act on
+    #[arg(short = 'i', long = "boot-config-name", value_name = "NAME", global = true)]
+    pub selected: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// List boot configs (names; -l for image, files and command line)
+    Ls {
+        /// Long listing: image, kernel, initramfs and command line (with -i also the files'
+        /// sizes and checksums, and the nodes that use it)
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Create a boot config (local kernel and initramfs files are uploaded; file ids are used as is)
+    Create {
+        /// Name of the new boot config (1-128 letters, digits, '-', '_' or '.', starting with a
+        /// letter or digit)
+        #[arg(long)]
+        name: String,
+        /// The kernel: a local file (uploaded) or the id of an uploaded file
+        #[arg(long, value_name = "PATH|ID")]
+        kernel: String,
+        /// The initramfs (scyld-mkinitramfs): a local file (uploaded) or the id of an uploaded file
+        #[arg(long, value_name = "PATH|ID")]
+        initramfs: String,
+        /// The root image nodes boot (scyld-imgctl ls) [default: none, the initramfs alone]
+        #[arg(long, value_name = "NAME")]
+        image: Option<String>,
+        /// Kernel command line, e.g. "console=ttyS0 quiet"; the head appends the cw.* parameters
+        /// the agent needs [default: empty]
+        #[arg(long, default_value = "", hide_default_value = true, allow_hyphen_values = true)]
+        cmdline: String,
+        /// Free text describing the boot config, shown by `ls -l` [default: empty]
+        #[arg(long, default_value = "", hide_default_value = true)]
+        description: String,
+    },
+    /// Change the boot config selected with -i
+    Update {
+        /// New kernel: a local file (uploaded) or the id of an uploaded file
+        #[arg(long, value_name = "PATH|ID")]
+        kernel: Option<String>,
+        /// New initramfs: a local file (uploaded) or the id of an uploaded file
+        #[arg(long, value_name = "PATH|ID")]
+        initramfs: Option<String>,
+        /// Image name ("" removes it)
+        #[arg(long, value_name = "NAME")]
+        image: Option<String>,
+        /// New kernel command line (replaces the old one; "" empties it)
+        #[arg(long, allow_hyphen_values = true)]
+        cmdline: Option<String>,
+        /// New description ("" empties it)
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Copy the boot config selected with -i under a new name
+    Clone {
+        /// Name of the copy
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete the boot config selected with -i (refused while nodes use it, unless --force)
+    Rm {
+        /// Delete it even while nodes name it or it is the cluster default (the default is
+        /// then cleared)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the boot config selected with -i, its image and all their files to one file
+    Export {
+        /// Output file [default: NAME.export]
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import an export file into this cluster
+    Import {
+        /// The file `scyld-bootctl export` wrote
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Name the imported image this
+        #[arg(long, value_name = "NEW_IMAGE")]
+        image: Option<String>,
+        /// Name the imported boot config this
+        #[arg(long = "boot-config", value_name = "NEW_CONFIG")]
+        boot_config: Option<String>,
+        /// Import the boot config without its image
+        #[arg(long)]
+        no_recurse: bool,
+        /// Only check the file and show what would be added, renamed or reused
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show or set the boot config of nodes that have no _boot_config attribute
+    Default {
+        /// The boot config to make the default; without it (and without --clear), show the
+        /// current default
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        /// Remove the default
+        #[arg(long, conflicts_with = "name")]
+        clear: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish), e.g. `scyld-bootctl completion bash >
+    /// /etc/bash_completion.d/scyld-bootctl`
+    Completion(Completion),
+}

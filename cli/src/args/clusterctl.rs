@@ -1,0 +1,149 @@
+//! The command line of `scyld-clusterctl`.
+
+use crate::ConnOpts;
+use crate::args::Completion;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Cluster-wide administration: the head nodes that share the cluster database, and the boot
+/// files every head keeps.
+#[derive(Parser)]
+#[command(name = "scyld-clusterctl", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub conn: ConnOpts,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Head nodes
+    Heads {
+        #[command(subcommand)]
+        cmd: HeadsCmd,
+    },
+    /// Boot files (kernels, initramfs, root images) kept by every head
+    Files {
+        #[command(subcommand)]
+        cmd: FilesCmd,
+    },
+    /// Even out the nodes each head parents: show the moves a round would make now
+    /// (--dry-run), or make them (--now). Heads also do this by themselves every
+    /// rebalance.interval seconds
+    Rebalance {
+        /// Show the moves without making them
+        #[arg(long, conflicts_with = "now", required_unless_present = "now")]
+        dry_run: bool,
+        /// Make the moves now
+        #[arg(long)]
+        now: bool,
+    },
+    /// Secrets (BMC passwords) that nodes name with _bmc_pass_ref=NAME; values are never shown
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretsCmd,
+    },
+    /// SSH public keys for root on every node (with the heads' own root keys), installed by
+    /// `scyld-nodectl script update_keys`
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Print a shell completion script (bash, zsh, fish), e.g. `scyld-clusterctl completion bash >
+    /// /etc/bash_completion.d/scyld-clusterctl`
+    Completion(Completion),
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCmd {
+    /// Set (or replace) a secret; the value is read from the terminal without echo, or from
+    /// the first line of stdin
+    Set {
+        /// The secret's name, as nodes give it in _bmc_pass_ref (letters, digits, '-', '_', '.';
+        /// up to 64)
+        name: String,
+    },
+    /// List the secrets' names and when they were set
+    Ls,
+    /// Remove secrets
+    Rm {
+        /// Names of the secrets to remove
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Add a public key under a name
+    Add {
+        /// A name for the key (letters, digits, '-', '_', '.')
+        name: String,
+        /// The key line (`ssh-ed25519 AAAA… comment`); or use --file
+        #[arg(value_name = "KEY", conflicts_with = "file", required_unless_present = "file")]
+        key: Option<String>,
+        /// Read the key from this .pub file
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// List the keys (names; -l for the keys themselves)
+    Ls {
+        /// Long listing
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Remove keys by name
+    Rm {
+        /// Names of the keys to remove
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HeadsCmd {
+    /// List the heads (names; -l for address, liveness, version, database membership, nodes
+    /// parented, storage)
+    Ls {
+        /// Long listing
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FilesCmd {
+    /// List the files (ids and names; -l for kind, size and checksum)
+    Ls {
+        /// Long listing
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Upload a file to the head (which stores it and records its size and SHA-256)
+    Upload {
+        /// The local file to upload (a regular file)
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Name to record (default: the file's name)
+        #[arg(long)]
+        name: Option<String>,
+        /// kernel, initramfs, rootfs or other
+        #[arg(long, default_value = "other")]
+        kind: String,
+    },
+    /// Delete files from the cluster (every head removes its copy); refused for files an image
+    /// or boot config uses, unless --force
+    Rm {
+        /// Ids of the files to delete (32 hex digits, as `files ls` shows them)
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+        /// Delete even files that images or boot configs use (they are left naming a missing
+        /// file)
+        #[arg(long)]
+        force: bool,
+    },
+}
