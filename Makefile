@@ -22,9 +22,10 @@ RUN_APT_PACKAGES := $(BUILD_APT_PACKAGES) curl
 # power tests talk to), iproute2 (network namespaces), ipxe (the binaries heads serve over TFTP),
 # busybox-static (udhcpc; the static busybox of the end-to-end root image) and isc-dhcp-client
 # (dhclient) as real DHCP clients, qemu-system-x86 with ipxe-qemu (a real PXE client), kmod
-# (depmod, for the unpacked test kernel's modules.dep).
+# (depmod, for the unpacked test kernel's modules.dep), groff-base (groff checks every generated
+# man page as man would format it), zsh and fish (the generated completion scripts must parse).
 TEST_APT_PACKAGES := $(RUN_APT_PACKAGES) etcd-server etcd-client ipmitool openipmi iproute2 ipxe \
-	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu kmod
+	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu kmod groff-base zsh fish
 # make deb: dpkg-dev (dpkg-shlibdeps for the packages' library dependencies).
 DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
 # make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).

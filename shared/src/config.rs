@@ -682,4 +682,20 @@ mod edit_tests {
         let e = Config::parse("database.peers = ftp://x\n", Path::new("x")).unwrap_err().to_string();
         assert!(e.contains("database.peers"), "{e}");
     }
+
+    /// The annotated base.ini the package ships lists settings the parser knows, with valid values:
+    /// with every commented-out setting enabled, it parses without a warning.
+    #[test]
+    fn the_shipped_example_parses() {
+        let example = include_str!("../../head/base.ini.example");
+        let enabled: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.contains('.') && !k.contains(' ')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(enabled.lines().count() > 40, "{enabled}");
+        let loaded = Config::parse(&enabled, Path::new("base.ini.example")).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
 }
