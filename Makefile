@@ -1,6 +1,8 @@
 # ClusterWare multi-head: build, run, test, benchmark.
 #   make run    build and start a solo head on the embedded database, with demo nodes
 #   make test   install what the tests need (as root, with apt-get), then run the whole suite
+#   make test-clean  what CI runs: make test, make run and the packages, each in a pristine Debian root
+#   make deb    build the Debian packages clusterware and clusterware-node into target/debian
 #   make bench  run the benchmarks and write BENCHMARKS.md
 #   make agent  build the static node agent (target/x86_64-unknown-linux-gnu/agent/clusterware-node)
 
@@ -32,7 +34,7 @@ DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
 BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-admin
 
 .PHONY: all build agent netboot-kernel build-deps run-deps deps deb-deps bench-deps run test test-clean \
-	deb test-packages bench fmt clean
+	test-run deb test-packages bench fmt clean
 
 # The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
 AGENT_TARGET := x86_64-unknown-linux-gnu
@@ -92,11 +94,16 @@ test: deps build agent netboot-kernel
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status
 
-# make test in a fresh clone inside a pristine Debian root (scripts/clean-root.sh; CI runs this),
-# and the Debian packages built, installed, used and removed in another.
+# make test in a fresh clone inside a pristine Debian root (scripts/clean-root.sh; CI runs this);
+# in another, make run with only what it installs, then the Debian packages built, installed,
+# used and purged.
 test-clean:
-	scripts/clean-root.sh -- make test-packages
+	scripts/clean-root.sh -- make test-run test-packages
 	scripts/clean-root.sh -- make test
+
+# make run as a new user runs it: the head serves, its simulated nodes come up, Ctrl-C ends it all.
+test-run:
+	scripts/test-run.sh
 
 # Debian packages (clusterware, clusterware-node) in target/debian.
 deb: deb-deps agent

@@ -105,8 +105,9 @@ check "the running head is the packaged daemon" sh "
 check "$prefix/bin/managedb --heads lists the head" sh "$prefix/bin/managedb --heads | grep -q pkghead"
 check "scyld-nodectl creates and lists a node" sh "
   scyld-nodectl create mac=52:54:00:00:00:01 ip=10.54.0.1 && scyld-nodectl ls | grep -qx n0"
-check "scyld-modimg build finds the packaged agent without --agent" sh "
-  d=\$(mktemp -d) && mkdir \$d/root && scyld-modimg build --from \$d/root -o \$d/img && [ -s \$d/img ]"
+check "scyld-modimg build bakes in the packaged agent without --agent" sh "
+  d=\$(mktemp -d) && mkdir -p \$d/root/sbin && install -m 755 /dev/null \$d/root/sbin/init &&
+  scyld-modimg build --from \$d/root -o \$d/img && gzip -dc \$d/img | grep -aq usr/sbin/clusterware-node"
 
 check "apt-get remove stops the head and removes the programs" sh "
   pid=\$(cat $prefix/conf/clusterware-head.pid) && apt-get remove -y -q clusterware clusterware-node &&
