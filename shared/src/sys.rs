@@ -56,19 +56,13 @@ pub fn interface_ip(name: &str) -> Option<Ipv4Addr> {
 /// finds `/opt/scyld/clusterware/libexec/clusterware-node` (`None` when `exe` has no grandparent
 /// directory). Lexical: `exe` is the resolved path of the running program (`/proc/self/exe`), so
 /// `..` is its directory's parent.
-pub fn packaged_agent_for(exe: &Path) -> Option<PathBuf> {
+fn packaged_agent_for(exe: &Path) -> Option<PathBuf> {
     let prefix = exe.parent()?.parent()?;
     Some(prefix.join("libexec").join("clusterware-node"))
 }
 
-/// The static agent the clusterware package installs beside this program, when that file is
-/// there (see [`packaged_agent_for`]).
-pub fn packaged_agent() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    packaged_agent_for(&exe).filter(|p| p.is_file())
-}
-
-/// The agent to bake into an initramfs or image: `given` (`--agent PATH`), else the packaged one.
+/// The agent to bake into an initramfs or image: `given` (`--agent PATH`), else the packaged one
+/// beside this program (see [`packaged_agent_for`]).
 /// The error tells how to get one.
 pub fn agent_path(given: Option<&Path>) -> Result<PathBuf, String> {
     agent_path_for(given, std::env::current_exe().ok().as_deref())
