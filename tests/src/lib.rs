@@ -363,6 +363,19 @@ impl Head {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Waits (up to 10 s) until this head's log file (`log/head_<name>.log`) satisfies `f`, and
+    /// returns it. The head writes its log from a background thread, so a line can land a moment
+    /// after the answer whose work it records.
+    pub fn wait_log(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let path = self.dir.join(format!("log/head_{}.log", self.name));
+        let mut log = String::new();
+        poll_until(what, Duration::from_secs(10), || {
+            log = std::fs::read_to_string(&path).unwrap_or_default();
+            f(&log)
+        });
+        log
+    }
+
     /// The last lines of this head's stderr and etcd logs.
     pub fn stderr_tail(&self) -> String {
         let mut s = String::new();

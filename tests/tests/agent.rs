@@ -97,8 +97,7 @@ fn fleet_of_200_reports_runs_scripts_and_fails_over() {
     assert_eq!(heads_file.lines().filter(|l| !l.starts_with('#')).count(), 3, "{heads_file}");
     assert!(heads_file.lines().nth(1).unwrap().ends_with(" head1"), "{heads_file}");
     assert_eq!(sim.node_file(&first, "hosts"), format!("{}\tparent-head-node\n", c.heads[0].ip));
-    let log = std::fs::read_to_string(c.heads[0].dir.join("log/head_head1.log")).unwrap();
-    assert!(log.contains("Booting node n0 (52:54:00:a1:00:00)"), "head log lacks Booting node");
+    c.heads[0].wait_log("head1 logs Booting node", |l| l.contains("Booting node n0 (52:54:00:a1:00:00)"));
 
     // update_keys from a head that parents no node: every node gets the heads' keys, the
     // cluster keys and its own.
@@ -271,8 +270,7 @@ fn bad_node_requests_change_nothing() {
     // Nothing changed: the node is still new.
     let s = statuses(h);
     assert_eq!(s[0]["state"], "new", "{s:?}");
-    let log = std::fs::read_to_string(h.dir.join("log/head_head1.log")).unwrap();
-    assert!(log.contains("not the node's refused"), "refusal logged");
+    h.wait_log("refusal logged", |l| l.contains("not the node's refused"));
     // The right request from the right address works.
     let (code, text) = raw(h, "127.203.0.1", &post("status", &report("52:54:00:a3:00:01")));
     assert_eq!(code, 200, "{text}");
