@@ -576,7 +576,8 @@ fn install(args: &Args) -> CliResult<()> {
             .map(|l| format!(": {}", l.trim()))
             .unwrap_or_default();
         match last {
-            None if pid != 0 && !membership::process_alive(pid) => fail(format!("the head exited at start{tail}")),
+            // It may have answered `starting` before it gave up.
+            _ if pid != 0 && !membership::process_alive(pid) => fail(format!("the head exited at start{tail}")),
             last => fail(format!(
                 "the head did not start serving within 120 s (it reports {:?}){tail}",
                 last.map(|h| h.state)
