@@ -26,10 +26,10 @@ mod membership;
 mod netboot;
 
 use clap::Parser;
-use clusterware_head::db::embedded::Embedded;
-use clusterware_head::db::etcd::Etcd;
-use clusterware_head::db::member::{MemberHandle, MemberSpec};
-use clusterware_head::db::{Compare, Database, Txn, TxnOp};
+use clusterware_head::core::db::embedded::Embedded;
+use clusterware_head::core::db::etcd::Etcd;
+use clusterware_head::core::db::member::{MemberHandle, MemberSpec};
+use clusterware_head::core::db::{Compare, Database, Txn, TxnOp};
 use clusterware_tests::{Cluster, free_port};
 use serde_json::json;
 use std::fmt::Write as _;

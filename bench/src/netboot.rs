@@ -342,14 +342,14 @@ pub fn bench_boot(r: &mut Report) {
         .spawn()
         .unwrap();
     // The same empty router advertisements as the heads send, so iPXE does not wait for IPv6.
-    let ra_sock = run_in(Some(&ns), || clusterware_head::ra::open("cwn0"));
+    let ra_sock = run_in(Some(&ns), || clusterware_head::netboot::ra::open("cwn0"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ra_thread = ra_sock.ok().map(|s| {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                if let Ok(fd) = clusterware_head::ra::register(s) {
-                    clusterware_head::ra::run(fd, "cwn0".into(), stop_rx).await;
+                if let Ok(fd) = clusterware_head::netboot::ra::register(s) {
+                    clusterware_head::netboot::ra::run(fd, "cwn0".into(), stop_rx).await;
                 }
             })
         })

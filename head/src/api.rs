@@ -2,17 +2,17 @@
 //! credential (`Authorization: Bearer <token>`, the token derived from `database.admin_pass`):
 //! 401 without one, 403 with a wrong one. Every error is JSON `{kind, message}`.
 
-use crate::boot::{self, BootError};
-use crate::db::{Database, DbError};
-use crate::dump::{self, Dump, DumpError};
-use crate::heads::{self, HeadRecord};
-use crate::keys::{self, KeyError};
+use crate::bootcfg::{self, BootError};
+use crate::core::db::{Database, DbError};
+use crate::membership::dump::{self, Dump, DumpError};
+use crate::core::heads::{self, HeadRecord};
+use crate::agent_channel::keys::{self, KeyError};
 use crate::membership::{Control, MembershipError};
 use crate::power::{self, PowerSettings, SecretError};
 use crate::registry::{self, RegistryError};
-use crate::status::{AgentError, Hub};
+use crate::agent_channel::{AgentError, Hub};
 use crate::storage::{Storage, StorageError};
-use crate::transfer::{self, ImportOptions};
+use crate::bootcfg::transfer::{self, ImportOptions};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, OriginalUri, Path, RawQuery, Request, State};
@@ -630,7 +630,7 @@ async fn boot_script(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> 
     };
     let name = match node.attributes.get("_boot_config") {
         Some(n) => n.clone(),
-        None => match boot::list_configs(&st.db).await?.1 {
+        None => match bootcfg::list_configs(&st.db).await?.1 {
             Some(d) => d,
             None => {
                 let why = format!("{} has no _boot_config and the cluster has no default boot config", node.name);
@@ -639,7 +639,7 @@ async fn boot_script(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> 
             }
         },
     };
-    let cfg = match boot::get_config(&st.db, &name).await {
+    let cfg = match bootcfg::get_config(&st.db, &name).await {
         Ok((c, _)) => c,
         Err(BootError::NotFound(_)) => {
             let why = format!("{}'s boot config {name:?} does not exist", node.name);
@@ -650,9 +650,9 @@ async fn boot_script(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> 
     };
     let mut args: Vec<String> = cfg.cmdline.split_whitespace().map(str::to_string).collect();
     if let Some(img) = &cfg.image {
-        match boot::get_image(&st.db, img).await {
+        match bootcfg::get_image(&st.db, img).await {
             Ok(image) => {
-                if let Some(rec) = boot::file_record(&st.db, &image.rootfs).await? {
+                if let Some(rec) = bootcfg::file_record(&st.db, &image.rootfs).await? {
                     args.push(format!("cw.image={}", rec.id));
                     args.push(format!("cw.image_size={}", rec.size));
                     args.push(format!("cw.image_sha256={}", rec.sha256));
@@ -883,7 +883,7 @@ async fn delete_file(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let users = boot::users_of_file(&st.db, &id).await?;
+    let users = bootcfg::users_of_file(&st.db, &id).await?;
     if !users.is_empty() && !flag(&q, "force")? {
         return Err(BootError::Conflict(format!(
             "file {id} is used by {}; delete or change those first, or delete with --force",
@@ -990,22 +990,22 @@ fn flag(q: &Option<String>, name: &str) -> ApiResult<bool> {
 }
 
 async fn list_images(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &ImageList { images: boot::list_images(&st.db).await? }))
+    Ok(json(StatusCode::OK, &ImageList { images: bootcfg::list_images(&st.db).await? }))
 }
 
 async fn get_image(State(st): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &boot::get_image(&st.db, &name).await?))
+    Ok(json(StatusCode::OK, &bootcfg::get_image(&st.db, &name).await?))
 }
 
 async fn create_image(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
-    let img = boot::create_image(&st.db, parse::<CreateImage>(&body)?).await?;
+    let img = bootcfg::create_image(&st.db, parse::<CreateImage>(&body)?).await?;
     tracing::info!(image = %img.name, rootfs = %img.rootfs, "image created");
     Ok(json(StatusCode::CREATED, &img))
 }
 
 async fn clone_image(State(st): State<Arc<AppState>>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
     let req: CloneRequest = parse(&body)?;
-    Ok(json(StatusCode::CREATED, &boot::clone_image(&st.db, &name, &req.name).await?))
+    Ok(json(StatusCode::CREATED, &bootcfg::clone_image(&st.db, &name, &req.name).await?))
 }
 
 async fn delete_image(
@@ -1013,31 +1013,31 @@ async fn delete_image(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &boot::delete_image(&st.db, &st.storage, &name, flag(&q, "force")?).await?))
+    Ok(json(StatusCode::OK, &bootcfg::delete_image(&st.db, &st.storage, &name, flag(&q, "force")?).await?))
 }
 
 async fn list_configs(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    let (boot_configs, default) = boot::list_configs(&st.db).await?;
+    let (boot_configs, default) = bootcfg::list_configs(&st.db).await?;
     Ok(json(StatusCode::OK, &BootConfigList { boot_configs, default }))
 }
 
 async fn get_config(State(st): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &boot::detail(&st.db, &name).await?))
+    Ok(json(StatusCode::OK, &bootcfg::detail(&st.db, &name).await?))
 }
 
 async fn create_config(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
-    let c = boot::create_config(&st.db, parse::<CreateBootConfig>(&body)?).await?;
+    let c = bootcfg::create_config(&st.db, parse::<CreateBootConfig>(&body)?).await?;
     tracing::info!(boot_config = %c.name, image = ?c.image, "boot config created");
     Ok(json(StatusCode::CREATED, &c))
 }
 
 async fn update_config(State(st): State<Arc<AppState>>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &boot::update_config(&st.db, &name, parse::<UpdateBootConfig>(&body)?).await?))
+    Ok(json(StatusCode::OK, &bootcfg::update_config(&st.db, &name, parse::<UpdateBootConfig>(&body)?).await?))
 }
 
 async fn clone_config(State(st): State<Arc<AppState>>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
     let req: CloneRequest = parse(&body)?;
-    Ok(json(StatusCode::CREATED, &boot::clone_config(&st.db, &name, &req.name).await?))
+    Ok(json(StatusCode::CREATED, &bootcfg::clone_config(&st.db, &name, &req.name).await?))
 }
 
 async fn delete_config(
@@ -1045,12 +1045,12 @@ async fn delete_config(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &boot::delete_config(&st.db, &st.storage, &name, flag(&q, "force")?).await?))
+    Ok(json(StatusCode::OK, &bootcfg::delete_config(&st.db, &st.storage, &name, flag(&q, "force")?).await?))
 }
 
 async fn set_default(State(st): State<Arc<AppState>>, body: Bytes) -> ApiResult<Response> {
     let req: DefaultBootConfig = parse(&body)?;
-    boot::set_default(&st.db, req.name.as_deref()).await?;
+    bootcfg::set_default(&st.db, req.name.as_deref()).await?;
     Ok(json(StatusCode::OK, &req))
 }
 

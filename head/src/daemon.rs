@@ -4,13 +4,13 @@
 //! etcd member.
 
 use crate::api::{self, AppState};
-use crate::db::embedded::Embedded;
-use crate::db::etcd::Etcd;
-use crate::db::member::{MemberError, MemberHandle, MemberSpec};
-use crate::db::{Database, DbError};
-use crate::heads::{self, DbMode, HeadRecord};
+use crate::core::db::embedded::Embedded;
+use crate::core::db::etcd::Etcd;
+use crate::core::db::member::{MemberError, MemberHandle, MemberSpec};
+use crate::core::db::{Database, DbError};
+use crate::core::heads::{self, DbMode, HeadRecord};
 use crate::membership::{self, Control};
-use crate::status::Hub;
+use crate::agent_channel::Hub;
 use crate::storage::{Storage, StorageError};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{Config, ConfigError, DatabaseType, Membership};
@@ -267,7 +267,7 @@ async fn start_boot_net(
     let server_ip = clusterware_shared::sys::interface_ip(&iface)
         .or(cfg.head_ip)
         .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
-    let settings = crate::dhcp::DhcpSettings {
+    let settings = crate::netboot::dhcp::DhcpSettings {
         interface: iface.clone(),
         server_ip,
         port: cfg.boot.dhcp_port,
@@ -283,21 +283,21 @@ async fn start_boot_net(
         bios_file: cfg.boot.bios_file.clone(),
         efi_file: cfg.boot.efi_file.clone(),
     };
-    let dhcp_sock = crate::dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
+    let dhcp_sock = crate::netboot::dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
     let tftp_sock = tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
         .await
         .map_err(err("binding the TFTP port"))?;
     if !cfg.boot.tftp_dir.is_dir() {
         tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the TFTP directory does not exist (Debian package ipxe); PXE ROMs cannot load iPXE from this head");
     }
-    let dhcp = crate::dhcp::DhcpServer::new(hub.clone(), settings);
-    let tftp = crate::tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
+    let dhcp = crate::netboot::dhcp::DhcpServer::new(hub.clone(), settings);
+    let tftp = crate::netboot::tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
     tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
     let mut tasks =
         vec![tokio::spawn(dhcp.run(dhcp_sock, stop.clone())), tokio::spawn(tftp.run(tftp_sock, stop.clone()))];
     if cfg.boot.ra {
-        match crate::ra::bind(&iface) {
-            Ok(sock) => tasks.push(tokio::spawn(crate::ra::run(sock, iface.clone(), stop))),
+        match crate::netboot::ra::bind(&iface) {
+            Ok(sock) => tasks.push(tokio::spawn(crate::netboot::ra::run(sock, iface.clone(), stop))),
             Err(e) => {
                 tracing::warn!(interface = %iface, error = %e, "cannot answer IPv6 router solicitations; iPXE may wait for IPv6 autoconfiguration")
             }

@@ -1,45 +1,33 @@
 //! The ClusterWare head daemon as a library, so that tests and benchmarks drive the same code.
 //!
 //! # Layout
-//! - [`daemon`]: start-up, database opening, shutdown order.
-//! - [`api`]: the admin HTTP API (`/api/v1`), authentication and the error mapping.
-//! - [`heads`]: head member records and lease-bound liveness.
-//! - [`db`]: the cluster database abstraction and its two backends (etcd, embedded).
-//! - [`registry`]: compute nodes (create, list, set/clear attributes, delete) with MAC, IP and
-//!   index uniqueness enforced inside database transactions.
-//! - [`dump`]: `managedb save`/`load` of the cluster's data.
+//! A small [`core`] and a set of capabilities, each a folder of its own (`ARCHITECTURE.md`
+//! draws the layers):
+//! - [`core`]: the cluster database ([`core::db`]), the schema of keys and records
+//!   ([`core::schema`]), watch-backed views ([`core::follow`], [`core::heads`]), the HTTP
+//!   server and its one error mapping ([`core::http`]), the task supervisor
+//!   ([`core::supervisor`]).
+//! - [`registry`]: compute nodes, with MAC, IP and index uniqueness enforced inside database
+//!   transactions, and the in-memory node table.
 //! - [`storage`]: boot files on local storage: verification, quarantine, peer download,
 //!   deletion list, audits.
-//! - [`dhcp`], [`tftp`]: network boot (DHCP answers from memory, iPXE binaries over TFTP).
-//! - [`follow`]: in-memory copies of database prefixes kept current by watches.
-//! - [`nodecache`]: every node by uid and MAC, in memory.
-//! - [`status`]: the agent channel (status pushes, long polls, scripts) and node state.
-//! - [`keys`]: cluster SSH keys for `update_keys`.
-//! - [`power`]: power control through BMCs (ipmitool), cluster secrets.
+//! - [`bootcfg`]: images and boot configs, export and import.
+//! - [`agent_channel`]: the node agents' channel: status pushes, long polls, scripts, SSH keys.
 //! - [`rebalance`]: evening out the nodes each head parents.
+//! - [`membership`]: join, leave, eject, recover, automatic failover, `managedb` save/load.
+//! - [`power`]: power control through BMCs (ipmitool), cluster secrets.
+//! - [`netboot`]: DHCP, TFTP, router advertisements and the iPXE boot script.
+//! - [`daemon`]: start-up, the capabilities' registration, shutdown order.
 //! - [`args`]: the daemon's command line.
+pub mod agent_channel;
 pub mod api;
 pub mod args;
-pub mod boot;
+pub mod bootcfg;
+pub mod core;
 pub mod daemon;
-pub mod db;
-pub mod dhcp;
-pub mod dump;
-pub mod follow;
-pub mod heads;
-pub mod keys;
 pub mod membership;
-pub mod nodecache;
+pub mod netboot;
 pub mod power;
-pub mod ra;
 pub mod rebalance;
 pub mod registry;
-pub mod status;
 pub mod storage;
-pub mod tftp;
-pub mod transfer;
-
-/// Seconds since the Unix epoch (0 if the clock is before it), for record timestamps.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}

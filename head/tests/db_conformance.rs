@@ -2,10 +2,10 @@
 //! embedded store and against a real etcd member (Debian's `etcd`, started by the same
 //! supervisor code the head daemon uses).
 
-use clusterware_head::db::embedded::Embedded;
-use clusterware_head::db::etcd::Etcd;
-use clusterware_head::db::member::{MemberHandle, MemberSpec};
-use clusterware_head::db::{Compare, Database, DbError, EventKind, OpResult, Txn, TxnOp};
+use clusterware_head::core::db::embedded::Embedded;
+use clusterware_head::core::db::etcd::Etcd;
+use clusterware_head::core::db::member::{MemberHandle, MemberSpec};
+use clusterware_head::core::db::{Compare, Database, DbError, EventKind, OpResult, Txn, TxnOp};
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -14,10 +14,10 @@
 //! into storage and the database changed, in one transaction. A refused archive leaves nothing
 //! outside the staging directory, which is removed.
 
-use crate::boot::{self, BOOTCONFIGS, BootError, IMAGES, encode};
-use crate::db::{Compare, Database, Txn, TxnOp};
+use crate::bootcfg::{self, BOOTCONFIGS, BootError, IMAGES, encode};
+use crate::core::db::{Compare, Database, Txn, TxnOp};
 use crate::storage::{FILES, Storage};
-use crate::unix_now as now;
+use crate::core::unix_now as now;
 use bytes::Bytes;
 use clusterware_shared::api::{
     BootConfig, FILE_KINDS, FileRecord, Image, ImportReport, ImportedFile, is_file_id, valid_object_name,
@@ -103,7 +103,7 @@ pub async fn export(
     storage: &Arc<Storage>,
     name: &str,
 ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + use<>, BootError> {
-    let d = boot::detail(db, name).await?;
+    let d = bootcfg::detail(db, name).await?;
     let mut needed = vec![d.boot_config.kernel.clone(), d.boot_config.initramfs.clone()];
     if let Some(i) = &d.image {
         needed.push(i.rootfs.clone());

@@ -6,7 +6,7 @@
 //! Cluster secrets (`secrets/<name>`) hold passwords that many nodes share
 //! (`_bmc_pass_ref=<name>`); they are never listed with their values.
 
-use crate::db::{Database, DbError, Txn, TxnOp};
+use crate::core::db::{Database, DbError, Txn, TxnOp};
 use clusterware_shared::api::Node;
 use clusterware_shared::power::{BootDevice, NodePower, PowerAction, PowerOutcome, SecretInfo, parse_bmc_addr};
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ pub async fn set_secret(db: &Database, name: &str, value: &str) -> Result<Secret
     if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
         return Err(SecretError::Invalid("a secret is 1 to 256 characters, no control characters".into()));
     }
-    let rec = SecretRecord { name: name.to_string(), value: value.to_string(), set: crate::unix_now() };
+    let rec = SecretRecord { name: name.to_string(), value: value.to_string(), set: crate::core::unix_now() };
     db.put(&format!("{SECRETS}{name}"), serde_json::to_vec(&rec).expect("secrets serialise")).await?;
     Ok(SecretInfo { name: rec.name, set: rec.set })
 }
@@ -68,7 +68,7 @@ pub async fn remove_secret(db: &Database, name: &str) -> Result<SecretInfo, Secr
     let k = format!("{SECRETS}{name}");
     let r = db.txn(Txn::new().and_then([TxnOp::get(k.clone()), TxnOp::delete(k)])).await?;
     let rec = match r.results.first() {
-        Some(crate::db::OpResult::Got(kvs)) => {
+        Some(crate::core::db::OpResult::Got(kvs)) => {
             kvs.first().and_then(|kv| serde_json::from_slice::<SecretRecord>(&kv.value).ok())
         }
         _ => None,

@@ -12,9 +12,9 @@
 //! Nodes whose `_preferred_head` is alive never move away from it; the imbalance they cause is
 //! reported in the plan's notes, not fought.
 
-use crate::db::{Compare, DbError, KeyValue, OpResult, Txn, TxnOp};
-use crate::heads::ALIVE;
-use crate::status::{Hub, STATUS, StatusRecord};
+use crate::core::db::{Compare, DbError, KeyValue, OpResult, Txn, TxnOp};
+use crate::core::heads::ALIVE;
+use crate::agent_channel::{Hub, STATUS, StatusRecord};
 use clusterware_shared::agent::{HeadLoad, NodeMove, NodeState, RebalanceReport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -235,7 +235,7 @@ impl Hub {
             return Ok(report);
         }
         let lease = self.db.grant_lease(settings.holdoff.as_secs().max(5) as i64).await?;
-        let now = crate::unix_now();
+        let now = crate::core::unix_now();
         let mut done = Vec::new();
         for chunk in report.moves.chunks(500) {
             let mut t = Txn::new();

@@ -22,9 +22,9 @@
 //!   from the entry, which goes when none is left (or after `local_files.deleted_ttl`). A head
 //!   that was down finds its copy unreferenced at start-up and renames it `.old.NN`.
 
-use crate::db::{Compare, Database, DbError, Txn, TxnOp};
-use crate::heads::{ALIVE, HEADS, HeadRecord};
-use crate::unix_now as now;
+use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::core::heads::{ALIVE, HEADS, HeadRecord};
+use crate::core::unix_now as now;
 use bytes::Bytes;
 use clusterware_shared::api::{FileRecord, StorageCounters, StorageSummary, is_file_id};
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -795,7 +795,7 @@ pub fn quarantine(path: &Path) -> Result<Option<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::embedded::Embedded;
+    use crate::core::db::embedded::Embedded;
 
     fn chunks(parts: &[&[u8]]) -> impl Stream<Item = std::result::Result<Bytes, String>> + Send + use<> {
         let v: Vec<std::result::Result<Bytes, String>> = parts.iter().map(|p| Ok(Bytes::copy_from_slice(p))).collect();

@@ -10,7 +10,7 @@
 //! several heads creates one node). A node whose `_preferred_head` is another live head gets this
 //! head's offer `dhcp.defer_ms` later, so that the preferred head usually wins.
 
-use crate::status::Hub;
+use crate::agent_channel::Hub;
 use clusterware_shared::ids::MacAddr;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
@@ -400,9 +400,9 @@ pub fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Database;
-    use crate::db::embedded::Embedded;
-    use crate::heads::{DbMode, HeadRecord};
+    use crate::core::db::Database;
+    use crate::core::db::embedded::Embedded;
+    use crate::core::heads::{DbMode, HeadRecord};
 
     async fn server() -> (Arc<DhcpServer>, watch::Sender<bool>) {
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());

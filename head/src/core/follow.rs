@@ -3,7 +3,7 @@
 //! answer without a database round trip (nodes by MAC, node status, SSH keys, heads) are built on
 //! this.
 
-use crate::db::{Database, EventKind, KeyValue};
+use crate::core::db::{Database, EventKind, KeyValue};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -44,7 +44,7 @@ pub async fn follow(
                 }
             }
             #[allow(unreachable_code)]
-            Ok::<(), crate::db::DbError>(())
+            Ok::<(), crate::core::db::DbError>(())
         };
         tokio::select! {
             r = round => if let Err(e) = r {

@@ -7,7 +7,7 @@
 //! summaries, node status and pending scripts, which belong to the heads of one cluster. File contents are not in the database either; the heads
 //! of the loading cluster need their own copies (or fetch them from a peer that has them).
 
-use crate::db::{Compare, Database, DbError, OpResult, Piece, Txn, TxnOp, batch, undo_puts};
+use crate::core::db::{Compare, Database, DbError, OpResult, Piece, Txn, TxnOp, batch, undo_puts};
 use clusterware_shared::api::{BootConfig, FileRecord, Image, Node};
 
 pub const FORMAT: &str = "clusterware-database";

@@ -16,11 +16,13 @@
 //! hands them to the agent's long poll at once; the agent posts the outcome to its parent, which
 //! writes it into the record; the asking head sees it through its own follow.
 
-use crate::db::{Compare, Database, DbError, KeyValue, LeaseId, Txn, TxnOp};
-use crate::follow::{Change, Mirror, follow};
-use crate::heads::{ALIVE, AliveRecord, HEADS, HeadRecord};
-use crate::nodecache::NodeCache;
-use crate::unix_now;
+pub mod keys;
+
+use crate::core::db::{Compare, Database, DbError, KeyValue, LeaseId, Txn, TxnOp};
+use crate::core::follow::{Change, Mirror, follow};
+use crate::core::heads::{ALIVE, AliveRecord, HEADS, HeadRecord};
+use crate::registry::cache::NodeCache;
+use crate::core::unix_now;
 use clusterware_shared::agent::{
     Command, DEFAULT_STATUS_SECS, Directives, Hardware, HeadEntry, MAX_WAIT_SECS, MISSED_INTERVALS, NodeOutcome,
     NodeState, NodeStatus, Outcome, Phase, STATUS_SECS_RANGE, Script, ScriptOutcome, SshKey, StatusReport,

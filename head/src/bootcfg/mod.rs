@@ -5,10 +5,12 @@
 //! exist), deleting something still in use is refused unless forced, and deleting removes the
 //! underlying files that nothing else references, through the storage deletion list.
 
-use crate::db::{Compare, Database, DbError, Txn, TxnOp};
+pub mod transfer;
+
+use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
 use crate::registry;
 use crate::storage::{FILES, Storage, StorageError};
-use crate::unix_now as now;
+use crate::core::unix_now as now;
 use clusterware_shared::api::{
     BootConfig, BootConfigDetail, CreateBootConfig, CreateImage, FileRecord, Image, UpdateBootConfig, is_file_id,
     valid_object_name,

@@ -1,8 +1,8 @@
 //! Every node in memory, by uid and by MAC, kept current by following `nodes/`: node-facing
 //! requests (status pushes, long polls) are answered without a database round trip.
 
-use crate::db::Database;
-use crate::follow::{Change, follow};
+use crate::core::db::Database;
+use crate::core::follow::{Change, follow};
 use crate::registry::NODES;
 use clusterware_shared::api::Node;
 use clusterware_shared::ids::MacAddr;
@@ -46,7 +46,7 @@ impl NodeCache {
     pub fn spawn(db: Database, stop: watch::Receiver<bool>) -> Arc<NodeCache> {
         let c = Arc::new(NodeCache { tables: RwLock::new(Tables::default()), ready: watch::channel(false).0 });
         let c2 = c.clone();
-        let decode = |kv: &crate::db::KeyValue| match serde_json::from_slice::<Node>(&kv.value) {
+        let decode = |kv: &crate::core::db::KeyValue| match serde_json::from_slice::<Node>(&kv.value) {
             Ok(n) => Some(n),
             Err(e) => {
                 tracing::warn!(key = %format!("{NODES}{}", kv.key), error = %e, "ignoring unreadable node record");

@@ -10,8 +10,10 @@
 //! writes nothing; a creation that loses a race in a later transaction removes what its earlier
 //! ones wrote.
 
-use crate::db::{Compare, Database, DbError, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
-use crate::unix_now as now;
+pub mod cache;
+
+use crate::core::db::{Compare, Database, DbError, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
+use crate::core::unix_now as now;
 use clusterware_shared::api::{NODE_FIELDS, Node, NodeSpec};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, node_name, validate_attr, validate_attr_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -397,7 +399,7 @@ pub async fn delete(db: &Database, uids: Vec<String>) -> Result<Vec<Node>> {
             .map(|(n, rev)| Piece {
                 compares: vec![Compare::unchanged(node_key(&n.uid), *rev)],
                 ops: std::iter::once(TxnOp::delete(node_key(&n.uid)))
-                    .chain(std::iter::once(TxnOp::delete(format!("{}{}", crate::status::STATUS, n.uid))))
+                    .chain(std::iter::once(TxnOp::delete(format!("{}{}", crate::agent_channel::STATUS, n.uid))))
                     .chain(claims(n).into_iter().map(TxnOp::delete))
                     .collect(),
             })
@@ -419,7 +421,7 @@ pub async fn delete(db: &Database, uids: Vec<String>) -> Result<Vec<Node>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::embedded::Embedded;
+    use crate::core::db::embedded::Embedded;
 
     fn spec(mac: &str, ip: Option<&str>) -> NodeSpec {
         NodeSpec { macs: vec![mac.parse().unwrap()], ip: ip.map(|i| i.parse().unwrap()), ..Default::default() }

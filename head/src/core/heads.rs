@@ -3,7 +3,7 @@
 //! TTL. Renewals are lease keep-alives, not writes: a head's heartbeat costs the database no
 //! revision. When a head dies its lease expires and its liveness record disappears.
 
-use crate::db::{Database, DbError, LeaseId, Member, Txn, TxnOp};
+use crate::core::db::{Database, DbError, LeaseId, Member, Txn, TxnOp};
 use clusterware_shared::api::{DbMember, HeadInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;

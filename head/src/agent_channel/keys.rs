@@ -1,8 +1,8 @@
 //! Cluster SSH keys (`keys/<name>`): public keys that `update_keys` gives root on every node,
 //! besides the heads' own root keys.
 
-use crate::db::{Compare, Database, DbError, Txn, TxnOp};
-use crate::status::KEYS;
+use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::agent_channel::KEYS;
 use clusterware_shared::agent::{SshKey, validate_ssh_key};
 use clusterware_shared::ids::validate_attr_key;
 
@@ -26,7 +26,7 @@ fn check_name(name: &str) -> Result<(), KeyError> {
 pub async fn add(db: &Database, name: &str, key: &str) -> Result<SshKey, KeyError> {
     check_name(name)?;
     let key = validate_ssh_key(key).map_err(|e| KeyError::Invalid(format!("key {name:?}: {e}")))?;
-    let rec = SshKey { name: name.to_string(), key, added: crate::unix_now() };
+    let rec = SshKey { name: name.to_string(), key, added: crate::core::unix_now() };
     let k = format!("{KEYS}{name}");
     let t = Txn::new()
         .when([Compare::absent(k.clone())])
@@ -50,7 +50,7 @@ pub async fn remove(db: &Database, name: &str) -> Result<SshKey, KeyError> {
     let t = Txn::new().when([Compare::present(k.clone())]).and_then([TxnOp::get(k.clone()), TxnOp::delete(k)]);
     let r = db.txn(t).await?;
     let got = match r.results.first() {
-        Some(crate::db::OpResult::Got(kvs)) if r.succeeded => kvs.first().cloned(),
+        Some(crate::core::db::OpResult::Got(kvs)) if r.succeeded => kvs.first().cloned(),
         _ => None,
     };
     let kv = got.ok_or_else(|| KeyError::NotFound(format!("no key named {name:?}")))?;

@@ -7,8 +7,10 @@
 //! command with what to do. Changes that need the daemon to start differently (leave, recover,
 //! convert, a join) rewrite `base.ini` and restart the daemon in place ([`Control`]).
 
-use crate::db::{Compare, Database, DbError, Member, Txn, TxnOp};
-use crate::heads::{ALIVE, DbMode, HEADS, HeadRecord};
+pub mod dump;
+
+use crate::core::db::{Compare, Database, DbError, Member, Txn, TxnOp};
+use crate::core::heads::{ALIVE, DbMode, HEADS, HeadRecord};
 use clusterware_shared::api::{
     AddMember, ClusterInfo, ClusterMember, DataSummary, Failover, FailoverEvent, FailoverRequest, MemberAdded,
     MembershipChange,
@@ -613,7 +615,7 @@ pub async fn recover(db: Option<&Database>, ctl: &Control) -> Result<MembershipC
             }
         }
     }
-    crate::db::member::find_binary(&cfg.etcdctl_binary).map_err(|e| {
+    crate::core::db::member::find_binary(&cfg.etcdctl_binary).map_err(|e| {
         MembershipError::Refused(format!("{e} (recover restores the data with etcdctl: Debian package etcd-client)"))
     })?;
     config::edit(&ctl.config_path, &[("database.recover", Some("yes"))])?;
@@ -640,7 +642,7 @@ pub fn restore_alone(cfg: &config::Config, ctl: &Control) -> Result<(PathBuf, St
         return Err(MembershipError::Io(format!("there is no etcd data to recover at {}", snap.display())));
     }
     let etcdctl =
-        crate::db::member::find_binary(&cfg.etcdctl_binary).map_err(|e| MembershipError::Io(e.to_string()))?;
+        crate::core::db::member::find_binary(&cfg.etcdctl_binary).map_err(|e| MembershipError::Io(e.to_string()))?;
     let parent = cfg.etcd_data_dir.parent().unwrap_or(Path::new("/"));
     let new_dir = parent.join(format!("etcd-recovered-{}", now()));
     let token = format!("clusterware-{}", hex::encode(rand::random::<[u8; 8]>()));
@@ -711,8 +713,8 @@ pub async fn convert(
     if ctl.mode() != Some(DbMode::Embedded) {
         return Err(MembershipError::Refused("this head's database is etcd already".into()));
     }
-    crate::db::member::find_binary(&cfg.etcd_binary).map_err(|e| MembershipError::Refused(e.to_string()))?;
-    let dump = crate::dump::save(db).await.map_err(|e| MembershipError::Io(e.to_string()))?;
+    crate::core::db::member::find_binary(&cfg.etcd_binary).map_err(|e| MembershipError::Refused(e.to_string()))?;
+    let dump = crate::membership::dump::save(db).await.map_err(|e| MembershipError::Io(e.to_string()))?;
     let dir = ctl.config_path.parent().unwrap_or(Path::new("/"));
     let file = dir.join(format!("convert-{}.json", now()));
     let body = serde_json::to_vec(&dump).expect("a dump serialises");
@@ -755,11 +757,11 @@ pub async fn convert(
 /// member, then removes the setting and the file (it holds the cluster's secrets).
 pub async fn after_convert(db: &Database, ctl: &Control, file: &Path) -> Result<()> {
     let body = std::fs::read(file).map_err(|e| MembershipError::Io(format!("cannot read {}: {e}", file.display())))?;
-    let dump: crate::dump::Dump =
+    let dump: crate::membership::dump::Dump =
         serde_json::from_slice(&body).map_err(|e| MembershipError::Io(format!("{}: {e}", file.display())))?;
-    match crate::dump::load(db, &dump).await {
+    match crate::membership::dump::load(db, &dump).await {
         Ok(n) => tracing::info!(keys = n, "converted data loaded into the etcd member"),
-        Err(crate::dump::DumpError::Conflict(m)) => {
+        Err(crate::membership::dump::DumpError::Conflict(m)) => {
             tracing::warn!(reason = %m, "the etcd member holds data already; the converted file was loaded before")
         }
         Err(e) => return Err(MembershipError::Io(format!("cannot load {}: {e}", file.display()))),
