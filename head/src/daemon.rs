@@ -3,15 +3,20 @@
 //! SIGINT shut down in order: stop accepting requests, remove the liveness record, stop the
 //! etcd member.
 
-use crate::api::{self, AppState};
+use crate::agent_channel::{self, Hub};
 use crate::core::db::embedded::Embedded;
 use crate::core::db::etcd::Etcd;
 use crate::core::db::member::{MemberError, MemberHandle, MemberSpec};
 use crate::core::db::{Database, DbError};
-use crate::core::heads::{self, DbMode, HeadRecord};
+use crate::core::heads::{self};
+use crate::core::http;
+use crate::core::schema::{DbMode, HeadRecord};
+use crate::core::supervisor::{STAGE_LIMIT, Stage, Supervisor};
+use crate::core::view::ClusterView;
 use crate::membership::{self, Control};
-use crate::agent_channel::Hub;
+use crate::registry::{self, cache::NodeCache};
 use crate::storage::{Storage, StorageError};
+use crate::{bootcfg, netboot};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{Config, ConfigError, DatabaseType, Membership};
 use clusterware_shared::ids::validate_head_name;
@@ -253,12 +258,14 @@ fn read_ssh_keys(files: &[PathBuf]) -> Vec<String> {
 /// DHCP and TFTP on the cluster-network interface, when `dhcp.interface` is set.
 async fn start_boot_net(
     cfg: &Config,
-    hub: &Arc<Hub>,
-    stop: watch::Receiver<bool>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    db: &Database,
+    nodes: &Arc<NodeCache>,
+    view: &Arc<ClusterView>,
+    sup: &Supervisor,
+) -> Result<(), StartError> {
     let Some(iface) = cfg.boot.interface.clone() else {
         tracing::info!("network boot is off (set dhcp.interface to the cluster-network interface)");
-        return Ok(Vec::new());
+        return Ok(());
     };
     let err = |what: &str| {
         let (iface, what) = (iface.clone(), what.to_string());
@@ -279,7 +286,7 @@ async fn start_boot_net(
         register_unknown: cfg.boot.register_unknown,
         first_ip: cfg.boot.first_ip,
         defer: Duration::from_millis(cfg.boot.defer_ms),
-        http_base: hub.me.api_url.clone(),
+        http_base: view.me.api_url.clone(),
         bios_file: cfg.boot.bios_file.clone(),
         efi_file: cfg.boot.efi_file.clone(),
     };
@@ -290,20 +297,23 @@ async fn start_boot_net(
     if !cfg.boot.tftp_dir.is_dir() {
         tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the TFTP directory does not exist (Debian package ipxe); PXE ROMs cannot load iPXE from this head");
     }
-    let dhcp = crate::netboot::dhcp::DhcpServer::new(hub.clone(), settings);
+    let dhcp = crate::netboot::dhcp::DhcpServer::new(db.clone(), nodes.clone(), view.clone(), settings);
     let tftp = crate::netboot::tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
     tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
-    let mut tasks =
-        vec![tokio::spawn(dhcp.run(dhcp_sock, stop.clone())), tokio::spawn(tftp.run(tftp_sock, stop.clone()))];
+    sup.spawn(Stage::Serve, "dhcp", move |stop| dhcp.run(dhcp_sock, stop));
+    sup.spawn(Stage::Serve, "tftp", move |stop| tftp.run(tftp_sock, stop));
     if cfg.boot.ra {
         match crate::netboot::ra::bind(&iface) {
-            Ok(sock) => tasks.push(tokio::spawn(crate::netboot::ra::run(sock, iface.clone(), stop))),
+            Ok(sock) => {
+                let iface = iface.clone();
+                sup.spawn(Stage::Serve, "router advertisements", move |stop| crate::netboot::ra::run(sock, iface, stop))
+            }
             Err(e) => {
                 tracing::warn!(interface = %iface, error = %e, "cannot answer IPv6 router solicitations; iPXE may wait for IPv6 autoconfiguration")
             }
         }
     }
-    Ok(tasks)
+    Ok(())
 }
 
 /// How the daemon ended.
@@ -342,22 +352,6 @@ impl Signals {
     }
 }
 
-/// Serves `app` on a copy of `listener` until `stop` turns true.
-fn serve(
-    listener: &std::net::TcpListener,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, std::io::Error> {
-    let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-    Ok(tokio::spawn(async move {
-        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .await
-    }))
-}
-
 /// Runs the head until SIGTERM or SIGINT (or until it must restart).
 pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     let mut signals = Signals::new()?;
@@ -388,7 +382,8 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let server =
-            serve(&listener, api::detached_router(name.clone(), cfg.membership), stop_rx).map_err(listen_err)?;
+            http::serve(&listener, crate::membership::routes::detached_router(name.clone(), cfg.membership), stop_rx)
+                .map_err(listen_err)?;
         let exit = signals.next(&ctl).await;
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
@@ -397,7 +392,8 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     // While the database opens (a joining head catches up, a member waits for a quorum), a
     // minimal API answers: health, `recover`, and "starting" for everything else.
     let (pre_tx, pre_rx) = watch::channel(false);
-    let pre = serve(&listener, api::starting_router(ctl.clone()), pre_rx).map_err(listen_err)?;
+    let pre =
+        http::serve(&listener, crate::membership::routes::starting_router(ctl.clone()), pre_rx).map_err(listen_err)?;
     let opened = tokio::select! {
         r = open_database(&cfg, &name, ip, &ctl) => Some(r),
         exit = signals.next(&ctl) => {
@@ -434,17 +430,24 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     heads::register(&db, &rec).await?;
     let storage = Storage::open(&cfg.storage_dir, &name, db.clone())?;
     tracing::info!(path = %cfg.storage_dir.display(), "local file storage");
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let liveness = tokio::spawn(heads::keep_alive(db.clone(), rec.clone(), cfg.lease_ttl_secs, stop_rx.clone()));
-    let audits = tokio::spawn(storage_loop(
-        storage.clone(),
-        Duration::from_secs(cfg.audit_interval_secs),
-        Duration::from_secs(cfg.sweep_interval_secs),
-        Duration::from_secs(cfg.deleted_ttl_secs),
-        stop_rx.clone(),
-    ));
-    let hub = Hub::spawn(db.clone(), rec.clone(), token.clone(), stop_rx.clone());
-    if !hub.wait_ready(Duration::from_secs(30)).await {
+    let sup = Supervisor::new();
+    {
+        let (db, rec, ttl) = (db.clone(), rec.clone(), cfg.lease_ttl_secs);
+        sup.spawn(Stage::Liveness, "liveness", move |stop| heads::keep_alive(db, rec, ttl, stop));
+    }
+    {
+        let storage = storage.clone();
+        let (audit, sweep, ttl) = (
+            Duration::from_secs(cfg.audit_interval_secs),
+            Duration::from_secs(cfg.sweep_interval_secs),
+            Duration::from_secs(cfg.deleted_ttl_secs),
+        );
+        sup.spawn(Stage::Work, "storage audits", move |stop| storage_loop(storage, audit, sweep, ttl, stop));
+    }
+    let view = ClusterView::spawn(&db, rec.clone(), &sup);
+    let nodes = NodeCache::spawn(db.clone(), &sup);
+    let hub = Hub::spawn(db.clone(), view.clone(), nodes.clone(), token.clone(), &sup);
+    if !nodes.wait_ready(Duration::from_secs(30)).await {
         tracing::warn!("the node table is not loaded yet; node requests are refused until it is");
     }
     let rebalance = crate::rebalance::Settings {
@@ -453,43 +456,65 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         threshold_pct: cfg.rebalance_threshold_pct,
         holdoff: Duration::from_secs(cfg.rebalance_holdoff_secs),
     };
-    let rebalancer = tokio::spawn(crate::rebalance::run(hub.clone(), rebalance, stop_rx.clone()));
-    let failover = tokio::spawn(membership::run_failover(db.clone(), ctl.clone(), stop_rx.clone()));
-    let watcher = tokio::spawn(membership::watch_membership(db.clone(), ctl.clone(), stop_rx.clone()));
-    let boot_tasks = start_boot_net(&cfg, &hub, stop_rx.clone()).await?;
+    {
+        let hub = hub.clone();
+        sup.spawn(Stage::Work, "rebalancing", move |stop| crate::rebalance::run(hub, rebalance, stop));
+    }
+    {
+        let (db, ctl) = (db.clone(), ctl.clone());
+        sup.spawn(Stage::Work, "failover", move |stop| membership::run_failover(db, ctl, stop));
+    }
+    {
+        let (db, ctl) = (db.clone(), ctl.clone());
+        sup.spawn(Stage::Work, "membership watch", move |stop| membership::watch_membership(db, ctl, stop));
+    }
+    start_boot_net(&cfg, &db, &nodes, &view, &sup).await?;
     let power = crate::power::PowerSettings { ipmitool: cfg.ipmitool.clone(), concurrency: cfg.power_concurrency };
-    let state = Arc::new(AppState {
-        db: db.clone(),
-        token,
-        head: rec.clone(),
-        storage,
-        hub,
-        rebalance,
-        power,
-        control: ctl.clone(),
-        config: cfg.clone(),
-    });
-    let app = api::router(state);
+
+    // The capabilities' routes: one line each.
+    let app = http::router(
+        &token,
+        &name,
+        db.backend(),
+        [
+            registry::routes::routes(Arc::new(registry::routes::Api { db: db.clone() })),
+            crate::storage::routes::routes(Arc::new(crate::storage::routes::Api { storage: storage.clone() })),
+            bootcfg::routes::routes(Arc::new(bootcfg::routes::Api { db: db.clone(), storage: storage.clone() })),
+            agent_channel::routes::routes(Arc::new(agent_channel::routes::Api { db: db.clone(), hub: hub.clone() })),
+            crate::rebalance::routes::routes(Arc::new(crate::rebalance::routes::Api { hub: hub.clone(), rebalance })),
+            crate::power::routes::routes(Arc::new(crate::power::routes::Api {
+                db: db.clone(),
+                hub: hub.clone(),
+                power,
+            })),
+            netboot::routes::routes(Arc::new(netboot::routes::Api {
+                db: db.clone(),
+                head: rec.clone(),
+                hub: hub.clone(),
+            })),
+            membership::routes::routes(Arc::new(membership::routes::Api {
+                db: db.clone(),
+                head: rec.clone(),
+                control: ctl.clone(),
+                config: cfg.clone(),
+                hub: hub.clone(),
+            })),
+        ],
+    );
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 
-    let server = serve(&listener, app, stop_rx.clone()).map_err(listen_err)?;
+    let server = http::serve_until(&listener, app, sup.stop_signal(Stage::Serve)).map_err(listen_err)?;
+    sup.spawn(Stage::Serve, "http", move |_stop| async move {
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "HTTP server ended with an error");
+        }
+    });
     drop(listener);
     let exit = signals.next(&ctl).await;
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
-        Err(_) => tracing::warn!("requests still running after 10 s; stopping anyway"),
-    }
-    let _ = liveness.await;
-    let _ = audits.await;
-    let _ = rebalancer.await;
-    let _ = failover.await;
-    let _ = watcher.await;
-    for t in boot_tasks {
-        let _ = t.await;
-    }
+    // Stage by stage: requests (the running ones get the stage's 10 s), periodic work, the last
+    // status write, the follows, and the liveness record last.
+    sup.shutdown(STAGE_LIMIT).await;
+    drop(hub);
     drop(db);
     if let Some(mut m) = member {
         tokio::task::spawn_blocking(move || m.stop()).await.ok();

@@ -20,7 +20,6 @@
 //! - [`daemon`]: start-up, the capabilities' registration, shutdown order.
 //! - [`args`]: the daemon's command line.
 pub mod agent_channel;
-pub mod api;
 pub mod args;
 pub mod bootcfg;
 pub mod core;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    std::sync::LazyLock::force(&clusterware_head::api::STARTED_MS);
+    std::sync::LazyLock::force(&clusterware_head::core::http::STARTED_MS);
     let args = Args::parse();
     let path = config::resolve_path(args.config.as_deref());
     let loaded = match Config::load(&path) {

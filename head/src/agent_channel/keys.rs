@@ -2,7 +2,8 @@
 //! besides the heads' own root keys.
 
 use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
-use crate::agent_channel::KEYS;
+use crate::core::schema;
+use crate::core::schema::KEYS;
 use clusterware_shared::agent::{SshKey, validate_ssh_key};
 use clusterware_shared::ids::validate_attr_key;
 
@@ -18,6 +19,18 @@ pub enum KeyError {
     Db(#[from] DbError),
 }
 
+impl crate::core::http::HasKind for KeyError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            KeyError::Invalid(_) => ErrorKind::BadRequest,
+            KeyError::Conflict(_) => ErrorKind::Conflict,
+            KeyError::NotFound(_) => ErrorKind::NotFound,
+            KeyError::Db(e) => e.kind(),
+        }
+    }
+}
+
 fn check_name(name: &str) -> Result<(), KeyError> {
     validate_attr_key(name).map_err(|e| KeyError::Invalid(format!("key name {name:?}: {e}")))
 }
@@ -27,7 +40,7 @@ pub async fn add(db: &Database, name: &str, key: &str) -> Result<SshKey, KeyErro
     check_name(name)?;
     let key = validate_ssh_key(key).map_err(|e| KeyError::Invalid(format!("key {name:?}: {e}")))?;
     let rec = SshKey { name: name.to_string(), key, added: crate::core::unix_now() };
-    let k = format!("{KEYS}{name}");
+    let k = schema::key(&name);
     let t = Txn::new()
         .when([Compare::absent(k.clone())])
         .and_then([TxnOp::put(k, serde_json::to_vec(&rec).expect("keys serialise"))]);
@@ -46,7 +59,7 @@ pub async fn list(db: &Database) -> Result<Vec<SshKey>, KeyError> {
 /// Removes a key; returns what it was.
 pub async fn remove(db: &Database, name: &str) -> Result<SshKey, KeyError> {
     check_name(name)?;
-    let k = format!("{KEYS}{name}");
+    let k = schema::key(&name);
     let t = Txn::new().when([Compare::present(k.clone())]).and_then([TxnOp::get(k.clone()), TxnOp::delete(k)]);
     let r = db.txn(t).await?;
     let got = match r.results.first() {

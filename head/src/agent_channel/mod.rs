@@ -16,13 +16,19 @@
 //! hands them to the agent's long poll at once; the agent posts the outcome to its parent, which
 //! writes it into the record; the asking head sees it through its own follow.
 
+pub mod routes;
+
 pub mod keys;
 
 use crate::core::db::{Compare, Database, DbError, KeyValue, LeaseId, Txn, TxnOp};
 use crate::core::follow::{Change, Mirror, follow};
-use crate::core::heads::{ALIVE, AliveRecord, HEADS, HeadRecord};
-use crate::registry::cache::NodeCache;
+use crate::core::schema;
+use crate::core::schema::{COMMANDS, CommandRecord, CommandResult, HeadRecord, KEYS, STATUS, StatusRecord};
+use crate::core::supervisor::{Stage, Supervisor};
+use crate::core::view::{ClusterView, Complaints};
+
 use crate::core::unix_now;
+use crate::registry::cache::NodeCache;
 use clusterware_shared::agent::{
     Command, DEFAULT_STATUS_SECS, Directives, Hardware, HeadEntry, MAX_WAIT_SECS, MISSED_INTERVALS, NodeOutcome,
     NodeState, NodeStatus, Outcome, Phase, STATUS_SECS_RANGE, Script, ScriptOutcome, SshKey, StatusReport,
@@ -30,7 +36,6 @@ use clusterware_shared::agent::{
 };
 use clusterware_shared::api::Node;
 use clusterware_shared::ids::MacAddr;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,9 +43,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast, watch};
 
-pub const STATUS: &str = "status/";
-pub const COMMANDS: &str = "commands/";
-pub const KEYS: &str = "keys/";
 /// A parent rewrites an up node's record at least this often, so that other heads can tell a
 /// node whose parent died from one that is still fine.
 pub const REFRESH_SECS: u64 = 30;
@@ -48,41 +50,6 @@ pub const REFRESH_SECS: u64 = 30;
 pub const BOOT_GRACE_SECS: u64 = 300;
 /// Largest number of records one status transaction writes.
 const FLUSH_CHUNK: usize = 1000;
-
-/// `status/<uid>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusRecord {
-    pub state: NodeState,
-    pub parent: String,
-    pub last_seen: u64,
-    pub boot_id: String,
-    pub status_secs: u32,
-    #[serde(default)]
-    pub hardware: Option<Hardware>,
-}
-
-/// `commands/<uid>/<id>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandRecord {
-    pub id: String,
-    pub uid: String,
-    pub script: Script,
-    /// The head that was asked.
-    pub origin: String,
-    pub issued: u64,
-    /// The lease the record lives under (the outcome is written under the same lease).
-    pub lease: LeaseId,
-    #[serde(default)]
-    pub result: Option<CommandResult>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResult {
-    pub ok: bool,
-    pub message: String,
-    /// The parent head that relayed the outcome.
-    pub head: String,
-}
 
 /// Why a node's request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +62,18 @@ pub enum AgentError {
     WrongAddress(String),
     #[error("{0}")]
     NotChild(String),
+}
+
+impl crate::core::http::HasKind for AgentError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            AgentError::Invalid(_) => ErrorKind::BadRequest,
+            AgentError::Unknown(_) => ErrorKind::NotFound,
+            AgentError::WrongAddress(_) => ErrorKind::Forbidden,
+            AgentError::NotChild(_) => ErrorKind::Conflict,
+        }
+    }
 }
 
 /// What the parent knows about a node that reports to it.
@@ -195,10 +174,10 @@ pub struct Hub {
     results: broadcast::Sender<(String, String, CommandResult)>,
     /// Outcomes from agents waiting to be written.
     outbox: Mutex<Vec<(CommandRecord, CommandResult)>>,
-    pub heads: Arc<Mirror<HeadRecord>>,
-    pub alive: Arc<Mirror<AliveRecord>>,
+    /// The cluster's heads and their liveness.
+    pub view: Arc<ClusterView>,
     pub keys: Arc<Mirror<SshKey>>,
-    complaints: Mutex<HashMap<String, Instant>>,
+    complaints: Complaints,
     pub counters: HubCounters,
     stop: watch::Receiver<bool>,
     http: reqwest::Client,
@@ -235,40 +214,45 @@ fn outcome_of(names: &HashMap<&str, &str>, uid: String, res: CommandResult) -> N
     }
 }
 
-fn hash_str(s: &str) -> u64 {
-    // FNV-1a: stable across heads and versions, unlike the std hasher.
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
 impl Hub {
     /// Starts following nodes, status, commands, heads and keys, and the loops that write
     /// status and detect silent nodes.
-    pub fn spawn(db: Database, me: HeadRecord, token: String, stop: watch::Receiver<bool>) -> Arc<Hub> {
+    pub fn spawn(
+        db: Database,
+        view: Arc<ClusterView>,
+        nodes: Arc<NodeCache>,
+        token: String,
+        sup: &Supervisor,
+    ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
-            nodes: NodeCache::spawn(db.clone(), stop.clone()),
-            heads: Mirror::spawn(db.clone(), HEADS, decode, stop.clone()),
-            alive: Mirror::spawn(db.clone(), ALIVE, decode, stop.clone()),
-            keys: Mirror::spawn(db.clone(), KEYS, decode, stop.clone()),
-            me,
+            nodes,
+            keys: Mirror::spawn(db.clone(), KEYS, decode, sup),
+            me: view.me.clone(),
+            view,
             db: db.clone(),
             children: Mutex::new(HashMap::new()),
             records: RwLock::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             results: broadcast::channel(1 << 16).0,
             outbox: Mutex::new(Vec::new()),
-            complaints: Mutex::new(HashMap::new()),
+            complaints: Complaints::default(),
             counters: HubCounters::default(),
-            stop: stop.clone(),
+            stop: sup.stop_signal(Stage::Serve),
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
             token,
         });
         let h = hub.clone();
-        tokio::spawn(follow(db.clone(), STATUS, move |c| h.apply_status(c), stop.clone()));
+        sup.spawn(Stage::Views, "status follow", move |stop| {
+            follow(db.clone(), STATUS, move |c| h.apply_status(c), stop)
+        });
         let h = hub.clone();
-        tokio::spawn(follow(db.clone(), COMMANDS, move |c| h.apply_command(c), stop.clone()));
+        let d = hub.db.clone();
+        sup.spawn(Stage::Views, "commands follow", move |stop| follow(d, COMMANDS, move |c| h.apply_command(c), stop));
         let h = hub.clone();
-        tokio::spawn(follow(db, crate::rebalance::MOVES, move |c| h.apply_move(c), stop.clone()));
-        tokio::spawn(hub.clone().writer());
+        let d = hub.db.clone();
+        sup.spawn(Stage::Views, "moves follow", move |stop| follow(d, schema::MOVES, move |c| h.apply_move(c), stop));
+        let h = hub.clone();
+        sup.spawn(Stage::Flush, "status writer", move |stop| h.writer(stop));
         hub
     }
 
@@ -277,27 +261,11 @@ impl Hub {
         self.nodes.wait_ready(limit).await
     }
 
-    /// Runs `f` (a log line) at most once a minute per `key`.
-    fn complain(&self, key: String, f: impl FnOnce()) {
-        let mut c = self.complaints.lock().unwrap_or_else(|p| p.into_inner());
-        if c.len() > 10_000 {
-            c.clear();
-        }
-        let now = Instant::now();
-        match c.get(&key) {
-            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => {}
-            _ => {
-                c.insert(key, now);
-                f();
-            }
-        }
-    }
-
     /// The node a request is about, checked against the address it came from.
     pub fn authenticate(&self, mac: &MacAddr, peer: IpAddr) -> Result<Arc<Node>, AgentError> {
         let Some(node) = self.nodes.by_mac(mac) else {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            self.complain(
+            self.complaints.complain(
                 format!("mac {mac}"),
                 || tracing::warn!(%mac, %peer, "request from an unknown MAC refused (logged once a minute per MAC)"),
             );
@@ -305,7 +273,7 @@ impl Hub {
         };
         if peer != IpAddr::V4(node.ip) {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            self.complain(format!("addr {mac} {peer}"), || {
+            self.complaints.complain(format!("addr {mac} {peer}"), || {
                 tracing::warn!(node = %node.name, %mac, %peer, registered = %node.ip, "request for a node from an address that is not the node's refused")
             });
             return Err(AgentError::WrongAddress(format!(
@@ -385,9 +353,9 @@ impl Hub {
         let commands = std::mem::take(&mut child.pending);
         let mut switch_parent = child.switch.take();
         // A node whose preferred head is alive (and is not this one) goes there.
-        if let Some(pref) = self.preferred_head(&node) {
-            if pref != self.me.name && self.alive.get(&pref).is_some() {
-                if let Some(h) = self.heads.get(&pref) {
+        if let Some(pref) = self.view.preferred_head(&node) {
+            if pref != self.me.name && self.view.alive.get(&pref).is_some() {
+                if let Some(h) = self.view.heads.get(&pref) {
                     if !child.preferred_told {
                         tracing::info!(node = %node.name, to = %pref, "directing node to its preferred head");
                         child.preferred_told = true;
@@ -470,30 +438,6 @@ impl Hub {
         Ok(())
     }
 
-    /// The head list for a node: this head first, then the other live heads (in an order that
-    /// differs from node to node, so that the nodes of a head that dies spread over the others),
-    /// then heads that are down.
-    pub fn heads_for(&self, mac: &MacAddr) -> Vec<HeadEntry> {
-        let alive: HashSet<String> = self.alive.keys().into_iter().collect();
-        let mut up = Vec::new();
-        let mut down = Vec::new();
-        for h in self.heads.values() {
-            if h.name == self.me.name {
-                continue;
-            }
-            let e = HeadEntry { name: h.name.clone(), url: h.api_url.clone() };
-            if alive.contains(&h.name) { up.push(e) } else { down.push(e) }
-        }
-        if !up.is_empty() {
-            let n = (hash_str(&mac.to_string()) % up.len() as u64) as usize;
-            up.rotate_left(n);
-        }
-        let mut v = vec![HeadEntry { name: self.me.name.clone(), url: self.me.api_url.clone() }];
-        v.extend(up);
-        v.extend(down);
-        v
-    }
-
     /// Keys for root's `authorized_keys` on a node: every head's root keys, the cluster keys,
     /// then the node's own `_ssh_keys`.
     pub fn keys_for(&self, node: &Node) -> Vec<String> {
@@ -505,7 +449,7 @@ impl Hub {
                 v.push(k.to_string());
             }
         };
-        for h in self.heads.values() {
+        for h in self.view.heads.values() {
             h.ssh_keys.iter().for_each(|k| push(k));
         }
         for k in self.keys.values() {
@@ -571,30 +515,15 @@ impl Hub {
     /// the switch at once (through the long poll).
     fn apply_move(&self, c: Change) {
         let Change::Put(kv) = c else { return };
-        let Ok(m) = decode::<crate::rebalance::MoveRecord>(&kv) else { return };
+        let Ok(m) = decode::<schema::MoveRecord>(&kv) else { return };
         if m.from != self.me.name {
             return;
         }
-        let Some(to) = self.heads.get(&m.to) else { return };
+        let Some(to) = self.view.heads.get(&m.to) else { return };
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = children.get_mut(&m.uid) {
             ch.switch = Some(HeadEntry { name: to.name.clone(), url: to.api_url.clone() });
             ch.notify.notify_one();
-        }
-    }
-
-    /// The head a node's `_preferred_head` names (by name or IP), if any head has it.
-    pub fn preferred_head(&self, node: &Node) -> Option<String> {
-        let want = node.attributes.get("_preferred_head")?;
-        let found = self.heads.values().into_iter().find(|h| h.name == *want || h.ip.to_string() == *want);
-        match found {
-            Some(h) => Some(h.name.clone()),
-            None => {
-                self.complain(format!("pref {} {want}", node.uid), || {
-                    tracing::warn!(node = %node.name, preferred = %want, "_preferred_head names no head; the node is treated as having no preference")
-                });
-                None
-            }
         }
     }
 
@@ -654,8 +583,9 @@ impl Hub {
     }
 
     /// Writes changed status records and script outcomes, and marks silent nodes down.
-    async fn writer(self: Arc<Self>) {
-        let mut stop = self.stop.clone();
+    /// Writes outcomes every 100 ms and status every 500 ms; when stopped, writes both a last
+    /// time (a head that stops loses no status it absorbed).
+    async fn writer(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_status = Instant::now();
@@ -663,7 +593,10 @@ impl Hub {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    self.final_flush().await;
+                    return;
+                }
             }
             let r = self.flush_outcomes().await;
             let r = match r {
@@ -686,6 +619,20 @@ impl Hub {
                     }
                     failing = true;
                 }
+            }
+        }
+    }
+
+    /// The last write before the head stops.
+    async fn final_flush(&self) {
+        let r = match self.flush_outcomes().await {
+            Ok(()) => self.flush_status().await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => tracing::info!("node status written before stopping"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write node status before stopping; other heads see it from the nodes' next reports")
             }
         }
     }
@@ -715,7 +662,7 @@ impl Hub {
         }
         let mut pieces = Vec::new();
         for (rec, res) in &batch {
-            let key = format!("{COMMANDS}{}/{}", rec.uid, rec.id);
+            let key = schema::command(&rec.uid, &rec.id);
             let mut done = rec.clone();
             done.result = Some(res.clone());
             let value = serde_json::to_vec(&done).expect("command records serialise");
@@ -768,7 +715,7 @@ impl Hub {
         for chunk in due.chunks(FLUSH_CHUNK) {
             let mut txn = Txn::new();
             for (uid, _, value, claim, rev, _) in chunk {
-                let key = format!("{STATUS}{uid}");
+                let key = schema::status(&uid);
                 if !claim {
                     txn.compares.push(Compare::unchanged(key.clone(), rev.unwrap_or(0)));
                 }
@@ -783,7 +730,7 @@ impl Hub {
             }
             // Someone else wrote some of these: one by one, dropping the nodes we lost.
             for (uid, generation, value, claim, rev, seen) in chunk {
-                let key = format!("{STATUS}{uid}");
+                let key = schema::status(&uid);
                 let mut t = Txn::new().and_then([TxnOp::put(key.clone(), value.clone())]);
                 if !claim {
                     t = t.when([Compare::unchanged(key, rev.unwrap_or(0))]);
@@ -838,7 +785,7 @@ impl Hub {
 
     /// Nodes parented per alive head (up or booting), from the status records.
     pub fn load(&self) -> BTreeMap<String, u64> {
-        let alive: HashSet<String> = self.alive.keys().into_iter().collect();
+        let alive: HashSet<String> = self.view.alive.keys().into_iter().collect();
         let mut m: BTreeMap<String, u64> = alive.iter().map(|h| (h.clone(), 0)).collect();
         let recs = self.records.read().unwrap_or_else(|p| p.into_inner());
         for (r, _) in recs.values() {
@@ -883,9 +830,7 @@ impl Hub {
     /// the latest reports, asked from each parent head.
     pub async fn status_of(&self, nodes: Option<Vec<Arc<Node>>>, details: bool) -> Vec<NodeStatus> {
         let nodes: Vec<Arc<Node>> = nodes.unwrap_or_else(|| self.nodes.all());
-        let alive: HashSet<String> = self.alive.keys().into_iter().collect();
-        let head_names: Vec<(String, String)> =
-            self.heads.values().iter().map(|h| (h.name.clone(), h.ip.to_string())).collect();
+        let alive: HashSet<String> = self.view.alive.keys().into_iter().collect();
         let now = unix_now();
         let mut out: Vec<NodeStatus> = {
             let recs = self.records.read().unwrap_or_else(|p| p.into_inner());
@@ -899,7 +844,7 @@ impl Hub {
                         problems.push(format!("_ssh_keys is ignored: {e}"));
                     }
                     if let Some(p) = n.attributes.get("_preferred_head") {
-                        if !head_names.iter().any(|(name, ip)| name == p || ip == p) {
+                        if !self.view.names_a_head(p) {
                             problems.push(format!("_preferred_head={p} names no head; the node has no preference"));
                         }
                     }
@@ -949,7 +894,7 @@ impl Hub {
                     }
                 }
             }
-            let asks = by_parent.into_iter().filter_map(|(p, uids)| self.heads.get(&p).map(|h| (h, uids)));
+            let asks = by_parent.into_iter().filter_map(|(p, uids)| self.view.heads.get(&p).map(|h| (h, uids)));
             let got = futures::future::join_all(asks.map(|(h, uids)| self.ask_reports(h, uids))).await;
             let mut all: HashMap<String, StatusReport> = HashMap::new();
             for m in got.into_iter().flatten() {
@@ -1040,7 +985,7 @@ impl Hub {
                         result: None,
                     };
                     TxnOp::put_with_lease(
-                        format!("{COMMANDS}{uid}/{id}"),
+                        schema::command(&uid, &id),
                         serde_json::to_vec(&rec).expect("command records serialise"),
                         lease,
                     )

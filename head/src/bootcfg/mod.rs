@@ -5,12 +5,16 @@
 //! exist), deleting something still in use is refused unless forced, and deleting removes the
 //! underlying files that nothing else references, through the storage deletion list.
 
+pub mod routes;
+
 pub mod transfer;
 
 use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
-use crate::registry;
-use crate::storage::{FILES, Storage, StorageError};
+use crate::core::schema;
+use crate::core::schema::{BOOTCONFIGS, DEFAULT_BOOT_CONFIG, IMAGES};
 use crate::core::unix_now as now;
+use crate::registry;
+use crate::storage::{Storage, StorageError};
 use clusterware_shared::api::{
     BootConfig, BootConfigDetail, CreateBootConfig, CreateImage, FileRecord, Image, UpdateBootConfig, is_file_id,
     valid_object_name,
@@ -19,10 +23,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 use std::sync::Arc;
-
-pub const IMAGES: &str = "images/";
-pub const BOOTCONFIGS: &str = "bootconfigs/";
-pub const DEFAULT_KEY: &str = "settings/default_boot_config";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -40,6 +40,21 @@ pub enum BootError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
+}
+
+impl crate::core::http::HasKind for BootError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            BootError::Invalid(_) => ErrorKind::BadRequest,
+            BootError::Conflict(_) => ErrorKind::Conflict,
+            BootError::NotFound(_) => ErrorKind::NotFound,
+            BootError::Corrupt { .. } => ErrorKind::Internal,
+            BootError::Db(e) => e.kind(),
+            BootError::Storage(e) => e.kind(),
+            BootError::Registry(r) => r.kind(),
+        }
+    }
 }
 
 pub type Result<T, E = BootError> = std::result::Result<T, E>;
@@ -78,12 +93,12 @@ fn check_name(what: &str, name: &str) -> Result<()> {
 async fn files_exist(db: &Database, ids: &[&str]) -> Result<Vec<Compare>> {
     let mut out = Vec::new();
     for id in ids {
-        if !is_file_id(id) || db.get(&format!("{FILES}{id}")).await?.is_none() {
+        if !is_file_id(id) || db.get(&schema::file(&id)).await?.is_none() {
             return Err(BootError::NotFound(format!(
                 "no file with id {id} (upload it with scyld-clusterctl files upload)"
             )));
         }
-        out.push(Compare::present(format!("{FILES}{id}")));
+        out.push(Compare::present(schema::file(&id)));
     }
     Ok(out)
 }
@@ -93,7 +108,7 @@ pub async fn list_images(db: &Database) -> Result<Vec<Image>> {
 }
 
 pub async fn get_image(db: &Database, name: &str) -> Result<Image> {
-    get::<Image>(db, &format!("{IMAGES}{name}"))
+    get::<Image>(db, &schema::image(&name))
         .await?
         .map(|(i, _)| i)
         .ok_or_else(|| BootError::NotFound(format!("no image named {name}")))
@@ -104,7 +119,7 @@ pub async fn create_image(db: &Database, req: CreateImage) -> Result<Image> {
     let mut ids = vec![req.rootfs.as_str()];
     ids.extend(req.extra_files.iter().map(String::as_str));
     let mut cmp = files_exist(db, &ids).await?;
-    let key = format!("{IMAGES}{}", req.name);
+    let key = schema::image(&req.name);
     cmp.push(Compare::absent(key.clone()));
     let img = Image {
         name: req.name,
@@ -137,12 +152,12 @@ pub async fn clone_image(db: &Database, from: &str, to: &str) -> Result<Image> {
 }
 
 pub async fn list_configs(db: &Database) -> Result<(Vec<BootConfig>, Option<String>)> {
-    let default = db.get(DEFAULT_KEY).await?.map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+    let default = db.get(DEFAULT_BOOT_CONFIG).await?.map(|kv| String::from_utf8_lossy(&kv.value).to_string());
     Ok((all(db, BOOTCONFIGS).await?, default))
 }
 
 pub async fn get_config(db: &Database, name: &str) -> Result<(BootConfig, i64)> {
-    get::<BootConfig>(db, &format!("{BOOTCONFIGS}{name}"))
+    get::<BootConfig>(db, &schema::bootconfig(&name))
         .await?
         .ok_or_else(|| BootError::NotFound(format!("no boot config named {name}")))
 }
@@ -151,7 +166,7 @@ async fn config_refs(db: &Database, c: &BootConfig) -> Result<Vec<Compare>> {
     let mut cmp = files_exist(db, &[&c.kernel, &c.initramfs]).await?;
     if let Some(img) = &c.image {
         get_image(db, img).await?;
-        cmp.push(Compare::present(format!("{IMAGES}{img}")));
+        cmp.push(Compare::present(schema::image(&img)));
     }
     Ok(cmp)
 }
@@ -168,7 +183,7 @@ pub async fn create_config(db: &Database, req: CreateBootConfig) -> Result<BootC
         created: now(),
     };
     let mut cmp = config_refs(db, &c).await?;
-    let key = format!("{BOOTCONFIGS}{}", c.name);
+    let key = schema::bootconfig(&c.name);
     cmp.push(Compare::absent(key.clone()));
     if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&c))])).await?.succeeded {
         return Err(BootError::Conflict(format!(
@@ -213,7 +228,7 @@ pub async fn update_config(db: &Database, name: &str, u: UpdateBootConfig) -> Re
         c.description = d;
     }
     let mut cmp = config_refs(db, &c).await?;
-    let key = format!("{BOOTCONFIGS}{name}");
+    let key = schema::bootconfig(&name);
     cmp.push(Compare::unchanged(key.clone(), rev));
     if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&c))])).await?.succeeded {
         return Err(BootError::Conflict(format!("boot config {name} changed meanwhile; try again")));
@@ -224,16 +239,16 @@ pub async fn update_config(db: &Database, name: &str, u: UpdateBootConfig) -> Re
 pub async fn set_default(db: &Database, name: Option<&str>) -> Result<()> {
     match name {
         Some(n) => {
-            let key = format!("{BOOTCONFIGS}{n}");
+            let key = schema::bootconfig(&n);
             let r = db
-                .txn(Txn::new().when([Compare::present(key)]).and_then([TxnOp::put(DEFAULT_KEY, n.as_bytes())]))
+                .txn(Txn::new().when([Compare::present(key)]).and_then([TxnOp::put(DEFAULT_BOOT_CONFIG, n.as_bytes())]))
                 .await?;
             if !r.succeeded {
                 return Err(BootError::NotFound(format!("no boot config named {n}")));
             }
         }
         None => {
-            db.delete(DEFAULT_KEY).await?;
+            db.delete(DEFAULT_BOOT_CONFIG).await?;
         }
     }
     Ok(())
@@ -286,7 +301,7 @@ async fn drop_unreferenced(db: &Database, storage: &Arc<Storage>, ids: Vec<Strin
 }
 
 pub async fn delete_image(db: &Database, storage: &Arc<Storage>, name: &str, force: bool) -> Result<Image> {
-    let key = format!("{IMAGES}{name}");
+    let key = schema::image(&name);
     let (img, rev) =
         get::<Image>(db, &key).await?.ok_or_else(|| BootError::NotFound(format!("no image named {name}")))?;
     let users: Vec<String> =
@@ -326,10 +341,10 @@ pub async fn delete_config(db: &Database, storage: &Arc<Storage>, name: &str, fo
             why.join("; ")
         )));
     }
-    let key = format!("{BOOTCONFIGS}{name}");
+    let key = schema::bootconfig(&name);
     let mut ops = vec![TxnOp::delete(key.clone())];
     if is_default {
-        ops.push(TxnOp::delete(DEFAULT_KEY));
+        ops.push(TxnOp::delete(DEFAULT_BOOT_CONFIG));
     }
     if !db.txn(Txn::new().when([Compare::unchanged(key, rev)]).and_then(ops)).await?.succeeded {
         return Err(BootError::Conflict(format!("boot config {name} changed meanwhile; try again")));
@@ -353,7 +368,7 @@ pub async fn file_record(db: &Database, id: &str) -> Result<Option<FileRecord>> 
     if !is_file_id(id) {
         return Ok(None);
     }
-    Ok(get::<FileRecord>(db, &format!("{FILES}{id}")).await?.map(|(f, _)| f))
+    Ok(get::<FileRecord>(db, &schema::file(&id)).await?.map(|(f, _)| f))
 }
 
 pub async fn detail(db: &Database, name: &str) -> Result<BootConfigDetail> {

@@ -14,10 +14,12 @@
 //! into storage and the database changed, in one transaction. A refused archive leaves nothing
 //! outside the staging directory, which is removed.
 
-use crate::bootcfg::{self, BOOTCONFIGS, BootError, IMAGES, encode};
+use crate::bootcfg::{self, BootError, encode};
 use crate::core::db::{Compare, Database, Txn, TxnOp};
-use crate::storage::{FILES, Storage};
+use crate::core::schema;
+use crate::core::schema::FILES;
 use crate::core::unix_now as now;
+use crate::storage::Storage;
 use bytes::Bytes;
 use clusterware_shared::api::{
     BootConfig, FILE_KINDS, FileRecord, Image, ImportReport, ImportedFile, is_file_id, valid_object_name,
@@ -228,7 +230,7 @@ async fn plan(db: &Database, m: &Manifest, o: &ImportOptions) -> Result<Plan, Bo
     if !valid_object_name(&config_name) {
         return Err(BootError::Invalid(format!("invalid boot config name {config_name:?}")));
     }
-    if db.get(&format!("{BOOTCONFIGS}{config_name}")).await?.is_some() {
+    if db.get(&schema::bootconfig(&config_name)).await?.is_some() {
         return Err(BootError::Conflict(format!(
             "boot config {config_name} already exists on this cluster; nothing was imported (import with --boot-config NEW_NAME)"
         )));
@@ -239,7 +241,7 @@ async fn plan(db: &Database, m: &Manifest, o: &ImportOptions) -> Result<Plan, Bo
             if !valid_object_name(&n) {
                 return Err(BootError::Invalid(format!("invalid image name {n:?}")));
             }
-            if db.get(&format!("{IMAGES}{n}")).await?.is_some() {
+            if db.get(&schema::image(&n)).await?.is_some() {
                 return Err(BootError::Conflict(format!(
                     "image {n} already exists on this cluster; nothing was imported (import with --image NEW_NAME, or --no-recurse to import the boot config without its image)"
                 )));
@@ -516,10 +518,10 @@ fn import_archive<R: Read>(
         adopted.push(new_id.clone());
     }
     let created = now();
-    let mut txn = Txn::new().when([Compare::absent(format!("{BOOTCONFIGS}{}", p.config_name))]);
+    let mut txn = Txn::new().when([Compare::absent(schema::bootconfig(&p.config_name))]);
     for f in &m.files {
         let Some(new_id) = p.ids.get(&f.id) else { continue };
-        let key = format!("{FILES}{new_id}");
+        let key = schema::file(&new_id);
         if p.store.contains(&f.id) {
             let rec = FileRecord { id: new_id.clone(), created, ..f.clone() };
             txn.compares.push(Compare::absent(key.clone()));
@@ -529,7 +531,7 @@ fn import_archive<R: Read>(
         }
     }
     if let (Some(img), Some(name)) = (&m.image, &p.image_name) {
-        let key = format!("{IMAGES}{name}");
+        let key = schema::image(&name);
         let new = Image {
             name: name.clone(),
             rootfs: p.ids[&img.rootfs].clone(),
@@ -548,7 +550,7 @@ fn import_archive<R: Read>(
         created,
         ..m.boot_config.clone()
     };
-    txn.success.push(TxnOp::put(format!("{BOOTCONFIGS}{}", p.config_name), encode(&cfg)));
+    txn.success.push(TxnOp::put(schema::bootconfig(&p.config_name), encode(&cfg)));
     match handle.block_on(db.txn(txn)) {
         Ok(r) if r.succeeded => {
             tracing::info!(boot_config = %p.config_name, image = ?p.image_name, added = adopted.len(), "boot config imported");

@@ -4,6 +4,7 @@
 //! this.
 
 use crate::core::db::{Database, EventKind, KeyValue};
+use crate::core::supervisor::{Stage, Supervisor};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -74,7 +75,7 @@ impl<T: Send + Sync + 'static> Mirror<T> {
         db: Database,
         prefix: &'static str,
         decode: fn(&KeyValue) -> Result<T, String>,
-        stop: watch::Receiver<bool>,
+        sup: &Supervisor,
     ) -> Arc<Mirror<T>> {
         let m = Arc::new(Mirror { map: RwLock::new(BTreeMap::new()), ready: watch::channel(false).0 });
         let m2 = m.clone();
@@ -85,37 +86,49 @@ impl<T: Send + Sync + 'static> Mirror<T> {
                 None
             }
         };
-        tokio::spawn(follow(
-            db,
-            prefix,
-            move |c| {
-                let mut map = m2.map.write().unwrap_or_else(|p| p.into_inner());
-                match c {
-                    Change::Reset(kvs) => {
-                        map.clear();
-                        for kv in kvs {
-                            if let Some(v) = dec(&kv) {
+        sup.spawn(Stage::Views, prefix, move |stop| {
+            follow(
+                db,
+                prefix,
+                move |c| {
+                    let mut map = m2.map.write().unwrap_or_else(|p| p.into_inner());
+                    match c {
+                        Change::Reset(kvs) => {
+                            map.clear();
+                            for kv in kvs {
+                                if let Some(v) = dec(&kv) {
+                                    map.insert(kv.key, v);
+                                }
+                            }
+                            drop(map);
+                            m2.ready.send_replace(true);
+                        }
+                        Change::Put(kv) => match dec(&kv) {
+                            Some(v) => {
                                 map.insert(kv.key, v);
                             }
+                            None => {
+                                map.remove(&kv.key);
+                            }
+                        },
+                        Change::Delete(k) => {
+                            map.remove(&k);
                         }
-                        drop(map);
-                        m2.ready.send_replace(true);
                     }
-                    Change::Put(kv) => match dec(&kv) {
-                        Some(v) => {
-                            map.insert(kv.key, v);
-                        }
-                        None => {
-                            map.remove(&kv.key);
-                        }
-                    },
-                    Change::Delete(k) => {
-                        map.remove(&k);
-                    }
-                }
-            },
-            stop,
-        ));
+                },
+                stop,
+            )
+        });
+        m
+    }
+
+    /// A mirror of fixed records, never updated (unit tests).
+    #[cfg(test)]
+    pub fn fixed(records: Vec<(String, T)>) -> Mirror<T> {
+        let m = Mirror {
+            map: RwLock::new(records.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
+            ready: watch::channel(true).0,
+        };
         m
     }
 

@@ -3,67 +3,14 @@
 //! TTL. Renewals are lease keep-alives, not writes: a head's heartbeat costs the database no
 //! revision. When a head dies its lease expires and its liveness record disappears.
 
-use crate::core::db::{Database, DbError, LeaseId, Member, Txn, TxnOp};
+use crate::core::db::{Database, DbError, LeaseId, Txn, TxnOp};
+use crate::core::schema;
+use crate::core::schema::{ALIVE, AliveRecord, DbMode, HEADS, HeadRecord};
 use clusterware_shared::api::{DbMember, HeadInfo};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 use tokio::sync::watch;
-
-pub const HEADS: &str = "heads/";
-pub const ALIVE: &str = "alive/";
-
-/// How this head reaches the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DbMode {
-    /// The embedded single-file store (a solo head).
-    Embedded,
-    /// An etcd member that this head runs.
-    EtcdMember,
-    /// etcd endpoints that the head does not run.
-    EtcdExternal,
-}
-
-/// `heads/<name>`: what the cluster knows about a head, alive or not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeadRecord {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub api_url: String,
-    pub version: String,
-    /// When the daemon last started, seconds since the Unix epoch.
-    pub started: u64,
-    pub db_mode: DbMode,
-    /// Root's public SSH keys on this head, given to nodes by `update_keys`.
-    #[serde(default)]
-    pub ssh_keys: Vec<String>,
-    /// The etcd peer URL of the member this head runs: a member publishes its name only some
-    /// time after it starts, its peer URL is known from the moment it is added.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_url: Option<String>,
-}
-
-impl HeadRecord {
-    /// Whether `m` is the etcd member of this head: by name once the member has published it,
-    /// by peer URL before (a head re-installed under another name may reuse an address).
-    pub fn is_member(&self, m: &Member) -> bool {
-        if m.name.is_empty() {
-            self.peer_url.as_ref().is_some_and(|u| m.peer_urls.contains(u))
-        } else {
-            m.name == self.name
-        }
-    }
-}
-
-/// `alive/<name>`: exists while the head renews its lease.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AliveRecord {
-    pub name: String,
-    pub pid: u32,
-    pub started: u64,
-}
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("head records always serialise")
@@ -71,13 +18,13 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 /// Writes (or refreshes) the head's member record.
 pub async fn register(db: &Database, rec: &HeadRecord) -> Result<(), DbError> {
-    db.put(&format!("{HEADS}{}", rec.name), encode(rec)).await.map(|_| ())
+    db.put(&schema::head(&rec.name), encode(rec)).await.map(|_| ())
 }
 
 /// Renews this head's liveness record until `shutdown` turns true, then revokes it so that the
 /// other heads see this one gone at once rather than after the TTL.
 pub async fn keep_alive(db: Database, rec: HeadRecord, ttl_secs: u64, mut shutdown: watch::Receiver<bool>) {
-    let key = format!("{ALIVE}{}", rec.name);
+    let key = schema::alive(&rec.name);
     let value = encode(&AliveRecord { name: rec.name.clone(), pid: std::process::id(), started: rec.started });
     let period = Duration::from_millis(ttl_secs * 1000 / 3);
     let mut lease: Option<LeaseId> = None;
@@ -141,11 +88,11 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
     let alive: HashSet<&str> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE)).collect();
     let members = db.members().await;
     let leader = db.leader().await.ok().flatten();
-    let (summaries, _) = db.range(crate::storage::SUMMARY).await?;
+    let (summaries, _) = db.range(schema::SUMMARY).await?;
     let summary = |name: &str| {
         summaries
             .iter()
-            .find(|kv| kv.key.strip_prefix(crate::storage::SUMMARY) == Some(name))
+            .find(|kv| kv.key.strip_prefix(schema::SUMMARY) == Some(name))
             .and_then(|kv| serde_json::from_slice(&kv.value).ok())
     };
     let mut out = Vec::new();
@@ -193,6 +140,7 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::db::Member;
 
     fn member(name: &str, peer: &str) -> Member {
         Member { id: 1, name: name.into(), peer_urls: vec![peer.into()], client_urls: vec![], is_learner: false }

@@ -2,6 +2,10 @@
 pub mod db;
 pub mod follow;
 pub mod heads;
+pub mod http;
+pub mod schema;
+pub mod supervisor;
+pub mod view;
 
 /// Seconds since the Unix epoch (0 if the clock is before it), for record timestamps.
 pub fn unix_now() -> u64 {

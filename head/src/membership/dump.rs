@@ -8,13 +8,11 @@
 //! of the loading cluster need their own copies (or fetch them from a peer that has them).
 
 use crate::core::db::{Compare, Database, DbError, OpResult, Piece, Txn, TxnOp, batch, undo_puts};
-use clusterware_shared::api::{BootConfig, FileRecord, Image, Node};
+use crate::core::schema;
 
 pub const FORMAT: &str = "clusterware-database";
 pub const VERSION: u32 = 1;
 /// The prefixes that hold the cluster's data.
-pub const SAVED: [&str; 9] =
-    ["nodes/", "index/", "files/", "deleted/", "images/", "bootconfigs/", "settings/", "keys/", "secrets/"];
 
 /// The document `managedb save` writes (defined in `shared`, read by the CLI too).
 pub use clusterware_shared::api::DatabaseDump as Dump;
@@ -29,8 +27,19 @@ pub enum DumpError {
     Db(#[from] DbError),
 }
 
+impl crate::core::http::HasKind for DumpError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            DumpError::Invalid(_) => ErrorKind::BadRequest,
+            DumpError::Conflict(_) => ErrorKind::Conflict,
+            DumpError::Db(e) => e.kind(),
+        }
+    }
+}
+
 fn snapshot_txn() -> Txn {
-    Txn::new().and_then(SAVED.iter().map(|p| TxnOp::GetPrefix { prefix: p.to_string() }))
+    Txn::new().and_then(schema::saved().map(|p| TxnOp::GetPrefix { prefix: p.to_string() }))
 }
 
 /// Reads every saved key in one transaction (one revision).
@@ -71,33 +80,12 @@ fn check(d: &Dump) -> Result<(), DumpError> {
         )));
     }
     for (k, v) in &d.keys {
-        if !SAVED.iter().any(|p| k.starts_with(p) && k.len() > p.len()) || k.chars().any(|c| c.is_control()) {
+        if !schema::saved().any(|p| k.starts_with(p) && k.len() > p.len()) || k.chars().any(|c| c.is_control()) {
             return Err(bad(format!("unexpected key {k:?}")));
         }
-        let parsed = if k.starts_with("nodes/") {
-            serde_json::from_str::<Node>(v).map(|n| k == &format!("nodes/{}", n.uid)).map_err(|e| e.to_string())
-        } else if k.starts_with("files/") {
-            serde_json::from_str::<FileRecord>(v).map(|f| k == &format!("files/{}", f.id)).map_err(|e| e.to_string())
-        } else if k.starts_with("images/") {
-            serde_json::from_str::<Image>(v).map(|i| k == &format!("images/{}", i.name)).map_err(|e| e.to_string())
-        } else if k.starts_with("bootconfigs/") {
-            serde_json::from_str::<BootConfig>(v)
-                .map(|b| k == &format!("bootconfigs/{}", b.name))
-                .map_err(|e| e.to_string())
-        } else if k.starts_with("keys/") {
-            serde_json::from_str::<clusterware_shared::agent::SshKey>(v)
-                .map(|s| {
-                    k == &format!("keys/{}", s.name) && clusterware_shared::agent::validate_ssh_key(&s.key).is_ok()
-                })
-                .map_err(|e| e.to_string())
-        } else if k.starts_with("secrets/") {
-            serde_json::from_str::<crate::power::SecretRecord>(v)
-                .map(|s| k == &format!("secrets/{}", s.name))
-                .map_err(|e| e.to_string())
-        } else if k.starts_with("index/") {
-            Ok(d.keys.contains_key(&format!("nodes/{v}")))
-        } else {
-            Ok(true)
+        let parsed = match k.strip_prefix(schema::INDEX) {
+            Some(_) => Ok(d.keys.contains_key(&schema::node(v))),
+            None => schema::check_saved(k, v),
         };
         match parsed {
             Ok(true) => {}
@@ -115,7 +103,7 @@ pub async fn load(db: &Database, d: &Dump) -> Result<usize, DumpError> {
     let present: Vec<String> = r
         .results
         .iter()
-        .zip(SAVED)
+        .zip(schema::saved())
         .filter_map(|(res, p)| match res {
             OpResult::Got(kvs) if !kvs.is_empty() => Some(format!("{} under {p}", kvs.len())),
             _ => None,

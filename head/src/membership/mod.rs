@@ -7,25 +7,23 @@
 //! command with what to do. Changes that need the daemon to start differently (leave, recover,
 //! convert, a join) rewrite `base.ini` and restart the daemon in place ([`Control`]).
 
+pub mod routes;
+
 pub mod dump;
 
 use crate::core::db::{Compare, Database, DbError, Member, Txn, TxnOp};
-use crate::core::heads::{ALIVE, DbMode, HEADS, HeadRecord};
+use crate::core::schema;
+use crate::core::schema::{ALIVE, DbMode, EJECTED, EjectedRecord, FAILOVER, HEADS, HeadRecord};
+
 use clusterware_shared::api::{
     AddMember, ClusterInfo, ClusterMember, DataSummary, Failover, FailoverEvent, FailoverRequest, MemberAdded,
     MembershipChange,
 };
 use clusterware_shared::config;
-use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
-
-/// The automatic-failover setting.
-pub const FAILOVER: &str = "failover";
-/// `ejected/<name>`: a head ejected from this cluster (until it joins again).
-pub const EJECTED: &str = "ejected/";
 
 /// What the spec says about two heads on etcd, for refusals.
 pub const TWO_HEADS: &str = "a cluster of two heads on etcd cannot shrink to one: the remaining head would have no \
@@ -55,6 +53,19 @@ pub enum MembershipError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Io(String),
+}
+
+impl crate::core::http::HasKind for MembershipError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            MembershipError::Refused(_) | MembershipError::NotReady(_) => ErrorKind::Conflict,
+            MembershipError::NotFound(_) => ErrorKind::NotFound,
+            MembershipError::Invalid(_) => ErrorKind::BadRequest,
+            MembershipError::Db(e) => e.kind(),
+            MembershipError::Config(_) | MembershipError::Io(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 pub type Result<T, E = MembershipError> = std::result::Result<T, E>;
@@ -213,15 +224,6 @@ impl Control {
     }
 }
 
-/// `ejected/<name>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EjectedRecord {
-    pub name: String,
-    pub at: u64,
-    pub by: String,
-    pub automatic: bool,
-}
-
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -251,10 +253,10 @@ pub async fn failover(db: &Database) -> Result<(Failover, i64)> {
 async fn data_summary(db: &Database) -> Result<DataSummary> {
     let count = |p: &'static str| async move { db.range(p).await.map(|(kvs, _)| kvs.len()) };
     Ok(DataSummary {
-        nodes: count("nodes/").await?,
-        images: count("images/").await?,
-        boot_configs: count("bootconfigs/").await?,
-        files: count(crate::storage::FILES).await?,
+        nodes: count(schema::NODES).await?,
+        images: count(schema::IMAGES).await?,
+        boot_configs: count(schema::BOOTCONFIGS).await?,
+        files: count(schema::FILES).await?,
     })
 }
 
@@ -370,7 +372,7 @@ pub async fn add_member(db: &Database, ctl: &Control, req: &AddMember, cluster_t
         e => e.into(),
     })?;
     // The joining head is welcome again if it had been ejected.
-    db.delete(&format!("{EJECTED}{}", req.name)).await?;
+    db.delete(&schema::ejected(&req.name)).await?;
     let mut initial = Vec::new();
     for m in &after {
         let name = if m.id == id { req.name.clone() } else { m.name.clone() };
@@ -449,10 +451,10 @@ async fn remove_head(db: &Database, m: &Member, name: &str, by: &str, automatic:
     remove_member(db, m.id).await?;
     let marker = EjectedRecord { name: name.to_string(), at: now(), by: by.to_string(), automatic };
     db.txn(Txn::new().and_then([
-        TxnOp::delete(format!("{HEADS}{name}")),
-        TxnOp::delete(format!("{ALIVE}{name}")),
-        TxnOp::delete(format!("{}{name}", crate::storage::SUMMARY)),
-        TxnOp::put(format!("{EJECTED}{name}"), serde_json::to_vec(&marker).expect("serialises")),
+        TxnOp::delete(schema::head(&name)),
+        TxnOp::delete(schema::alive(&name)),
+        TxnOp::delete(schema::summary(&name)),
+        TxnOp::put(schema::ejected(&name), serde_json::to_vec(&marker).expect("serialises")),
     ]))
     .await?;
     Ok(())
@@ -498,11 +500,8 @@ async fn tidy_departed(db: &Database, suspects: &mut HashSet<String>) -> Result<
         .collect();
     // Only what was gone at the previous pass too: one stale view removes nothing.
     for name in gone.intersection(suspects) {
-        db.txn(Txn::new().and_then([
-            TxnOp::delete(format!("{HEADS}{name}")),
-            TxnOp::delete(format!("{}{name}", crate::storage::SUMMARY)),
-        ]))
-        .await?;
+        db.txn(Txn::new().and_then([TxnOp::delete(schema::head(&name)), TxnOp::delete(schema::summary(&name))]))
+            .await?;
         tracing::info!(head = %name, "removed the record of a head that is no longer a member");
     }
     *suspects = gone;
@@ -689,9 +688,9 @@ pub async fn after_recover(db: &Database, ctl: &Control) -> Result<()> {
     for h in head_records(db).await? {
         if !members.iter().any(|m| h.is_member(m)) {
             db.txn(Txn::new().and_then([
-                TxnOp::delete(format!("{HEADS}{}", h.name)),
-                TxnOp::delete(format!("{ALIVE}{}", h.name)),
-                TxnOp::delete(format!("{}{}", crate::storage::SUMMARY, h.name)),
+                TxnOp::delete(schema::head(&h.name)),
+                TxnOp::delete(schema::alive(&h.name)),
+                TxnOp::delete(schema::summary(&h.name)),
             ]))
             .await?;
             tracing::info!(head = %h.name, "recovered: record of a former peer removed");

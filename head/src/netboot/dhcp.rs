@@ -10,7 +10,9 @@
 //! several heads creates one node). A node whose `_preferred_head` is another live head gets this
 //! head's offer `dhcp.defer_ms` later, so that the preferred head usually wins.
 
-use crate::agent_channel::Hub;
+use crate::core::db::Database;
+use crate::core::view::ClusterView;
+use crate::registry::cache::NodeCache;
 use clusterware_shared::ids::MacAddr;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
@@ -54,7 +56,9 @@ pub struct DhcpCounters {
 }
 
 pub struct DhcpServer {
-    hub: Arc<Hub>,
+    db: Database,
+    nodes: Arc<NodeCache>,
+    view: Arc<ClusterView>,
     settings: DhcpSettings,
     pub counters: DhcpCounters,
     complaints: Mutex<HashMap<String, Instant>>,
@@ -87,9 +91,11 @@ fn is_ipxe(msg: &Message) -> bool {
 }
 
 impl DhcpServer {
-    pub fn new(hub: Arc<Hub>, settings: DhcpSettings) -> Arc<DhcpServer> {
+    pub fn new(db: Database, nodes: Arc<NodeCache>, view: Arc<ClusterView>, settings: DhcpSettings) -> Arc<DhcpServer> {
         Arc::new(DhcpServer {
-            hub,
+            db,
+            nodes,
+            view,
             settings,
             counters: DhcpCounters::default(),
             complaints: Mutex::new(HashMap::new()),
@@ -132,7 +138,7 @@ impl DhcpServer {
             .parse()
             .map_err(|_| Drop::Malformed("bad hardware address".into()))?;
         let mtype = msg.opts().msg_type().ok_or_else(|| Drop::Malformed("no message type".into()))?;
-        let Some(node) = self.hub.nodes.by_mac(&mac) else {
+        let Some(node) = self.nodes.by_mac(&mac) else {
             return Err(Drop::Unknown(mac));
         };
         let me = self.settings.server_ip;
@@ -210,8 +216,8 @@ impl DhcpServer {
         };
         let mut delay = Duration::ZERO;
         if reply_type == MessageType::Offer {
-            if let Some(pref) = self.hub.preferred_head(&node) {
-                if pref != self.hub.me.name && self.hub.alive.get(&pref).is_some() {
+            if let Some(pref) = self.view.preferred_head(&node) {
+                if pref != self.view.me.name && self.view.alive.get(&pref).is_some() {
                     delay = self.settings.defer;
                 }
             }
@@ -255,8 +261,8 @@ impl DhcpServer {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let db = me.hub.db.clone();
-            let ip = if me.hub.nodes.all().is_empty() { me.settings.first_ip } else { None };
+            let db = me.db.clone();
+            let ip = if me.nodes.all().is_empty() { me.settings.first_ip } else { None };
             let spec = clusterware_shared::api::NodeSpec { macs: vec![mac], ip, ..Default::default() };
             match crate::registry::create(&db, vec![spec]).await {
                 Ok(n) => {
@@ -400,11 +406,11 @@ pub fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::db::Database;
     use crate::core::db::embedded::Embedded;
-    use crate::core::heads::{DbMode, HeadRecord};
+    use crate::core::schema::{DbMode, HeadRecord};
+    use crate::core::supervisor::Supervisor;
 
-    async fn server() -> (Arc<DhcpServer>, watch::Sender<bool>) {
+    async fn server() -> (Arc<DhcpServer>, Supervisor) {
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
         let spec = clusterware_shared::api::NodeSpec {
             macs: vec!["52:54:00:00:00:01".parse().unwrap()],
@@ -422,9 +428,10 @@ mod tests {
             ssh_keys: Vec::new(),
             peer_url: None,
         };
-        let (tx, rx) = watch::channel(false);
-        let hub = Hub::spawn(db, me, "t".into(), rx);
-        assert!(hub.wait_ready(Duration::from_secs(5)).await);
+        let sup = Supervisor::new();
+        let nodes = NodeCache::spawn(db.clone(), &sup);
+        assert!(nodes.wait_ready(Duration::from_secs(5)).await);
+        let view = Arc::new(ClusterView::fixed(me.clone(), vec![me], &["h1"]));
         let settings = DhcpSettings {
             interface: "x".into(),
             server_ip: "10.0.0.1".parse().unwrap(),
@@ -441,7 +448,7 @@ mod tests {
             bios_file: "undionly.kpxe".into(),
             efi_file: "snponly.efi".into(),
         };
-        (DhcpServer::new(hub, settings), tx)
+        (DhcpServer::new(db, nodes, view, settings), sup)
     }
 
     fn packet(kind: MessageType, mac: [u8; 6], arch: Option<u16>) -> Vec<u8> {

@@ -6,10 +6,13 @@
 //! Cluster secrets (`secrets/<name>`) hold passwords that many nodes share
 //! (`_bmc_pass_ref=<name>`); they are never listed with their values.
 
+pub mod routes;
+
 use crate::core::db::{Database, DbError, Txn, TxnOp};
+use crate::core::schema;
+use crate::core::schema::{SECRETS, SecretRecord};
 use clusterware_shared::api::Node;
 use clusterware_shared::power::{BootDevice, NodePower, PowerAction, PowerOutcome, SecretInfo, parse_bmc_addr};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,16 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
-
-pub const SECRETS: &str = "secrets/";
-
-/// `secrets/<name>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretRecord {
-    pub name: String,
-    pub value: String,
-    pub set: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -36,6 +29,17 @@ pub enum SecretError {
     NotFound(String),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl crate::core::http::HasKind for SecretError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            SecretError::Invalid(_) => ErrorKind::BadRequest,
+            SecretError::NotFound(_) => ErrorKind::NotFound,
+            SecretError::Db(e) => e.kind(),
+        }
+    }
 }
 
 fn check_name(name: &str) -> Result<(), SecretError> {
@@ -49,7 +53,7 @@ pub async fn set_secret(db: &Database, name: &str, value: &str) -> Result<Secret
         return Err(SecretError::Invalid("a secret is 1 to 256 characters, no control characters".into()));
     }
     let rec = SecretRecord { name: name.to_string(), value: value.to_string(), set: crate::core::unix_now() };
-    db.put(&format!("{SECRETS}{name}"), serde_json::to_vec(&rec).expect("secrets serialise")).await?;
+    db.put(&schema::secret(&name), serde_json::to_vec(&rec).expect("secrets serialise")).await?;
     Ok(SecretInfo { name: rec.name, set: rec.set })
 }
 
@@ -65,7 +69,7 @@ pub async fn list_secrets(db: &Database) -> Result<Vec<SecretInfo>, SecretError>
 
 pub async fn remove_secret(db: &Database, name: &str) -> Result<SecretInfo, SecretError> {
     check_name(name)?;
-    let k = format!("{SECRETS}{name}");
+    let k = schema::secret(&name);
     let r = db.txn(Txn::new().and_then([TxnOp::get(k.clone()), TxnOp::delete(k)])).await?;
     let rec = match r.results.first() {
         Some(crate::core::db::OpResult::Got(kvs)) => {

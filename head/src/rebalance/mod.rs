@@ -12,29 +12,18 @@
 //! Nodes whose `_preferred_head` is alive never move away from it; the imbalance they cause is
 //! reported in the plan's notes, not fought.
 
+pub mod routes;
+
+use crate::agent_channel::Hub;
 use crate::core::db::{Compare, DbError, KeyValue, OpResult, Txn, TxnOp};
-use crate::core::heads::ALIVE;
-use crate::agent_channel::{Hub, STATUS, StatusRecord};
+use crate::core::schema;
+use crate::core::schema::{ALIVE, MOVES, MoveRecord, REBALANCE_LOCK, STATUS, StatusRecord};
+use crate::core::view::order_hash;
 use clusterware_shared::agent::{HeadLoad, NodeMove, NodeState, RebalanceReport};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-pub const MOVES: &str = "moves/";
-const LOCK: &str = "rebalance/lock";
-
-/// `moves/<uid>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MoveRecord {
-    pub uid: String,
-    pub node: String,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-    pub at: u64,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -56,10 +45,6 @@ pub struct NodeView {
     pub moving_to: Option<String>,
     /// Moved within the hold-off.
     pub held: bool,
-}
-
-fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
 /// The moves that bring every overloaded head (or only `source`) down to the mean, from one
@@ -104,7 +89,7 @@ pub fn plan(nodes: &[NodeView], alive: &[String], threshold_pct: u32, source: Op
             .iter()
             .filter(|n| n.parent == src && n.moving_to.is_none() && !n.held && n.pinned_to.is_none())
             .collect();
-        movable.sort_by_key(|n| (hash_str(&n.uid), n.uid.clone()));
+        movable.sort_by_key(|n| (order_hash(&n.uid), n.uid.clone()));
         let mut moved = 0u64;
         for n in movable {
             if moved == excess {
@@ -158,8 +143,8 @@ impl Hub {
             None
         } else {
             let lease = self.db.grant_lease(30).await?;
-            let t = Txn::new().when([Compare::absent(LOCK)]).and_then([TxnOp::put_with_lease(
-                LOCK,
+            let t = Txn::new().when([Compare::absent(REBALANCE_LOCK)]).and_then([TxnOp::put_with_lease(
+                REBALANCE_LOCK,
                 self.me.name.as_bytes().to_vec(),
                 lease,
             )]);
@@ -218,7 +203,7 @@ impl Hub {
                 continue;
             }
             let Some(node) = self.nodes.by_uid(uid) else { continue };
-            let pinned_to = self.preferred_head(&node).filter(|h| alive_set.contains(h.as_str()));
+            let pinned_to = self.view.preferred_head(&node).filter(|h| alive_set.contains(h.as_str()));
             let mv = moves.get(uid);
             views.push(NodeView {
                 uid: uid.to_string(),
@@ -240,7 +225,7 @@ impl Hub {
         for chunk in report.moves.chunks(500) {
             let mut t = Txn::new();
             for m in chunk {
-                let key = format!("{STATUS}{}", m.uid);
+                let key = schema::status(&m.uid);
                 t.compares.push(Compare::unchanged(key, revs.get(&m.uid).copied().unwrap_or(0)));
                 let rec = MoveRecord {
                     uid: m.uid.clone(),
@@ -251,7 +236,7 @@ impl Hub {
                     at: now,
                 };
                 t.success.push(TxnOp::put_with_lease(
-                    format!("{MOVES}{}", m.uid),
+                    schema::moved(&m.uid),
                     serde_json::to_vec(&rec).expect("moves serialise"),
                     lease,
                 ));

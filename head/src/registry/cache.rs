@@ -3,7 +3,9 @@
 
 use crate::core::db::Database;
 use crate::core::follow::{Change, follow};
-use crate::registry::NODES;
+use crate::core::schema;
+use crate::core::schema::NODES;
+use crate::core::supervisor::{Stage, Supervisor};
 use clusterware_shared::api::Node;
 use clusterware_shared::ids::MacAddr;
 use std::collections::HashMap;
@@ -43,41 +45,43 @@ pub struct NodeCache {
 }
 
 impl NodeCache {
-    pub fn spawn(db: Database, stop: watch::Receiver<bool>) -> Arc<NodeCache> {
+    pub fn spawn(db: Database, sup: &Supervisor) -> Arc<NodeCache> {
         let c = Arc::new(NodeCache { tables: RwLock::new(Tables::default()), ready: watch::channel(false).0 });
         let c2 = c.clone();
         let decode = |kv: &crate::core::db::KeyValue| match serde_json::from_slice::<Node>(&kv.value) {
             Ok(n) => Some(n),
             Err(e) => {
-                tracing::warn!(key = %format!("{NODES}{}", kv.key), error = %e, "ignoring unreadable node record");
+                tracing::warn!(key = %schema::node(&kv.key), error = %e, "ignoring unreadable node record");
                 None
             }
         };
-        tokio::spawn(follow(
-            db,
-            NODES,
-            move |ch| {
-                let mut t = c2.tables.write().unwrap_or_else(|p| p.into_inner());
-                match ch {
-                    Change::Reset(kvs) => {
-                        *t = Tables::default();
-                        for kv in &kvs {
-                            if let Some(n) = decode(kv) {
-                                t.insert(n);
+        sup.spawn(Stage::Views, "node table", move |stop| {
+            follow(
+                db,
+                NODES,
+                move |ch| {
+                    let mut t = c2.tables.write().unwrap_or_else(|p| p.into_inner());
+                    match ch {
+                        Change::Reset(kvs) => {
+                            *t = Tables::default();
+                            for kv in &kvs {
+                                if let Some(n) = decode(kv) {
+                                    t.insert(n);
+                                }
                             }
+                            drop(t);
+                            c2.ready.send_replace(true);
                         }
-                        drop(t);
-                        c2.ready.send_replace(true);
+                        Change::Put(kv) => match decode(&kv) {
+                            Some(n) => t.insert(n),
+                            None => t.remove(&kv.key),
+                        },
+                        Change::Delete(uid) => t.remove(&uid),
                     }
-                    Change::Put(kv) => match decode(&kv) {
-                        Some(n) => t.insert(n),
-                        None => t.remove(&kv.key),
-                    },
-                    Change::Delete(uid) => t.remove(&uid),
-                }
-            },
-            stop,
-        ));
+                },
+                stop,
+            )
+        });
         c
     }
 

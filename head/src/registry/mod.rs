@@ -10,47 +10,37 @@
 //! writes nothing; a creation that loses a race in a later transaction removes what its earlier
 //! ones wrote.
 
+pub mod routes;
+
 pub mod cache;
 
 use crate::core::db::{Compare, Database, DbError, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
+use crate::core::schema;
+use crate::core::schema::NODES;
 use crate::core::unix_now as now;
 use clusterware_shared::api::{NODE_FIELDS, Node, NodeSpec};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, node_name, validate_attr, validate_attr_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
-pub const NODES: &str = "nodes/";
 /// Largest number of nodes one request may create.
 pub const MAX_BATCH: usize = 100_000;
 
-fn node_key(uid: &str) -> String {
-    format!("{NODES}{uid}")
-}
-fn mac_key(mac: &MacAddr) -> String {
-    format!("index/mac/{mac}")
-}
-fn ip_key(ip: &Ipv4Addr) -> String {
-    format!("index/ip/{ip}")
-}
-fn idx_key(index: u32) -> String {
-    format!("index/node/{index}")
-}
-
 /// The index keys a node owns.
 fn claims(n: &Node) -> Vec<String> {
-    let mut c: Vec<String> = n.macs.iter().map(mac_key).collect();
-    c.push(ip_key(&n.ip));
-    c.push(idx_key(n.index));
+    let mut c: Vec<String> = n.macs.iter().map(schema::mac_index).collect();
+    c.push(schema::ip_index(&n.ip));
+    c.push(schema::node_index(n.index));
     c
 }
 
 /// What an index key stands for, for messages.
 fn describe(claim: &str) -> String {
-    if let Some(m) = claim.strip_prefix("index/mac/") {
+    if let Some(m) = claim.strip_prefix(schema::MAC_INDEX) {
         format!("MAC {m}")
-    } else if let Some(ip) = claim.strip_prefix("index/ip/") {
+    } else if let Some(ip) = claim.strip_prefix(schema::IP_INDEX) {
         format!("IP {ip}")
-    } else if let Some(i) = claim.strip_prefix("index/node/") {
+    } else if let Some(i) = claim.strip_prefix(schema::NODE_INDEX) {
         format!("index {i} (name n{i})")
     } else {
         claim.to_string()
@@ -71,6 +61,19 @@ pub enum RegistryError {
     Db(#[from] DbError),
 }
 
+impl crate::core::http::HasKind for RegistryError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            RegistryError::Invalid(_) => ErrorKind::BadRequest,
+            RegistryError::Conflict(_) => ErrorKind::Conflict,
+            RegistryError::NotFound(_) => ErrorKind::NotFound,
+            RegistryError::Corrupt { .. } => ErrorKind::Internal,
+            RegistryError::Db(e) => e.kind(),
+        }
+    }
+}
+
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 fn decode(kv: &KeyValue) -> Result<Node> {
@@ -89,6 +92,14 @@ pub async fn list_with_revisions(db: &Database) -> Result<Vec<(Node, i64)>> {
     Ok(nodes)
 }
 
+/// The node with this uid, if any.
+pub async fn get(db: &Database, uid: &str) -> Result<Option<Node>> {
+    match db.get(&schema::node(uid)).await? {
+        Some(kv) => Ok(Some(decode(&kv)?)),
+        None => Ok(None),
+    }
+}
+
 /// Every node, by index.
 pub async fn list(db: &Database) -> Result<Vec<Node>> {
     Ok(list_with_revisions(db).await?.into_iter().map(|(n, _)| n).collect())
@@ -104,7 +115,7 @@ async fn find_conflict(db: &Database, keys: &[String], me: &HashMap<String, Stri
         if let Some(kv) = db.get(k).await? {
             let owner = String::from_utf8_lossy(&kv.value).to_string();
             if me.get(k) != Some(&owner) {
-                let name = match db.get(&node_key(&owner)).await? {
+                let name = match db.get(&schema::node(&owner)).await? {
                     Some(n) => decode(&n)?.name,
                     None => format!("node {owner}"),
                 };
@@ -158,13 +169,13 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
         }
         validate_attrs(&s.attributes)?;
         for m in &s.macs {
-            taken(mac_key(m), who.clone())?;
+            taken(schema::mac_index(m), who.clone())?;
         }
         if let Some(ip) = s.ip {
-            taken(ip_key(&ip), who.clone())?;
+            taken(schema::ip_index(&ip), who.clone())?;
         }
         if let Some(ix) = s.index {
-            taken(idx_key(ix), who.clone())?;
+            taken(schema::node_index(ix), who.clone())?;
         }
     }
     let mut next_index = 0u32;
@@ -175,12 +186,12 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
         let index = match s.index {
             Some(i) => i,
             None => {
-                while owner.contains_key(&idx_key(next_index)) {
+                while owner.contains_key(&schema::node_index(next_index)) {
                     next_index = next_index
                         .checked_add(1)
                         .ok_or_else(|| RegistryError::Invalid("no free node index left".into()))?;
                 }
-                owner.insert(idx_key(next_index), "this request".into());
+                owner.insert(schema::node_index(next_index), "this request".into());
                 next_index
             }
         };
@@ -194,11 +205,11 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
                 })?;
                 loop {
                     cand = ipv4_offset(cand, 1).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-                    if !owner.contains_key(&ip_key(&cand)) {
+                    if !owner.contains_key(&schema::ip_index(&cand)) {
                         break;
                     }
                 }
-                owner.insert(ip_key(&cand), "this request".into());
+                owner.insert(schema::ip_index(&cand), "this request".into());
                 last_ip = Some(cand);
                 cand
             }
@@ -219,10 +230,10 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
         .map(|n| {
             let cl = claims(n);
             Piece {
-                compares: std::iter::once(Compare::absent(node_key(&n.uid)))
+                compares: std::iter::once(Compare::absent(schema::node(&n.uid)))
                     .chain(cl.iter().map(Compare::absent))
                     .collect(),
-                ops: std::iter::once(TxnOp::put(node_key(&n.uid), encode(n)))
+                ops: std::iter::once(TxnOp::put(schema::node(&n.uid), encode(n)))
                     .chain(cl.into_iter().map(|c| TxnOp::put(c, n.uid.clone())))
                     .collect(),
             }
@@ -355,8 +366,8 @@ pub async fn update(
             let (before, after): (HashSet<String>, HashSet<String>) =
                 (claims(old).into_iter().collect(), claims(&n).into_iter().collect());
             let mut p = Piece {
-                compares: vec![Compare::unchanged(node_key(&n.uid), *rev)],
-                ops: vec![TxnOp::put(node_key(&n.uid), encode(&n))],
+                compares: vec![Compare::unchanged(schema::node(&n.uid), *rev)],
+                ops: vec![TxnOp::put(schema::node(&n.uid), encode(&n))],
             };
             for c in after.difference(&before) {
                 p.compares.push(Compare::absent(c.clone()));
@@ -397,9 +408,9 @@ pub async fn delete(db: &Database, uids: Vec<String>) -> Result<Vec<Node>> {
         let pieces = pending
             .iter()
             .map(|(n, rev)| Piece {
-                compares: vec![Compare::unchanged(node_key(&n.uid), *rev)],
-                ops: std::iter::once(TxnOp::delete(node_key(&n.uid)))
-                    .chain(std::iter::once(TxnOp::delete(format!("{}{}", crate::agent_channel::STATUS, n.uid))))
+                compares: vec![Compare::unchanged(schema::node(&n.uid), *rev)],
+                ops: std::iter::once(TxnOp::delete(schema::node(&n.uid)))
+                    .chain(std::iter::once(TxnOp::delete(schema::status(&n.uid))))
                     .chain(claims(n).into_iter().map(TxnOp::delete))
                     .collect(),
             })

@@ -22,8 +22,12 @@
 //!   from the entry, which goes when none is left (or after `local_files.deleted_ttl`). A head
 //!   that was down finds its copy unreferenced at start-up and renames it `.old.NN`.
 
+pub mod routes;
+
 use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
-use crate::core::heads::{ALIVE, HEADS, HeadRecord};
+use crate::core::schema;
+use crate::core::schema::{ALIVE, DELETED, DeletedEntry, FILES, HEADS, HeadRecord};
+
 use crate::core::unix_now as now;
 use bytes::Bytes;
 use clusterware_shared::api::{FileRecord, StorageCounters, StorageSummary, is_file_id};
@@ -39,24 +43,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const FILES: &str = "files/";
-pub const DELETED: &str = "deleted/";
-pub const SUMMARY: &str = "storage/";
 /// Unreferenced local files younger than this are left alone (an upload on shared storage may
 /// not have written its record yet).
 const UNREFERENCED_GRACE: Duration = Duration::from_secs(60);
 /// How long a peer may stay silent during a download.
 const PEER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const CHUNK: usize = 1 << 20;
-
-/// `deleted/<id>`: a deleted file and the heads that still have to remove their copy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeletedEntry {
-    pub file: FileRecord,
-    pub deleted: u64,
-    pub by: String,
-    pub pending: Vec<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -76,6 +68,20 @@ pub enum StorageError {
     },
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl crate::core::http::HasKind for StorageError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            StorageError::NotFound(_) | StorageError::NotHere { .. } | StorageError::Unavailable { .. } => {
+                ErrorKind::NotFound
+            }
+            StorageError::Invalid(_) => ErrorKind::BadRequest,
+            StorageError::Io { .. } => ErrorKind::Internal,
+            StorageError::Db(e) => e.kind(),
+        }
+    }
 }
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -288,7 +294,7 @@ impl Storage {
         if !is_file_id(id) {
             return Err(StorageError::NotFound(id.to_string()));
         }
-        let kv = match self.db.get(&format!("{FILES}{id}")).await {
+        let kv = match self.db.get(&schema::file(&id)).await {
             Ok(kv) => kv,
             Err(DbError::Unavailable(m)) => {
                 // Degraded: the last record seen, for a copy verified against it.
@@ -590,7 +596,7 @@ impl Storage {
             kind: kind.to_string(),
             created: now(),
         };
-        let key = format!("{FILES}{id}");
+        let key = schema::file(&id);
         let body = serde_json::to_vec(&rec).expect("file record serialises");
         let written =
             self.db.txn(Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, body)])).await;
@@ -653,7 +659,7 @@ impl Storage {
     /// Deletes a file from the cluster: the record goes to the deleted list for the other alive
     /// heads, and this head's copy is removed.
     pub async fn delete(&self, id: &str) -> Result<FileRecord> {
-        let key = format!("{FILES}{id}");
+        let key = schema::file(&id);
         let kv = if is_file_id(id) { self.db.get(&key).await? } else { None };
         let kv = kv.ok_or_else(|| StorageError::NotFound(id.to_string()))?;
         let rec: FileRecord =
@@ -664,7 +670,7 @@ impl Storage {
             .db
             .txn(Txn::new().when([Compare::unchanged(key.clone(), kv.mod_revision)]).and_then([
                 TxnOp::delete(key),
-                TxnOp::put(format!("{DELETED}{id}"), serde_json::to_vec(&entry).expect("serialises")),
+                TxnOp::put(schema::deleted(&id), serde_json::to_vec(&entry).expect("serialises")),
             ]))
             .await?;
         if !r.succeeded {
@@ -751,7 +757,7 @@ impl Storage {
         }
         self.persist_verified();
         s.audited = now();
-        let key = format!("{SUMMARY}{}", self.head);
+        let key = schema::summary(&self.head);
         let old: Option<StorageSummary> =
             self.db.get(&key).await?.and_then(|kv| serde_json::from_slice(&kv.value).ok());
         let changed =

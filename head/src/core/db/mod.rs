@@ -45,6 +45,17 @@ pub enum DbError {
     Closed,
 }
 
+impl crate::core::http::HasKind for DbError {
+    fn kind(&self) -> clusterware_shared::api::ErrorKind {
+        use clusterware_shared::api::ErrorKind;
+        match self {
+            DbError::Unavailable(_) | DbError::Closed => ErrorKind::Unavailable,
+            DbError::Invalid(_) => ErrorKind::BadRequest,
+            DbError::Compacted { .. } | DbError::LeaseNotFound(_) | DbError::Storage(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 /// A stored key with its metadata, as etcd reports it.

@@ -1,0 +1,262 @@
+//! The HTTP server of the head: the `/api/v1` router assembled from the capabilities' routes,
+//! the admin credential, and the one mapping from errors to answers.
+//!
+//! Every endpoint but the node-facing ones (health, boot script, boot files, the agent channel)
+//! needs the admin credential (`Authorization: Bearer <token>`, the token derived from
+//! `database.admin_pass`): 401 without one, 403 with a wrong one. Every error is JSON
+//! `{kind, message}`; its HTTP status comes from its [`ErrorKind`] alone
+//! (`ErrorKind::http_status`, one exhaustive match), and each capability's error type says its
+//! kind through [`HasKind`].
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use clusterware_shared::api::{ApiError, ErrorKind, Health, PREFIX};
+use clusterware_shared::auth::{BEARER, tokens_equal};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Added to every "database unavailable" answer.
+const DEGRADED: &str = "; this head cannot reach a quorum of the cluster database's members: it keeps serving the boot \
+     files it has verified and DHCP for the nodes it knows, refuses changes until the quorum returns, and recovers by \
+     itself then (with two heads and one gone for good, run `managedb recover`)";
+
+/// Largest request body accepted (a CSV of 100,000 nodes fits).
+pub const BODY_LIMIT: usize = 64 << 20;
+
+/// An error that knows which class of failure it is (and so its HTTP status).
+pub trait HasKind: std::fmt::Display {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Why a request failed: its kind and the message the administrator reads.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiFailure {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiFailure {
+        ApiFailure { kind, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(ErrorKind::BadRequest, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(ErrorKind::NotFound, message)
+    }
+}
+
+impl<E: HasKind> From<E> for ApiFailure {
+    fn from(e: E) -> ApiFailure {
+        ApiFailure { kind: e.kind(), message: e.to_string() }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let kind = self.kind;
+        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
+            tracing::warn!(error = %self.message, "request failed");
+        }
+        let mut message = self.message;
+        if kind == ErrorKind::Unavailable {
+            message.push_str(DEGRADED);
+        }
+        (status, axum::Json(ApiError { kind, message })).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiFailure>;
+
+/// A JSON request body.
+pub fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiFailure::bad_request(format!("malformed request body: {e}")))
+}
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+/// Decodes `a=b&c=d` with percent-escapes and `+` for space; a malformed escape is refused
+/// (form decoding would pass it through, and a name with `%zz` in it is a typo, not a name).
+pub fn query_pairs(q: Option<&str>) -> ApiResult<Vec<(String, String)>> {
+    let dec = |s: &str| -> ApiResult<String> {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let h = b
+                        .get(i + 1..i + 3)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
+                    out.push(h.ok_or_else(|| ApiFailure::bad_request(format!("bad escape in query {s:?}")))?);
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map_err(|_| ApiFailure::bad_request("query is not UTF-8"))
+    };
+    let mut v = Vec::new();
+    for part in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, val) = part.split_once('=').unwrap_or((part, ""));
+        v.push((dec(k)?, dec(val)?));
+    }
+    Ok(v)
+}
+
+/// Whether a query flag (`force=1`, `force=true`) is set.
+pub fn flag(q: &Option<String>, name: &str) -> ApiResult<bool> {
+    Ok(query_pairs(q.as_deref())?.iter().any(|(k, v)| k == name && (v == "1" || v == "true")))
+}
+
+/// Checks the admin credential against `token`.
+pub fn check_token(headers: &HeaderMap, token: &str) -> ApiResult<()> {
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix(BEARER));
+    match given {
+        None => {
+            Err(ApiFailure::new(ErrorKind::Unauthorized, "admin credential required (Authorization: Bearer <token>)"))
+        }
+        Some(t) if !tokens_equal(t.trim(), token) => {
+            Err(ApiFailure::new(ErrorKind::Forbidden, "wrong admin credential"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+async fn require_admin(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    match check_token(req.headers(), &token) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            if e.kind == ErrorKind::Forbidden {
+                let path = req
+                    .extensions()
+                    .get::<OriginalUri>()
+                    .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+                tracing::warn!(%path, "request with a wrong admin credential refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// What a capability serves under `/api/v1`.
+#[derive(Default)]
+pub struct Routes {
+    /// Endpoints that need the admin credential.
+    pub admin: Router,
+    /// Endpoints for nodes and peers (no credential; each checks what it needs itself).
+    pub open: Router,
+}
+
+impl Routes {
+    pub fn admin(admin: Router) -> Routes {
+        Routes { admin, open: Router::new() }
+    }
+}
+
+/// The whole API: every capability's routes under `/api/v1`, the admin ones behind the
+/// credential, health, a JSON 404 for anything else, and the body limit.
+pub fn router(token: &str, name: &str, backend: &'static str, caps: impl IntoIterator<Item = Routes>) -> Router {
+    let (mut admin, mut open) = (Router::new(), Router::new());
+    for r in caps {
+        admin = admin.merge(r.admin);
+        open = open.merge(r.open);
+    }
+    let admin = admin.route_layer(middleware::from_fn_with_state(Arc::<str>::from(token), require_admin));
+    let name = name.to_string();
+    let api = open
+        .route(
+            "/health",
+            axum::routing::get(move || async move { json(StatusCode::OK, &health_of(&name, backend, "serving")) }),
+        )
+        .merge(admin);
+    Router::new()
+        .nest(PREFIX, api)
+        .fallback(|| async { ApiFailure::not_found("no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When this process started (forced by `main`; a restart in place is a new process image).
+pub static STARTED_MS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(now_ms);
+
+/// The answer of `GET /api/v1/health`.
+pub fn health_of(name: &str, database: &str, state: &str) -> Health {
+    Health {
+        name: name.to_string(),
+        version: clusterware_shared::VERSION.to_string(),
+        database: database.to_string(),
+        pid: std::process::id(),
+        now_ms: now_ms(),
+        started_ms: *STARTED_MS,
+        state: state.to_string(),
+    }
+}
+
+/// Serves `app` on a copy of `listener` until `stop` turns true and the requests running then
+/// have finished.
+pub fn serve_until(
+    listener: &std::net::TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<impl Future<Output = std::io::Result<()>> + Send + 'static, std::io::Error> {
+    let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    Ok(async move {
+        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+/// [`serve_until`] as a task of its own.
+pub fn serve(
+    listener: &std::net::TcpListener,
+    app: Router,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, std::io::Error> {
+    Ok(tokio::spawn(serve_until(listener, app, stop)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q = query_pairs(Some("name=vmlinuz%2D6.1+x&kind=kernel&peer")).unwrap();
+        assert_eq!(q[0], ("name".into(), "vmlinuz-6.1 x".into()));
+        assert_eq!(q[2], ("peer".into(), "".into()));
+        assert!(query_pairs(Some("name=%zz")).is_err());
+        assert!(query_pairs(Some("name=%4")).is_err());
+    }
+
+    #[test]
+    fn credentials() {
+        let mut h = HeaderMap::new();
+        assert_eq!(check_token(&h, "t").unwrap_err().kind, ErrorKind::Unauthorized);
+        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(check_token(&h, "t").unwrap_err().kind, ErrorKind::Forbidden);
+        h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        assert!(check_token(&h, "t").is_ok());
+    }
+}

@@ -1,0 +1,119 @@
+//! The power API: power actions through BMCs, and the cluster secrets BMC passwords come from.
+
+use crate::agent_channel::Hub;
+use crate::core::db::Database;
+use crate::core::http::{ApiFailure, ApiResult, Routes, json, parse};
+use crate::power::{self, PowerSettings};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the handlers need.
+pub struct Api {
+    pub db: Database,
+    pub hub: Arc<Hub>,
+    pub power: PowerSettings,
+}
+
+/// The routes (paths under `/api/v1`).
+pub fn routes(api: Arc<Api>) -> Routes {
+    Routes {
+        admin: Router::new()
+            .route("/nodes/power", post(node_power))
+            .route("/secrets", get(list_secrets))
+            .route("/secrets/{name}", put(set_secret).delete(remove_secret))
+            .with_state(api.clone()),
+        open: Router::new(),
+    }
+}
+
+async fn node_power(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: clusterware_shared::power::PowerRequest = parse(&body)?;
+    use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerResults};
+    if req.nodes.is_empty() {
+        return Err(ApiFailure::bad_request("no nodes selected"));
+    }
+    if !(1..=600).contains(&req.timeout_secs) {
+        return Err(ApiFailure::bad_request(format!("timeout {} s is not from 1 to 600", req.timeout_secs)));
+    }
+    if req.soft && req.action != PowerAction::Off {
+        return Err(ApiFailure::bad_request("--soft applies to `off` only"));
+    }
+    if req.boot.is_some() && matches!(req.action, PowerAction::Status | PowerAction::Off) {
+        return Err(ApiFailure::bad_request("a boot device applies to on, cycle and reset"));
+    }
+    let nodes = st.hub.resolve(&req.nodes).await?;
+    let who: String = headers
+        .get("x-clusterware-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect();
+    let action = match (req.action, req.soft, req.boot) {
+        (a, true, _) => format!("{} --soft", a.name()),
+        (a, _, Some(BootDevice::Pxe)) => format!("{} --pxe", a.name()),
+        (a, _, Some(BootDevice::Disk)) => format!("{} --disk", a.name()),
+        (a, _, None) => a.name().to_string(),
+    };
+    let results = power::run(
+        &st.db,
+        &st.power,
+        nodes,
+        req.action,
+        req.soft,
+        req.boot,
+        std::time::Duration::from_secs(req.timeout_secs),
+    )
+    .await?;
+    for r in &results {
+        let outcome = match r.outcome {
+            PowerOutcome::Ok => "ok",
+            PowerOutcome::Failed => "failed",
+            PowerOutcome::Timeout => "timeout",
+        };
+        if req.action == PowerAction::Status {
+            tracing::debug!(node = %r.name, %action, by = %who, %peer, outcome, message = %r.message, "power");
+        } else {
+            tracing::info!(node = %r.name, %action, by = %who, %peer, outcome, message = %r.message, "power");
+        }
+    }
+    Ok(json(StatusCode::OK, &PowerResults { results }))
+}
+
+async fn list_secrets(State(st): State<Arc<Api>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &clusterware_shared::power::SecretList { secrets: power::list_secrets(&st.db).await? }))
+}
+
+async fn set_secret(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: clusterware_shared::power::SetSecret = parse(&body)?;
+    let info = power::set_secret(&st.db, &name, &req.value).await?;
+    tracing::info!(%peer, %name, "secret set");
+    Ok(json(StatusCode::OK, &info))
+}
+
+async fn remove_secret(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let info = power::remove_secret(&st.db, &name).await?;
+    tracing::info!(%peer, %name, "secret removed");
+    Ok(json(StatusCode::OK, &info))
+}

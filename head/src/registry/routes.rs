@@ -1,0 +1,85 @@
+//! The node registry's API: list, show, create, update and delete nodes.
+
+use crate::core::db::Database;
+use crate::core::http::{ApiFailure, ApiResult, Routes, json, parse};
+use crate::registry::{self};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use clusterware_shared::api::{CreateNodes, DeleteNodes, NodeList, UpdateNodes};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the handlers need.
+pub struct Api {
+    pub db: Database,
+}
+
+/// The routes (paths under `/api/v1`).
+pub fn routes(api: Arc<Api>) -> Routes {
+    Routes {
+        admin: Router::new()
+            .route("/nodes", get(list_nodes).post(create_nodes))
+            .route("/nodes/{uid}", get(get_node))
+            .route("/nodes/update", post(update_nodes))
+            .route("/nodes/delete", post(delete_nodes))
+            .with_state(api.clone()),
+        open: Router::new(),
+    }
+}
+
+/// Nodes as the API shows them: secret attributes masked.
+fn shown(mut nodes: Vec<clusterware_shared::api::Node>) -> NodeList {
+    for n in &mut nodes {
+        clusterware_shared::power::mask_secrets(&mut n.attributes);
+    }
+    NodeList { nodes }
+}
+
+async fn list_nodes(State(st): State<Arc<Api>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &shown(registry::list(&st.db).await?)))
+}
+
+async fn get_node(State(st): State<Arc<Api>>, Path(uid): Path<String>) -> ApiResult<Response> {
+    let n =
+        registry::get(&st.db, &uid).await?.ok_or_else(|| ApiFailure::not_found(format!("no node with uid {uid}")))?;
+    Ok(json(StatusCode::OK, &shown(vec![n]).nodes[0]))
+}
+
+async fn create_nodes(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: CreateNodes = parse(&body)?;
+    let nodes = registry::create(&st.db, req.nodes).await?;
+    tracing::info!(%peer, count = nodes.len(), first = %nodes[0].name, "nodes created");
+    Ok(json(StatusCode::CREATED, &shown(nodes)))
+}
+
+async fn update_nodes(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: UpdateNodes = parse(&body)?;
+    let (set, clear) = (req.set.keys().cloned().collect::<Vec<_>>(), req.clear.clone());
+    let nodes = registry::update(&st.db, req.nodes, req.set, req.clear).await?;
+    tracing::info!(%peer, count = nodes.len(), ?set, ?clear, "node attributes changed");
+    Ok(json(StatusCode::OK, &shown(nodes)))
+}
+
+async fn delete_nodes(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: DeleteNodes = parse(&body)?;
+    let nodes = registry::delete(&st.db, req.nodes).await?;
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    tracing::info!(%peer, ?names, "nodes deleted");
+    Ok(json(StatusCode::OK, &shown(nodes)))
+}

@@ -1,0 +1,196 @@
+//! The storage API: uploads, the file list and counters, and file contents (no credential: nodes and peers read them; a file is served only once verified).
+
+use crate::core::http::{ApiFailure, ApiResult, Routes, json, query_pairs};
+use crate::storage::{Storage, StorageError};
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clusterware_shared::api::{FILE_KINDS, FileList, is_file_id};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the handlers need.
+pub struct Api {
+    pub storage: Arc<Storage>,
+}
+
+/// The routes (paths under `/api/v1`).
+pub fn routes(api: Arc<Api>) -> Routes {
+    Routes {
+        admin: Router::new()
+            .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
+            .route("/storage", get(storage_counters))
+            .with_state(api.clone()),
+        open: Router::new().route("/files/{id}/content", get(file_content)).with_state(api),
+    }
+}
+
+async fn list_files(State(st): State<Arc<Api>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &FileList { files: st.storage.list().await? }))
+}
+
+async fn storage_counters(State(st): State<Arc<Api>>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, &st.storage.counters()))
+}
+
+async fn upload_file(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let pairs = query_pairs(q.as_deref())?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let name = get("name").ok_or_else(|| ApiFailure::bad_request("name= is required"))?;
+    if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(ApiFailure::bad_request(format!("{name:?} is not a file name (1-255 characters, no '/')")));
+    }
+    let kind = get("kind").unwrap_or("other");
+    if !FILE_KINDS.contains(&kind) {
+        return Err(ApiFailure::bad_request(format!("kind {kind:?} is not one of {}", FILE_KINDS.join(", "))));
+    }
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let size = match get("size") {
+        Some(s) => s.parse::<u64>().map_err(|_| ApiFailure::bad_request(format!("size {s:?} is not a number")))?,
+        None => declared.ok_or_else(|| ApiFailure::bad_request("the upload needs size= or a Content-Length"))?,
+    };
+    if declared.is_some_and(|d| d != size) {
+        return Err(ApiFailure::bad_request(format!(
+            "Content-Length {} differs from size={size}",
+            declared.unwrap_or(0)
+        )));
+    }
+    let sha = get("sha256");
+    if let Some(s) = sha {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiFailure::bad_request(format!("sha256 {s:?} is not 64 hex digits")));
+        }
+    }
+    let rec = st
+        .storage
+        .upload(name, kind, size, sha.map(|s| s.to_ascii_lowercase()).as_deref(), body.into_data_stream())
+        .await
+        .map_err(|e| match e {
+            StorageError::Invalid(m) => ApiFailure::bad_request(format!("upload of {name} refused: {m}")),
+            e => e.into(),
+        })?;
+    tracing::info!(%peer, id = %rec.id, name = %rec.name, size = rec.size, kind = %rec.kind, "file uploaded");
+    Ok(json(StatusCode::CREATED, &rec))
+}
+
+/// A request's byte range: the whole file, `start..=end`, or none that fits.
+#[derive(Debug, PartialEq, Eq)]
+enum Span {
+    Full,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parses a single `Range: bytes=…`; anything else (several ranges, other units, bad syntax)
+/// is ignored and the whole file sent, as RFC 9110 allows.
+fn parse_range(h: Option<&str>, size: u64) -> Span {
+    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else { return Span::Full };
+    if spec.contains(',') {
+        return Span::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else { return Span::Full };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            None => Span::Full,
+            Some(0) => Span::Unsatisfiable,
+            Some(_) if size == 0 => Span::Unsatisfiable,
+            Some(n) => Span::Part(size.saturating_sub(n), size - 1),
+        },
+        (false, _) => match (num(a), if b.is_empty() { Some(u64::MAX) } else { num(b) }) {
+            (Some(s), Some(e)) if s <= e => {
+                if s >= size {
+                    Span::Unsatisfiable
+                } else {
+                    Span::Part(s, e.min(size - 1))
+                }
+            }
+            _ => Span::Full,
+        },
+        (true, true) => Span::Full,
+    }
+}
+
+async fn file_content(
+    State(st): State<Arc<Api>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let from_peer = query_pairs(q.as_deref())?.iter().any(|(k, v)| k == "peer" && v == "1");
+    if from_peer {
+        st.storage.count_peer_request();
+    }
+    if !is_file_id(&id) {
+        return Err(ApiFailure::not_found(format!("no file with id {id}")));
+    }
+    let rec = st.storage.record(&id).await?;
+    let path = st.storage.ensure(&rec, !from_peer).await?;
+    let size = rec.size;
+    let span = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);
+    let (status, start, len) = match span {
+        Span::Full => (StatusCode::OK, 0, size),
+        Span::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        Span::Unsatisfiable => {
+            let mut r =
+                ApiFailure::bad_request(format!("range beyond the end of the {size}-byte file")).into_response();
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            r.headers_mut().insert(header::CONTENT_RANGE, format!("bytes */{size}").parse().expect("valid header"));
+            return Ok(r);
+        }
+    };
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"{}\"", rec.sha256))
+        .header("x-checksum-sha256", &rec.sha256);
+    if status == StatusCode::PARTIAL_CONTENT {
+        b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", start + len - 1));
+    }
+    if method == Method::HEAD {
+        return Ok(b.body(axum::body::Body::empty()).expect("valid response"));
+    }
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(&path).await.map_err(|e| StorageError::Io { path: path.clone(), source: e })?;
+    if start > 0 {
+        f.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| StorageError::Io { path: path.clone(), source: e })?;
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
+    Ok(b.body(axum::body::Body::from_stream(stream)).expect("valid response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), Span::Full);
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), Span::Part(0, 4));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Span::Part(5, 9));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Span::Part(7, 9));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Span::Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Span::Part(8, 9));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Span::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Span::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Span::Full);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Span::Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Span::Full);
+        assert_eq!(parse_range(Some("bytes=x-1"), 10), Span::Full);
+    }
+}
