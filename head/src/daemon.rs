@@ -7,7 +7,7 @@ use crate::agent_channel::{self, Hub};
 use crate::core::db::embedded::Embedded;
 use crate::core::db::etcd::Etcd;
 use crate::core::db::member::{MemberError, MemberHandle, MemberSpec};
-use crate::core::db::{Database, DbError};
+use crate::core::db::{Database, DbError, Refusal};
 use crate::core::heads::{self};
 use crate::core::http;
 use crate::core::schema::{DbMode, HeadRecord};
@@ -186,9 +186,10 @@ async fn wait_for_etcd(
             // A learner may answer some reads: this head serves only once it votes.
             Ok(e) if ctl.is_some() => match e.members().await {
                 // By peer URL: a new member publishes its name only some time after it starts.
-                Ok(ms) if ms.iter().any(|m| m.is_learner && ctl.is_some_and(|c| c.is_me(m))) => {
-                    Err(DbError::Unavailable("this head's etcd member is a learner".into()))
-                }
+                Ok(ms) if ms.iter().any(|m| m.is_learner && ctl.is_some_and(|c| c.is_me(m))) => Err(DbError::Refused {
+                    why: Refusal::Learner,
+                    message: "this head's etcd member is a learner".into(),
+                }),
                 Ok(_) => Ok(e),
                 Err(err) => Err(err),
             },
@@ -199,7 +200,7 @@ async fn wait_for_etcd(
                 tracing::info!(after = ?start.elapsed(), "cluster database ready");
                 return Ok(Database::Etcd(e));
             }
-            Err(e) if ctl.is_some() && e.to_string().contains("learner") => {
+            Err(DbError::Refused { why: Refusal::Learner, .. }) if ctl.is_some() => {
                 // Catching up with 10,000 nodes takes a while: a learner is making progress.
                 start = Instant::now();
                 if last_ask.elapsed() > Duration::from_millis(100) {

@@ -11,7 +11,7 @@ pub mod routes;
 
 pub mod dump;
 
-use crate::core::db::{Compare, Database, DbError, Member, Txn, TxnOp};
+use crate::core::db::{Compare, Database, DbError, Member, Refusal, Txn, TxnOp};
 use crate::core::schema;
 use crate::core::schema::{ALIVE, DbMode, EJECTED, EjectedRecord, FAILOVER, HEADS, HeadRecord};
 
@@ -353,18 +353,18 @@ pub async fn add_member(db: &Database, ctl: &Control, req: &AddMember, cluster_t
     let deadline = Instant::now() + Duration::from_secs(20);
     let added = loop {
         match db.member_add(&req.peer_url, true).await {
-            Err(DbError::Unavailable(m)) if m.contains("unhealthy cluster") && Instant::now() < deadline => {
+            Err(DbError::Refused { why: Refusal::Unhealthy, .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             r => break r,
         }
     };
     let (id, after) = added.map_err(|e| match e {
-        DbError::Unavailable(m) if m.contains("unhealthy cluster") => MembershipError::Refused(format!(
+        DbError::Refused { why: Refusal::Unhealthy, message: m } => MembershipError::Refused(format!(
             "etcd refuses to add a member while not every member is connected ({m}): is a head down? Bring it back \
              or eject it first"
         )),
-        DbError::Unavailable(m) if m.contains("too many learner") => MembershipError::Refused(
+        DbError::Refused { why: Refusal::TooManyLearners, .. } => MembershipError::Refused(
             "another head is joining right now (its etcd member is still catching up as a learner): try again once it \
              has finished"
                 .into(),
@@ -419,11 +419,10 @@ pub async fn promote(db: &Database, ctl: &Control, name: &str) -> Result<Members
                 restarting: false,
             })
         }
-        Err(DbError::Unavailable(msg)) | Err(DbError::Invalid(msg))
-            if msg.contains("in sync") || msg.contains("learner") =>
-        {
-            Err(MembershipError::NotReady(format!("{name} is still catching up with the leader: {msg}")))
-        }
+        Err(DbError::Refused {
+            why: Refusal::LearnerNotInSync | Refusal::NotLearner | Refusal::Learner,
+            message: msg,
+        }) => Err(MembershipError::NotReady(format!("{name} is still catching up with the leader: {msg}"))),
         Err(e) => Err(e.into()),
     }
 }
@@ -467,10 +466,10 @@ async fn remove_member(db: &Database, id: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match db.member_remove(id).await {
-            Err(DbError::Unavailable(m)) if m.contains("unhealthy cluster") && Instant::now() < deadline => {
+            Err(DbError::Refused { why: Refusal::Unhealthy, .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(DbError::Unavailable(m)) if m.contains("unhealthy cluster") => {
+            Err(DbError::Refused { why: Refusal::Unhealthy, message: m }) => {
                 return Err(MembershipError::Refused(format!(
                     "etcd refuses to remove a member while not every other member is connected ({m}): with a head \
                      down, removing another would cost the cluster its quorum"

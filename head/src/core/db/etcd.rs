@@ -4,8 +4,8 @@
 //! HTTP/2 keep-alives make a dead connection visible to watches within seconds.
 
 use super::{
-    CmpOp, CmpTarget, DbError, Event, EventKind, KeyValue, LeaseId, Member, OP_TIMEOUT, OpResult, Result, Revision,
-    Txn, TxnOp, TxnResult,
+    CmpOp, CmpTarget, DbError, Event, EventKind, KeyValue, LeaseId, Member, OP_TIMEOUT, OpResult, Refusal, Result,
+    Revision, Txn, TxnOp, TxnResult,
 };
 use etcd_client as ec;
 use std::collections::VecDeque;
@@ -22,10 +22,30 @@ pub struct Etcd {
     max_txn_ops: usize,
 }
 
+/// etcd's refusals by their text (etcd's own client maps its errors by text too: `rpctypes`).
+fn refusal(msg: &str) -> Option<Refusal> {
+    Some(if msg.contains("unhealthy cluster") {
+        Refusal::Unhealthy
+    } else if msg.contains("too many learner") {
+        Refusal::TooManyLearners
+    } else if msg.contains("in sync with leader") {
+        Refusal::LearnerNotInSync
+    } else if msg.contains("can only promote a learner member") {
+        Refusal::NotLearner
+    } else if msg.contains("not supported for learner") {
+        Refusal::Learner
+    } else {
+        return None;
+    })
+}
+
 fn map_err(e: ec::Error) -> DbError {
     match e {
         ec::Error::GRpcStatus(s) => {
             let msg = s.message().to_string();
+            if let Some(why) = refusal(&msg) {
+                return DbError::Refused { why, message: msg };
+            }
             match s.code() {
                 tonic_code::InvalidArgument | tonic_code::FailedPrecondition if msg.contains("compacted") => {
                     DbError::Compacted { requested: 0, compacted: 0 }
@@ -35,7 +55,25 @@ fn map_err(e: ec::Error) -> DbError {
                 }
                 tonic_code::InvalidArgument => DbError::Invalid(msg),
                 tonic_code::NotFound if msg.contains("lease not found") => DbError::LeaseNotFound(0),
-                _ => DbError::Unavailable(msg),
+                // Everything else is answered as "unavailable" (the caller may try again): no
+                // leader, no quorum, timeouts, overload, a member going away, and the refusals of
+                // membership calls that are not typed above (a member already removed, …).
+                tonic_code::Ok
+                | tonic_code::Cancelled
+                | tonic_code::Unknown
+                | tonic_code::DeadlineExceeded
+                | tonic_code::NotFound
+                | tonic_code::AlreadyExists
+                | tonic_code::PermissionDenied
+                | tonic_code::ResourceExhausted
+                | tonic_code::FailedPrecondition
+                | tonic_code::Aborted
+                | tonic_code::OutOfRange
+                | tonic_code::Unimplemented
+                | tonic_code::Internal
+                | tonic_code::Unavailable
+                | tonic_code::DataLoss
+                | tonic_code::Unauthenticated => DbError::Unavailable(msg),
             }
         }
         ec::Error::InvalidArgs(m) => DbError::Invalid(m),
@@ -401,5 +439,24 @@ impl EtcdWatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_refusals_are_typed() {
+        for (text, why) in [
+            ("etcdserver: unhealthy cluster", Refusal::Unhealthy),
+            ("etcdserver: too many learner members in cluster", Refusal::TooManyLearners),
+            ("etcdserver: can only promote a learner member which is in sync with leader", Refusal::LearnerNotInSync),
+            ("etcdserver: can only promote a learner member", Refusal::NotLearner),
+            ("etcdserver: rpc not supported for learner", Refusal::Learner),
+        ] {
+            assert_eq!(refusal(text), Some(why), "{text}");
+        }
+        assert_eq!(refusal("etcdserver: request timed out"), None);
     }
 }

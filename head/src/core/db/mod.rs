@@ -43,13 +43,33 @@ pub enum DbError {
     /// The database was closed.
     #[error("cluster database closed")]
     Closed,
+    /// etcd refused a membership change, or a call that a learner cannot serve; `why` says which
+    /// (the one place that reads etcd's error text is the etcd backend).
+    #[error("cluster database unavailable: {message}")]
+    Refused { why: Refusal, message: String },
+}
+
+/// Why etcd refused (see [`DbError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Right after a membership change, etcd refuses another until every member has been
+    /// connected for a few seconds ("unhealthy cluster").
+    Unhealthy,
+    /// A learner is already catching up; etcd allows one at a time.
+    TooManyLearners,
+    /// The learner to promote has not caught up with the leader yet.
+    LearnerNotInSync,
+    /// The member to promote is not a learner.
+    NotLearner,
+    /// This head's member is a learner, which serves no requests of this kind.
+    Learner,
 }
 
 impl crate::core::http::HasKind for DbError {
     fn kind(&self) -> clusterware_shared::api::ErrorKind {
         use clusterware_shared::api::ErrorKind;
         match self {
-            DbError::Unavailable(_) | DbError::Closed => ErrorKind::Unavailable,
+            DbError::Unavailable(_) | DbError::Closed | DbError::Refused { .. } => ErrorKind::Unavailable,
             DbError::Invalid(_) => ErrorKind::BadRequest,
             DbError::Compacted { .. } | DbError::LeaseNotFound(_) | DbError::Storage(_) => ErrorKind::Internal,
         }
