@@ -3,19 +3,19 @@
 //! SIGINT shut down in order: stop accepting requests, remove the liveness record, stop the
 //! etcd member.
 
-use crate::agent_channel::{self, Hub};
+use crate::agent_channel::{self};
 use crate::core::db::embedded::Embedded;
 use crate::core::db::etcd::Etcd;
 use crate::core::db::member::{MemberError, MemberHandle, MemberSpec};
 use crate::core::db::{Database, DbError, Refusal};
 use crate::core::heads::{self};
-use crate::core::http;
 use crate::core::schema::{DbMode, HeadRecord};
 use crate::core::supervisor::{STAGE_LIMIT, Stage, Supervisor};
 use crate::core::view::ClusterView;
+use crate::core::{Ctx, http};
 use crate::membership::{self, Control};
-use crate::registry::{self, cache::NodeCache};
-use crate::storage::{Storage, StorageError};
+use crate::registry::{self};
+use crate::storage::StorageError;
 use crate::{bootcfg, netboot};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{Config, ConfigError, DatabaseType, Membership};
@@ -56,13 +56,8 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("network boot on {interface}: {what}: {source}")]
-    BootNet {
-        interface: String,
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    BootNet(#[from] crate::netboot::StartError),
 }
 
 /// This host's name, from the kernel.
@@ -256,67 +251,6 @@ fn read_ssh_keys(files: &[PathBuf]) -> Vec<String> {
     keys
 }
 
-/// DHCP and TFTP on the cluster-network interface, when `dhcp.interface` is set.
-async fn start_boot_net(
-    cfg: &Config,
-    db: &Database,
-    nodes: &Arc<NodeCache>,
-    view: &Arc<ClusterView>,
-    sup: &Supervisor,
-) -> Result<(), StartError> {
-    let Some(iface) = cfg.boot.interface.clone() else {
-        tracing::info!("network boot is off (set dhcp.interface to the cluster-network interface)");
-        return Ok(());
-    };
-    let err = |what: &str| {
-        let (iface, what) = (iface.clone(), what.to_string());
-        move |source| StartError::BootNet { interface: iface, what, source }
-    };
-    let server_ip = clusterware_shared::sys::interface_ip(&iface)
-        .or(cfg.head_ip)
-        .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
-    let settings = crate::netboot::dhcp::DhcpSettings {
-        interface: iface.clone(),
-        server_ip,
-        port: cfg.boot.dhcp_port,
-        netmask: cfg.boot.netmask,
-        router: cfg.boot.router,
-        dns: cfg.boot.dns.clone(),
-        domain: cfg.boot.domain.clone(),
-        lease_secs: cfg.boot.lease_secs,
-        register_unknown: cfg.boot.register_unknown,
-        first_ip: cfg.boot.first_ip,
-        defer: Duration::from_millis(cfg.boot.defer_ms),
-        http_base: view.me.api_url.clone(),
-        bios_file: cfg.boot.bios_file.clone(),
-        efi_file: cfg.boot.efi_file.clone(),
-    };
-    let dhcp_sock = crate::netboot::dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
-    let tftp_sock = tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
-        .await
-        .map_err(err("binding the TFTP port"))?;
-    if !cfg.boot.tftp_dir.is_dir() {
-        tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the TFTP directory does not exist (Debian package ipxe); PXE ROMs cannot load iPXE from this head");
-    }
-    let dhcp = crate::netboot::dhcp::DhcpServer::new(db.clone(), nodes.clone(), view.clone(), settings);
-    let tftp = crate::netboot::tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
-    tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
-    sup.spawn(Stage::Serve, "dhcp", move |stop| dhcp.run(dhcp_sock, stop));
-    sup.spawn(Stage::Serve, "tftp", move |stop| tftp.run(tftp_sock, stop));
-    if cfg.boot.ra {
-        match crate::netboot::ra::bind(&iface) {
-            Ok(sock) => {
-                let iface = iface.clone();
-                sup.spawn(Stage::Serve, "router advertisements", move |stop| crate::netboot::ra::run(sock, iface, stop))
-            }
-            Err(e) => {
-                tracing::warn!(interface = %iface, error = %e, "cannot answer IPv6 router solicitations; iPXE may wait for IPv6 autoconfiguration")
-            }
-        }
-    }
-    Ok(())
-}
-
 /// How the daemon ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -429,79 +363,28 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         peer_url: (db_mode == DbMode::EtcdMember).then(|| ctl.peer_url.clone()),
     };
     heads::register(&db, &rec).await?;
-    let storage = Storage::open(&cfg.storage_dir, &name, db.clone())?;
-    tracing::info!(path = %cfg.storage_dir.display(), "local file storage");
     let sup = Supervisor::new();
     {
         let (db, rec, ttl) = (db.clone(), rec.clone(), cfg.lease_ttl_secs);
         sup.spawn(Stage::Liveness, "liveness", move |stop| heads::keep_alive(db, rec, ttl, stop));
     }
-    {
-        let storage = storage.clone();
-        let (audit, sweep, ttl) = (
-            Duration::from_secs(cfg.audit_interval_secs),
-            Duration::from_secs(cfg.sweep_interval_secs),
-            Duration::from_secs(cfg.deleted_ttl_secs),
-        );
-        sup.spawn(Stage::Work, "storage audits", move |stop| storage_loop(storage, audit, sweep, ttl, stop));
-    }
     let view = ClusterView::spawn(&db, rec.clone(), &sup);
-    let nodes = NodeCache::spawn(db.clone(), &sup);
-    let hub = Hub::spawn(db.clone(), view.clone(), nodes.clone(), token.clone(), &sup);
+    let ctx = Ctx::new(db.clone(), &cfg, view, &sup, token);
+
+    // The capabilities, each started from the core and what it depends on: one line each.
+    let storage = crate::storage::start(&ctx)?;
+    let nodes = registry::start(&ctx);
+    let hub = agent_channel::start(&ctx, &nodes);
+    bootcfg::start(&ctx, &storage);
+    crate::rebalance::start(&ctx, &hub);
+    crate::power::start(&ctx, &hub);
+    membership::start(&ctx, &ctl, &hub);
+    netboot::start(&ctx, &nodes, &hub).await?;
+
     if !nodes.wait_ready(Duration::from_secs(30)).await {
         tracing::warn!("the node table is not loaded yet; node requests are refused until it is");
     }
-    let rebalance = crate::rebalance::Settings {
-        enabled: cfg.rebalance_enabled,
-        interval: Duration::from_secs(cfg.rebalance_interval_secs),
-        threshold_pct: cfg.rebalance_threshold_pct,
-        holdoff: Duration::from_secs(cfg.rebalance_holdoff_secs),
-    };
-    {
-        let hub = hub.clone();
-        sup.spawn(Stage::Work, "rebalancing", move |stop| crate::rebalance::run(hub, rebalance, stop));
-    }
-    {
-        let (db, ctl) = (db.clone(), ctl.clone());
-        sup.spawn(Stage::Work, "failover", move |stop| membership::run_failover(db, ctl, stop));
-    }
-    {
-        let (db, ctl) = (db.clone(), ctl.clone());
-        sup.spawn(Stage::Work, "membership watch", move |stop| membership::watch_membership(db, ctl, stop));
-    }
-    start_boot_net(&cfg, &db, &nodes, &view, &sup).await?;
-    let power = crate::power::PowerSettings { ipmitool: cfg.ipmitool.clone(), concurrency: cfg.power_concurrency };
-
-    // The capabilities' routes: one line each.
-    let app = http::router(
-        &token,
-        &name,
-        db.backend(),
-        [
-            registry::routes::routes(Arc::new(registry::routes::Api { db: db.clone() })),
-            crate::storage::routes::routes(Arc::new(crate::storage::routes::Api { storage: storage.clone() })),
-            bootcfg::routes::routes(Arc::new(bootcfg::routes::Api { db: db.clone(), storage: storage.clone() })),
-            agent_channel::routes::routes(Arc::new(agent_channel::routes::Api { db: db.clone(), hub: hub.clone() })),
-            crate::rebalance::routes::routes(Arc::new(crate::rebalance::routes::Api { hub: hub.clone(), rebalance })),
-            crate::power::routes::routes(Arc::new(crate::power::routes::Api {
-                db: db.clone(),
-                hub: hub.clone(),
-                power,
-            })),
-            netboot::routes::routes(Arc::new(netboot::routes::Api {
-                db: db.clone(),
-                head: rec.clone(),
-                hub: hub.clone(),
-            })),
-            membership::routes::routes(Arc::new(membership::routes::Api {
-                db: db.clone(),
-                head: rec.clone(),
-                control: ctl.clone(),
-                config: cfg.clone(),
-                hub: hub.clone(),
-            })),
-        ],
-    );
+    let app = ctx.router();
     tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
 
     let server = http::serve_until(&listener, app, sup.stop_signal(Stage::Serve)).map_err(listen_err)?;
@@ -515,7 +398,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     // Stage by stage: requests (the running ones get the stage's 10 s), periodic work, the last
     // status write, the follows, and the liveness record last.
     sup.shutdown(STAGE_LIMIT).await;
-    drop(hub);
+    drop((ctx, hub, nodes, storage));
     drop(db);
     if let Some(mut m) = member {
         tokio::task::spawn_blocking(move || m.stop()).await.ok();
@@ -523,43 +406,6 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     }
     tracing::info!("head stopped");
     Ok(exit)
-}
-
-/// Audits the local storage at start and every `audit`, and processes the deleted-files list
-/// every `sweep`, until shutdown.
-async fn storage_loop(
-    storage: Arc<Storage>,
-    audit: Duration,
-    sweep: Duration,
-    ttl: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut next_audit = tokio::time::Instant::now();
-    loop {
-        // Shutdown does not wait for an audit that is hashing a large file.
-        tokio::select! {
-            r = storage.sweep_deleted(ttl) => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "cannot process the deleted-files list");
-                }
-            }
-            _ = stop.changed() => return,
-        }
-        if tokio::time::Instant::now() >= next_audit {
-            tokio::select! {
-                r = storage.audit() => match r {
-                    Ok(s) => tracing::info!(files = s.files, missing = s.missing, bad = s.bad, bytes = s.bytes, "storage audited"),
-                    Err(e) => tracing::warn!(error = %e, "storage audit failed"),
-                },
-                _ = stop.changed() => return,
-            }
-            next_audit = tokio::time::Instant::now() + audit;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(sweep) => {}
-            _ = stop.changed() => return,
-        }
-    }
 }
 
 /// The head's name: `head.name`, else the host name.

@@ -1058,3 +1058,167 @@ impl Hub {
         Ok(v)
     }
 }
+
+/// Starts the agent channel (its follows, the status writer, its routes); the hub is returned
+/// for the capabilities that ask about nodes' state.
+pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>) -> Arc<Hub> {
+    let hub = Hub::spawn(ctx.db.clone(), ctx.view.clone(), nodes.clone(), ctx.token.clone(), ctx.sup);
+    ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), hub: hub.clone() })));
+    hub
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::db::embedded::Embedded;
+    use crate::core::schema::DbMode;
+    use clusterware_shared::agent::Phase;
+
+    const MAC: &str = "52:54:00:00:00:01";
+    const NODE_IP: &str = "10.0.0.5";
+
+    fn me() -> HeadRecord {
+        HeadRecord {
+            name: "h1".into(),
+            ip: "10.0.0.1".parse().unwrap(),
+            api_url: "http://10.0.0.1:80".into(),
+            version: "t".into(),
+            started: 0,
+            db_mode: DbMode::Embedded,
+            ssh_keys: vec![],
+            peer_url: None,
+        }
+    }
+
+    /// A hub on an in-memory store with one node (MAC, registered address).
+    async fn hub() -> (Arc<Hub>, Database, Supervisor, Node) {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let spec = clusterware_shared::api::NodeSpec {
+            macs: vec![MAC.parse().unwrap()],
+            ip: Some(NODE_IP.parse().unwrap()),
+            ..Default::default()
+        };
+        let node = crate::registry::create(&db, vec![spec]).await.unwrap().remove(0);
+        let sup = Supervisor::new();
+        let nodes = NodeCache::spawn(db.clone(), &sup);
+        assert!(nodes.wait_ready(Duration::from_secs(5)).await);
+        let view = Arc::new(ClusterView::fixed(me(), vec![me()], &["h1"]));
+        let hub = Hub::spawn(db.clone(), view, nodes, "t".into(), &sup);
+        (hub, db, sup, node)
+    }
+
+    fn report(phase: Phase) -> StatusReport {
+        StatusReport {
+            mac: MAC.parse().unwrap(),
+            boot_id: "0123abcd".into(),
+            phase,
+            agent_version: "t".into(),
+            uptime_secs: 1,
+            load: [0.0; 3],
+            mem_total_kib: 1,
+            mem_available_kib: 1,
+            cpus: 1,
+            kernel: "6.1".into(),
+            hostname: "n0".into(),
+            interfaces: vec![],
+            hardware: None,
+        }
+    }
+
+    fn peer() -> IpAddr {
+        NODE_IP.parse().unwrap()
+    }
+
+    async fn status_record(db: &Database, uid: &str) -> Option<StatusRecord> {
+        db.get(&schema::status(uid)).await.unwrap().map(|kv| serde_json::from_slice(&kv.value).unwrap())
+    }
+
+    async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f().await {
+            assert!(Instant::now() < deadline, "{what} did not happen within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_are_checked_against_the_nodes_address() {
+        let (hub, _db, _sup, _node) = hub().await;
+        let other: IpAddr = "10.0.0.6".parse().unwrap();
+        assert!(matches!(hub.push(other, report(Phase::Up)), Err(AgentError::WrongAddress(_))));
+        let mut r = report(Phase::Up);
+        r.mac = "52:54:00:00:00:02".parse().unwrap();
+        assert!(matches!(hub.push(peer(), r), Err(AgentError::Unknown(_))));
+        let mut r = report(Phase::Up);
+        r.boot_id = "not a boot id".into();
+        assert!(matches!(hub.push(peer(), r), Err(AgentError::Invalid(_))));
+        assert_eq!(hub.counters().rejected, 2, "the invalid report is refused before it is counted");
+        assert_eq!(hub.child_count(), 0);
+    }
+
+    /// What a head absorbed just before it stops reaches the database: the writer's final flush.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_writes_the_last_status() {
+        let (hub, db, sup, node) = hub().await;
+        hub.push(peer(), report(Phase::Up)).unwrap();
+        // At once, well before the writer's first status round (500 ms).
+        sup.shutdown(Duration::from_secs(5)).await;
+        let rec = status_record(&db, &node.uid).await.expect("the status was written when the head stopped");
+        assert_eq!((rec.state, rec.parent.as_str(), rec.boot_id.as_str()), (NodeState::Up, "h1", "0123abcd"));
+    }
+
+    /// A node another head wrote after this head's last write has moved on: this head lets it go
+    /// and never overwrites the other head's record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_claimed_by_another_head_is_let_go() {
+        let (hub, db, _sup, node) = hub().await;
+        hub.push(peer(), report(Phase::Up)).unwrap();
+        eventually("the first write", async || status_record(&db, &node.uid).await.is_some()).await;
+        assert_eq!(hub.child_count(), 1);
+        let theirs = StatusRecord {
+            state: NodeState::Up,
+            parent: "h2".into(),
+            last_seen: unix_now(),
+            boot_id: "0123abcd".into(),
+            status_secs: 10,
+            hardware: None,
+        };
+        db.put(&schema::status(&node.uid), serde_json::to_vec(&theirs).unwrap()).await.unwrap();
+        eventually("letting the node go", async || hub.child_count() == 0).await;
+        // Several status rounds later, the record is still the other head's.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(status_record(&db, &node.uid).await.unwrap().parent, "h2");
+    }
+
+    /// A script reaches the node through its long poll and its outcome comes back through the
+    /// database; a node that never reported is unreachable at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripts_round_trip_and_silent_nodes_are_unreachable() {
+        let (hub, _db, _sup, node) = hub().await;
+        let node = Arc::new(node);
+        let out = hub.run_script(&[node.clone()], Script::FetchHosts, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].outcome, Outcome::Unreachable);
+
+        hub.push(peer(), report(Phase::Up)).unwrap();
+        let h = hub.clone();
+        let agent = tokio::spawn(async move {
+            let mac: MacAddr = MAC.parse().unwrap();
+            loop {
+                let d = h.wait(peer(), &mac, 5).await.unwrap();
+                if let Some(c) = d.commands.first() {
+                    assert_eq!(c.script, Script::UpdateKeys);
+                    let o = ScriptOutcome { mac, id: c.id.clone(), ok: true, message: "keys written".into() };
+                    h.outcome(peer(), o).unwrap();
+                    return;
+                }
+            }
+        });
+        let out = hub.run_script(&[node.clone()], Script::UpdateKeys, Duration::from_secs(10)).await.unwrap();
+        agent.await.unwrap();
+        assert_eq!((out[0].outcome, out[0].message.as_str()), (Outcome::Ok, "keys written"));
+        // An outcome for a command nobody waits for any more is refused.
+        let late = ScriptOutcome { mac: MAC.parse().unwrap(), id: "feed".into(), ok: true, message: String::new() };
+        assert!(matches!(hub.outcome(peer(), late), Err(AgentError::Unknown(_))));
+    }
+}

@@ -400,3 +400,83 @@ pub async fn detail(db: &Database, name: &str) -> Result<BootConfigDetail> {
         files,
     })
 }
+
+/// Starts images and boot configs: their routes (they keep no task).
+pub fn start(ctx: &crate::core::Ctx, storage: &Arc<Storage>) {
+    ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), storage: storage.clone() })));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::db::embedded::Embedded;
+    use crate::core::http::HasKind;
+    use clusterware_shared::api::{ErrorKind, FileRecord};
+
+    async fn file(db: &Database, n: u8, kind: &str) -> String {
+        let id = format!("{n:032x}");
+        let rec = FileRecord {
+            id: id.clone(),
+            name: format!("f{n}"),
+            size: 1,
+            sha256: "0".repeat(64),
+            kind: kind.into(),
+            created: 0,
+        };
+        db.put(&schema::file(&id), encode(&rec)).await.unwrap();
+        id
+    }
+
+    fn config(name: &str, kernel: &str, initramfs: &str, image: Option<&str>) -> CreateBootConfig {
+        CreateBootConfig {
+            name: name.into(),
+            kernel: kernel.into(),
+            initramfs: initramfs.into(),
+            image: image.map(Into::into),
+            cmdline: "console=ttyS0".into(),
+            description: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn configs_are_checked_against_what_exists() {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), "h1", db.clone()).unwrap();
+        let (k, i, r) = (file(&db, 1, "kernel").await, file(&db, 2, "initramfs").await, file(&db, 3, "rootfs").await);
+
+        let e = create_config(&db, config("bad name!", &k, &i, None)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");
+        let e = create_config(&db, config("c1", &k, &format!("{:032x}", 9), None)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        let e = create_config(&db, config("c1", &k, &i, Some("img"))).await.unwrap_err();
+        assert!(matches!(e, BootError::NotFound(ref m) if m.contains("no image named img")), "{e}");
+        assert!(list_configs(&db).await.unwrap().0.is_empty(), "refused requests write nothing");
+
+        create_image(
+            &db,
+            CreateImage { name: "img".into(), rootfs: r.clone(), extra_files: vec![], description: String::new() },
+        )
+        .await
+        .unwrap();
+        create_config(&db, config("c1", &k, &i, Some("img"))).await.unwrap();
+        let e = create_config(&db, config("c1", &k, &i, None)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+
+        assert_eq!(set_default(&db, Some("nope")).await.unwrap_err().kind(), ErrorKind::NotFound);
+        set_default(&db, Some("c1")).await.unwrap();
+        assert_eq!(list_configs(&db).await.unwrap().1.as_deref(), Some("c1"));
+
+        // Used things are kept unless forced.
+        let e = delete_image(&db, &storage, "img", false).await.unwrap_err();
+        assert!(matches!(e, BootError::Conflict(ref m) if m.contains("used by boot config c1")), "{e}");
+        let e = delete_config(&db, &storage, "c1", false).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        delete_config(&db, &storage, "c1", true).await.unwrap();
+        delete_image(&db, &storage, "img", false).await.unwrap();
+        // The files no image or config references any more went with them.
+        for id in [&k, &i, &r] {
+            assert!(db.get(&schema::file(id)).await.unwrap().is_none(), "{id} is still referenced");
+        }
+    }
+}

@@ -1,4 +1,16 @@
 //! The head's core: what every capability builds on.
+//!
+//! - [`db`]: the cluster database (etcd or the embedded store) behind one API.
+//! - [`schema`]: every key prefix, key builder and record.
+//! - [`follow`]: in-memory copies of prefixes kept current by watches.
+//! - [`heads`]: this head's record and liveness; the head list.
+//! - [`view`]: the cluster as this head sees it (heads, liveness, the shared orderings).
+//! - [`http`]: the API server, the admin credential, the error mapping.
+//! - [`supervisor`]: the background tasks and the order they stop in.
+//!
+//! A capability starts from a [`Ctx`]: it takes its configuration section from `config`,
+//! starts its tasks on `sup`, and hands its routes to [`Ctx::serve`]; whatever it offers other
+//! capabilities (the node table, the agent hub, storage) it returns from its `start`.
 pub mod db;
 pub mod follow;
 pub mod heads;
@@ -7,7 +19,49 @@ pub mod schema;
 pub mod supervisor;
 pub mod view;
 
+use clusterware_shared::config::Config;
+use std::sync::{Arc, Mutex};
+
 /// Seconds since the Unix epoch (0 if the clock is before it), for record timestamps.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What every capability starts from (see the module's documentation).
+pub struct Ctx<'a> {
+    pub db: db::Database,
+    pub config: &'a Config,
+    pub view: Arc<view::ClusterView>,
+    pub sup: &'a supervisor::Supervisor,
+    /// The admin token (head-to-head calls carry it).
+    pub token: String,
+    routes: Mutex<Vec<http::Routes>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        db: db::Database,
+        config: &'a Config,
+        view: Arc<view::ClusterView>,
+        sup: &'a supervisor::Supervisor,
+        token: String,
+    ) -> Ctx<'a> {
+        Ctx { db, config, view, sup, token, routes: Mutex::new(Vec::new()) }
+    }
+
+    /// This head's record.
+    pub fn me(&self) -> &schema::HeadRecord {
+        &self.view.me
+    }
+
+    /// Adds a capability's routes to the API.
+    pub fn serve(&self, routes: http::Routes) {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).push(routes);
+    }
+
+    /// The whole API, from every capability's routes.
+    pub fn router(&self) -> axum::Router {
+        let routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
+        http::router(&self.token, &self.me().name, self.db.backend(), routes)
+    }
 }

@@ -111,6 +111,16 @@ impl Supervisor {
     }
 }
 
+/// Tasks still running when the supervisor goes (a start-up that failed half-way) are aborted,
+/// so that a head restarting in place never runs two copies of a task.
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.handle.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +150,20 @@ mod tests {
         sup.shutdown(Duration::from_secs(5)).await;
         assert_eq!(*log.lock().unwrap(), ["serve", "work", "flush", "views", "live"]);
         assert_eq!(sup.running(), 0);
+    }
+
+    /// Dropping the supervisor aborts what runs.
+    #[tokio::test]
+    async fn dropping_aborts() {
+        let sup = Supervisor::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        sup.spawn(Stage::Work, "holder", move |_stop| async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(sup);
+        // The task's sender goes with the aborted task.
+        assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().is_none());
     }
 
     /// A task that ignores its stop signal is aborted after the limit; later stages still stop.

@@ -939,3 +939,20 @@ pub async fn watch_membership(db: Database, ctl: std::sync::Arc<Control>, mut st
         }
     }
 }
+
+/// Starts membership: automatic failover, the watch for membership changes, and the routes of
+/// heads, the etcd cluster and `managedb`.
+pub fn start(ctx: &crate::core::Ctx, ctl: &std::sync::Arc<Control>, hub: &std::sync::Arc<crate::agent_channel::Hub>) {
+    use crate::core::supervisor::Stage;
+    let (db, c) = (ctx.db.clone(), ctl.clone());
+    ctx.sup.spawn(Stage::Work, "failover", move |stop| run_failover(db, c, stop));
+    let (db, c) = (ctx.db.clone(), ctl.clone());
+    ctx.sup.spawn(Stage::Work, "membership watch", move |stop| watch_membership(db, c, stop));
+    ctx.serve(routes::routes(std::sync::Arc::new(routes::Api {
+        db: ctx.db.clone(),
+        head: ctx.me().clone(),
+        control: ctl.clone(),
+        config: ctx.config.clone(),
+        hub: hub.clone(),
+    })));
+}

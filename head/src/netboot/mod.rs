@@ -4,3 +4,79 @@ pub mod dhcp;
 pub mod ra;
 pub mod routes;
 pub mod tftp;
+
+use crate::agent_channel::Hub;
+use crate::core::Ctx;
+use crate::core::supervisor::Stage;
+use crate::registry::cache::NodeCache;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why network boot could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("network boot on {interface}: {what}: {source}")]
+pub struct StartError {
+    interface: String,
+    what: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Starts network boot: the boot script route, and DHCP, TFTP and router advertisements on the
+/// cluster-network interface when `dhcp.interface` is set.
+pub async fn start(ctx: &Ctx<'_>, nodes: &Arc<NodeCache>, hub: &Arc<Hub>) -> Result<(), StartError> {
+    ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), head: ctx.me().clone(), hub: hub.clone() })));
+    let (cfg, db, view, sup) = (ctx.config, &ctx.db, &ctx.view, ctx.sup);
+    let Some(iface) = cfg.boot.interface.clone() else {
+        tracing::info!("network boot is off (set dhcp.interface to the cluster-network interface)");
+        return Ok(());
+    };
+    let err = |what: &str| {
+        let (iface, what) = (iface.clone(), what.to_string());
+        move |source| StartError { interface: iface, what, source }
+    };
+    let server_ip = clusterware_shared::sys::interface_ip(&iface)
+        .or(cfg.head_ip)
+        .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
+    let settings = dhcp::DhcpSettings {
+        interface: iface.clone(),
+        server_ip,
+        port: cfg.boot.dhcp_port,
+        netmask: cfg.boot.netmask,
+        router: cfg.boot.router,
+        dns: cfg.boot.dns.clone(),
+        domain: cfg.boot.domain.clone(),
+        lease_secs: cfg.boot.lease_secs,
+        register_unknown: cfg.boot.register_unknown,
+        first_ip: cfg.boot.first_ip,
+        defer: Duration::from_millis(cfg.boot.defer_ms),
+        http_base: view.me.api_url.clone(),
+        bios_file: cfg.boot.bios_file.clone(),
+        efi_file: cfg.boot.efi_file.clone(),
+    };
+    let dhcp_sock = dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
+    let tftp_sock = tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
+        .await
+        .map_err(err("binding the TFTP port"))?;
+    if !cfg.boot.tftp_dir.is_dir() {
+        tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the TFTP directory does not exist (Debian package ipxe); PXE ROMs cannot load iPXE from this head");
+    }
+    let dhcp = dhcp::DhcpServer::new(db.clone(), nodes.clone(), view.clone(), settings);
+    let tftp = tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
+    tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
+    sup.spawn(Stage::Serve, "dhcp", move |stop| dhcp.run(dhcp_sock, stop));
+    sup.spawn(Stage::Serve, "tftp", move |stop| tftp.run(tftp_sock, stop));
+    if cfg.boot.ra {
+        match ra::bind(&iface) {
+            Ok(sock) => {
+                let iface = iface.clone();
+                sup.spawn(Stage::Serve, "router advertisements", move |stop| ra::run(sock, iface, stop))
+            }
+            Err(e) => {
+                tracing::warn!(interface = %iface, error = %e, "cannot answer IPv6 router solicitations; iPXE may wait for IPv6 autoconfiguration")
+            }
+        }
+    }
+    Ok(())
+}

@@ -353,3 +353,93 @@ pub async fn run(
     }
     Ok(out)
 }
+
+impl PowerSettings {
+    /// The `power.*` section of the configuration.
+    pub fn from_config(cfg: &clusterware_shared::config::Config) -> PowerSettings {
+        PowerSettings { ipmitool: cfg.ipmitool.clone(), concurrency: cfg.power_concurrency }
+    }
+}
+
+/// Starts power control: its routes (it keeps no task).
+pub fn start(ctx: &crate::core::Ctx, hub: &Arc<crate::agent_channel::Hub>) {
+    let power = PowerSettings::from_config(ctx.config);
+    ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), hub: hub.clone(), power })));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::http::HasKind;
+    use clusterware_shared::api::ErrorKind;
+
+    fn node(attrs: &[(&str, &str)]) -> Node {
+        Node {
+            uid: "u".into(),
+            index: 0,
+            name: "n0".into(),
+            macs: vec![],
+            ip: "10.0.0.5".parse().unwrap(),
+            attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn incomplete_bmc_settings_say_what_to_set() {
+        let none = HashMap::new();
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (&[], "set _bmc_addr"),
+            (&[("_bmc_addr", "10.1.0.1")], "set _bmc_user"),
+            (&[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin")], "set _bmc_pass or _bmc_pass_ref"),
+            (
+                &[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin"), ("_bmc_pass_ref", "ipmi")],
+                "names no secret \"ipmi\"",
+            ),
+            (
+                &[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin"), ("_bmc_pass", "pw"), ("_bmc_protocol", "ssh")],
+                "is not lanplus or lan",
+            ),
+            (
+                &[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin"), ("_bmc_pass", "pw"), ("_bmc_cipher", "99")],
+                "not a cipher suite",
+            ),
+        ];
+        for (attrs, want) in cases {
+            let e = bmc_of(&node(attrs), &none).err().unwrap_or_else(|| panic!("{attrs:?} accepted"));
+            assert!(e.contains(want), "{attrs:?}: {e}");
+        }
+        let secrets = HashMap::from([("ipmi".to_string(), "s3cret".to_string())]);
+        let b = bmc_of(
+            &node(&[("_bmc_addr", "10.1.0.1:6230"), ("_bmc_user", "admin"), ("_bmc_pass_ref", "ipmi")]),
+            &secrets,
+        )
+        .unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.pass.as_str(), b.interface), ("10.1.0.1", 6230, "s3cret", "lanplus"));
+    }
+
+    #[test]
+    fn ipmitool_failures_in_words_and_never_the_password() {
+        let b = Bmc {
+            host: "10.1.0.1".into(),
+            port: 623,
+            user: "admin".into(),
+            pass: "s3cret".into(),
+            interface: "lanplus",
+            cipher: "3".into(),
+        };
+        assert_eq!(reason("Error: RAKP 2 HMAC is invalid", "", &b), "the BMC refused the password");
+        assert!(reason("RAKP 2 message indicates an error : unauthorized name", "", &b).contains("user \"admin\""));
+        assert!(reason("Error: Unable to establish IPMI v2 / RMCP+ session", "", &b).contains("10.1.0.1:623"));
+        let r = reason("Loading\nsomething odd happened with s3cret\u{7}\n", "", &b);
+        assert_eq!(r, "something odd happened with ********");
+        assert_eq!(reason("", "", &b), "ipmitool failed without a message");
+    }
+
+    #[test]
+    fn secret_errors_map_to_their_kinds() {
+        assert_eq!(SecretError::Invalid("x".into()).kind(), ErrorKind::BadRequest);
+        assert_eq!(SecretError::NotFound("x".into()).kind(), ErrorKind::NotFound);
+        assert_eq!(SecretError::Db(crate::core::db::DbError::Closed).kind(), ErrorKind::Unavailable);
+    }
+}

@@ -288,6 +288,26 @@ pub async fn run(hub: Arc<Hub>, settings: Settings, mut stop: watch::Receiver<bo
     }
 }
 
+impl Settings {
+    /// The `rebalance.*` section of the configuration.
+    pub fn from_config(cfg: &clusterware_shared::config::Config) -> Settings {
+        Settings {
+            enabled: cfg.rebalance_enabled,
+            interval: Duration::from_secs(cfg.rebalance_interval_secs),
+            threshold_pct: cfg.rebalance_threshold_pct,
+            holdoff: Duration::from_secs(cfg.rebalance_holdoff_secs),
+        }
+    }
+}
+
+/// Starts rebalancing: the periodic rounds and the route.
+pub fn start(ctx: &crate::core::Ctx, hub: &Arc<Hub>) {
+    let settings = Settings::from_config(ctx.config);
+    let h = hub.clone();
+    ctx.sup.spawn(crate::core::supervisor::Stage::Work, "rebalancing", move |stop| run(h, settings, stop));
+    ctx.serve(routes::routes(Arc::new(routes::Api { hub: hub.clone(), rebalance: settings })));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -429,6 +429,13 @@ pub async fn delete(db: &Database, uids: Vec<String>) -> Result<Vec<Node>> {
     Err(RegistryError::Conflict("the nodes kept changing while being deleted; try again".into()))
 }
 
+/// Starts the registry: the node table (returned for the capabilities that read nodes) and the
+/// node routes.
+pub fn start(ctx: &crate::core::Ctx) -> std::sync::Arc<cache::NodeCache> {
+    ctx.serve(routes::routes(std::sync::Arc::new(routes::Api { db: ctx.db.clone() })));
+    cache::NodeCache::spawn(ctx.db.clone(), ctx.sup)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

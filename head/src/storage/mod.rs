@@ -798,9 +798,78 @@ pub fn quarantine(path: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// Starts storage: opens the directory (checked now: a head without its storage does not start),
+/// starts the audits and the deletion sweep, and serves the file routes.
+pub fn start(ctx: &crate::core::Ctx) -> Result<Arc<Storage>> {
+    let cfg = ctx.config;
+    let storage = Storage::open(&cfg.storage_dir, &ctx.me().name, ctx.db.clone())?;
+    tracing::info!(path = %cfg.storage_dir.display(), "local file storage");
+    let (audit, sweep, ttl) = (
+        Duration::from_secs(cfg.audit_interval_secs),
+        Duration::from_secs(cfg.sweep_interval_secs),
+        Duration::from_secs(cfg.deleted_ttl_secs),
+    );
+    let s = storage.clone();
+    ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage audits", move |stop| {
+        storage_loop(s, audit, sweep, ttl, stop)
+    });
+    ctx.serve(routes::routes(Arc::new(routes::Api { storage: storage.clone() })));
+    Ok(storage)
+}
+
+/// Audits the local storage at start and every `audit`, and processes the deleted-files list
+/// every `sweep`, until shutdown.
+async fn storage_loop(
+    storage: Arc<Storage>,
+    audit: Duration,
+    sweep: Duration,
+    ttl: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut next_audit = tokio::time::Instant::now();
+    loop {
+        // Shutdown does not wait for an audit that is hashing a large file.
+        tokio::select! {
+            r = storage.sweep_deleted(ttl) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot process the deleted-files list");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        if tokio::time::Instant::now() >= next_audit {
+            tokio::select! {
+                r = storage.audit() => match r {
+                    Ok(s) => tracing::info!(files = s.files, missing = s.missing, bad = s.bad, bytes = s.bytes, "storage audited"),
+                    Err(e) => tracing::warn!(error = %e, "storage audit failed"),
+                },
+                _ = stop.changed() => return,
+            }
+            next_audit = tokio::time::Instant::now() + audit;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(sweep) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A verification made right after the file's last change is not trusted (the racy case);
+    /// one made later is, for the same stamp and checksum only.
+    #[test]
+    fn racily_clean_verifications_are_not_trusted() {
+        let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 1_000_000_000 };
+        let soon = Verified { stamp, sha256: "a".into(), at_ns: stamp.mtime_ns + RACY_NS / 2 };
+        assert!(!soon.vouches(&stamp, "a"));
+        let later = Verified { stamp, sha256: "a".into(), at_ns: stamp.mtime_ns + 2 * RACY_NS };
+        assert!(later.vouches(&stamp, "a"));
+        assert!(!later.vouches(&stamp, "b"));
+        assert!(!later.vouches(&Stamp { ino: 9, ..stamp }, "a"));
+    }
     use crate::core::db::embedded::Embedded;
 
     fn chunks(parts: &[&[u8]]) -> impl Stream<Item = std::result::Result<Bytes, String>> + Send + use<> {
@@ -839,7 +908,6 @@ mod tests {
         assert_eq!(std::fs::read(d.path().join(id)).unwrap(), b"hello world");
         let rec =
             FileRecord { id: id.into(), name: "x".into(), size: 11, sha256: sha, kind: "other".into(), created: 0 };
-        assert!(!st.known_good(&rec), "written a moment ago: not trusted yet (racy)");
         // An older file is verified once, then trusted without hashing.
         let f = std::fs::File::options().write(true).open(d.path().join(id)).unwrap();
         f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
