@@ -356,7 +356,8 @@ mod tls_tests {
         });
         let ep = Endpoint::parse(&format!("https://127.0.0.1:{port}")).unwrap();
         let mut c = HeadClient::new(None, Some(tls_config(&ca_path).unwrap()));
-        let body = c.request(&ep, "GET", "/api/v1/health", None, Duration::from_secs(5)).await.unwrap();
+        let health = clusterware_shared::api::path::full(clusterware_shared::api::path::HEALTH);
+        let body = c.request(&ep, "GET", &health, None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(&body[..], b"{}");
         // Another CA: the handshake fails, clearly.
         let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();

@@ -6,6 +6,7 @@
 //! console and retried with backoff (1 s doubling to 30 s); nothing here makes the kernel panic.
 
 use crate::client::{Endpoint, HeadClient};
+use clusterware_shared::api::path;
 use clusterware_shared::ids::MacAddr;
 use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -318,7 +319,7 @@ async fn download(heads: &[String], args: &BootArgs, dest: &std::path::Path) -> 
         };
         say(&format!("downloading image {id} from {}", ep.url));
         let mut client = HeadClient::new(None, None);
-        let path = format!("/api/v1/files/{id}/content");
+        let path = path::full(&path::file_content(id, false));
         match client.download(&ep, &path, dest, Duration::from_secs(600)).await {
             Ok((size, sha)) => {
                 if args.image_size.is_some_and(|s| s != size) {

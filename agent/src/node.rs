@@ -11,9 +11,10 @@
 
 use crate::client::{ClientError, Endpoint, HeadClient};
 use clusterware_shared::agent::{
-    AGENT_PREFIX, Command, DEFAULT_STATUS_SECS, Directives, HeadEntry, HeadsReply, KeysReply, MAX_WAIT_SECS, Script,
-    ScriptOutcome, StatusReport, merge_authorized_keys, merge_hosts,
+    Command, DEFAULT_STATUS_SECS, Directives, HeadEntry, HeadsReply, KeysReply, MAX_WAIT_SECS, Script, ScriptOutcome,
+    StatusReport, merge_authorized_keys, merge_hosts,
 };
+use clusterware_shared::api::path;
 use clusterware_shared::fsutil::write_atomic;
 use clusterware_shared::ids::MacAddr;
 use serde::{Deserialize, Serialize};
@@ -286,7 +287,7 @@ impl Agent {
 
     /// Asks the parent for the head list and keeps it (`fetch_hosts`).
     pub async fn fetch_heads(&mut self) -> Result<usize, ClientError> {
-        let path = format!("{AGENT_PREFIX}/heads?mac={}", self.mac);
+        let path = path::full(&path::agent::heads(&self.mac.to_string()));
         let r: HeadsReply = self.call("GET", &path, None, self.settings.push_timeout).await?;
         let mut list = Vec::new();
         for h in r.heads {
@@ -321,7 +322,7 @@ impl Agent {
 
     /// Rewrites the managed block of root's `authorized_keys` (`update_keys`).
     pub async fn update_keys(&mut self) -> Result<usize, OpError> {
-        let path = format!("{AGENT_PREFIX}/keys?mac={}", self.mac);
+        let path = path::full(&path::agent::keys(&self.mac.to_string()));
         let r: KeysReply = self
             .call("GET", &path, None, self.settings.push_timeout)
             .await
@@ -353,7 +354,7 @@ impl Agent {
         let report = self.source.report(!self.sent_hardware);
         let body = serde_json::to_vec(&report).expect("reports serialise");
         let started = Instant::now();
-        let path = format!("{AGENT_PREFIX}/status");
+        let path = path::full(&path::agent::status());
         let r: Result<Directives, ClientError> = self.call("POST", &path, Some(body), self.settings.push_timeout).await;
         self.observer.pushed(started.elapsed(), r.is_ok());
         self.state.last_push = Some(unix_now());
@@ -390,7 +391,7 @@ impl Agent {
         let body = serde_json::to_vec(&ScriptOutcome { mac: self.mac, id: c.id.clone(), ok, message })
             .expect("outcomes serialise");
         let (_, ep) = self.parent();
-        let path = format!("{AGENT_PREFIX}/result");
+        let path = path::full(&path::agent::result());
         if let Err(e) = self.client.request(&ep, "POST", &path, Some(body), self.settings.push_timeout).await {
             self.log(format_args!("cannot report the outcome of {}: {e}", c.script.name()));
         }
@@ -514,7 +515,7 @@ impl Agent {
                     break;
                 }
                 let secs = (left.as_secs() as u32).clamp(1, MAX_WAIT_SECS);
-                let path = format!("{AGENT_PREFIX}/wait?mac={}&secs={secs}", self.mac);
+                let path = path::full(&path::agent::wait(&self.mac.to_string(), secs));
                 let limit = Duration::from_secs(secs as u64) + self.settings.poll_grace;
                 let polled = tokio::select! {
                     r = self.call::<Directives>("GET", &path, None, limit) => r,

@@ -420,7 +420,7 @@ fn bench_files(r: &mut Report, mib: u64) {
     // Serving: the head against nginx, the same file, the same client (curl), alternating.
     let port = free_port(Ipv4Addr::LOCALHOST);
     let _nginx = Nginx::start(dir.path(), &www, port);
-    let ours_url = format!("{}/api/v1/files/{id}/content", two.heads[0].url());
+    let ours_url = two.heads[0].content_url(&id);
     let nginx_url = format!("http://127.0.0.1:{port}/image.bin");
     timed(&mut curl_get(&ours_url));
     timed(&mut curl_get(&nginx_url));
@@ -439,7 +439,7 @@ fn bench_files(r: &mut Report, mib: u64) {
 
     // Peer download: head 2 fetches from head 1 (a HEAD request makes it fetch and verify
     // without serving the body), against sha256sum of the same file.
-    let peer_url = format!("{}/api/v1/files/{id}/content", two.heads[1].url());
+    let peer_url = two.heads[1].content_url(&id);
     let t_peer = timed(std::process::Command::new("curl").args(["-sS", "-f", "-I", "-o", "/dev/null", &peer_url]));
     let t_sha = best_of(2, || timed(std::process::Command::new("sha256sum").arg(&file)));
     let mbps = |d: Duration| format!("{:.0} MiB/s", bytes as f64 / 1048576.0 / d.as_secs_f64());

@@ -5,6 +5,7 @@
 //! failover timeout).
 
 use crate::{Report, secs};
+use clusterware_client::{BlockingClient, Config as ClientConfig};
 use clusterware_tests::{Cluster, Head, LEASE_TTL, PASS, bin, free_port, poll_until};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -92,16 +93,12 @@ pub fn bench_membership(r: &mut Report) {
     c.heads[0]
         .cli("scyld-nodectl", &["create", "--count", &nodes.to_string(), "mac=52:54:01:00:00:00", "ip=10.80.0.1"])
         .ok();
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let client = BlockingClient::new(ClientConfig::new(&c.heads[0].url()).token(&c.token)).expect("API client");
     for i in 0..files {
         let body = format!("boot file {i}\n").repeat(64);
-        let url = format!("{}/api/v1/files?name=f{i}&kind=kernel&size={}", c.heads[0].url(), body.len());
-        let r = agent
-            .put(&url)
-            .header("Authorization", format!("Bearer {}", c.token))
-            .send(body.as_bytes())
-            .expect("upload");
-        assert_eq!(r.status().as_u16(), 201, "upload {i}");
+        client
+            .upload_file(&format!("f{i}"), "kernel", body.len() as u64, None, &mut body.as_bytes())
+            .unwrap_or_else(|e| panic!("upload {i}: {e}"));
     }
     let ip4 = Ipv4Addr::new(c.heads[0].ip.octets()[0], c.heads[0].ip.octets()[1], c.heads[0].ip.octets()[2], 14);
     let ip5 = Ipv4Addr::new(ip4.octets()[0], ip4.octets()[1], ip4.octets()[2], 15);

@@ -1,19 +1,18 @@
 //! Plumbing shared by the administrator commands (`scyld-nodectl`, `scyld-clusterctl`,
-//! `managedb`): which head to talk to and with what credential, the HTTP client, errors and exit
-//! codes, node selection and table output.
+//! `managedb`): which head to talk to and with what credential (the HTTP client itself is
+//! `clusterware-client`), errors and exit codes, node selection and table output.
 //!
 //! Exit codes: 0 success, 1 failure (the head refused, the cluster is unreachable, …),
 //! 2 usage error (bad arguments). One line on stderr says what went wrong.
 
-use clusterware_shared::api::{ApiError, FileRecord, Node, PREFIX, is_file_id};
-use clusterware_shared::auth::{BEARER, admin_token};
+use clusterware_client::{BlockingClient, Config as ClientConfig};
+use clusterware_shared::api::{FileRecord, Node, is_file_id};
+use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{self, Config, ConfigError};
 use clusterware_shared::select;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 pub mod args;
 pub mod membership;
@@ -92,11 +91,22 @@ fn config_error(e: ConfigError) -> CliError {
     }
 }
 
-/// An authenticated connection to one head's API.
-pub struct Client {
-    agent: ureq::Agent,
-    base: String,
-    token: String,
+/// An authenticated connection to one head's API: the typed blocking client of
+/// `clusterware-client` (every endpoint a method, e.g. `c.nodes()?`), made from the command's
+/// [`ConnOpts`]. Its errors turn into a [`CliError`] with `?`.
+pub struct Client(BlockingClient);
+
+impl std::ops::Deref for Client {
+    type Target = BlockingClient;
+    fn deref(&self) -> &BlockingClient {
+        &self.0
+    }
+}
+
+impl From<clusterware_client::Error> for CliError {
+    fn from(e: clusterware_client::Error) -> CliError {
+        fail(e.to_string())
+    }
 }
 
 impl Client {
@@ -129,125 +139,13 @@ impl Client {
             (None, Some(c)) => admin_token(c.require_admin_pass().map_err(config_error)?),
             (None, None) => unreachable!("config is loaded when --token is missing"),
         };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(secs.max(1))))
-            .build()
-            .into();
-        Ok(Client { agent, base, token })
+        Client::to(&base, &token, secs)
     }
 
     /// A client for the head at `base` with this token.
     pub fn to(base: &str, token: &str, secs: u64) -> CliResult<Client> {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(secs.max(1))))
-            .build()
-            .into();
-        Ok(Client { agent, base: base.trim_end_matches('/').to_string(), token: token.to_string() })
-    }
-
-    /// GET that tells the HTTP status of a refusal (`None`: no answer at all).
-    pub fn get_status<T: DeserializeOwned>(&self, path: &str) -> Result<T, (Option<u16>, String)> {
-        let r = self.agent.get(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
-        let mut resp = r.map_err(|e| (None, e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().with_config().limit(1 << 30).read_to_string().map_err(|e| (None, e.to_string()))?;
-        if (200..300).contains(&status) {
-            return serde_json::from_str(&body)
-                .map_err(|e| (Some(status), format!("an answer this command does not understand: {e}")));
-        }
-        let m = serde_json::from_str::<ApiError>(&body).map(|e| e.message).unwrap_or_else(|_| format!("HTTP {status}"));
-        Err((Some(status), m))
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{PREFIX}{path}", self.base)
-    }
-
-    fn finish<T: DeserializeOwned>(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> CliResult<T> {
-        let mut resp = r.map_err(|e| fail(format!("cannot reach the head at {}: {e}", self.base)))?;
-        let status = resp.status();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .map_err(|e| fail(format!("head at {} sent an unreadable answer: {e}", self.base)))?;
-        if status.is_success() {
-            return serde_json::from_str(&body).map_err(|e| {
-                fail(format!("head at {} sent an answer this command does not understand: {e}", self.base))
-            });
-        }
-        match serde_json::from_str::<ApiError>(&body) {
-            Ok(e) => Err(fail(e.message)),
-            Err(_) => Err(fail(format!("head at {} answered HTTP {status}", self.base))),
-        }
-    }
-
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        let r = self.agent.get(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
-        self.finish(r)
-    }
-
-    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        let r = self.agent.delete(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
-        self.finish(r)
-    }
-
-    /// PUT with a streamed body of `len` bytes.
-    pub fn put_stream<T: DeserializeOwned>(&self, path: &str, len: u64, body: &mut dyn std::io::Read) -> CliResult<T> {
-        let r = self
-            .agent
-            .put(self.url(path))
-            .header("Authorization", format!("{BEARER}{}", self.token))
-            .header("Content-Length", len.to_string())
-            .header("Content-Type", "application/octet-stream")
-            .send(ureq::SendBody::from_reader(body));
-        self.finish(r)
-    }
-
-    /// GET whose body is copied to the file `out` (a stream of any size); returns the bytes
-    /// copied. The caller fsyncs.
-    pub fn get_to(&self, path: &str, out: &mut std::fs::File, label: &str) -> CliResult<u64> {
-        let r = self.agent.get(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).call();
-        let mut resp = r.map_err(|e| fail(format!("cannot reach the head at {}: {e}", self.base)))?;
-        if !resp.status().is_success() {
-            let body = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(match serde_json::from_str::<ApiError>(&body) {
-                Ok(e) => fail(e.message),
-                Err(_) => fail(format!("head at {} answered HTTP {}", self.base, resp.status())),
-            });
-        }
-        let mut reader = Progress::new(resp.body_mut().with_config().limit(u64::MAX).reader(), label, 0);
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, clusterware_shared::fsutil::EarlyWriteback::new(out));
-        let n = std::io::copy(&mut reader, &mut out)
-            .and_then(|n| std::io::Write::flush(&mut out).map(|_| n))
-            .map_err(|e| fail(format!("transfer from {} broke: {e}", self.base)))?;
-        reader.finish();
-        Ok(n)
-    }
-
-    pub fn put_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
-        let r =
-            self.agent.put(self.url(path)).header("Authorization", format!("{BEARER}{}", self.token)).send_json(body);
-        self.finish(r)
-    }
-
-    /// POST of a JSON body; the head logs who asked (`X-Clusterware-User`) for actions such as
-    /// power control.
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
-        let r = self
-            .agent
-            .post(self.url(path))
-            .header("Authorization", format!("{BEARER}{}", self.token))
-            .header("X-Clusterware-User", who())
-            .send_json(body);
-        self.finish(r)
+        let cfg = ClientConfig::new(base).token(token).timeout_secs(secs).user(&who());
+        Ok(Client(BlockingClient::new(cfg)?))
     }
 }
 
@@ -358,15 +256,8 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// Percent-encodes a query value.
-pub fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// Percent-encodes a query value or path parameter.
+pub use clusterware_shared::api::path::escape as query_escape;
 
 /// A byte count for people: `512 B`, `1.5 MiB`.
 pub fn human_bytes(n: u64) -> String {
@@ -393,7 +284,7 @@ pub struct Progress<R> {
     pub hasher: Option<sha2::Sha256>,
 }
 
-impl<R: std::io::Read> Progress<R> {
+impl<R> Progress<R> {
     pub fn new(inner: R, label: &str, total: u64) -> Self {
         use std::io::IsTerminal;
         let now = std::time::Instant::now();
@@ -433,6 +324,18 @@ impl<R: std::io::Read> Progress<R> {
         }
     }
 
+    /// `done` bytes so far, of `total` when known (a download's progress hook).
+    pub fn update(&mut self, done: u64, total: Option<u64>) {
+        self.done = done;
+        if let Some(t) = total {
+            self.total = t;
+        }
+        if self.show && self.last.elapsed() >= std::time::Duration::from_millis(200) {
+            self.last = std::time::Instant::now();
+            self.report(false);
+        }
+    }
+
     /// Ends the progress line.
     pub fn finish(&self) {
         if self.show {
@@ -447,11 +350,7 @@ impl<R: std::io::Read> std::io::Read for Progress<R> {
         if let Some(h) = self.hasher.as_mut() {
             sha2::Digest::update(h, &buf[..n]);
         }
-        self.done += n as u64;
-        if self.show && self.last.elapsed() >= std::time::Duration::from_millis(200) {
-            self.last = std::time::Instant::now();
-            self.report(false);
-        }
+        self.update(self.done + n as u64, None);
         Ok(n)
     }
 }
@@ -472,12 +371,14 @@ pub fn upload_file(c: &Client, path: &std::path::Path, name: Option<&str>, kind:
         return Err(fail(format!("{} is not a regular file", path.display())));
     }
     let mut reader = Progress::new(std::io::BufReader::with_capacity(1 << 20, f), &name, meta.len()).hashing();
-    let q = format!("/files?name={}&kind={kind}&size={}", query_escape(&name), meta.len());
-    let rec: FileRecord = c.put_stream(&q, meta.len(), &mut reader)?;
+    let rec = c.upload_file(&name, kind, meta.len(), None, &mut reader).map_err(|e| match e {
+        clusterware_client::Error::Local { source, .. } => fail(format!("cannot read {}: {source}", path.display())),
+        e => e.into(),
+    })?;
     reader.finish();
     let sent = reader.hasher.take().map(|h| hex::encode(sha2::Digest::finalize(h))).unwrap_or_default();
     if sent != rec.sha256 {
-        let _: Result<FileRecord, _> = c.delete(&format!("/files/{}", rec.id));
+        let _ = c.delete_file(&rec.id, false);
         return Err(fail(format!("{} changed during the upload (checksums differ); nothing was kept", path.display())));
     }
     Ok(rec)

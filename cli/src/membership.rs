@@ -10,7 +10,8 @@
 //! is removed and the old `base.ini` put back: a failed join changes nothing.
 
 use crate::{CliResult, Client, fail};
-use clusterware_shared::api::{ClusterInfo, DataSummary, HeadList, HeadRef, Health, MemberAdded, MembershipChange};
+use clusterware_client::{BlockingClient, Config as ClientConfig};
+use clusterware_shared::api::{AddMember, ClusterInfo, ConvertDatabase, DataSummary, HeadList, HeadRef, Health};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{self, Config, DatabaseType, Membership};
 use std::net::ToSocketAddrs;
@@ -41,9 +42,7 @@ pub fn local_url(cfg: &Config) -> String {
 
 /// The local head's health, if it answers.
 pub fn health(url: &str) -> Option<Health> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().into();
-    let mut r = agent.get(format!("{url}/api/v1/health")).call().ok()?;
-    serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+    BlockingClient::new(ClientConfig::new(url).timeout_secs(3)).ok()?.health().ok()
 }
 
 /// Sends SIGHUP to the local head daemon (it restarts in place with its configuration as it is
@@ -125,15 +124,15 @@ fn remote(url: &str, password: &str, secs: u64) -> CliResult<Client> {
 
 /// Asks a head for its cluster; turns the usual failures into what the administrator must do.
 fn cluster_of(c: &Client, target: &str) -> CliResult<ClusterInfo> {
-    c.get_status::<ClusterInfo>("/cluster").map_err(|(status, m)| match status {
+    c.cluster(false).map_err(|e| match e.status() {
         Some(403) => fail(format!(
             "the head at {target} refused the database password: it is not that cluster's (see database.admin_pass in \
              {} on {target})",
             config::DEFAULT_CONFIG_PATH
         )),
-        Some(409) => fail(format!("the head at {target} cannot take a join: {m}")),
-        None => fail(format!("cannot reach the head at {target}: {m}")),
-        Some(_) => fail(format!("the head at {target}: {m}")),
+        Some(409) => fail(format!("the head at {target} cannot take a join: {}", e.reason())),
+        None if e.is_transport() => fail(format!("cannot reach the head at {target}: {}", e.reason())),
+        _ => fail(format!("the head at {target}: {}", e.reason())),
     })
 }
 
@@ -216,7 +215,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     if let (Some(h), Membership::Member) = (&running, cfg.membership) {
         if h.state == "serving" {
             if let Ok(mine) = Client::to(&local, &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), 10)
-                .and_then(|lc| lc.get::<ClusterInfo>("/cluster?data=1"))
+                .and_then(|lc| Ok(lc.cluster(true)?))
             {
                 let voting = mine.members.iter().filter(|m| !m.learner).count();
                 if mine.cluster_token == info.cluster_token && info.members.iter().any(|m| m.name == name) {
@@ -235,7 +234,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
                     // Nothing is lost: the records go to a file first (boot files stay in storage
                     // until the first audit renames them .old.NN).
                     let lc = Client::to(&local, &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), 300)?;
-                    let dump: clusterware_shared::api::DatabaseDump = lc.get("/database")?;
+                    let dump = lc.save_database()?;
                     let file = cfg_path.parent().unwrap_or(Path::new("/")).join(format!(
                         "before-join-{}.json",
                         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -268,7 +267,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
                 info.head
             ));
             let before = health(&url).map(|h| h.started_ms);
-            let _: MembershipChange = c.post("/database/convert", &serde_json::json!({"to": "etcd"}))?;
+            c.convert_database(&ConvertDatabase { to: "etcd".into() })?;
             let e = Expect {
                 state: "serving",
                 database: Some("etcd"),
@@ -300,9 +299,9 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
         }));
     }
     let peer_url = format!("http://{ip}:{}", cfg.etcd_peer_port);
-    let added: MemberAdded = c
-        .post("/cluster/members", &clusterware_shared::api::AddMember { name: name.clone(), peer_url })
-        .map_err(|e| fail(format!("the head at {target} did not add this head: {}", e.message())))?;
+    let added = c
+        .add_member(&AddMember { name: name.clone(), peer_url })
+        .map_err(|e| fail(format!("the head at {target} did not add this head: {e}")))?;
     say(&format!("added as etcd learner {} of the cluster at {target}; starting this head's member", added.id));
     let base = cfg.etcd_data_dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     let data_dir = base.join(format!("etcd-{}", added.id));
@@ -322,7 +321,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     ];
     let undo = |why: String| -> crate::CliError {
         // By address: a member that never started has no name yet.
-        let _ = c.post::<_, MembershipChange>("/cluster/eject", &HeadRef { head: ip.to_string() });
+        let _ = c.eject(&HeadRef { head: ip.to_string() });
         let _ = clusterware_shared::fsutil::write_atomic(cfg_path, None, old_text.as_bytes(), Some(0o600));
         if let Some(h) = health(&local) {
             let _ = restart_local(&h);

@@ -13,7 +13,7 @@
 use clap::Parser;
 use clusterware_cli::{CliResult, Client, fail, print_json, run, upload_file, usage};
 use clusterware_image_tools::args::{Args, Cmd};
-use clusterware_shared::api::{CreateImage, Image};
+use clusterware_shared::api::CreateImage;
 use clusterware_shared::cpio::Entry;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -181,15 +181,12 @@ fn build(from: &Path, agent: Option<&Path>, output: &Path) -> CliResult<()> {
 fn register(args: &Args, image: &Path, name: &str, description: &str) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
     let rec = upload_file(&c, image, None, "rootfs")?;
-    let img: Image = c.post(
-        "/images",
-        &CreateImage {
-            name: name.to_string(),
-            rootfs: rec.id.clone(),
-            extra_files: Vec::new(),
-            description: description.to_string(),
-        },
-    )?;
+    let img = c.create_image(&CreateImage {
+        name: name.to_string(),
+        rootfs: rec.id.clone(),
+        extra_files: Vec::new(),
+        description: description.to_string(),
+    })?;
     if args.json {
         print_json(&img);
     } else {

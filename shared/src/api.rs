@@ -9,6 +9,213 @@ use std::net::Ipv4Addr;
 /// Every path of the protocol starts with this.
 pub const PREFIX: &str = "/api/v1";
 
+/// Every path of the API, spelled once. The constants are route patterns relative to [`PREFIX`]
+/// in the router's syntax (`{uid}` for a path parameter), for the head's router; the functions
+/// fill them in (parameters percent-encoded) and add query strings, for clients. Every result
+/// is relative to [`PREFIX`] as well: [`full`] puts the prefix in front.
+pub mod path {
+    pub const HEALTH: &str = "/health";
+    pub const HEADS: &str = "/heads";
+    pub const NODES: &str = "/nodes";
+    pub const NODE: &str = "/nodes/{uid}";
+    pub const NODES_UPDATE: &str = "/nodes/update";
+    pub const NODES_DELETE: &str = "/nodes/delete";
+    pub const NODES_STATUS: &str = "/nodes/status";
+    pub const NODES_REPORTS: &str = "/nodes/reports";
+    pub const NODES_SCRIPT: &str = "/nodes/script";
+    pub const NODES_COUNTERS: &str = "/nodes/counters";
+    pub const NODES_POWER: &str = "/nodes/power";
+    pub const REBALANCE: &str = "/rebalance";
+    pub const SECRETS: &str = "/secrets";
+    pub const SECRET: &str = "/secrets/{name}";
+    pub const KEYS: &str = "/keys";
+    pub const KEY: &str = "/keys/{name}";
+    pub const FILES: &str = "/files";
+    pub const FILE: &str = "/files/{id}";
+    /// A boot file's bytes (no credential: nodes and peers read them).
+    pub const FILE_CONTENT: &str = "/files/{id}/content";
+    pub const STORAGE: &str = "/storage";
+    pub const IMAGES: &str = "/images";
+    pub const IMAGE: &str = "/images/{name}";
+    pub const IMAGE_CLONE: &str = "/images/{name}/clone";
+    pub const BOOT_CONFIGS: &str = "/bootconfigs";
+    pub const BOOT_CONFIG: &str = "/bootconfigs/{name}";
+    pub const BOOT_CONFIG_UPDATE: &str = "/bootconfigs/{name}/update";
+    pub const BOOT_CONFIG_CLONE: &str = "/bootconfigs/{name}/clone";
+    pub const BOOT_CONFIG_EXPORT: &str = "/bootconfigs/{name}/export";
+    pub const DEFAULT_BOOT_CONFIG: &str = "/default-boot-config";
+    pub const IMPORT: &str = "/import";
+    pub const DATABASE: &str = "/database";
+    pub const DATABASE_CONVERT: &str = "/database/convert";
+    pub const CLUSTER: &str = "/cluster";
+    pub const CLUSTER_MEMBERS: &str = "/cluster/members";
+    pub const CLUSTER_PROMOTE: &str = "/cluster/promote";
+    pub const CLUSTER_EJECT: &str = "/cluster/eject";
+    pub const CLUSTER_LEAVE: &str = "/cluster/leave";
+    pub const CLUSTER_RECOVER: &str = "/cluster/recover";
+    pub const CLUSTER_FAILOVER: &str = "/cluster/failover";
+    /// The iPXE boot script (no credential).
+    pub const BOOT_SCRIPT: &str = "/boot/script";
+    /// Where the node agent's endpoints ([`agent`]) are nested.
+    pub const AGENT: &str = "/agent";
+
+    /// The node agent's endpoints (`shared::agent`): patterns relative to [`AGENT`], builders
+    /// relative to [`PREFIX`](super::PREFIX) like every other builder.
+    pub mod agent {
+        use super::{AGENT, escape};
+
+        pub const HEADS: &str = "/heads";
+        pub const STATUS: &str = "/status";
+        pub const WAIT: &str = "/wait";
+        pub const RESULT: &str = "/result";
+        pub const KEYS: &str = "/keys";
+
+        /// `GET …/agent/heads?mac=`.
+        pub fn heads(mac: &str) -> String {
+            format!("{AGENT}{HEADS}?mac={}", escape(mac))
+        }
+        /// `POST …/agent/status`.
+        pub fn status() -> String {
+            format!("{AGENT}{STATUS}")
+        }
+        /// `GET …/agent/wait?mac=&secs=` (the long poll).
+        pub fn wait(mac: &str, secs: u32) -> String {
+            format!("{AGENT}{WAIT}?mac={}&secs={secs}", escape(mac))
+        }
+        /// `POST …/agent/result`.
+        pub fn result() -> String {
+            format!("{AGENT}{RESULT}")
+        }
+        /// `GET …/agent/keys?mac=`.
+        pub fn keys(mac: &str) -> String {
+            format!("{AGENT}{KEYS}?mac={}", escape(mac))
+        }
+    }
+
+    /// `PREFIX` + a path from this module: what goes on the request line.
+    pub fn full(path: &str) -> String {
+        format!("{}{path}", super::PREFIX)
+    }
+
+    /// Percent-encodes a path parameter or a query value: everything but letters, digits,
+    /// `-._~` and `:` (MACs stay readable; `:` is allowed in both places).
+    pub fn escape(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => out.push(b as char),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    /// Fills a pattern's `{…}` parameters in order with `args` (percent-encoded).
+    ///
+    /// Panics when the counts differ: a programming error, caught by the tests.
+    pub fn fill(pattern: &str, args: &[&str]) -> String {
+        let mut out = String::with_capacity(pattern.len() + 16);
+        let mut args = args.iter();
+        let mut rest = pattern;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').map(|c| open + c).expect("unclosed { in a path pattern");
+            out.push_str(&rest[..open]);
+            out.push_str(&escape(args.next().expect("too few arguments for a path pattern")));
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        assert!(args.next().is_none(), "too many arguments for path pattern {pattern}");
+        out
+    }
+
+    /// `path?k=v&…` with the pairs whose value is `Some` (values percent-encoded); no `?` when
+    /// none is.
+    pub fn query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
+        let q: Vec<String> = pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", escape(v)))).collect();
+        if q.is_empty() { path.to_string() } else { format!("{path}?{}", q.join("&")) }
+    }
+
+    fn flag(on: bool) -> Option<&'static str> {
+        on.then_some("1")
+    }
+
+    pub fn node(uid: &str) -> String {
+        fill(NODE, &[uid])
+    }
+    pub fn secret(name: &str) -> String {
+        fill(SECRET, &[name])
+    }
+    pub fn key(name: &str) -> String {
+        fill(KEY, &[name])
+    }
+    /// `DELETE /files/{id}[?force=1]`.
+    pub fn file(id: &str, force: bool) -> String {
+        query(&fill(FILE, &[id]), &[("force", flag(force))])
+    }
+    /// `GET`/`HEAD /files/{id}/content[?peer=1]` (`peer`: answer from the local copy only).
+    pub fn file_content(id: &str, peer: bool) -> String {
+        query(&fill(FILE_CONTENT, &[id]), &[("peer", flag(peer))])
+    }
+    /// `PUT /files?name=&kind=&size=[&sha256=]`: an upload of `size` bytes.
+    pub fn upload(name: &str, kind: &str, size: u64, sha256: Option<&str>) -> String {
+        let size = size.to_string();
+        query(FILES, &[("name", Some(name)), ("kind", Some(kind)), ("size", Some(&size)), ("sha256", sha256)])
+    }
+    /// `GET`/`DELETE /images/{name}[?force=1]` (`force` only means something to `DELETE`).
+    pub fn image(name: &str, force: bool) -> String {
+        query(&fill(IMAGE, &[name]), &[("force", flag(force))])
+    }
+    pub fn image_clone(name: &str) -> String {
+        fill(IMAGE_CLONE, &[name])
+    }
+    /// `GET`/`DELETE /bootconfigs/{name}[?force=1]` (`force` only means something to `DELETE`).
+    pub fn boot_config(name: &str, force: bool) -> String {
+        query(&fill(BOOT_CONFIG, &[name]), &[("force", flag(force))])
+    }
+    pub fn boot_config_update(name: &str) -> String {
+        fill(BOOT_CONFIG_UPDATE, &[name])
+    }
+    pub fn boot_config_clone(name: &str) -> String {
+        fill(BOOT_CONFIG_CLONE, &[name])
+    }
+    pub fn boot_config_export(name: &str) -> String {
+        fill(BOOT_CONFIG_EXPORT, &[name])
+    }
+    /// `PUT /import?[boot_config=][&image=][&no_recurse=1][&dry_run=1]`.
+    pub fn import(o: &super::ImportOptions) -> String {
+        query(
+            IMPORT,
+            &[
+                ("image", o.image.as_deref()),
+                ("boot_config", o.boot_config.as_deref()),
+                ("no_recurse", flag(o.no_recurse)),
+                ("dry_run", flag(o.dry_run)),
+            ],
+        )
+    }
+    /// `GET /cluster[?data=1]` (`data`: count the cluster's data too, which reads every node).
+    pub fn cluster(data: bool) -> String {
+        query(CLUSTER, &[("data", flag(data))])
+    }
+    /// `GET /boot/script?mac=`.
+    pub fn boot_script(mac: &str) -> String {
+        query(BOOT_SCRIPT, &[("mac", Some(mac))])
+    }
+}
+
+/// The options of an import (`PUT /api/v1/import`), as query parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Name of the imported image on this cluster (default: its name in the archive).
+    pub image: Option<String>,
+    /// Name of the imported boot config on this cluster.
+    pub boot_config: Option<String>,
+    /// Import the boot config without its image.
+    pub no_recurse: bool,
+    /// Only tell what would be done.
+    pub dry_run: bool,
+}
+
 /// Node fields that `set` can change besides attributes.
 pub const NODE_FIELDS: [&str; 3] = ["mac", "ip", "index"];
 
@@ -376,6 +583,54 @@ mod tests {
     }
 
     #[test]
+    fn paths_fill_patterns_and_escape() {
+        assert_eq!(path::node("abc"), "/nodes/abc");
+        assert_eq!(path::key("a b/c"), "/keys/a%20b%2Fc");
+        assert_eq!(path::file("0123", false), "/files/0123");
+        assert_eq!(path::file("0123", true), "/files/0123?force=1");
+        assert_eq!(path::file_content("0123", true), "/files/0123/content?peer=1");
+        assert_eq!(path::upload("vm linuz", "kernel", 12, None), "/files?name=vm%20linuz&kind=kernel&size=12");
+        assert_eq!(path::upload("k", "kernel", 1, Some("ab")), "/files?name=k&kind=kernel&size=1&sha256=ab");
+        assert_eq!(path::boot_config_export("xyzBoot"), "/bootconfigs/xyzBoot/export");
+        assert_eq!(path::import(&ImportOptions::default()), "/import");
+        let o = ImportOptions { image: Some("i&j".into()), boot_config: None, no_recurse: false, dry_run: true };
+        assert_eq!(path::import(&o), "/import?image=i%26j&dry_run=1");
+        assert_eq!(path::cluster(true), "/cluster?data=1");
+        assert_eq!(path::agent::heads("52:54:00:00:00:01"), "/agent/heads?mac=52:54:00:00:00:01");
+        assert_eq!(path::agent::wait("m", 30), "/agent/wait?mac=m&secs=30");
+        assert_eq!(path::full(&path::agent::status()), crate::agent::AGENT_PREFIX.to_string() + path::agent::STATUS);
+        assert_eq!(path::full(path::HEALTH), "/api/v1/health");
+    }
+
+    #[test]
+    fn every_pattern_fills_to_a_path_the_pattern_matches() {
+        // Each builder's output, parameters replaced by the pattern's own placeholders, is the
+        // pattern: builders cannot drift from the routes.
+        let cases: [(&str, String); 11] = [
+            (path::NODE, path::node("{uid}")),
+            (path::SECRET, path::secret("{name}")),
+            (path::KEY, path::key("{name}")),
+            (path::FILE, path::file("{id}", false)),
+            (path::FILE_CONTENT, path::file_content("{id}", false)),
+            (path::IMAGE, path::image("{name}", false)),
+            (path::IMAGE_CLONE, path::image_clone("{name}")),
+            (path::BOOT_CONFIG, path::boot_config("{name}", false)),
+            (path::BOOT_CONFIG_UPDATE, path::boot_config_update("{name}")),
+            (path::BOOT_CONFIG_CLONE, path::boot_config_clone("{name}")),
+            (path::BOOT_CONFIG_EXPORT, path::boot_config_export("{name}")),
+        ];
+        for (pattern, built) in cases {
+            assert_eq!(built.replace("%7B", "{").replace("%7D", "}"), pattern);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "too few arguments")]
+    fn fill_refuses_missing_arguments() {
+        path::fill(path::NODE, &[]);
+    }
+
+    #[test]
     fn node_spec_rejects_bad_mac() {
         let r: Result<NodeSpec, _> = serde_json::from_str(r#"{"macs":["zz"]}"#);
         assert!(r.is_err());
@@ -527,6 +782,18 @@ pub fn valid_object_name(s: &str) -> bool {
         && s.len() <= 128
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Answer of `PUT /api/v1/database`: how many keys were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseLoaded {
+    pub loaded: u64,
+}
+
+/// `POST /api/v1/database/convert`: the backend to convert to (only `etcd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvertDatabase {
+    pub to: String,
 }
 
 /// `GET`/`PUT /api/v1/database`: the cluster's data, as `managedb save` writes it.

@@ -8,6 +8,8 @@
 //! The binaries are the workspace's own build (`cargo build --workspace` first; `make test`
 //! does it).
 
+use clusterware_client::{BlockingClient, Config as ClientConfig};
+use clusterware_shared::api::path;
 use clusterware_shared::auth::admin_token;
 use serde_json::Value;
 use std::io::Write;
@@ -186,18 +188,10 @@ impl Head {
     /// Takes charge of a head that `scyld-install` started (found by its health answer); it is
     /// killed on drop like the others.
     pub fn adopt(name: &str, ip: Ipv4Addr, port: u16, config: PathBuf, dir: PathBuf) -> Head {
-        let url = format!("http://{ip}:{port}/api/v1/health");
+        let base = format!("http://{ip}:{port}");
         let mut pid = 0;
         poll_until(&format!("{name} to answer"), Duration::from_secs(60), || {
-            pid = agent()
-                .get(&url)
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_to_string().ok())
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .filter(|v| v["name"] == name)
-                .and_then(|v| v["pid"].as_u64())
-                .unwrap_or(0) as u32;
+            pid = api_client(&base).health().ok().filter(|h| h.name == name).map_or(0, |h| h.pid);
             pid != 0
         });
         let _ = std::fs::create_dir_all(PID_DIR);
@@ -249,20 +243,12 @@ impl Head {
 
     /// Waits until the head answers its health endpoint as serving.
     pub fn wait_ready(&mut self, within: Duration) {
-        let url = format!("{}/api/v1/health", self.url());
+        let base = self.url();
         let deadline = Instant::now() + within;
         loop {
             // A head answers `starting` while its database opens: ready means `serving`.
-            let ok = netns::run_in(self.netns.as_deref(), || {
-                agent()
-                    .get(&url)
-                    .call()
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .and_then(|mut r| r.body_mut().read_to_string().ok())
-                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                    .is_some_and(|v| v["state"] == "serving")
-            });
+            let ok =
+                netns::run_in(self.netns.as_deref(), || api_client(&base).health().is_ok_and(|h| h.state == "serving"));
             if ok {
                 return;
             }
@@ -335,32 +321,36 @@ impl Head {
 
     /// The health answer, if the head answers at all (it may be restarting).
     pub fn try_health(&self) -> Option<Value> {
-        let url = format!("{}/api/v1/health", self.url());
+        let base = self.url();
         netns::run_in(self.netns.as_deref(), || {
-            agent()
-                .get(&url)
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_to_string().ok())
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            api_client(&base).raw("GET", path::HEALTH, None, None).ok().map(|(_, v)| v).filter(Value::is_object)
         })
     }
 
-    /// A raw API call with an optional bearer token: (status, JSON body).
+    /// A raw API call with an optional bearer token: (status, JSON body; a body that is not
+    /// JSON comes back as a JSON string). `path` is relative to `/api/v1`.
     pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-        let url = format!("{}/api/v1{path}", self.url());
-        let mut req = ureq::http::Request::builder().method(method).uri(&url);
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = req.header("Content-Type", "application/json").body(body).expect("request");
-        let (status, text) = netns::run_in(self.netns.as_deref(), || {
-            let mut resp = agent().run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-            let status = resp.status().as_u16();
-            (status, resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default())
-        });
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let base = self.url();
+        netns::run_in(self.netns.as_deref(), || {
+            api_client(&base).raw(method, path, token, body).unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+        })
+    }
+
+    /// The URL of a boot file's content on this head (no credential needed).
+    pub fn content_url(&self, id: &str) -> String {
+        format!("{}{}", self.url(), path::full(&path::file_content(id, false)))
+    }
+
+    /// A boot file's bytes as this head serves them: (status, body; empty on a refusal).
+    pub fn content(&self, id: &str) -> (u16, Vec<u8>) {
+        let base = self.url();
+        netns::run_in(self.netns.as_deref(), || {
+            let mut body = Vec::new();
+            match api_client(&base).download_file(id, false, &mut body, &mut |_, _| {}) {
+                Ok(_) => (200, body),
+                Err(e) => (e.status().unwrap_or_else(|| panic!("GET content {id} from {base}: {e}")), Vec::new()),
+            }
+        })
     }
 
     /// Waits (up to 10 s) until this head's log file (`log/head_<name>.log`) satisfies `f`, and
@@ -395,12 +385,10 @@ impl Drop for Head {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
+/// A client of the head at `base` without credential, 30 s per request (made where it is used:
+/// inside a network namespace for heads that run in one).
+pub fn api_client(base: &str) -> BlockingClient {
+    BlockingClient::new(ClientConfig::new(base).timeout_secs(30)).expect("API client")
 }
 
 /// One cluster of heads.

@@ -78,7 +78,7 @@ fn walk(d: &Path) -> Vec<String> {
 }
 
 fn get_bytes(h: &Head, id: &str) -> Vec<u8> {
-    let url = format!("{}/api/v1/files/{id}/content", h.url());
+    let url = h.content_url(id);
     let out = std::process::Command::new("curl").args(["-sS", "-f", &url]).output().unwrap();
     assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout

@@ -137,20 +137,16 @@ fn a_head_without_quorum_refuses_writes_clearly() {
     let rec = c.heads[0]
         .cli("scyld-clusterctl", &["files", "upload", path.to_str().unwrap(), "--kind", "kernel", "--json"])
         .json();
-    let content = format!("{}/api/v1/files/{}/content", c.heads[0].url(), rec["id"].as_str().unwrap());
-    let get = |url: &str| -> (u16, Vec<u8>) {
-        let mut r = ureq::get(url).config().http_status_as_error(false).build().call().unwrap();
-        (r.status().as_u16(), r.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap())
-    };
+    let id = rec["id"].as_str().unwrap();
     // A copy verified within 100 ms of its modification is not trusted yet (racily clean), so
     // it is fetched once the upload is older than that.
     std::thread::sleep(Duration::from_millis(200));
-    let (status, body) = get(&content);
+    let (status, body) = c.heads[0].content(id);
     assert!(status == 200 && body == data, "{status}, {} bytes", body.len());
     c.heads[1].kill9();
     c.heads[2].kill9();
     // Degraded: the verified file is still served; changes are refused with the reason.
-    let (status, body) = get(&content);
+    let (status, body) = c.heads[0].content(id);
     assert!(status == 200 && body == data, "a verified file is served without quorum: {status}, {} bytes", body.len());
     let out = c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:cc:00:02"]);
     assert_eq!(out.code, 1, "{out:?}");

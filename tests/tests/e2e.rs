@@ -110,7 +110,7 @@ fn three_heads_boot_three_vms_into_the_agent() {
     let rootfs_id = img["images"][0]["rootfs"].as_str().unwrap().to_string();
     let stored = c.heads[1].dir.join("storage").join(&rootfs_id);
     // Heads fetch files from peers when first asked: ask head2 once, so it keeps a copy.
-    let url = format!("{}/api/v1/files/{rootfs_id}/content", c.heads[1].url());
+    let url = c.heads[1].content_url(&rootfs_id);
     curl_in(c.heads[1].netns.as_deref().unwrap(), &url, "/dev/null");
     poll_until("head2 has its copy of the image", Duration::from_secs(60), || stored.is_file());
     let mut bytes = std::fs::read(&stored).unwrap();

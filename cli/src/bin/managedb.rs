@@ -8,7 +8,7 @@ use clap::Parser;
 use clusterware_cli::args::managedb::{Args, Cmd, FailoverCmd};
 use clusterware_cli::membership::{self, Start};
 use clusterware_cli::{Client, fail, print_json, print_table, run, usage};
-use clusterware_shared::api::{DatabaseDump, Failover, FailoverRequest, HeadList, HeadRef, MembershipChange};
+use clusterware_shared::api::{ConvertDatabase, DatabaseDump, Failover, FailoverRequest, HeadRef, MembershipChange};
 use clusterware_shared::config::{self, Config};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,15 +27,17 @@ fn main() -> ExitCode {
             Cmd::Save { file } => save(&args, file),
             Cmd::Load { file } => load(&args, file),
             Cmd::Join { ip_head, database_passwd } => join(&args, ip_head, database_passwd.as_deref()),
-            Cmd::Leave => change(&args, "/cluster/leave", Some("left")),
+            Cmd::Leave => change(&args, |c| c.leave(), Some("left")),
             Cmd::Eject { ip_head } => {
                 let c = Client::new(&args.conn)?;
-                let r: MembershipChange = c.post("/cluster/eject", &HeadRef { head: ip_head.clone() })?;
+                let r = c.eject(&HeadRef { head: ip_head.clone() })?;
                 report(&args, &r);
                 Ok(())
             }
-            Cmd::Recover => change(&args, "/cluster/recover", Some("serving")),
-            Cmd::Convert { .. } => change(&args, "/database/convert", Some("serving")),
+            Cmd::Recover => change(&args, |c| c.recover(), Some("serving")),
+            Cmd::Convert { .. } => {
+                change(&args, |c| c.convert_database(&ConvertDatabase { to: "etcd".into() }), Some("serving"))
+            }
             Cmd::Failover { action } => failover(&args, action),
             Cmd::Completion(c) => c.print::<Args>(),
         },
@@ -60,12 +62,15 @@ fn report(args: &Args, r: &MembershipChange) {
 }
 
 /// A change on the local head; waits until it has restarted into `then`.
-fn change(args: &Args, path: &str, then: Option<&str>) -> clusterware_cli::CliResult<()> {
+fn change(
+    args: &Args,
+    call: impl FnOnce(&Client) -> clusterware_client::Result<MembershipChange>,
+    then: Option<&str>,
+) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
     let url = c.base().to_string();
     let before = membership::health(&url).map(|h| h.started_ms);
-    let body = if path == "/database/convert" { serde_json::json!({"to": "etcd"}) } else { serde_json::json!({}) };
-    let r: MembershipChange = c.post(path, &body)?;
+    let r = call(&c)?;
     if let (true, Some(state)) = (r.restarting, then) {
         // The head restarts in place: only its next start counts.
         if before.is_none() {
@@ -121,16 +126,12 @@ fn join(args: &Args, target: &str, pass: Option<&str>) -> clusterware_cli::CliRe
 fn failover(args: &Args, action: &FailoverCmd) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
     let f: Failover = match action {
-        FailoverCmd::Status => c.get("/cluster/failover")?,
+        FailoverCmd::Status => c.failover()?,
         FailoverCmd::Enable { timeout } => {
-            c.post("/cluster/failover", &FailoverRequest { action: "enable".into(), timeout_secs: Some(*timeout) })?
+            c.set_failover(&FailoverRequest { action: "enable".into(), timeout_secs: Some(*timeout) })?
         }
-        FailoverCmd::Disable => {
-            c.post("/cluster/failover", &FailoverRequest { action: "disable".into(), timeout_secs: None })?
-        }
-        FailoverCmd::Reset => {
-            c.post("/cluster/failover", &FailoverRequest { action: "reset".into(), timeout_secs: None })?
-        }
+        FailoverCmd::Disable => c.set_failover(&FailoverRequest { action: "disable".into(), timeout_secs: None })?,
+        FailoverCmd::Reset => c.set_failover(&FailoverRequest { action: "reset".into(), timeout_secs: None })?,
     };
     if args.json {
         print_json(&f);
@@ -156,7 +157,7 @@ fn failover(args: &Args, action: &FailoverCmd) -> clusterware_cli::CliResult<()>
 
 fn heads(args: &Args) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let list: HeadList = c.get("/heads")?;
+    let list = c.heads()?;
     let warnings = membership::head_warnings(&list);
     if args.json {
         print_json(&serde_json::json!({"heads": list.heads, "warnings": warnings}));
@@ -183,7 +184,7 @@ fn heads(args: &Args) -> clusterware_cli::CliResult<()> {
 
 fn save(args: &Args, file: &PathBuf) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let d: DatabaseDump = c.get("/database")?;
+    let d = c.save_database()?;
     let body = serde_json::to_vec_pretty(&d).expect("a dump serialises");
     // Temporary file, fsync, rename: a crash never leaves half a dump under the name.
     let tmp = PathBuf::from(format!("{}.part", file.display()));
@@ -216,11 +217,11 @@ fn load(args: &Args, file: &PathBuf) -> clusterware_cli::CliResult<()> {
     let d: DatabaseDump = serde_json::from_slice(&text)
         .map_err(|e| fail(format!("{} is not a database dump (malformed or truncated): {e}", file.display())))?;
     let c = Client::new(&args.conn)?;
-    let r: serde_json::Value = c.put_json("/database", &d)?;
+    let r = c.load_database(&d)?;
     if args.json {
         print_json(&r);
     } else {
-        println!("loaded {} keys from {}", r["loaded"], file.display());
+        println!("loaded {} keys from {}", r.loaded, file.display());
     }
     Ok(())
 }

@@ -14,11 +14,11 @@
 
 use clap::Parser;
 use clusterware_cli::args::bootctl::{Args, Cmd};
-use clusterware_cli::{CliResult, Client, Progress, fail, file_arg, human_bytes, print_json, query_escape, run, usage};
+use clusterware_cli::{CliResult, Client, Progress, fail, file_arg, human_bytes, print_json, run, usage};
 use clusterware_shared::api::{
-    BootConfig, BootConfigDetail, BootConfigList, CloneRequest, CreateBootConfig, DefaultBootConfig, FileList,
-    ImportReport, UpdateBootConfig,
+    BootConfig, CloneRequest, CreateBootConfig, DefaultBootConfig, FileList, ImportOptions, UpdateBootConfig,
 };
+use clusterware_shared::fsutil::EarlyWriteback;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                     cmdline: cmdline.clone(),
                     description: description.clone(),
                 };
-                done("created", &c.post("/bootconfigs", &req)?);
+                done("created", &c.create_boot_config(&req)?);
                 Ok(())
             }
             Cmd::Update { kernel, initramfs, image, cmdline, description } => {
@@ -65,21 +65,15 @@ fn main() -> ExitCode {
                         "nothing to update (give --kernel, --initramfs, --image, --cmdline or --description)",
                     ));
                 }
-                done("updated", &c.post(&format!("/bootconfigs/{}/update", selected()?), &req)?);
+                done("updated", &c.update_boot_config(&selected()?, &req)?);
                 Ok(())
             }
             Cmd::Clone { name } => {
-                done(
-                    "created",
-                    &c.post(&format!("/bootconfigs/{}/clone", selected()?), &CloneRequest { name: name.clone() })?,
-                );
+                done("created", &c.clone_boot_config(&selected()?, &CloneRequest { name: name.clone() })?);
                 Ok(())
             }
             Cmd::Rm { force } => {
-                done(
-                    "deleted",
-                    &c.delete(&format!("/bootconfigs/{}{}", selected()?, if *force { "?force=1" } else { "" }))?,
-                );
+                done("deleted", &c.delete_boot_config(&selected()?, *force)?);
                 Ok(())
             }
             Cmd::Completion(_) => unreachable!("answered above, without a head"),
@@ -89,8 +83,7 @@ fn main() -> ExitCode {
             }
             Cmd::Default { name, clear } => {
                 if name.is_some() || *clear {
-                    let r: DefaultBootConfig =
-                        c.put_json("/default-boot-config", &DefaultBootConfig { name: name.clone() })?;
+                    let r = c.set_default_boot_config(&DefaultBootConfig { name: name.clone() })?;
                     if args.json {
                         print_json(&r)
                     } else {
@@ -100,7 +93,7 @@ fn main() -> ExitCode {
                         }
                     }
                 } else {
-                    let l: BootConfigList = c.get("/bootconfigs")?;
+                    let l = c.boot_configs()?;
                     if args.json {
                         print_json(&DefaultBootConfig { name: l.default })
                     } else {
@@ -115,7 +108,7 @@ fn main() -> ExitCode {
 
 fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
     if let Some(name) = &args.selected {
-        let d: BootConfigDetail = c.get(&format!("/bootconfigs/{name}"))?;
+        let d = c.boot_config(name)?;
         if args.json {
             print_json(&d);
             return Ok(());
@@ -150,12 +143,12 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
         }
         return Ok(());
     }
-    let list: BootConfigList = c.get("/bootconfigs")?;
+    let list = c.boot_configs()?;
     if args.json {
         print_json(&list);
         return Ok(());
     }
-    let files: FileList = if long { c.get("/files")? } else { FileList { files: Vec::new() } };
+    let files = if long { c.files()? } else { FileList { files: Vec::new() } };
     let fname =
         |id: &str| files.files.iter().find(|f| f.id == id).map_or(id.to_string(), |f| format!("{} ({id})", f.name));
     for b in &list.boot_configs {
@@ -175,11 +168,24 @@ fn export(args: &Args, c: &Client, name: &str, output: Option<PathBuf>) -> CliRe
     let out = output.unwrap_or_else(|| PathBuf::from(format!("{name}.export")));
     let tmp = PathBuf::from(format!("{}.part", out.display()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
-    let r = c.get_to(&format!("/bootconfigs/{name}/export"), &mut f, name).and_then(|n| {
-        f.sync_all().map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &out).map_err(|e| fail(format!("cannot write {}: {e}", out.display())))?;
-        Ok(n)
-    });
+    let mut progress = Progress::new((), name, 0);
+    let r = {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, EarlyWriteback::new(&mut f));
+        c.export_boot_config(name, &mut w, &mut |done, total| progress.update(done, total))
+    };
+    let r = r
+        .map_err(|e| match e {
+            clusterware_client::Error::Local { source, .. } => {
+                fail(format!("cannot write {}: {source}", tmp.display()))
+            }
+            e => e.into(),
+        })
+        .and_then(|n| {
+            progress.finish();
+            f.sync_all().map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, &out).map_err(|e| fail(format!("cannot write {}: {e}", out.display())))?;
+            Ok(n)
+        });
     match r {
         Ok(n) => {
             if args.json {
@@ -210,22 +216,18 @@ fn import(
     }
     let f = std::fs::File::open(file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
     let len = f.metadata().map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?.len();
-    let mut q = vec![];
-    if let Some(i) = image {
-        q.push(format!("image={}", query_escape(i)));
-    }
-    if let Some(b) = boot_config {
-        q.push(format!("boot_config={}", query_escape(b)));
-    }
-    if no_recurse {
-        q.push("no_recurse=1".into());
-    }
-    if dry_run {
-        q.push("dry_run=1".into());
-    }
+    let o = ImportOptions {
+        image: image.map(str::to_string),
+        boot_config: boot_config.map(str::to_string),
+        no_recurse,
+        dry_run,
+    };
     let label = file.file_name().map_or("import".into(), |n| n.to_string_lossy().to_string());
     let mut reader = Progress::new(std::io::BufReader::with_capacity(1 << 20, f), &label, len);
-    let report: ImportReport = c.put_stream(&format!("/import?{}", q.join("&")), len, &mut reader)?;
+    let report = c.import(&o, len, &mut reader).map_err(|e| match e {
+        clusterware_client::Error::Local { source, .. } => fail(format!("cannot read {}: {source}", file.display())),
+        e => e.into(),
+    })?;
     reader.finish();
     if args.json {
         print_json(&report);

@@ -7,9 +7,9 @@
 use clap::Parser;
 use clusterware_cli::args::clusterctl::{Args, Cmd, FilesCmd, HeadsCmd, KeysCmd, SecretsCmd};
 use clusterware_cli::{CliResult, Client, human_bytes, print_json, print_table, run, upload_file, usage};
-use clusterware_shared::agent::{AddKey, RebalanceReport, RebalanceRequest, SshKey, SshKeyList, validate_ssh_key};
-use clusterware_shared::api::{FILE_KINDS, FileList, FileRecord, HeadList};
-use clusterware_shared::power::{SecretInfo, SecretList};
+use clusterware_shared::agent::{AddKey, RebalanceRequest, SshKeyList, validate_ssh_key};
+use clusterware_shared::api::{FILE_KINDS, FileList};
+use clusterware_shared::power::SecretList;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 
 fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let list: HeadList = c.get("/heads")?;
+    let list = c.heads()?;
     if args.json {
         print_json(&list);
     } else if long {
@@ -97,7 +97,7 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
 
 fn files_ls(args: &Args, long: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let list: FileList = c.get("/files")?;
+    let list = c.files()?;
     if args.json {
         print_json(&list);
     } else if long {
@@ -133,7 +133,7 @@ fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
     let mut out = Vec::new();
     for id in ids {
-        let rec: FileRecord = c.delete(&format!("/files/{id}{}", if force { "?force=1" } else { "" }))?;
+        let rec = c.delete_file(id, force)?;
         if !args.json {
             println!("deleted {} ({})", rec.id, rec.name);
         }
@@ -147,7 +147,7 @@ fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
 
 fn rebalance(args: &Args, dry_run: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let r: RebalanceReport = c.post("/rebalance", &RebalanceRequest { dry_run })?;
+    let r = c.rebalance(&RebalanceRequest { dry_run })?;
     if args.json {
         print_json(&r);
         return Ok(());
@@ -173,7 +173,7 @@ fn secret_set(args: &Args, name: &str) -> CliResult<()> {
     clusterware_shared::ids::validate_attr_key(name).map_err(|e| usage(format!("secret name: {e}")))?;
     let c = Client::new(&args.conn)?;
     let value = clusterware_cli::read_secret(&format!("value of secret {name}: "))?;
-    let info: SecretInfo = c.put_json(&format!("/secrets/{name}"), &clusterware_shared::power::SetSecret { value })?;
+    let info = c.set_secret(name, &clusterware_shared::power::SetSecret { value })?;
     if args.json {
         print_json(&info);
     } else {
@@ -184,7 +184,7 @@ fn secret_set(args: &Args, name: &str) -> CliResult<()> {
 
 fn secrets_ls(args: &Args) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let list: SecretList = c.get("/secrets")?;
+    let list = c.secrets()?;
     if args.json {
         print_json(&list);
     } else {
@@ -200,7 +200,7 @@ fn secrets_rm(args: &Args, names: &[String]) -> CliResult<()> {
     let mut out = Vec::new();
     for n in names {
         clusterware_shared::ids::validate_attr_key(n).map_err(|e| usage(format!("secret name: {e}")))?;
-        let s: SecretInfo = c.delete(&format!("/secrets/{n}"))?;
+        let s = c.delete_secret(n)?;
         if !args.json {
             println!("removed secret {}", s.name);
         }
@@ -228,7 +228,7 @@ fn keys_add(args: &Args, name: &str, key: Option<&str>, file: Option<&PathBuf>) 
     };
     validate_ssh_key(&key).map_err(|e| usage(format!("not an SSH public key: {e}")))?;
     let c = Client::new(&args.conn)?;
-    let k: SshKey = c.post("/keys", &AddKey { name: name.to_string(), key })?;
+    let k = c.add_key(&AddKey { name: name.to_string(), key })?;
     if args.json {
         print_json(&k);
     } else {
@@ -239,7 +239,7 @@ fn keys_add(args: &Args, name: &str, key: Option<&str>, file: Option<&PathBuf>) 
 
 fn keys_ls(args: &Args, long: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let list: SshKeyList = c.get("/keys")?;
+    let list = c.keys()?;
     if args.json {
         print_json(&list);
     } else if long {
@@ -257,7 +257,7 @@ fn keys_rm(args: &Args, names: &[String]) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
     let mut out = Vec::new();
     for n in names {
-        let k: SshKey = c.delete(&format!("/keys/{}", clusterware_cli::query_escape(n)))?;
+        let k = c.delete_key(n)?;
         if !args.json {
             println!("removed key {}", k.name);
         }

@@ -10,7 +10,7 @@
 use clap::Parser;
 use clusterware_cli::args::imgctl::{Args, Cmd};
 use clusterware_cli::{CliResult, Client, file_arg, human_bytes, print_json, run, usage};
-use clusterware_shared::api::{CloneRequest, CreateImage, FileList, Image, ImageList};
+use clusterware_shared::api::{CloneRequest, CreateImage, FileList};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -26,10 +26,12 @@ fn main() -> ExitCode {
             Cmd::Create { name, file, extra, description } => {
                 let rootfs = file_arg(&c, file, "rootfs")?;
                 let extra_files = extra.iter().map(|e| file_arg(&c, e, "other")).collect::<CliResult<Vec<_>>>()?;
-                let img: Image = c.post(
-                    "/images",
-                    &CreateImage { name: name.clone(), rootfs, extra_files, description: description.clone() },
-                )?;
+                let img = c.create_image(&CreateImage {
+                    name: name.clone(),
+                    rootfs,
+                    extra_files,
+                    description: description.clone(),
+                })?;
                 if args.json {
                     print_json(&img)
                 } else {
@@ -38,8 +40,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Cmd::Clone { name } => {
-                let img: Image =
-                    c.post(&format!("/images/{}/clone", selected()?), &CloneRequest { name: name.clone() })?;
+                let img = c.clone_image(&selected()?, &CloneRequest { name: name.clone() })?;
                 if args.json {
                     print_json(&img)
                 } else {
@@ -49,8 +50,7 @@ fn main() -> ExitCode {
             }
             Cmd::Completion(_) => unreachable!("answered above, without a head"),
             Cmd::Rm { force } => {
-                let img: Image =
-                    c.delete(&format!("/images/{}{}", selected()?, if *force { "?force=1" } else { "" }))?;
+                let img = c.delete_image(&selected()?, *force)?;
                 if args.json {
                     print_json(&img)
                 } else {
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
 }
 
 fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
-    let mut list: ImageList = c.get("/images")?;
+    let mut list = c.images()?;
     if let Some(name) = &args.image {
         list.images.retain(|i| &i.name == name);
         if list.images.is_empty() {
@@ -74,7 +74,7 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
         print_json(&list);
         return Ok(());
     }
-    let files: FileList = if long { c.get("/files")? } else { FileList { files: Vec::new() } };
+    let files = if long { c.files()? } else { FileList { files: Vec::new() } };
     for i in &list.images {
         println!("{}", i.name);
         if long {

@@ -18,7 +18,7 @@ use clap::Parser;
 use clusterware_cli::args::install::{Args, Cmd, DEFAULT_PREFIX};
 use clusterware_cli::membership::{self, Start};
 use clusterware_cli::{CliResult, Client, fail, print_json, run, usage};
-use clusterware_shared::api::{ClusterInfo, CreateNodes, NodeList, NodeSpec};
+use clusterware_shared::api::{CreateNodes, NodeSpec};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::Config;
 use clusterware_shared::ids::MacAddr;
@@ -363,7 +363,7 @@ fn clear_all(conf: &Path, say: &dyn Fn(&str)) -> CliResult<()> {
     if let Some(h) = membership::health(&url) {
         if h.state == "serving" {
             let token = admin_token(cfg.admin_pass.as_deref().unwrap_or(""));
-            if let Ok(info) = Client::to(&url, &token, 10).and_then(|c| c.get::<ClusterInfo>("/cluster")) {
+            if let Ok(info) = Client::to(&url, &token, 10).and_then(|c| Ok(c.cluster(false)?)) {
                 let voting = info.members.iter().filter(|m| !m.learner).count();
                 if voting > 1 {
                     return Err(fail(format!(
@@ -600,7 +600,7 @@ fn install(args: &Args) -> CliResult<()> {
                 })
                 .collect();
             let client = Client::to(&url, &admin_token(&password), 120)?;
-            let r: NodeList = client.post("/nodes", &CreateNodes { nodes })?;
+            let r = client.create_nodes(&CreateNodes { nodes })?;
             created = r.nodes.len();
         }
     }

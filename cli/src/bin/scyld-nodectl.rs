@@ -16,7 +16,7 @@
 use clap::Parser;
 use clusterware_cli::args::nodectl::{Args, Cmd};
 use clusterware_cli::{CliResult, Client, fail, print_json, print_table, run, select_nodes, usage};
-use clusterware_shared::agent::{NodeStatus, NodeStatusList, Outcome, RunScript, Script, ScriptResults, StatusQuery};
+use clusterware_shared::agent::{NodeStatus, NodeStatusList, Outcome, RunScript, Script, StatusQuery};
 use clusterware_shared::api::{CreateNodes, DeleteNodes, Node, NodeList, NodeSpec, UpdateNodes};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, parse_ipv4, validate_attr};
 use std::collections::BTreeMap;
@@ -44,7 +44,7 @@ fn split_kv(s: &str) -> CliResult<(&str, &str)> {
 }
 
 fn all_nodes(c: &Client) -> CliResult<Vec<Node>> {
-    Ok(c.get::<NodeList>("/nodes")?.nodes)
+    Ok(c.nodes()?.nodes)
 }
 
 /// The selected nodes; `required` makes `-i` or `-a` mandatory.
@@ -190,7 +190,7 @@ fn create(args: &Args, count: Option<u32>, csv: Option<&PathBuf>, fields: &[Stri
             .collect::<CliResult<Vec<_>>>()?
     };
     let c = Client::new(&args.conn)?;
-    let created: NodeList = c.post("/nodes", &CreateNodes { nodes: specs })?;
+    let created = c.create_nodes(&CreateNodes { nodes: specs })?;
     if args.json {
         print_json(&created);
     } else {
@@ -209,7 +209,7 @@ fn update(args: &Args, set: BTreeMap<String, String>, clear: Vec<String>) -> Cli
         return Err(fail("there are no nodes"));
     }
     let req = UpdateNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), set, clear };
-    let done: NodeList = c.post("/nodes/update", &req)?;
+    let done = c.update_nodes(&req)?;
     if args.json {
         print_json(&done);
     } else {
@@ -239,7 +239,7 @@ fn statuses(c: &Client, nodes: &[Node], details: bool) -> CliResult<Vec<NodeStat
         return Ok(Vec::new());
     }
     let q = StatusQuery { nodes: Some(nodes.iter().map(|n| n.uid.clone()).collect()), details };
-    Ok(c.post::<_, NodeStatusList>("/nodes/status", &q)?.nodes)
+    Ok(c.node_status(&q)?.nodes)
 }
 
 fn ago(t: Option<u64>) -> String {
@@ -306,7 +306,7 @@ fn script_cmd(args: &Args, script: &str, wait: u64) -> CliResult<()> {
         return Err(fail("there are no nodes"));
     }
     let req = RunScript { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), script, timeout_secs: wait };
-    let res: ScriptResults = c.post("/nodes/script", &req)?;
+    let res = c.run_script(&req)?;
     let bad = res.results.iter().filter(|r| r.outcome != Outcome::Ok).count();
     if args.json {
         print_json(&res);
@@ -331,7 +331,7 @@ fn script_cmd(args: &Args, script: &str, wait: u64) -> CliResult<()> {
 }
 
 fn power_cmd(args: &Args, action: &str, soft: bool, pxe: bool, disk: bool, wait: u64) -> CliResult<()> {
-    use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerRequest, PowerResults};
+    use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerRequest};
     let action = PowerAction::parse(action).ok_or_else(|| usage(format!("unknown power action {action:?}")))?;
     if soft && action != PowerAction::Off {
         return Err(usage("--soft goes with `off`"));
@@ -351,7 +351,7 @@ fn power_cmd(args: &Args, action: &str, soft: bool, pxe: bool, disk: bool, wait:
     }
     let req =
         PowerRequest { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), action, soft, boot, timeout_secs: wait };
-    let res: PowerResults = c.post("/nodes/power", &req)?;
+    let res = c.power(&req)?;
     let bad = res.results.iter().filter(|r| r.outcome != PowerOutcome::Ok).count();
     if args.json {
         print_json(&res);
@@ -380,8 +380,7 @@ fn rm(args: &Args) -> CliResult<()> {
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
     }
-    let done: NodeList =
-        c.post("/nodes/delete", &DeleteNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect() })?;
+    let done = c.delete_nodes(&DeleteNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect() })?;
     if args.json {
         print_json(&done);
     } else {
