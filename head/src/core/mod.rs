@@ -17,6 +17,7 @@ pub mod heads;
 pub mod http;
 pub mod schema;
 pub mod supervisor;
+pub mod sys;
 pub mod view;
 
 use clusterware_shared::config::Config;

@@ -39,12 +39,8 @@ pub fn open(iface: &str) -> std::io::Result<(Socket, u32)> {
     s.set_multicast_hops_v6(255)?;
     s.set_unicast_hops_v6(255)?;
     s.set_nonblocking(true)?;
-    let name = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(std::io::Error::other(format!("no interface {iface}")));
-    }
+    let index = nix::net::if_::if_nametoindex(iface)
+        .map_err(|e| std::io::Error::other(format!("no interface {iface}: {e}")))?;
     // All-routers group: router solicitations are sent to ff02::2.
     s.join_multicast_v6(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), index)?;
     Ok((s, index))
@@ -52,8 +48,7 @@ pub fn open(iface: &str) -> std::io::Result<(Socket, u32)> {
 
 /// Registers an [`open`]ed socket with the current tokio runtime.
 pub fn register((s, index): (Socket, u32)) -> std::io::Result<(AsyncFd<Socket>, u32)> {
-    // SAFETY: the socket is owned by the AsyncFd from here on and not used through another handle.
-    let fd = unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)?;
+    let fd = crate::core::sys::async_fd(s)?;
     Ok((fd, index))
 }
 
@@ -71,11 +66,10 @@ pub async fn run((sock, index): (AsyncFd<Socket>, u32), iface: String, mut stop:
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-        match guard.try_io(|s| s.get_ref().recv(&mut buf)) {
+        let mut buf = [0u8; 1500];
+        match guard.try_io(|s| std::io::Read::read(&mut s.get_ref(), &mut buf)) {
             Ok(Ok(n)) if n >= 1 => {
-                // SAFETY: recv initialised the first n bytes.
-                let first = unsafe { buf[0].assume_init() };
+                let first = buf[0];
                 if first == ROUTER_SOLICITATION {
                     if sock.get_ref().send_to(&ra, &all_nodes).is_ok() {
                         answered += 1;

@@ -625,14 +625,8 @@ impl Storage {
 
     /// Bytes available to new files in the storage directory.
     pub fn available_bytes(&self) -> Result<u64> {
-        let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| StorageError::Invalid("storage path has a NUL byte".into()))?;
-        // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(io(&self.dir)(std::io::Error::last_os_error()));
-        }
-        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+        let st = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| io(&self.dir)(e.into()))?;
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
     }
 
     /// Moves a verified, fsynced file from a staging directory to `<dir>/<id>`.

@@ -5,8 +5,9 @@
 //! peers on the head's cluster address. It is started with `PR_SET_PDEATHSIG`, so it never
 //! outlives a head daemon that was killed: the restarted daemon starts it again.
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,13 +142,12 @@ impl MemberHandle {
             let current = *self.pid.lock().unwrap_or_else(|p| p.into_inner());
             let Some(pid) = current else { break };
             if !signalled {
-                // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+                // A pid we spawned and have not reaped yet.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 signalled = true;
             }
             if Instant::now() > deadline {
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -172,15 +172,7 @@ fn spawn(spec: &MemberSpec) -> Result<std::process::Child, MemberError> {
     let log2 = log.try_clone().map_err(|source| MemberError::Io { path: spec.log_file.clone(), source })?;
     let mut cmd = Command::new(&spec.binary);
     cmd.args(spec.args()).stdin(Stdio::null()).stdout(log).stderr(log2);
-    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::core::sys::die_with_parent(&mut cmd);
     cmd.spawn().map_err(|source| MemberError::Spawn { binary: spec.binary.clone(), source })
 }
 
