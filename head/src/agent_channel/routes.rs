@@ -17,9 +17,14 @@ use clusterware_shared::agent::{
     StatusReport,
 };
 use clusterware_shared::api::DeleteNodes;
+use clusterware_shared::api::path;
 use clusterware_shared::ids::MacAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+fn agent_path(p: &str) -> String {
+    format!("{}{p}", path::AGENT)
+}
 
 /// What the handlers need.
 pub struct Api {
@@ -31,22 +36,22 @@ pub struct Api {
 pub fn routes(api: Arc<Api>) -> Routes {
     Routes {
         admin: Router::new()
-            .route("/nodes/status", post(node_status))
-            .route("/nodes/reports", post(node_reports))
-            .route("/nodes/script", post(run_script))
+            .route(path::NODES_STATUS, post(node_status))
+            .route(path::NODES_REPORTS, post(node_reports))
+            .route(path::NODES_SCRIPT, post(run_script))
             .route(
-                "/nodes/counters",
+                path::NODES_COUNTERS,
                 get(|State(st): State<Arc<Api>>| async move { json(StatusCode::OK, &st.hub.counters()) }),
             )
-            .route("/keys", get(list_keys).post(add_key))
-            .route("/keys/{name}", delete(remove_key))
+            .route(path::KEYS, get(list_keys).post(add_key))
+            .route(path::KEY, delete(remove_key))
             .with_state(api.clone()),
         open: Router::new()
-            .route("/agent/heads", get(agent_heads))
-            .route("/agent/status", post(agent_status))
-            .route("/agent/wait", get(agent_wait))
-            .route("/agent/result", post(agent_result))
-            .route("/agent/keys", get(agent_keys))
+            .route(&agent_path(path::agent::HEADS), get(agent_heads))
+            .route(&agent_path(path::agent::STATUS), post(agent_status))
+            .route(&agent_path(path::agent::WAIT), get(agent_wait))
+            .route(&agent_path(path::agent::RESULT), post(agent_result))
+            .route(&agent_path(path::agent::KEYS), get(agent_keys))
             .with_state(api),
     }
 }

@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
+use clusterware_shared::api::path;
 use clusterware_shared::api::{
     BootConfigList, CloneRequest, CreateBootConfig, CreateImage, DefaultBootConfig, ImageList, UpdateBootConfig,
 };
@@ -29,17 +30,17 @@ pub struct Api {
 pub fn routes(api: Arc<Api>) -> Routes {
     Routes {
         admin: Router::new()
-            .route("/files/{id}", delete(delete_file))
-            .route("/images", get(list_images).post(create_image))
-            .route("/images/{name}", get(get_image).delete(delete_image))
-            .route("/images/{name}/clone", post(clone_image))
-            .route("/bootconfigs", get(list_configs).post(create_config))
-            .route("/bootconfigs/{name}", get(get_config).delete(delete_config))
-            .route("/bootconfigs/{name}/update", post(update_config))
-            .route("/bootconfigs/{name}/clone", post(clone_config))
-            .route("/bootconfigs/{name}/export", get(export_config))
-            .route("/default-boot-config", put(set_default))
-            .route("/import", put(import_config).layer(axum::extract::DefaultBodyLimit::disable()))
+            .route(path::FILE, delete(delete_file))
+            .route(path::IMAGES, get(list_images).post(create_image))
+            .route(path::IMAGE, get(get_image).delete(delete_image))
+            .route(path::IMAGE_CLONE, post(clone_image))
+            .route(path::BOOT_CONFIGS, get(list_configs).post(create_config))
+            .route(path::BOOT_CONFIG, get(get_config).delete(delete_config))
+            .route(path::BOOT_CONFIG_UPDATE, post(update_config))
+            .route(path::BOOT_CONFIG_CLONE, post(clone_config))
+            .route(path::BOOT_CONFIG_EXPORT, get(export_config))
+            .route(path::DEFAULT_BOOT_CONFIG, put(set_default))
+            .route(path::IMPORT, put(import_config).layer(axum::extract::DefaultBodyLimit::disable()))
             .with_state(api.clone()),
         open: Router::new(),
     }

@@ -14,6 +14,7 @@ use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use clusterware_shared::api::path;
 use clusterware_shared::api::{ApiError, ErrorKind, Health, PREFIX};
 use clusterware_shared::auth::{BEARER, tokens_equal};
 use serde::Serialize;
@@ -181,7 +182,7 @@ pub fn router(token: &str, name: &str, backend: &'static str, caps: impl IntoIte
     let name = name.to_string();
     let api = open
         .route(
-            "/health",
+            path::HEALTH,
             axum::routing::get(move || async move { json(StatusCode::OK, &health_of(&name, backend, "serving")) }),
         )
         .merge(admin);

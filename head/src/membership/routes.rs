@@ -18,6 +18,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use clusterware_shared::api::ErrorKind;
 use clusterware_shared::api::PREFIX;
+use clusterware_shared::api::path;
 use clusterware_shared::api::{AddMember, ApiError, FailoverRequest, HeadList, HeadRef};
 use clusterware_shared::config::{Config, Membership};
 use std::net::SocketAddr;
@@ -36,19 +37,19 @@ pub struct Api {
 pub fn routes(api: Arc<Api>) -> Routes {
     Routes {
         admin: Router::new()
-            .route("/heads", get(list_heads))
+            .route(path::HEADS, get(list_heads))
             .route(
-                "/database",
+                path::DATABASE,
                 get(save_database).put(load_database).layer(axum::extract::DefaultBodyLimit::max(1 << 30)),
             )
-            .route("/database/convert", post(convert_database))
-            .route("/cluster", get(cluster_info))
-            .route("/cluster/members", post(add_member))
-            .route("/cluster/promote", post(promote_member))
-            .route("/cluster/eject", post(eject_head))
-            .route("/cluster/leave", post(leave_cluster))
-            .route("/cluster/recover", post(recover_full))
-            .route("/cluster/failover", get(get_failover).post(set_failover))
+            .route(path::DATABASE_CONVERT, post(convert_database))
+            .route(path::CLUSTER, get(cluster_info))
+            .route(path::CLUSTER_MEMBERS, post(add_member))
+            .route(path::CLUSTER_PROMOTE, post(promote_member))
+            .route(path::CLUSTER_EJECT, post(eject_head))
+            .route(path::CLUSTER_LEAVE, post(leave_cluster))
+            .route(path::CLUSTER_RECOVER, post(recover_full))
+            .route(path::CLUSTER_FAILOVER, get(get_failover).post(set_failover))
             .with_state(api.clone()),
         open: Router::new(),
     }
@@ -60,9 +61,9 @@ pub fn starting_router(ctl: Arc<Control>) -> Router {
     let name = ctl.name.clone();
     let c2 = ctl.clone();
     let api = Router::new()
-        .route("/health", get(move || async move { json(StatusCode::OK, &health_of(&name, "etcd", "starting")) }))
+        .route(path::HEALTH, get(move || async move { json(StatusCode::OK, &health_of(&name, "etcd", "starting")) }))
         .route(
-            "/cluster/recover",
+            path::CLUSTER_RECOVER,
             post(move |headers: HeaderMap| async move {
                 check_token(&headers, &c2.token)?;
                 let r = crate::membership::recover(None, &c2).await?;
@@ -94,7 +95,7 @@ pub fn detached_router(name: String, state: Membership) -> Router {
     );
     let n = name.clone();
     let api = Router::new()
-        .route("/health", get(move || async move { json(StatusCode::OK, &health_of(&n, "none", state.as_str())) }));
+        .route(path::HEALTH, get(move || async move { json(StatusCode::OK, &health_of(&n, "none", state.as_str())) }));
     Router::new().nest(PREFIX, api).fallback(move || async move {
         (StatusCode::CONFLICT, axum::Json(ApiError { kind: ErrorKind::Conflict, message: message.clone() }))
     })

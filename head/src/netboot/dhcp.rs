@@ -13,6 +13,7 @@
 use crate::core::db::Database;
 use crate::core::view::ClusterView;
 use crate::registry::cache::NodeCache;
+use clusterware_shared::api::path;
 use clusterware_shared::ids::MacAddr;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
@@ -196,7 +197,11 @@ impl DhcpServer {
             }
             // PXE: iPXE gets its script, a PXE ROM the iPXE binary for its architecture.
             if is_ipxe(&msg) {
-                r.set_fname_str(format!("{}/api/v1/boot/script?mac={mac}", self.settings.http_base));
+                r.set_fname_str(format!(
+                    "{}{}",
+                    self.settings.http_base,
+                    path::full(&path::boot_script(&mac.to_string()))
+                ));
             } else if let Some(DhcpOption::ClientSystemArchitecture(a)) =
                 msg.opts().get(OptionCode::ClientSystemArchitecture)
             {

@@ -11,6 +11,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use clusterware_shared::api::path;
 use clusterware_shared::ids::MacAddr;
 use std::sync::Arc;
 
@@ -23,14 +24,15 @@ pub struct Api {
 
 /// The routes (paths under `/api/v1`).
 pub fn routes(api: Arc<Api>) -> Routes {
-    Routes { admin: Router::new(), open: Router::new().route("/boot/script", get(boot_script)).with_state(api) }
+    Routes { admin: Router::new(), open: Router::new().route(path::BOOT_SCRIPT, get(boot_script)).with_state(api) }
 }
 
 /// An iPXE script that says why the node cannot boot yet and asks again in a minute.
 fn retry_script(base: &str, mac: &MacAddr, why: &str) -> Response {
     let why: String = why.chars().filter(|c| !c.is_control() && *c != '$').collect();
+    let again = path::full(&path::boot_script(&mac.to_string()));
     let body = format!(
-        "#!ipxe\necho ClusterWare: {mac} cannot boot yet: {why}\necho Asking again in 60 s\nsleep 60\nchain {base}/api/v1/boot/script?mac={mac}\n"
+        "#!ipxe\necho ClusterWare: {mac} cannot boot yet: {why}\necho Asking again in 60 s\nsleep 60\nchain {base}{again}\n"
     );
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
@@ -85,8 +87,8 @@ async fn boot_script(State(st): State<Arc<Api>>, RawQuery(q): RawQuery) -> ApiRe
     args.push(format!("cw.parent={base}"));
     args.push(format!("cw.heads={}", heads.join(",")));
     args.push(format!("cw.mac={mac}"));
-    let kernel = format!("{base}/api/v1/files/{}/content", cfg.kernel);
-    let initrd = format!("{base}/api/v1/files/{}/content", cfg.initramfs);
+    let kernel = format!("{base}{}", path::full(&path::file_content(&cfg.kernel, false)));
+    let initrd = format!("{base}{}", path::full(&path::file_content(&cfg.initramfs, false)));
     let body = format!(
         "#!ipxe\necho ClusterWare: booting {node} ({mac}) with boot config {name} from {head}\n:retry\nkernel {kernel} initrd=initramfs {args} || goto failed\ninitrd --name initramfs {initrd} || goto failed\nboot || goto failed\n:failed\necho ClusterWare: boot failed; trying again in 10 s\nsleep 10\ngoto retry\n",
         node = node.name,

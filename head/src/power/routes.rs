@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
+use clusterware_shared::api::path;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,9 +25,9 @@ pub struct Api {
 pub fn routes(api: Arc<Api>) -> Routes {
     Routes {
         admin: Router::new()
-            .route("/nodes/power", post(node_power))
-            .route("/secrets", get(list_secrets))
-            .route("/secrets/{name}", put(set_secret).delete(remove_secret))
+            .route(path::NODES_POWER, post(node_power))
+            .route(path::SECRETS, get(list_secrets))
+            .route(path::SECRET, put(set_secret).delete(remove_secret))
             .with_state(api.clone()),
         open: Router::new(),
     }

@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
+use clusterware_shared::api::path;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ pub struct Api {
 
 /// The routes (paths under `/api/v1`).
 pub fn routes(api: Arc<Api>) -> Routes {
-    Routes { admin: Router::new().route("/rebalance", post(rebalance)).with_state(api.clone()), open: Router::new() }
+    Routes { admin: Router::new().route(path::REBALANCE, post(rebalance)).with_state(api.clone()), open: Router::new() }
 }
 
 async fn rebalance(

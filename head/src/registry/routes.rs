@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
+use clusterware_shared::api::path;
 use clusterware_shared::api::{CreateNodes, DeleteNodes, NodeList, UpdateNodes};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,10 +23,10 @@ pub struct Api {
 pub fn routes(api: Arc<Api>) -> Routes {
     Routes {
         admin: Router::new()
-            .route("/nodes", get(list_nodes).post(create_nodes))
-            .route("/nodes/{uid}", get(get_node))
-            .route("/nodes/update", post(update_nodes))
-            .route("/nodes/delete", post(delete_nodes))
+            .route(path::NODES, get(list_nodes).post(create_nodes))
+            .route(path::NODE, get(get_node))
+            .route(path::NODES_UPDATE, post(update_nodes))
+            .route(path::NODES_DELETE, post(delete_nodes))
             .with_state(api.clone()),
         open: Router::new(),
     }

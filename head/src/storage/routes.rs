@@ -7,6 +7,7 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use clusterware_shared::api::path;
 use clusterware_shared::api::{FILE_KINDS, FileList, is_file_id};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,10 +21,10 @@ pub struct Api {
 pub fn routes(api: Arc<Api>) -> Routes {
     Routes {
         admin: Router::new()
-            .route("/files", get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
-            .route("/storage", get(storage_counters))
+            .route(path::FILES, get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
+            .route(path::STORAGE, get(storage_counters))
             .with_state(api.clone()),
-        open: Router::new().route("/files/{id}/content", get(file_content)).with_state(api),
+        open: Router::new().route(path::FILE_CONTENT, get(file_content)).with_state(api),
     }
 }
 
