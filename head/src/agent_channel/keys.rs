@@ -1,35 +1,14 @@
 //! Cluster SSH keys (`keys/<name>`): public keys that `update_keys` gives root on every node,
 //! besides the heads' own root keys.
 
-use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::core::db::{Compare, Database, Txn, TxnOp};
 use crate::core::schema;
 use crate::core::schema::KEYS;
 use clusterware_shared::agent::{SshKey, validate_ssh_key};
 use clusterware_shared::ids::validate_attr_key;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
-impl crate::core::http::HasKind for KeyError {
-    fn kind(&self) -> clusterware_shared::api::ErrorKind {
-        use clusterware_shared::api::ErrorKind;
-        match self {
-            KeyError::Invalid(_) => ErrorKind::BadRequest,
-            KeyError::Conflict(_) => ErrorKind::Conflict,
-            KeyError::NotFound(_) => ErrorKind::NotFound,
-            KeyError::Db(e) => e.kind(),
-        }
-    }
-}
+/// See [`RecordError`](crate::core::error::RecordError).
+pub type KeyError = crate::core::error::RecordError;
 
 fn check_name(name: &str) -> Result<(), KeyError> {
     validate_attr_key(name).map_err(|e| KeyError::Invalid(format!("key name {name:?}: {e}")))

@@ -1071,23 +1071,14 @@ pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>) -> Arc<Hub> {
 mod tests {
     use super::*;
     use crate::core::db::embedded::Embedded;
-    use crate::core::schema::DbMode;
+
     use clusterware_shared::agent::Phase;
 
     const MAC: &str = "52:54:00:00:00:01";
     const NODE_IP: &str = "10.0.0.5";
 
     fn me() -> HeadRecord {
-        HeadRecord {
-            name: "h1".into(),
-            ip: "10.0.0.1".parse().unwrap(),
-            api_url: "http://10.0.0.1:80".into(),
-            version: "t".into(),
-            started: 0,
-            db_mode: DbMode::Embedded,
-            ssh_keys: vec![],
-            peer_url: None,
-        }
+        HeadRecord::for_test("h1", 1)
     }
 
     /// A hub on an in-memory store with one node (MAC, registered address).

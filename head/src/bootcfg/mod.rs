@@ -10,6 +10,7 @@ pub mod routes;
 pub mod transfer;
 
 use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::core::error::RecordError;
 use crate::core::schema;
 use crate::core::schema::{BOOTCONFIGS, DEFAULT_BOOT_CONFIG, IMAGES};
 use crate::core::unix_now as now;
@@ -26,33 +27,23 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("corrupt record {key}: {reason}")]
-    Corrupt { key: String, reason: String },
     #[error(transparent)]
-    Db(#[from] DbError),
+    Record(#[from] RecordError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error(transparent)]
-    Registry(#[from] registry::RegistryError),
+}
+
+impl From<DbError> for BootError {
+    fn from(e: DbError) -> BootError {
+        BootError::Record(RecordError::Db(e))
+    }
 }
 
 impl crate::core::http::HasKind for BootError {
     fn kind(&self) -> clusterware_shared::api::ErrorKind {
-        use clusterware_shared::api::ErrorKind;
         match self {
-            BootError::Invalid(_) => ErrorKind::BadRequest,
-            BootError::Conflict(_) => ErrorKind::Conflict,
-            BootError::NotFound(_) => ErrorKind::NotFound,
-            BootError::Corrupt { .. } => ErrorKind::Internal,
-            BootError::Db(e) => e.kind(),
+            BootError::Record(e) => e.kind(),
             BootError::Storage(e) => e.kind(),
-            BootError::Registry(r) => r.kind(),
         }
     }
 }
@@ -64,7 +55,8 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T> {
-    serde_json::from_slice(v).map_err(|e| BootError::Corrupt { key: key.to_string(), reason: e.to_string() })
+    serde_json::from_slice(v)
+        .map_err(|e| BootError::from(RecordError::Corrupt { key: key.to_string(), reason: e.to_string() }))
 }
 
 async fn get<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<(T, i64)>> {
@@ -83,9 +75,9 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     if valid_object_name(name) {
         Ok(())
     } else {
-        Err(BootError::Invalid(format!(
+        Err(BootError::from(RecordError::Invalid(format!(
             "{what} name {name:?} is invalid (1-128 letters, digits, '-', '_' or '.', starting with a letter or digit)"
-        )))
+        ))))
     }
 }
 
@@ -94,9 +86,9 @@ async fn files_exist(db: &Database, ids: &[&str]) -> Result<Vec<Compare>> {
     let mut out = Vec::new();
     for id in ids {
         if !is_file_id(id) || db.get(&schema::file(&id)).await?.is_none() {
-            return Err(BootError::NotFound(format!(
+            return Err(BootError::from(RecordError::NotFound(format!(
                 "no file with id {id} (upload it with scyld-clusterctl files upload)"
-            )));
+            ))));
         }
         out.push(Compare::present(schema::file(&id)));
     }
@@ -111,7 +103,7 @@ pub async fn get_image(db: &Database, name: &str) -> Result<Image> {
     get::<Image>(db, &schema::image(&name))
         .await?
         .map(|(i, _)| i)
-        .ok_or_else(|| BootError::NotFound(format!("no image named {name}")))
+        .ok_or_else(|| BootError::from(RecordError::NotFound(format!("no image named {name}"))))
 }
 
 pub async fn create_image(db: &Database, req: CreateImage) -> Result<Image> {
@@ -129,10 +121,10 @@ pub async fn create_image(db: &Database, req: CreateImage) -> Result<Image> {
         created: now(),
     };
     if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&img))])).await?.succeeded {
-        return Err(BootError::Conflict(format!(
+        return Err(BootError::from(RecordError::Conflict(format!(
             "image {} already exists (or one of its files was just deleted)",
             img.name
-        )));
+        ))));
     }
     Ok(img)
 }
@@ -159,7 +151,7 @@ pub async fn list_configs(db: &Database) -> Result<(Vec<BootConfig>, Option<Stri
 pub async fn get_config(db: &Database, name: &str) -> Result<(BootConfig, i64)> {
     get::<BootConfig>(db, &schema::bootconfig(&name))
         .await?
-        .ok_or_else(|| BootError::NotFound(format!("no boot config named {name}")))
+        .ok_or_else(|| BootError::from(RecordError::NotFound(format!("no boot config named {name}"))))
 }
 
 async fn config_refs(db: &Database, c: &BootConfig) -> Result<Vec<Compare>> {
@@ -186,10 +178,10 @@ pub async fn create_config(db: &Database, req: CreateBootConfig) -> Result<BootC
     let key = schema::bootconfig(&c.name);
     cmp.push(Compare::absent(key.clone()));
     if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&c))])).await?.succeeded {
-        return Err(BootError::Conflict(format!(
+        return Err(BootError::from(RecordError::Conflict(format!(
             "boot config {} already exists (or what it names was just deleted)",
             c.name
-        )));
+        ))));
     }
     Ok(c)
 }
@@ -231,7 +223,7 @@ pub async fn update_config(db: &Database, name: &str, u: UpdateBootConfig) -> Re
     let key = schema::bootconfig(&name);
     cmp.push(Compare::unchanged(key.clone(), rev));
     if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&c))])).await?.succeeded {
-        return Err(BootError::Conflict(format!("boot config {name} changed meanwhile; try again")));
+        return Err(BootError::from(RecordError::Conflict(format!("boot config {name} changed meanwhile; try again"))));
     }
     Ok(c)
 }
@@ -244,7 +236,7 @@ pub async fn set_default(db: &Database, name: Option<&str>) -> Result<()> {
                 .txn(Txn::new().when([Compare::present(key)]).and_then([TxnOp::put(DEFAULT_BOOT_CONFIG, n.as_bytes())]))
                 .await?;
             if !r.succeeded {
-                return Err(BootError::NotFound(format!("no boot config named {n}")));
+                return Err(BootError::from(RecordError::NotFound(format!("no boot config named {n}"))));
             }
         }
         None => {
@@ -302,19 +294,20 @@ async fn drop_unreferenced(db: &Database, storage: &Arc<Storage>, ids: Vec<Strin
 
 pub async fn delete_image(db: &Database, storage: &Arc<Storage>, name: &str, force: bool) -> Result<Image> {
     let key = schema::image(&name);
-    let (img, rev) =
-        get::<Image>(db, &key).await?.ok_or_else(|| BootError::NotFound(format!("no image named {name}")))?;
+    let (img, rev) = get::<Image>(db, &key)
+        .await?
+        .ok_or_else(|| BootError::from(RecordError::NotFound(format!("no image named {name}"))))?;
     let users: Vec<String> =
         list_configs(db).await?.0.into_iter().filter(|c| c.image.as_deref() == Some(name)).map(|c| c.name).collect();
     if !users.is_empty() && !force {
-        return Err(BootError::Conflict(format!(
+        return Err(BootError::from(RecordError::Conflict(format!(
             "image {name} is used by boot config {}; change those first, or delete with --force",
             users.join(", ")
-        )));
+        ))));
     }
     if !db.txn(Txn::new().when([Compare::unchanged(key.clone(), rev)]).and_then([TxnOp::delete(key)])).await?.succeeded
     {
-        return Err(BootError::Conflict(format!("image {name} changed meanwhile; try again")));
+        return Err(BootError::from(RecordError::Conflict(format!("image {name} changed meanwhile; try again"))));
     }
     let mut ids = vec![img.rootfs.clone()];
     ids.extend(img.extra_files.clone());
@@ -336,10 +329,10 @@ pub async fn delete_config(db: &Database, storage: &Arc<Storage>, name: &str, fo
         if is_default {
             why.push("it is the cluster default".to_string());
         }
-        return Err(BootError::Conflict(format!(
+        return Err(BootError::from(RecordError::Conflict(format!(
             "boot config {name} is in use ({}); delete with --force to do it anyway",
             why.join("; ")
-        )));
+        ))));
     }
     let key = schema::bootconfig(&name);
     let mut ops = vec![TxnOp::delete(key.clone())];
@@ -347,7 +340,7 @@ pub async fn delete_config(db: &Database, storage: &Arc<Storage>, name: &str, fo
         ops.push(TxnOp::delete(DEFAULT_BOOT_CONFIG));
     }
     if !db.txn(Txn::new().when([Compare::unchanged(key, rev)]).and_then(ops)).await?.succeeded {
-        return Err(BootError::Conflict(format!("boot config {name} changed meanwhile; try again")));
+        return Err(BootError::from(RecordError::Conflict(format!("boot config {name} changed meanwhile; try again"))));
     }
     let gone = drop_unreferenced(db, storage, vec![c.kernel.clone(), c.initramfs.clone()]).await?;
     tracing::info!(boot_config = %name, files_deleted = ?gone, forced = force, "boot config deleted");
@@ -450,7 +443,10 @@ mod tests {
         let e = create_config(&db, config("c1", &k, &format!("{:032x}", 9), None)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         let e = create_config(&db, config("c1", &k, &i, Some("img"))).await.unwrap_err();
-        assert!(matches!(e, BootError::NotFound(ref m) if m.contains("no image named img")), "{e}");
+        assert!(
+            matches!(e, BootError::Record(RecordError::NotFound(ref m)) if m.contains("no image named img")),
+            "{e}"
+        );
         assert!(list_configs(&db).await.unwrap().0.is_empty(), "refused requests write nothing");
 
         create_image(
@@ -469,7 +465,10 @@ mod tests {
 
         // Used things are kept unless forced.
         let e = delete_image(&db, &storage, "img", false).await.unwrap_err();
-        assert!(matches!(e, BootError::Conflict(ref m) if m.contains("used by boot config c1")), "{e}");
+        assert!(
+            matches!(e, BootError::Record(RecordError::Conflict(ref m)) if m.contains("used by boot config c1")),
+            "{e}"
+        );
         let e = delete_config(&db, &storage, "c1", false).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
         delete_config(&db, &storage, "c1", true).await.unwrap();

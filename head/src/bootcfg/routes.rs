@@ -5,6 +5,7 @@ use crate::bootcfg::{
     transfer::{self, ImportOptions},
 };
 use crate::core::db::Database;
+use crate::core::error::RecordError;
 use crate::core::http::{ApiResult, Routes, flag, json, parse, query_pairs};
 use crate::storage::Storage;
 use axum::Router;
@@ -49,10 +50,10 @@ pub fn routes(api: Arc<Api>) -> Routes {
 async fn delete_file(State(st): State<Arc<Api>>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let users = bootcfg::users_of_file(&st.db, &id).await?;
     if !users.is_empty() && !flag(&q, "force")? {
-        return Err(BootError::Conflict(format!(
+        return Err(BootError::from(RecordError::Conflict(format!(
             "file {id} is used by {}; delete or change those first, or delete with --force",
             users.join(", ")
-        ))
+        )))
         .into());
     }
     Ok(json(StatusCode::OK, &st.storage.delete(&id).await?))

@@ -16,6 +16,7 @@
 
 use crate::bootcfg::{self, BootError, encode};
 use crate::core::db::{Compare, Database, Txn, TxnOp};
+use crate::core::error::RecordError;
 use crate::core::schema;
 use crate::core::schema::FILES;
 use crate::core::unix_now as now;
@@ -54,7 +55,7 @@ pub struct Manifest {
 fn bad(m: impl Into<String>) -> BootError {
     let m: String =
         m.into().chars().map(|c| if c.is_control() || c == '\u{fffd}' { '?' } else { c }).take(300).collect();
-    BootError::Invalid(format!("archive refused: {m}"))
+    BootError::from(RecordError::Invalid(format!("archive refused: {m}")))
 }
 
 /// A writer that hands 256 KiB chunks to an async receiver (the HTTP response body).
@@ -113,9 +114,9 @@ pub async fn export(
     }
     for id in &needed {
         if !d.files.iter().any(|f| &f.id == id) {
-            return Err(BootError::NotFound(format!(
+            return Err(BootError::from(RecordError::NotFound(format!(
                 "file {id} of boot config {name} has no record; it cannot be exported"
-            )));
+            ))));
         }
     }
     let mut paths = Vec::new();
@@ -224,27 +225,27 @@ struct Plan {
 
 async fn plan(db: &Database, m: &Manifest, o: &ImportOptions) -> Result<Plan, BootError> {
     if o.no_recurse && o.image.is_some() {
-        return Err(BootError::Invalid("--image and --no-recurse exclude each other".into()));
+        return Err(BootError::from(RecordError::Invalid("--image and --no-recurse exclude each other".into())));
     }
     let config_name = o.boot_config.clone().unwrap_or_else(|| m.boot_config.name.clone());
     if !valid_object_name(&config_name) {
-        return Err(BootError::Invalid(format!("invalid boot config name {config_name:?}")));
+        return Err(BootError::from(RecordError::Invalid(format!("invalid boot config name {config_name:?}"))));
     }
     if db.get(&schema::bootconfig(&config_name)).await?.is_some() {
-        return Err(BootError::Conflict(format!(
+        return Err(BootError::from(RecordError::Conflict(format!(
             "boot config {config_name} already exists on this cluster; nothing was imported (import with --boot-config NEW_NAME)"
-        )));
+        ))));
     }
     let image_name = match (&m.image, o.no_recurse) {
         (Some(i), false) => {
             let n = o.image.clone().unwrap_or_else(|| i.name.clone());
             if !valid_object_name(&n) {
-                return Err(BootError::Invalid(format!("invalid image name {n:?}")));
+                return Err(BootError::from(RecordError::Invalid(format!("invalid image name {n:?}"))));
             }
             if db.get(&schema::image(&n)).await?.is_some() {
-                return Err(BootError::Conflict(format!(
+                return Err(BootError::from(RecordError::Conflict(format!(
                     "image {n} already exists on this cluster; nothing was imported (import with --image NEW_NAME, or --no-recurse to import the boot config without its image)"
-                )));
+                ))));
             }
             Some(n)
         }
@@ -295,7 +296,7 @@ where
     let handle = tokio::runtime::Handle::current();
     let r = tokio::task::spawn_blocking(move || import_blocking(&handle, &db2, &st2, reader, &stg2, &o))
         .await
-        .map_err(|e| BootError::Invalid(format!("import task failed: {e}")));
+        .map_err(|e| BootError::from(RecordError::Invalid(format!("import task failed: {e}"))));
     let _ = std::fs::remove_dir_all(&staging);
     r?
 }
@@ -558,10 +559,10 @@ fn import_archive<R: Read>(
         }
         Ok(_) => {
             undo(&adopted);
-            Err(BootError::Conflict(format!(
+            Err(BootError::from(RecordError::Conflict(format!(
                 "boot config {} or image {:?} was created, or a reused file deleted, while importing; nothing was imported",
                 p.config_name, p.image_name
-            )))
+            ))))
         }
         Err(e) => {
             undo(&adopted);

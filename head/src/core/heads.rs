@@ -148,16 +148,7 @@ mod tests {
 
     #[test]
     fn a_member_is_its_heads_by_name_once_published_and_by_peer_url_before() {
-        let rec = HeadRecord {
-            name: "head2".into(),
-            ip: "10.0.0.2".parse().unwrap(),
-            api_url: "http://10.0.0.2:80".into(),
-            version: "t".into(),
-            started: 0,
-            db_mode: DbMode::EtcdMember,
-            ssh_keys: vec![],
-            peer_url: Some("http://10.0.0.2:2380".into()),
-        };
+        let rec = HeadRecord { peer_url: Some("http://10.0.0.2:2380".into()), ..HeadRecord::for_test("head2", 2) };
         assert!(rec.is_member(&member("", "http://10.0.0.2:2380")), "not yet named: by peer URL");
         assert!(rec.is_member(&member("head2", "http://10.0.0.9:2380")), "named: by name");
         assert!(!rec.is_member(&member("head7", "http://10.0.0.2:2380")), "another head at a reused address");

@@ -12,6 +12,7 @@
 //! starts its tasks on `sup`, and hands its routes to [`Ctx::serve`]; whatever it offers other
 //! capabilities (the node table, the agent hub, storage) it returns from its `start`.
 pub mod db;
+pub mod error;
 pub mod follow;
 pub mod heads;
 pub mod http;

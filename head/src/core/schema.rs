@@ -293,6 +293,21 @@ pub struct EjectedRecord {
 }
 
 impl HeadRecord {
+    /// A head record for unit tests: `name` at 10.0.0.`last`, API on port 80.
+    #[cfg(test)]
+    pub fn for_test(name: &str, last: u8) -> HeadRecord {
+        HeadRecord {
+            name: name.into(),
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            api_url: format!("http://10.0.0.{last}:80"),
+            version: "t".into(),
+            started: 0,
+            db_mode: DbMode::EtcdMember,
+            ssh_keys: vec![],
+            peer_url: None,
+        }
+    }
+
     /// Whether `m` is the etcd member of this head: by name once the member has published it,
     /// by peer URL before (a head re-installed under another name may reuse an address).
     pub fn is_member(&self, m: &Member) -> bool {

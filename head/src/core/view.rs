@@ -155,19 +155,9 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::schema::DbMode;
 
     fn head(name: &str, last: u8) -> HeadRecord {
-        HeadRecord {
-            name: name.into(),
-            ip: std::net::Ipv4Addr::new(10, 0, 0, last),
-            api_url: format!("http://10.0.0.{last}:456"),
-            version: "t".into(),
-            started: 0,
-            db_mode: DbMode::EtcdMember,
-            ssh_keys: vec![],
-            peer_url: None,
-        }
+        HeadRecord::for_test(name, last)
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! summaries, node status and pending scripts, which belong to the heads of one cluster. File contents are not in the database either; the heads
 //! of the loading cluster need their own copies (or fetch them from a peer that has them).
 
-use crate::core::db::{Compare, Database, DbError, OpResult, Piece, Txn, TxnOp, batch, undo_puts};
+use crate::core::db::{Compare, Database, OpResult, Piece, Txn, TxnOp, batch, undo_puts};
 use crate::core::schema;
 
 pub const FORMAT: &str = "clusterware-database";
@@ -17,26 +17,8 @@ pub const VERSION: u32 = 1;
 /// The document `managedb save` writes (defined in `shared`, read by the CLI too).
 pub use clusterware_shared::api::DatabaseDump as Dump;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DumpError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
-impl crate::core::http::HasKind for DumpError {
-    fn kind(&self) -> clusterware_shared::api::ErrorKind {
-        use clusterware_shared::api::ErrorKind;
-        match self {
-            DumpError::Invalid(_) => ErrorKind::BadRequest,
-            DumpError::Conflict(_) => ErrorKind::Conflict,
-            DumpError::Db(e) => e.kind(),
-        }
-    }
-}
+/// See [`RecordError`](crate::core::error::RecordError).
+pub type DumpError = crate::core::error::RecordError;
 
 fn snapshot_txn() -> Txn {
     Txn::new().and_then(schema::saved().map(|p| TxnOp::GetPrefix { prefix: p.to_string() }))

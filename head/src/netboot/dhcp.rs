@@ -14,6 +14,7 @@ use crate::core::db::Database;
 use crate::core::view::ClusterView;
 use crate::registry::cache::NodeCache;
 use clusterware_shared::api::path;
+use clusterware_shared::config::BootNet;
 use clusterware_shared::ids::MacAddr;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
@@ -27,23 +28,12 @@ use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
 pub struct DhcpSettings {
-    pub interface: String,
+    /// The `dhcp.*` section of the configuration.
+    pub net: BootNet,
     /// This head's address on the cluster network (server identifier, next server).
     pub server_ip: Ipv4Addr,
-    pub port: u16,
-    pub netmask: Ipv4Addr,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
-    pub lease_secs: u32,
-    pub register_unknown: bool,
-    /// The first node's IP when registering into an empty registry.
-    pub first_ip: Option<Ipv4Addr>,
-    pub defer: Duration,
     /// Base URL of this head's API, for iPXE.
     pub http_base: String,
-    pub bios_file: String,
-    pub efi_file: String,
 }
 
 #[derive(Default)]
@@ -182,17 +172,17 @@ impl DhcpServer {
             r.set_siaddr(me);
             let o = r.opts_mut();
             if mtype != MessageType::Inform {
-                o.insert(DhcpOption::AddressLeaseTime(self.settings.lease_secs));
+                o.insert(DhcpOption::AddressLeaseTime(self.settings.net.lease_secs));
             }
-            o.insert(DhcpOption::SubnetMask(self.settings.netmask));
-            if let Some(gw) = self.settings.router {
+            o.insert(DhcpOption::SubnetMask(self.settings.net.netmask));
+            if let Some(gw) = self.settings.net.router {
                 o.insert(DhcpOption::Router(vec![gw]));
             }
-            if !self.settings.dns.is_empty() {
-                o.insert(DhcpOption::DomainNameServer(self.settings.dns.clone()));
+            if !self.settings.net.dns.is_empty() {
+                o.insert(DhcpOption::DomainNameServer(self.settings.net.dns.clone()));
             }
             o.insert(DhcpOption::Hostname(node.name.clone()));
-            if let Some(d) = &self.settings.domain {
+            if let Some(d) = &self.settings.net.domain {
                 o.insert(DhcpOption::DomainName(d.clone()));
             }
             // PXE: iPXE gets its script, a PXE ROM the iPXE binary for its architecture.
@@ -206,8 +196,8 @@ impl DhcpServer {
                 msg.opts().get(OptionCode::ClientSystemArchitecture)
             {
                 let file = match u16::from(*a) {
-                    0 => &self.settings.bios_file,
-                    _ => &self.settings.efi_file,
+                    0 => &self.settings.net.bios_file,
+                    _ => &self.settings.net.efi_file,
                 };
                 r.set_fname_str(file);
             }
@@ -223,7 +213,7 @@ impl DhcpServer {
         if reply_type == MessageType::Offer {
             if let Some(pref) = self.view.preferred_head(&node) {
                 if pref != self.view.me.name && self.view.alive.get(&pref).is_some() {
-                    delay = self.settings.defer;
+                    delay = Duration::from_millis(self.settings.net.defer_ms);
                 }
             }
         }
@@ -267,7 +257,7 @@ impl DhcpServer {
         let me = self.clone();
         tokio::spawn(async move {
             let db = me.db.clone();
-            let ip = if me.nodes.all().is_empty() { me.settings.first_ip } else { None };
+            let ip = if me.nodes.all().is_empty() { me.settings.net.first_ip } else { None };
             let spec = clusterware_shared::api::NodeSpec { macs: vec![mac], ip, ..Default::default() };
             match crate::registry::create(&db, vec![spec]).await {
                 Ok(n) => {
@@ -322,7 +312,7 @@ impl DhcpServer {
                 }
                 Err(Drop::Unknown(mac)) => {
                     self.counters.unknown.fetch_add(1, Ordering::Relaxed);
-                    if self.settings.register_unknown {
+                    if self.settings.net.register_unknown {
                         self.register(mac);
                     } else {
                         self.complain(format!("unknown {mac}"), Duration::from_secs(3600), || self.log_unknown(mac));
@@ -412,7 +402,7 @@ pub fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
 mod tests {
     use super::*;
     use crate::core::db::embedded::Embedded;
-    use crate::core::schema::{DbMode, HeadRecord};
+    use crate::core::schema::HeadRecord;
     use crate::core::supervisor::Supervisor;
 
     async fn server() -> (Arc<DhcpServer>, Supervisor) {
@@ -423,35 +413,23 @@ mod tests {
             ..Default::default()
         };
         crate::registry::create(&db, vec![spec]).await.unwrap();
-        let me = HeadRecord {
-            name: "h1".into(),
-            ip: "10.0.0.1".parse().unwrap(),
-            api_url: "http://10.0.0.1:80".into(),
-            version: "t".into(),
-            started: 0,
-            db_mode: DbMode::Embedded,
-            ssh_keys: Vec::new(),
-            peer_url: None,
-        };
+        let me = HeadRecord::for_test("h1", 1);
         let sup = Supervisor::new();
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(Duration::from_secs(5)).await);
         let view = Arc::new(ClusterView::fixed(me.clone(), vec![me], &["h1"]));
         let settings = DhcpSettings {
-            interface: "x".into(),
+            net: BootNet {
+                interface: Some("x".into()),
+                netmask: "255.255.255.0".parse().unwrap(),
+                lease_secs: 600,
+                defer_ms: 0,
+                bios_file: "undionly.kpxe".into(),
+                efi_file: "snponly.efi".into(),
+                ..BootNet::default()
+            },
             server_ip: "10.0.0.1".parse().unwrap(),
-            port: 67,
-            netmask: "255.255.255.0".parse().unwrap(),
-            router: None,
-            dns: vec![],
-            domain: None,
-            lease_secs: 600,
-            register_unknown: false,
-            first_ip: None,
-            defer: Duration::ZERO,
             http_base: "http://10.0.0.1:80".into(),
-            bios_file: "undionly.kpxe".into(),
-            efi_file: "snponly.efi".into(),
         };
         (DhcpServer::new(db, nodes, view, settings), sup)
     }

@@ -11,7 +11,6 @@ use crate::core::supervisor::Stage;
 use crate::registry::cache::NodeCache;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Why network boot could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,22 +38,7 @@ pub async fn start(ctx: &Ctx<'_>, nodes: &Arc<NodeCache>, hub: &Arc<Hub>) -> Res
     let server_ip = clusterware_shared::sys::interface_ip(&iface)
         .or(cfg.head_ip)
         .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
-    let settings = dhcp::DhcpSettings {
-        interface: iface.clone(),
-        server_ip,
-        port: cfg.boot.dhcp_port,
-        netmask: cfg.boot.netmask,
-        router: cfg.boot.router,
-        dns: cfg.boot.dns.clone(),
-        domain: cfg.boot.domain.clone(),
-        lease_secs: cfg.boot.lease_secs,
-        register_unknown: cfg.boot.register_unknown,
-        first_ip: cfg.boot.first_ip,
-        defer: Duration::from_millis(cfg.boot.defer_ms),
-        http_base: view.me.api_url.clone(),
-        bios_file: cfg.boot.bios_file.clone(),
-        efi_file: cfg.boot.efi_file.clone(),
-    };
+    let settings = dhcp::DhcpSettings { net: cfg.boot.clone(), server_ip, http_base: view.me.api_url.clone() };
     let dhcp_sock = dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
     let tftp_sock = tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
         .await

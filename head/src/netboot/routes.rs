@@ -4,6 +4,7 @@ use crate::agent_channel::Hub;
 use crate::agent_channel::routes::mac_param;
 use crate::bootcfg::{self, BootError};
 use crate::core::db::Database;
+use crate::core::error::RecordError;
 use crate::core::http::{ApiResult, Routes, query_pairs};
 use crate::core::schema::HeadRecord;
 use axum::Router;
@@ -59,7 +60,7 @@ async fn boot_script(State(st): State<Arc<Api>>, RawQuery(q): RawQuery) -> ApiRe
     };
     let cfg = match bootcfg::get_config(&st.db, &name).await {
         Ok((c, _)) => c,
-        Err(BootError::NotFound(_)) => {
+        Err(BootError::Record(RecordError::NotFound(_))) => {
             let why = format!("{}'s boot config {name:?} does not exist", node.name);
             tracing::warn!(node = %node.name, %mac, "{why}");
             return Ok(retry_script(&base, &mac, &why));
@@ -76,7 +77,7 @@ async fn boot_script(State(st): State<Arc<Api>>, RawQuery(q): RawQuery) -> ApiRe
                     args.push(format!("cw.image_sha256={}", rec.sha256));
                 }
             }
-            Err(BootError::NotFound(_)) => {
+            Err(BootError::Record(RecordError::NotFound(_))) => {
                 let why = format!("boot config {name:?} names image {img:?}, which does not exist");
                 return Ok(retry_script(&base, &mac, &why));
             }

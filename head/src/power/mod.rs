@@ -21,26 +21,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
-impl crate::core::http::HasKind for SecretError {
-    fn kind(&self) -> clusterware_shared::api::ErrorKind {
-        use clusterware_shared::api::ErrorKind;
-        match self {
-            SecretError::Invalid(_) => ErrorKind::BadRequest,
-            SecretError::NotFound(_) => ErrorKind::NotFound,
-            SecretError::Db(e) => e.kind(),
-        }
-    }
-}
+/// See [`RecordError`](crate::core::error::RecordError).
+pub type SecretError = crate::core::error::RecordError;
 
 fn check_name(name: &str) -> Result<(), SecretError> {
     clusterware_shared::ids::validate_attr_key(name).map_err(|e| SecretError::Invalid(format!("secret name: {e}")))

@@ -14,7 +14,7 @@ pub mod routes;
 
 pub mod cache;
 
-use crate::core::db::{Compare, Database, DbError, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
+use crate::core::db::{Compare, Database, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
 use crate::core::schema;
 use crate::core::schema::NODES;
 use crate::core::unix_now as now;
@@ -47,32 +47,8 @@ fn describe(claim: &str) -> String {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("corrupt record {key}: {reason}")]
-    Corrupt { key: String, reason: String },
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
-impl crate::core::http::HasKind for RegistryError {
-    fn kind(&self) -> clusterware_shared::api::ErrorKind {
-        use clusterware_shared::api::ErrorKind;
-        match self {
-            RegistryError::Invalid(_) => ErrorKind::BadRequest,
-            RegistryError::Conflict(_) => ErrorKind::Conflict,
-            RegistryError::NotFound(_) => ErrorKind::NotFound,
-            RegistryError::Corrupt { .. } => ErrorKind::Internal,
-            RegistryError::Db(e) => e.kind(),
-        }
-    }
-}
+/// See [`RecordError`](crate::core::error::RecordError).
+pub type RegistryError = crate::core::error::RecordError;
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
