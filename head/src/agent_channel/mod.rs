@@ -22,6 +22,7 @@ pub mod keys;
 
 use crate::core::db::{Compare, Database, DbError, KeyValue, LeaseId, Txn, TxnOp};
 use crate::core::follow::{Change, Mirror, follow};
+use crate::core::peers::Peers;
 use crate::core::schema;
 use crate::core::schema::{COMMANDS, CommandRecord, CommandResult, HeadRecord, KEYS, STATUS, StatusRecord};
 use crate::core::supervisor::{Stage, Supervisor};
@@ -180,8 +181,8 @@ pub struct Hub {
     complaints: Complaints,
     pub counters: HubCounters,
     stop: watch::Receiver<bool>,
-    http: reqwest::Client,
-    token: String,
+    /// Other heads (node reports of the nodes they parent).
+    peers: Peers,
 }
 
 fn status_secs_of(node: &Node) -> (u32, Option<String>) {
@@ -238,8 +239,7 @@ impl Hub {
             complaints: Complaints::default(),
             counters: HubCounters::default(),
             stop: sup.stop_signal(Stage::Serve),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
-            token,
+            peers: Peers::new(Some(&token), crate::core::peers::timeouts(5)),
         });
         let h = hub.clone();
         sup.spawn(Stage::Views, "status follow", move |stop| {
@@ -910,27 +910,14 @@ impl Hub {
     }
 
     async fn ask_reports(&self, head: Arc<HeadRecord>, uids: Vec<String>) -> Option<BTreeMap<String, StatusReport>> {
-        let url = format!("{}{}/nodes/reports", head.api_url, clusterware_shared::api::PREFIX);
-        let body = serde_json::to_vec(&clusterware_shared::api::DeleteNodes { nodes: uids }).ok()?;
-        let r = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await;
-        match r {
-            Ok(resp) if resp.status().is_success() => {
-                let body = resp.bytes().await.ok()?;
-                serde_json::from_slice::<BTreeMap<String, StatusReport>>(&body).ok()
-            }
-            Ok(resp) => {
-                tracing::warn!(head = %head.name, status = %resp.status(), "peer did not give node reports");
-                None
-            }
+        let asked = match self.peers.to(&head.api_url) {
+            Ok(c) => c.node_reports(&clusterware_shared::api::DeleteNodes { nodes: uids }).await,
+            Err(e) => Err(e),
+        };
+        match asked {
+            Ok(reports) => Some(reports),
             Err(e) => {
-                tracing::warn!(head = %head.name, error = %e, "cannot ask peer for node reports");
+                tracing::warn!(head = %head.name, error = %e, "peer did not give node reports");
                 None
             }
         }

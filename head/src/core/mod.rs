@@ -16,6 +16,7 @@ pub mod error;
 pub mod follow;
 pub mod heads;
 pub mod http;
+pub mod peers;
 pub mod schema;
 pub mod supervisor;
 pub mod sys;

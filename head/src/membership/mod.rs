@@ -12,6 +12,7 @@ pub mod routes;
 pub mod dump;
 
 use crate::core::db::{Compare, Database, DbError, Member, Refusal, Txn, TxnOp};
+use crate::core::peers::Peers;
 use crate::core::schema;
 use crate::core::schema::{ALIVE, DbMode, EJECTED, EjectedRecord, FAILOVER, HEADS, HeadRecord};
 
@@ -82,12 +83,13 @@ pub struct Control {
     /// How the head reaches its database (set once it is open).
     pub db_mode: std::sync::Mutex<Option<DbMode>>,
     restart: Notify,
-    http: reqwest::Client,
+    /// The other heads (membership questions).
+    peers: Peers,
 }
 
 impl Control {
     pub fn new(config_path: PathBuf, name: String, api_url: String, peer_url: String, token: String) -> Control {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap_or_default();
+        let peers = Peers::new(Some(&token), crate::core::peers::timeouts(3));
         Control {
             config_path,
             name,
@@ -96,7 +98,7 @@ impl Control {
             token,
             db_mode: std::sync::Mutex::new(None),
             restart: Notify::new(),
-            http,
+            peers,
         }
     }
 
@@ -145,44 +147,25 @@ impl Control {
         }
     }
 
-    async fn peer_get<T: serde::de::DeserializeOwned>(&self, url: &str, path: &str) -> Option<T> {
-        let r = self
-            .http
-            .get(format!("{url}/api/v1{path}"))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        serde_json::from_slice(&r.bytes().await.ok()?).ok()
+    /// What the head at `url` says of its cluster; `None` when it does not answer.
+    async fn peer_cluster(&self, url: &str) -> Option<ClusterInfo> {
+        self.peers.to(url).ok()?.cluster(false).await.ok()
     }
 
     /// Asks the other heads to promote this head's learner member; true once one did.
     pub async fn request_promotion(&self, peers: &[String]) -> bool {
         for url in peers {
-            let r = self
-                .http
-                .post(format!("{url}/api/v1/cluster/promote"))
-                .header("Authorization", format!("Bearer {}", self.token))
-                .header("Content-Type", "application/json")
-                .body(
-                    serde_json::to_vec(&clusterware_shared::api::HeadRef { head: self.name.clone() })
-                        .expect("serialises"),
-                )
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().is_success() => {
+            let asked = match self.peers.to(url) {
+                Ok(c) => c.promote(&clusterware_shared::api::HeadRef { head: self.name.clone() }).await,
+                Err(e) => Err(e),
+            };
+            match asked {
+                Ok(_) => {
                     tracing::info!(via = %url, "this head's etcd member was promoted to a voting member");
                     return true;
                 }
-                Ok(r) => {
-                    let body = r.text().await.unwrap_or_default();
-                    tracing::debug!(via = %url, %body, "promotion not possible yet");
-                }
-                Err(e) => tracing::debug!(via = %url, error = %e, "cannot ask for promotion"),
+                Err(e) if e.is_transport() => tracing::debug!(via = %url, error = %e, "cannot ask for promotion"),
+                Err(e) => tracing::debug!(via = %url, error = %e, "promotion not possible yet"),
             }
         }
         false
@@ -192,7 +175,7 @@ impl Control {
     pub async fn removed_per_peers(&self, peers: &[String]) -> bool {
         for _ in 0..20 {
             for url in peers {
-                if let Some(info) = self.peer_get::<ClusterInfo>(url, "/cluster").await {
+                if let Some(info) = self.peer_cluster(url).await {
                     return !info.members.iter().any(|m| m.name == self.name || m.peer_urls.contains(&self.peer_url));
                 }
             }
@@ -204,7 +187,7 @@ impl Control {
     /// True when a head of the cluster that answers says this head was ejected.
     pub async fn ejected_per_peers(&self, peers: &[String]) -> Option<String> {
         for url in peers {
-            if let Some(info) = self.peer_get::<ClusterInfo>(url, "/cluster").await {
+            if let Some(info) = self.peer_cluster(url).await {
                 let member = info.members.iter().any(|m| m.name == self.name || m.peer_urls.contains(&self.peer_url));
                 if !member && info.ejected.contains(&self.name) {
                     return Some(info.head);

@@ -25,6 +25,7 @@
 pub mod routes;
 
 use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::core::peers::Peers;
 use crate::core::schema;
 use crate::core::schema::{ALIVE, DELETED, DeletedEntry, FILES, HEADS, HeadRecord};
 
@@ -173,7 +174,8 @@ pub struct Storage {
     /// The verification cache changed since it was last saved.
     verified_dirty: std::sync::atomic::AtomicBool,
     flights: Mutex<HashMap<(String, bool), Flight>>,
-    http: reqwest::Client,
+    /// Other heads (boot file contents need no credential).
+    peers: Peers,
     counters: Counters,
     /// The records read last, by id: while the database has no quorum, a file whose copy was
     /// verified against its record is still served.
@@ -220,11 +222,6 @@ impl Storage {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .read_timeout(PEER_READ_TIMEOUT)
-            .build()
-            .map_err(|e| StorageError::Invalid(format!("HTTP client: {e}")))?;
         Ok(Arc::new(Storage {
             dir: dir.to_path_buf(),
             tmp,
@@ -233,7 +230,7 @@ impl Storage {
             verified: Mutex::new(verified),
             verified_dirty: std::sync::atomic::AtomicBool::new(false),
             flights: Mutex::new(HashMap::new()),
-            http,
+            peers: Peers::new(None, crate::core::peers::timeouts(PEER_READ_TIMEOUT.as_secs())),
             counters: Counters::default(),
             records: Mutex::new(HashMap::new()),
         }))
@@ -452,37 +449,45 @@ impl Storage {
         let peers = self.peers().await?;
         let total = peers.len();
         for p in peers {
-            let url = format!("{}/api/v1/files/{}/content?peer=1", p.api_url, rec.id);
-            // The declared length, from the header: a HEAD response has no body to measure.
-            let declared = |r: &reqwest::Response| {
-                r.headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-            };
-            match self.http.head(&url).send().await {
-                Ok(r) if r.status().is_success() && declared(&r) == Some(rec.size) => {}
-                Ok(r) => {
-                    tracing::debug!(file = %rec.id, peer = %p.name, status = %r.status(), "peer has no good copy");
+            let client = match self.peers.to(&p.api_url) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(file = %rec.id, peer = %p.name, error = %e, "peer cannot be asked");
                     continue;
                 }
-                Err(e) => {
+            };
+            // Whether the peer has a good copy of the right size (it answers from its local copy
+            // only, and only once verified).
+            match client.file_content_info(&rec.id, true).await {
+                Ok(info) if info.len == Some(rec.size) => {}
+                Ok(_) => {
+                    tracing::debug!(file = %rec.id, peer = %p.name, "peer has a copy of another size");
+                    continue;
+                }
+                Err(e) if e.is_transport() => {
                     tracing::info!(file = %rec.id, peer = %p.name, error = %e, "peer did not answer");
                     continue;
                 }
-            }
-            let resp = match self.http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => r,
-                Ok(r) => {
-                    tracing::info!(file = %rec.id, peer = %p.name, status = %r.status(), "peer refused the download");
+                Err(e) => {
+                    tracing::debug!(file = %rec.id, peer = %p.name, error = %e, "peer has no good copy");
                     continue;
                 }
+            }
+            let download = match client.file_content(&rec.id, true).await {
+                Ok(d) => d,
                 Err(e) => {
                     tracing::info!(file = %rec.id, peer = %p.name, error = %e, "peer download failed");
                     continue;
                 }
             };
-            let stream = resp.bytes_stream().map(|r| r.map_err(|e| e.to_string()));
+            let stream = futures::stream::unfold(Some(download), |d| async move {
+                let mut d = d?;
+                match d.chunk().await {
+                    Ok(Some(b)) => Some((Ok(b), Some(d))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e.to_string()), None)),
+                }
+            });
             match self.receive(&rec.id, stream, rec.size, Some(&rec.sha256)).await {
                 Ok(_) => {
                     self.counters.peer_downloads.fetch_add(1, Ordering::Relaxed);
