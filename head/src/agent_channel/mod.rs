@@ -227,7 +227,7 @@ impl Hub {
     ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             nodes,
-            keys: Mirror::spawn(db.clone(), KEYS, decode, sup),
+            keys: Mirror::spawn(db.clone(), KEYS, sup),
             me: view.me.clone(),
             view,
             db: db.clone(),

@@ -69,23 +69,24 @@ pub struct Mirror<T> {
     ready: watch::Sender<bool>,
 }
 
-impl<T: Send + Sync + 'static> Mirror<T> {
+/// A record under `prefix` decoded, or `None` with a warning naming its key (an unreadable
+/// record is left out of in-memory tables rather than stopping them).
+pub fn decoded<T: serde::de::DeserializeOwned>(prefix: &str, kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %format!("{prefix}{}", kv.key), error = %e, "ignoring unreadable record");
+            None
+        }
+    }
+}
+
+impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Mirror<T> {
     /// Starts following `prefix`; records that do not decode are logged and left out.
-    pub fn spawn(
-        db: Database,
-        prefix: &'static str,
-        decode: fn(&KeyValue) -> Result<T, String>,
-        sup: &Supervisor,
-    ) -> Arc<Mirror<T>> {
+    pub fn spawn(db: Database, prefix: &'static str, sup: &Supervisor) -> Arc<Mirror<T>> {
         let m = Arc::new(Mirror { map: RwLock::new(BTreeMap::new()), ready: watch::channel(false).0 });
         let m2 = m.clone();
-        let dec = move |kv: &KeyValue| match decode(kv) {
-            Ok(v) => Some(Arc::new(v)),
-            Err(e) => {
-                tracing::warn!(key = %format!("{prefix}{}", kv.key), error = %e, "ignoring unreadable record");
-                None
-            }
-        };
+        let dec = move |kv: &KeyValue| decoded::<T>(prefix, kv).map(Arc::new);
         sup.spawn(Stage::Views, prefix, move |stop| {
             follow(
                 db,

@@ -3,7 +3,7 @@
 //! heads a node is given, a node's preferred head, and the hash that orders nodes
 //! ([`order_hash`]: rebalancing and head lists).
 
-use crate::core::db::{Database, KeyValue};
+use crate::core::db::Database;
 use crate::core::follow::Mirror;
 use crate::core::schema::{ALIVE, AliveRecord, HEADS, HeadRecord};
 use crate::core::supervisor::Supervisor;
@@ -18,10 +18,6 @@ use std::time::{Duration, Instant};
 /// standard library's hasher), for orders that heads must agree on without talking.
 pub fn order_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, String> {
-    serde_json::from_slice(&kv.value).map_err(|e| e.to_string())
 }
 
 /// Log lines about what a remote party keeps doing, at most once a minute per subject, in
@@ -60,8 +56,8 @@ impl ClusterView {
     /// Starts following `heads/` and `alive/`.
     pub fn spawn(db: &Database, me: HeadRecord, sup: &Supervisor) -> Arc<ClusterView> {
         Arc::new(ClusterView {
-            heads: Mirror::spawn(db.clone(), HEADS, decode, sup),
-            alive: Mirror::spawn(db.clone(), ALIVE, decode, sup),
+            heads: Mirror::spawn(db.clone(), HEADS, sup),
+            alive: Mirror::spawn(db.clone(), ALIVE, sup),
             me,
             complaints: Complaints::default(),
         })

@@ -2,8 +2,7 @@
 //! requests (status pushes, long polls) are answered without a database round trip.
 
 use crate::core::db::Database;
-use crate::core::follow::{Change, follow};
-use crate::core::schema;
+use crate::core::follow::{Change, decoded, follow};
 use crate::core::schema::NODES;
 use crate::core::supervisor::{Stage, Supervisor};
 use clusterware_shared::api::Node;
@@ -48,13 +47,7 @@ impl NodeCache {
     pub fn spawn(db: Database, sup: &Supervisor) -> Arc<NodeCache> {
         let c = Arc::new(NodeCache { tables: RwLock::new(Tables::default()), ready: watch::channel(false).0 });
         let c2 = c.clone();
-        let decode = |kv: &crate::core::db::KeyValue| match serde_json::from_slice::<Node>(&kv.value) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                tracing::warn!(key = %schema::node(&kv.key), error = %e, "ignoring unreadable node record");
-                None
-            }
-        };
+        let decode = |kv: &crate::core::db::KeyValue| decoded::<Node>(NODES, kv);
         sup.spawn(Stage::Views, "node table", move |stop| {
             follow(
                 db,
