@@ -3,6 +3,7 @@
 pub mod dhcp;
 pub mod ra;
 pub mod routes;
+pub mod script;
 pub mod tftp;
 
 use crate::agent_channel::Hub;

@@ -12,7 +12,9 @@ use crate::core::db::{Database, DbError, Txn, TxnOp};
 use crate::core::schema;
 use crate::core::schema::{SECRETS, SecretRecord};
 use clusterware_shared::api::Node;
-use clusterware_shared::power::{BootDevice, NodePower, PowerAction, PowerOutcome, SecretInfo, parse_bmc_addr};
+use clusterware_shared::power::{
+    BootDevice, NodePower, PowerAction, PowerOutcome, PowerRequest, SecretInfo, parse_bmc_addr,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -192,6 +194,33 @@ fn reason(stderr: &str, stdout: &str, bmc: &Bmc) -> String {
     });
     let line: String = line.chars().filter(|c| !c.is_control()).take(300).collect();
     if bmc.pass.is_empty() { line } else { line.replace(&bmc.pass, "********") }
+}
+
+/// Checks a power request on its own (before any node is looked up).
+pub fn check(req: &PowerRequest) -> Result<(), String> {
+    if req.nodes.is_empty() {
+        return Err("no nodes selected".into());
+    }
+    if !(1..=600).contains(&req.timeout_secs) {
+        return Err(format!("timeout {} s is not from 1 to 600", req.timeout_secs));
+    }
+    if req.soft && req.action != PowerAction::Off {
+        return Err("--soft applies to `off` only".into());
+    }
+    if req.boot.is_some() && matches!(req.action, PowerAction::Status | PowerAction::Off) {
+        return Err("a boot device applies to on, cycle and reset".into());
+    }
+    Ok(())
+}
+
+/// The action as the command line says it, for the log (`cycle --pxe`, `off --soft`).
+pub fn describe(req: &PowerRequest) -> String {
+    match (req.action, req.soft, req.boot) {
+        (a, true, _) => format!("{} --soft", a.name()),
+        (a, _, Some(BootDevice::Pxe)) => format!("{} --pxe", a.name()),
+        (a, _, Some(BootDevice::Disk)) => format!("{} --disk", a.name()),
+        (a, _, None) => a.name().to_string(),
+    }
 }
 
 /// Settings for power commands.
@@ -416,6 +445,31 @@ mod tests {
         let r = reason("Loading\nsomething odd happened with s3cret\u{7}\n", "", &b);
         assert_eq!(r, "something odd happened with ********");
         assert_eq!(reason("", "", &b), "ipmitool failed without a message");
+    }
+
+    #[test]
+    fn requests_are_checked_before_any_node_is_touched() {
+        let req = |action, soft, boot, nodes: usize, timeout_secs| PowerRequest {
+            nodes: (0..nodes).map(|i| format!("u{i}")).collect(),
+            action,
+            soft,
+            boot,
+            timeout_secs,
+        };
+        assert!(check(&req(PowerAction::Cycle, false, Some(BootDevice::Pxe), 1, 30)).is_ok());
+        assert_eq!(describe(&req(PowerAction::Cycle, false, Some(BootDevice::Pxe), 1, 30)), "cycle --pxe");
+        assert_eq!(describe(&req(PowerAction::Off, true, None, 1, 30)), "off --soft");
+        for (r, want) in [
+            (req(PowerAction::Status, false, None, 0, 30), "no nodes selected"),
+            (req(PowerAction::Status, false, None, 1, 0), "not from 1 to 600"),
+            (req(PowerAction::Status, false, None, 1, 601), "not from 1 to 600"),
+            (req(PowerAction::On, true, None, 1, 30), "--soft applies to `off` only"),
+            (req(PowerAction::Off, false, Some(BootDevice::Disk), 1, 30), "a boot device applies"),
+            (req(PowerAction::Status, false, Some(BootDevice::Pxe), 1, 30), "a boot device applies"),
+        ] {
+            let e = check(&r).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

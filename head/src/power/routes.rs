@@ -40,19 +40,8 @@ async fn node_power(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: clusterware_shared::power::PowerRequest = parse(&body)?;
-    use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerResults};
-    if req.nodes.is_empty() {
-        return Err(ApiFailure::bad_request("no nodes selected"));
-    }
-    if !(1..=600).contains(&req.timeout_secs) {
-        return Err(ApiFailure::bad_request(format!("timeout {} s is not from 1 to 600", req.timeout_secs)));
-    }
-    if req.soft && req.action != PowerAction::Off {
-        return Err(ApiFailure::bad_request("--soft applies to `off` only"));
-    }
-    if req.boot.is_some() && matches!(req.action, PowerAction::Status | PowerAction::Off) {
-        return Err(ApiFailure::bad_request("a boot device applies to on, cycle and reset"));
-    }
+    use clusterware_shared::power::{PowerAction, PowerOutcome, PowerResults};
+    power::check(&req).map_err(ApiFailure::bad_request)?;
     let nodes = st.hub.resolve(&req.nodes).await?;
     let who: String = headers
         .get("x-clusterware-user")
@@ -62,12 +51,7 @@ async fn node_power(
         .filter(|c| c.is_ascii_graphic() || *c == ' ')
         .take(64)
         .collect();
-    let action = match (req.action, req.soft, req.boot) {
-        (a, true, _) => format!("{} --soft", a.name()),
-        (a, _, Some(BootDevice::Pxe)) => format!("{} --pxe", a.name()),
-        (a, _, Some(BootDevice::Disk)) => format!("{} --disk", a.name()),
-        (a, _, None) => a.name().to_string(),
-    };
+    let action = power::describe(&req);
     let results = power::run(
         &st.db,
         &st.power,

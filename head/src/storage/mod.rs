@@ -797,6 +797,51 @@ pub fn quarantine(path: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// An upload's parameters (`PUT /files?name=&kind=&size=[&sha256=]`), checked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upload {
+    pub name: String,
+    pub kind: String,
+    pub size: u64,
+    /// Lowercase.
+    pub sha256: Option<String>,
+}
+
+impl Upload {
+    /// From the query's pairs and the request's `Content-Length` (`size=` may stand for it;
+    /// when both are given they must agree).
+    pub fn from_query(pairs: &[(String, String)], content_length: Option<u64>) -> std::result::Result<Upload, String> {
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let name = get("name").ok_or("name= is required")?;
+        if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+            return Err(format!("{name:?} is not a file name (1-255 characters, no '/')"));
+        }
+        let kind = get("kind").unwrap_or("other");
+        if !clusterware_shared::api::FILE_KINDS.contains(&kind) {
+            return Err(format!("kind {kind:?} is not one of {}", clusterware_shared::api::FILE_KINDS.join(", ")));
+        }
+        let size = match get("size") {
+            Some(s) => s.parse::<u64>().map_err(|_| format!("size {s:?} is not a number"))?,
+            None => content_length.ok_or("the upload needs size= or a Content-Length")?,
+        };
+        if let Some(d) = content_length.filter(|d| *d != size) {
+            return Err(format!("Content-Length {d} differs from size={size}"));
+        }
+        let sha256 = get("sha256");
+        if let Some(s) = sha256 {
+            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("sha256 {s:?} is not 64 hex digits"));
+            }
+        }
+        Ok(Upload {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            size,
+            sha256: sha256.map(|s| s.to_ascii_lowercase()),
+        })
+    }
+}
+
 /// Starts storage: opens the directory (checked now: a head without its storage does not start),
 /// starts the audits and the deletion sweep, and serves the file routes.
 pub fn start(ctx: &crate::core::Ctx) -> Result<Arc<Storage>> {
@@ -856,6 +901,30 @@ async fn storage_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_parameters_are_checked() {
+        let q = |s: &[(&str, &str)]| s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let ok =
+            Upload::from_query(&q(&[("name", "vmlinuz"), ("kind", "kernel"), ("sha256", &"AB".repeat(32))]), Some(5));
+        assert_eq!(
+            ok.unwrap(),
+            Upload { name: "vmlinuz".into(), kind: "kernel".into(), size: 5, sha256: Some("ab".repeat(32)) }
+        );
+        for (pairs, len, want) in [
+            (q(&[]), Some(5), "name= is required"),
+            (q(&[("name", "a/b")]), Some(5), "is not a file name"),
+            (q(&[("name", "")]), Some(5), "is not a file name"),
+            (q(&[("name", "x"), ("kind", "weird")]), Some(5), "is not one of"),
+            (q(&[("name", "x")]), None, "needs size= or a Content-Length"),
+            (q(&[("name", "x"), ("size", "ten")]), None, "is not a number"),
+            (q(&[("name", "x"), ("size", "6")]), Some(5), "differs from size=6"),
+            (q(&[("name", "x"), ("sha256", "00")]), Some(5), "not 64 hex digits"),
+        ] {
+            let e = Upload::from_query(&pairs, len).unwrap_err();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+        }
+    }
 
     /// A verification made right after the file's last change is not trusted (the racy case);
     /// one made later is, for the same stamp and checksum only.

@@ -1,14 +1,14 @@
 //! The storage API: uploads, the file list and counters, and file contents (no credential: nodes and peers read them; a file is served only once verified).
 
 use crate::core::http::{ApiFailure, ApiResult, Routes, json, query_pairs};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Storage, StorageError, Upload};
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clusterware_shared::api::path;
-use clusterware_shared::api::{FILE_KINDS, FileList, is_file_id};
+use clusterware_shared::api::{FileList, is_file_id};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -43,42 +43,14 @@ async fn upload_file(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let pairs = query_pairs(q.as_deref())?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let name = get("name").ok_or_else(|| ApiFailure::bad_request("name= is required"))?;
-    if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
-        return Err(ApiFailure::bad_request(format!("{name:?} is not a file name (1-255 characters, no '/')")));
-    }
-    let kind = get("kind").unwrap_or("other");
-    if !FILE_KINDS.contains(&kind) {
-        return Err(ApiFailure::bad_request(format!("kind {kind:?} is not one of {}", FILE_KINDS.join(", "))));
-    }
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let size = match get("size") {
-        Some(s) => s.parse::<u64>().map_err(|_| ApiFailure::bad_request(format!("size {s:?} is not a number")))?,
-        None => declared.ok_or_else(|| ApiFailure::bad_request("the upload needs size= or a Content-Length"))?,
-    };
-    if declared.is_some_and(|d| d != size) {
-        return Err(ApiFailure::bad_request(format!(
-            "Content-Length {} differs from size={size}",
-            declared.unwrap_or(0)
-        )));
-    }
-    let sha = get("sha256");
-    if let Some(s) = sha {
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiFailure::bad_request(format!("sha256 {s:?} is not 64 hex digits")));
-        }
-    }
-    let rec = st
-        .storage
-        .upload(name, kind, size, sha.map(|s| s.to_ascii_lowercase()).as_deref(), body.into_data_stream())
-        .await
-        .map_err(|e| match e {
-            StorageError::Invalid(m) => ApiFailure::bad_request(format!("upload of {name} refused: {m}")),
-            e => e.into(),
-        })?;
+    let up = Upload::from_query(&query_pairs(q.as_deref())?, declared).map_err(ApiFailure::bad_request)?;
+    let (name, kind, size, sha) = (up.name.as_str(), up.kind.as_str(), up.size, up.sha256.as_deref());
+    let rec = st.storage.upload(name, kind, size, sha, body.into_data_stream()).await.map_err(|e| match e {
+        StorageError::Invalid(m) => ApiFailure::bad_request(format!("upload of {name} refused: {m}")),
+        e => e.into(),
+    })?;
     tracing::info!(%peer, id = %rec.id, name = %rec.name, size = rec.size, kind = %rec.kind, "file uploaded");
     Ok(json(StatusCode::CREATED, &rec))
 }
