@@ -6,8 +6,11 @@
 //! console and retried with backoff (1 s doubling to 30 s); nothing here makes the kernel panic.
 
 use crate::client::{Endpoint, HeadClient};
+use crate::sys;
 use clusterware_shared::api::path;
 use clusterware_shared::ids::MacAddr;
+use nix::errno::Errno;
+use nix::mount::MsFlags;
 use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -20,18 +23,17 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in literal paths")
 }
 
-fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), String> {
+fn mount(src: &str, target: &str, fstype: &str, data: &str) -> Result<(), String> {
     let _ = std::fs::create_dir_all(target);
-    let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
-    // SAFETY: mount(2) with valid NUL-terminated strings.
-    let r = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            return Err(format!("mount {fstype} on {target}: {e}"));
-        }
+    match nix::mount::mount(Some(src), target, Some(fstype), MsFlags::empty(), Some(data)) {
+        Ok(()) | Err(Errno::EBUSY) => Ok(()),
+        Err(e) => Err(format!("mount {fstype} on {target}: {}", std::io::Error::from(e))),
     }
-    Ok(())
+}
+
+/// Moves the mount at `from` to `to` (`MS_MOVE`).
+fn move_mount(from: &str, to: &str) -> nix::Result<()> {
+    nix::mount::mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
 }
 
 /// What the kernel command line says.
@@ -75,15 +77,9 @@ fn load_modules() {
                 continue;
             }
         };
-        let params = cstr("");
-        // SAFETY: finit_module with an open module file and empty parameters.
-        let r =
-            unsafe { libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&f), params.as_ptr(), 0) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                say(&format!("cannot load {path}: {e}"));
-            }
+        match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => say(&format!("cannot load {path}: {}", std::io::Error::from(e))),
         }
     }
 }
@@ -106,54 +102,6 @@ fn find_interface(mac: &MacAddr, within: Duration) -> Result<String, String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
-        r.ifr_name[i] = b as libc::c_char;
-    }
-    r
-}
-
-fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size on Linux; sockaddr is plain data.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-fn ioctl(req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> Result<(), String> {
-    // SAFETY: a datagram socket for interface ioctls, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if fd < 0 {
-        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the ioctl's argument matches the request (caller's contract).
-    let r = unsafe { libc::ioctl(fd, req as _, arg) };
-    let e = std::io::Error::last_os_error();
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(fd) };
-    if r != 0 && e.raw_os_error() != Some(libc::EEXIST) {
-        return Err(format!("{what}: {e}"));
-    }
-    Ok(())
-}
-
-fn link_up(name: &str) -> Result<(), String> {
-    for n in ["lo", name] {
-        let mut r = ifreq(n);
-        ioctl(libc::SIOCGIFFLAGS, (&mut r as *mut libc::ifreq).cast(), &format!("flags of {n}"))?;
-        // SAFETY: ifru_flags is the union member SIOCGIFFLAGS filled.
-        unsafe { r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
-        ioctl(libc::SIOCSIFFLAGS, (&mut r as *mut libc::ifreq).cast(), &format!("bringing up {n}"))?;
-    }
-    Ok(())
 }
 
 /// An address from DHCP.
@@ -229,20 +177,8 @@ pub fn parse_reply(
 fn dhcp(iface: &str, mac: &MacAddr) -> Result<Lease, String> {
     let s = UdpSocket::bind("0.0.0.0:68").map_err(|e| format!("DHCP socket: {e}"))?;
     s.set_broadcast(true).map_err(|e| e.to_string())?;
-    let dev = cstr(iface);
-    // SAFETY: SO_BINDTODEVICE with a NUL-terminated interface name.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            dev.as_ptr().cast(),
-            (iface.len() + 1) as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(format!("binding the DHCP socket to {iface}: {}", std::io::Error::last_os_error()));
-    }
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::BindToDevice, &iface.into())
+        .map_err(|e| format!("binding the DHCP socket to {iface}: {}", std::io::Error::from(e)))?;
     s.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
     let to: SocketAddr = "255.255.255.255:67".parse().expect("literal address");
     let xid = (std::process::id() as u32)
@@ -285,22 +221,9 @@ fn dhcp(iface: &str, mac: &MacAddr) -> Result<Lease, String> {
 }
 
 fn configure(iface: &str, lease: &Lease) -> Result<(), String> {
-    let mut r = ifreq(iface);
-    r.ifr_ifru.ifru_addr = sockaddr(lease.ip);
-    ioctl(libc::SIOCSIFADDR, (&mut r as *mut libc::ifreq).cast(), "setting the address")?;
-    let mut r = ifreq(iface);
-    r.ifr_ifru.ifru_netmask = sockaddr(lease.mask);
-    ioctl(libc::SIOCSIFNETMASK, (&mut r as *mut libc::ifreq).cast(), "setting the netmask")?;
+    sys::set_address(iface, lease.ip, lease.mask)?;
     if let Some(gw) = lease.router {
-        // SAFETY: rtentry is plain data; zeroed is a valid value.
-        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-        rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
-        rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-        rt.rt_gateway = sockaddr(gw);
-        rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
-        let dev = cstr(iface);
-        rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
-        ioctl(libc::SIOCADDRT, (&mut rt as *mut libc::rtentry).cast(), "adding the default route")?;
+        sys::add_default_route(iface, gw)?;
     }
     Ok(())
 }
@@ -373,9 +296,9 @@ pub fn unpack(archive: &[u8], root: &std::path::Path) -> Result<usize, String> {
                 std::os::unix::fs::symlink(&target, &p).map_err(|err| format!("{}: {err}", p.display()))?;
             }
             0o020000 => {
-                let c = cstr(&p.to_string_lossy());
-                // SAFETY: mknod of a character device with a valid path.
-                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | perm, libc::makedev(e.rdev.0, e.rdev.1)) };
+                use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+                let dev = makedev(e.rdev.0.into(), e.rdev.1.into());
+                let _ = mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(perm), dev);
             }
             _ => {}
         }
@@ -387,30 +310,25 @@ fn switch_root(new_root: &str, init: &str) -> String {
     for d in ["dev", "proc", "sys", "run"] {
         let target = format!("{new_root}/{d}");
         let _ = std::fs::create_dir_all(&target);
-        let (s, t) = (cstr(&format!("/{d}")), cstr(&target));
-        // SAFETY: moving a mount point with valid paths.
-        unsafe { libc::mount(s.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) };
+        let _ = move_mount(&format!("/{d}"), &target);
     }
-    let root = cstr(new_root);
-    let dot = cstr(".");
-    let slash = cstr("/");
-    // SAFETY: the classic switch_root sequence; every string is NUL-terminated.
-    unsafe {
-        if libc::chdir(root.as_ptr()) != 0 {
-            return format!("chdir {new_root}: {}", std::io::Error::last_os_error());
-        }
-        if libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) != 0 {
-            return format!("moving {new_root} to /: {}", std::io::Error::last_os_error());
-        }
-        if libc::chroot(dot.as_ptr()) != 0 {
-            return format!("chroot: {}", std::io::Error::last_os_error());
-        }
-        libc::chdir(slash.as_ptr());
-        let prog = cstr(init);
-        let argv = [prog.as_ptr(), std::ptr::null()];
-        libc::execv(prog.as_ptr(), argv.as_ptr());
+    // The classic switch_root sequence.
+    let err = |e: Errno| std::io::Error::from(e);
+    if let Err(e) = nix::unistd::chdir(new_root) {
+        return format!("chdir {new_root}: {}", err(e));
     }
-    format!("cannot run {init} in the image: {}", std::io::Error::last_os_error())
+    if let Err(e) = move_mount(".", "/") {
+        return format!("moving {new_root} to /: {}", err(e));
+    }
+    if let Err(e) = nix::unistd::chroot(".") {
+        return format!("chroot: {}", err(e));
+    }
+    let _ = nix::unistd::chdir("/");
+    let prog = cstr(init);
+    match nix::unistd::execv(&prog, &[&prog]) {
+        Err(e) => format!("cannot run {init} in the image: {}", err(e)),
+        Ok(never) => match never {},
+    }
 }
 
 /// One attempt at booting; returns only on failure.
@@ -419,7 +337,7 @@ fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr) -> Stri
         Ok(i) => i,
         Err(e) => return e,
     };
-    if let Err(e) = link_up(&iface) {
+    if let Err(e) = sys::link_up(&iface) {
         return e;
     }
     say(&format!("asking for an address on {iface} ({mac})"));
@@ -431,7 +349,7 @@ fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr) -> Stri
     if let Err(e) = configure(&iface, &lease) {
         return e;
     }
-    if let Err(e) = mount("tmpfs", "/newroot", "tmpfs", 0, "mode=0755") {
+    if let Err(e) = mount("tmpfs", "/newroot", "tmpfs", "mode=0755") {
         return e;
     }
     let file = std::path::Path::new("/run/clusterware-image");
@@ -461,7 +379,7 @@ pub fn main() -> ! {
         ("devtmpfs", "/dev", "devtmpfs"),
         ("tmpfs", "/run", "tmpfs"),
     ] {
-        if let Err(e) = mount(src, target, fs, 0, "") {
+        if let Err(e) = mount(src, target, fs, "") {
             say(&e);
         }
     }

@@ -6,6 +6,7 @@ mod facts;
 mod init;
 mod node;
 mod sim;
+mod sys;
 
 use clap::Parser;
 use client::{Endpoint, HeadClient};

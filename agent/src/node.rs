@@ -17,6 +17,7 @@ use clusterware_shared::agent::{
 use clusterware_shared::api::path;
 use clusterware_shared::fsutil::write_atomic;
 use clusterware_shared::ids::MacAddr;
+use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -560,7 +561,7 @@ impl Agent {
 fn write_hosts(p: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
     match write_atomic(p, None, body, Some(0o644)) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::EBUSY | Errno::EXDEV)) => {
             std::fs::write(p, body)
         }
         Err(e) => Err(e),

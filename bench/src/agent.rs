@@ -285,8 +285,7 @@ pub fn bench_agent(r: &mut Report) {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    clusterware_tests::sys::kill(child.id(), nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
     r.section(
         "Node agent: binary size and memory",

@@ -24,6 +24,7 @@
 mod agent;
 mod membership;
 mod netboot;
+mod sys;
 
 use clap::Parser;
 use clusterware_head::core::db::embedded::Embedded;
@@ -489,14 +490,10 @@ fn timed_rss(cmd: &mut std::process::Command) -> (Duration, u64) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let pid = child.id() as i32;
-    let mut status = 0;
-    // SAFETY: waiting for our own child with a zeroed rusage to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let (code, rss) = sys::wait_rss(child.id()).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let d = t.elapsed();
-    assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
-    (d, ru.ru_maxrss as u64)
+    assert!(code == Some(0), "{cmd:?} failed");
+    (d, rss)
 }
 
 /// The peak RSS of a process so far, in KiB.

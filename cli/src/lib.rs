@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 pub mod args;
 pub mod membership;
+pub mod sys;
 
 /// Where the head is and how to authenticate; every command takes these.
 #[derive(clap::Args, Debug)]
@@ -179,20 +180,15 @@ pub fn read_secret(prompt: &str) -> CliResult<String> {
     if stdin.is_terminal() {
         eprint!("{prompt}");
         let _ = std::io::stderr().flush();
-        // SAFETY: termios calls on stdin with a struct we own; echo is restored below.
-        let saved = unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return Err(fail("cannot read the terminal's settings"));
-            }
-            let saved = t;
-            t.c_lflag &= !libc::ECHO;
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            saved
-        };
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        use std::os::fd::AsFd;
+        let saved = tcgetattr(stdin.as_fd()).map_err(|_| fail("cannot read the terminal's settings"))?;
+        let mut t = saved.clone();
+        t.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t);
         let r = stdin.lock().read_line(&mut line);
-        // SAFETY: restores the settings read above.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+        // Echo back on, whatever the read gave.
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &saved);
         eprintln!();
         r.map_err(|e| fail(format!("cannot read the terminal: {e}")))?;
     } else {
@@ -208,8 +204,7 @@ pub fn read_secret(prompt: &str) -> CliResult<String> {
 /// The administrator running the command: the user behind sudo, else the login name.
 pub fn who() -> String {
     let name = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
-    // SAFETY: getuid has no preconditions.
-    let name = name.unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
+    let name = name.unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
     name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect()
 }
 

@@ -56,13 +56,8 @@ pub fn restart_local(h: &Health) -> CliResult<()> {
             h.pid
         )));
     }
-    // SAFETY: kill(2) with a pid checked above.
-    if unsafe { libc::kill(h.pid as i32, libc::SIGHUP) } != 0 {
-        return Err(fail(format!(
-            "cannot signal the head daemon (pid {}): {} (run as root)",
-            h.pid,
-            std::io::Error::last_os_error()
-        )));
+    if let Err(e) = crate::sys::kill(h.pid, nix::sys::signal::Signal::SIGHUP) {
+        return Err(fail(format!("cannot signal the head daemon (pid {}): {e} (run as root)", h.pid)));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! File-writing helpers shared by the head and the CLIs.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 /// Starts the kernel's writeback of what was written every `step` bytes, so that a large file's
 /// final fsync has little left to do: disk writes overlap the transfer instead of following it.
@@ -31,16 +31,9 @@ impl<W: Write + AsFd> Write for EarlyWriteback<W> {
         let n = self.inner.write(b)?;
         self.written += n as u64;
         if self.written - self.flushed >= self.step {
-            // SAFETY: sync_file_range on our own open descriptor; a failure only loses the
-            // optimisation (the final fsync still makes the data durable).
-            unsafe {
-                libc::sync_file_range(
-                    self.inner.as_fd().as_raw_fd(),
-                    self.flushed as libc::off64_t,
-                    (self.written - self.flushed) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+            // A failure only loses the optimisation (the final fsync still makes the data
+            // durable).
+            let _ = crate::sys::start_writeback(self.inner.as_fd(), self.flushed, self.written - self.flushed);
             self.flushed = self.written;
         }
         Ok(n)

@@ -1,49 +1,48 @@
-//! Small system helpers the head and the agent share.
+//! Small system helpers the head and the agent share, and the crate's only `unsafe` (a system
+//! call `nix` has no wrapper for).
 
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 /// Raises the open-files limit to the hard limit: a head keeps a connection per node, the
 /// simulator one per simulated node.
 pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
+        _ => {}
     }
 }
 
 /// (interface, address, prefix length) of every IPv4 address of this machine.
 pub fn ipv4_addrs() -> Vec<(String, Ipv4Addr, u32)> {
-    let mut out = Vec::new();
-    // SAFETY: getifaddrs fills a list that is read, then freed with freeifaddrs.
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut p = head;
-        while !p.is_null() {
-            let ifa = &*p;
-            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                let prefix = if ifa.ifa_netmask.is_null() {
-                    32
-                } else {
-                    u32::from_be((*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr).count_ones()
-                };
-                let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-                out.push((name, ip, prefix));
-            }
-            p = ifa.ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out
+    let Ok(list) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    list.filter_map(|ifa| {
+        let ip = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+        let prefix =
+            ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in()).map_or(32, |m| m.ip().to_bits().count_ones());
+        Some((ifa.interface_name, ip, prefix))
+    })
+    .collect()
+}
+
+/// Starts the kernel's writeback of `len` bytes of `fd` from `offset` (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`: no waiting), so that a later fsync has little left to do.
+pub fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: sync_file_range(2) takes a descriptor (borrowed, so open for the call) and plain
+    // integers; it touches no memory of ours. Neither nix nor rustix wraps it.
+    let r = unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The first IPv4 address of an interface.
@@ -87,6 +86,27 @@ fn agent_path_for(given: Option<&Path>, exe: Option<&Path>) -> Result<PathBuf, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_is_among_the_addresses_with_its_prefix() {
+        assert!(ipv4_addrs().contains(&("lo".to_string(), Ipv4Addr::LOCALHOST, 8)), "{:?}", ipv4_addrs());
+        assert_eq!(interface_ip("lo"), Some(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn writeback_of_a_file_succeeds_and_of_a_socket_fails() {
+        let f = tempfile_in_target();
+        std::fs::write(&f, vec![1u8; 1 << 16]).unwrap();
+        let file = std::fs::File::open(&f).unwrap();
+        start_writeback(std::os::fd::AsFd::as_fd(&file), 0, 1 << 16).unwrap();
+        let _ = std::fs::remove_file(&f);
+        let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(start_writeback(std::os::fd::AsFd::as_fd(&r), 0, 1).is_err());
+    }
+
+    fn tempfile_in_target() -> PathBuf {
+        std::env::temp_dir().join(format!("cw-writeback-{}", std::process::id()))
+    }
 
     #[test]
     fn the_packaged_agent_is_in_libexec_beside_bin() {

@@ -11,10 +11,10 @@
 use clusterware_client::{BlockingClient, Config as ClientConfig};
 use clusterware_shared::api::path;
 use clusterware_shared::auth::admin_token;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod netns;
+pub mod sys;
 pub mod vm;
 
 /// The lease TTL the harness gives heads (seconds).
@@ -82,8 +83,7 @@ fn sweep_leftovers() {
             }
             let cmd = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmd).contains("clusterware-head") {
-                // SAFETY: kill(2) on a leftover head process of ours.
-                unsafe { libc::kill(child, libc::SIGKILL) };
+                sys::kill(child as u32, Signal::SIGKILL);
             }
             let _ = std::fs::remove_file(e.path());
         }
@@ -229,13 +229,7 @@ impl Head {
             None => Command::new(bin("clusterware-head")),
         };
         cmd.arg("--config").arg(&self.config).stdin(Stdio::null()).stdout(out.try_clone().expect("dup")).stderr(out);
-        // SAFETY: prctl only affects the child being set up.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        sys::die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawn clusterware-head");
         let _ = std::fs::write(format!("{PID_DIR}/{}-{}", std::process::id(), child.id()), b"");
         self.child = Some(child);
@@ -268,9 +262,8 @@ impl Head {
     /// `kill -9`.
     pub fn kill9(&mut self) {
         if let Some(pid) = self.adopted.take().filter(|p| is_head_process(*p)) {
-            // SAFETY: kill(2) on the head process this harness adopted (checked above: the pid
-            // was not reused after the head exited by itself).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // The pid was checked above: not reused after the head exited by itself.
+            sys::kill(pid, Signal::SIGKILL);
             let deadline = Instant::now() + Duration::from_secs(10);
             while proc_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -286,14 +279,12 @@ impl Head {
     /// 0 once it is gone).
     pub fn stop(&mut self) -> Option<i32> {
         if let Some(pid) = self.adopted.take().filter(|p| is_head_process(*p)) {
-            // SAFETY: kill(2) on the head process this harness adopted (checked above).
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            sys::kill(pid, Signal::SIGTERM);
             poll_until(&format!("{} to stop", self.name), Duration::from_secs(20), || !proc_alive(pid));
             return Some(0);
         }
         let mut c = self.child.take()?;
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        sys::kill(c.id(), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(s)) = c.try_wait() {
@@ -532,13 +523,7 @@ impl Sim {
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out);
-        // SAFETY: prctl only affects the child being set up.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        sys::die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawn clusterware-node sim");
         Sim { child: Some(child), dir, _tmp: tmp }
     }
@@ -586,8 +571,7 @@ impl Head {
     /// SIGSTOP (true) or SIGCONT (false): a hung head.
     pub fn freeze(&self, stop: bool) {
         if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(pid as i32, if stop { libc::SIGSTOP } else { libc::SIGCONT }) };
+            sys::kill(pid, if stop { Signal::SIGSTOP } else { Signal::SIGCONT });
         }
     }
 }
@@ -666,13 +650,7 @@ exit 0
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
-        // SAFETY: prctl only affects the child being set up.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        sys::die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("ipmi_sim (Debian package openipmi; make test installs it)");
         let bmc = Bmc { child: Some(child), ip: ip.to_string(), port, dir };
         poll_until("ipmi_sim answering", Duration::from_secs(10), || {

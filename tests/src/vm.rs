@@ -164,8 +164,8 @@ impl Drop for Vm {
     /// Kills the whole process group (`ip netns exec` became `timeout`, which leads the group that
     /// QEMU is in), then reaps `timeout`; QEMU, orphaned for a moment, is reaped by init.
     fn drop(&mut self) {
-        // SAFETY: kill(2) with a negative pid signals the process group we created at spawn.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        // The process group made at spawn.
+        crate::sys::killpg(self.child.id(), nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }

@@ -197,24 +197,7 @@ fn raw(h: &Head, from: &str, request: &str) -> (u16, String) {
         sock.unwrap()
     } else {
         // Bind the source address first.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-        let bind = |ip: &str, port: u16| {
-            let a: std::net::Ipv4Addr = ip.parse().unwrap();
-            libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: port.to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from(a).to_be() },
-                sin_zero: [0; 8],
-            }
-        };
-        let local = bind(from, 0);
-        let remote = bind(&h.ip.to_string(), h.port);
-        // SAFETY: plain socket calls on a fresh descriptor we own.
-        unsafe {
-            assert_eq!(libc::bind(fd, &local as *const _ as *const libc::sockaddr, 16), 0);
-            assert_eq!(libc::connect(fd, &remote as *const _ as *const libc::sockaddr, 16), 0);
-            std::os::fd::FromRawFd::from_raw_fd(fd)
-        }
+        clusterware_tests::sys::connect_from(from.parse().unwrap(), std::net::SocketAddrV4::new(h.ip, h.port)).unwrap()
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(request.as_bytes()).unwrap();

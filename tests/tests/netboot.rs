@@ -66,18 +66,7 @@ fn offers(
 
 /// SO_BINDTODEVICE: broadcasts leave through the segment's interface without a route.
 fn bind_device(s: &UdpSocket) {
-    let dev = b"cwn0\0";
-    // SAFETY: setsockopt with a NUL-terminated interface name on a socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            dev.as_ptr().cast(),
-            dev.len() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_BINDTODEVICE: {}", std::io::Error::last_os_error());
+    clusterware_tests::sys::bind_to_device(s, "cwn0").unwrap_or_else(|e| panic!("SO_BINDTODEVICE: {e}"));
 }
 
 fn link_mac(ns: &str) -> String {
@@ -172,9 +161,9 @@ fn three_heads_boot_nodes_alike() {
             "cwn0",
         ],
     );
-    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-        // SAFETY: kill(2) on the dhclient daemon this test started.
-        unsafe { libc::kill(pid.trim().parse().unwrap_or(0), libc::SIGTERM) };
+    // The dhclient daemon this test started.
+    if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse().ok()) {
+        clusterware_tests::sys::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
     assert!(out.status.success(), "dhclient: {}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&dlog).unwrap();

@@ -17,11 +17,13 @@
 use clap::Parser;
 use clusterware_cli::args::install::{Args, Cmd, DEFAULT_PREFIX};
 use clusterware_cli::membership::{self, Start};
+use clusterware_cli::sys;
 use clusterware_cli::{CliResult, Client, fail, print_json, run, usage};
 use clusterware_shared::api::{CreateNodes, NodeSpec};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::Config;
 use clusterware_shared::ids::MacAddr;
+use nix::sys::signal::Signal;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -230,13 +232,8 @@ fn start_head(args: &Args, conf: &Path, log_dir: &Path, undo: &mut Undo) -> CliR
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().map_err(|e| fail(e.to_string()))?)
         .stderr(out);
-    // SAFETY: setsid in the child only, so it outlives this command's session.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    // Its own session, so it outlives this command's.
+    clusterware_cli::sys::in_new_session(&mut cmd);
     let child = cmd.spawn().map_err(|e| fail(format!("cannot start {}: {e}", bin.display())))?;
     undo.pid = Some(child.id());
     let pid_path = pid_file(conf);
@@ -323,16 +320,14 @@ impl Drop for Undo {
 
 /// SIGTERM, up to 10 s for the process to end, then SIGKILL.
 fn stop_pid(pid: u32) {
-    // SAFETY: kill(2) on a pid this installation started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = sys::kill(pid, Signal::SIGTERM);
     for _ in 0..100 {
         if !membership::process_alive(pid) {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = sys::kill(pid, Signal::SIGKILL);
 }
 
 /// Stops the local head (for --clear-all): SIGTERM, wait for it to go.
@@ -342,8 +337,7 @@ fn stop_head(cfg: &Config) -> CliResult<()> {
     if systemd_runs() && std::iter::once(UNIT).chain(PACKAGED_UNITS).any(|u| Path::new(u).exists()) {
         let _ = std::process::Command::new("systemctl").args(["stop", "clusterware"]).status();
     } else if h.pid != 0 {
-        // SAFETY: kill(2) on the pid the local head reports.
-        unsafe { libc::kill(h.pid as i32, libc::SIGTERM) };
+        let _ = sys::kill(h.pid, Signal::SIGTERM);
     }
     for _ in 0..150 {
         if membership::health(&url).is_none() {
