@@ -120,13 +120,25 @@ pub async fn create_image(db: &Database, req: CreateImage) -> Result<Image> {
         extra_files: req.extra_files,
         created: now(),
     };
-    if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&img))])).await?.succeeded {
-        return Err(BootError::from(RecordError::Conflict(format!(
-            "image {} already exists (or one of its files was just deleted)",
-            img.name
-        ))));
-    }
+    let conflict = || format!("image {} already exists (or one of its files was just deleted)", img.name);
+    put_new(db, cmp, key, &img, conflict).await?;
     Ok(img)
+}
+
+/// Writes `value` under `key` when every compare holds (`key` absent among them); else a
+/// conflict with `conflict()`'s message.
+async fn put_new<T: Serialize>(
+    db: &Database,
+    cmp: Vec<Compare>,
+    key: String,
+    value: &T,
+    conflict: impl FnOnce() -> String,
+) -> Result<()> {
+    if db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(value))])).await?.succeeded {
+        Ok(())
+    } else {
+        Err(RecordError::Conflict(conflict()).into())
+    }
 }
 
 pub async fn clone_image(db: &Database, from: &str, to: &str) -> Result<Image> {
@@ -177,12 +189,8 @@ pub async fn create_config(db: &Database, req: CreateBootConfig) -> Result<BootC
     let mut cmp = config_refs(db, &c).await?;
     let key = schema::bootconfig(&c.name);
     cmp.push(Compare::absent(key.clone()));
-    if !db.txn(Txn::new().when(cmp).and_then([TxnOp::put(key, encode(&c))])).await?.succeeded {
-        return Err(BootError::from(RecordError::Conflict(format!(
-            "boot config {} already exists (or what it names was just deleted)",
-            c.name
-        ))));
-    }
+    let conflict = || format!("boot config {} already exists (or what it names was just deleted)", c.name);
+    put_new(db, cmp, key, &c, conflict).await?;
     Ok(c)
 }
 
