@@ -21,6 +21,12 @@ fn load(h: &Head) -> BTreeMap<String, u64> {
     m
 }
 
+/// `count` nodes from `mac0`/`ip0` on, reporting every 2 s, created through `h`.
+fn create_nodes(h: &Head, count: u32, mac0: &str, ip0: &str) {
+    let (count, mac, ip) = (count.to_string(), format!("mac={mac0}"), format!("ip={ip0}"));
+    h.cli("scyld-nodectl", &["create", "--count", &count, &mac, &ip, "_status_secs=2"]).ok();
+}
+
 /// Parent changes made after each node's first report.
 fn moves(sim: &Sim) -> u64 {
     let s = sim.summary();
@@ -50,12 +56,7 @@ fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
         h.wait_ready(Duration::from_secs(60));
     }
     let (mac0, ip0) = ("52:54:00:a5:00:00", "127.205.0.1");
-    c.heads[0]
-        .cli(
-            "scyld-nodectl",
-            &["create", "--count", "300", &format!("mac={mac0}"), &format!("ip={ip0}"), "_status_secs=2"],
-        )
-        .ok();
+    create_nodes(&c.heads[0], 300, mac0, ip0);
     // Every node is given head1 first.
     let urls: Vec<String> = c.heads[..3].iter().map(Head::url).collect();
     let sim = Sim::start(&urls, 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
@@ -96,12 +97,7 @@ fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
 fn preferred_head_pins_nodes_and_they_return_after_a_restart() {
     let mut c = Cluster::start(Backend::Etcd, 3, FAST);
     let (mac0, ip0) = ("52:54:00:a6:00:00", "127.206.0.1");
-    c.heads[0]
-        .cli(
-            "scyld-nodectl",
-            &["create", "--count", "30", &format!("mac={mac0}"), &format!("ip={ip0}"), "_status_secs=2"],
-        )
-        .ok();
+    create_nodes(&c.heads[0], 30, mac0, ip0);
     c.heads[0].cli("scyld-nodectl", &["-i", "n[0-14]", "set", "_preferred_head=head3"]).ok();
     c.heads[0].cli("scyld-nodectl", &["-i", "n29", "set", "_preferred_head=nosuchhead"]).ok();
     let urls: Vec<String> = c.heads.iter().map(Head::url).collect();

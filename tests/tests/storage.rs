@@ -88,15 +88,20 @@ fn settle(c: &Cluster, h: usize, id: &str) {
     });
 }
 
-fn old_copies(h: &Head, id: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(h.dir.join("storage"))
+/// The names in `dir` that `keep` accepts, sorted.
+fn names_in(dir: &std::path::Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with(&format!("{id}.old.")))
+        .filter(|n| keep(n))
         .collect();
     v.sort();
     v
+}
+
+fn old_copies(h: &Head, id: &str) -> Vec<String> {
+    names_in(&h.dir.join("storage"), |n| n.starts_with(&format!("{id}.old.")))
 }
 
 #[test]
@@ -307,12 +312,7 @@ fn kill_during_upload_leaves_nothing_and_bad_uploads_are_refused() {
     c.heads[0].wait_ready(Duration::from_secs(30));
     let h = &c.heads[0];
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "leftover temporary files removed at start");
-    let names: Vec<String> = std::fs::read_dir(h.dir.join("storage"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let names = names_in(&h.dir.join("storage"), |n| !n.starts_with('.'));
     assert!(names.is_empty(), "nothing under a final name: {names:?}");
     assert_eq!(h.cli("scyld-clusterctl", &["files", "ls"]).ok(), "");
 
@@ -386,12 +386,7 @@ fn shared_storage_needs_no_peer_downloads() {
     poll_until("both heads audit after the delete", Duration::from_secs(20), || {
         (0..2).all(|h| counter(&c, h, "audits") >= audits[h] + 2)
     });
-    let names: Vec<String> = std::fs::read_dir(&shared)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let names = names_in(&shared, |n| !n.starts_with('.'));
     assert!(names.is_empty(), "no copy and no .old after a delete on shared storage: {names:?}");
     assert_eq!(counter(&c, 0, "quarantined") + counter(&c, 1, "quarantined"), 0);
 }
