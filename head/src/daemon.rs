@@ -364,15 +364,16 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     };
     heads::register(&db, &rec).await?;
     let sup = Supervisor::new();
-    {
-        let (db, rec, ttl) = (db.clone(), rec.clone(), cfg.lease_ttl_secs);
-        sup.spawn(Stage::Liveness, "liveness", move |stop| heads::keep_alive(db, rec, ttl, stop));
-    }
     let view = ClusterView::spawn(&db, rec.clone(), &sup);
     let ctx = Ctx::new(db.clone(), &cfg, view, &sup, token);
 
     // The capabilities, each started from the core and what it depends on: one line each.
+    // Storage first: a head whose storage cannot be used stops before it is seen alive.
     let storage = crate::storage::start(&ctx)?;
+    {
+        let (db, rec, ttl) = (db.clone(), rec.clone(), cfg.lease_ttl_secs);
+        sup.spawn(Stage::Liveness, "liveness", move |stop| heads::keep_alive(db, rec, ttl, stop));
+    }
     let nodes = registry::start(&ctx);
     let hub = agent_channel::start(&ctx, &nodes);
     bootcfg::start(&ctx, &storage);
