@@ -13,7 +13,7 @@ log="$dir/make-run.log"
 group() {
   local p st
   for p in /proc/[0-9]*; do
-    read -r st <"$p/stat" 2>/dev/null || continue
+    { read -r st <"$p/stat"; } 2>/dev/null || continue
     st=${st##*) }
     read -r state _ pgrp _ <<<"$st"
     [ "$pgrp" = "$1" ] && [ "$state" != Z ] && echo "${p#/proc/} $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)"
