@@ -1,20 +1,21 @@
 //! The head daemon's life: read the configuration, open the cluster database (starting this
-//! head's etcd member when it runs one), register the head, serve the API, and on SIGTERM or
-//! SIGINT shut down in order: stop accepting requests, remove the liveness record, stop the
-//! etcd member.
+//! head's etcd member when it runs one), register the head, start the core's cluster view and
+//! each capability (one line each), serve the API, and on SIGTERM or SIGINT stop the
+//! supervisor's tasks stage by stage (requests, work, the last status write, follows, the
+//! liveness record last), then the etcd member.
 
-use crate::agent_channel::{self};
+use crate::agent_channel;
 use crate::core::db::embedded::Embedded;
 use crate::core::db::etcd::Etcd;
 use crate::core::db::member::{MemberError, MemberHandle, MemberSpec};
 use crate::core::db::{Database, DbError, Refusal};
-use crate::core::heads::{self};
+use crate::core::heads;
 use crate::core::schema::{DbMode, HeadRecord};
 use crate::core::supervisor::{STAGE_LIMIT, Stage, Supervisor};
 use crate::core::view::ClusterView;
 use crate::core::{Ctx, http};
 use crate::membership::{self, Control};
-use crate::registry::{self};
+use crate::registry;
 use crate::storage::StorageError;
 use crate::{bootcfg, netboot};
 use clusterware_shared::auth::admin_token;

@@ -2,7 +2,7 @@
 
 use crate::core::db::Database;
 use crate::core::http::{ApiFailure, ApiResult, Routes, json, parse};
-use crate::registry::{self};
+use crate::registry;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
