@@ -163,7 +163,6 @@ pub struct HubCounters {
 }
 
 pub struct Hub {
-    pub me: HeadRecord,
     pub(crate) db: Database,
     pub nodes: Arc<NodeCache>,
     children: Mutex<HashMap<String, Child>>,
@@ -228,7 +227,6 @@ impl Hub {
         let hub = Arc::new(Hub {
             nodes,
             keys: Mirror::spawn(db.clone(), KEYS, sup),
-            me: view.me.clone(),
             view,
             db: db.clone(),
             children: Mutex::new(HashMap::new()),
@@ -254,11 +252,6 @@ impl Hub {
         let h = hub.clone();
         sup.spawn(Stage::Flush, "status writer", move |stop| h.writer(stop));
         hub
-    }
-
-    /// Waits until the node table is loaded (requests before that would be refused).
-    pub async fn wait_ready(&self, limit: Duration) -> bool {
-        self.nodes.wait_ready(limit).await
     }
 
     /// The node a request is about, checked against the address it came from.
@@ -300,7 +293,7 @@ impl Hub {
         if fresh {
             let previous = self.records.read().unwrap_or_else(|p| p.into_inner()).get(&node.uid).map(|r| r.0.clone());
             match &previous {
-                Some(p) if p.parent != self.me.name && p.boot_id == report.boot_id => {
+                Some(p) if p.parent != self.view.me.name && p.boot_id == report.boot_id => {
                     tracing::info!(node = %node.name, mac = %report.mac, from = %p.parent, "node changed parent to this head")
                 }
                 _ => {}
@@ -354,7 +347,7 @@ impl Hub {
         let mut switch_parent = child.switch.take();
         // A node whose preferred head is alive (and is not this one) goes there.
         if let Some(pref) = self.view.preferred_head(&node) {
-            if pref != self.me.name && self.view.alive.get(&pref).is_some() {
+            if pref != self.view.me.name && self.view.alive.get(&pref).is_some() {
                 if let Some(h) = self.view.heads.get(&pref) {
                     if !child.preferred_told {
                         tracing::info!(node = %node.name, to = %pref, "directing node to its preferred head");
@@ -433,7 +426,7 @@ impl Hub {
             // Expired or already answered: nothing waits for it any more.
             return Err(AgentError::Unknown(format!("no open command {} for {}", o.id, node.name)));
         };
-        let res = CommandResult { ok: o.ok, message: o.message, head: self.me.name.clone() };
+        let res = CommandResult { ok: o.ok, message: o.message, head: self.view.me.name.clone() };
         self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push((rec, res));
         Ok(())
     }
@@ -497,7 +490,7 @@ impl Hub {
         // A node that another head wrote after our last write has moved on.
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for (uid, r, rev) in changed {
-            if r.parent == self.me.name {
+            if r.parent == self.view.me.name {
                 continue;
             }
             let gone = children.get(&uid).is_some_and(|ch| !ch.claim && ch.written_rev.is_some_and(|w| rev > w));
@@ -516,7 +509,7 @@ impl Hub {
     fn apply_move(&self, c: Change) {
         let Change::Put(kv) = c else { return };
         let Ok(m) = decode::<schema::MoveRecord>(&kv) else { return };
-        if m.from != self.me.name {
+        if m.from != self.view.me.name {
             return;
         }
         let Some(to) = self.view.heads.get(&m.to) else { return };
@@ -700,7 +693,7 @@ impl Hub {
                 .values()
                 .filter(|c| c.dirty())
                 .map(|c| {
-                    let rec = c.record(&self.me.name);
+                    let rec = c.record(&self.view.me.name);
                     (
                         c.uid.clone(),
                         c.generation,
@@ -862,7 +855,7 @@ impl Hub {
                     };
                     if let Some(ch) = children.get(&n.uid) {
                         st.state = ch.state;
-                        st.parent = Some(self.me.name.clone());
+                        st.parent = Some(self.view.me.name.clone());
                         st.last_seen = Some(ch.last_seen_unix);
                         st.boot_id = Some(ch.boot_id.clone());
                         st.hardware.clone_from(&ch.hardware);
@@ -889,7 +882,7 @@ impl Hub {
             let mut by_parent: HashMap<String, Vec<String>> = HashMap::new();
             for s in &out {
                 if let Some(p) = &s.parent {
-                    if *p != self.me.name && alive.contains(p) && s.report.is_none() {
+                    if *p != self.view.me.name && alive.contains(p) && s.report.is_none() {
                         by_parent.entry(p.clone()).or_default().push(s.uid.clone());
                     }
                 }
@@ -966,7 +959,7 @@ impl Hub {
                         id: id.clone(),
                         uid: uid.clone(),
                         script,
-                        origin: self.me.name.clone(),
+                        origin: self.view.me.name.clone(),
                         issued,
                         lease,
                         result: None,

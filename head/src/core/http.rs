@@ -164,12 +164,6 @@ pub struct Routes {
     pub open: Router,
 }
 
-impl Routes {
-    pub fn admin(admin: Router) -> Routes {
-        Routes { admin, open: Router::new() }
-    }
-}
-
 /// The whole API: every capability's routes under `/api/v1`, the admin ones behind the
 /// credential, health, a JSON 404 for anything else, and the body limit.
 pub fn router(token: &str, name: &str, backend: &'static str, caps: impl IntoIterator<Item = Routes>) -> Router {

@@ -42,10 +42,11 @@ impl Peers {
     }
 }
 
-/// Timeouts of `secs` for connecting (at most 3 s), a whole request, and an idle transfer.
+/// [`Timeouts::secs`], with connecting cut to at most 3 s (a peer on the same network answers
+/// at once or not at all).
 pub fn timeouts(secs: u64) -> Timeouts {
-    let t = std::time::Duration::from_secs(secs);
-    Timeouts { connect: t.min(std::time::Duration::from_secs(3)), request: t, idle: t }
+    let t = Timeouts::secs(secs);
+    Timeouts { connect: t.connect.min(std::time::Duration::from_secs(3)), ..t }
 }
 
 #[cfg(test)]

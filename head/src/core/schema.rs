@@ -11,7 +11,6 @@ use clusterware_shared::agent::{Hardware, NodeState, Script};
 use clusterware_shared::api::FileRecord;
 use clusterware_shared::ids::MacAddr;
 use serde::{Deserialize, Serialize};
-use std::fmt::Display;
 use std::net::Ipv4Addr;
 
 /// `heads/<name>`: [`HeadRecord`].
@@ -174,11 +173,6 @@ pub fn check_saved(key: &str, value: &str) -> Result<bool, String> {
         // Deleted files, settings: any JSON value (checked when used).
         _ => true,
     })
-}
-
-/// A key of a prefix with what follows it, for logs (`nodes/<uid>`).
-pub fn join(prefix: &str, rest: impl Display) -> String {
-    format!("{prefix}{rest}")
 }
 
 /// How this head reaches the database.

@@ -78,22 +78,9 @@ impl ClusterView {
         }
     }
 
-    /// Waits until both tables are loaded (at most `limit`).
-    pub async fn wait_ready(&self, limit: Duration) -> bool {
-        self.heads.wait_ready(limit).await && self.alive.wait_ready(limit).await
-    }
-
     /// The names of the heads alive now.
     pub fn alive_names(&self) -> HashSet<String> {
         self.alive.keys().into_iter().collect()
-    }
-
-    pub fn is_alive(&self, name: &str) -> bool {
-        self.alive.get(name).is_some()
-    }
-
-    pub fn head(&self, name: &str) -> Option<Arc<HeadRecord>> {
-        self.heads.get(name)
     }
 
     /// The other heads that are alive.

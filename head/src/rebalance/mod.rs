@@ -145,7 +145,7 @@ impl Hub {
             let lease = self.db.grant_lease(30).await?;
             let t = Txn::new().when([Compare::absent(REBALANCE_LOCK)]).and_then([TxnOp::put_with_lease(
                 REBALANCE_LOCK,
-                self.me.name.as_bytes().to_vec(),
+                self.view.me.name.as_bytes().to_vec(),
                 lease,
             )]);
             if !self.db.txn(t).await?.succeeded {
@@ -273,7 +273,7 @@ pub async fn run(hub: Arc<Hub>, settings: Settings, mut stop: watch::Receiver<bo
             _ = tokio::time::sleep(settings.interval.mul_f64(jitter)) => {}
             _ = stop.changed() => return,
         }
-        let me = hub.me.name.clone();
+        let me = hub.view.me.name.clone();
         match hub.rebalance(&settings, Some(&me), false).await {
             Ok(r) => {
                 for n in &r.notes {
