@@ -3,7 +3,7 @@
 //! Network safety: every namespace here is created by the test (`cwt<pid>x<n>…`), every
 //! interface is created directly inside namespaces we created (`ip link add NAME netns A type veth
 //! peer name NAME2 netns B`), and nothing in the machine's own namespace is created, renamed,
-//! moved or reconfigured. Namespaces are deleted on drop, and leftovers of test processes that
+//! moved or reconfigured. Namespaces are deleted on drop, with any process still in them, and leftovers of test processes that
 //! are gone are deleted before the first new one.
 
 use crate::{Cluster, Head, LEASE_TTL, Out, bin};
@@ -68,9 +68,27 @@ fn sweep() {
             if pid.is_empty() || Path::new(&format!("/proc/{pid}")).exists() {
                 continue;
             }
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            delete(&name);
         }
     });
+}
+
+/// Deletes namespace `ns` after killing every process still in it: a daemon that a test started
+/// there (dhclient forks into the background and may write its pid file only after its parent
+/// returned) would otherwise outlive the test.
+fn delete(ns: &str) {
+    for _ in 0..50 {
+        let pids = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| o.stdout).unwrap_or_default();
+        let pids: Vec<u32> = String::from_utf8_lossy(&pids).split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            crate::sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).output();
 }
 
 /// One broadcast segment: a bridge in its own namespace, and member namespaces joined to it by
@@ -145,7 +163,7 @@ impl Default for Segment {
 impl Drop for Segment {
     fn drop(&mut self) {
         for ns in self.members.iter().chain(std::iter::once(&self.bridge_ns)) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            delete(ns);
         }
     }
 }

@@ -365,3 +365,23 @@ fn no_vm_outlives_its_test() {
     drop(vm);
     poll_until("no process of the dropped VM is left", Duration::from_secs(10), || processes_named(&marker).is_empty());
 }
+
+/// No daemon that a test started inside a namespace outlives the segment: dhclient forks into
+/// the background and may write its pid file after its parent returned, which once left it
+/// running after the suite.
+#[test]
+fn no_daemon_outlives_its_segment() {
+    use clusterware_tests::processes_named;
+    let mut seg = Segment::new();
+    let ns = seg.member("x", None);
+    let marker = format!("cw-daemon-{}", std::process::id());
+    // A detached process (own session, parent gone) in the namespace, as a daemon is.
+    let out =
+        in_ns(&ns, &["setsid", "-f", "bash", "-c", &format!("exec -a {marker} sleep 600 </dev/null >/dev/null 2>&1")]);
+    assert!(out.status.success(), "setsid: {}", String::from_utf8_lossy(&out.stderr));
+    poll_until("the daemon runs", Duration::from_secs(10), || !processes_named(&marker).is_empty());
+    drop(seg);
+    poll_until("no daemon of the dropped segment is left", Duration::from_secs(10), || {
+        processes_named(&marker).is_empty()
+    });
+}
