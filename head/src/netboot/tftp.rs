@@ -1,13 +1,21 @@
 //! A read-only TFTP server (RFC 1350) for the iPXE binaries, with the `blksize`, `tsize` and
 //! `timeout` options (RFC 2347-2349) and `windowsize` (RFC 7440) when the client asks. Files come
-//! from one directory (default: Debian's `ipxe` package, `/usr/lib/ipxe`); names that leave it
-//! (`..`, symbolic links pointing out) are refused, and so are writes.
+//! from one directory (default: Debian's `ipxe` package, `/usr/lib/ipxe`): a name is resolved
+//! through every symbolic link on its way and served only if it reaches a regular file inside
+//! the directory (Debian's `ipxe.efi -> /boot/ipxe.efi` is refused too: copy the file in to serve
+//! it); writes are refused. A transfer reads each block from the open file when it sends it (one
+//! block in memory, not the file), and at most [`MAX_TRANSFERS`] run at once,
+//! [`MAX_PER_CLIENT`] for one client address; a request past either gets an error packet.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -17,9 +25,22 @@ const DATA: u16 = 3;
 const ACK: u16 = 4;
 const ERROR: u16 = 5;
 const OACK: u16 = 6;
+/// Error codes (RFC 1350).
+const E_UNDEFINED: u16 = 0;
+const E_NOT_FOUND: u16 = 1;
+const E_ACCESS: u16 = 2;
+const E_TOO_LARGE: u16 = 3;
+const E_ILLEGAL: u16 = 4;
 /// Largest file served (the iPXE binaries are well under a megabyte or two).
 const MAX_FILE: u64 = 64 << 20;
 const RETRIES: u32 = 5;
+/// Transfers running at once, in all and for one client address.
+pub const MAX_TRANSFERS: usize = 64;
+pub const MAX_PER_CLIENT: usize = 4;
+/// What a request past those caps is told.
+const BUSY: &str = "too many transfers, try again";
+/// Refused requests logged one by one in a minute; the rest are summed up.
+const LOG_LINES: u32 = 10;
 
 #[derive(Default)]
 pub struct TftpCounters {
@@ -69,23 +90,132 @@ pub fn parse_request(p: &[u8]) -> Result<Request, String> {
     Ok(Request { write: op == WRQ, file, mode, options })
 }
 
-/// The file a request names, inside `root`, or why not.
-pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, String> {
+/// A file opened for a transfer: the handle every block is read from, and its size then.
+#[derive(Debug)]
+pub struct Opened {
+    file: File,
+    len: u64,
+}
+
+/// Why a name is not served: the TFTP error code and the message.
+pub type Refusal = (u16, String);
+
+/// Opens the file a request names inside `root`, or says why not. Every symbolic link on the
+/// way is resolved and what it reaches must be a regular file inside the canonical `root`; the
+/// handle opened is checked again (where it really is, what it is), and it is what the transfer
+/// reads, so a name swapped for a link after the checks changes nothing.
+pub fn open(root: &Path, name: &str) -> Result<Opened, Refusal> {
     let rel = Path::new(name.trim_start_matches('/'));
     if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(format!("{name:?} is not a file name inside the TFTP directory"));
+        return Err((E_ACCESS, format!("{name:?} is not a file name inside the TFTP directory")));
     }
-    let root = root.canonicalize().map_err(|e| format!("TFTP directory: {e}"))?;
-    let p = root.join(rel).canonicalize().map_err(|_| format!("{name:?} does not exist"))?;
-    // Debian's ipxe links some binaries to /boot (ipxe.efi -> /boot/ipxe.efi): a link that
-    // keeps its file name may point outside; nothing else may.
-    if !p.starts_with(&root) && p.file_name() != rel.file_name() {
-        return Err(format!("{name:?} leads outside the TFTP directory"));
+    let root = root.canonicalize().map_err(|e| (E_NOT_FOUND, format!("TFTP directory: {e}")))?;
+    let path = root.join(rel).canonicalize().map_err(|_| (E_NOT_FOUND, format!("{name:?} does not exist")))?;
+    let outside = || (E_ACCESS, format!("{name:?} leads outside the TFTP directory"));
+    if !path.starts_with(&root) {
+        return Err(outside());
     }
-    if !p.is_file() {
-        return Err(format!("{name:?} is not a regular file"));
+    // No link followed at the last step; a FIFO put there does not block the open.
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(&path)
+        .map_err(|e| (E_ACCESS, format!("{name:?} cannot be opened: {e}")))?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| (E_ACCESS, format!("{name:?}: where the opened file is: {e}")))?;
+    if !real.starts_with(&root) {
+        return Err(outside());
     }
-    Ok(p)
+    let meta = file.metadata().map_err(|e| (E_ACCESS, format!("{name:?}: {e}")))?;
+    if !meta.is_file() {
+        return Err((E_ACCESS, format!("{name:?} is not a regular file")));
+    }
+    if meta.len() > MAX_FILE {
+        return Err((E_TOO_LARGE, "file too large".into()));
+    }
+    Ok(Opened { file, len: meta.len() })
+}
+
+/// A transfer's blocks, read from the open file when each is sent (a block sent again is read
+/// again): one block in memory, whatever the size of the file.
+struct Blocks {
+    file: Arc<File>,
+    len: u64,
+    blksize: usize,
+    /// The DATA packet of the last block read.
+    pkt: Vec<u8>,
+}
+
+impl Blocks {
+    fn new(f: Opened, blksize: usize) -> Blocks {
+        Blocks { file: Arc::new(f.file), len: f.len, blksize, pkt: Vec::with_capacity(4 + blksize) }
+    }
+
+    /// How many blocks the transfer has (the last one shorter than `blksize`, perhaps empty).
+    fn count(&self) -> usize {
+        (self.len / self.blksize as u64) as usize + 1
+    }
+
+    /// The DATA packet of block `b`, counted from 0 (TFTP numbers it `b + 1`, modulo 2^16).
+    async fn packet(&mut self, b: usize) -> Result<&[u8], String> {
+        let (file, len, blksize) = (self.file.clone(), self.len, self.blksize);
+        let mut pkt = std::mem::take(&mut self.pkt);
+        let (pkt, read) = tokio::task::spawn_blocking(move || {
+            let r = fill(&file, len, blksize, b, &mut pkt);
+            (pkt, r)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        self.pkt = pkt;
+        read.map_err(|e| format!("reading block {}: {e}", b + 1))?;
+        Ok(&self.pkt)
+    }
+}
+
+/// Reads block `b` of a `len`-byte file into `pkt`, after the DATA header.
+fn fill(file: &File, len: u64, blksize: usize, b: usize, pkt: &mut Vec<u8>) -> std::io::Result<()> {
+    let start = b as u64 * blksize as u64;
+    let n = len.saturating_sub(start).min(blksize as u64) as usize;
+    pkt.clear();
+    pkt.extend_from_slice(&DATA.to_be_bytes());
+    pkt.extend_from_slice(&(((b + 1) & 0xffff) as u16).to_be_bytes());
+    pkt.resize(4 + n, 0);
+    // A file that shrank since it was opened ends the transfer here.
+    file.read_exact_at(&mut pkt[4..], start)
+}
+
+/// Transfers running, in all and per client address.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// A running transfer's place; given back when dropped.
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        s.total -= 1;
+        if let Some(n) = s.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Lines logged for requests refused as too many: [`LOG_LINES`] a minute, the rest summed up.
+struct BusyLog {
+    since: Instant,
+    logged: u32,
+    held_back: u64,
 }
 
 fn error_packet(code: u16, msg: &str) -> Vec<u8> {
@@ -100,6 +230,8 @@ fn error_packet(code: u16, msg: &str) -> Vec<u8> {
 pub struct TftpServer {
     root: PathBuf,
     pub counters: TftpCounters,
+    slots: Arc<Mutex<Slots>>,
+    busy_log: Mutex<BusyLog>,
 }
 
 struct Opts {
@@ -148,7 +280,46 @@ fn negotiate(req: &Request, size: u64) -> Opts {
 
 impl TftpServer {
     pub fn new(root: PathBuf) -> Arc<TftpServer> {
-        Arc::new(TftpServer { root, counters: TftpCounters::default() })
+        Arc::new(TftpServer {
+            root,
+            counters: TftpCounters::default(),
+            slots: Arc::new(Mutex::new(Slots::default())),
+            busy_log: Mutex::new(BusyLog { since: Instant::now(), logged: 0, held_back: 0 }),
+        })
+    }
+
+    /// A place for one more transfer for `client`, or `None` past [`MAX_TRANSFERS`] in all or
+    /// [`MAX_PER_CLIENT`] for that address.
+    fn admit(&self, client: IpAddr) -> Option<Slot> {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = s.per_client.get(&client).copied().unwrap_or(0);
+        if s.total >= MAX_TRANSFERS || mine >= MAX_PER_CLIENT {
+            return None;
+        }
+        s.total += 1;
+        *s.per_client.entry(client).or_default() += 1;
+        Some(Slot { slots: self.slots.clone(), client })
+    }
+
+    /// Logs a request refused as too many, at most [`LOG_LINES`] lines a minute: a flood is
+    /// summed up, not logged packet by packet.
+    fn log_busy(&self, peer: SocketAddr) {
+        let mut l = self.busy_log.lock().unwrap_or_else(|p| p.into_inner());
+        if l.since.elapsed() >= Duration::from_secs(60) {
+            if l.held_back > 0 {
+                tracing::warn!(
+                    held_back = l.held_back,
+                    "more TFTP requests were refused as too many transfers in the last minute than are logged one by one"
+                );
+            }
+            *l = BusyLog { since: Instant::now(), logged: 0, held_back: 0 };
+        }
+        if l.logged < LOG_LINES {
+            l.logged += 1;
+            tracing::warn!(%peer, max = MAX_TRANSFERS, per_client = MAX_PER_CLIENT, "TFTP request refused: too many transfers");
+        } else {
+            l.held_back += 1;
+        }
     }
 
     pub async fn run(self: Arc<Self>, sock: UdpSocket, mut stop: watch::Receiver<bool>) {
@@ -167,19 +338,27 @@ impl TftpServer {
                 Ok(r) => r,
                 Err(why) => {
                     self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    let _ = sock.send_to(&error_packet(4, &format!("illegal TFTP operation: {why}")), peer).await;
+                    let _ =
+                        sock.send_to(&error_packet(E_ILLEGAL, &format!("illegal TFTP operation: {why}")), peer).await;
                     continue;
                 }
             };
             if req.write {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                let _ = sock.send_to(&error_packet(2, "this TFTP server is read-only"), peer).await;
+                let _ = sock.send_to(&error_packet(E_ACCESS, "this TFTP server is read-only"), peer).await;
                 continue;
             }
+            let Some(slot) = self.admit(peer.ip()) else {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.log_busy(peer);
+                let _ = sock.send_to(&error_packet(E_UNDEFINED, BUSY), peer).await;
+                continue;
+            };
             let me = self.clone();
             let stop = stop.clone();
             let bind_ip = local_ip.filter(|ip| !ip.is_unspecified());
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = me.transfer(req, peer, bind_ip, stop).await {
                     tracing::debug!(%peer, error = %e, "TFTP transfer ended");
                 }
@@ -200,28 +379,20 @@ impl TftpServer {
         };
         let sock = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
         sock.connect(peer).await.map_err(|e| e.to_string())?;
-        let path = match resolve(&self.root, &req.file) {
-            Ok(p) => p,
-            Err(why) => {
+        let root = self.root.clone();
+        let name = req.file.clone();
+        let opened = tokio::task::spawn_blocking(move || open(&root, &name)).await.map_err(|e| e.to_string())?;
+        let opened = match opened {
+            Ok(f) => f,
+            Err((code, why)) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                let code = if why.contains("does not exist") { 1 } else { 2 };
                 let _ = sock.send(&error_packet(code, &why)).await;
                 return Err(why);
             }
         };
-        let data = match tokio::fs::metadata(&path).await {
-            Ok(m) if m.len() <= MAX_FILE => tokio::fs::read(&path).await.map_err(|e| e.to_string())?,
-            Ok(_) => {
-                let _ = sock.send(&error_packet(3, "file too large")).await;
-                return Err("file too large".into());
-            }
-            Err(e) => {
-                let _ = sock.send(&error_packet(1, "cannot read the file")).await;
-                return Err(e.to_string());
-            }
-        };
         self.counters.transfers.fetch_add(1, Ordering::Relaxed);
-        let o = negotiate(&req, data.len() as u64);
+        let o = negotiate(&req, opened.len);
+        let mut data = Blocks::new(opened, o.blksize);
         let mut ack = vec![0u8; 516];
         // Option acknowledgement, answered by ACK 0.
         if !o.oack.is_empty() {
@@ -247,19 +418,20 @@ impl TftpServer {
                 }
             }
         }
-        let blocks = data.len() / o.blksize + 1;
+        let blocks = data.count();
         let mut base = 0usize; // blocks acknowledged so far
         let mut tries = 0;
         while base < blocks {
             let end = (base + o.window).min(blocks);
             for b in base..end {
-                let start = b * o.blksize;
-                let chunk = &data[start.min(data.len())..(start + o.blksize).min(data.len())];
-                let mut p = Vec::with_capacity(4 + chunk.len());
-                p.extend_from_slice(&DATA.to_be_bytes());
-                p.extend_from_slice(&(((b + 1) & 0xffff) as u16).to_be_bytes());
-                p.extend_from_slice(chunk);
-                sock.send(&p).await.map_err(|e| e.to_string())?;
+                let p = match data.packet(b).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = sock.send(&error_packet(E_UNDEFINED, "cannot read the file")).await;
+                        return Err(e);
+                    }
+                };
+                sock.send(p).await.map_err(|e| e.to_string())?;
             }
             match self.wait_ack(&sock, &mut ack, o.timeout, &mut stop).await? {
                 Some(n) => {
@@ -335,16 +507,318 @@ mod tests {
         assert_eq!((o.blksize, o.window), (512, 8));
     }
 
+    fn refused(root: &Path, name: &str) -> Refusal {
+        open(root, name).expect_err(name)
+    }
+
     #[test]
     fn names_stay_inside() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a.bin"), b"x").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("../a.bin", d.path().join("sub/in")).unwrap();
+        std::os::unix::fs::symlink("sub", d.path().join("subdir")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("out")).unwrap();
-        assert!(resolve(d.path(), "a.bin").is_ok());
-        assert!(resolve(d.path(), "/a.bin").is_ok());
-        for bad in ["../etc/passwd", "x/../../etc/passwd", "out", "missing", "."] {
-            assert!(resolve(d.path(), bad).is_err(), "{bad}");
+        nix::unistd::mkfifo(&d.path().join("fifo"), nix::sys::stat::Mode::S_IRUSR).unwrap();
+        for good in ["a.bin", "/a.bin", "sub/in", "subdir/in"] {
+            let f = open(d.path(), good).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+            assert_eq!(f.len, 1, "{good}");
         }
+        for bad in ["../etc/passwd", "x/../../etc/passwd", "out", "sub", "fifo", "."] {
+            assert_eq!(refused(d.path(), bad).0, E_ACCESS, "{bad}");
+        }
+        assert_eq!(refused(d.path(), "missing").0, E_NOT_FOUND);
+    }
+
+    /// A symbolic link to a directory outside is not followed out of the TFTP directory (the
+    /// attack of issue 17: `sysetc -> /etc` made `sysetc/passwd` return `/etc/passwd`).
+    #[test]
+    fn a_linked_directory_outside_is_refused() {
+        let (d, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("linked")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("sysetc")).unwrap();
+        for bad in ["linked/secret", "/linked/secret", "sysetc/passwd", "sysetc/hostname"] {
+            let (code, why) = refused(d.path(), bad);
+            assert!(code == E_ACCESS && why.contains("leads outside"), "{bad}: {why}");
+        }
+    }
+
+    /// A symbolic link to a file outside is refused, even one keeping its target's name (as
+    /// Debian's `ipxe.efi -> /boot/ipxe.efi`, allowed before).
+    #[test]
+    fn a_linked_file_outside_is_refused() {
+        let (d, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(outside.path().join("ipxe.efi"), b"outside").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("ipxe.efi"), d.path().join("ipxe.efi")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("ipxe.efi"), d.path().join("other.efi")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("passwd")).unwrap();
+        for bad in ["ipxe.efi", "other.efi", "passwd"] {
+            let (code, why) = refused(d.path(), bad);
+            assert!(code == E_ACCESS && why.contains("leads outside"), "{bad}: {why}");
+        }
+    }
+
+    /// The handle opened is what is served: the name swapped for a link out afterwards does not
+    /// change a byte.
+    #[tokio::test]
+    async fn a_swap_after_the_open_changes_nothing() {
+        let (d, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(d.path().join("f"), b"inside").unwrap();
+        std::fs::write(outside.path().join("f"), b"OUTSIDE").unwrap();
+        let f = open(d.path(), "f").unwrap();
+        std::fs::rename(d.path().join("f"), d.path().join("old")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), d.path().join("f")).unwrap();
+        let mut blocks = Blocks::new(f, 512);
+        assert_eq!(&blocks.packet(0).await.unwrap()[4..], b"inside");
+    }
+
+    /// Bytes that look random, the same for a given seed.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// Blocks are read from the file, in any order and again, each the file's bytes at its
+    /// offset, with one block's packet in memory.
+    #[tokio::test]
+    async fn blocks_come_from_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        for (len, blksize) in [(10 * 512 + 100, 512), (3 * 1428, 1428), (0, 512)] {
+            let bytes = noise(len, len as u64);
+            std::fs::write(d.path().join("f"), &bytes).unwrap();
+            let mut blocks = Blocks::new(open(d.path(), "f").unwrap(), blksize);
+            let count = blocks.count();
+            assert_eq!(count, len / blksize + 1);
+            for b in [count - 1, 0, count / 2, 0, count - 1, count / 2] {
+                let p = blocks.packet(b).await.unwrap().to_vec();
+                assert_eq!(u16::from_be_bytes([p[0], p[1]]), DATA);
+                assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, b + 1);
+                let start = (b * blksize).min(len);
+                assert_eq!(&p[4..], &bytes[start..(start + blksize).min(len)], "block {b} of {len} bytes");
+                assert!(blocks.pkt.capacity() <= 4 + blksize, "more than one block held");
+            }
+        }
+    }
+
+    /// A read that finds the file shorter than it was at the open is an error, not short data.
+    #[tokio::test]
+    async fn a_file_that_shrank_ends_the_transfer() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), noise(2000, 1)).unwrap();
+        let mut blocks = Blocks::new(open(d.path(), "f").unwrap(), 512);
+        std::fs::OpenOptions::new().write(true).open(d.path().join("f")).unwrap().set_len(600).unwrap();
+        assert!(blocks.packet(0).await.is_ok());
+        assert!(blocks.packet(2).await.is_err());
+    }
+
+    /// A server on 127.0.0.1 serving `root`; it stops when the sender is dropped or sent `true`.
+    async fn serve(root: &Path) -> (Arc<TftpServer>, SocketAddr, watch::Sender<bool>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let server = TftpServer::new(root.to_path_buf());
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(server.clone().run(sock, rx));
+        (server, addr, tx)
+    }
+
+    fn rrq(name: &str, opts: &[(&str, &str)]) -> Vec<u8> {
+        let mut p = RRQ.to_be_bytes().to_vec();
+        for f in [name, "octet"].into_iter().chain(opts.iter().flat_map(|(k, v)| [*k, *v])) {
+            p.extend_from_slice(f.as_bytes());
+            p.push(0);
+        }
+        p
+    }
+
+    fn ack(n: u16) -> Vec<u8> {
+        [ACK.to_be_bytes(), n.to_be_bytes()].concat()
+    }
+
+    /// The next packet from the server (and where from), or a timeout after 5 s.
+    async fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+        let mut buf = vec![0u8; 70_000];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        buf.truncate(n);
+        (buf, from)
+    }
+
+    fn opcode(p: &[u8]) -> u16 {
+        u16::from_be_bytes([p[0], p[1]])
+    }
+
+    /// Reads `name` as a client on `from` does: the options acknowledged, each window (or the
+    /// last block) acknowledged. `Err` is the server's error message.
+    async fn fetch(server: SocketAddr, from: IpAddr, name: &str, opts: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+        let sock = UdpSocket::bind((from, 0)).await.unwrap();
+        sock.send_to(&rrq(name, opts), server).await.unwrap();
+        let (mut blksize, mut window, mut next, mut unacked) = (512usize, 1usize, 1u16, 0usize);
+        let mut got = Vec::new();
+        loop {
+            let (p, tid) = recv(&sock).await;
+            match opcode(&p) {
+                OACK => {
+                    let fields: Vec<&[u8]> = p[2..p.len() - 1].split(|b| *b == 0).collect();
+                    for kv in fields.chunks(2) {
+                        let v: usize = std::str::from_utf8(kv[1]).unwrap().parse().unwrap();
+                        match kv[0] {
+                            b"blksize" => blksize = v,
+                            b"windowsize" => window = v,
+                            _ => {}
+                        }
+                    }
+                    sock.send_to(&ack(0), tid).await.unwrap();
+                }
+                DATA => {
+                    let b = u16::from_be_bytes([p[2], p[3]]);
+                    if b != next {
+                        continue;
+                    }
+                    got.extend_from_slice(&p[4..]);
+                    next = next.wrapping_add(1);
+                    unacked += 1;
+                    let last = p.len() - 4 < blksize;
+                    if last || unacked == window {
+                        sock.send_to(&ack(b), tid).await.unwrap();
+                        unacked = 0;
+                    }
+                    if last {
+                        return Ok(got);
+                    }
+                }
+                ERROR => return Err(String::from_utf8_lossy(&p[4..p.len() - 1]).into_owned()),
+                op => panic!("opcode {op} from the server"),
+            }
+        }
+    }
+
+    const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Files of many blocks (far more than one block held in memory) arrive byte for byte,
+    /// with and without options, and with the empty last block of a file that fills its blocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transfers_carry_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let big = noise((3 << 20) + 7, 3);
+        std::fs::write(d.path().join("big"), &big).unwrap();
+        let even = noise(4 * 512, 4);
+        std::fs::write(d.path().join("even"), &even).unwrap();
+        std::fs::write(d.path().join("empty"), b"").unwrap();
+        let (server, addr, _stop) = serve(d.path()).await;
+        let opts = [("blksize", "1428"), ("tsize", "0"), ("windowsize", "16")];
+        assert!(fetch(addr, LO, "big", &opts).await.unwrap() == big);
+        assert!(fetch(addr, LO, "/big", &[("windowsize", "64")]).await.unwrap() == big);
+        assert!(fetch(addr, LO, "even", &[]).await.unwrap() == even);
+        assert!(fetch(addr, LO, "empty", &[]).await.unwrap().is_empty());
+        assert!(fetch(addr, LO, "missing", &[]).await.unwrap_err().contains("does not exist"));
+        assert_eq!(server.counters.transfers.load(Ordering::Relaxed), 4);
+    }
+
+    /// Blocks sent again, after an acknowledgement in the middle of a window and after a
+    /// timeout, are the file's bytes at their offsets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resent_blocks_are_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        let bytes = noise(20 * 512 + 3, 5);
+        std::fs::write(d.path().join("f"), &bytes).unwrap();
+        let (_server, addr, _stop) = serve(d.path()).await;
+        let sock = UdpSocket::bind((LO, 0)).await.unwrap();
+        sock.send_to(&rrq("f", &[("windowsize", "4"), ("timeout", "1")]), addr).await.unwrap();
+        let (p, tid) = recv(&sock).await;
+        assert_eq!(opcode(&p), OACK);
+        sock.send_to(&ack(0), tid).await.unwrap();
+        let block = |b: usize| bytes[(b - 1) * 512..(b * 512).min(bytes.len())].to_vec();
+        let expect = async |numbers: &[usize]| {
+            for &b in numbers {
+                let (p, _) = recv(&sock).await;
+                assert_eq!((opcode(&p), u16::from_be_bytes([p[2], p[3]]) as usize), (DATA, b));
+                assert!(p[4..] == block(b)[..], "block {b}");
+            }
+        };
+        expect(&[1, 2, 3, 4]).await;
+        // Block 2 acknowledged: 3 and 4 are sent again, with 5 and 6.
+        sock.send_to(&ack(2), tid).await.unwrap();
+        expect(&[3, 4, 5, 6]).await;
+        // No acknowledgement: the same window again after the timeout.
+        expect(&[3, 4, 5, 6]).await;
+        sock.send_to(&ack(6), tid).await.unwrap();
+        expect(&[7, 8, 9, 10]).await;
+    }
+
+    /// Past [`MAX_PER_CLIENT`] transfers for one address or [`MAX_TRANSFERS`] in all, a request
+    /// is refused with an error packet; a place is given back when its transfer ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transfers_are_capped() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), noise(100_000, 6)).unwrap();
+        let (server, addr, stop) = serve(d.path()).await;
+        let mut held = Vec::new();
+        // A transfer held open: its options sent, never acknowledged (the server waits 255 s).
+        let hold = async |ip: IpAddr| -> Result<(UdpSocket, SocketAddr), String> {
+            let sock = UdpSocket::bind((ip, 0)).await.unwrap();
+            sock.send_to(&rrq("f", &[("timeout", "255")]), addr).await.unwrap();
+            let (p, tid) = recv(&sock).await;
+            match opcode(&p) {
+                OACK => Ok((sock, tid)),
+                ERROR => {
+                    assert_eq!(u16::from_be_bytes([p[2], p[3]]), E_UNDEFINED);
+                    Err(String::from_utf8_lossy(&p[4..p.len() - 1]).into_owned())
+                }
+                op => panic!("opcode {op}"),
+            }
+        };
+        for _ in 0..MAX_PER_CLIENT {
+            held.push(hold(LO).await.unwrap());
+        }
+        assert_eq!(hold(LO).await.unwrap_err(), BUSY);
+        assert_eq!(fetch(addr, LO, "f", &[]).await.unwrap_err(), BUSY);
+        // Other addresses go on, up to the cap in all.
+        let mut i = 0u32;
+        while held.len() < MAX_TRANSFERS {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x7f00_0100 + 1 + i / MAX_PER_CLIENT as u32));
+            held.push(hold(ip).await.unwrap());
+            i += 1;
+        }
+        let fresh = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 2, 1));
+        assert_eq!(hold(fresh).await.unwrap_err(), BUSY);
+        assert_eq!(server.slots.lock().unwrap().total, MAX_TRANSFERS);
+        // A transfer that ends gives its place back.
+        let (sock, tid) = held.pop().unwrap();
+        sock.send_to(&error_packet(E_UNDEFINED, "enough"), tid).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.slots.lock().unwrap().total == MAX_TRANSFERS {
+            assert!(Instant::now() < deadline, "the ended transfer kept its place");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(fetch(addr, fresh, "f", &[]).await.is_ok());
+        // Stopping ends every transfer and gives every place back.
+        stop.send(true).unwrap();
+        while server.slots.lock().unwrap().total > 0 {
+            assert!(Instant::now() < deadline, "places kept after the stop");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(server.slots.lock().unwrap().per_client.is_empty());
+    }
+
+    /// Refusals as too many are logged [`LOG_LINES`] times a minute; the rest are counted for
+    /// one summing-up line.
+    #[test]
+    fn busy_refusals_are_logged_at_a_bounded_rate() {
+        let server = TftpServer::new(PathBuf::from("/nonexistent"));
+        let peer: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        for _ in 0..1000 {
+            server.log_busy(peer);
+        }
+        let l = server.busy_log.lock().unwrap();
+        assert_eq!((l.logged, l.held_back), (LOG_LINES, 1000 - LOG_LINES as u64));
     }
 
     /// Random bytes never panic the parser.
