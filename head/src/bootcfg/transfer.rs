@@ -12,7 +12,9 @@
 //! are hashed (and, when the file is not already here, written to a private staging directory
 //! under `.tmp`). Only when every file of the manifest has arrived intact are the new files moved
 //! into storage and the database changed, in one transaction. A refused archive leaves nothing
-//! outside the staging directory, which is removed.
+//! outside the staging directory, which is removed. The archive's own headers are bounded
+//! before they are read: a GNU long name or link, or a PAX header, larger than 64 KiB, and a
+//! path longer than 4 KiB, are refused.
 
 use crate::bootcfg::{self, BootError, encode};
 use crate::core::db::{Compare, Database, Txn, TxnOp};
@@ -355,6 +357,135 @@ impl Drop for StagedWriter {
 /// At most this much of a refused archive is read (and discarded) so that the client, which
 /// sends the whole body before it reads the answer, gets the error instead of a broken pipe.
 const DRAIN_LIMIT: u64 = 64 << 30;
+/// Longest path an archive entry may have.
+const MAX_PATH: usize = 4 << 10;
+/// Largest GNU long-name or long-link entry, and largest PAX extension header (local or global).
+const MAX_EXTENSION: u64 = 64 << 10;
+const TAR_BLOCK: usize = 512;
+
+/// The archive as the tar crate reads it, with the bound the crate lacks: it reads a GNU long
+/// name or link and a PAX extension header whole into memory, whatever size its header claims.
+/// This reader follows the archive header by header as the bytes pass and refuses such an entry
+/// larger than [`MAX_EXTENSION`] before any byte of it is passed on (and a GNU sparse entry,
+/// whose extension blocks the crate reads itself: the import takes regular files only).
+///
+/// It sees the layout as the crate does: a header of 512 bytes (the crate's own parsing of its
+/// type and size, base-256 included), then the entry's data, whose size is the header's or, for
+/// an entry after a PAX header, that header's `size` record, rounded up to 512 bytes. A block
+/// whose checksum is wrong is passed on as it is (the crate refuses it).
+struct BoundedHeaders<R> {
+    inner: R,
+    /// Bytes of the current entry's data and padding still to pass before the next header.
+    data_left: u64,
+    /// The next header, as far as it has passed.
+    header: [u8; TAR_BLOCK],
+    have: usize,
+    /// The body of the PAX header passing now (its padding excluded), kept for its `size`.
+    pax: Option<(Vec<u8>, u64)>,
+    /// The data size a PAX header set for the next entry that is not an extension.
+    pax_size: Option<u64>,
+    /// Once refused, every later read fails with the same message.
+    refused: Option<String>,
+}
+
+impl<R: Read> BoundedHeaders<R> {
+    fn new(inner: R) -> Self {
+        BoundedHeaders {
+            inner,
+            data_left: 0,
+            header: [0; TAR_BLOCK],
+            have: 0,
+            pax: None,
+            pax_size: None,
+            refused: None,
+        }
+    }
+
+    /// Takes in a complete header: where the next one is, or why the archive is refused.
+    fn on_header(&mut self) -> Result<(), String> {
+        let h = tar::Header::from_byte_slice(&self.header);
+        let sum = self.header[..148].iter().chain(&self.header[156..]).map(|b| u32::from(*b)).sum::<u32>() + 8 * 32;
+        if self.header.iter().all(|b| *b == 0) || h.cksum().ok() != Some(sum) {
+            // The end of the archive, or a block the crate refuses.
+            return Ok(());
+        }
+        let kind = h.entry_type();
+        let what = match kind {
+            tar::EntryType::GNULongName => Some("a GNU long name"),
+            tar::EntryType::GNULongLink => Some("a GNU long link name"),
+            tar::EntryType::XHeader => Some("a PAX extension header"),
+            tar::EntryType::XGlobalHeader => Some("a PAX global extension header"),
+            _ => None,
+        };
+        if kind.is_gnu_sparse() {
+            return Err("a GNU sparse entry; only regular files are accepted".into());
+        }
+        let size = h.entry_size().map_err(|e| format!("an entry header with an unreadable size: {e}"))?;
+        let size = match what {
+            Some(what) if size > MAX_EXTENSION => {
+                return Err(format!("{what} of {size} bytes (at most {MAX_EXTENSION} are accepted)"));
+            }
+            Some(_) => size,
+            None => self.pax_size.take().unwrap_or(size),
+        };
+        let recognized = h.as_gnu().is_some() || h.as_ustar().is_some();
+        if kind == tar::EntryType::XHeader && recognized {
+            self.pax = Some((Vec::with_capacity(size as usize), size));
+        }
+        self.data_left = size.checked_next_multiple_of(TAR_BLOCK as u64).ok_or("an entry size that overflows")?;
+        Ok(())
+    }
+
+    /// Keeps the bytes of a PAX header's body; at its end, its `size` record (read as the tar
+    /// crate does: the first `size`, and none after a malformed record).
+    fn on_data(&mut self, b: &[u8]) {
+        let Some((body, want)) = self.pax.as_mut() else { return };
+        let room = (*want as usize).saturating_sub(body.len());
+        body.extend_from_slice(&b[..b.len().min(room)]);
+        if body.len() as u64 == *want {
+            self.pax_size = tar::PaxExtensions::new(body)
+                .map_while(Result::ok)
+                .find(|e| e.key_bytes() == b"size")
+                .and_then(|e| e.value().ok()?.parse().ok());
+            self.pax = None;
+        }
+    }
+
+    fn refusal(&self) -> Option<std::io::Error> {
+        self.refused.as_ref().map(|m| std::io::Error::new(std::io::ErrorKind::InvalidData, m.clone()))
+    }
+}
+
+impl<R: Read> Read for BoundedHeaders<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.data_left == 0 {
+            // Within a header: no read goes past its end before it is looked at.
+            let want = (TAR_BLOCK - self.have).min(buf.len());
+            let n = self.inner.read(&mut buf[..want])?;
+            self.header[self.have..self.have + n].copy_from_slice(&buf[..n]);
+            self.have += n;
+            if self.have == TAR_BLOCK {
+                self.have = 0;
+                if let Err(m) = self.on_header() {
+                    self.refused = Some(m);
+                    return Err(self.refusal().expect("just set"));
+                }
+            }
+            return Ok(n);
+        }
+        let want = self.data_left.min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..want])?;
+        self.data_left -= n as u64;
+        self.on_data(&buf[..n]);
+        Ok(n)
+    }
+}
 
 fn import_blocking(
     handle: &tokio::runtime::Handle,
@@ -364,13 +495,23 @@ fn import_blocking(
     staging: &Path,
     o: &ImportOptions,
 ) -> Result<ImportReport, BootError> {
-    let mut ar = tar::Archive::new(reader);
+    let mut ar = tar::Archive::new(BoundedHeaders::new(reader));
     let r = import_archive(handle, db, storage, &mut ar, staging, o);
     if r.is_err() {
-        let mut rest = ar.into_inner().take(DRAIN_LIMIT);
+        let mut rest = ar.into_inner().inner.take(DRAIN_LIMIT);
         let _ = std::io::copy(&mut rest, &mut std::io::sink());
     }
     r
+}
+
+/// Refuses an entry whose path (from its header, a GNU long name or a PAX record) is longer
+/// than [`MAX_PATH`].
+fn check_path<R: Read>(e: &tar::Entry<'_, R>) -> Result<(), BootError> {
+    let n = e.path_bytes().len();
+    if n > MAX_PATH {
+        return Err(bad(format!("an entry's path is {n} bytes long (at most {MAX_PATH} are accepted)")));
+    }
+    Ok(())
 }
 
 fn import_archive<R: Read>(
@@ -386,6 +527,7 @@ fn import_archive<R: Read>(
         entries.next().ok_or_else(|| bad("the archive is empty"))?.map_err(|e| bad(format!("unreadable: {e}")))?;
     let m: Manifest = {
         let mut first = first;
+        check_path(&first)?;
         let path = first.path_bytes().to_vec();
         if path != MANIFEST.as_bytes() || first.header().entry_type() != tar::EntryType::Regular {
             return Err(bad(format!("the first entry must be {MANIFEST}, found {:?}", String::from_utf8_lossy(&path))));
@@ -420,6 +562,7 @@ fn import_archive<R: Read>(
     let mut buf = vec![0u8; 1 << 20];
     for e in entries {
         let mut e = e.map_err(|e| bad(format!("unreadable entry: {e}")))?;
+        check_path(&e)?;
         let path = String::from_utf8_lossy(&e.path_bytes()).to_string();
         let kind = e.header().entry_type();
         if kind != tar::EntryType::Regular {
@@ -567,6 +710,249 @@ fn import_archive<R: Read>(
         Err(e) => {
             undo(&adopted);
             Err(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::db::embedded::Embedded;
+    use crate::core::http::HasKind;
+    use clusterware_shared::api::ErrorKind;
+
+    /// A manifest for boot config `c1` with a kernel and an initramfs of these contents.
+    fn manifest(kernel: &[u8], initramfs: &[u8]) -> Manifest {
+        let rec = |n: u8, name: &str, kind: &str, body: &[u8]| FileRecord {
+            id: format!("{n:032x}"),
+            name: name.into(),
+            size: body.len() as u64,
+            sha256: hex::encode(Sha256::digest(body)),
+            kind: kind.into(),
+            created: 1,
+        };
+        Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            created: 1,
+            boot_config: BootConfig {
+                name: "c1".into(),
+                description: "a config".into(),
+                kernel: format!("{:032x}", 1),
+                initramfs: format!("{:032x}", 2),
+                image: None,
+                cmdline: "console=ttyS0".into(),
+                created: 1,
+            },
+            image: None,
+            files: vec![rec(1, "vmlinuz", "kernel", kernel), rec(2, "initrd.img", "initramfs", initramfs)],
+        }
+    }
+
+    /// The archive an export makes of `m` with these file contents, each entry preceded by the
+    /// raw blocks `before` gives for its position (0: the manifest).
+    fn archive(m: &Manifest, bodies: &[&[u8]], before: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let text = serde_json::to_vec(m).unwrap();
+        b.get_mut().extend(before(0));
+        b.append_data(&mut header(text.len() as u64, 1), MANIFEST, text.as_slice()).unwrap();
+        for (i, (f, body)) in m.files.iter().zip(bodies).enumerate() {
+            b.get_mut().extend(before(i + 1));
+            b.append_data(&mut header(f.size, 1), format!("files/{}", f.id), *body).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// A header block of this type claiming `size` bytes of data.
+    fn claiming(kind: tar::EntryType, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("././@LongLink").unwrap();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    /// A PAX extension header with these records, as a header block and its padded body.
+    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let rest = k.len() + v.len() + 3;
+            let mut n = rest + rest.to_string().len();
+            if n.to_string().len() + rest != n {
+                n += 1;
+            }
+            body.extend(format!("{n} {k}=").as_bytes());
+            body.extend(*v);
+            body.push(b'\n');
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path("PaxHeaders/x").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(body.len() as u64);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend(&body);
+        out.resize(out.len().next_multiple_of(TAR_BLOCK), 0);
+        out
+    }
+
+    struct Fixture {
+        db: Database,
+        storage: Arc<Storage>,
+        dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), "h1", db.clone()).unwrap();
+        Fixture { db, storage, dir }
+    }
+
+    impl Fixture {
+        async fn import(&self, bytes: Vec<u8>) -> Result<ImportReport, BootError> {
+            let chunks: Vec<Result<Bytes, std::io::Error>> =
+                bytes.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            import(&self.db, &self.storage, futures::stream::iter(chunks), ImportOptions::default()).await
+        }
+
+        /// Nothing in the database's boot records, nothing in storage.
+        async fn untouched(&self) {
+            for prefix in [FILES, schema::IMAGES, schema::BOOTCONFIGS] {
+                assert!(self.db.range(prefix).await.unwrap().0.is_empty(), "{prefix} written");
+            }
+            let names: Vec<String> = std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, [".tmp"], "storage written");
+            assert_eq!(std::fs::read_dir(self.dir.path().join(".tmp")).unwrap().count(), 0, "staging left");
+        }
+    }
+
+    /// An archive as export makes it imports, also with a PAX header (as GNU tar writes) before
+    /// an entry; the bounded reader does not get in the way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plain_archive_imports() {
+        let (k, i) = (b"kernel bytes".as_slice(), vec![7u8; 3000]);
+        let m = manifest(k, &i);
+        let f = fixture();
+        let bytes = archive(&m, &[k, &i], |n| if n == 1 { pax(&[("mtime", b"1.5")]) } else { Vec::new() });
+        let r = f.import(bytes).await.unwrap();
+        assert_eq!(r.boot_config, "c1");
+        assert_eq!(f.db.range(FILES).await.unwrap().0.len(), 2);
+    }
+
+    /// GNU long names and links, PAX headers (local and global) that claim more than 64 KiB are
+    /// refused from their header: a clear error, nothing written to the database or storage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn huge_extension_headers_are_refused() {
+        let (k, i) = (b"kernel bytes".as_slice(), b"initramfs".as_slice());
+        let m = manifest(k, i);
+        for (kind, what) in [
+            (tar::EntryType::GNULongName, "a GNU long name of"),
+            (tar::EntryType::GNULongLink, "a GNU long link name of"),
+            (tar::EntryType::XHeader, "a PAX extension header of"),
+            (tar::EntryType::XGlobalHeader, "a PAX global extension header of"),
+        ] {
+            for at in [0, 2] {
+                let f = fixture();
+                // The header claims 1 GiB; 4 KiB of it follow, then the archive goes on.
+                let bytes = archive(&m, &[k, i], |n| {
+                    if n == at {
+                        let mut v = claiming(kind, 1 << 30);
+                        v.extend(vec![b'a'; 4096]);
+                        v
+                    } else {
+                        Vec::new()
+                    }
+                });
+                let e = f.import(bytes).await.unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::BadRequest);
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("{what} 1073741824 bytes (at most 65536 are accepted)")),
+                    "{kind:?} at {at}: {msg}"
+                );
+                f.untouched().await;
+            }
+        }
+    }
+
+    /// Counts the bytes read from it.
+    struct Counting<R>(R, Arc<std::sync::atomic::AtomicU64>);
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(b)?;
+            self.1.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    /// A long name claiming 1 GiB that is really there (generated, never stored): the refusal
+    /// comes once its header has been read, before any byte of the name.
+    #[test]
+    fn a_huge_long_name_is_refused_before_it_is_read() {
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let src = std::io::Cursor::new(claiming(tar::EntryType::GNULongName, 1 << 30))
+            .chain(std::io::repeat(b'a').take(1 << 30));
+        let mut ar = tar::Archive::new(BoundedHeaders::new(Counting(src, read.clone())));
+        let e = ar.entries().unwrap().next().unwrap().err().expect("refused");
+        assert!(e.to_string().contains("a GNU long name of 1073741824 bytes"), "{e}");
+        assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), TAR_BLOCK as u64);
+    }
+
+    /// The reader keeps its place where the data size comes from a PAX `size` record (the
+    /// header says 0): the data, a valid-looking header claiming 1 GiB, is passed as data, and
+    /// the long name after it is caught.
+    #[test]
+    fn the_reader_follows_pax_sizes() {
+        let decoy = claiming(tar::EntryType::Regular, 1 << 30);
+        let mut bytes = pax(&[("size", decoy.len().to_string().as_bytes())]);
+        let mut h = tar::Header::new_ustar();
+        h.set_path("data").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        bytes.extend(h.as_bytes());
+        bytes.extend(&decoy);
+        bytes.extend(claiming(tar::EntryType::GNULongName, 1 << 20));
+        bytes.extend(vec![0u8; 4096]);
+        let mut ar = tar::Archive::new(BoundedHeaders::new(bytes.as_slice()));
+        let mut entries = ar.entries().unwrap();
+        let mut first = entries.next().unwrap().unwrap();
+        assert_eq!(first.size(), decoy.len() as u64);
+        let mut data = Vec::new();
+        first.read_to_end(&mut data).unwrap();
+        assert!(data == decoy);
+        let e = entries.next().unwrap().err().expect("refused");
+        assert!(e.to_string().contains("a GNU long name of 1048576 bytes"), "{e}");
+    }
+
+    /// A path longer than 4 KiB is refused, whether from a GNU long name or a PAX record within
+    /// the 64 KiB bound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_paths_are_refused() {
+        let (k, i) = (b"kernel bytes".as_slice(), b"initramfs".as_slice());
+        let m = manifest(k, i);
+        let long = format!("files/{}", "a".repeat(5000));
+        let gnu = |n: usize| {
+            if n != 2 {
+                return Vec::new();
+            }
+            let mut v = claiming(tar::EntryType::GNULongName, long.len() as u64 + 1);
+            v.extend(long.as_bytes());
+            v.push(0);
+            v.resize(v.len().next_multiple_of(TAR_BLOCK), 0);
+            v
+        };
+        let with_pax = |n: usize| if n == 0 { pax(&[("path", long.as_bytes())]) } else { Vec::new() };
+        for bytes in [archive(&m, &[k, i], gnu), archive(&m, &[k, i], with_pax)] {
+            let f = fixture();
+            let e = f.import(bytes).await.unwrap_err().to_string();
+            assert!(e.contains("an entry's path is 5006 bytes long (at most 4096 are accepted)"), "{e}");
+            f.untouched().await;
         }
     }
 }
