@@ -20,13 +20,14 @@ pub mod routes;
 
 pub mod keys;
 
+use crate::core::complaints::Complaints;
 use crate::core::db::{Compare, Database, DbError, KeyValue, LeaseId, Txn, TxnOp};
 use crate::core::follow::{Change, Mirror, follow};
 use crate::core::peers::Peers;
 use crate::core::schema;
 use crate::core::schema::{COMMANDS, CommandRecord, CommandResult, HeadRecord, KEYS, STATUS, StatusRecord};
 use crate::core::supervisor::{Stage, Supervisor};
-use crate::core::view::{ClusterView, Complaints};
+use crate::core::view::ClusterView;
 
 use crate::core::unix_now;
 use crate::registry::cache::NodeCache;

@@ -3,6 +3,7 @@
 //! heads a node is given, a node's preferred head, and the hash that orders nodes
 //! ([`order_hash`]: rebalancing and head lists).
 
+use crate::core::complaints::Complaints;
 use crate::core::db::Database;
 use crate::core::follow::Mirror;
 use crate::core::schema::{ALIVE, AliveRecord, HEADS, HeadRecord};
@@ -10,37 +11,13 @@ use crate::core::supervisor::Supervisor;
 use clusterware_shared::agent::HeadEntry;
 use clusterware_shared::api::Node;
 use clusterware_shared::ids::MacAddr;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// A hash every head computes alike (FNV-1a: stable across heads and versions, unlike the
 /// standard library's hasher), for orders that heads must agree on without talking.
 pub fn order_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
-/// Log lines about what a remote party keeps doing, at most once a minute per subject, in
-/// bounded memory (a flood of distinct subjects clears the table rather than growing it).
-#[derive(Default)]
-pub struct Complaints(Mutex<HashMap<String, Instant>>);
-
-impl Complaints {
-    /// Runs `f` (a log line) unless one ran for `key` less than a minute ago.
-    pub fn complain(&self, key: String, f: impl FnOnce()) {
-        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if c.len() > 10_000 {
-            c.clear();
-        }
-        let now = Instant::now();
-        match c.get(&key) {
-            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => {}
-            _ => {
-                c.insert(key, now);
-                f();
-            }
-        }
-    }
 }
 
 /// See the module's documentation.

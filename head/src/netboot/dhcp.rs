@@ -10,6 +10,7 @@
 //! several heads creates one node). A node whose `_preferred_head` is another live head gets this
 //! head's offer `dhcp.defer_ms` later, so that the preferred head usually wins.
 
+use crate::core::complaints::Complaints;
 use crate::core::db::Database;
 use crate::core::view::ClusterView;
 use crate::registry::cache::NodeCache;
@@ -18,7 +19,7 @@ use clusterware_shared::config::BootNet;
 use clusterware_shared::ids::MacAddr;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,7 +53,7 @@ pub struct DhcpServer {
     view: Arc<ClusterView>,
     settings: DhcpSettings,
     pub counters: DhcpCounters,
-    complaints: Mutex<HashMap<String, Instant>>,
+    complaints: Complaints,
     /// Unknown-MAC log lines in the current minute, and those held back.
     unknown_log: Mutex<(Instant, u32, u64)>,
     registering: Mutex<HashSet<MacAddr>>,
@@ -89,25 +90,14 @@ impl DhcpServer {
             view,
             settings,
             counters: DhcpCounters::default(),
-            complaints: Mutex::new(HashMap::new()),
+            complaints: Complaints::default(),
             unknown_log: Mutex::new((Instant::now(), 0, 0)),
             registering: Mutex::new(HashSet::new()),
         })
     }
 
     fn complain(&self, key: String, every: Duration, f: impl FnOnce()) {
-        let mut c = self.complaints.lock().unwrap_or_else(|p| p.into_inner());
-        if c.len() > 10_000 {
-            c.clear();
-        }
-        let now = Instant::now();
-        match c.get(&key) {
-            Some(t) if now.duration_since(*t) < every => {}
-            _ => {
-                c.insert(key, now);
-                f();
-            }
-        }
+        self.complaints.complain_every(key, every, f)
     }
 
     /// The answer to one packet, from memory. Pure apart from counters: the tests and the
