@@ -24,8 +24,9 @@ pub const STATUS_SECS_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
 pub const MISSED_INTERVALS: u32 = 3;
 /// Longest time a head holds a long poll.
 pub const MAX_WAIT_SECS: u32 = 60;
-/// Largest status report a head accepts.
-pub const MAX_REPORT_BYTES: usize = 256 << 10;
+/// Largest request body a head reads on the node-facing routes (a status report with its
+/// hardware inventory is a few KiB); larger ones are refused before they are read.
+pub const MAX_REPORT_BYTES: usize = 64 << 10;
 
 /// One head as the agent knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

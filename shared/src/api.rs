@@ -233,6 +233,8 @@ pub enum ErrorKind {
     NotFound,
     /// 409: the request conflicts with the database (duplicate MAC, IP, index, …).
     Conflict,
+    /// 413: the request body is larger than the endpoint accepts.
+    TooLarge,
     /// 503: the cluster database cannot be reached or has no quorum.
     Unavailable,
     /// 500: a fault of the head itself.
@@ -247,6 +249,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
+            ErrorKind::TooLarge => 413,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }

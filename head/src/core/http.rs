@@ -8,9 +8,10 @@
 //! (`ErrorKind::http_status`, one exhaustive match), and each capability's error type says its
 //! kind through [`HasKind`].
 
+use crate::core::complaints::Complaints;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +20,9 @@ use clusterware_shared::api::{ApiError, ErrorKind, Health, PREFIX};
 use clusterware_shared::auth::{BEARER, tokens_equal};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Added to every "database unavailable" answer.
@@ -139,8 +141,31 @@ pub fn check_token(headers: &HeaderMap, token: &str) -> ApiResult<()> {
     }
 }
 
-async fn require_admin(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
-    match check_token(req.headers(), &token) {
+/// Largest body of a request on the routes without credential (nodes and peers).
+pub const OPEN_BODY_LIMIT: usize = clusterware_shared::agent::MAX_REPORT_BYTES;
+
+/// 413 for a request that says its body is larger than [`OPEN_BODY_LIMIT`], before any of it
+/// is read (a body without a length is cut at the limit as it is read).
+async fn refuse_large_bodies(req: Request, next: Next) -> Response {
+    let len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match len {
+        Some(n) if n > OPEN_BODY_LIMIT as u64 => ApiFailure::new(
+            ErrorKind::TooLarge,
+            format!("a request body here is at most {OPEN_BODY_LIMIT} bytes; this one says {n}"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// What the credential check needs: the token, and a bound on its log lines.
+struct Admin {
+    token: String,
+    complaints: Complaints,
+}
+
+async fn require_admin(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    match check_token(req.headers(), &admin.token) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             if e.kind == ErrorKind::Forbidden {
@@ -148,7 +173,11 @@ async fn require_admin(State(token): State<Arc<str>>, req: Request, next: Next) 
                     .extensions()
                     .get::<OriginalUri>()
                     .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
-                tracing::warn!(%path, "request with a wrong admin credential refused");
+                let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+                let who = peer.map_or_else(String::new, |p| p.to_string());
+                admin.complaints.complain(format!("credential {who}"), || {
+                    tracing::warn!(%path, from = %who, "request with a wrong admin credential refused (logged once a minute per address)")
+                });
             }
             e.into_response()
         }
@@ -165,15 +194,23 @@ pub struct Routes {
 }
 
 /// The whole API: every capability's routes under `/api/v1`, the admin ones behind the
-/// credential, health, a JSON 404 for anything else, and the body limit.
+/// credential, health, a JSON 404 for anything else, and the body limits (admin routes
+/// [`BODY_LIMIT`] unless they set their own, the open ones a few KiB).
 pub fn router(token: &str, name: &str, backend: &'static str, caps: impl IntoIterator<Item = Routes>) -> Router {
     let (mut admin, mut open) = (Router::new(), Router::new());
     for r in caps {
         admin = admin.merge(r.admin);
         open = open.merge(r.open);
     }
-    let admin = admin.route_layer(middleware::from_fn_with_state(Arc::<str>::from(token), require_admin));
+    let admin = admin.route_layer(middleware::from_fn_with_state(
+        Arc::new(Admin { token: token.to_string(), complaints: Complaints::default() }),
+        require_admin,
+    ));
     let name = name.to_string();
+    // Nodes and peers send small bodies (or none): refused before they are read.
+    let open = open
+        .layer(axum::extract::DefaultBodyLimit::max(OPEN_BODY_LIMIT))
+        .route_layer(middleware::from_fn(refuse_large_bodies));
     let api = open
         .route(
             path::HEALTH,
@@ -206,21 +243,163 @@ pub fn health_of(name: &str, database: &str, state: &str) -> Health {
     }
 }
 
+/// What one client can hold of the API server: without these, idle or half-sent connections
+/// from one address use up the head's file descriptors, and slow bodies hold memory forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections open at once, all clients together (three quarters of the descriptor limit).
+    pub total: usize,
+    /// Connections open at once from one address (a node holds two: pushes and its long poll).
+    pub per_source: usize,
+    /// Time to send a request's headers; also how long a kept-alive connection may sit idle.
+    pub header_read: Duration,
+    /// Longest wait for the next part of a request body.
+    pub body_idle: Duration,
+}
+
+/// Connections from one address, when nothing else is configured.
+pub const PER_SOURCE: usize = 64;
+
+impl ConnLimits {
+    /// The limits for this process (its descriptor limit sets `total`).
+    pub fn for_process() -> ConnLimits {
+        let fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX));
+        ConnLimits {
+            total: (fds - fds / 4).clamp(16, 65_536),
+            per_source: PER_SOURCE,
+            header_read: Duration::from_secs(20),
+            body_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Open connections, in all and per address; a [`Slot`] gives its place back when dropped.
+#[derive(Default)]
+struct Conns {
+    per_source: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+struct Slot {
+    conns: Arc<Conns>,
+    ip: IpAddr,
+}
+
+impl Conns {
+    /// A place for a connection from `ip`, or why there is none.
+    fn take(self: &Arc<Self>, ip: IpAddr, limits: &ConnLimits) -> Result<Slot, String> {
+        let mut m = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = m.values().sum();
+        if total >= limits.total {
+            return Err(format!("this head has {total} connections open, its limit"));
+        }
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limits.per_source {
+            return Err(format!("{ip} has {n} connections open to this head, the limit per address"));
+        }
+        *n += 1;
+        Ok(Slot { conns: self.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.conns.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection over the limit with 503 and closes it, without reading from it.
+async fn refuse(mut stream: tokio::net::TcpStream, why: String) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::to_string(&ApiError {
+        kind: ErrorKind::Unavailable,
+        message: format!("{why}; close idle connections or try again later"),
+    })
+    .unwrap_or_default();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Serves `app` on a copy of `listener` until `stop` turns true and the requests running then
-/// have finished.
+/// have finished, within [`ConnLimits::for_process`].
 pub fn serve_until(
     listener: &std::net::TcpListener,
     app: Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<impl Future<Output = std::io::Result<()>> + Send + 'static, std::io::Error> {
     let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-    Ok(async move {
-        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    })
+    Ok(serve_limited(l, app, stop, ConnLimits::for_process()))
+}
+
+/// The accept loop: every connection gets a [`Slot`] or a 503, then HTTP/1.1 with the header
+/// and body timeouts of `limits`; the client's address reaches handlers as `ConnectInfo`.
+async fn serve_limited(
+    l: tokio::net::TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let conns = Arc::new(Conns::default());
+    let complaints = Complaints::default();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read).max_buf_size(64 << 10);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors or a connection gone before it was accepted.
+                    complaints.complain("accept".into(), || tracing::warn!(error = %e, "cannot accept a connection"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        };
+        let slot = match conns.take(peer.ip(), &limits) {
+            Ok(s) => s,
+            Err(why) => {
+                complaints.complain(
+                    format!("conns {}", peer.ip()),
+                    || tracing::warn!(%peer, "connection refused: {why} (logged once a minute per address)"),
+                );
+                tokio::spawn(refuse(stream, why));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let body_idle = limits.body_idle;
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_idle, b)));
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower_service::Service::call(&mut app.clone(), req)
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = conn.await;
+        });
+    }
+    drop(l);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// [`serve_until`] as a task of its own.
