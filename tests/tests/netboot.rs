@@ -214,9 +214,18 @@ fn three_heads_boot_nodes_alike() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     h.cli("scyld-nodectl", &["-i", "n0", "set", "_boot_config=compute"]).ok();
+    // Fetched from an address that is not n0's, the script changes nothing.
     let out = in_ns(&capture, &["curl", "-sS", &url]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains(&format!("kernel http://{}:8080/api/v1/files/", heads[2])), "{text}");
+    c.heads[2]
+        .wait_log("head3 refuses the stranger's fetch its effect", |l| l.contains("the node's state is left as it is"));
+    let s = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+    assert!(s.code == 0 && s.json()["nodes"][0]["state"] != "booting", "{s:?}");
+    // Fetched by n0 itself, it makes head3 the parent.
+    let n0_ns = seg.member("n0", Some(seg.addr(101)));
+    let out = in_ns(&n0_ns, &["curl", "-sS", &url]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains(&format!("cw.parent=http://{}:8080", heads[2])) && text.contains("console=ttyS0"), "{text}");
     assert!(text.contains("initrd --name initramfs"), "{text}");
     c.heads[2].wait_log("head3 logs the boot", |l| l.contains(&format!("Booting node n0 ({n0})")));

@@ -26,7 +26,12 @@ pub struct StartError {
 /// Starts network boot: the boot script route, and DHCP, TFTP and router advertisements on the
 /// cluster-network interface when `dhcp.interface` is set.
 pub async fn start(ctx: &Ctx<'_>, nodes: &Arc<NodeCache>, hub: &Arc<Hub>) -> Result<(), StartError> {
-    ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), head: ctx.me().clone(), hub: hub.clone() })));
+    ctx.serve(routes::routes(Arc::new(routes::Api {
+        db: ctx.db.clone(),
+        head: ctx.me().clone(),
+        hub: hub.clone(),
+        complaints: Default::default(),
+    })));
     let (cfg, db, view, sup) = (ctx.config, &ctx.db, &ctx.view, ctx.sup);
     let Some(iface) = cfg.boot.interface.clone() else {
         tracing::info!("network boot is off (set dhcp.interface to the cluster-network interface)");

@@ -2,16 +2,18 @@
 
 use crate::agent_channel::Hub;
 use crate::agent_channel::routes::mac_param;
+use crate::core::complaints::Complaints;
 use crate::core::db::Database;
 use crate::core::http::{ApiResult, Routes, query_pairs};
 use crate::core::schema::HeadRecord;
 use crate::netboot::script::{self, Script};
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clusterware_shared::api::path;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// What the handlers need.
@@ -19,6 +21,7 @@ pub struct Api {
     pub db: Database,
     pub head: HeadRecord,
     pub hub: Arc<Hub>,
+    pub complaints: Complaints,
 }
 
 /// The routes (paths under `/api/v1`).
@@ -31,9 +34,14 @@ fn ipxe(text: String) -> Response {
 }
 
 /// `GET /api/v1/boot/script?mac=M`: the iPXE script for the node's boot config, served by the
-/// head the node network-boots from (no credential: iPXE fetches it). This head becomes the
-/// node's parent, the node `booting`.
-async fn boot_script(State(st): State<Arc<Api>>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+/// head the node network-boots from (no credential: iPXE fetches it). When the node itself asks
+/// (from its registered address), this head becomes its parent and the node `booting`; a fetch
+/// from anywhere else changes nothing.
+async fn boot_script(
+    State(st): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     let mac = mac_param(&query_pairs(q.as_deref())?)?;
     let base = &st.head.api_url;
     let Some(node) = st.hub.nodes.by_mac(&mac) else {
@@ -41,11 +49,17 @@ async fn boot_script(State(st): State<Arc<Api>>, RawQuery(q): RawQuery) -> ApiRe
     };
     match script::for_node(&st.db, &st.hub.view, &node, &mac).await? {
         Script::Boot(text) => {
-            st.hub.booting(&node, &mac);
+            if peer.ip() == IpAddr::V4(node.ip) {
+                st.hub.booting(&node, &mac);
+            } else {
+                st.complaints.complain(format!("script {mac} {}", peer.ip()), || {
+                    tracing::info!(node = %node.name, %mac, %peer, registered = %node.ip, "boot script fetched from an address that is not the node's: the node's state is left as it is")
+                });
+            }
             Ok(ipxe(text))
         }
         Script::Retry(why) => {
-            tracing::warn!(node = %node.name, %mac, "{why}");
+            st.complaints.complain(format!("retry {mac}"), || tracing::warn!(node = %node.name, %mac, "{why}"));
             Ok(ipxe(script::retry(base, &mac, &why)))
         }
     }
