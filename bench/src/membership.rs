@@ -111,13 +111,15 @@ pub fn bench_membership(r: &mut Report) {
     let prefix = c.dir().join("head4");
     let port = free_port(ip4);
     let target = format!("{}:{}", c.heads[0].ip, c.heads[0].port);
+    let passf = c.dir().join("dbpass");
+    std::fs::write(&passf, PASS).expect("password file");
     let t0 = Instant::now();
     let out = Command::new(bin("scyld-install"))
         .args(["--prefix", &prefix.display().to_string(), "--name", "head4", "--ip", &ip4.to_string()])
         .args(["--port", &port.to_string(), "--peer-port", &free_port(ip4).to_string()])
         .args(["--client-port", &free_port(Ipv4Addr::LOCALHOST).to_string(), "--no-systemd"])
         .args(["--set", &format!("head.bind={ip4}"), "--set", &format!("head.lease_ttl={LEASE_TTL}")])
-        .args(["--join", &target, "--database-passwd", PASS])
+        .args(["--join", &target, "--database-passwd-file", &passf.display().to_string()])
         .output()
         .expect("scyld-install");
     let join = t0.elapsed();

@@ -201,6 +201,45 @@ pub fn read_secret(prompt: &str) -> CliResult<String> {
     Ok(v)
 }
 
+/// Where a command takes a password from: `--database-passwd-file FILE` (its first line; `-`
+/// is standard input), else `--database-passwd` (kept for the Scyld command line; it shows the
+/// password to every user of the machine, so the command says so), else the terminal without
+/// echo (`hint` says what to give when there is none).
+pub fn password_from(
+    file: Option<&std::path::Path>,
+    given: Option<&str>,
+    prompt: &str,
+    hint: &str,
+) -> CliResult<String> {
+    if let Some(f) = file {
+        let text = if f == std::path::Path::new("-") {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+                .map_err(|e| fail(format!("cannot read the password from stdin: {e}")))?;
+            line
+        } else {
+            let text = std::fs::read_to_string(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
+            text.lines().next().unwrap_or_default().to_string()
+        };
+        let p = text.trim_end_matches(['\n', '\r']).to_string();
+        if p.is_empty() {
+            return Err(usage(format!("{}: the password is empty", f.display())));
+        }
+        return Ok(p);
+    }
+    match given {
+        Some("") => Err(usage("--database-passwd is empty")),
+        Some(p) => {
+            eprintln!(
+                "warning: --database-passwd shows the password to every user of this machine (ps, /proc); \
+                 prefer --database-passwd-file FILE (- for standard input) or the prompt"
+            );
+            Ok(p.to_string())
+        }
+        None => read_password_tty(prompt, hint),
+    }
+}
+
 /// The administrator running the command: the user behind sudo, else the login name.
 pub fn who() -> String {
     let name = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));

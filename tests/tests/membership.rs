@@ -66,6 +66,15 @@ impl Installed {
         cli("scyld-install", &a)
     }
 
+    /// A file holding `pass` (for `--database-passwd-file`).
+    fn pass_file(&self, pass: &str) -> String {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let f = self.dir.path().join(format!("dbpass-{n}"));
+        std::fs::write(&f, format!("{pass}\n")).unwrap();
+        f.display().to_string()
+    }
+
     /// Takes charge of the head `scyld-install` started.
     fn adopt(&mut self, s: &Spot) -> usize {
         let h = Head::adopt(&s.name, s.ip, s.port, s.prefix.join("conf/base.ini"), s.prefix.clone());
@@ -132,21 +141,27 @@ fn install_join_grow_to_five_then_leave_eject_and_rejoin() {
     // Bad input changes nothing: a wrong password, an unreachable head.
     let s2 = c.spot(2);
     let target = c.target(h1);
+    // (--database-passwd, kept for the Scyld command line, warns that others can read it.)
     let wrong = c.install(&s2, &["--join", &target, "--database-passwd", "not-the-password"]);
     assert_eq!(wrong.code, 1, "{wrong:?}");
     assert!(wrong.stderr.contains("refused the database password"), "{wrong:?}");
+    assert!(wrong.stderr.contains("shows the password to every user"), "{wrong:?}");
+    let passf = c.pass_file(&pass);
     assert!(!s2.prefix.exists(), "a refused join wrote nothing");
     let nowhere = format!("{}:{}", Ipv4Addr::new(127, c.block.0, c.block.1, 99), free_port(Ipv4Addr::LOCALHOST));
-    let unreachable = c.install(&s2, &["--join", &nowhere, "--database-passwd", &pass]);
+    let unreachable = c.install(&s2, &["--join", &nowhere, "--database-passwd-file", &passf]);
     assert!(unreachable.code == 1 && unreachable.stderr.contains("cannot reach the head"), "{unreachable:?}");
-    // Without --database-passwd and without a terminal: a clear refusal.
+    // Without a password and without a terminal: a clear refusal.
     let no_tty = c.install(&s2, &["--join", &target]);
     assert!(no_tty.code == 1 && no_tty.stderr.contains("no terminal"), "{no_tty:?}");
     assert_eq!(health(&c.heads[h1])["database"], "embedded", "the cluster is unchanged");
 
     // 1 → 2: the solo head is converted into a one-member etcd cluster (its data kept), then
     // joined; the new head takes everything from the database.
-    let out = c.install(&s2, &["--join", &target, "--database-passwd", &pass]);
+    // The password from standard input.
+    let mut args: Vec<&str> = s2.args.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--join", &target, "--database-passwd-file", "-"]);
+    let out = clusterware_tests::cli_with_stdin("scyld-install", &args, &format!("{pass}\n"));
     assert!(out.ok().contains("converted to etcd first"), "{out:?}");
     let h2 = c.adopt(&s2);
     assert_eq!(health(&c.heads[h1])["database"], "etcd");
@@ -158,7 +173,7 @@ fn install_join_grow_to_five_then_leave_eject_and_rejoin() {
         let s = c.spot(i);
         let via = c.target(i - 2);
         let t0 = Instant::now();
-        let out = c.install(&s, &["--join", &via, "--database-passwd", &pass, "--json"]);
+        let out = c.install(&s, &["--join", &via, "--database-passwd-file", &passf, "--json"]);
         let j: Value = serde_json::from_str(out.ok()).unwrap();
         assert_eq!(j["members"], i, "{j}");
         c.adopt(&s);
@@ -231,8 +246,9 @@ fn two_heads_refuse_leave_and_eject_and_recover_into_two_solo_heads() {
     c.install(&s1, &["--database", "etcd"]).ok();
     c.adopt(&s1);
     let pass = c.password();
+    let passf = c.pass_file(&pass);
     let s2 = c.spot(2);
-    c.install(&s2, &["--join", &c.target(0), "--database-passwd", &pass]).ok();
+    c.install(&s2, &["--join", &c.target(0), "--database-passwd-file", &passf]).ok();
     c.adopt(&s2);
     c.heads[0].cli("scyld-nodectl", &["create", "mac=52:54:00:e1:00:01", "ip=10.61.0.1"]).ok();
 
@@ -240,7 +256,7 @@ fn two_heads_refuse_leave_and_eject_and_recover_into_two_solo_heads() {
     let s9 = c.spot(9);
     let broken = c.install(
         &s9,
-        &["--join", &c.target(0), "--database-passwd", &pass, "--set", "database.etcd_binary=/nonexistent/etcd"],
+        &["--join", &c.target(0), "--database-passwd-file", &passf, "--set", "database.etcd_binary=/nonexistent/etcd"],
     );
     assert!(broken.code == 1 && broken.stderr.contains("the join was undone"), "{broken:?}");
     assert!(!s9.prefix.join("conf/base.ini").exists());
@@ -256,7 +272,8 @@ fn two_heads_refuse_leave_and_eject_and_recover_into_two_solo_heads() {
         let text = std::fs::read_to_string(&c.heads[other].config).unwrap();
         text.lines().find_map(|l| l.strip_prefix("database.admin_pass = ")).unwrap().to_string()
     };
-    let out = c.heads[1].cli("managedb", &["join", &c.target(other), "--database-passwd", &other_pass]);
+    let other_passf = c.pass_file(&other_pass);
+    let out = c.heads[1].cli("managedb", &["join", &c.target(other), "--database-passwd-file", &other_passf]);
     assert!(out.code == 1 && out.stderr.contains("another cluster"), "{out:?}");
     assert_eq!(health(&c.heads[other])["database"], "embedded", "the other cluster is unchanged");
 

@@ -21,9 +21,13 @@ pub struct Args {
     /// Join the cluster of the head at this address (IP, IP:PORT or URL)
     #[arg(long, value_name = "IP_HEAD")]
     pub join: Option<String>,
-    /// IP_HEAD's database password (database.admin_pass in its base.ini) [default: asked on
-    /// the terminal, without echo]
-    #[arg(long, value_name = "DBPASS", requires = "join")]
+    /// IP_HEAD's database password (database.admin_pass in its base.ini) from the first line
+    /// of FILE, `-` for standard input [default: asked on the terminal, without echo]
+    #[arg(long, value_name = "FILE", requires = "join")]
+    pub database_passwd_file: Option<PathBuf>,
+    /// IP_HEAD's database password on the command line, where every user of this machine can
+    /// read it (kept for the Scyld command line; prefer --database-passwd-file)
+    #[arg(long, value_name = "DBPASS", requires = "join", conflicts_with = "database_passwd_file")]
     pub database_passwd: Option<String>,
     /// Remove this installation's state (configuration, database, storage) before installing
     #[arg(long)]

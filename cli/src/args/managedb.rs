@@ -40,8 +40,13 @@ pub enum Cmd {
     Join {
         /// The head to join: IP, IP:PORT or URL (the port defaults to this head's head.port)
         ip_head: String,
-        /// IP_HEAD's database password [default: database.admin_pass of this head's base.ini]
-        #[arg(long, value_name = "DBPASS")]
+        /// IP_HEAD's database password from the first line of FILE, `-` for standard input
+        /// [default: database.admin_pass of this head's base.ini]
+        #[arg(long, value_name = "FILE")]
+        database_passwd_file: Option<PathBuf>,
+        /// IP_HEAD's database password on the command line, where every user of this machine
+        /// can read it (prefer --database-passwd-file)
+        #[arg(long, value_name = "DBPASS", conflicts_with = "database_passwd_file")]
         database_passwd: Option<String>,
     },
     /// Remove this head from its cluster (three or more heads); it can then run no command

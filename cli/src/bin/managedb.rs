@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         (Some(cmd), false) => match cmd {
             Cmd::Save { file } => save(&args, file),
             Cmd::Load { file } => load(&args, file),
-            Cmd::Join { ip_head, database_passwd } => join(&args, ip_head, database_passwd.as_deref()),
+            Cmd::Join { ip_head, database_passwd_file, database_passwd } => {
+                join(&args, ip_head, database_passwd_file.as_deref(), database_passwd.as_deref())
+            }
             Cmd::Leave => change(&args, |c| c.leave(), Some("left")),
             Cmd::Eject { ip_head } => {
                 let c = Client::new(&args.conn)?;
@@ -89,11 +91,17 @@ fn change(
     Ok(())
 }
 
-fn join(args: &Args, target: &str, pass: Option<&str>) -> clusterware_cli::CliResult<()> {
+fn join(
+    args: &Args,
+    target: &str,
+    pass_file: Option<&std::path::Path>,
+    pass: Option<&str>,
+) -> clusterware_cli::CliResult<()> {
     let (path, cfg) = local_config(args)?;
-    let password = match pass {
-        Some(p) => p.to_string(),
-        None => cfg.require_admin_pass().map_err(|e| fail(e.to_string()))?.to_string(),
+    let password = if pass_file.is_some() || pass.is_some() {
+        clusterware_cli::password_from(pass_file, pass, "", "")?
+    } else {
+        cfg.require_admin_pass().map_err(|e| fail(e.to_string()))?.to_string()
     };
     let local = membership::local_url(&cfg);
     let start = match membership::health(&local) {

@@ -614,14 +614,12 @@ fn install(args: &Args) -> CliResult<()> {
 }
 
 fn password_for(args: &Args) -> CliResult<String> {
-    match &args.database_passwd {
-        Some(p) if p.is_empty() => Err(usage("--database-passwd is empty")),
-        Some(p) => Ok(p.clone()),
-        None => clusterware_cli::read_password_tty(
-            "Database password of the head to join (database.admin_pass in its base.ini): ",
-            "give --database-passwd DBPASS",
-        ),
-    }
+    clusterware_cli::password_from(
+        args.database_passwd_file.as_deref(),
+        args.database_passwd.as_deref(),
+        "Database password of the head to join (database.admin_pass in its base.ini): ",
+        "give --database-passwd-file FILE (- for standard input)",
+    )
 }
 
 fn detect_ip(name: &str) -> CliResult<Ipv4Addr> {
