@@ -1,4 +1,6 @@
-//! Identifiers: MAC addresses, head names, node names and attribute keys.
+//! Identifiers: MAC addresses, head names, node names and attribute keys; and the one check of
+//! free text (descriptions, kernel command lines, file names, attribute values): no control
+//! characters ([`check_text`]).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -28,6 +30,8 @@ pub enum IdError {
     MacOverflow(MacAddr),
     #[error("IP range starting at {0} runs past 255.255.255.255")]
     IpOverflow(Ipv4Addr),
+    #[error("{field} contains the control character U+{code:04X} at byte {at}; control characters are not accepted")]
+    Control { field: String, code: u32, at: usize },
 }
 
 impl MacAddr {
@@ -109,6 +113,37 @@ pub fn ipv4_offset(ip: Ipv4Addr, n: u64) -> Result<Ipv4Addr, IdError> {
         .ok_or(IdError::IpOverflow(ip))
 }
 
+/// Checks text the head keeps and the CLIs print or a node's boot script carries (a name, a
+/// description, a kernel command line, a file name, an attribute's value): no control character
+/// ([`char::is_control`]: tab, newline, carriage return, escape and the rest of C0, DEL, C1),
+/// which a terminal or iPXE would act on. `field` names the text in the message. The name
+/// checks here and `api::valid_object_name` allow letters, digits and a few marks only, so no
+/// control character passes them either.
+pub fn check_text(field: &str, value: &str) -> Result<(), IdError> {
+    match value.char_indices().find(|(_, c)| c.is_control()) {
+        Some((at, c)) => Err(IdError::Control { field: field.to_string(), code: u32::from(c), at }),
+        None => Ok(()),
+    }
+}
+
+/// The text as a terminal should show it: each control character escaped (`\n`, `\t`,
+/// `\u{1b}`, …), the rest as it is. The CLIs print what heads send through it, so that text
+/// stored before [`check_text`] existed, or sent by something else, cannot drive the terminal.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Checks a head name: it becomes a database key, an etcd member name and part of a log file name.
 pub fn validate_head_name(s: &str) -> Result<(), IdError> {
     let ok = !s.is_empty()
@@ -133,9 +168,7 @@ pub fn validate_attr(key: &str, value: &str) -> Result<(), IdError> {
     if value.len() > 4096 {
         return bad("longer than 4096 bytes");
     }
-    if value.chars().any(|c| c.is_control()) {
-        return bad("contains control characters");
-    }
+    check_text(&format!("the value of {key}"), value)?;
     match key {
         "_status_secs" => match value.parse::<u32>() {
             Ok(n) if crate::agent::STATUS_SECS_RANGE.contains(&n) => Ok(()),
@@ -212,5 +245,33 @@ mod tests {
         assert!(validate_attr("_preferred_head", "a b").is_err());
         assert!(validate_attr("rack", "").is_ok());
         assert!(validate_attr("rack", "a\nb").is_err());
+    }
+
+    /// Every control character is refused, named with its field and place; other text passes.
+    #[test]
+    fn control_characters_are_refused() {
+        for ok in ["", "console=ttyS0,115200n8 quiet", "Rechenknoten für Ä-Team ✓", "a b\\n"] {
+            assert!(check_text("description", ok).is_ok(), "{ok:?}");
+        }
+        for (bad, code, at) in [
+            ("a\nb", 0x0a, 1),
+            ("\r", 0x0d, 0),
+            ("tab\there", 0x09, 3),
+            ("\u{1b}[2J", 0x1b, 0),
+            ("x\u{7f}", 0x7f, 1),
+            ("é\u{9b}31m", 0x9b, 2),
+            ("nul\0", 0, 3),
+        ] {
+            let e = check_text("kernel command line", bad).unwrap_err();
+            assert_eq!(e, IdError::Control { field: "kernel command line".into(), code, at }, "{bad:?}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("kernel command line contains the control character U+"), "{msg}");
+            assert!(!msg.chars().any(char::is_control), "{msg:?}");
+        }
+        assert_eq!(shown("plain ✓ \\n"), "plain ✓ \\n");
+        assert!(matches!(shown("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(shown("a\nb\tc\r\u{1b}[2J\u{7f}\u{9b}é"), "a\\nb\\tc\\r\\u{1b}[2J\\u{7f}\\u{9b}é");
+        let e = validate_attr("rack", "a\u{1b}b").unwrap_err().to_string();
+        assert!(e.contains("the value of rack contains the control character U+001B at byte 1"), "{e}");
     }
 }

@@ -81,6 +81,11 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
+/// Refuses text with a control character (`ids::check_text`), naming the field.
+fn check_text(field: &str, value: &str) -> Result<()> {
+    clusterware_shared::ids::check_text(field, value).map_err(|e| BootError::from(RecordError::Invalid(e.to_string())))
+}
+
 /// Checks that every id names an existing file; returns the compares that keep it so.
 async fn files_exist(db: &Database, ids: &[&str]) -> Result<Vec<Compare>> {
     let mut out = Vec::new();
@@ -108,6 +113,7 @@ pub async fn get_image(db: &Database, name: &str) -> Result<Image> {
 
 pub async fn create_image(db: &Database, req: CreateImage) -> Result<Image> {
     check_name("image", &req.name)?;
+    check_text("the image description", &req.description)?;
     let mut ids = vec![req.rootfs.as_str()];
     ids.extend(req.extra_files.iter().map(String::as_str));
     let mut cmp = files_exist(db, &ids).await?;
@@ -177,6 +183,8 @@ async fn config_refs(db: &Database, c: &BootConfig) -> Result<Vec<Compare>> {
 
 pub async fn create_config(db: &Database, req: CreateBootConfig) -> Result<BootConfig> {
     check_name("boot config", &req.name)?;
+    check_text("the boot config description", &req.description)?;
+    check_text("the kernel command line", &req.cmdline)?;
     let c = BootConfig {
         name: req.name,
         description: req.description,
@@ -211,6 +219,8 @@ pub async fn clone_config(db: &Database, from: &str, to: &str) -> Result<BootCon
 }
 
 pub async fn update_config(db: &Database, name: &str, u: UpdateBootConfig) -> Result<BootConfig> {
+    check_text("the kernel command line", u.cmdline.as_deref().unwrap_or_default())?;
+    check_text("the boot config description", u.description.as_deref().unwrap_or_default())?;
     let (mut c, rev) = get_config(db, name).await?;
     if let Some(k) = u.kernel {
         c.kernel = k;
@@ -470,6 +480,41 @@ mod tests {
         assert_eq!(set_default(&db, Some("nope")).await.unwrap_err().kind(), ErrorKind::NotFound);
         set_default(&db, Some("c1")).await.unwrap();
         assert_eq!(list_configs(&db).await.unwrap().1.as_deref(), Some("c1"));
+
+        // Control characters in free text are refused, the field named, nothing changed.
+        let mut bad = config("c2", &k, &i, None);
+        bad.cmdline = "quiet\n#!ipxe".into();
+        let e = create_config(&db, bad).await.unwrap_err();
+        assert!(e.to_string().contains("the kernel command line contains the control character U+000A"), "{e}");
+        let mut bad = config("c2", &k, &i, None);
+        bad.description = "\u{1b}[31mred".into();
+        let e = create_config(&db, bad).await.unwrap_err();
+        assert!(e.to_string().contains("the boot config description contains the control character U+001B"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::BadRequest);
+        let e = create_image(
+            &db,
+            CreateImage { name: "img2".into(), rootfs: r.clone(), extra_files: vec![], description: "a\tb".into() },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("the image description contains the control character U+0009"), "{e}");
+        for u in [
+            UpdateBootConfig { cmdline: Some("a\rb".into()), ..Default::default() },
+            UpdateBootConfig { description: Some("x\u{9b}".into()), ..Default::default() },
+            UpdateBootConfig { cmdline: Some("ok".into()), description: Some("x\u{7f}".into()), ..Default::default() },
+        ] {
+            let e = update_config(&db, "c1", u.clone()).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::BadRequest, "{u:?}: {e}");
+        }
+        let (c1, _) = get_config(&db, "c1").await.unwrap();
+        assert_eq!(
+            (c1.cmdline.as_str(), c1.description.as_str()),
+            ("console=ttyS0", ""),
+            "a refused update changed c1"
+        );
+        assert!(get_config(&db, "c2").await.is_err() && get_image(&db, "img2").await.is_err());
+        let u = UpdateBootConfig { cmdline: Some("console=ttyS0 quiet".into()), ..Default::default() };
+        assert_eq!(update_config(&db, "c1", u).await.unwrap().cmdline, "console=ttyS0 quiet");
 
         // Used things are kept unless forced.
         let e = delete_image(&db, &storage, "img", false).await.unwrap_err();

@@ -187,8 +187,15 @@ fn check_manifest(m: &Manifest) -> Result<(), BootError> {
     if !valid_object_name(&m.boot_config.name) {
         return Err(bad(format!("invalid boot config name {:?}", m.boot_config.name)));
     }
+    let text = |field: &str, v: &str| clusterware_shared::ids::check_text(field, v).map_err(|e| bad(e.to_string()));
+    text("the manifest's boot config description", &m.boot_config.description)?;
+    text("the manifest's kernel command line", &m.boot_config.cmdline)?;
+    if let Some(i) = &m.image {
+        text("the manifest's image description", &i.description)?;
+    }
     let mut ids = HashSet::new();
     for f in &m.files {
+        text(&format!("the manifest's name of file {}", f.id), &f.name)?;
         if !is_file_id(&f.id) || f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(format!("malformed file entry {:?} in the manifest", f.id)));
         }
@@ -928,6 +935,62 @@ mod tests {
         assert!(data == decoy);
         let e = entries.next().unwrap().err().expect("refused");
         assert!(e.to_string().contains("a GNU long name of 1048576 bytes"), "{e}");
+    }
+
+    /// Control characters in the manifest's free text are refused, the field named, nothing
+    /// written; the names are checked as before (letters, digits and a few marks only).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn control_characters_in_the_manifest_are_refused() {
+        let (k, i) = (b"kernel bytes".as_slice(), b"initramfs".as_slice());
+        type Spoil = fn(&mut Manifest);
+        let cases: [(Spoil, &str); 6] = [
+            (
+                |m| m.boot_config.description = "line\nbreak".into(),
+                "the manifest's boot config description contains the control character U+000A at byte 4",
+            ),
+            (
+                |m| m.boot_config.cmdline = "quiet\r\nchain http://evil".into(),
+                "the manifest's kernel command line contains the control character U+000D at byte 5",
+            ),
+            (
+                |m| m.files[0].name = "vm\u{1b}]0;pwned\u{7}linuz".into(),
+                "the manifest's name of file 00000000000000000000000000000001 contains the control character U+001B at byte 2",
+            ),
+            (
+                |m| m.files[1].name = "initrd\u{85}".into(),
+                "the manifest's name of file 00000000000000000000000000000002 contains the control character U+0085",
+            ),
+            (
+                |m| {
+                    m.files.push(FileRecord {
+                        id: format!("{:032x}", 3),
+                        name: "root".into(),
+                        kind: "rootfs".into(),
+                        ..m.files[0].clone()
+                    });
+                    m.image = Some(Image {
+                        name: "img".into(),
+                        description: "tab\there".into(),
+                        rootfs: format!("{:032x}", 3),
+                        extra_files: vec![],
+                        created: 1,
+                    });
+                    m.boot_config.image = Some("img".into());
+                },
+                "the manifest's image description contains the control character U+0009 at byte 3",
+            ),
+            (|m| m.boot_config.name = "c\u{7f}".into(), "invalid boot config name \"c\\u{7f}\""),
+        ];
+        for (spoil, want) in cases {
+            let mut m = manifest(k, i);
+            spoil(&mut m);
+            let f = fixture();
+            let bytes = archive(&m, &[k, i, k], |_| Vec::new());
+            let e = f.import(bytes).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::BadRequest);
+            assert!(e.to_string().contains(want), "{e}");
+            f.untouched().await;
+        }
     }
 
     /// A path longer than 4 KiB is refused, whether from a GNU long name or a PAX record within

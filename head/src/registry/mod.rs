@@ -482,6 +482,25 @@ mod tests {
         assert_eq!(db.range("index/mac/").await.unwrap().0.len(), 1);
     }
 
+    /// Attribute names and values with control characters are refused on create and update,
+    /// the attribute named, nothing written (node names are `n<index>`, made here, never given).
+    #[tokio::test]
+    async fn control_characters_in_attributes_are_refused() {
+        let db = db().await;
+        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
+        let (_, rev) = db.range("").await.unwrap();
+        let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let mut s = spec("52:54:00:00:00:02", None);
+        s.attributes = set("rack", "r1\u{1b}[2J");
+        let e = create(&db, vec![s]).await.unwrap_err();
+        assert!(e.to_string().contains("the value of rack contains the control character U+001B at byte 2"), "{e}");
+        for (k, v) in [("rack", "a\nb"), ("rack", "\u{9b}"), ("_boot_config", "c1\r"), ("ra\nck", "x")] {
+            let e = update(&db, vec![n[0].uid.clone()], set(k, v), vec![]).await.unwrap_err();
+            assert!(matches!(e, RegistryError::Invalid(_)), "{k:?}={v:?}: {e}");
+        }
+        assert_eq!(db.range("").await.unwrap().1, rev, "nothing written");
+    }
+
     #[tokio::test]
     async fn update_moves_claims() {
         let db = db().await;

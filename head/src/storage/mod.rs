@@ -813,9 +813,10 @@ impl Upload {
     pub fn from_query(pairs: &[(String, String)], content_length: Option<u64>) -> std::result::Result<Upload, String> {
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let name = get("name").ok_or("name= is required")?;
-        if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+        if name.is_empty() || name.len() > 255 || name.contains('/') {
             return Err(format!("{name:?} is not a file name (1-255 characters, no '/')"));
         }
+        clusterware_shared::ids::check_text("the file name", name).map_err(|e| e.to_string())?;
         let kind = get("kind").unwrap_or("other");
         if !clusterware_shared::api::FILE_KINDS.contains(&kind) {
             return Err(format!("kind {kind:?} is not one of {}", clusterware_shared::api::FILE_KINDS.join(", ")));
@@ -915,6 +916,8 @@ mod tests {
             (q(&[]), Some(5), "name= is required"),
             (q(&[("name", "a/b")]), Some(5), "is not a file name"),
             (q(&[("name", "")]), Some(5), "is not a file name"),
+            (q(&[("name", "a\u{1b}[2Jb")]), Some(5), "the file name contains the control character U+001B at byte 1"),
+            (q(&[("name", "a\tb")]), Some(5), "the file name contains the control character U+0009"),
             (q(&[("name", "x"), ("kind", "weird")]), Some(5), "is not one of"),
             (q(&[("name", "x")]), None, "needs size= or a Content-Length"),
             (q(&[("name", "x"), ("size", "ten")]), None, "is not a number"),
