@@ -19,6 +19,7 @@ use clusterware_shared::api::{
     BootConfig, CloneRequest, CreateBootConfig, DefaultBootConfig, FileList, ImportOptions, UpdateBootConfig,
 };
 use clusterware_shared::fsutil::EarlyWriteback;
+use clusterware_shared::ids::shown;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -117,10 +118,10 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
         println!("{}{}", b.name, if d.is_default { " (default)" } else { "" });
         if long {
             if !b.description.is_empty() {
-                println!("  description: {}", b.description);
+                println!("  description: {}", shown(&b.description));
             }
             println!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
-            println!("  cmdline: {}", b.cmdline);
+            println!("  cmdline: {}", shown(&b.cmdline));
             let mut ids = vec![("kernel", &b.kernel), ("initramfs", &b.initramfs)];
             if let Some(img) = &d.image {
                 ids.push(("rootfs", &img.rootfs));
@@ -130,7 +131,7 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
                 match d.files.iter().find(|f| &f.id == id) {
                     Some(f) => println!(
                         "  {what}: {} id {} size {} ({}) sha256 {}",
-                        f.name,
+                        shown(&f.name),
                         f.id,
                         f.size,
                         human_bytes(f.size),
@@ -149,8 +150,9 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
         return Ok(());
     }
     let files = if long { c.files()? } else { FileList { files: Vec::new() } };
-    let fname =
-        |id: &str| files.files.iter().find(|f| f.id == id).map_or(id.to_string(), |f| format!("{} ({id})", f.name));
+    let fname = |id: &str| {
+        files.files.iter().find(|f| f.id == id).map_or(id.to_string(), |f| format!("{} ({id})", shown(&f.name)))
+    };
     for b in &list.boot_configs {
         let default = if list.default.as_deref() == Some(b.name.as_str()) { " (default)" } else { "" };
         println!("{}{default}", b.name);
@@ -158,7 +160,7 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
             println!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
             println!("  kernel: {}", fname(&b.kernel));
             println!("  initramfs: {}", fname(&b.initramfs));
-            println!("  cmdline: {}", b.cmdline);
+            println!("  cmdline: {}", shown(&b.cmdline));
         }
     }
     Ok(())
@@ -248,7 +250,7 @@ fn import(
             (_, true) => "add",
             _ => "added",
         };
-        println!("  {what} {} {} ({}, {}) as {}", f.kind, f.name, human_bytes(f.size), &f.sha256[..16], f.id);
+        println!("  {what} {} {} ({}, {}) as {}", f.kind, shown(&f.name), human_bytes(f.size), &f.sha256[..16], f.id);
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use clusterware_cli::args::clusterctl::{Args, Cmd, FilesCmd, HeadsCmd, KeysCmd, 
 use clusterware_cli::{CliResult, Client, human_bytes, print_json, print_table, run, upload_file, usage};
 use clusterware_shared::agent::{AddKey, RebalanceRequest, SshKeyList, validate_ssh_key};
 use clusterware_shared::api::{FILE_KINDS, FileList};
+use clusterware_shared::ids::shown;
 use clusterware_shared::power::SecretList;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,12 +105,12 @@ fn files_ls(args: &Args, long: bool) -> CliResult<()> {
         let rows: Vec<Vec<String>> = list
             .files
             .iter()
-            .map(|f| vec![f.id.clone(), f.name.clone(), f.kind.clone(), f.size.to_string(), f.sha256.clone()])
+            .map(|f| vec![f.id.clone(), shown(&f.name).into(), f.kind.clone(), f.size.to_string(), f.sha256.clone()])
             .collect();
         print_table(&["ID", "NAME", "KIND", "SIZE", "SHA256"], &rows);
     } else {
         for f in &list.files {
-            println!("{}  {}", f.id, f.name);
+            println!("{}  {}", f.id, shown(&f.name));
         }
     }
     Ok(())
@@ -124,7 +125,7 @@ fn upload(args: &Args, path: &PathBuf, name: Option<&str>, kind: &str) -> CliRes
     if args.json {
         print_json(&rec);
     } else {
-        println!("uploaded {} as {} ({}, sha256 {})", rec.name, rec.id, human_bytes(rec.size), rec.sha256);
+        println!("uploaded {} as {} ({}, sha256 {})", shown(&rec.name), rec.id, human_bytes(rec.size), rec.sha256);
     }
     Ok(())
 }
@@ -135,7 +136,7 @@ fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
     for id in ids {
         let rec = c.delete_file(id, force)?;
         if !args.json {
-            println!("deleted {} ({})", rec.id, rec.name);
+            println!("deleted {} ({})", rec.id, shown(&rec.name));
         }
         out.push(rec);
     }

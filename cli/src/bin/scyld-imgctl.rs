@@ -11,6 +11,7 @@ use clap::Parser;
 use clusterware_cli::args::imgctl::{Args, Cmd};
 use clusterware_cli::{CliResult, Client, file_arg, human_bytes, print_json, run, usage};
 use clusterware_shared::api::{CloneRequest, CreateImage, FileList};
+use clusterware_shared::ids::shown;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -79,11 +80,13 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
         println!("{}", i.name);
         if long {
             if !i.description.is_empty() {
-                println!("  description: {}", i.description);
+                println!("  description: {}", shown(&i.description));
             }
             for (what, id) in std::iter::once(("rootfs", &i.rootfs)).chain(i.extra_files.iter().map(|f| ("extra", f))) {
                 match files.files.iter().find(|f| &f.id == id) {
-                    Some(f) => println!("  {what}: {} id {} {} sha256 {}", f.name, f.id, human_bytes(f.size), f.sha256),
+                    Some(f) => {
+                        println!("  {what}: {} id {} {} sha256 {}", shown(&f.name), f.id, human_bytes(f.size), f.sha256)
+                    }
                     None => println!("  {what}: {id} (missing record)"),
                 }
             }

@@ -18,7 +18,7 @@ use clusterware_cli::args::nodectl::{Args, Cmd};
 use clusterware_cli::{CliResult, Client, fail, print_json, print_table, run, select_nodes, usage};
 use clusterware_shared::agent::{NodeStatus, NodeStatusList, Outcome, RunScript, Script, StatusQuery};
 use clusterware_shared::api::{CreateNodes, DeleteNodes, Node, NodeList, NodeSpec, UpdateNodes};
-use clusterware_shared::ids::{MacAddr, ipv4_offset, parse_ipv4, validate_attr};
+use clusterware_shared::ids::{MacAddr, ipv4_offset, parse_ipv4, shown, validate_attr};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -68,7 +68,8 @@ fn ls(args: &Args, long: bool) -> CliResult<()> {
             .iter()
             .map(|n| {
                 let macs: Vec<String> = n.macs.iter().map(|m| m.to_string()).collect();
-                let attrs: Vec<String> = n.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let attrs: Vec<String> =
+                    n.attributes.iter().map(|(k, v)| format!("{}={}", shown(k), shown(v))).collect();
                 let st = status.iter().find(|s| s.uid == n.uid);
                 let mut row = vec![n.name.clone(), n.index.to_string(), n.ip.to_string(), macs.join(",")];
                 row.extend(state_columns(st));
