@@ -19,9 +19,10 @@ use clusterware_shared::agent::{
 };
 use clusterware_shared::api::{
     AddMember, BootConfig, BootConfigDetail, BootConfigList, CloneRequest, ClusterInfo, ConvertDatabase,
-    CreateBootConfig, CreateImage, CreateNodes, DatabaseDump, DatabaseLoaded, DefaultBootConfig, DeleteNodes, Failover,
-    FailoverRequest, FileList, FileRecord, HeadList, HeadRef, Health, Image, ImageList, MemberAdded, MembershipChange,
-    Node, NodeList, StorageCounters, UpdateBootConfig, UpdateNodes,
+    CreateBootConfig, CreateImage, CreateNodes, CreateToken, DatabaseDump, DatabaseLoaded, DefaultBootConfig,
+    DeleteNodes, Failover, FailoverRequest, FileList, FileRecord, HeadList, HeadRef, Health, Image, ImageList,
+    MemberAdded, MembershipChange, NewToken, Node, NodeList, StorageCounters, TokenInfo, TokenList, UpdateBootConfig,
+    UpdateNodes,
 };
 use clusterware_shared::power::{PowerRequest, PowerResults, SecretInfo, SecretList, SetSecret};
 use std::collections::BTreeMap;
@@ -203,6 +204,13 @@ endpoints! {
     fn set_secret(name: &str, value: &SetSecret) -> SecretInfo = PUT path::secret(name), value;
     /// `DELETE /secrets/{name}`.
     fn delete_secret(name: &str) -> SecretInfo = DELETE path::secret(name);
+
+    /// `GET /tokens` (names only).
+    fn tokens() -> TokenList = GET path::TOKENS;
+    /// `POST /tokens`: the new token, shown once.
+    fn create_token(req: &CreateToken) -> NewToken = POST path::TOKENS, req;
+    /// `DELETE /tokens/{name}`.
+    fn revoke_token(name: &str) -> TokenInfo = DELETE path::token(name);
 
     /// `GET /keys`.
     fn keys() -> SshKeyList = GET path::KEYS;

@@ -28,6 +28,8 @@ pub mod path {
     pub const REBALANCE: &str = "/rebalance";
     pub const SECRETS: &str = "/secrets";
     pub const SECRET: &str = "/secrets/{name}";
+    pub const TOKENS: &str = "/tokens";
+    pub const TOKEN: &str = "/tokens/{name}";
     pub const KEYS: &str = "/keys";
     pub const KEY: &str = "/keys/{name}";
     pub const FILES: &str = "/files";
@@ -145,6 +147,9 @@ pub mod path {
     pub fn secret(name: &str) -> String {
         fill(SECRET, &[name])
     }
+    pub fn token(name: &str) -> String {
+        fill(TOKEN, &[name])
+    }
     pub fn key(name: &str) -> String {
         fill(KEY, &[name])
     }
@@ -261,6 +266,36 @@ impl ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+}
+
+/// `POST /api/v1/tokens`: a named admin API token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub name: String,
+}
+
+/// A named admin API token as listed (its secret is never shown again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Who asked for it (the address the request came from).
+    #[serde(default)]
+    pub created_from: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Answer of `POST /api/v1/tokens`: the token itself, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
 }
 
 /// `GET /api/v1/health` (no credential needed).
@@ -612,6 +647,7 @@ mod tests {
         let cases: [(&str, String); 11] = [
             (path::NODE, path::node("{uid}")),
             (path::SECRET, path::secret("{name}")),
+            (path::TOKEN, path::token("{name}")),
             (path::KEY, path::key("{name}")),
             (path::FILE, path::file("{id}", false)),
             (path::FILE_CONTENT, path::file_content("{id}", false)),

@@ -47,6 +47,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: SecretsCmd,
     },
+    /// Named admin API tokens: give one to each person or script (CLUSTERWARE_TOKEN) and revoke
+    /// it when they should no longer manage the cluster
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
     /// SSH public keys for root on every node (with the heads' own root keys), installed by
     /// `scyld-nodectl script update_keys`
     Keys {
@@ -56,6 +62,23 @@ pub enum Cmd {
     /// Print a shell completion script (bash, zsh, fish), e.g. `scyld-clusterctl completion bash >
     /// /etc/bash_completion.d/scyld-clusterctl`
     Completion(Completion),
+}
+
+#[derive(Subcommand)]
+pub enum TokensCmd {
+    /// Create a token; it is printed this once (the cluster keeps only its hash)
+    Create {
+        /// The token's name (letters, digits, '-', '_', '.'; up to 64), e.g. who holds it
+        name: String,
+    },
+    /// List the tokens' names, when and from where they were created
+    Ls,
+    /// Revoke tokens: every head refuses them from then on
+    Revoke {
+        /// Names of the tokens to revoke
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -9,6 +9,7 @@
 //! kind through [`HasKind`].
 
 use crate::core::complaints::Complaints;
+use crate::core::tokens::Tokens;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, OriginalUri, Request, State};
@@ -127,10 +128,14 @@ pub fn flag(q: &Option<String>, name: &str) -> ApiResult<bool> {
     Ok(query_pairs(q.as_deref())?.iter().any(|(k, v)| k == name && (v == "1" || v == "true")))
 }
 
+/// The bearer credential of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix(BEARER))
+}
+
 /// Checks the admin credential against `token`.
 pub fn check_token(headers: &HeaderMap, token: &str) -> ApiResult<()> {
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix(BEARER));
-    match given {
+    match bearer(headers) {
         None => {
             Err(ApiFailure::new(ErrorKind::Unauthorized, "admin credential required (Authorization: Bearer <token>)"))
         }
@@ -161,10 +166,16 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
 /// What the credential check needs: the token, and a bound on its log lines.
 struct Admin {
     token: String,
+    /// Named tokens (none in the minimal routers of a starting or detached head).
+    named: Option<Tokens>,
     complaints: Complaints,
 }
 
 async fn require_admin(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    let named = admin.named.as_ref().and_then(|t| t.check(bearer(req.headers())?.trim()));
+    if named.is_some() {
+        return next.run(req).await;
+    }
     match check_token(req.headers(), &admin.token) {
         Ok(()) => next.run(req).await,
         Err(e) => {
@@ -196,14 +207,20 @@ pub struct Routes {
 /// The whole API: every capability's routes under `/api/v1`, the admin ones behind the
 /// credential, health, a JSON 404 for anything else, and the body limits (admin routes
 /// [`BODY_LIMIT`] unless they set their own, the open ones a few KiB).
-pub fn router(token: &str, name: &str, backend: &'static str, caps: impl IntoIterator<Item = Routes>) -> Router {
+pub fn router(
+    token: &str,
+    named: Option<Tokens>,
+    name: &str,
+    backend: &'static str,
+    caps: impl IntoIterator<Item = Routes>,
+) -> Router {
     let (mut admin, mut open) = (Router::new(), Router::new());
     for r in caps {
         admin = admin.merge(r.admin);
         open = open.merge(r.open);
     }
     let admin = admin.route_layer(middleware::from_fn_with_state(
-        Arc::new(Admin { token: token.to_string(), complaints: Complaints::default() }),
+        Arc::new(Admin { token: token.to_string(), named, complaints: Complaints::default() }),
         require_admin,
     ));
     let name = name.to_string();

@@ -7,6 +7,7 @@
 //! - [`view`]: the cluster as this head sees it (heads, liveness, the shared orderings).
 //! - [`complaints`]: log lines about remote parties, bounded whatever they send.
 //! - [`http`]: the API server, the admin credential, the error mapping.
+//! - [`tokens`]: named admin API tokens.
 //! - [`supervisor`]: the background tasks and the order they stop in.
 //!
 //! A capability starts from a [`Ctx`]: it takes its configuration section from `config`,
@@ -22,6 +23,7 @@ pub mod peers;
 pub mod schema;
 pub mod supervisor;
 pub mod sys;
+pub mod tokens;
 pub mod view;
 
 use clusterware_shared::config::Config;
@@ -64,9 +66,11 @@ impl<'a> Ctx<'a> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner()).push(routes);
     }
 
-    /// The whole API, from every capability's routes.
+    /// The whole API, from every capability's routes and the named tokens'.
     pub fn router(&self) -> axum::Router {
-        let routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
-        http::router(&self.token, &self.me().name, self.db.backend(), routes)
+        let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
+        routes.push(tokens::routes(self.db.clone()));
+        let named = tokens::Tokens::spawn(&self.db, self.sup);
+        http::router(&self.token, Some(named), &self.me().name, self.db.backend(), routes)
     }
 }

@@ -54,6 +54,8 @@ pub const SECRETS: &str = "secrets/";
 pub const FAILOVER: &str = "failover";
 /// `ejected/<name>`: [`EjectedRecord`].
 pub const EJECTED: &str = "ejected/";
+/// `tokens/<name>`: [`TokenRecord`] (named admin API tokens, hashed).
+pub const TOKENS: &str = "tokens/";
 
 /// One prefix (or single key) of the schema.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +92,7 @@ pub const TABLE: &[Owned] = &[
     owned(SECRETS, "power", true),
     owned(FAILOVER, "membership", false),
     owned(EJECTED, "membership", false),
+    owned(TOKENS, "core", true),
 ];
 
 /// The prefixes `managedb save` keeps, in [`TABLE`]'s order.
@@ -145,6 +148,9 @@ pub fn moved(uid: &str) -> String {
 pub fn secret(name: &str) -> String {
     format!("{SECRETS}{name}")
 }
+pub fn token(name: &str) -> String {
+    format!("{TOKENS}{name}")
+}
 pub fn ejected(name: &str) -> String {
     format!("{EJECTED}{name}")
 }
@@ -170,6 +176,10 @@ pub fn check_saved(key: &str, value: &str) -> Result<bool, String> {
             key == self::key(&k.name) && validate_ssh_key(&k.key).is_ok()
         }
         SECRETS => key == secret(&parse::<SecretRecord>(value)?.name),
+        TOKENS => {
+            let t = parse::<TokenRecord>(value)?;
+            key == token(&t.info.name) && t.sha256.len() == 64 && t.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        }
         // Deleted files, settings: any JSON value (checked when used).
         _ => true,
     })
@@ -268,6 +278,15 @@ pub struct SecretRecord {
     pub set: u64,
 }
 
+/// `tokens/<name>`: a named admin API token; only its SHA-256 is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    #[serde(flatten)]
+    pub info: clusterware_shared::api::TokenInfo,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+}
+
 /// `deleted/<id>`: a deleted file and the heads that still have to remove their copy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeletedEntry {
@@ -350,6 +369,7 @@ mod tests {
             (moved("u"), MOVES),
             (secret("s"), SECRETS),
             (ejected("h"), EJECTED),
+            (token("t"), TOKENS),
         ] {
             assert!(k.starts_with(p), "{k} is not under {p}");
             assert!(TABLE.iter().any(|o| o.prefix == p), "{p} is not in the table");
