@@ -7,6 +7,7 @@
 //! block in memory, not the file), and at most [`MAX_TRANSFERS`] run at once,
 //! [`MAX_PER_CLIENT`] for one client address; a request past either gets an error packet.
 
+use crate::core::complaints::Complaints;
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +16,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -39,8 +40,6 @@ pub const MAX_TRANSFERS: usize = 64;
 pub const MAX_PER_CLIENT: usize = 4;
 /// What a request past those caps is told.
 const BUSY: &str = "too many transfers, try again";
-/// Refused requests logged one by one in a minute; the rest are summed up.
-const LOG_LINES: u32 = 10;
 
 #[derive(Default)]
 pub struct TftpCounters {
@@ -211,13 +210,6 @@ impl Drop for Slot {
     }
 }
 
-/// Lines logged for requests refused as too many: [`LOG_LINES`] a minute, the rest summed up.
-struct BusyLog {
-    since: Instant,
-    logged: u32,
-    held_back: u64,
-}
-
 fn error_packet(code: u16, msg: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(5 + msg.len());
     v.extend_from_slice(&ERROR.to_be_bytes());
@@ -231,7 +223,8 @@ pub struct TftpServer {
     root: PathBuf,
     pub counters: TftpCounters,
     slots: Arc<Mutex<Slots>>,
-    busy_log: Mutex<BusyLog>,
+    /// Log lines for requests refused as too many (bounded, summed up).
+    complaints: Complaints,
 }
 
 struct Opts {
@@ -284,7 +277,7 @@ impl TftpServer {
             root,
             counters: TftpCounters::default(),
             slots: Arc::new(Mutex::new(Slots::default())),
-            busy_log: Mutex::new(BusyLog { since: Instant::now(), logged: 0, held_back: 0 }),
+            complaints: Complaints::default(),
         })
     }
 
@@ -301,25 +294,12 @@ impl TftpServer {
         Some(Slot { slots: self.slots.clone(), client })
     }
 
-    /// Logs a request refused as too many, at most [`LOG_LINES`] lines a minute: a flood is
-    /// summed up, not logged packet by packet.
+    /// Logs a request refused as too many: once a minute per client address, and within the
+    /// budget of [`Complaints`] for all, so a flood is summed up, not logged packet by packet.
     fn log_busy(&self, peer: SocketAddr) {
-        let mut l = self.busy_log.lock().unwrap_or_else(|p| p.into_inner());
-        if l.since.elapsed() >= Duration::from_secs(60) {
-            if l.held_back > 0 {
-                tracing::warn!(
-                    held_back = l.held_back,
-                    "more TFTP requests were refused as too many transfers in the last minute than are logged one by one"
-                );
-            }
-            *l = BusyLog { since: Instant::now(), logged: 0, held_back: 0 };
-        }
-        if l.logged < LOG_LINES {
-            l.logged += 1;
-            tracing::warn!(%peer, max = MAX_TRANSFERS, per_client = MAX_PER_CLIENT, "TFTP request refused: too many transfers");
-        } else {
-            l.held_back += 1;
-        }
+        self.complaints.complain(format!("tftp busy {}", peer.ip()), || {
+            tracing::warn!(%peer, max = MAX_TRANSFERS, per_client = MAX_PER_CLIENT, "TFTP requests refused: too many transfers");
+        });
     }
 
     pub async fn run(self: Arc<Self>, sock: UdpSocket, mut stop: watch::Receiver<bool>) {
@@ -488,6 +468,7 @@ impl TftpServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn requests() {
@@ -806,19 +787,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(server.slots.lock().unwrap().per_client.is_empty());
-    }
-
-    /// Refusals as too many are logged [`LOG_LINES`] times a minute; the rest are counted for
-    /// one summing-up line.
-    #[test]
-    fn busy_refusals_are_logged_at_a_bounded_rate() {
-        let server = TftpServer::new(PathBuf::from("/nonexistent"));
-        let peer: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        for _ in 0..1000 {
-            server.log_busy(peer);
-        }
-        let l = server.busy_log.lock().unwrap();
-        assert_eq!((l.logged, l.held_back), (LOG_LINES, 1000 - LOG_LINES as u64));
     }
 
     /// Random bytes never panic the parser.
