@@ -240,6 +240,19 @@ pub fn password_from(
     }
 }
 
+/// How long ago Unix time `t` was, for tables ("-" when unknown).
+pub fn ago(t: Option<u64>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let s = now.saturating_sub(t);
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        7200..=172_799 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
 /// The administrator running the command: the user behind sudo, else the login name.
 pub fn who() -> String {
     let name = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));

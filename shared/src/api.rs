@@ -644,7 +644,7 @@ mod tests {
     fn every_pattern_fills_to_a_path_the_pattern_matches() {
         // Each builder's output, parameters replaced by the pattern's own placeholders, is the
         // pattern: builders cannot drift from the routes.
-        let cases: [(&str, String); 11] = [
+        let cases: [(&str, String); 12] = [
             (path::NODE, path::node("{uid}")),
             (path::SECRET, path::secret("{name}")),
             (path::TOKEN, path::token("{name}")),

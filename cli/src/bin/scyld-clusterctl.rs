@@ -5,7 +5,7 @@
 //! the nodes each head parents.
 
 use clap::Parser;
-use clusterware_cli::args::clusterctl::{Args, Cmd, FilesCmd, HeadsCmd, KeysCmd, SecretsCmd};
+use clusterware_cli::args::clusterctl::{Args, Cmd, FilesCmd, HeadsCmd, KeysCmd, SecretsCmd, TokensCmd};
 use clusterware_cli::{CliResult, Client, human_bytes, print_json, print_table, run, upload_file, usage};
 use clusterware_shared::agent::{AddKey, RebalanceRequest, SshKeyList, validate_ssh_key};
 use clusterware_shared::api::{FILE_KINDS, FileList};
@@ -27,6 +27,9 @@ fn main() -> ExitCode {
         Cmd::Rebalance { dry_run, now: _ } => rebalance(&args, *dry_run),
         Cmd::Secrets { cmd: SecretsCmd::Set { name } } => secret_set(&args, name),
         Cmd::Secrets { cmd: SecretsCmd::Ls } => secrets_ls(&args),
+        Cmd::Tokens { cmd: TokensCmd::Create { name } } => token_create(&args, name),
+        Cmd::Tokens { cmd: TokensCmd::Ls } => tokens_ls(&args),
+        Cmd::Tokens { cmd: TokensCmd::Revoke { names } } => tokens_revoke(&args, names),
         Cmd::Secrets { cmd: SecretsCmd::Rm { names } } => secrets_rm(&args, names),
         Cmd::Completion(c) => c.print::<Args>(),
     })
@@ -179,6 +182,65 @@ fn secret_set(args: &Args, name: &str) -> CliResult<()> {
         print_json(&info);
     } else {
         println!("secret {} set", info.name);
+    }
+    Ok(())
+}
+
+fn token_name(name: &str) -> CliResult<()> {
+    clusterware_shared::ids::validate_attr_key(name).map(|_| ()).map_err(|e| usage(format!("token name: {e}")))
+}
+
+fn token_create(args: &Args, name: &str) -> CliResult<()> {
+    token_name(name)?;
+    let c = Client::new(&args.conn)?;
+    let t = c.create_token(&clusterware_shared::api::CreateToken { name: name.to_string() })?;
+    if args.json {
+        print_json(&t);
+    } else {
+        println!("{}", t.token);
+        eprintln!(
+            "token {} created; it is shown this once: give it as CLUSTERWARE_TOKEN, and revoke it with `scyld-clusterctl tokens revoke {}`",
+            t.info.name, t.info.name
+        );
+    }
+    Ok(())
+}
+
+fn tokens_ls(args: &Args) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let list = c.tokens()?;
+    if args.json {
+        print_json(&list);
+    } else {
+        let rows: Vec<Vec<String>> = list
+            .tokens
+            .iter()
+            .map(|t| {
+                vec![
+                    shown(&t.name).into_owned(),
+                    clusterware_cli::ago(Some(t.created)),
+                    shown(&t.created_from).into_owned(),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "CREATED", "FROM"], &rows);
+    }
+    Ok(())
+}
+
+fn tokens_revoke(args: &Args, names: &[String]) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let mut out = Vec::new();
+    for n in names {
+        token_name(n)?;
+        let t = c.revoke_token(n)?;
+        if !args.json {
+            println!("revoked token {}", t.name);
+        }
+        out.push(t);
+    }
+    if args.json {
+        print_json(&clusterware_shared::api::TokenList { tokens: out });
     }
     Ok(())
 }

@@ -243,22 +243,12 @@ fn statuses(c: &Client, nodes: &[Node], details: bool) -> CliResult<Vec<NodeStat
     Ok(c.node_status(&q)?.nodes)
 }
 
-fn ago(t: Option<u64>) -> String {
-    let Some(t) = t else { return "-".into() };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let s = now.saturating_sub(t);
-    match s {
-        0..=119 => format!("{s}s ago"),
-        120..=7199 => format!("{}m ago", s / 60),
-        7200..=172_799 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
-}
-
 fn state_columns(s: Option<&NodeStatus>) -> [String; 3] {
     match s {
         None => ["?".into(), "-".into(), "-".into()],
-        Some(s) => [s.state.name().into(), s.parent.clone().unwrap_or_else(|| "-".into()), ago(s.last_seen)],
+        Some(s) => {
+            [s.state.name().into(), s.parent.clone().unwrap_or_else(|| "-".into()), clusterware_cli::ago(s.last_seen)]
+        }
     }
 }
 

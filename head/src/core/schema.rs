@@ -381,7 +381,18 @@ mod tests {
         let s: Vec<&str> = saved().collect();
         assert_eq!(
             s,
-            ["nodes/", "index/", "files/", "deleted/", "images/", "bootconfigs/", "settings/", "keys/", "secrets/"]
+            [
+                "nodes/",
+                "index/",
+                "files/",
+                "deleted/",
+                "images/",
+                "bootconfigs/",
+                "settings/",
+                "keys/",
+                "secrets/",
+                "tokens/"
+            ]
         );
     }
 }
