@@ -235,7 +235,19 @@ impl HeadClient {
         body: Option<Vec<u8>>,
         limit: Duration,
     ) -> Result<Bytes, ClientError> {
-        match tokio::time::timeout(limit, self.exchange(ep, method, path, body)).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        let kept = matches!(&self.conn, Some(c) if c.url == ep.url && !c.sender.is_closed());
+        let first = tokio::time::timeout_at(deadline, self.exchange(ep, method, path, body.clone())).await;
+        // A kept connection the head closed as we sent (heads close connections idle for 20 s,
+        // and a node may push less often): once more on a new one, within the same limit.
+        let result = match first {
+            Ok(Err(ClientError::Broken(_))) if kept => {
+                self.conn = None;
+                tokio::time::timeout_at(deadline, self.exchange(ep, method, path, body)).await
+            }
+            r => r,
+        };
+        match result {
             Ok(Ok(b)) => Ok(b),
             Ok(Err(e)) => {
                 if !e.is_refusal() {
@@ -314,6 +326,49 @@ mod tests {
         for bad in ["", "ftp://x", "http://", "http://a:b", "http://a:0", "http://a/b", "a b"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The head closes a kept connection just as the next request goes out (its idle timeout):
+    /// the request is made again on a new connection and succeeds.
+    #[tokio::test]
+    async fn a_kept_connection_closed_by_the_head_is_replaced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let first = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
+                    if first {
+                        // The second request on this connection is read, then the connection
+                        // is closed without an answer.
+                        let _ = s.read(&mut buf).await;
+                    } else {
+                        while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
+                        }
+                    }
+                });
+            }
+        });
+        let ep = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let mut c = HeadClient::new(None, None);
+        for _ in 0..3 {
+            let body = c.request(&ep, "POST", "/x", Some(b"{}".to_vec()), Duration::from_secs(5)).await.unwrap();
+            assert_eq!(&body[..], b"{}");
+        }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2, "one new connection, kept after");
     }
 }
 
