@@ -137,6 +137,8 @@ fn http_client(cfg: &Config, pooled: bool) -> Result<reqwest::Client> {
         b = b.pool_max_idle_per_host(0);
     }
     b.connect_timeout(cfg.timeouts.connect)
+        // Before the head closes them, so a request never goes out on a closing connection.
+        .pool_idle_timeout(std::time::Duration::from_secs(clusterware_shared::api::IDLE_SECS - 5))
         .tcp_nodelay(true)
         .user_agent(concat!("clusterware-client/", env!("CARGO_PKG_VERSION")))
         .build()

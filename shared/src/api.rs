@@ -224,6 +224,10 @@ pub struct ImportOptions {
 /// Node fields that `set` can change besides attributes.
 pub const NODE_FIELDS: [&str; 3] = ["mac", "ip", "index"];
 
+/// A head closes a connection whose next request has not fully arrived after this many seconds
+/// (slow headers, or a kept-alive connection left idle); clients drop idle connections sooner.
+pub const IDLE_SECS: u64 = 20;
+
 /// The class of a failed request; each maps to one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

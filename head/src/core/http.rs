@@ -285,7 +285,7 @@ impl ConnLimits {
         ConnLimits {
             total: (fds - fds / 4).clamp(16, 65_536),
             per_source: PER_SOURCE,
-            header_read: Duration::from_secs(20),
+            header_read: Duration::from_secs(clusterware_shared::api::IDLE_SECS),
             body_idle: Duration::from_secs(30),
         }
     }
