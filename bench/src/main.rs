@@ -139,7 +139,6 @@ async fn bench_database(r: &mut Report, txns: usize) {
         binary: "etcd".into(),
         name: "bench".into(),
         data_dir: dir.path().join("etcd"),
-        client_port: free_port(Ipv4Addr::LOCALHOST),
         initial_cluster: format!("bench={peer}"),
         peer_url: peer,
         initial_state: "new".into(),
@@ -155,7 +154,11 @@ async fn bench_database(r: &mut Report, txns: usize) {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    let raw = etcd_client::Client::connect([url.as_str()], None).await.expect("raw etcd client");
+    // The bare client over the same socket the head uses.
+    let socket = url.strip_prefix(clusterware_head::core::db::etcd::UNIX_PREFIX).expect("a unix socket URL");
+    let channel = clusterware_head::core::db::etcd::unix_channel(socket).await.expect("etcd socket");
+    let raw =
+        etcd_client::Client::from_channel(etcd_client::Channel::Tonic(channel), None).await.expect("raw etcd client");
     let embedded = Database::Embedded(Embedded::open(&dir.path().join("bench.redb")).expect("embedded store"));
 
     let ours = |db: Database, tag: &'static str| {

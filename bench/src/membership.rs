@@ -18,10 +18,13 @@ fn ini(h: &Head, key: &str) -> String {
         .unwrap_or_else(|| panic!("{key} missing in {}", h.config.display()))
 }
 
-fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+/// etcdctl against a head's member, through its socket in the member's data dir `dir` (etcd
+/// names unix sockets `HOST:PORT`, relative to the working directory).
+fn etcdctl(dir: &str, args: &[&str]) -> std::process::Output {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
+        .current_dir(dir)
+        .arg("--endpoints=unix://client.sock:0")
         .args(args)
         .output()
         .expect("etcdctl (Debian package etcd-client)")
@@ -34,7 +37,7 @@ fn voting(h: &Head) -> usize {
 
 /// A bare etcd member joined by hand: learner, start, promote. Returns the time it took.
 fn bare_join(c: &Cluster, ip: Ipv4Addr) -> Duration {
-    let endpoint = format!("http://127.0.0.1:{}", ini(&c.heads[0], "database.client_port"));
+    let endpoint = ini(&c.heads[0], "database.data_dir");
     let token = ini(&c.heads[0], "database.cluster_token");
     let peer = format!("http://{ip}:{}", free_port(ip));
     let client = format!("http://127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
@@ -117,7 +120,7 @@ pub fn bench_membership(r: &mut Report) {
     let out = Command::new(bin("scyld-install"))
         .args(["--prefix", &prefix.display().to_string(), "--name", "head4", "--ip", &ip4.to_string()])
         .args(["--port", &port.to_string(), "--peer-port", &free_port(ip4).to_string()])
-        .args(["--client-port", &free_port(Ipv4Addr::LOCALHOST).to_string(), "--no-systemd"])
+        .args(["--no-systemd"])
         .args(["--set", &format!("head.bind={ip4}"), "--set", &format!("head.lease_ttl={LEASE_TTL}")])
         .args(["--join", &target, "--database-passwd-file", &passf.display().to_string()])
         .output()

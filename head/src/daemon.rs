@@ -145,7 +145,6 @@ async fn open_database(
                 binary: cfg.etcd_binary.clone(),
                 name: name.to_string(),
                 data_dir,
-                client_port: cfg.etcd_client_port,
                 initial_cluster,
                 peer_url,
                 initial_state,

@@ -23,7 +23,6 @@ fn etcd_spec(dir: &Path) -> MemberSpec {
         binary: "etcd".into(),
         name: "conf".into(),
         data_dir: dir.join("etcd"),
-        client_port: free_port(),
         initial_cluster: format!("conf={peer}"),
         peer_url: peer,
         initial_state: "new".into(),

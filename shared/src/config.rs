@@ -69,7 +69,6 @@ pub struct Config {
     /// The data dir of this head's etcd member.
     pub etcd_data_dir: PathBuf,
     /// Port of this head's etcd member for clients (it listens on 127.0.0.1 only).
-    pub etcd_client_port: u16,
     /// Port of this head's etcd member for its peers (on `head.ip`).
     pub etcd_peer_port: u16,
     /// `name=peer-url,…` of the members when the etcd cluster is first created.
@@ -187,7 +186,6 @@ impl Default for Config {
             etcd_endpoints: Vec::new(),
             etcd_binary: PathBuf::from("etcd"),
             etcd_data_dir: PathBuf::from("/opt/scyld/clusterware/etcd"),
-            etcd_client_port: 2379,
             etcd_peer_port: 2380,
             etcd_initial_cluster: None,
             etcd_initial_cluster_state: "new".into(),
@@ -343,7 +341,11 @@ impl Config {
                 }
                 "database.etcd_binary" => c.etcd_binary = path_value(value).map_err(bad)?,
                 "database.data_dir" => c.etcd_data_dir = path_value(value).map_err(bad)?,
-                "database.client_port" => c.etcd_client_port = port_value(value).map_err(bad)?,
+                // Before the member listened on a socket in its data dir.
+                "database.client_port" => warnings.push(format!(
+                    "{}:{line}: database.client_port is no longer used (the head reaches its etcd member through a socket in database.data_dir); remove it",
+                    path.display()
+                )),
                 "database.peer_port" => c.etcd_peer_port = port_value(value).map_err(bad)?,
                 "database.initial_cluster" => {
                     for member in value.split(',') {
@@ -608,9 +610,11 @@ mod tests {
         assert_eq!(l.config.database_type, DatabaseType::Etcd);
         assert_eq!(l.config.head_port, 8080);
         assert_eq!(l.config.lease_ttl_secs, 3);
-        assert_eq!(l.config.etcd_client_port, 2379);
         assert_eq!(l.warnings.len(), 1);
         assert!(l.warnings[0].contains("/x/base.ini:4") && l.warnings[0].contains("local_thing.x"));
+        // A key of older versions: loads, with a warning that says what replaced it.
+        let l = parse("database.client_port = 2379\n").unwrap();
+        assert!(l.warnings.len() == 1 && l.warnings[0].contains("socket in database.data_dir"), "{:?}", l.warnings);
     }
 
     #[test]

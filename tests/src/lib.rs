@@ -428,12 +428,12 @@ impl Cluster {
         let mut specs = Vec::new();
         for i in 0..n {
             let ip = Ipv4Addr::new(127, a, b, 11 + i as u8);
-            specs.push((format!("head{}", i + 1), ip, free_port(ip), free_port(ip), free_port(Ipv4Addr::LOCALHOST)));
+            specs.push((format!("head{}", i + 1), ip, free_port(ip), free_port(ip)));
         }
         let initial: Vec<String> =
-            specs.iter().map(|(name, ip, _, peer, _)| format!("{name}=http://{ip}:{peer}")).collect();
+            specs.iter().map(|(name, ip, _, peer)| format!("{name}=http://{ip}:{peer}")).collect();
         let mut heads = Vec::new();
-        for (name, ip, port, peer, client) in specs {
+        for (name, ip, port, peer) in specs {
             let hdir = dir.path().join(&name);
             std::fs::create_dir_all(&hdir).expect("head dir");
             let mut ini = format!(
@@ -443,7 +443,7 @@ impl Cluster {
             match backend {
                 Backend::Embedded => ini.push_str(&format!("database.type = embedded\ndatabase.path = {}/db/cluster.redb\n", hdir.display())),
                 Backend::Etcd => ini.push_str(&format!(
-                    "database.type = etcd\ndatabase.data_dir = {d}/etcd\ndatabase.client_port = {client}\ndatabase.peer_port = {peer}\ndatabase.initial_cluster = {ic}\ndatabase.cluster_token = harness-{a}-{b}\n",
+                    "database.type = etcd\ndatabase.data_dir = {d}/etcd\ndatabase.peer_port = {peer}\ndatabase.initial_cluster = {ic}\ndatabase.cluster_token = harness-{a}-{b}\n",
                     d = hdir.display(),
                     ic = initial.join(",")
                 )),

@@ -183,7 +183,7 @@ impl Cluster {
             let hdir = dir.path().join(&name);
             std::fs::create_dir_all(&hdir).expect("head dir");
             let ini = format!(
-                "# written by the test harness (network namespace {ns})\ndatabase.admin_pass = harness-db-pass\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = 8080\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\ndatabase.type = etcd\ndatabase.data_dir = {d}/etcd\ndatabase.client_port = 2379\ndatabase.peer_port = 2380\ndatabase.initial_cluster = {ic}\ndatabase.cluster_token = netns-{tag}\ndhcp.interface = cwn0\ndhcp.defer_ms = 300\n{extra}",
+                "# written by the test harness (network namespace {ns})\ndatabase.admin_pass = harness-db-pass\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = 8080\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\ndatabase.type = etcd\ndatabase.data_dir = {d}/etcd\ndatabase.peer_port = 2380\ndatabase.initial_cluster = {ic}\ndatabase.cluster_token = netns-{tag}\ndhcp.interface = cwn0\ndhcp.defer_ms = 300\n{extra}",
                 d = hdir.display(),
                 ic = initial.join(","),
                 tag = seg.tag,

@@ -229,3 +229,60 @@ fn named_tokens_work_on_every_head_until_revoked() {
     assert!(gone.code == 1 && gone.stderr.contains("no token is named alice"), "{gone:?}");
     assert_eq!(log_lines(h1, &token) + log_lines(h2, &token), 0, "the token is in a log");
 }
+
+/// The database is the heads' alone: a head's etcd member has no TCP client port, only a socket
+/// in its private data dir; root (the head) reaches it, another user of the machine can neither
+/// read nor write through it.
+#[test]
+fn only_the_head_reaches_its_database() {
+    let c = Cluster::etcd(2);
+    let h = &c.heads[0];
+    let data = h.dir.join("etcd").canonicalize().unwrap();
+    let endpoint = format!("--endpoints=unix://{}", data.join("client.sock:0").display());
+    let etcdctl = |as_nobody: bool, args: &[&str]| {
+        let mut cmd = if as_nobody {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "etcdctl"]);
+            c
+        } else {
+            std::process::Command::new("etcdctl")
+        };
+        cmd.env("ETCDCTL_API", "3").args(["--dial-timeout=2s", "--command-timeout=3s", &endpoint]).args(args);
+        cmd.output().expect("etcdctl (Debian package etcd-client)")
+    };
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the member's data dir");
+    let root = etcdctl(false, &["get", "--prefix", "/", "--keys-only", "--limit=1"]);
+    assert!(root.status.success(), "root reaches the member: {}", String::from_utf8_lossy(&root.stderr));
+    let read = etcdctl(true, &["get", "--prefix", "/"]);
+    assert!(!read.status.success() && read.stdout.is_empty(), "nobody read the database: {read:?}");
+    let write = etcdctl(true, &["put", "/clusterware/keys/evil", "{}"]);
+    assert!(!write.status.success(), "nobody wrote to the database: {write:?}");
+    let check = etcdctl(false, &["get", "/clusterware/keys/evil"]);
+    assert!(check.status.success() && check.stdout.is_empty(), "{check:?}");
+    // The member listens on TCP for its peers only.
+    let pid = h.pid().unwrap();
+    let member = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| {
+            // `PID (COMM) STATE PPID …`
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let Some((comm, rest)) = stat.split_once(") ") else { return false };
+            comm.ends_with("(etcd") && rest.split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .expect("the head's etcd member");
+    let ss = std::process::Command::new("ss").args(["-ltnpH"]).output().expect("ss (iproute2)");
+    let listening: Vec<String> = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={member},")))
+        .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_string())
+        .collect();
+    let peer = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("database.peer_port = ").map(str::to_string))
+        .unwrap();
+    assert_eq!(listening, vec![format!("{}:{peer}", h.ip)], "the member's TCP listeners");
+}

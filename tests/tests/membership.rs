@@ -47,8 +47,6 @@ impl Installed {
             port.to_string(),
             "--peer-port".into(),
             free_port(ip).to_string(),
-            "--client-port".into(),
-            free_port(Ipv4Addr::LOCALHOST).to_string(),
             "--no-systemd".into(),
             "--set".into(),
             format!("head.bind={ip}"),

@@ -55,9 +55,6 @@ pub struct Args {
     /// Port of this head's etcd member for the other heads' members (on --ip)
     #[arg(long, default_value_t = 2380)]
     pub peer_port: u16,
-    /// Port of this head's etcd member for this head (on 127.0.0.1)
-    #[arg(long, default_value_t = 2379)]
-    pub client_port: u16,
     /// Do not install a systemd unit even when systemd runs: start the head directly
     #[arg(long)]
     pub no_systemd: bool,

@@ -490,7 +490,6 @@ fn install(args: &Args) -> CliResult<()> {
          database.type = {database}\n\
          database.path = {db}/cluster.redb\n\
          database.data_dir = {p}/etcd\n\
-         database.client_port = {client}\n\
          database.peer_port = {peer}\n\
          database.initial_cluster = {name}=http://{ip}:{peer}\n\
          database.cluster_token = clusterware-{token}\n\
@@ -501,7 +500,6 @@ fn install(args: &Args) -> CliResult<()> {
          local_files.path = {p}/storage\n",
         db = p.join("db").display(),
         p = p.display(),
-        client = args.client_port,
         peer = args.peer_port,
         token = &random_password()?[..16],
         port = args.port,

@@ -150,14 +150,44 @@ fn prefix_get() -> ec::GetOptions {
     ec::GetOptions::new().with_prefix()
 }
 
+/// The scheme of a member reached through its unix socket.
+pub const UNIX_PREFIX: &str = "unix://";
+
+/// A gRPC channel to the etcd member listening on the unix socket at `path` (the same timeouts
+/// and keep-alives as over TCP).
+pub async fn unix_channel(path: &str) -> std::result::Result<tonic::transport::Channel, ec::Error> {
+    let path = std::path::PathBuf::from(path);
+    // The authority is not used: every connection goes to the socket.
+    tonic::transport::Endpoint::from_static("http://etcd-member")
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .map_err(ec::Error::from)
+}
+
 impl Etcd {
     /// Connects to the endpoints and checks that the cluster answers.
+    /// `unix://PATH` is a head's own member, reached through its socket (one endpoint only).
     pub async fn connect(endpoints: &[String], max_txn_ops: usize) -> Result<Etcd> {
         let opts = ec::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
-        let client = deadline(ec::Client::connect(endpoints, Some(opts))).await?;
+        let client = match endpoints {
+            [one] if one.starts_with(UNIX_PREFIX) => {
+                let channel = deadline(unix_channel(&one[UNIX_PREFIX.len()..])).await?;
+                deadline(ec::Client::from_channel(ec::Channel::Tonic(channel), Some(opts))).await?
+            }
+            _ => deadline(ec::Client::connect(endpoints, Some(opts))).await?,
+        };
         let me = Etcd { client, max_txn_ops };
         me.range("\u{0}probe").await?;
         Ok(me)

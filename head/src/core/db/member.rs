@@ -1,8 +1,9 @@
 //! This head's own etcd member: started from the distribution's `etcd` binary with its data dir
 //! under the ClusterWare tree, and supervised (restarted with capped backoff when it exits).
 //!
-//! The member listens for clients on 127.0.0.1 only (each head talks to its own member) and for
-//! peers on the head's cluster address. It is started with `PR_SET_PDEATHSIG`, so it never
+//! The member listens for clients on a unix socket inside its data dir (mode 0700), so that only
+//! the head (root) reaches the database: no TCP client port, nothing another user of the machine
+//! can connect to. It listens for peers on the head's cluster address. It is started with `PR_SET_PDEATHSIG`, so it never
 //! outlives a head daemon that was killed: the restarted daemon starts it again.
 
 use nix::sys::signal::{Signal, kill};
@@ -15,13 +16,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The client socket's name in the data dir.
+const SOCKET: &str = "client.sock:0";
+/// Longest path of a unix socket (`sun_path`, with its terminating NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 /// Everything needed to start the member.
 #[derive(Debug, Clone)]
 pub struct MemberSpec {
     pub binary: PathBuf,
     pub name: String,
     pub data_dir: PathBuf,
-    pub client_port: u16,
     pub peer_url: String,
     /// `name=peer-url,…`
     pub initial_cluster: String,
@@ -35,6 +40,11 @@ pub struct MemberSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemberError {
+    #[error(
+        "the member's socket {} is longer than a unix socket path can be ({SOCKET_PATH_MAX} bytes): choose a shorter database.data_dir",
+        .0.display()
+    )]
+    SocketPath(PathBuf),
     #[error(
         "etcd program {0:?} not found (install Debian's etcd-server package, or set database.etcd_binary in base.ini)"
     )]
@@ -66,12 +76,14 @@ pub fn find_binary(p: &Path) -> Result<PathBuf, MemberError> {
 }
 
 impl MemberSpec {
+    /// The member's client socket: etcd 3.4 takes a unix URL only in the form `unix://HOST:PORT`,
+    /// which it makes a socket of that name in its working directory, the data dir.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}{}", crate::core::db::etcd::UNIX_PREFIX, self.data_dir.join(SOCKET).display())
     }
 
     fn args(&self) -> Vec<String> {
-        let client = self.client_url();
+        let client = format!("unix://{SOCKET}");
         vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", self.data_dir.display()),
@@ -112,6 +124,13 @@ impl MemberHandle {
             .map_err(|source| MemberError::Io { path: spec.data_dir.clone(), source })?;
         std::fs::set_permissions(&spec.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|source| MemberError::Io { path: spec.data_dir.clone(), source })?;
+        // The member runs in its data dir (where it makes its socket): the path must be absolute.
+        spec.data_dir =
+            spec.data_dir.canonicalize().map_err(|source| MemberError::Io { path: spec.data_dir.clone(), source })?;
+        let socket = spec.data_dir.join(SOCKET);
+        if socket.as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(MemberError::SocketPath(socket));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let pid = Arc::new(Mutex::new(None));
         // Start once here so that a binary that cannot run is an error of the caller.
@@ -170,8 +189,13 @@ fn spawn(spec: &MemberSpec) -> Result<std::process::Child, MemberError> {
         .open(&spec.log_file)
         .map_err(|source| MemberError::Io { path: spec.log_file.clone(), source })?;
     let log2 = log.try_clone().map_err(|source| MemberError::Io { path: spec.log_file.clone(), source })?;
+    // A member that was killed leaves its socket behind, and etcd will not bind over it.
+    let socket = spec.data_dir.join(SOCKET);
+    if std::fs::symlink_metadata(&socket).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
+        std::fs::remove_file(&socket).map_err(|source| MemberError::Io { path: socket.clone(), source })?;
+    }
     let mut cmd = Command::new(&spec.binary);
-    cmd.args(spec.args()).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.args(spec.args()).current_dir(&spec.data_dir).stdin(Stdio::null()).stdout(log).stderr(log2);
     crate::core::sys::die_with_parent(&mut cmd);
     cmd.spawn().map_err(|source| MemberError::Spawn { binary: spec.binary.clone(), source })
 }
