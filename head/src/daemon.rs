@@ -362,7 +362,19 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         ssh_keys: read_ssh_keys(&cfg.ssh_key_files),
         peer_url: (db_mode == DbMode::EtcdMember).then(|| ctl.peer_url.clone()),
     };
-    heads::register(&db, &rec).await?;
+    // A database that just answered can still be too slow for one write (a loaded machine, a
+    // leader election): that is worth waiting for, as for the database itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(cfg.db_ready_timeout_secs);
+    loop {
+        match heads::register(&db, &rec).await {
+            Ok(()) => break,
+            Err(e @ DbError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "cannot register this head in the database yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let sup = Supervisor::new();
     let view = ClusterView::spawn(&db, rec.clone(), &sup);
     let ctx = Ctx::new(db.clone(), &cfg, view, &sup, token);
