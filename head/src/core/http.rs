@@ -274,7 +274,7 @@ pub struct ConnLimits {
     pub body_idle: Duration,
 }
 
-/// Connections from one address, when nothing else is configured.
+/// Connections open at once from one address.
 pub const PER_SOURCE: usize = 64;
 
 impl ConnLimits {
