@@ -28,9 +28,14 @@ pub struct ConnOpts {
     /// Talk to this head instead of the local one (e.g. http://10.54.0.2)
     #[arg(long, value_name = "URL", env = "CLUSTERWARE_HEAD", global = true)]
     pub head: Option<String>,
-    /// Admin API token instead of deriving it from database.admin_pass in the configuration
+    /// Admin API token (a named one: `scyld-clusterctl tokens create`) instead of deriving it from
+    /// database.admin_pass in the configuration; on the command line every user of the machine
+    /// can read it, so prefer $CLUSTERWARE_TOKEN or --token-file
     #[arg(long, value_name = "TOKEN", env = "CLUSTERWARE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Admin API token from the first line of FILE (`-`: standard input)
+    #[arg(long, value_name = "FILE", global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Seconds to wait for the head to answer
     #[arg(long, value_name = "SECS", default_value_t = 60, global = true)]
     pub timeout: u64,
@@ -117,7 +122,19 @@ impl Client {
 
     /// A client whose requests may take `secs` (a command that waits on the head's side).
     pub fn with_timeout(o: &ConnOpts, secs: u64) -> CliResult<Client> {
-        let needs_config = o.head.is_none() || o.token.is_none();
+        let given = match &o.token_file {
+            Some(f) => Some(secret_from_file(f, "the token")?),
+            None => {
+                if o.token.is_some() && std::env::var("CLUSTERWARE_TOKEN").ok() != o.token {
+                    eprintln!(
+                        "warning: --token shows the token to every user of this machine (ps, /proc); prefer \
+                         CLUSTERWARE_TOKEN or --token-file FILE"
+                    );
+                }
+                o.token.clone()
+            }
+        };
+        let needs_config = o.head.is_none() || given.is_none();
         let cfg = if needs_config {
             let path = config::resolve_path(o.config.as_deref());
             Some(Config::load(&path).map_err(config_error)?.config)
@@ -135,7 +152,7 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(usage(format!("--head {base:?} is not an http:// or https:// URL")));
         }
-        let token = match (&o.token, &cfg) {
+        let token = match (&given, &cfg) {
             (Some(t), _) => t.clone(),
             (None, Some(c)) => admin_token(c.require_admin_pass().map_err(config_error)?),
             (None, None) => unreachable!("config is loaded when --token is missing"),
@@ -201,6 +218,25 @@ pub fn read_secret(prompt: &str) -> CliResult<String> {
     Ok(v)
 }
 
+/// A secret (`what`) from the first line of file `f`, `-` for standard input; an empty one is
+/// refused.
+pub fn secret_from_file(f: &std::path::Path, what: &str) -> CliResult<String> {
+    let text = if f == std::path::Path::new("-") {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+            .map_err(|e| fail(format!("cannot read {what} from stdin: {e}")))?;
+        line
+    } else {
+        let text = std::fs::read_to_string(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
+        text.lines().next().unwrap_or_default().to_string()
+    };
+    let v = text.trim_end_matches(['\n', '\r']).to_string();
+    if v.is_empty() {
+        return Err(usage(format!("{}: {what} is empty", f.display())));
+    }
+    Ok(v)
+}
+
 /// Where a command takes a password from: `--database-passwd-file FILE` (its first line; `-`
 /// is standard input), else `--database-passwd` (kept for the Scyld command line; it shows the
 /// password to every user of the machine, so the command says so), else the terminal without
@@ -212,20 +248,7 @@ pub fn password_from(
     hint: &str,
 ) -> CliResult<String> {
     if let Some(f) = file {
-        let text = if f == std::path::Path::new("-") {
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
-                .map_err(|e| fail(format!("cannot read the password from stdin: {e}")))?;
-            line
-        } else {
-            let text = std::fs::read_to_string(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
-            text.lines().next().unwrap_or_default().to_string()
-        };
-        let p = text.trim_end_matches(['\n', '\r']).to_string();
-        if p.is_empty() {
-            return Err(usage(format!("{}: the password is empty", f.display())));
-        }
-        return Ok(p);
+        return secret_from_file(f, "the password");
     }
     match given {
         Some("") => Err(usage("--database-passwd is empty")),

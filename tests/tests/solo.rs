@@ -135,7 +135,19 @@ fn bad_input_is_refused_and_writes_nothing() {
     refused(h, n, &["create", "--csv", csv.to_str().unwrap()], 1, "MAC 52:54:00:00:50:03 is already used by n2");
 
     // Credentials: a wrong token is refused (403), none at all is 401; both as {kind, message}.
-    refused(h, n, &["--token", "0000", "-i", "n0", "rm"], 1, "wrong admin credential");
+    let wrong = c.dir().join("wrong-token");
+    std::fs::write(&wrong, "0000\n").unwrap();
+    let wrong = wrong.to_str().unwrap();
+    refused(h, n, &["--token-file", wrong, "-i", "n0", "rm"], 1, "wrong admin credential");
+    // --token works, and warns that other users can read it there.
+    let out = h.cli(n, &["--token", &c.token, "ls"]);
+    assert!(out.code == 0 && out.stderr.contains("--token shows the token to every user"), "{out:?}");
+    // A named token from standard input.
+    let t =
+        h.cli("scyld-clusterctl", &["tokens", "create", "ci", "--json"]).json()["token"].as_str().unwrap().to_string();
+    let config = h.config.to_str().unwrap();
+    let out = clusterware_tests::cli_with_stdin(n, &["--config", config, "--token-file", "-", "ls"], &format!("{t}\n"));
+    assert!(out.code == 0 && out.stderr.is_empty(), "{out:?}");
     let (status, v) = h.api("GET", "/nodes", None, None);
     assert_eq!((status, v["kind"].as_str()), (401, Some("unauthorized")));
     let (status, v) = h.api("POST", "/nodes/delete", Some("nope"), Some(&json!({"nodes": []})));
@@ -167,7 +179,7 @@ fn bad_input_is_refused_and_writes_nothing() {
     refused(
         h,
         n,
-        &["--head", "http://127.0.0.1:1", "--token", "x", "ls"],
+        &["--head", "http://127.0.0.1:1", "--token-file", wrong, "ls"],
         1,
         "cannot reach the head at http://127.0.0.1:1",
     );
