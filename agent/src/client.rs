@@ -237,13 +237,14 @@ impl HeadClient {
     ) -> Result<Bytes, ClientError> {
         let deadline = tokio::time::Instant::now() + limit;
         let kept = matches!(&self.conn, Some(c) if c.url == ep.url && !c.sender.is_closed());
-        let first = tokio::time::timeout_at(deadline, self.exchange(ep, method, path, body.clone())).await;
+        let again = if kept { body.clone() } else { None };
+        let first = tokio::time::timeout_at(deadline, self.exchange(ep, method, path, body)).await;
         // A kept connection the head closed as we sent (heads close connections idle for 20 s,
         // and a node may push less often): once more on a new one, within the same limit.
         let result = match first {
             Ok(Err(ClientError::Broken(_))) if kept => {
                 self.conn = None;
-                tokio::time::timeout_at(deadline, self.exchange(ep, method, path, body)).await
+                tokio::time::timeout_at(deadline, self.exchange(ep, method, path, again)).await
             }
             r => r,
         };

@@ -293,8 +293,12 @@ impl ConnLimits {
 
 /// Open connections, in all and per address; a [`Slot`] gives its place back when dropped.
 #[derive(Default)]
-struct Conns {
-    per_source: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+struct Conns(std::sync::Mutex<Open>);
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_source: std::collections::HashMap<IpAddr, usize>,
 }
 
 struct Slot {
@@ -305,27 +309,28 @@ struct Slot {
 impl Conns {
     /// A place for a connection from `ip`, or why there is none.
     fn take(self: &Arc<Self>, ip: IpAddr, limits: &ConnLimits) -> Result<Slot, String> {
-        let mut m = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = m.values().sum();
-        if total >= limits.total {
-            return Err(format!("this head has {total} connections open, its limit"));
+        let mut o = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if o.total >= limits.total {
+            return Err(format!("this head has {} connections open, its limit", o.total));
         }
-        let n = m.entry(ip).or_insert(0);
+        let n = o.per_source.entry(ip).or_insert(0);
         if *n >= limits.per_source {
             return Err(format!("{ip} has {n} connections open to this head, the limit per address"));
         }
         *n += 1;
+        o.total += 1;
         Ok(Slot { conns: self.clone(), ip })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut m = self.conns.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
+        let mut o = self.conns.0.lock().unwrap_or_else(|p| p.into_inner());
+        o.total -= 1;
+        if let Some(n) = o.per_source.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.ip);
+                o.per_source.remove(&self.ip);
             }
         }
     }
