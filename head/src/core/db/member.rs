@@ -3,8 +3,9 @@
 //!
 //! The member listens for clients on a unix socket inside its data dir (mode 0700), so that only
 //! the head (root) reaches the database: no TCP client port, nothing another user of the machine
-//! can connect to. It listens for peers on the head's cluster address. It is started with `PR_SET_PDEATHSIG`, so it never
-//! outlives a head daemon that was killed: the restarted daemon starts it again.
+//! can connect to. It listens for peers on the head's cluster address. It is started with
+//! `PR_SET_PDEATHSIG`, so it never outlives a head daemon that was killed: the restarted daemon
+//! starts it again.
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -83,7 +84,7 @@ impl MemberSpec {
     }
 
     fn args(&self) -> Vec<String> {
-        let client = format!("unix://{SOCKET}");
+        let client = format!("{}{SOCKET}", crate::core::db::etcd::UNIX_PREFIX);
         vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", self.data_dir.display()),
