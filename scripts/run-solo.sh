@@ -7,6 +7,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 bin="$top/target/debug"
 dir=${RUN_DIR:-$top/run}
 port=${PORT:-8080}
+tls_port=${TLS_PORT:-8443}
 mkdir -p "$dir"
 cfg="$dir/base.ini"
 if [ ! -f "$cfg" ]; then
@@ -21,12 +22,16 @@ head.name = demo-head
 head.ip = 127.0.0.1
 head.bind = 127.0.0.1
 head.port = $port
+head.tls_port = $tls_port
 logging.dir = $dir/log
 local_files.path = $dir/storage
 INI
 fi
 chmod 600 "$cfg"
+# A run dir from before HTTPS: give it its HTTPS port.
+grep -q '^head.tls_port' "$cfg" || echo "head.tls_port = $tls_port" >>"$cfg"
 port=$(sed -n 's/^head.port *= *//p' "$cfg")
+tls_port=$(sed -n 's/^head.tls_port *= *//p' "$cfg")
 export CLUSTERWARE_CONFIG="$cfg"
 
 "$bin/clusterware-head" --config "$cfg" &
@@ -35,7 +40,7 @@ trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' INT TERM
 for _ in $(seq 1 100); do
   if curl -fsS "http://127.0.0.1:$port/api/v1/health" 2>/dev/null | grep -q '"state":"serving"'; then break; fi
   if ! kill -0 $pid 2>/dev/null; then
-    echo "the head did not start (see above); if port $port is busy, try: PORT=8081 RUN_DIR=\$PWD/run2 make run" >&2
+    echo "the head did not start (see above); if port $port or $tls_port is busy, try: PORT=8081 TLS_PORT=8444 RUN_DIR=\$PWD/run2 make run" >&2
     exit 1
   fi
   sleep 0.1
@@ -48,14 +53,15 @@ fi
 # Four simulated compute nodes (the real agent code, one per node) report to the head.
 sim=""
 if "$bin/scyld-nodectl" -i n0 ls -l 2>/dev/null | grep -q ' 127\.54\.0\.1 '; then
-  "$bin/clusterware-node" sim --nodes 4 --heads "http://127.0.0.1:$port" --ip-start 127.54.0.1 \
+  "$bin/clusterware-node" sim --nodes 4 --heads "https://127.0.0.1:$tls_port" --ca-file "$dir/tls/ca.pem" --ip-start 127.54.0.1 \
     --mac-start 52:54:00:00:00:01 --dir "$dir/sim" --status-secs 5 >"$dir/log/sim.log" 2>&1 &
   sim=$!
 fi
 trap 'kill -TERM $pid ${sim} 2>/dev/null; wait $pid 2>/dev/null' INT TERM
 cat <<TXT
 
-A solo ClusterWare head is running on http://127.0.0.1:$port (embedded database in $dir).
+A solo ClusterWare head is running: its API on https://127.0.0.1:$tls_port (certificate from the
+cluster CA in $dir/tls/ca.pem), boot files on http://127.0.0.1:$port (embedded database in $dir).
 Its log: $dir/log/head_demo-head.log. In another shell, try:
 
   export CLUSTERWARE_CONFIG=$cfg PATH=$bin:\$PATH

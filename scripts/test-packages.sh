@@ -13,6 +13,7 @@ if [ ! -f /etc/clusterware-clean-root ]; then
 fi
 prefix=/opt/scyld/clusterware
 port=8099
+tls_port=8499
 admin_cmds="clusterware-head managedb scyld-install"
 user_cmds="scyld-nodectl scyld-clusterctl scyld-imgctl scyld-bootctl scyld-mkinitramfs scyld-modimg"
 passed=0 failed=0
@@ -88,18 +89,18 @@ check "the annotated base.ini is in the documentation" test -s /usr/share/doc/cl
 
 # A refused installation leaves nothing behind.
 check "scyld-install refuses a bad head name and creates nothing" sh "
-  ! scyld-install --no-systemd --name 'bad name' --ip 127.0.0.1 --port $port && [ -z \"\$(ls -d $prefix/conf $prefix/db $prefix/storage /var/log/clusterware 2>/dev/null)\" ]"
+  ! scyld-install --no-systemd --name 'bad name' --ip 127.0.0.1 --port $port --tls-port $tls_port && [ -z \"\$(ls -d $prefix/conf $prefix/db $prefix/storage /var/log/clusterware 2>/dev/null)\" ]"
 check "scyld-install refuses a bad setting and creates nothing" sh "
-  ! scyld-install --no-systemd --name pkghead --ip 127.0.0.1 --port $port --set rebalance.interval=0 &&
+  ! scyld-install --no-systemd --name pkghead --ip 127.0.0.1 --port $port --tls-port $tls_port --set rebalance.interval=0 &&
   [ -z \"\$(ls -d $prefix/conf $prefix/db $prefix/storage /var/log/clusterware 2>/dev/null)\" ]"
 check "scyld-install whose head cannot start removes what it created" sh "
-  ! scyld-install --no-systemd --name pkghead --ip 127.0.0.1 --port $port --database etcd \
+  ! scyld-install --no-systemd --name pkghead --ip 127.0.0.1 --port $port --tls-port $tls_port --database etcd \
       --set database.etcd_binary=/nonexistent/etcd &&
   [ -z \"\$(ls -d $prefix/conf $prefix/db $prefix/storage /var/log/clusterware 2>/dev/null)\" ]"
 
 # A real installation with the packaged paths.
 check "scyld-install --no-systemd installs and starts a head" \
-  scyld-install --no-systemd --name pkghead --ip 127.0.0.1 --port $port
+  scyld-install --no-systemd --name pkghead --ip 127.0.0.1 --port $port --tls-port $tls_port
 check "the running head is the packaged daemon" sh "
   [ \"\$(readlink /proc/\$(cat $prefix/conf/clusterware-head.pid)/exe)\" = $prefix/bin/clusterware-head ]"
 check "$prefix/bin/managedb --heads lists the head" sh "$prefix/bin/managedb --heads | grep -q pkghead"

@@ -70,5 +70,8 @@ pub enum Cmd {
         /// Push every this many milliseconds whatever the heads say (to offer a set load)
         #[arg(long, value_name = "MS")]
         push_interval_ms: Option<u64>,
+        /// The cluster CA that https:// heads are checked against (a head's tls/ca.pem)
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
 }

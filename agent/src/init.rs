@@ -231,6 +231,9 @@ fn configure(iface: &str, lease: &Lease) -> Result<(), String> {
 /// Downloads the image into `dest` from the first head that has it; checks size and SHA-256.
 async fn download(heads: &[String], args: &BootArgs, dest: &std::path::Path) -> Result<(), String> {
     let id = args.image.as_deref().ok_or("no cw.image= on the kernel command line")?;
+    // The boot script loads the cluster CA beside the initramfs.
+    let ca = std::path::Path::new(clusterware_shared::agent::CA_FILE);
+    let tls = if ca.exists() { Some(crate::client::tls_config(ca)?) } else { None };
     let mut errors = Vec::new();
     for h in heads {
         let ep = match Endpoint::parse(h) {
@@ -241,7 +244,7 @@ async fn download(heads: &[String], args: &BootArgs, dest: &std::path::Path) -> 
             }
         };
         say(&format!("downloading image {id} from {}", ep.url));
-        let mut client = HeadClient::new(None, None);
+        let mut client = HeadClient::new(None, tls.clone());
         let path = path::full(&path::file_content(id, false));
         match client.download(&ep, &path, dest, Duration::from_secs(600)).await {
             Ok((size, sha)) => {
@@ -366,7 +369,15 @@ fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr) -> Stri
         Err(e) => return e,
     }
     drop(data);
-    // The booted system's agent starts from the same kernel command line.
+    // The booted system's agent starts from the same kernel command line, and checks heads
+    // against the same CA.
+    if let Ok(pem) = std::fs::read(clusterware_shared::agent::CA_FILE) {
+        let to = std::path::Path::new("/newroot").join(clusterware_shared::agent::CA_FILE.trim_start_matches('/'));
+        let placed = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&to, pem));
+        if let Err(e) = placed {
+            return format!("cannot put the cluster CA into the image ({}): {e}", to.display());
+        }
+    }
     say("switching to the image's /sbin/init");
     switch_root("/newroot", "/sbin/init")
 }

@@ -75,7 +75,10 @@ fn prepare(cli_config: Option<&PathBuf>) -> Result<(NodeConfig, Vec<HeadEntry>, 
             })?
         }
     };
-    let tls = match &cfg.ca_file {
+    // The CA a network boot left (see `clusterware_shared::agent::CA_FILE`) unless one is set.
+    let default_ca = std::path::Path::new(clusterware_shared::agent::CA_FILE);
+    let ca_file = cfg.ca_file.clone().or_else(|| default_ca.exists().then(|| default_ca.to_path_buf()));
+    let tls = match &ca_file {
         Some(p) => Some(client::tls_config(p)?),
         None => None,
     };
@@ -252,6 +255,7 @@ fn main() -> ExitCode {
             ramp_secs,
             threads,
             push_interval_ms,
+            ca_file,
         } => {
             if push_interval_ms.is_some_and(|m| !(10..=86_400_000).contains(&m)) {
                 return fail("--push-interval-ms must be from 10 to 86400000");
@@ -276,6 +280,10 @@ fn main() -> ExitCode {
             if !(ramp_secs.is_finite() && (0.0..=3600.0).contains(&ramp_secs)) {
                 return fail("--ramp-secs must be from 0 to 3600");
             }
+            let tls = match ca_file.as_deref().map(client::tls_config).transpose() {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
             let rt = match runtime(threads.max(1)) {
                 Ok(r) => r,
                 Err(e) => return fail(e),
@@ -298,6 +306,7 @@ fn main() -> ExitCode {
                     ..Settings::default()
                 },
                 ramp: Duration::from_secs_f64(ramp_secs),
+                tls,
             };
             match rt.block_on(sim::run(args, stop)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,8 @@ pub struct SimArgs {
     pub settings: Settings,
     /// First pushes are spread over this long, as real nodes do not boot in the same instant.
     pub ramp: Duration,
+    /// The cluster CA for https:// heads.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -222,7 +224,7 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         let agent = Agent::new(
             mac,
             args.heads.clone(),
-            HeadClient::new(Some(ip), None),
+            HeadClient::new(Some(ip), args.tls.clone()),
             files,
             source,
             observer,

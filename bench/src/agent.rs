@@ -64,6 +64,7 @@ fn push_rate(nodes: u32, interval_ms: u64) -> Vec<String> {
     let interval = interval_ms.to_string();
     let sim = Sim::start(
         &[h.url()],
+        Some(&h.ca_file()),
         nodes,
         "127.210.0.1",
         "52:54:00:b0:00:00",
@@ -100,7 +101,14 @@ fn rebalance_run(n: u64) -> Vec<String> {
     create(&c.heads[0], n as u32, "52:54:00:b3:00:00", "127.212.0.1", &[]);
     let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
     let started = Instant::now();
-    let sim = Sim::start(&urls, n as u32, "127.212.0.1", "52:54:00:b3:00:00", &["--ramp-secs", "1"]);
+    let sim = Sim::start(
+        &urls,
+        Some(&c.heads[0].ca_file()),
+        n as u32,
+        "127.212.0.1",
+        "52:54:00:b3:00:00",
+        &["--ramp-secs", "1"],
+    );
     let mean = n as f64 / 3.0;
     let balanced = |s: &Value| {
         let p = &s["parents"];
@@ -170,7 +178,14 @@ pub fn bench_agent(r: &mut Report) {
     let n = 1000u64;
     create(&c.heads[0], n as u32, "52:54:00:b1:00:00", "127.211.0.1", &[]);
     let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
-    let sim = Sim::start(&urls, n as u32, "127.211.0.1", "52:54:00:b1:00:00", &["--ramp-secs", "2"]);
+    let sim = Sim::start(
+        &urls,
+        Some(&c.heads[0].ca_file()),
+        n as u32,
+        "127.211.0.1",
+        "52:54:00:b1:00:00",
+        &["--ramp-secs", "2"],
+    );
     poll_until("fleet up", Duration::from_secs(120), || up_on(&sim, "head1", n));
     std::thread::sleep(Duration::from_secs(1));
 

@@ -134,7 +134,18 @@ where
 
 async fn bench_database(r: &mut Report, txns: usize) {
     let dir = tempfile::TempDir::with_prefix("cw-bench-").expect("temp dir");
-    let peer = format!("http://127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+    let peer = format!("https://127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+    let tls = dir.path().join("tls");
+    let ca = clusterware_shared::pki::Ca::create().expect("CA");
+    ca.write(&tls).expect("CA files");
+    let issued = ca.issue("bench", &clusterware_shared::pki::head_names("bench", &[]), 1).expect("certificate");
+    clusterware_shared::pki::write_issued(
+        &tls,
+        clusterware_shared::pki::HEAD_CERT,
+        clusterware_shared::pki::HEAD_KEY,
+        &issued,
+    )
+    .expect("certificate files");
     let member = MemberHandle::start(MemberSpec {
         binary: "etcd".into(),
         name: "bench".into(),
@@ -145,6 +156,7 @@ async fn bench_database(r: &mut Report, txns: usize) {
         token: "bench".into(),
         max_txn_ops: 10240,
         log_file: dir.path().join("etcd.log"),
+        tls_dir: tls,
     })
     .expect("start etcd (is etcd-server installed?)");
     let url = member.client_url();

@@ -11,7 +11,7 @@ use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{self, Config, ConfigError};
 use clusterware_shared::select;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub mod args;
@@ -25,9 +25,12 @@ pub struct ConnOpts {
     /// [default: $CLUSTERWARE_CONFIG, else /opt/scyld/clusterware/conf/base.ini]
     #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
-    /// Talk to this head instead of the local one (e.g. http://10.54.0.2)
+    /// Talk to this head instead of the local one (e.g. https://10.54.0.2, its head.tls_port)
     #[arg(long, value_name = "URL", env = "CLUSTERWARE_HEAD", global = true)]
     pub head: Option<String>,
+    /// The cluster CA to check heads against [default: tls/ca.pem beside the configuration]
+    #[arg(long, value_name = "FILE", env = "CLUSTERWARE_CA", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Admin API token (a named one: `scyld-clusterctl tokens create`) instead of deriving it from
     /// database.admin_pass in the configuration; on the command line every user of the machine
     /// can read it, so prefer $CLUSTERWARE_TOKEN or --token-file
@@ -135,36 +138,63 @@ impl Client {
             }
         };
         let needs_config = o.head.is_none() || given.is_none();
+        let path = config::resolve_path(o.config.as_deref());
         let cfg = if needs_config {
-            let path = config::resolve_path(o.config.as_deref());
             Some(Config::load(&path).map_err(config_error)?.config)
         } else {
-            None
+            // Only for the CA: a machine without a head has no configuration.
+            Config::load(&path).ok().map(|l| l.config)
         };
         let base = match (&o.head, &cfg) {
             (Some(h), _) => h.trim_end_matches('/').to_string(),
             (None, Some(c)) => {
                 let ip = c.head_ip.map_or("127.0.0.1".to_string(), |i| i.to_string());
-                format!("http://{ip}:{}", c.head_port)
+                format!("https://{ip}:{}", c.tls_port)
             }
             (None, None) => unreachable!("config is loaded when --head is missing"),
         };
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(usage(format!("--head {base:?} is not an http:// or https:// URL")));
+        if base.starts_with("http://") {
+            return Err(usage(format!(
+                "--head {base}: the admin credential goes to a head over HTTPS only; give its https:// URL (port \
+                 head.tls_port of its base.ini, 443 by default)"
+            )));
         }
-        let token = match (&given, &cfg) {
+        if !base.starts_with("https://") {
+            return Err(usage(format!("--head {base:?} is not an https:// URL")));
+        }
+        let token = match (&given, needs_config.then_some(cfg.as_ref()).flatten()) {
             (Some(t), _) => t.clone(),
             (None, Some(c)) => admin_token(c.require_admin_pass().map_err(config_error)?),
             (None, None) => unreachable!("config is loaded when --token is missing"),
         };
-        Client::to(&base, &token, secs)
+        let ca = cluster_ca(o.ca_file.as_deref(), cfg.as_ref())?;
+        Client::to(&base, &token, &ca, secs)
     }
 
-    /// A client for the head at `base` with this token.
-    pub fn to(base: &str, token: &str, secs: u64) -> CliResult<Client> {
-        let cfg = ClientConfig::new(base).token(token).timeout_secs(secs).user(&who());
+    /// A client for the head at `base` with this token, trusting the CA `ca_pem`.
+    pub fn to(base: &str, token: &str, ca_pem: &str, secs: u64) -> CliResult<Client> {
+        let cfg = ClientConfig::new(base).token(token).ca_pem(ca_pem).timeout_secs(secs).user(&who());
         Ok(Client(BlockingClient::new(cfg)?))
     }
+}
+
+/// The cluster CA's certificate: `--ca-file`, else `ca.pem` in the configuration's `tls.dir`.
+pub fn cluster_ca(given: Option<&Path>, cfg: Option<&Config>) -> CliResult<String> {
+    if let Some(f) = given {
+        return std::fs::read_to_string(f).map_err(|e| fail(format!("cannot read the CA file {}: {e}", f.display())));
+    }
+    let Some(c) = cfg else {
+        return Err(fail(
+            "no cluster CA to check the head with: give --ca-file FILE (a head keeps it in tls/ca.pem beside its base.ini)",
+        ));
+    };
+    let f = c.tls_dir.join(clusterware_shared::pki::CA_CERT);
+    std::fs::read_to_string(&f).map_err(|e| {
+        fail(format!(
+            "cannot read the cluster CA {}: {e} (a head writes it when it first starts; elsewhere give --ca-file FILE)",
+            f.display()
+        ))
+    })
 }
 
 /// This head's name: `head.name`, else the host name (as the head daemon decides it).

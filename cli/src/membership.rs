@@ -11,18 +11,26 @@
 
 use crate::{CliResult, Client, fail};
 use clusterware_client::{BlockingClient, Config as ClientConfig};
-use clusterware_shared::api::{AddMember, ClusterInfo, ConvertDatabase, DataSummary, HeadList, HeadRef, Health};
+use clusterware_shared::api::{
+    AddMember, ClusterCa, ClusterInfo, ConvertDatabase, DataSummary, HeadList, HeadRef, Health,
+};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{self, Config, DatabaseType, Membership};
 use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// `IP`, `IP:PORT` or a URL → the head's API base URL (`default_port` when none is given).
+/// `IP`, `IP:PORT` or `http://IP:PORT` → the head's plain-HTTP base URL (`default_port`, its
+/// head.port, when none is given): where a joining head fetches the cluster CA.
 pub fn head_url(target: &str, default_port: u16) -> CliResult<String> {
     let t = target.trim().trim_end_matches('/');
-    if t.starts_with("http://") || t.starts_with("https://") {
+    if t.starts_with("http://") {
         return Ok(t.to_string());
+    }
+    if let Some(rest) = t.strip_prefix("https://") {
+        // The CA comes over plain HTTP (it is checked with the password): its head.port.
+        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+        return Ok(format!("http://{host}:{default_port}"));
     }
     let (host, port) = match t.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().map_err(|_| crate::usage(format!("{target:?}: bad port")))?),
@@ -34,15 +42,51 @@ pub fn head_url(target: &str, default_port: u16) -> CliResult<String> {
     Ok(format!("http://{host}:{port}"))
 }
 
-/// The local head's API URL, from its configuration.
+/// The local head's plain-HTTP URL, from its configuration (its health answers there).
 pub fn local_url(cfg: &Config) -> String {
     let ip = cfg.head_ip.map_or("127.0.0.1".to_string(), |i| i.to_string());
     format!("http://{ip}:{}", cfg.head_port)
 }
 
-/// The local head's health, if it answers.
-pub fn health(url: &str) -> Option<Health> {
-    BlockingClient::new(ClientConfig::new(url).timeout_secs(3)).ok()?.health().ok()
+/// The local head's API URL (HTTPS), from its configuration.
+pub fn local_api(cfg: &Config) -> String {
+    let ip = cfg.head_ip.map_or("127.0.0.1".to_string(), |i| i.to_string());
+    format!("https://{ip}:{}", cfg.tls_port)
+}
+
+/// The health of the head at `url`, if it answers (an `https://` URL is checked against `ca`).
+pub fn health(url: &str, ca: Option<&str>) -> Option<Health> {
+    let mut c = ClientConfig::new(url).timeout_secs(3);
+    if let Some(ca) = ca {
+        c = c.ca_pem(ca);
+    }
+    BlockingClient::new(c).ok()?.health().ok()
+}
+
+/// The cluster CA of the head at `plain_url`, checked with the database password: a machine in
+/// the middle cannot hand a joining head its own CA without knowing the password.
+pub fn cluster_ca_of(plain_url: &str, password: &str, target: &str) -> CliResult<ClusterCa> {
+    let c = BlockingClient::new(ClientConfig::new(plain_url).timeout_secs(60))?;
+    let ca = c.cluster_ca().map_err(|e| match e.status() {
+        None if e.is_transport() => fail(format!("cannot reach the head at {target} ({plain_url}): {}", e.reason())),
+        _ => fail(format!("the head at {target} did not give its cluster CA: {}", e.reason())),
+    })?;
+    let fp = clusterware_shared::pki::fingerprint(&ca.cert_pem);
+    if fp.is_empty() {
+        return Err(fail(format!("the head at {target} sent a CA that is not a PEM certificate")));
+    }
+    if !clusterware_shared::auth::tokens_equal(&ca.proof, &clusterware_shared::pki::ca_proof(password, &ca.cert_pem)) {
+        return Err(fail(format!(
+            "the head at {target} could not prove that it knows this database password: either the password is not \
+             that cluster's (database.admin_pass in {} on {target}) or something between the two machines answered \
+             in its place; nothing was changed",
+            config::DEFAULT_CONFIG_PATH
+        )));
+    }
+    if !ca.api_url.starts_with("https://") {
+        return Err(fail(format!("the head at {target} gave {:?} as its API, which is not https://", ca.api_url)));
+    }
+    Ok(ca)
 }
 
 /// Sends SIGHUP to the local head daemon (it restarts in place with its configuration as it is
@@ -90,11 +134,11 @@ fn pid_alive_or_unknown(pid: u32) -> bool {
 }
 
 /// Waits until the head at `url` answers as expected; the last health seen otherwise.
-pub fn wait_state(url: &str, e: &Expect, within: Duration) -> Result<Health, Option<Health>> {
+pub fn wait_state(url: &str, ca: Option<&str>, e: &Expect, within: Duration) -> Result<Health, Option<Health>> {
     let deadline = Instant::now() + within;
     let mut last = None;
     loop {
-        if let Some(h) = health(url) {
+        if let Some(h) = health(url, ca) {
             if h.state == e.state
                 && e.database.is_none_or(|d| h.database == d)
                 && e.name.is_none_or(|n| h.name == n)
@@ -112,9 +156,15 @@ pub fn wait_state(url: &str, e: &Expect, within: Duration) -> Result<Health, Opt
     }
 }
 
-/// An authenticated client for another head.
-fn remote(url: &str, password: &str, secs: u64) -> CliResult<Client> {
-    Client::to(url, &admin_token(password), secs)
+/// An authenticated client for another head, over HTTPS checked against its (checked) CA.
+fn remote(ca: &ClusterCa, password: &str, secs: u64) -> CliResult<Client> {
+    Client::to(&ca.api_url, &admin_token(password), &ca.cert_pem, secs)
+}
+
+/// A client for this head with its own credential and CA.
+fn local_client(cfg: &Config, secs: u64) -> CliResult<Client> {
+    let ca = crate::cluster_ca(None, Some(cfg))?;
+    Client::to(&local_api(cfg), &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), &ca, secs)
 }
 
 /// Asks a head for its cluster; turns the usual failures into what the administrator must do.
@@ -134,7 +184,8 @@ fn cluster_of(c: &Client, target: &str) -> CliResult<ClusterInfo> {
 /// Checks that the head at `target` takes this password (before anything is written).
 pub fn check_access(target: &str, password: &str, default_port: u16) -> CliResult<ClusterInfo> {
     let url = head_url(target, default_port)?;
-    cluster_of(&remote(&url, password, 30)?, target)
+    let ca = cluster_ca_of(&url, password, target)?;
+    cluster_of(&remote(&ca, password, 30)?, target)
 }
 
 fn same_release(a: &str, b: &str) -> bool {
@@ -172,8 +223,9 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     let ip = cfg.head_ip.ok_or_else(|| {
         fail(format!("head.ip is not set in {}: the other heads need this head's cluster address", cfg_path.display()))
     })?;
-    let url = head_url(target, cfg.head_port)?;
-    let c = remote(&url, password, 60)?;
+    let plain = head_url(target, cfg.head_port)?;
+    let ca = cluster_ca_of(&plain, password, target)?;
+    let c = remote(&ca, password, 60)?;
     let mut info = cluster_of(&c, target)?;
     if !same_release(&info.version, clusterware_shared::VERSION) {
         return Err(fail(format!(
@@ -209,9 +261,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     let mut discarded = None;
     if let (Some(h), Membership::Member) = (&running, cfg.membership) {
         if h.state == "serving" {
-            if let Ok(mine) = Client::to(&local, &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), 10)
-                .and_then(|lc| Ok(lc.cluster(true)?))
-            {
+            if let Ok(mine) = local_client(&cfg, 10).and_then(|lc| Ok(lc.cluster(true)?)) {
                 let voting = mine.members.iter().filter(|m| !m.learner).count();
                 if mine.cluster_token == info.cluster_token && info.members.iter().any(|m| m.name == name) {
                     return Err(fail(format!("this head ({name}) is already a member of the cluster at {target}")));
@@ -228,7 +278,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
                 if d.nodes + d.images + d.boot_configs + d.files > 0 {
                     // Nothing is lost: the records go to a file first (boot files stay in storage
                     // until the first audit renames them .old.NN).
-                    let lc = Client::to(&local, &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), 300)?;
+                    let lc = local_client(&cfg, 300)?;
                     let dump = lc.save_database()?;
                     let file = cfg_path.parent().unwrap_or(Path::new("/")).join(format!(
                         "before-join-{}.json",
@@ -261,7 +311,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
                  first (its data is kept)",
                 info.head
             ));
-            let before = health(&url).map(|h| h.started_ms);
+            let before = health(&plain, None).map(|h| h.started_ms);
             c.convert_database(&ConvertDatabase { to: "etcd".into() })?;
             let e = Expect {
                 state: "serving",
@@ -270,7 +320,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
                 restarted_after: before,
                 ..Default::default()
             };
-            wait_state(&url, &e, Duration::from_secs(300))
+            wait_state(&plain, None, &e, Duration::from_secs(300))
                 .map_err(|_| fail(format!("{} did not come back on etcd within 300 s; see its log", info.head)))?;
             info = cluster_of(&c, target)?;
             converted = true;
@@ -293,14 +343,15 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
             )
         }));
     }
-    let peer_url = format!("http://{ip}:{}", cfg.etcd_peer_port);
+    let peer_url = format!("https://{ip}:{}", cfg.etcd_peer_port);
     let added = c
         .add_member(&AddMember { name: name.clone(), peer_url })
         .map_err(|e| fail(format!("the head at {target} did not add this head: {e}")))?;
     say(&format!("added as etcd learner {} of the cluster at {target}; starting this head's member", added.id));
     let base = cfg.etcd_data_dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     let data_dir = base.join(format!("etcd-{}", added.id));
-    let peers: Vec<String> = added.peers.iter().filter(|u| **u != local).cloned().collect();
+    let local_api = local_api(&cfg);
+    let peers: Vec<String> = added.peers.iter().filter(|u| **u != local_api).cloned().collect();
     let pass_line = password.to_string();
     let edits = [
         ("database.type", Some("etcd")),
@@ -314,11 +365,15 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
         ("database.recover", None),
         ("database.import_on_start", None),
     ];
+    // This head takes the cluster's CA (the certificate now, the key from the database once its
+    // member has caught up); its own CA and certificate, if any, are kept aside until then.
+    let tls = TlsFiles::read(&cfg.tls_dir);
     let undo = |why: String| -> crate::CliError {
         // By address: a member that never started has no name yet.
         let _ = c.eject(&HeadRef { head: ip.to_string() });
         let _ = clusterware_shared::fsutil::write_atomic(cfg_path, None, old_text.as_bytes(), Some(0o600));
-        if let Some(h) = health(&local) {
+        tls.restore(&cfg.tls_dir);
+        if let Some(h) = health(&local, None) {
             let _ = restart_local(&h);
         }
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -326,6 +381,12 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     };
     if let Err(e) = config::edit(cfg_path, &edits) {
         return Err(undo(format!("cannot rewrite {}: {e}", cfg_path.display())));
+    }
+    let (Some(cert), Some(key)) = (&added.cert_pem, &added.key_pem) else {
+        return Err(undo(format!("the head at {target} gave no certificate for this head's etcd member")));
+    };
+    if let Err(e) = TlsFiles::take_cluster_ca(&cfg.tls_dir, &ca.cert_pem, cert, key) {
+        return Err(undo(format!("cannot write the cluster CA into {}: {e}", cfg.tls_dir.display())));
     }
     let r = match &start {
         Start::Running(h) => restart_local(h).map(|()| h.pid),
@@ -349,14 +410,14 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
         },
     };
     let waited = Instant::now();
-    let mut r = wait_state(&local, &e, Duration::from_secs(15));
+    let mut r = wait_state(&local, None, &e, Duration::from_secs(15));
     while r.is_err() && waited.elapsed() < Duration::from_secs(600) && pid_alive_or_unknown(pid) {
         say(&format!(
             "still waiting for this head's member to catch up and be promoted ({} s; the head reports {:?})",
             waited.elapsed().as_secs(),
             r.as_ref().err().and_then(|h| h.as_ref().map(|h| h.state.clone())).unwrap_or_default()
         ));
-        r = wait_state(&local, &e, Duration::from_secs(15));
+        r = wait_state(&local, None, &e, Duration::from_secs(15));
     }
     if let Err(last) = r {
         let how = match last {
@@ -371,6 +432,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     if cfg.database_type == DatabaseType::Etcd && cfg.etcd_data_dir != data_dir && cfg.etcd_endpoints.is_empty() {
         let _ = std::fs::remove_dir_all(&cfg.etcd_data_dir);
     }
+    tls.forget(&cfg.tls_dir);
     let after = cluster_of(&c, target)?;
     Ok(Joined {
         cluster_head: info.head,
@@ -382,9 +444,57 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     })
 }
 
+/// A head's TLS files as they were before a join: put back if the join is undone.
+struct TlsFiles(Vec<(&'static str, Vec<u8>)>);
+
+impl TlsFiles {
+    const NAMES: [&'static str; 4] = [
+        clusterware_shared::pki::CA_CERT,
+        clusterware_shared::pki::CA_KEY,
+        clusterware_shared::pki::HEAD_CERT,
+        clusterware_shared::pki::HEAD_KEY,
+    ];
+
+    fn read(dir: &Path) -> TlsFiles {
+        TlsFiles(Self::NAMES.iter().filter_map(|n| Some((*n, std::fs::read(dir.join(n)).ok()?))).collect())
+    }
+
+    /// Leaves the cluster's CA certificate and the certificate it issued this head in `dir`
+    /// (the head takes the CA's key from the database once its member has caught up).
+    fn take_cluster_ca(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> std::io::Result<()> {
+        use clusterware_shared::pki::{CA_CERT, HEAD_CERT, HEAD_KEY};
+        std::fs::create_dir_all(dir)?;
+        for n in Self::NAMES {
+            match std::fs::remove_file(dir.join(n)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        let write = |n: &str, body: &str, mode| {
+            clusterware_shared::fsutil::write_atomic(&dir.join(n), None, body.as_bytes(), Some(mode))
+        };
+        write(HEAD_KEY, key_pem, 0o600)?;
+        write(HEAD_CERT, cert_pem, 0o644)?;
+        write(CA_CERT, ca_pem, 0o644)
+    }
+
+    fn restore(&self, dir: &Path) {
+        for n in Self::NAMES {
+            let _ = std::fs::remove_file(dir.join(n));
+        }
+        for (n, body) in &self.0 {
+            let mode = if n.ends_with(".key") { 0o600 } else { 0o644 };
+            let _ = clusterware_shared::fsutil::write_atomic(&dir.join(n), None, body, Some(mode));
+        }
+    }
+
+    /// The join went through: the old files are of no use any more.
+    fn forget(self, _dir: &Path) {}
+}
+
 /// Warnings about the heads the spec asks administrators to get right: every head's name must
 /// resolve on this head, and clocks must agree within a second.
-pub fn head_warnings(list: &HeadList) -> Vec<String> {
+pub fn head_warnings(list: &HeadList, ca: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for h in &list.heads {
         if (h.name.as_str(), 0).to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
@@ -397,7 +507,7 @@ pub fn head_warnings(list: &HeadList) -> Vec<String> {
             continue;
         }
         let t0 = now_ms();
-        if let Some(hh) = health(&h.api_url) {
+        if let Some(hh) = health(&h.api_url, ca) {
             let t1 = now_ms();
             if let Some(skew) = clock_skew(t0, t1, hh.now_ms) {
                 out.push(format!(
@@ -452,6 +562,7 @@ mod tests {
         assert_eq!(head_url("10.0.0.2", 80).unwrap(), "http://10.0.0.2:80");
         assert_eq!(head_url("10.0.0.2:8080", 80).unwrap(), "http://10.0.0.2:8080");
         assert_eq!(head_url("http://h:1/", 80).unwrap(), "http://h:1");
+        assert_eq!(head_url("https://h:443", 80).unwrap(), "http://h:80");
         assert!(head_url("10.0.0.2:x", 80).is_err());
         assert!(same_release("0.1.0", "0.1.7") && !same_release("0.1.0", "0.2.0"));
     }

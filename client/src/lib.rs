@@ -18,7 +18,7 @@ use clusterware_shared::agent::{
     StatusCounters, StatusQuery, StatusReport,
 };
 use clusterware_shared::api::{
-    AddMember, BootConfig, BootConfigDetail, BootConfigList, CloneRequest, ClusterInfo, ConvertDatabase,
+    AddMember, BootConfig, BootConfigDetail, BootConfigList, CloneRequest, ClusterCa, ClusterInfo, ConvertDatabase,
     CreateBootConfig, CreateImage, CreateNodes, CreateToken, DatabaseDump, DatabaseLoaded, DefaultBootConfig,
     DeleteNodes, Failover, FailoverRequest, FileList, FileRecord, HeadList, HeadRef, Health, Image, ImageList,
     MemberAdded, MembershipChange, NewToken, Node, NodeList, StorageCounters, TokenInfo, TokenList, UpdateBootConfig,
@@ -78,7 +78,7 @@ impl Default for Timeouts {
 /// Which head, with what credential and patience.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `http://HOST:PORT`, no trailing slash.
+    /// `https://HOST:PORT` (or `http://` for what needs no credential), no trailing slash.
     pub base: String,
     /// The admin token ([`clusterware_shared::auth::admin_token`]); `None` for the endpoints
     /// that need none (health, file contents).
@@ -86,12 +86,20 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Sent as [`USER_HEADER`].
     pub user: Option<String>,
+    /// The cluster CA (PEM) an `https://` head's certificate must come from.
+    pub ca_pem: Option<String>,
 }
 
 impl Config {
     /// The head at `base` (a trailing `/` is dropped), no credential, [`Timeouts::default`].
     pub fn new(base: &str) -> Config {
-        Config { base: base.trim_end_matches('/').to_string(), token: None, timeouts: Timeouts::default(), user: None }
+        Config {
+            base: base.trim_end_matches('/').to_string(),
+            token: None,
+            timeouts: Timeouts::default(),
+            user: None,
+            ca_pem: None,
+        }
     }
 
     pub fn token(mut self, token: &str) -> Config {
@@ -114,25 +122,68 @@ impl Config {
         self.user = Some(user.to_string());
         self
     }
+
+    /// Trust `pem` (the cluster CA) for an `https://` head.
+    pub fn ca_pem(mut self, pem: &str) -> Config {
+        self.ca_pem = Some(pem.to_string());
+        self
+    }
 }
 
-/// The HTTP stack, built in this one place for both faces. TLS (`https://` heads, trusting a
-/// CA file) will be configured here and nowhere else.
+/// rustls trusting only the certificates of `pem` (the cluster CA), HTTP/1.1.
+fn tls_config(pem: &str) -> std::result::Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(c.map_err(|e| format!("the CA is not PEM: {e}"))?).map_err(|e| format!("the CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA holds no certificate".into());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// The HTTP stack, built in this one place for both faces: an `https://` head is verified
+/// against the cluster CA ([`Config::ca_pem`]) and nothing else; the admin credential is never
+/// sent over plain `http://`.
 ///
 /// `pooled`: keep idle connections for the next request. Only where a runtime keeps polling
 /// them (the async face): an idle connection nobody polls does not notice that the head closed
 /// it (a head restarting in place does), and the next request on it fails.
 fn http_client(cfg: &Config, pooled: bool) -> Result<reqwest::Client> {
-    if cfg.base.starts_with("https://") {
+    let https = cfg.base.starts_with("https://");
+    let rest = cfg.base.strip_prefix("https://").or_else(|| cfg.base.strip_prefix("http://"));
+    if rest.is_none_or(str::is_empty) {
+        return Err(Error::Setup(format!("{:?} is not an https:// (or http://) URL of a head", cfg.base)));
+    }
+    if !https && cfg.token.is_some() {
         return Err(Error::Setup(format!(
-            "{} is an https:// URL, and this build speaks plain http only: give the head's http:// URL",
+            "{} is plain http: the admin credential goes to a head over HTTPS only (https://HOST:TLS_PORT, \
+             head.tls_port in the head's base.ini, 443 by default)",
             cfg.base
         )));
     }
-    if !cfg.base.starts_with("http://") || cfg.base.len() == "http://".len() {
-        return Err(Error::Setup(format!("{:?} is not an http:// URL of a head", cfg.base)));
-    }
+    // reqwest asks for the process's provider even for plain http: ring, set once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = reqwest::Client::builder();
+    if https {
+        let Some(pem) = &cfg.ca_pem else {
+            return Err(Error::Setup(format!(
+                "{} is https but no cluster CA is given to check it with (on a head it is tls/ca.pem beside base.ini; \
+                 elsewhere give it with --ca-file or CLUSTERWARE_CA)",
+                cfg.base
+            )));
+        };
+        b = b.tls_backend_preconfigured(tls_config(pem).map_err(Error::Setup)?);
+    }
     if !pooled {
         b = b.pool_max_idle_per_host(0);
     }
@@ -262,6 +313,8 @@ endpoints! {
     /// restarts).
     fn convert_database(req: &ConvertDatabase) -> MembershipChange = POST path::DATABASE_CONVERT, req;
 
+    /// `GET /cluster/ca` (no credential; plain HTTP too): the CA and its proof for a joining head.
+    fn cluster_ca() -> ClusterCa = GET path::CLUSTER_CA;
     /// `GET /cluster[?data=1]`.
     fn cluster(data: bool) -> ClusterInfo = GET path::cluster(data);
     /// `POST /cluster/members`: adds a head's etcd member as a learner.

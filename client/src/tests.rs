@@ -1,5 +1,6 @@
-//! The client against a tiny HTTP/1.1 server made here with `std::net::TcpListener`: what goes
-//! on the wire (paths, credential, lengths) and how every kind of answer is decoded.
+//! The client against a tiny HTTPS server made here with `std::net::TcpListener` and rustls (a
+//! certificate from a CA made for the tests): what goes on the wire (paths, credential, lengths)
+//! and how every kind of answer is decoded.
 
 use crate::{BlockingClient, Client, Config, Error, Timeouts, Transport};
 use clusterware_shared::api::{ApiError, CreateNodes, ErrorKind, FileRecord, ImportOptions, NodeList, NodeSpec};
@@ -23,16 +24,44 @@ impl Seen {
     }
 }
 
-/// Serves `n` connections, one request each: `respond` writes the answer. Returns the base URL
-/// and what the server saw.
-fn serve(n: usize, respond: impl Fn(&Seen, &mut TcpStream) + Send + 'static) -> (String, mpsc::Receiver<Seen>) {
+/// A server's side of one TLS connection.
+type Conn = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+/// The tests' CA (PEM) and the server configuration of a certificate it issued for 127.0.0.1.
+static TLS: std::sync::LazyLock<(String, std::sync::Arc<rustls::ServerConfig>)> = std::sync::LazyLock::new(|| {
+    use clusterware_shared::pki;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = pki::Ca::create().unwrap();
+    let i = ca.issue("test", &pki::head_names("test", &[]), 1).unwrap();
+    let chain = CertificateDer::pem_slice_iter(i.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(i.key_pem.as_bytes()).unwrap();
+    let cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+    (ca.cert_pem, std::sync::Arc::new(cfg))
+});
+
+/// A configuration for the test server at `base`, trusting the tests' CA.
+fn cfg(base: &str) -> Config {
+    Config::new(base).ca_pem(&TLS.0)
+}
+
+/// Serves `n` connections over TLS, one request each: `respond` writes the answer. Returns the
+/// base URL and what the server saw.
+fn serve(n: usize, respond: impl Fn(&Seen, &mut Conn) + Send + 'static) -> (String, mpsc::Receiver<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
+    let base = format!("https://{}", l.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for _ in 0..n {
-            let (mut s, _) = l.accept().unwrap();
-            let mut r = BufReader::new(s.try_clone().unwrap());
+            let (tcp, _) = l.accept().unwrap();
+            let s = rustls::StreamOwned::new(rustls::ServerConnection::new(TLS.1.clone()).unwrap(), tcp);
+            let mut r = BufReader::new(s);
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let mut headers = Vec::new();
@@ -51,14 +80,16 @@ fn serve(n: usize, respond: impl Fn(&Seen, &mut TcpStream) + Send + 'static) -> 
                 seen.body = vec![0; len];
                 r.read_exact(&mut seen.body).unwrap();
             }
+            let mut s = r.into_inner();
             respond(&seen, &mut s);
+            let _ = s.flush();
             let _ = tx.send(seen);
         }
     });
     (base, rx)
 }
 
-fn answer(s: &mut TcpStream, status: &str, body: &str) {
+fn answer(s: &mut Conn, status: &str, body: &str) {
     let _ = write!(
         s,
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -67,7 +98,7 @@ fn answer(s: &mut TcpStream, status: &str, body: &str) {
 }
 
 fn client(base: &str) -> BlockingClient {
-    BlockingClient::new(Config::new(base).token("tok").timeout_secs(5)).unwrap()
+    BlockingClient::new(cfg(base).token("tok").timeout_secs(5)).unwrap()
 }
 
 const NODES: &str =
@@ -87,7 +118,7 @@ fn a_typed_call_sends_its_path_and_credential_and_decodes_the_answer() {
 fn a_json_body_is_sent_as_json_and_a_201_is_a_success() {
     let (base, seen) = serve(1, |_, s| answer(s, "201 Created", NODES));
     let spec = NodeSpec { macs: vec!["52:54:00:00:00:01".parse().unwrap()], ..Default::default() };
-    let c = BlockingClient::new(Config::new(&base).token("tok").user("alice")).unwrap();
+    let c = BlockingClient::new(cfg(&base).token("tok").user("alice")).unwrap();
     let list: NodeList = c.create_nodes(&CreateNodes { nodes: vec![spec] }).unwrap();
     assert_eq!(list.nodes.len(), 1);
     let r = seen.recv().unwrap();
@@ -153,7 +184,7 @@ fn decode_is_a_pure_function_of_status_and_body() {
 #[test]
 fn a_refused_connection_says_the_head_cannot_be_reached() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     let e = client(&base).nodes().unwrap_err();
     assert_eq!(e.transport(), Some(&Transport::Connect), "{e:?}");
     let m = e.to_string();
@@ -165,7 +196,7 @@ fn a_refused_connection_says_the_head_cannot_be_reached() {
 fn a_head_that_never_answers_times_out() {
     let (base, _) = serve(1, |_, _| std::thread::sleep(Duration::from_secs(3)));
     let t0 = Instant::now();
-    let e = BlockingClient::new(Config::new(&base).timeout_secs(1)).unwrap().health().unwrap_err();
+    let e = BlockingClient::new(cfg(&base).timeout_secs(1)).unwrap().health().unwrap_err();
     assert!(t0.elapsed() < Duration::from_millis(2500), "{:?}", t0.elapsed());
     assert_eq!(e.transport(), Some(&Transport::Timeout(Duration::from_secs(1))), "{e:?}");
     assert!(e.to_string().contains("no answer within 1 s"), "{e}");
@@ -253,7 +284,7 @@ fn a_download_that_stalls_times_out_on_idleness() {
         let _ = s.flush();
         std::thread::sleep(Duration::from_secs(3));
     });
-    let c = BlockingClient::new(Config::new(&base).timeouts(Timeouts {
+    let c = BlockingClient::new(cfg(&base).timeouts(Timeouts {
         connect: Duration::from_secs(1),
         request: Duration::from_secs(60),
         idle: Duration::from_millis(500),
@@ -289,18 +320,31 @@ fn raw_sends_exactly_the_credential_given_and_returns_any_body() {
 fn the_async_face_makes_the_same_calls() {
     let (base, seen) = serve(1, |_, s| answer(s, "200 OK", NODES));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let c = rt.block_on(async { Client::new(Config::new(&base).token("t")) }).unwrap();
+    let c = rt.block_on(async { Client::new(cfg(&base).token("t")) }).unwrap();
     let list = rt.block_on(c.nodes()).unwrap();
     assert_eq!(list.nodes[0].uid, "u1");
     assert_eq!(seen.recv().unwrap().header("authorization"), Some("Bearer t"));
 }
 
 #[test]
-fn urls_other_than_http_are_refused_up_front() {
+fn bad_urls_a_credential_over_http_and_https_without_a_ca_are_refused_up_front() {
     let e = BlockingClient::new(Config::new("https://10.0.0.1")).unwrap_err();
-    assert!(e.to_string().contains("plain http only"), "{e}");
+    assert!(e.to_string().contains("no cluster CA"), "{e}");
+    let e = BlockingClient::new(Config::new("http://10.0.0.1").token("t")).unwrap_err();
+    assert!(e.to_string().contains("over HTTPS only"), "{e}");
+    BlockingClient::new(Config::new("http://10.0.0.1")).expect("plain http without a credential");
     let e = BlockingClient::new(Config::new("10.0.0.1:80")).unwrap_err();
     assert!(matches!(e, Error::Setup(_)), "{e:?}");
+}
+
+#[test]
+fn a_head_whose_certificate_another_ca_issued_is_refused() {
+    let (base, _) = serve(1, |_, s| answer(s, "200 OK", NODES));
+    let other = clusterware_shared::pki::Ca::create().unwrap();
+    let c = BlockingClient::new(Config::new(&base).ca_pem(&other.cert_pem).token("tok").timeout_secs(5)).unwrap();
+    let e = c.nodes().unwrap_err();
+    assert!(e.is_transport(), "{e:?}");
+    assert!(e.to_string().contains("certificate"), "{e}");
 }
 
 #[test]
@@ -342,7 +386,7 @@ fn the_blocking_client_keeps_no_connection_a_restarted_head_closed() {
         let _ = s.flush();
         // Closed once the client is done with the answer, before its next request.
         std::thread::sleep(Duration::from_millis(30));
-        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = s.sock.shutdown(std::net::Shutdown::Both);
     });
     let c = client(&base);
     for _ in 0..3 {

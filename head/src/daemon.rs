@@ -13,7 +13,7 @@ use crate::core::heads;
 use crate::core::schema::{DbMode, HeadRecord};
 use crate::core::supervisor::{STAGE_LIMIT, Stage, Supervisor};
 use crate::core::view::ClusterView;
-use crate::core::{Ctx, http};
+use crate::core::{Ctx, http, tls};
 use crate::membership::{self, Control};
 use crate::registry;
 use crate::storage::StorageError;
@@ -59,6 +59,8 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error(transparent)]
     BootNet(#[from] crate::netboot::StartError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// This host's name, from the kernel.
@@ -129,7 +131,7 @@ async fn open_database(
             Ok((db, DbMode::EtcdExternal, None))
         }
         DatabaseType::Etcd => {
-            let peer_url = format!("http://{ip}:{}", cfg.etcd_peer_port);
+            let peer_url = format!("https://{ip}:{}", cfg.etcd_peer_port);
             let (data_dir, initial_cluster, initial_state, token) = if cfg.recover {
                 let r = membership::restore_alone(cfg, ctl).map_err(|e| StartError::Recover(e.to_string()))?;
                 (r.0, r.1, "new".to_string(), r.2)
@@ -151,6 +153,7 @@ async fn open_database(
                 token,
                 max_txn_ops: cfg.max_txn_ops,
                 log_file: cfg.log_dir.join(format!("etcd_{name}.log")),
+                tls_dir: cfg.tls_dir.canonicalize().unwrap_or_else(|_| cfg.tls_dir.clone()),
             };
             tracing::info!(data_dir = %spec.data_dir.display(), peer = %spec.peer_url, client = %spec.client_url(), "starting etcd member");
             let hint = format!("the member's output is in {}", spec.log_file.display());
@@ -296,18 +299,32 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         tracing::warn!(path = %cfg.path.display(), mode = format!("{mode:o}"), "the configuration holds the database password but others may read it; chmod 600 it");
     }
     let ip = advertised_ip(&cfg, &name);
-    let addr = SocketAddr::new(cfg.head_bind, cfg.head_port);
     // Bind before starting anything else, so a busy port fails fast.
-    let listener = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let bind = |port: u16| {
+        let addr = SocketAddr::new(cfg.head_bind, port);
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| StartError::Listen { addr, source })
+    };
+    let (plain, tls_listener) = (bind(cfg.head_port)?, bind(cfg.tls_port)?);
+    let addr = SocketAddr::new(cfg.head_bind, cfg.tls_port);
     let listen_err = |source| StartError::Listen { addr, source };
-    let api_url = format!("http://{ip}:{}", cfg.head_port);
+    let plain_how = http::Listen::Plain { tls_port: cfg.tls_port };
+    let mut head_tls = tls::at_start(&cfg, &name, ip)?;
+    // A joining head has the cluster's certificate already (its key comes with the database):
+    // enough to ask the other heads to promote it.
+    match (&head_tls, tls::local_ca_cert(&cfg)) {
+        (Some(t), _) => tls::set_cluster_ca(&t.ca_pem),
+        (None, Some(pem)) => tls::set_cluster_ca(&pem),
+        (None, None) => {}
+    }
+    let api_url = format!("https://{ip}:{}", cfg.tls_port);
+    let boot_url = format!("http://{ip}:{}", cfg.head_port);
     let ctl = Arc::new(Control::new(
         cfg.path.clone(),
         name.clone(),
         api_url.clone(),
-        format!("http://{ip}:{}", cfg.etcd_peer_port),
+        format!("https://{ip}:{}", cfg.etcd_peer_port),
         token.clone(),
     ));
     if cfg.membership != Membership::Member {
@@ -316,19 +333,28 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
             "this head is in no cluster: it serves nothing and every command says how to join one"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server =
-            http::serve(&listener, crate::membership::routes::detached_router(name.clone(), cfg.membership), stop_rx)
-                .map_err(listen_err)?;
+        let app = crate::membership::routes::detached_router(name.clone(), cfg.membership);
+        let mut servers =
+            vec![http::serve(&plain, app.clone(), stop_rx.clone(), plain_how.clone()).map_err(listen_err)?];
+        if let Some(t) = &head_tls {
+            servers.push(
+                http::serve(&tls_listener, app, stop_rx, http::Listen::Tls(t.server.clone())).map_err(listen_err)?,
+            );
+        }
         let exit = signals.next(&ctl).await;
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(servers)).await;
         return Ok(exit);
     }
     // While the database opens (a joining head catches up, a member waits for a quorum), a
     // minimal API answers: health, `recover`, and "starting" for everything else.
     let (pre_tx, pre_rx) = watch::channel(false);
-    let pre =
-        http::serve(&listener, crate::membership::routes::starting_router(ctl.clone()), pre_rx).map_err(listen_err)?;
+    let app = crate::membership::routes::starting_router(ctl.clone());
+    let mut pre = vec![http::serve(&plain, app.clone(), pre_rx.clone(), plain_how.clone()).map_err(listen_err)?];
+    if let Some(t) = &head_tls {
+        pre.push(http::serve(&tls_listener, app, pre_rx, http::Listen::Tls(t.server.clone())).map_err(listen_err)?);
+    }
+    let pre = futures::future::join_all(pre);
     let opened = tokio::select! {
         r = open_database(&cfg, &name, ip, &ctl) => Some(r),
         exit = signals.next(&ctl) => {
@@ -351,11 +377,21 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
             tracing::error!(error = %e, "cannot load the converted data; it is loaded again at the next start");
         }
     }
+    // The cluster's CA: this head's, the cluster's, or a new one for a new cluster.
+    let (ca, head_token) = tls::settle_ca(&db, &cfg).await?;
+    let head_tls = match head_tls.take() {
+        Some(t) => t,
+        None => {
+            tls::set_cluster_ca(&ca.cert_pem);
+            tls::for_head(&cfg, ca, &name, ip)?
+        }
+    };
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let rec = HeadRecord {
         name: name.clone(),
         ip,
         api_url,
+        boot_url: Some(boot_url),
         version: clusterware_shared::VERSION.to_string(),
         started,
         db_mode,
@@ -377,7 +413,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     }
     let sup = Supervisor::new();
     let view = ClusterView::spawn(&db, rec.clone(), &sup);
-    let ctx = Ctx::new(db.clone(), &cfg, view, &sup, token);
+    let ctx = Ctx::new(db.clone(), &cfg, view, &sup, http::Credentials { head: head_token, password: token });
 
     // The capabilities, each started from the core and what it depends on: one line each.
     // Storage first: a head whose storage cannot be used stops before it is seen alive.
@@ -398,15 +434,20 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         tracing::warn!("the node table is not loaded yet; node requests are refused until it is");
     }
     let app = ctx.router();
-    tracing::info!(head = %name, %ip, listen = %addr, database = db.backend(), version = %rec.version, "head started");
+    tracing::info!(head = %name, %ip, https = %addr, http = cfg.head_port, database = db.backend(), version = %rec.version, ca = %clusterware_shared::pki::fingerprint(&head_tls.ca_pem), "head started");
 
-    let server = http::serve_until(&listener, app, sup.stop_signal(Stage::Serve)).map_err(listen_err)?;
-    sup.spawn(Stage::Serve, "http", move |_stop| async move {
-        if let Err(e) = server.await {
-            tracing::warn!(error = %e, "HTTP server ended with an error");
-        }
-    });
-    drop(listener);
+    for (listener, how, task) in
+        [(&plain, plain_how, "http"), (&tls_listener, http::Listen::Tls(head_tls.server.clone()), "https")]
+    {
+        let server =
+            http::serve_until(listener, app.clone(), sup.stop_signal(Stage::Serve), how).map_err(listen_err)?;
+        sup.spawn(Stage::Serve, task, move |_stop| async move {
+            if let Err(e) = server.await {
+                tracing::warn!(error = %e, "{task} server ended with an error");
+            }
+        });
+    }
+    drop((plain, tls_listener));
     let exit = signals.next(&ctl).await;
     // Stage by stage: requests (the running ones get the stage's 10 s), periodic work, the last
     // status write, the follows, and the liveness record last.

@@ -17,8 +17,15 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The member's peers speak TLS with a certificate from a CA, as a head's member does.
 fn etcd_spec(dir: &Path) -> MemberSpec {
-    let peer = format!("http://127.0.0.1:{}", free_port());
+    use clusterware_shared::pki;
+    let peer = format!("https://127.0.0.1:{}", free_port());
+    let tls = dir.join("tls");
+    let ca = pki::Ca::create().unwrap();
+    ca.write(&tls).unwrap();
+    let issued = ca.issue("conf", &pki::head_names("conf", &[]), 1).unwrap();
+    pki::write_issued(&tls, pki::HEAD_CERT, pki::HEAD_KEY, &issued).unwrap();
     MemberSpec {
         binary: "etcd".into(),
         name: "conf".into(),
@@ -29,6 +36,7 @@ fn etcd_spec(dir: &Path) -> MemberSpec {
         token: "conformance".into(),
         max_txn_ops: 1024,
         log_file: dir.join("etcd.log"),
+        tls_dir: tls,
     }
 }
 

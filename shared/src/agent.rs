@@ -24,6 +24,10 @@ pub const STATUS_SECS_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
 pub const MISSED_INTERVALS: u32 = 3;
 /// Longest time a head holds a long poll.
 pub const MAX_WAIT_SECS: u32 = 60;
+/// Where a node keeps the cluster CA that the agent checks heads against (the boot script
+/// loads it into the initramfs; an agent run as a service reads it from here too).
+pub const CA_FILE: &str = "/etc/clusterware/ca.pem";
+
 /// Largest request body a head reads on the node-facing routes (a status report with its
 /// hardware inventory is a few KiB); larger ones are refused before they are read.
 pub const MAX_REPORT_BYTES: usize = 64 << 10;

@@ -58,6 +58,13 @@ pub mod path {
     pub const CLUSTER_FAILOVER: &str = "/cluster/failover";
     /// The iPXE boot script (no credential).
     pub const BOOT_SCRIPT: &str = "/boot/script";
+    /// The cluster CA as a newc archive for the node's initramfs (no credential; the script
+    /// loads it beside the initramfs; it puts [`agent::CA_FILE`](crate::agent::CA_FILE) there).
+    pub const BOOT_CA: &str = "/boot/ca.cpio";
+    /// The cluster CA with the proof that the head knows the database password
+    /// ([`ClusterCa`](super::ClusterCa); no credential, plain HTTP too: a joining head has no
+    /// CA yet to check HTTPS with).
+    pub const CLUSTER_CA: &str = "/cluster/ca";
     /// Where the node agent's endpoints ([`agent`]) are nested.
     pub const AGENT: &str = "/agent";
 
@@ -265,6 +272,16 @@ impl ErrorKind {
     }
 }
 
+/// `GET /api/v1/cluster/ca`: the cluster CA, and the proof that the head answering knows the
+/// database password (`pki::ca_proof`), which a joining head checks before it trusts the CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub proof: String,
+    /// The answering head's API (`https://IP:TLS_PORT`).
+    pub api_url: String,
+}
+
 /// The body of every error answer: `{"kind": "conflict", "message": "…"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
@@ -382,6 +399,12 @@ pub struct MemberAdded {
     pub cluster_token: String,
     /// API URLs of the cluster's heads (whom the new head asks for its promotion).
     pub peers: Vec<String>,
+    /// The joining head's certificate and key from the cluster CA (PEM), which its etcd member
+    /// needs to reach its peers before it has the database (and the CA's key) itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
 }
 
 /// `POST /api/v1/cluster/promote`, `POST /api/v1/cluster/eject`: a head by name or IP.

@@ -99,6 +99,11 @@ pub struct Config {
     pub head_ip: Option<Ipv4Addr>,
     /// HTTP port of the API and boot files.
     pub head_port: u16,
+    /// HTTPS port: the admin API, head-to-head calls and the agent channel (`head.port` keeps
+    /// only what firmware fetches before the agent runs).
+    pub tls_port: u16,
+    /// The cluster CA and this head's certificate (`tls.dir`; `tls/` beside base.ini unless set).
+    pub tls_dir: PathBuf,
     /// Address the HTTP server binds (all interfaces by default).
     pub head_bind: IpAddr,
     /// Seconds a head stays "alive" in the database without renewing its lease.
@@ -200,6 +205,8 @@ impl Default for Config {
             head_name: None,
             head_ip: None,
             head_port: 80,
+            tls_port: 443,
+            tls_dir: PathBuf::from("/opt/scyld/clusterware/conf/tls"),
             head_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             lease_ttl_secs: 10,
             log_dir: PathBuf::from("/var/log/clusterware"),
@@ -282,6 +289,9 @@ impl Config {
     /// Parses configuration text; `path` is used in messages only.
     pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         let mut c = Config { path: path.to_path_buf(), ..Config::default() };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            c.tls_dir = dir.join("tls");
+        }
         let mut warnings = Vec::new();
         let mut seen: Vec<(String, usize)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -401,6 +411,8 @@ impl Config {
                     c.head_ip = Some(value.parse().map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?)
                 }
                 "head.port" => c.head_port = port_value(value).map_err(bad)?,
+                "head.tls_port" => c.tls_port = port_value(value).map_err(bad)?,
+                "tls.dir" => c.tls_dir = path_value(value).map_err(bad)?,
                 "head.bind" => {
                     c.head_bind = value.parse().map_err(|_| bad(format!("{value:?} is not an IP address")))?
                 }

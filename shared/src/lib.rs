@@ -12,6 +12,7 @@
 //! - [`cpio`]: the newc archive format (initramfs, node root images).
 //! - [`sys`]: the open-files limit, the machine's IPv4 addresses.
 //! - [`fsutil`]: file-writing helpers (early writeback for large files).
+//! - `pki` (feature `pki`): the cluster CA and the certificates it issues.
 //!
 //! This crate must stay free of async runtimes, HTTP stacks and database clients: the static
 //! node agent links it.
@@ -23,6 +24,8 @@ pub mod config;
 pub mod cpio;
 pub mod fsutil;
 pub mod ids;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod power;
 pub mod select;
 pub mod sys;

@@ -165,7 +165,10 @@ pub fn cli(prog: &str, args: &[&str]) -> Out {
 pub struct Head {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Plain HTTP (`head.port`): what firmware fetches, and health.
     pub port: u16,
+    /// HTTPS (`head.tls_port`): the API.
+    pub tls_port: u16,
     pub config: PathBuf,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -177,18 +180,47 @@ pub struct Head {
 
 impl Head {
     /// A head that is not started yet (for harness variants such as [`netns`]).
-    pub fn new_for_harness(name: String, ip: Ipv4Addr, port: u16, config: PathBuf, dir: PathBuf) -> Head {
-        Head { name, ip, port, config, dir, child: None, adopted: None, netns: None }
+    pub fn new_for_harness(
+        name: String,
+        ip: Ipv4Addr,
+        (port, tls_port): (u16, u16),
+        config: PathBuf,
+        dir: PathBuf,
+    ) -> Head {
+        Head { name, ip, port, tls_port, config, dir, child: None, adopted: None, netns: None }
     }
 
+    /// The API: `https://IP:TLS_PORT` (checked against [`Head::ca`]).
     pub fn url(&self) -> String {
+        format!("https://{}:{}", self.ip, self.tls_port)
+    }
+
+    /// What firmware fetches: `http://IP:PORT`.
+    pub fn boot_url(&self) -> String {
         format!("http://{}:{}", self.ip, self.port)
+    }
+
+    /// The cluster CA this head wrote into its `tls.dir` (`tls/` beside its base.ini).
+    pub fn ca_file(&self) -> PathBuf {
+        self.config.parent().expect("config dir").join("tls/ca.pem")
+    }
+
+    /// The cluster CA's certificate (the head writes it when it first starts).
+    pub fn ca(&self) -> String {
+        std::fs::read_to_string(self.ca_file()).unwrap_or_else(|e| panic!("{}: {e}", self.ca_file().display()))
+    }
+
+    /// A client of this head's API without credential, trusting the cluster CA (made where it
+    /// is used: inside the head's network namespace if it runs in one).
+    pub fn client(&self) -> BlockingClient {
+        BlockingClient::new(ClientConfig::new(&self.url()).ca_pem(&self.ca()).timeout_secs(30)).expect("API client")
     }
 
     /// Takes charge of a head that `scyld-install` started (found by its health answer); it is
     /// killed on drop like the others.
     pub fn adopt(name: &str, ip: Ipv4Addr, port: u16, config: PathBuf, dir: PathBuf) -> Head {
         let base = format!("http://{ip}:{port}");
+        let tls_port = clusterware_shared::config::Config::load(&config).expect("the head's base.ini").config.tls_port;
         let mut pid = 0;
         poll_until(&format!("{name} to answer"), Duration::from_secs(60), || {
             pid = api_client(&base).health().ok().filter(|h| h.name == name).map_or(0, |h| h.pid);
@@ -196,7 +228,7 @@ impl Head {
         });
         let _ = std::fs::create_dir_all(PID_DIR);
         let _ = std::fs::write(format!("{PID_DIR}/{}-{pid}", std::process::id()), b"");
-        Head { name: name.into(), ip, port, config, dir, child: None, adopted: Some(pid), netns: None }
+        Head { name: name.into(), ip, port, tls_port, config, dir, child: None, adopted: Some(pid), netns: None }
     }
 
     /// The process id while the head runs.
@@ -237,7 +269,7 @@ impl Head {
 
     /// Waits until the head answers its health endpoint as serving.
     pub fn wait_ready(&mut self, within: Duration) {
-        let base = self.url();
+        let base = self.boot_url();
         let deadline = Instant::now() + within;
         loop {
             // A head answers `starting` while its database opens: ready means `serving`.
@@ -312,7 +344,7 @@ impl Head {
 
     /// The health answer, if the head answers at all (it may be restarting).
     pub fn try_health(&self) -> Option<Value> {
-        let base = self.url();
+        let base = self.boot_url();
         netns::run_in(self.netns.as_deref(), || {
             api_client(&base).raw("GET", path::HEALTH, None, None).ok().map(|(_, v)| v).filter(Value::is_object)
         })
@@ -323,21 +355,32 @@ impl Head {
     pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
         let base = self.url();
         netns::run_in(self.netns.as_deref(), || {
-            api_client(&base).raw(method, path, token, body).unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+            self.client().raw(method, path, token, body).unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
         })
     }
 
-    /// The URL of a boot file's content on this head (no credential needed).
-    pub fn content_url(&self, id: &str) -> String {
-        format!("{}{}", self.url(), path::full(&path::file_content(id, false)))
+    /// [`Head::api`] on the plain-HTTP port, without credential (what firmware and attackers
+    /// without a certificate reach).
+    pub fn plain_api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let base = self.boot_url();
+        netns::run_in(self.netns.as_deref(), || {
+            api_client(&base).raw(method, path, None, body).unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+        })
     }
 
-    /// A boot file's bytes as this head serves them: (status, body; empty on a refusal).
+    /// The URL of a boot file's content on this head's plain-HTTP port (kernels and initramfs
+    /// images; no credential needed).
+    pub fn content_url(&self, id: &str) -> String {
+        format!("{}{}", self.boot_url(), path::full(&path::file_content(id, false)))
+    }
+
+    /// A boot file's bytes as this head serves them over HTTPS: (status, body; empty on a
+    /// refusal).
     pub fn content(&self, id: &str) -> (u16, Vec<u8>) {
         let base = self.url();
         netns::run_in(self.netns.as_deref(), || {
             let mut body = Vec::new();
-            match api_client(&base).download_file(id, false, &mut body, &mut |_, _| {}) {
+            match self.client().download_file(id, false, &mut body, &mut |_, _| {}) {
                 Ok(_) => (200, body),
                 Err(e) => (e.status().unwrap_or_else(|| panic!("GET content {id} from {base}: {e}")), Vec::new()),
             }
@@ -376,8 +419,9 @@ impl Drop for Head {
     }
 }
 
-/// A client of the head at `base` without credential, 30 s per request (made where it is used:
-/// inside a network namespace for heads that run in one).
+/// A client of the head at a plain `http://` base without credential, 30 s per request (made
+/// where it is used: inside a network namespace for heads that run in one). For the API see
+/// [`Head::client`].
 pub fn api_client(base: &str) -> BlockingClient {
     BlockingClient::new(ClientConfig::new(base).timeout_secs(30)).expect("API client")
 }
@@ -428,16 +472,18 @@ impl Cluster {
         let mut specs = Vec::new();
         for i in 0..n {
             let ip = Ipv4Addr::new(127, a, b, 11 + i as u8);
-            specs.push((format!("head{}", i + 1), ip, free_port(ip), free_port(ip)));
+            specs.push((format!("head{}", i + 1), ip, (free_port(ip), free_port(ip)), free_port(ip)));
         }
         let initial: Vec<String> =
-            specs.iter().map(|(name, ip, _, peer)| format!("{name}=http://{ip}:{peer}")).collect();
+            specs.iter().map(|(name, ip, _, peer)| format!("{name}=https://{ip}:{peer}")).collect();
+        // Heads created together share one CA, as the installer's joins would give them.
+        let ca = (backend == Backend::Etcd && n > 1).then(|| clusterware_shared::pki::Ca::create().expect("CA"));
         let mut heads = Vec::new();
-        for (name, ip, port, peer) in specs {
+        for (name, ip, (port, tls_port), peer) in specs {
             let hdir = dir.path().join(&name);
             std::fs::create_dir_all(&hdir).expect("head dir");
             let mut ini = format!(
-                "# written by the test harness\ndatabase.admin_pass = {PASS}\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = {port}\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\nlocal_files.audit_interval = 2\nlocal_files.sweep_interval = 1\n",
+                "# written by the test harness\ndatabase.admin_pass = {PASS}\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = {port}\nhead.tls_port = {tls_port}\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\nlocal_files.audit_interval = 2\nlocal_files.sweep_interval = 1\n",
                 d = hdir.display()
             );
             match backend {
@@ -449,11 +495,14 @@ impl Cluster {
                 )),
             }
             ini.push_str(extra);
+            if let Some(ca) = &ca {
+                ca.write(&hdir.join("tls")).expect("CA files");
+            }
             let config = hdir.join("base.ini");
             let mut f = std::fs::File::create(&config).expect("write base.ini");
             f.write_all(ini.as_bytes()).expect("write base.ini");
             std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-            heads.push(Head { name, ip, port, config, dir: hdir, child: None, adopted: None, netns: None });
+            heads.push(Head { name, ip, port, tls_port, config, dir: hdir, child: None, adopted: None, netns: None });
         }
         Cluster { heads, token: admin_token(PASS), dir }
     }
@@ -501,7 +550,14 @@ pub struct Sim {
 impl Sim {
     /// Starts `nodes` simulated nodes with MACs from `mac_start` and addresses from `ip_start`
     /// (which must be the nodes' registered IPs), talking to `heads` (parent first).
-    pub fn start(heads: &[String], nodes: u32, ip_start: &str, mac_start: &str, extra: &[&str]) -> Sim {
+    pub fn start(
+        heads: &[String],
+        ca_file: Option<&Path>,
+        nodes: u32,
+        ip_start: &str,
+        mac_start: &str,
+        extra: &[&str],
+    ) -> Sim {
         let tmp = TempDir::with_prefix_in("cw-sim-", "/dev/shm")
             .or_else(|_| TempDir::with_prefix("cw-sim-"))
             .expect("sim dir");
@@ -519,6 +575,7 @@ impl Sim {
             .arg(mac_start)
             .arg("--dir")
             .arg(&dir)
+            .args(ca_file.map(|f| [std::ffi::OsStr::new("--ca-file"), f.as_os_str()]).into_iter().flatten())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
@@ -723,4 +780,28 @@ pub fn cli_with_stdin(prog: &str, args: &[&str], input: &str) -> Out {
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     }
+}
+
+/// A TLS stream over a TCP connection already made to `h`'s HTTPS port, checked against the
+/// cluster CA (for tests that speak raw HTTP to the API).
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// Wraps `tcp` (connected to `h.tls_port`) in TLS trusting `h`'s cluster CA; the handshake
+/// happens on the first read or write.
+pub fn tls_stream(tcp: std::net::TcpStream, h: &Head) -> TlsStream {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(h.ca().as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::from(std::net::IpAddr::V4(h.ip));
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("TLS client");
+    rustls::StreamOwned::new(conn, tcp)
 }

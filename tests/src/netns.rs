@@ -176,23 +176,25 @@ impl Cluster {
         let dir = TempDir::with_prefix("cw-netns-").expect("temp dir");
         let specs: Vec<(String, Ipv4Addr)> =
             (0..n).map(|i| (format!("head{}", i + 1), seg.addr(11 + i as u8))).collect();
-        let initial: Vec<String> = specs.iter().map(|(name, ip)| format!("{name}=http://{ip}:2380")).collect();
+        let initial: Vec<String> = specs.iter().map(|(name, ip)| format!("{name}=https://{ip}:2380")).collect();
+        let ca = clusterware_shared::pki::Ca::create().expect("CA");
         let mut heads = Vec::new();
         for (name, ip) in specs {
             let ns = seg.member(&format!("h{}", &name[4..]), Some(ip));
             let hdir = dir.path().join(&name);
             std::fs::create_dir_all(&hdir).expect("head dir");
             let ini = format!(
-                "# written by the test harness (network namespace {ns})\ndatabase.admin_pass = harness-db-pass\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = 8080\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\ndatabase.type = etcd\ndatabase.data_dir = {d}/etcd\ndatabase.peer_port = 2380\ndatabase.initial_cluster = {ic}\ndatabase.cluster_token = netns-{tag}\ndhcp.interface = cwn0\ndhcp.defer_ms = 300\n{extra}",
+                "# written by the test harness (network namespace {ns})\ndatabase.admin_pass = harness-db-pass\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = 8080\nhead.tls_port = 8443\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\ndatabase.type = etcd\ndatabase.data_dir = {d}/etcd\ndatabase.peer_port = 2380\ndatabase.initial_cluster = {ic}\ndatabase.cluster_token = netns-{tag}\ndhcp.interface = cwn0\ndhcp.defer_ms = 300\n{extra}",
                 d = hdir.display(),
                 ic = initial.join(","),
                 tag = seg.tag,
             );
+            ca.write(&hdir.join("tls")).expect("CA files");
             let config = hdir.join("base.ini");
             let mut f = std::fs::File::create(&config).expect("write base.ini");
             f.write_all(ini.as_bytes()).expect("write base.ini");
             std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-            let mut h = Head::new_for_harness(name, ip, 8080, config, hdir);
+            let mut h = Head::new_for_harness(name, ip, (8080, 8443), config, hdir);
             h.netns = Some(ns);
             heads.push(h);
         }

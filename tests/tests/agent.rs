@@ -78,7 +78,14 @@ fn fleet_of_200_reports_runs_scripts_and_fails_over() {
     )
     .ok();
     let urls: Vec<String> = c.heads[..3].iter().map(Head::url).collect();
-    let mut sim = Sim::start(&urls, N as u32, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "1"]);
+    let mut sim = Sim::start(
+        &urls,
+        Some(&c.heads[0].ca_file()),
+        N as u32,
+        ip0,
+        mac0,
+        &["--status-secs", "2", "--ramp-secs", "1"],
+    );
 
     // Every node up, parented by head1 (the first head it was given), seen from another head.
     wait_status(&c.heads[1], "200 nodes up on head1", Duration::from_secs(60), |s| {
@@ -174,7 +181,14 @@ fn hung_parent_is_left_within_seconds() {
         )
         .ok();
     let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
-    let _sim = Sim::start(&urls, 20, ip0, mac0, &["--status-secs", "2", "--push-timeout-ms", "1500"]);
+    let _sim = Sim::start(
+        &urls,
+        Some(&c.heads[0].ca_file()),
+        20,
+        ip0,
+        mac0,
+        &["--status-secs", "2", "--push-timeout-ms", "1500"],
+    );
     wait_status(&c.heads[1], "20 nodes up on head1", Duration::from_secs(30), |s| {
         s.iter().all(|n| n["state"] == "up" && n["parent"] == "head1")
     });
@@ -189,17 +203,22 @@ fn hung_parent_is_left_within_seconds() {
     c.heads[0].freeze(false);
 }
 
-/// Sends raw bytes to a head from a given source address; returns the status code and body.
+/// Sends raw bytes to a head's HTTPS port from a given source address; returns the status code
+/// and body.
 fn raw(h: &Head, from: &str, request: &str) -> (u16, String) {
-    let sock =
-        std::net::TcpStream::connect_timeout(&format!("{}:{}", h.ip, h.port).parse().unwrap(), Duration::from_secs(5));
-    let mut s = if from == "127.0.0.1" {
-        sock.unwrap()
+    let tcp = if from == "127.0.0.1" {
+        std::net::TcpStream::connect_timeout(
+            &format!("{}:{}", h.ip, h.tls_port).parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap()
     } else {
         // Bind the source address first.
-        clusterware_tests::sys::connect_from(from.parse().unwrap(), std::net::SocketAddrV4::new(h.ip, h.port)).unwrap()
+        clusterware_tests::sys::connect_from(from.parse().unwrap(), std::net::SocketAddrV4::new(h.ip, h.tls_port))
+            .unwrap()
     };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = clusterware_tests::tls_stream(tcp, h);
     s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -297,7 +316,7 @@ fn agent_survives_broken_heads_without_busy_looping() {
             }
         });
     }
-    let mut sim = Sim::start(&urls, 1, "127.204.0.1", "52:54:00:a4:00:01", &["--push-timeout-ms", "500"]);
+    let mut sim = Sim::start(&urls, None, 1, "127.204.0.1", "52:54:00:a4:00:01", &["--push-timeout-ms", "500"]);
     std::thread::sleep(Duration::from_secs(8));
     assert!(sim.is_running(), "{}", sim.log());
     let n = count.load(Ordering::SeqCst);

@@ -78,8 +78,16 @@ fn walk(d: &Path) -> Vec<String> {
 }
 
 fn get_bytes(h: &Head, id: &str) -> Vec<u8> {
-    let url = h.content_url(id);
-    let out = std::process::Command::new("curl").args(["-sS", "-f", &url]).output().unwrap();
+    let url = format!(
+        "{}{}",
+        h.url(),
+        clusterware_shared::api::path::full(&clusterware_shared::api::path::file_content(id, false))
+    );
+    let ca = h.ca_file();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-f", "--cacert", ca.to_str().unwrap(), &url])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }

@@ -23,9 +23,22 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Fetches `url` with curl inside namespace `ns` into `out`.
-fn curl_in(ns: &str, url: &str, out: &str) {
-    run_ok(Command::new("ip").args(["netns", "exec", ns, "curl", "-sSf", "-o", out, url]));
+/// Fetches `url` over HTTPS with curl inside `h`'s namespace into `out`, trusting the cluster CA.
+fn curl_in(h: &clusterware_tests::Head, url: &str, out: &str) {
+    let ns = h.netns.as_deref().expect("a head in a namespace");
+    let ca = h.ca_file();
+    run_ok(Command::new("ip").args([
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-sSf",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-o",
+        out,
+        url,
+    ]));
 }
 
 fn status(c: &Cluster, via: usize, node: &str) -> Value {
@@ -110,8 +123,12 @@ fn three_heads_boot_three_vms_into_the_agent() {
     let rootfs_id = img["images"][0]["rootfs"].as_str().unwrap().to_string();
     let stored = c.heads[1].dir.join("storage").join(&rootfs_id);
     // Heads fetch files from peers when first asked: ask head2 once, so it keeps a copy.
-    let url = c.heads[1].content_url(&rootfs_id);
-    curl_in(c.heads[1].netns.as_deref().unwrap(), &url, "/dev/null");
+    let url = format!(
+        "{}{}",
+        c.heads[1].url(),
+        clusterware_shared::api::path::full(&clusterware_shared::api::path::file_content(&rootfs_id, false))
+    );
+    curl_in(&c.heads[1], &url, "/dev/null");
     poll_until("head2 has its copy of the image", Duration::from_secs(60), || stored.is_file());
     let mut bytes = std::fs::read(&stored).unwrap();
     let mid = bytes.len() / 2;
@@ -137,7 +154,7 @@ fn three_heads_boot_three_vms_into_the_agent() {
     let parents: Vec<String> = nodes.iter().map(|n| status(&c, 0, n)["parent"].as_str().unwrap().to_string()).collect();
     // head2 never serves its corrupt copy: it was quarantined and replaced from a peer.
     let check = dir.path().join("check.img");
-    curl_in(c.heads[1].netns.as_deref().unwrap(), &url, check.to_str().unwrap());
+    curl_in(&c.heads[1], &url, check.to_str().unwrap());
     assert_eq!(std::fs::read(&check).unwrap().len(), bytes.len());
     assert_ne!(std::fs::read(&check).unwrap(), bytes, "head2 served its corrupt copy");
     let counters = c.heads[1].api("GET", "/storage", Some(&c.token), None).1;

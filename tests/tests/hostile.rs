@@ -1,7 +1,7 @@
 //! Hostile clients: each attack on a head's network-facing endpoints, repeated, with the head held
 //! to bounds (memory, descriptors, log lines) and answering health checks throughout.
 
-use clusterware_tests::{Cluster, Head, poll_until};
+use clusterware_tests::{Cluster, Head, TlsStream, poll_until, tls_stream};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -26,23 +26,46 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     s
 }
 
-fn addr(h: &Head) -> SocketAddr {
+/// The plain-HTTP port (what firmware fetches).
+fn plain_addr(h: &Head) -> SocketAddr {
     SocketAddr::from((h.ip, h.port))
 }
 
-/// One request on a fresh connection from `from`; the whole answer (status line first).
-fn request(from: Ipv4Addr, h: &Head, req: &str) -> String {
-    let mut s = connect_from(from, addr(h));
-    s.write_all(req.as_bytes()).unwrap();
+/// The HTTPS port (the API, the agent channel).
+fn tls_addr(h: &Head) -> SocketAddr {
+    SocketAddr::from((h.ip, h.tls_port))
+}
+
+/// A TLS connection to `h`'s API from `from`.
+fn tls_from(from: Ipv4Addr, h: &Head) -> TlsStream {
+    tls_stream(connect_from(from, tls_addr(h)), h)
+}
+
+fn read_all(s: &mut impl Read) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Health, asked from an address of its own (not the attacker's).
+/// One request over TLS on a fresh connection from `from`; the whole answer (status line first).
+fn request(from: Ipv4Addr, h: &Head, req: &str) -> String {
+    let mut s = tls_from(from, h);
+    s.write_all(req.as_bytes()).unwrap();
+    read_all(&mut s)
+}
+
+/// One request over plain HTTP on a fresh connection from `from`.
+fn plain_request(from: Ipv4Addr, h: &Head, req: &str) -> String {
+    let mut s = connect_from(from, plain_addr(h));
+    s.write_all(req.as_bytes()).unwrap();
+    read_all(&mut s)
+}
+
+/// Health, asked from an address of its own (not the attacker's), on both ports.
 fn healthy(h: &Head) -> bool {
     let from = Ipv4Addr::new(127, 0, 0, 99);
-    request(from, h, "GET /api/v1/health HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n").starts_with("HTTP/1.1 200")
+    let req = "GET /api/v1/health HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n";
+    request(from, h, req).starts_with("HTTP/1.1 200") && plain_request(from, h, req).starts_with("HTTP/1.1 200")
 }
 
 fn log_lines(h: &Head, needle: &str) -> usize {
@@ -67,7 +90,7 @@ fn large_bodies_on_node_routes_are_refused_before_they_are_read() {
         let attackers: Vec<_> = (0..12u8)
             .map(|i| {
                 s.spawn(move || {
-                    let mut c = connect_from(Ipv4Addr::new(127, 0, 1, 10 + i), addr(h));
+                    let mut c = tls_from(Ipv4Addr::new(127, 0, 1, 10 + i), h);
                     let head = format!(
                         "POST /api/v1/agent/status HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\ncontent-length: {BODY}\r\n\r\n"
                     );
@@ -99,6 +122,13 @@ fn large_bodies_on_node_routes_are_refused_before_they_are_read() {
         "POST /api/v1/agent/status HTTP/1.1\r\nhost: h\r\ncontent-length: 1000000\r\nconnection: close\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("at most 65536 bytes"), "{answer}");
+    // Plain HTTP refuses anything but what firmware fetches, without reading the body.
+    let answer = plain_request(
+        Ipv4Addr::new(127, 0, 1, 9),
+        h,
+        "POST /api/v1/agent/status HTTP/1.1\r\nhost: h\r\ncontent-length: 1000000\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404") && answer.contains("the API is on HTTPS"), "{answer}");
     let peak = status_kib(pid, "VmHWM:");
     assert!(peak < before + (64 << 10), "head memory went from {before} KiB to a peak of {peak} KiB");
     assert!(healthy(h));
@@ -121,7 +151,7 @@ fn idle_half_sent_connections_cannot_starve_a_head() {
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..300 {
-        let mut s = connect_from(attacker, addr(h));
+        let mut s = connect_from(attacker, plain_addr(h));
         s.write_all(b"GET /api/v1/health HTTP/1.1\r\nhost: h\r\n").unwrap();
         s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let mut buf = [0u8; 512];
@@ -148,7 +178,7 @@ fn idle_half_sent_connections_cannot_starve_a_head() {
     }
     assert!(start.elapsed() < Duration::from_secs(40), "idle connections closed within the header timeout");
     // The address has its share back.
-    let answer = request(attacker, h, "GET /api/v1/health HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
+    let answer = plain_request(attacker, h, "GET /api/v1/health HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(log_lines(h, "limit per address") <= 1, "one log line a minute per address");
 }
@@ -160,12 +190,10 @@ fn refusals_are_logged_at_a_bounded_rate() {
     let c = Cluster::solo();
     let h = &c.heads[0];
     let from = Ipv4Addr::new(127, 0, 3, 10);
-    let mut s = connect_from(from, addr(h));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut reader = std::io::BufReader::new(tls_from(from, h));
     // Keep-alive: one connection, many requests, each answer read whole.
     let mut one = |req: String| {
-        s.write_all(req.as_bytes()).unwrap();
+        reader.get_mut().write_all(req.as_bytes()).unwrap();
         let mut len = 0usize;
         let mut line = String::new();
         loop {
@@ -285,4 +313,138 @@ fn only_the_head_reaches_its_database() {
         .find_map(|l| l.strip_prefix("database.peer_port = ").map(str::to_string))
         .unwrap();
     assert_eq!(listening, vec![format!("{}:{peer}", h.ip)], "the member's TCP listeners");
+    // The peer port speaks TLS only, and only to a peer with a certificate from the cluster CA:
+    // plain HTTP, TLS without a certificate and TLS with a certificate of another CA all fail;
+    // the head's own certificate gets an answer (so it is the certificate that decides).
+    let tls = h.ca_file().parent().unwrap().to_path_buf();
+    let url = format!("https://{}:{peer}/members", h.ip);
+    let curl = |args: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl")
+    };
+    let ca = tls.join("ca.pem");
+    let plain = curl(&[&format!("http://{}:{peer}/members", h.ip)]);
+    assert!(String::from_utf8_lossy(&plain.stdout) != "200", "plain HTTP to the peer port: {plain:?}");
+    let anonymous = curl(&["--cacert", ca.to_str().unwrap(), &url]);
+    assert!(!anonymous.status.success(), "TLS without a certificate: {anonymous:?}");
+    let other = clusterware_shared::pki::Ca::create().unwrap();
+    let forged = other.issue("head1", &clusterware_shared::pki::head_names("head1", &[h.ip.into()]), 1).unwrap();
+    let fdir = c.dir().join("forged");
+    clusterware_shared::pki::write_issued(&fdir, "c.pem", "c.key", &forged).unwrap();
+    let (fc, fk) = (fdir.join("c.pem"), fdir.join("c.key"));
+    let foreign =
+        curl(&["--cacert", ca.to_str().unwrap(), "--cert", fc.to_str().unwrap(), "--key", fk.to_str().unwrap(), &url]);
+    assert!(!foreign.status.success(), "TLS with another CA's certificate: {foreign:?}");
+    let (hc, hk) = (tls.join("head.pem"), tls.join("head.key"));
+    let own =
+        curl(&["--cacert", ca.to_str().unwrap(), "--cert", hc.to_str().unwrap(), "--key", hk.to_str().unwrap(), &url]);
+    assert!(
+        own.status.success() && String::from_utf8_lossy(&own.stdout) == "200",
+        "the head's own certificate: {own:?}"
+    );
+}
+
+/// Plain HTTP serves what firmware fetches and nothing else: no admin route (a credential sent
+/// there is never looked at), no agent route, no root image, no peer download; the CA comes with
+/// its proof and as the archive the boot script loads. HTTPS is checked against the cluster CA:
+/// a client trusting another CA refuses the head, and the CLIs refuse to send a credential over
+/// plain HTTP.
+#[test]
+fn plain_http_serves_only_what_firmware_fetches() {
+    let c = Cluster::solo();
+    let h = &c.heads[0];
+    let dir = c.dir().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ids = std::collections::BTreeMap::new();
+    for kind in ["kernel", "initramfs", "rootfs", "other"] {
+        let f = dir.join(kind);
+        std::fs::write(&f, format!("{kind} bytes")).unwrap();
+        let v = h.cli("scyld-clusterctl", &["files", "upload", f.to_str().unwrap(), "--kind", kind, "--json"]).json();
+        ids.insert(kind, v["id"].as_str().unwrap().to_string());
+    }
+    let from = Ipv4Addr::new(127, 0, 4, 10);
+    let get = |path: &str, extra: &str| {
+        plain_request(from, h, &format!("GET /api/v1{path} HTTP/1.1\r\nhost: h\r\n{extra}connection: close\r\n\r\n"))
+    };
+    // Admin routes: refused before the credential is looked at (a right one, too).
+    let bearer = format!("authorization: Bearer {}\r\n", c.token);
+    for path in ["/nodes", "/heads", "/database", "/secrets", "/tokens"] {
+        let a = get(path, &bearer);
+        assert!(a.starts_with("HTTP/1.1 404") && a.contains("the API is on HTTPS"), "{path}: {a}");
+    }
+    assert_eq!(log_lines(h, "credential"), 0, "no credential check on plain HTTP");
+    let a = get("/agent/heads?mac=52:54:00:00:00:01", "");
+    assert!(a.starts_with("HTTP/1.1 404"), "{a}");
+    // Boot files: kernels and initramfs images only; never to peers.
+    for (kind, ok) in [("kernel", true), ("initramfs", true), ("rootfs", false), ("other", false)] {
+        let a = get(&format!("/files/{}/content", ids[kind]), "");
+        if ok {
+            assert!(a.starts_with("HTTP/1.1 200") && a.ends_with(&format!("{kind} bytes")), "{kind}: {a}");
+        } else {
+            assert!(a.starts_with("HTTP/1.1 403") && a.contains("over HTTPS only"), "{kind}: {a}");
+        }
+        // Over HTTPS every kind is served.
+        assert_eq!(h.content(&ids[kind]), (200, format!("{kind} bytes").into_bytes()));
+    }
+    let a = get(&format!("/files/{}/content?peer=1", ids["kernel"]), "");
+    assert!(a.starts_with("HTTP/1.1 403"), "{a}");
+    // The CA: with a proof that only the password gives, and as a newc archive for nodes.
+    let a = get("/cluster/ca", "");
+    let body: serde_json::Value = serde_json::from_str(a.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let ca = h.ca();
+    assert_eq!(body["cert_pem"], ca.as_str());
+    assert_eq!(body["proof"], clusterware_shared::pki::ca_proof(clusterware_tests::PASS, &ca).as_str());
+    assert_ne!(body["proof"], clusterware_shared::pki::ca_proof("another password", &ca).as_str());
+    assert_eq!(body["api_url"], h.url().as_str());
+    let a = get("/boot/ca.cpio", "");
+    assert!(a.starts_with("HTTP/1.1 200") && a.contains("etc/clusterware/ca.pem") && a.contains(ca.trim()), "{a}");
+    // Keys readable by root alone.
+    for key in ["ca.key", "head.key"] {
+        let m = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(h.ca_file().with_file_name(key)).unwrap().permissions(),
+        );
+        assert_eq!(m & 0o777, 0o600, "{key}");
+    }
+    // A client trusting another CA refuses this head; so does the CLI given that CA.
+    let other = clusterware_shared::pki::Ca::create().unwrap();
+    let client = clusterware_client::BlockingClient::new(
+        clusterware_client::Config::new(&h.url()).ca_pem(&other.cert_pem).timeout_secs(5),
+    )
+    .unwrap();
+    let e = client.health().unwrap_err();
+    assert!(e.is_transport(), "{e}");
+    let foreign = c.dir().join("foreign-ca.pem");
+    std::fs::write(&foreign, &other.cert_pem).unwrap();
+    let out = h.cli("scyld-nodectl", &["--ca-file", foreign.to_str().unwrap(), "ls"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("certificate"), "{out:?}");
+    // The password-derived credential: on the head itself, and from elsewhere only for what a
+    // joining head asks.
+    let tls_get = |path: &str| {
+        request(from, h, &format!("GET /api/v1{path} HTTP/1.1\r\nhost: h\r\n{bearer}connection: close\r\n\r\n"))
+    };
+    let a = tls_get("/nodes");
+    assert!(a.starts_with("HTTP/1.1 403") && a.contains("works only on the head itself"), "{a}");
+    assert!(tls_get("/cluster").starts_with("HTTP/1.1 200"));
+    assert_eq!(h.api("GET", "/nodes", Some(&c.token), None).0, 200, "from this machine's own address");
+    // ... and the right CA works from anywhere, given the head's https URL.
+    let token = c.dir().join("token");
+    std::fs::write(&token, &c.token).unwrap();
+    let out = clusterware_tests::cli(
+        "scyld-nodectl",
+        &[
+            "--head",
+            &h.url(),
+            "--ca-file",
+            h.ca_file().to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "ls",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(healthy(h));
 }

@@ -226,7 +226,7 @@ fn three_heads_boot_nodes_alike() {
     let n0_ns = seg.member("n0", Some(seg.addr(101)));
     let out = in_ns(&n0_ns, &["curl", "-sS", &url]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains(&format!("cw.parent=http://{}:8080", heads[2])) && text.contains("console=ttyS0"), "{text}");
+    assert!(text.contains(&format!("cw.parent=https://{}:8443", heads[2])) && text.contains("console=ttyS0"), "{text}");
     assert!(text.contains("initrd --name initramfs"), "{text}");
     c.heads[2].wait_log("head3 logs the boot", |l| l.contains(&format!("Booting node n0 ({n0})")));
     poll_until("n0 booting with head3 as parent", Duration::from_secs(10), || {

@@ -179,9 +179,18 @@ fn bad_input_is_refused_and_writes_nothing() {
     refused(
         h,
         n,
-        &["--head", "http://127.0.0.1:1", "--token-file", wrong, "ls"],
+        &["--head", "https://127.0.0.1:1", "--token-file", wrong, "ls"],
         1,
-        "cannot reach the head at http://127.0.0.1:1",
+        "cannot reach the head at https://127.0.0.1:1",
+    );
+    // A credential never goes out over plain HTTP.
+    let plain = h.boot_url();
+    refused(
+        h,
+        n,
+        &["--head", &plain, "--token-file", wrong, "ls"],
+        2,
+        "the admin credential goes to a head over HTTPS only",
     );
 }
 

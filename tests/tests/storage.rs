@@ -36,10 +36,11 @@ fn fetch(h: &Head, id: &str, extra_headers: &str) -> (u16, Vec<u8>, String) {
     )
 }
 
-/// One raw HTTP exchange: (status, body, head).
+/// One raw HTTP exchange over HTTPS: (status, body, head).
 fn raw(h: &Head, head: &str, body: &[u8]) -> (u16, Vec<u8>, String) {
-    let mut s = TcpStream::connect((h.ip, h.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let tcp = TcpStream::connect((h.ip, h.tls_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut s = clusterware_tests::tls_stream(tcp, h);
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body);
     let mut buf = Vec::new();
@@ -296,7 +297,7 @@ fn kill_during_upload_leaves_nothing_and_bad_uploads_are_refused() {
     let h = &c.heads[0];
     let auth = format!("Authorization: Bearer {}\r\n", c.token);
     // Start a 64 MiB upload, send 1 MiB, then kill -9 the head.
-    let mut s = TcpStream::connect((h.ip, h.port)).unwrap();
+    let mut s = clusterware_tests::tls_stream(TcpStream::connect((h.ip, h.tls_port)).unwrap(), h);
     write!(
         s,
         "PUT /api/v1/files?name=partial&kind=rootfs HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n",

@@ -49,9 +49,13 @@ pub struct Args {
     /// [default: the address the host name resolves to]
     #[arg(long)]
     pub ip: Option<Ipv4Addr>,
-    /// Port of the head's HTTP API and boot files
+    /// Plain-HTTP port: what firmware fetches (boot script, kernel, initramfs); with --join, the
+    /// other head's port of it too
     #[arg(long, default_value_t = 80)]
     pub port: u16,
+    /// HTTPS port: the API, head-to-head calls and the node agents
+    #[arg(long, default_value_t = 443)]
+    pub tls_port: u16,
     /// Port of this head's etcd member for the other heads' members (on --ip)
     #[arg(long, default_value_t = 2380)]
     pub peer_port: u16,

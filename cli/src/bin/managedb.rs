@@ -71,7 +71,8 @@ fn change(
 ) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
     let url = c.base().to_string();
-    let before = membership::health(&url).map(|h| h.started_ms);
+    let ca = c.inner().config().ca_pem.clone();
+    let before = membership::health(&url, ca.as_deref()).map(|h| h.started_ms);
     let r = call(&c)?;
     if let (true, Some(state)) = (r.restarting, then) {
         // The head restarts in place: only its next start counts.
@@ -79,7 +80,7 @@ fn change(
             std::thread::sleep(Duration::from_millis(300));
         }
         let e = membership::Expect { state, restarted_after: before, ..Default::default() };
-        membership::wait_state(&url, &e, Duration::from_secs(120)).map_err(|last| {
+        membership::wait_state(&url, ca.as_deref(), &e, Duration::from_secs(120)).map_err(|last| {
             fail(format!(
                 "{} (but the head has not come back as {state} within 120 s; it reports {:?}: see its log)",
                 r.message,
@@ -104,7 +105,7 @@ fn join(
         cfg.require_admin_pass().map_err(|e| fail(e.to_string()))?.to_string()
     };
     let local = membership::local_url(&cfg);
-    let start = match membership::health(&local) {
+    let start = match membership::health(&local, None) {
         Some(h) => Start::Running(h),
         None => {
             return Err(fail(format!(
@@ -166,7 +167,7 @@ fn failover(args: &Args, action: &FailoverCmd) -> clusterware_cli::CliResult<()>
 fn heads(args: &Args) -> clusterware_cli::CliResult<()> {
     let c = Client::new(&args.conn)?;
     let list = c.heads()?;
-    let warnings = membership::head_warnings(&list);
+    let warnings = membership::head_warnings(&list, c.inner().config().ca_pem.as_deref());
     if args.json {
         print_json(&serde_json::json!({"heads": list.heads, "warnings": warnings}));
         return Ok(());

@@ -88,7 +88,7 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
             &rows,
         );
         println!("mean nodes per alive head: {:.1}", list.mean_nodes);
-        for w in clusterware_cli::membership::head_warnings(&list) {
+        for w in clusterware_cli::membership::head_warnings(&list, c.inner().config().ca_pem.as_deref()) {
             eprintln!("scyld-clusterctl: warning: {w}");
         }
     } else {

@@ -333,14 +333,14 @@ fn stop_pid(pid: u32) {
 /// Stops the local head (for --clear-all): SIGTERM, wait for it to go.
 fn stop_head(cfg: &Config) -> CliResult<()> {
     let url = membership::local_url(cfg);
-    let Some(h) = membership::health(&url) else { return Ok(()) };
+    let Some(h) = membership::health(&url, None) else { return Ok(()) };
     if systemd_runs() && std::iter::once(UNIT).chain(PACKAGED_UNITS).any(|u| Path::new(u).exists()) {
         let _ = std::process::Command::new("systemctl").args(["stop", "clusterware"]).status();
     } else if h.pid != 0 {
         let _ = sys::kill(h.pid, Signal::SIGTERM);
     }
     for _ in 0..150 {
-        if membership::health(&url).is_none() {
+        if membership::health(&url, None).is_none() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -354,10 +354,12 @@ fn clear_all(conf: &Path, say: &dyn Fn(&str)) -> CliResult<()> {
     }
     let cfg = Config::load(conf).map_err(|e| fail(e.to_string()))?.config;
     let url = membership::local_url(&cfg);
-    if let Some(h) = membership::health(&url) {
+    if let Some(h) = membership::health(&url, None) {
         if h.state == "serving" {
             let token = admin_token(cfg.admin_pass.as_deref().unwrap_or(""));
-            if let Ok(info) = Client::to(&url, &token, 10).and_then(|c| Ok(c.cluster(false)?)) {
+            let api = membership::local_api(&cfg);
+            let ca = clusterware_cli::cluster_ca(None, Some(&cfg)).unwrap_or_default();
+            if let Ok(info) = Client::to(&api, &token, &ca, 10).and_then(|c| Ok(c.cluster(false)?)) {
                 let voting = info.members.iter().filter(|m| !m.learner).count();
                 if voting > 1 {
                     return Err(fail(format!(
@@ -454,7 +456,7 @@ fn install(args: &Args) -> CliResult<()> {
                 pid
             })
         };
-        let start = match membership::health(&url) {
+        let start = match membership::health(&url, None) {
             Some(h) => Start::Running(h),
             None => Start::With(&starter),
         };
@@ -491,11 +493,12 @@ fn install(args: &Args) -> CliResult<()> {
          database.path = {db}/cluster.redb\n\
          database.data_dir = {p}/etcd\n\
          database.peer_port = {peer}\n\
-         database.initial_cluster = {name}=http://{ip}:{peer}\n\
+         database.initial_cluster = {name}=https://{ip}:{peer}\n\
          database.cluster_token = clusterware-{token}\n\
          head.name = {name}\n\
          head.ip = {ip}\n\
          head.port = {port}\n\
+         head.tls_port = {tls_port}\n\
          logging.dir = {log}\n\
          local_files.path = {p}/storage\n",
         db = p.join("db").display(),
@@ -503,6 +506,7 @@ fn install(args: &Args) -> CliResult<()> {
         peer = args.peer_port,
         token = &random_password()?[..16],
         port = args.port,
+        tls_port = args.tls_port,
         log = log_dir.display(),
     );
     if let Some(c) = &cluster {
@@ -557,7 +561,7 @@ fn install(args: &Args) -> CliResult<()> {
         pid: (pid != 0).then_some(pid),
         ..Default::default()
     };
-    membership::wait_state(&url, &e, Duration::from_secs(120)).map_err(|last| {
+    membership::wait_state(&url, None, &e, Duration::from_secs(120)).map_err(|last| {
         let log = log_dir.join(format!("head_{name}.log"));
         let out = log_dir.join("clusterware-head.out");
         let tail = [&out, &log]
@@ -591,7 +595,9 @@ fn install(args: &Args) -> CliResult<()> {
                     attributes: Default::default(),
                 })
                 .collect();
-            let client = Client::to(&url, &admin_token(&password), 120)?;
+            let cfg = Config::load(&conf).map_err(|e| fail(e.to_string()))?.config;
+            let ca = clusterware_cli::cluster_ca(None, Some(&cfg))?;
+            let client = Client::to(&membership::local_api(&cfg), &admin_token(&password), &ca, 120)?;
             let r = client.create_nodes(&CreateNodes { nodes })?;
             created = r.nodes.len();
         }

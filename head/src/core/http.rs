@@ -1,6 +1,10 @@
 //! The HTTP server of the head: the `/api/v1` router assembled from the capabilities' routes,
 //! the admin credential, and the one mapping from errors to answers.
 //!
+//! Two listeners serve the same router: HTTPS on `head.tls_port` (the certificate of
+//! [`crate::core::tls`]) serves everything; plain HTTP on `head.port` serves only what firmware
+//! fetches before the agent runs (see [`Transport`]) and points everything else to HTTPS.
+//!
 //! Every endpoint but the node-facing ones (health, boot script, boot files, the agent channel)
 //! needs the admin credential (`Authorization: Bearer <token>`, the token derived from
 //! `database.admin_pass`): 401 without one, 403 with a wrong one. Every error is JSON
@@ -163,28 +167,77 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
     }
 }
 
-/// What the credential check needs: the token, and a bound on its log lines.
+/// The credentials a head accepts besides named tokens.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The heads' own (random, in the database): head-to-head calls.
+    pub head: String,
+    /// Derived from the database password: on the head itself, and for what a joining head asks
+    /// before it is one ([`BOOTSTRAP`]).
+    pub password: String,
+}
+
+/// What a joining head asks of the cluster with the password-derived credential, from its own
+/// machine: the cluster, its learner's addition and promotion (and removal when the join is
+/// undone), and the conversion of a solo head.
+const BOOTSTRAP: [(&str, &str); 5] = [
+    ("GET", path::CLUSTER),
+    ("POST", path::CLUSTER_MEMBERS),
+    ("POST", path::CLUSTER_PROMOTE),
+    ("POST", path::CLUSTER_EJECT),
+    ("POST", path::DATABASE_CONVERT),
+];
+
+/// Whether `ip` is this machine: loopback's own address or one of its interfaces' addresses (a
+/// CLI on the head connects from one of them).
+fn is_this_machine(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4 == std::net::Ipv4Addr::LOCALHOST
+                || clusterware_shared::sys::ipv4_addrs().iter().any(|(_, a, _)| *a == v4)
+        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| is_this_machine(IpAddr::V4(v4))),
+    }
+}
+
+/// What the credential check needs: the credentials, and a bound on its log lines.
 struct Admin {
-    token: String,
+    creds: Credentials,
     /// Named tokens (none in the minimal routers of a starting or detached head).
     named: Option<Tokens>,
     complaints: Complaints,
 }
 
 async fn require_admin(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
-    let named = admin.named.as_ref().and_then(|t| t.check(bearer(req.headers())?.trim()));
-    if named.is_some() {
+    let presented = bearer(req.headers()).map(str::trim).unwrap_or_default();
+    let named = admin.named.as_ref().and_then(|t| t.check(presented));
+    if named.is_some() || tokens_equal(presented, &admin.creds.head) {
         return next.run(req).await;
     }
-    match check_token(req.headers(), &admin.token) {
+    let path =
+        req.extensions().get::<OriginalUri>().map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    if tokens_equal(presented, &admin.creds.password) {
+        let rel = path.strip_prefix(PREFIX).unwrap_or(&path);
+        let bootstrap = BOOTSTRAP.iter().any(|(m, p)| req.method().as_str() == *m && rel == *p);
+        if bootstrap || peer.is_some_and(is_this_machine) {
+            return next.run(req).await;
+        }
+        let who = peer.map_or_else(String::new, |p| p.to_string());
+        admin.complaints.complain(format!("password credential {who}"), || {
+            tracing::warn!(%path, from = %who, "the password-derived credential used from another machine: refused (logged once a minute per address)")
+        });
+        return ApiFailure::new(
+            ErrorKind::Forbidden,
+            "the credential derived from the database password works only on the head itself; from elsewhere use a \
+             named token (scyld-clusterctl tokens create NAME, on a head)",
+        )
+        .into_response();
+    }
+    match check_token(req.headers(), &admin.creds.password) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             if e.kind == ErrorKind::Forbidden {
-                let path = req
-                    .extensions()
-                    .get::<OriginalUri>()
-                    .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
-                let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
                 let who = peer.map_or_else(String::new, |p| p.to_string());
                 admin.complaints.complain(format!("credential {who}"), || {
                     tracing::warn!(%path, from = %who, "request with a wrong admin credential refused (logged once a minute per address)")
@@ -208,7 +261,7 @@ pub struct Routes {
 /// credential, health, a JSON 404 for anything else, and the body limits (admin routes
 /// [`BODY_LIMIT`] unless they set their own, the open ones a few KiB).
 pub fn router(
-    token: &str,
+    creds: Credentials,
     named: Option<Tokens>,
     name: &str,
     backend: &'static str,
@@ -220,7 +273,7 @@ pub fn router(
         open = open.merge(r.open);
     }
     let admin = admin.route_layer(middleware::from_fn_with_state(
-        Arc::new(Admin { token: token.to_string(), named, complaints: Complaints::default() }),
+        Arc::new(Admin { creds, named, complaints: Complaints::default() }),
         require_admin,
     ));
     let name = name.to_string();
@@ -355,32 +408,77 @@ async fn refuse(mut stream: tokio::net::TcpStream, why: String) {
     .await;
 }
 
+/// Which listener a request came in on (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `head.port`: what firmware fetches before the agent runs, nothing else.
+    Plain,
+    /// `head.tls_port`: everything.
+    Tls,
+}
+
+/// Whether plain HTTP serves `path`: health, the boot routes (iPXE script, the CA archive) and
+/// file contents (which refuse there all but kernels and initramfs images).
+fn firmware_path(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix(PREFIX) else { return false };
+    rest == path::HEALTH
+        || rest == path::CLUSTER_CA
+        || rest.starts_with("/boot/")
+        || rest.strip_prefix("/files/").and_then(|r| r.strip_suffix("/content")).is_some_and(|id| !id.contains('/'))
+}
+
+/// The answer of the plain listener to anything but what firmware fetches.
+fn plain_refusal(tls_port: u16) -> Response {
+    ApiFailure::new(
+        ErrorKind::NotFound,
+        format!(
+            "plain HTTP serves only what firmware fetches (boot script, kernel, initramfs); the API is on HTTPS, port \
+             {tls_port} of this head"
+        ),
+    )
+    .into_response()
+}
+
+/// How one listener serves: plain HTTP (with the HTTPS port its refusals point to) or TLS.
+#[derive(Clone)]
+pub enum Listen {
+    Plain { tls_port: u16 },
+    Tls(Arc<tokio_rustls::rustls::ServerConfig>),
+}
+
 /// Serves `app` on a copy of `listener` until `stop` turns true and the requests running then
 /// have finished, within [`ConnLimits::for_process`].
 pub fn serve_until(
     listener: &std::net::TcpListener,
     app: Router,
     stop: watch::Receiver<bool>,
+    how: Listen,
 ) -> Result<impl Future<Output = std::io::Result<()>> + Send + 'static, std::io::Error> {
     let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-    Ok(serve_limited(l, app, stop, ConnLimits::for_process()))
+    Ok(serve_limited(l, app, stop, ConnLimits::for_process(), how))
 }
 
-/// The accept loop: every connection gets a [`Slot`] or a 503, then HTTP/1.1 with the header
-/// and body timeouts of `limits`; the client's address reaches handlers as `ConnectInfo`.
+/// The accept loop: every connection gets a [`Slot`] or a 503, then (the TLS handshake within
+/// the header timeout and) HTTP/1.1 with the header and body timeouts of `limits`; the client's
+/// address reaches handlers as `ConnectInfo`, the listener as [`Transport`].
 async fn serve_limited(
     l: tokio::net::TcpListener,
     app: Router,
     mut stop: watch::Receiver<bool>,
     limits: ConnLimits,
+    how: Listen,
 ) -> std::io::Result<()> {
     use axum::extract::ConnectInfo;
     use hyper_util::rt::{TokioIo, TokioTimer};
     let conns = Arc::new(Conns::default());
-    let complaints = Complaints::default();
+    let complaints = Arc::new(Complaints::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read).max_buf_size(64 << 10);
+    let (transport, acceptor, tls_port) = match &how {
+        Listen::Plain { tls_port } => (Transport::Plain, None, *tls_port),
+        Listen::Tls(c) => (Transport::Tls, Some(tokio_rustls::TlsAcceptor::from(c.clone())), 0),
+    };
     loop {
         let (stream, peer) = tokio::select! {
             r = l.accept() => match r {
@@ -401,7 +499,10 @@ async fn serve_limited(
                     format!("conns {}", peer.ip()),
                     || tracing::warn!(%peer, "connection refused: {why} (logged once a minute per address)"),
                 );
-                tokio::spawn(refuse(stream, why));
+                // Over TLS, a plain-text answer would only be garbage to the client: just close.
+                if acceptor.is_none() {
+                    tokio::spawn(refuse(stream, why));
+                }
                 continue;
             }
         };
@@ -411,12 +512,38 @@ async fn serve_limited(
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let mut req = req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_idle, b)));
             req.extensions_mut().insert(ConnectInfo(peer));
-            tower_service::Service::call(&mut app.clone(), req)
+            req.extensions_mut().insert(transport);
+            let gate = transport == Transport::Plain
+                && !(matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD)
+                    && firmware_path(req.uri().path()));
+            let mut app = app.clone();
+            async move {
+                if gate {
+                    return Ok(plain_refusal(tls_port));
+                }
+                tower_service::Service::call(&mut app, req).await
+            }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let watcher = graceful.watcher();
+        let (acceptor, complaints, header_read, http) =
+            (acceptor.clone(), complaints.clone(), limits.header_read, http.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = conn.await;
+            match acceptor {
+                None => {
+                    let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await;
+                }
+                Some(a) => match tokio::time::timeout(header_read, a.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = watcher.watch(http.serve_connection(TokioIo::new(tls), svc)).await;
+                    }
+                    Ok(Err(e)) => complaints.complain(
+                        format!("tls {}", peer.ip()),
+                        || tracing::info!(%peer, error = %e, "TLS handshake failed (logged once a minute per address)"),
+                    ),
+                    Err(_) => {}
+                },
+            }
         });
     }
     drop(l);
@@ -429,8 +556,9 @@ pub fn serve(
     listener: &std::net::TcpListener,
     app: Router,
     stop: watch::Receiver<bool>,
+    how: Listen,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, std::io::Error> {
-    Ok(tokio::spawn(serve_until(listener, app, stop)?))
+    Ok(tokio::spawn(serve_until(listener, app, stop, how)?))
 }
 
 #[cfg(test)]

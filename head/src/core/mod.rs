@@ -8,6 +8,7 @@
 //! - [`complaints`]: log lines about remote parties, bounded whatever they send.
 //! - [`http`]: the API server, the admin credential, the error mapping.
 //! - [`tokens`]: named admin API tokens.
+//! - [`tls`]: the cluster CA and this head's certificate.
 //! - [`supervisor`]: the background tasks and the order they stop in.
 //!
 //! A capability starts from a [`Ctx`]: it takes its configuration section from `config`,
@@ -23,6 +24,7 @@ pub mod peers;
 pub mod schema;
 pub mod supervisor;
 pub mod sys;
+pub mod tls;
 pub mod tokens;
 pub mod view;
 
@@ -40,8 +42,9 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     pub view: Arc<view::ClusterView>,
     pub sup: &'a supervisor::Supervisor,
-    /// The admin token (head-to-head calls carry it).
+    /// The heads' own credential (head-to-head calls carry it).
     pub token: String,
+    creds: http::Credentials,
     routes: Mutex<Vec<http::Routes>>,
 }
 
@@ -51,9 +54,9 @@ impl<'a> Ctx<'a> {
         config: &'a Config,
         view: Arc<view::ClusterView>,
         sup: &'a supervisor::Supervisor,
-        token: String,
+        creds: http::Credentials,
     ) -> Ctx<'a> {
-        Ctx { db, config, view, sup, token, routes: Mutex::new(Vec::new()) }
+        Ctx { db, config, view, sup, token: creds.head.clone(), creds, routes: Mutex::new(Vec::new()) }
     }
 
     /// This head's record.
@@ -71,6 +74,6 @@ impl<'a> Ctx<'a> {
         let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         routes.push(tokens::routes(self.db.clone()));
         let named = tokens::Tokens::spawn(&self.db, self.sup);
-        http::router(&self.token, Some(named), &self.me().name, self.db.backend(), routes)
+        http::router(self.creds.clone(), Some(named), &self.me().name, self.db.backend(), routes)
     }
 }

@@ -23,7 +23,7 @@ impl Peers {
         Peers { token: token.map(str::to_string), timeouts, clients: Mutex::new(HashMap::new()) }
     }
 
-    /// The client of the head at `base` (`http://HOST:PORT`).
+    /// The client of the head at `base` (`https://HOST:PORT`, trusting the cluster CA).
     pub fn to(&self, base: &str) -> Result<Client, clusterware_client::Error> {
         let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = c.get(base) {
@@ -35,6 +35,9 @@ impl Peers {
         let mut cfg = Config::new(base).timeouts(self.timeouts);
         if let Some(t) = &self.token {
             cfg = cfg.token(t);
+        }
+        if let Some(ca) = crate::core::tls::cluster_ca() {
+            cfg = cfg.ca_pem(ca);
         }
         let client = Client::new(cfg)?;
         c.insert(base.to_string(), client.clone());
@@ -55,7 +58,8 @@ mod tests {
 
     #[test]
     fn one_client_per_head_and_a_bounded_table() {
-        let p = Peers::new(Some("t"), timeouts(5));
+        assert!(Peers::new(Some("t"), timeouts(5)).to("http://10.0.0.1:80").is_err(), "a token over plain http");
+        let p = Peers::new(None, timeouts(5));
         let a = p.to("http://10.0.0.1:80").unwrap();
         assert_eq!(a.base(), "http://10.0.0.1:80");
         p.to("http://10.0.0.1:80").unwrap();

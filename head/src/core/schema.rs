@@ -56,6 +56,8 @@ pub const FAILOVER: &str = "failover";
 pub const EJECTED: &str = "ejected/";
 /// `tokens/<name>`: [`TokenRecord`] (named admin API tokens, hashed).
 pub const TOKENS: &str = "tokens/";
+/// [`CaRecord`]: the cluster CA (a head without it takes it from here).
+pub const CLUSTER_CA: &str = "cluster/ca";
 
 /// One prefix (or single key) of the schema.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +95,8 @@ pub const TABLE: &[Owned] = &[
     owned(FAILOVER, "membership", false),
     owned(EJECTED, "membership", false),
     owned(TOKENS, "core", true),
+    // The CA belongs to the cluster's heads: a dump loaded elsewhere keeps that cluster's.
+    owned(CLUSTER_CA, "core", false),
 ];
 
 /// The prefixes `managedb save` keeps, in [`TABLE`]'s order.
@@ -202,7 +206,12 @@ pub enum DbMode {
 pub struct HeadRecord {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// `https://IP:TLS_PORT`: the API, for administrators, other heads and agents.
     pub api_url: String,
+    /// `http://IP:PORT`: what firmware fetches (boot script, kernel, initramfs); records of
+    /// heads from before HTTPS have none, and their `api_url` was that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_url: Option<String>,
     pub version: String,
     /// When the daemon last started, seconds since the Unix epoch.
     pub started: u64,
@@ -214,6 +223,22 @@ pub struct HeadRecord {
     /// time after it starts, its peer URL is known from the moment it is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_url: Option<String>,
+}
+
+impl HeadRecord {
+    /// The base URL of what firmware fetches from this head.
+    pub fn boot_base(&self) -> &str {
+        self.boot_url.as_deref().unwrap_or(&self.api_url)
+    }
+}
+
+/// `cluster/ca`: the cluster CA, certificate and key (PEM), and the heads' own credential for
+/// calls to each other (random; not derived from the password).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub head_token: String,
 }
 
 /// `alive/<name>`: exists while the head renews its lease.
@@ -313,6 +338,7 @@ impl HeadRecord {
             name: name.into(),
             ip: Ipv4Addr::new(10, 0, 0, last),
             api_url: format!("http://10.0.0.{last}:80"),
+            boot_url: None,
             version: "t".into(),
             started: 0,
             db_mode: DbMode::EtcdMember,

@@ -77,7 +77,7 @@ pub struct Control {
     pub config_path: PathBuf,
     pub name: String,
     pub api_url: String,
-    /// This head's etcd peer URL (`http://head.ip:peer_port`).
+    /// This head's etcd peer URL (`https://head.ip:peer_port`).
     pub peer_url: String,
     pub token: String,
     /// How the head reaches its database (set once it is open).
@@ -297,17 +297,28 @@ fn require_member_mode(ctl: &Control, what: &str) -> Result<()> {
 
 /// `POST /api/v1/cluster/members`: adds a joining head's member as a learner (a learner does
 /// not count for quorum, so a new member that never starts cannot cost the cluster its quorum).
-pub async fn add_member(db: &Database, ctl: &Control, req: &AddMember, cluster_token: &str) -> Result<MemberAdded> {
+pub async fn add_member(db: &Database, ctl: &Control, req: &AddMember, cfg: &config::Config) -> Result<MemberAdded> {
+    let cluster_token = &cfg.etcd_cluster_token;
     require_member_mode(ctl, "add")?;
     clusterware_shared::ids::validate_head_name(&req.name)
         .map_err(|e| MembershipError::Invalid(format!("head name {:?}: {e}", req.name)))?;
-    let url_ok = req.peer_url.strip_prefix("http://").is_some_and(|r| {
+    let peer_ip = req.peer_url.strip_prefix("https://").and_then(|r| {
         r.rsplit_once(':')
-            .is_some_and(|(h, p)| h.parse::<std::net::Ipv4Addr>().is_ok() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            .filter(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0))
+            .and_then(|(h, _)| h.parse::<std::net::Ipv4Addr>().ok())
     });
-    if !url_ok {
-        return Err(MembershipError::Invalid(format!("{:?} is not a peer URL (http://IPv4:PORT)", req.peer_url)));
-    }
+    let Some(peer_ip) = peer_ip else {
+        return Err(MembershipError::Invalid(format!("{:?} is not a peer URL (https://IPv4:PORT)", req.peer_url)));
+    };
+    // The joining head's certificate, made before anything changes (its member needs it to
+    // reach its peers, which accept no member without one).
+    let ca = crate::core::tls::local_ca(cfg)
+        .map_err(|e| MembershipError::Io(e.to_string()))?
+        .ok_or_else(|| MembershipError::Refused(format!("this head has no cluster CA in {}", cfg.tls_dir.display())))?;
+    let ips = [std::net::IpAddr::V4(peer_ip)];
+    let issued = ca
+        .issue(&req.name, &clusterware_shared::pki::head_names(&req.name, &ips), clusterware_shared::pki::HEAD_DAYS)
+        .map_err(|e| MembershipError::Io(e.to_string()))?;
     let members = db.members().await?;
     // A learner left by an earlier attempt that never started (no name) at the same URL goes.
     for m in &members {
@@ -373,6 +384,8 @@ pub async fn add_member(db: &Database, ctl: &Control, req: &AddMember, cluster_t
         initial_cluster: initial.join(","),
         cluster_token: cluster_token.into(),
         peers,
+        cert_pem: Some(issued.cert_pem),
+        key_pem: Some(issued.key_pem),
     })
 }
 
@@ -708,7 +721,7 @@ pub async fn convert(
         tracing::warn!(from = %cfg.etcd_data_dir.display(), to = %aside.display(), "an old etcd data dir was moved aside");
     }
     let token = format!("clusterware-{}", hex::encode(rand::random::<[u8; 8]>()));
-    let initial = format!("{}={}", ctl.name, format_args!("http://{ip}:{}", cfg.etcd_peer_port));
+    let initial = format!("{}={}", ctl.name, format_args!("https://{ip}:{}", cfg.etcd_peer_port));
     config::edit(
         &ctl.config_path,
         &[
@@ -937,5 +950,9 @@ pub fn start(ctx: &crate::core::Ctx, ctl: &std::sync::Arc<Control>, hub: &std::s
         control: ctl.clone(),
         config: ctx.config.clone(),
         hub: hub.clone(),
+        ca: std::sync::Arc::new(crate::core::tls::CaProof::new(
+            crate::core::tls::cluster_ca().unwrap_or_default().to_string(),
+            ctx.config.admin_pass.clone().unwrap_or_default(),
+        )),
     })));
 }

@@ -31,6 +31,8 @@ pub struct Api {
     pub control: Arc<Control>,
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// The cluster CA and its proof, for joining heads.
+    pub ca: Arc<crate::core::tls::CaProof>,
 }
 
 /// The routes (paths under `/api/v1`).
@@ -51,8 +53,21 @@ pub fn routes(api: Arc<Api>) -> Routes {
             .route(path::CLUSTER_RECOVER, post(recover_full))
             .route(path::CLUSTER_FAILOVER, get(get_failover).post(set_failover))
             .with_state(api.clone()),
-        open: Router::new(),
+        open: Router::new().route(path::CLUSTER_CA, get(cluster_ca)).with_state(api),
     }
+}
+
+/// `GET /api/v1/cluster/ca` (no credential, plain HTTP too): the CA a joining head will trust,
+/// once it checked the proof with the password it was given.
+async fn cluster_ca(State(st): State<Arc<Api>>) -> Response {
+    json(
+        StatusCode::OK,
+        &clusterware_shared::api::ClusterCa {
+            cert_pem: st.ca.ca_pem().to_string(),
+            proof: st.ca.proof().await,
+            api_url: st.head.api_url.clone(),
+        },
+    )
 }
 
 /// The API of a head that is waiting for its database: health, `recover`, and a clear answer
@@ -114,7 +129,7 @@ async fn add_member(
 ) -> ApiResult<Response> {
     let req: AddMember = parse(&body)?;
     tracing::info!(%peer, head = %req.name, url = %req.peer_url, "a head asks to join");
-    let r = crate::membership::add_member(&st.db, &st.control, &req, &st.config.etcd_cluster_token).await?;
+    let r = crate::membership::add_member(&st.db, &st.control, &req, &st.config).await?;
     Ok(json(StatusCode::OK, &r))
 }
 

@@ -31,6 +31,7 @@ pub async fn start(ctx: &Ctx<'_>, nodes: &Arc<NodeCache>, hub: &Arc<Hub>) -> Res
         head: ctx.me().clone(),
         hub: hub.clone(),
         complaints: Default::default(),
+        ca_cpio: routes::ca_cpio(crate::core::tls::cluster_ca().unwrap_or_default()).into(),
     })));
     let (cfg, db, view, sup) = (ctx.config, &ctx.db, &ctx.view, ctx.sup);
     let Some(iface) = cfg.boot.interface.clone() else {
@@ -44,7 +45,7 @@ pub async fn start(ctx: &Ctx<'_>, nodes: &Arc<NodeCache>, hub: &Arc<Hub>) -> Res
     let server_ip = clusterware_shared::sys::interface_ip(&iface)
         .or(cfg.head_ip)
         .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
-    let settings = dhcp::DhcpSettings { net: cfg.boot.clone(), server_ip, http_base: view.me.api_url.clone() };
+    let settings = dhcp::DhcpSettings { net: cfg.boot.clone(), server_ip, http_base: view.me.boot_base().to_string() };
     let dhcp_sock = dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
     let tftp_sock = tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
         .await

@@ -22,11 +22,39 @@ pub struct Api {
     pub head: HeadRecord,
     pub hub: Arc<Hub>,
     pub complaints: Complaints,
+    /// [`path::BOOT_CA`]'s answer.
+    pub ca_cpio: axum::body::Bytes,
 }
 
 /// The routes (paths under `/api/v1`).
 pub fn routes(api: Arc<Api>) -> Routes {
-    Routes { admin: Router::new(), open: Router::new().route(path::BOOT_SCRIPT, get(boot_script)).with_state(api) }
+    let cpio = api.ca_cpio.clone();
+    Routes {
+        admin: Router::new(),
+        open: Router::new()
+            .route(path::BOOT_SCRIPT, get(boot_script))
+            .route(
+                path::BOOT_CA,
+                get(
+                    move || async move { ([(header::CONTENT_TYPE, "application/octet-stream")], cpio).into_response() },
+                ),
+            )
+            .with_state(api),
+    }
+}
+
+/// The newc archive of [`path::BOOT_CA`]: the CA at [`clusterware_shared::agent::CA_FILE`].
+pub fn ca_cpio(ca_pem: &str) -> Vec<u8> {
+    use clusterware_shared::cpio::{Entry, write};
+    let file = clusterware_shared::agent::CA_FILE.trim_start_matches('/');
+    let mut entries = std::collections::BTreeMap::new();
+    let mut dir = String::new();
+    for part in file.split('/').collect::<Vec<_>>().split_last().map_or(&[][..], |(_, d)| d) {
+        dir = if dir.is_empty() { part.to_string() } else { format!("{dir}/{part}") };
+        entries.insert(dir.clone(), Entry::Dir(0o755));
+    }
+    entries.insert(file.to_string(), Entry::File { data: ca_pem.as_bytes().to_vec(), mode: 0o644 });
+    write(&entries)
 }
 
 fn ipxe(text: String) -> Response {
@@ -43,7 +71,7 @@ async fn boot_script(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let mac = mac_param(&query_pairs(q.as_deref())?)?;
-    let base = &st.head.api_url;
+    let base = st.head.boot_base();
     let Some(node) = st.hub.nodes.by_mac(&mac) else {
         return Ok(ipxe(script::retry(base, &mac, "no node has this MAC")));
     };

@@ -65,7 +65,7 @@ pub fn boot(
     rootfs: Option<&FileRecord>,
     heads: &[String],
 ) -> String {
-    let base = &head.api_url;
+    let base = head.boot_base();
     // Split on white space: a command line never carries a line break into the script.
     let mut args: Vec<String> = cfg.cmdline.split_whitespace().map(str::to_string).collect();
     if let Some(rec) = rootfs {
@@ -73,13 +73,15 @@ pub fn boot(
         args.push(format!("cw.image_size={}", rec.size));
         args.push(format!("cw.image_sha256={}", rec.sha256));
     }
-    args.push(format!("cw.parent={base}"));
+    args.push(format!("cw.parent={}", head.api_url));
     args.push(format!("cw.heads={}", heads.join(",")));
     args.push(format!("cw.mac={mac}"));
     let kernel = format!("{base}{}", path::full(&path::file_content(&cfg.kernel, false)));
     let initrd = format!("{base}{}", path::full(&path::file_content(&cfg.initramfs, false)));
+    // The cluster CA, for the agent to check heads with, joins the initramfs as a second archive.
+    let ca = format!("{base}{}", path::full(path::BOOT_CA));
     format!(
-        "#!ipxe\necho ClusterWare: booting {node} ({mac}) with boot config {name} from {head}\n:retry\nkernel {kernel} initrd=initramfs {args} || goto failed\ninitrd --name initramfs {initrd} || goto failed\nboot || goto failed\n:failed\necho ClusterWare: boot failed; trying again in 10 s\nsleep 10\ngoto retry\n",
+        "#!ipxe\necho ClusterWare: booting {node} ({mac}) with boot config {name} from {head}\n:retry\nkernel {kernel} initrd=initramfs initrd=ca.cpio {args} || goto failed\ninitrd --name initramfs {initrd} || goto failed\ninitrd --name ca.cpio {ca} || goto failed\nboot || goto failed\n:failed\necho ClusterWare: boot failed; trying again in 10 s\nsleep 10\ngoto retry\n",
         node = node.name,
         name = cfg.name,
         head = head.name,

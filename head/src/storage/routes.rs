@@ -1,6 +1,6 @@
 //! The storage API: uploads, the file list and counters, and file contents (no credential: nodes and peers read them; a file is served only once verified).
 
-use crate::core::http::{ApiFailure, ApiResult, Routes, json, query_pairs};
+use crate::core::http::{ApiFailure, ApiResult, Routes, Transport, json, query_pairs};
 use crate::storage::{Storage, StorageError, Upload};
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clusterware_shared::api::path;
-use clusterware_shared::api::{FileList, is_file_id};
+use clusterware_shared::api::{ErrorKind, FileList, is_file_id};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -94,14 +94,22 @@ fn parse_range(h: Option<&str>, size: u64) -> Span {
     }
 }
 
+/// What firmware fetches over plain HTTP (before any agent runs); everything else only over HTTPS.
+const FIRMWARE_KINDS: [&str; 2] = ["kernel", "initramfs"];
+
 async fn file_content(
     State(st): State<Arc<Api>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     method: Method,
     headers: HeaderMap,
+    transport: Option<axum::Extension<Transport>>,
 ) -> ApiResult<Response> {
+    let plain = transport.is_some_and(|t| t.0 == Transport::Plain);
     let from_peer = query_pairs(q.as_deref())?.iter().any(|(k, v)| k == "peer" && v == "1");
+    if from_peer && plain {
+        return Err(ApiFailure::new(ErrorKind::Forbidden, "heads fetch files from each other over HTTPS only"));
+    }
     if from_peer {
         st.storage.count_peer_request();
     }
@@ -109,6 +117,15 @@ async fn file_content(
         return Err(ApiFailure::not_found(format!("no file with id {id}")));
     }
     let rec = st.storage.record(&id).await?;
+    if plain && !FIRMWARE_KINDS.contains(&rec.kind.as_str()) {
+        return Err(ApiFailure::new(
+            ErrorKind::Forbidden,
+            format!(
+                "a file of kind {} is served over HTTPS only (plain HTTP serves kernels and initramfs images)",
+                rec.kind
+            ),
+        ));
+    }
     let path = st.storage.ensure(&rec, !from_peer).await?;
     let size = rec.size;
     let span = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);

@@ -3,7 +3,8 @@
 //!
 //! The member listens for clients on a unix socket inside its data dir (mode 0700), so that only
 //! the head (root) reaches the database: no TCP client port, nothing another user of the machine
-//! can connect to. It listens for peers on the head's cluster address. It is started with
+//! can connect to. It listens for peers on the head's cluster address, over TLS with the head's
+//! certificate, and accepts only peers whose certificate the cluster CA issued. It is started with
 //! `PR_SET_PDEATHSIG`, so it never outlives a head daemon that was killed: the restarted daemon
 //! starts it again.
 
@@ -37,6 +38,9 @@ pub struct MemberSpec {
     pub max_txn_ops: usize,
     /// Where the member's own output goes.
     pub log_file: PathBuf,
+    /// The head's `tls.dir`: the member talks to its peers over TLS with the head's certificate
+    /// and accepts only peers with a certificate from the cluster CA.
+    pub tls_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +100,10 @@ impl MemberSpec {
             format!("--initial-cluster-state={}", self.initial_state),
             format!("--initial-cluster-token={}", self.token),
             format!("--max-txn-ops={}", self.max_txn_ops),
+            format!("--peer-cert-file={}", self.tls_dir.join(clusterware_shared::pki::HEAD_CERT).display()),
+            format!("--peer-key-file={}", self.tls_dir.join(clusterware_shared::pki::HEAD_KEY).display()),
+            format!("--peer-trusted-ca-file={}", self.tls_dir.join(clusterware_shared::pki::CA_CERT).display()),
+            "--peer-client-cert-auth".into(),
             // Bulk node creation sends large transactions.
             "--max-request-bytes=16777216".into(),
             // Keep an hour of history, so that watches can resume after a disconnection.
