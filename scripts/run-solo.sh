@@ -53,7 +53,11 @@ fi
 # Four simulated compute nodes (the real agent code, one per node) report to the head.
 sim=""
 if "$bin/scyld-nodectl" -i n0 ls -l 2>/dev/null | grep -q ' 127\.54\.0\.1 '; then
-  "$bin/clusterware-node" sim --nodes 4 --heads "https://127.0.0.1:$tls_port" --ca-file "$dir/tls/ca.pem" --ip-start 127.54.0.1 \
+  # Each trades a one-time token for its certificate, as a network-booted node does with its
+  # boot script's.
+  (umask 077; "$bin/scyld-nodectl" -i 'n[0-3]' enroll --json >"$dir/sim-tokens.json")
+  "$bin/clusterware-node" sim --nodes 4 --heads "https://127.0.0.1:$tls_port" --ca-file "$dir/tls/ca.pem" \
+    --enroll-file "$dir/sim-tokens.json" --ip-start 127.54.0.1 \
     --mac-start 52:54:00:00:00:01 --dir "$dir/sim" --status-secs 5 >"$dir/log/sim.log" 2>&1 &
   sim=$!
 fi

@@ -34,6 +34,14 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Trade a one-time enrollment token (`scyld-nodectl -i NODE enroll` on a head) for this
+    /// node's certificate, which heads require of every node request (a network-booted node
+    /// enrolls by itself)
+    Enroll {
+        /// The token's file (`-`: standard input)
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+    },
     /// Boot the node as /init in the initramfs: drivers, DHCP, root image from the heads, switch
     /// root (also chosen automatically when running as process 1)
     Init,
@@ -73,5 +81,9 @@ pub enum Cmd {
         /// The cluster CA that https:// heads are checked against (a head's tls/ca.pem)
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
+        /// The nodes' enrollment tokens: the JSON of `scyld-nodectl enroll --json`; each node
+        /// trades its own for its certificate at start
+        #[arg(long, value_name = "FILE", requires = "ca_file")]
+        enroll_file: Option<PathBuf>,
     },
 }

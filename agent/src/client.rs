@@ -91,27 +91,54 @@ impl ClientError {
     }
 }
 
-/// TLS settings: the CA that signs the heads' certificates.
-pub fn tls_config(ca_file: &std::path::Path) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
-    use rustls_pki_types::CertificateDer;
+/// TLS settings from PEM: the CA, and the node's certificate and key from enrollment, which it
+/// presents to every head (heads answer node requests only with it).
+pub fn tls_config_pem(
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| format!("cannot read CA file {}: {e}", ca_file.display()))?;
-    for c in certs {
-        let c = c.map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
-        roots.add(c).map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| e.to_string())?;
+        roots.add(c).map_err(|e| e.to_string())?;
     }
     if roots.is_empty() {
-        return Err(format!("CA file {} holds no certificate", ca_file.display()));
+        return Err("no certificate in the CA".into());
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+    let b = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the node's certificate: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the node's key: {e}"))?;
+            b.with_client_auth_cert(chain, key).map_err(|e| format!("the node's certificate: {e}"))?
+        }
+    };
     Ok(Arc::new(cfg))
+}
+
+/// Trades a one-time enrollment token for the node's certificate with one head (over HTTPS,
+/// checked against the CA of `client`).
+pub async fn enroll(
+    client: &mut HeadClient,
+    ep: &Endpoint,
+    mac: &clusterware_shared::ids::MacAddr,
+    token: &str,
+    limit: Duration,
+) -> Result<clusterware_shared::agent::Enrolled, ClientError> {
+    let body = serde_json::to_vec(&clusterware_shared::agent::Enroll { mac: *mac, token: token.to_string() })
+        .map_err(|e| ClientError::Broken(e.to_string()))?;
+    let path = clusterware_shared::api::path::full(&clusterware_shared::api::path::agent::enroll());
+    let answer = client.request(ep, "POST", &path, Some(body), limit).await?;
+    serde_json::from_slice(&answer).map_err(|e| ClientError::Garbage(format!("enrollment answer: {e}")))
 }
 
 struct Conn {
@@ -411,7 +438,7 @@ mod tls_tests {
             }
         });
         let ep = Endpoint::parse(&format!("https://127.0.0.1:{port}")).unwrap();
-        let mut c = HeadClient::new(None, Some(tls_config(&ca_path).unwrap()));
+        let mut c = HeadClient::new(None, Some(tls_config_pem(&std::fs::read(&ca_path).unwrap(), None).unwrap()));
         let health = clusterware_shared::api::path::full(clusterware_shared::api::path::HEALTH);
         let body = c.request(&ep, "GET", &health, None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(&body[..], b"{}");
@@ -419,13 +446,13 @@ mod tls_tests {
         let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         let other_path = dir.path().join("other.pem");
         std::fs::write(&other_path, other.cert.pem()).unwrap();
-        let mut c = HeadClient::new(None, Some(tls_config(&other_path).unwrap()));
+        let mut c = HeadClient::new(None, Some(tls_config_pem(&std::fs::read(&other_path).unwrap(), None).unwrap()));
         let e = c.request(&ep, "GET", "/", None, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(e, ClientError::Connect(ref m) if m.contains("TLS")), "{e}");
         // No CA configured for an https head.
         let mut c = HeadClient::new(None, None);
         let e = c.request(&ep, "GET", "/", None, Duration::from_secs(5)).await.unwrap_err();
         assert!(e.to_string().contains("no CA file"), "{e}");
-        assert!(tls_config(&dir.path().join("missing.pem")).is_err());
+        assert!(tls_config_pem(b"not a certificate", None).is_err());
     }
 }

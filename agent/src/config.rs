@@ -19,6 +19,9 @@ pub struct NodeConfig {
     pub authorized_keys: PathBuf,
     pub state_file: PathBuf,
     pub ca_file: Option<PathBuf>,
+    /// The node's certificate and key from enrollment.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
     pub status_secs: u32,
     pub push_timeout: Duration,
     pub phase: Phase,
@@ -34,6 +37,8 @@ impl Default for NodeConfig {
             authorized_keys: "/root/.ssh/authorized_keys".into(),
             state_file: "/run/clusterware-node/state.json".into(),
             ca_file: None,
+            cert_file: clusterware_shared::agent::CERT_FILE.into(),
+            key_file: clusterware_shared::agent::KEY_FILE.into(),
             status_secs: clusterware_shared::agent::DEFAULT_STATUS_SECS,
             push_timeout: Duration::from_secs(3),
             phase: Phase::Up,
@@ -86,6 +91,8 @@ impl NodeConfig {
                 "authorized_keys" => c.authorized_keys = abs_path(v).map_err(bad)?,
                 "state_file" => c.state_file = abs_path(v).map_err(bad)?,
                 "ca_file" => c.ca_file = Some(abs_path(v).map_err(bad)?),
+                "cert_file" => c.cert_file = abs_path(v).map_err(bad)?,
+                "key_file" => c.key_file = abs_path(v).map_err(bad)?,
                 "status_secs" => {
                     c.status_secs = v
                         .parse()

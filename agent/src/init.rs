@@ -7,6 +7,7 @@
 
 use crate::client::{Endpoint, HeadClient};
 use crate::sys;
+use clusterware_shared::agent::Enrolled;
 use clusterware_shared::api::path;
 use clusterware_shared::ids::MacAddr;
 use nix::errno::Errno;
@@ -44,6 +45,8 @@ pub struct BootArgs {
     pub image: Option<String>,
     pub image_size: Option<u64>,
     pub image_sha256: Option<String>,
+    /// The one-time token the node trades for its certificate (`cw.enroll=`).
+    pub enroll: Option<String>,
 }
 
 pub fn boot_args(cmdline: &str) -> Result<BootArgs, String> {
@@ -62,6 +65,8 @@ pub fn boot_args(cmdline: &str) -> Result<BootArgs, String> {
                 return Err(format!("cw.image_sha256={v:?} is not a SHA-256"));
             }
             a.image_sha256 = Some(v.to_ascii_lowercase());
+        } else if let Some(v) = tok.strip_prefix("cw.enroll=") {
+            a.enroll = Some(v.to_string());
         }
     }
     Ok(a)
@@ -229,11 +234,51 @@ fn configure(iface: &str, lease: &Lease) -> Result<(), String> {
 }
 
 /// Downloads the image into `dest` from the first head that has it; checks size and SHA-256.
-async fn download(heads: &[String], args: &BootArgs, dest: &std::path::Path) -> Result<(), String> {
+/// The cluster CA the boot script loaded beside the initramfs.
+fn boot_ca() -> Option<Vec<u8>> {
+    std::fs::read(clusterware_shared::agent::CA_FILE).ok()
+}
+
+/// Trades the boot script's token for the node's certificate, with the first head that takes it.
+async fn enroll(heads: &[String], mac: &MacAddr, token: &str) -> Result<Enrolled, String> {
+    let ca = boot_ca().ok_or_else(|| format!("no cluster CA at {}", clusterware_shared::agent::CA_FILE))?;
+    let tls = crate::client::tls_config_pem(&ca, None)?;
+    let mut errors = Vec::new();
+    for h in heads {
+        let ep = match Endpoint::parse(h) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let mut client = HeadClient::new(None, Some(tls.clone()));
+        match crate::client::enroll(&mut client, &ep, mac, token, Duration::from_secs(30)).await {
+            Ok(e) => {
+                say(&format!("enrolled with {}", ep.url));
+                return Ok(e);
+            }
+            Err(e) => errors.push(format!("{}: {e}", ep.url)),
+        }
+    }
+    Err(format!("no head enrolled this node: {}", errors.join("; ")))
+}
+
+async fn download(
+    heads: &[String],
+    args: &BootArgs,
+    dest: &std::path::Path,
+    identity: Option<&Enrolled>,
+) -> Result<(), String> {
     let id = args.image.as_deref().ok_or("no cw.image= on the kernel command line")?;
-    // The boot script loads the cluster CA beside the initramfs.
-    let ca = std::path::Path::new(clusterware_shared::agent::CA_FILE);
-    let tls = if ca.exists() { Some(crate::client::tls_config(ca)?) } else { None };
+    let tls = match (boot_ca(), identity) {
+        (_, Some(e)) => Some(crate::client::tls_config_pem(
+            e.ca_pem.as_bytes(),
+            Some((e.cert_pem.as_bytes(), e.key_pem.as_bytes())),
+        )?),
+        (Some(ca), None) => Some(crate::client::tls_config_pem(&ca, None)?),
+        (None, None) => None,
+    };
     let mut errors = Vec::new();
     for h in heads {
         let ep = match Endpoint::parse(h) {
@@ -335,7 +380,8 @@ fn switch_root(new_root: &str, init: &str) -> String {
 }
 
 /// One attempt at booting; returns only on failure.
-fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr) -> String {
+/// `identity`: the node's certificate once enrolled (a token works once: later attempts keep it).
+fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr, identity: &mut Option<Enrolled>) -> String {
     let iface = match find_interface(mac, Duration::from_secs(15)) {
         Ok(i) => i,
         Err(e) => return e,
@@ -355,8 +401,14 @@ fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr) -> Stri
     if let Err(e) = mount("tmpfs", "/newroot", "tmpfs", "mode=0755") {
         return e;
     }
+    if let (None, Some(token)) = (identity.as_ref(), &args.enroll) {
+        match rt.block_on(enroll(&args.heads, mac, token)) {
+            Ok(e) => *identity = Some(e),
+            Err(e) => return e,
+        }
+    }
     let file = std::path::Path::new("/run/clusterware-image");
-    if let Err(e) = rt.block_on(download(&args.heads, args, file)) {
+    if let Err(e) = rt.block_on(download(&args.heads, args, file, identity.as_ref())) {
         return e;
     }
     let data = match std::fs::read(file) {
@@ -369,13 +421,25 @@ fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr) -> Stri
         Err(e) => return e,
     }
     drop(data);
-    // The booted system's agent starts from the same kernel command line, and checks heads
-    // against the same CA.
-    if let Ok(pem) = std::fs::read(clusterware_shared::agent::CA_FILE) {
-        let to = std::path::Path::new("/newroot").join(clusterware_shared::agent::CA_FILE.trim_start_matches('/'));
-        let placed = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&to, pem));
+    // The booted system's agent starts from the same kernel command line, checks heads against
+    // the same CA and presents the same certificate (the new root is in RAM).
+    let mut files: Vec<(&str, Vec<u8>, u32)> = Vec::new();
+    if let Some(pem) = boot_ca() {
+        files.push((clusterware_shared::agent::CA_FILE, pem, 0o644));
+    }
+    if let Some(e) = identity.as_ref() {
+        files.push((clusterware_shared::agent::CERT_FILE, e.cert_pem.clone().into_bytes(), 0o644));
+        files.push((clusterware_shared::agent::KEY_FILE, e.key_pem.clone().into_bytes(), 0o600));
+    }
+    for (file, body, mode) in files {
+        let to = std::path::Path::new("/newroot").join(file.trim_start_matches('/'));
+        let placed = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&to)?;
+            std::io::Write::write_all(&mut f, &body)
+        });
         if let Err(e) = placed {
-            return format!("cannot put the cluster CA into the image ({}): {e}", to.display());
+            return format!("cannot put {file} into the image: {e}");
         }
     }
     say("switching to the image's /sbin/init");
@@ -406,13 +470,14 @@ pub fn main() -> ! {
     };
     load_modules();
     let mut wait = Duration::from_secs(1);
+    let mut identity = None;
     loop {
         let why = match boot_args(&cmdline) {
             Err(e) => format!("kernel command line: {e}"),
             Ok(a) if a.heads.is_empty() => "no cw.parent= or cw.heads= on the kernel command line".into(),
             Ok(a) => match a.mac {
                 None => "no cw.mac= (or BOOTIF=) on the kernel command line".into(),
-                Some(mac) => attempt(&rt, &a, &mac),
+                Some(mac) => attempt(&rt, &a, &mac, &mut identity),
             },
         };
         say(&format!("{why}; trying again in {} s", wait.as_secs()));

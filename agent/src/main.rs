@@ -75,14 +75,25 @@ fn prepare(cli_config: Option<&PathBuf>) -> Result<(NodeConfig, Vec<HeadEntry>, 
             })?
         }
     };
-    // The CA a network boot left (see `clusterware_shared::agent::CA_FILE`) unless one is set.
-    let default_ca = std::path::Path::new(clusterware_shared::agent::CA_FILE);
-    let ca_file = cfg.ca_file.clone().or_else(|| default_ca.exists().then(|| default_ca.to_path_buf()));
-    let tls = match &ca_file {
-        Some(p) => Some(client::tls_config(p)?),
-        None => None,
-    };
+    let tls = node_tls(&cfg, true)?;
     Ok((cfg, heads, mac, HeadClient::new(None, tls)))
+}
+
+/// The CA (a network boot leaves it at `clusterware_shared::agent::CA_FILE`, unless `ca_file` is
+/// set) and, with `identity`, the node's certificate and key from enrollment when it has them.
+fn node_tls(cfg: &NodeConfig, identity: bool) -> Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>, String> {
+    let default_ca = std::path::Path::new(clusterware_shared::agent::CA_FILE);
+    let Some(ca_file) = cfg.ca_file.clone().or_else(|| default_ca.exists().then(|| default_ca.to_path_buf())) else {
+        return Ok(None);
+    };
+    let ca = std::fs::read(&ca_file).map_err(|e| format!("cannot read CA file {}: {e}", ca_file.display()))?;
+    let pair = match (identity, std::fs::read(&cfg.cert_file), std::fs::read(&cfg.key_file)) {
+        (true, Ok(c), Ok(k)) => Some((c, k)),
+        _ => None,
+    };
+    client::tls_config_pem(&ca, pair.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())))
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", ca_file.display()))
 }
 
 fn make_agent(cli_config: Option<&PathBuf>, quiet: bool) -> Result<(Agent, NodeConfig), String> {
@@ -98,6 +109,61 @@ fn make_agent(cli_config: Option<&PathBuf>, quiet: bool) -> Result<(Agent, NodeC
     let source = Arc::new(Machine { mac, boot_id: facts::boot_id(), phase: cfg.phase });
     let agent = Agent::new(mac, heads, client, files, source, Arc::new(NoObserver), settings)?;
     Ok((agent, cfg))
+}
+
+/// `clusterware-node enroll`: trades a token from `scyld-nodectl enroll` for this node's
+/// certificate and key, written to `cert_file` and `key_file` (mode 0600).
+async fn enroll_cmd(cli_config: Option<&PathBuf>, token_file: &std::path::Path) -> Result<String, String> {
+    let (cfg, heads, mac, _) = prepare(cli_config)?;
+    let token = if token_file == std::path::Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_line(&mut s).map_err(|e| format!("standard input: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(token_file).map_err(|e| format!("cannot read {}: {e}", token_file.display()))?
+    };
+    let token = token.lines().next().unwrap_or_default().trim().to_string();
+    let tls = node_tls(&cfg, false)?.ok_or("no cluster CA: set ca_file in the configuration (a head's tls/ca.pem)")?;
+    let mut errors = Vec::new();
+    for h in &heads {
+        let ep = client::Endpoint::parse(&h.url)?;
+        let mut c = HeadClient::new(None, Some(tls.clone()));
+        match client::enroll(&mut c, &ep, &mac, &token, Duration::from_secs(30)).await {
+            Ok(e) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                for (path, body, mode) in [(&cfg.key_file, &e.key_pem, 0o600), (&cfg.cert_file, &e.cert_pem, 0o644)] {
+                    if let Some(d) = path.parent() {
+                        std::fs::create_dir_all(d).map_err(|err| format!("{}: {err}", d.display()))?;
+                    }
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(mode)
+                        .open(path)
+                        .map_err(|err| format!("{}: {err}", path.display()))?;
+                    std::io::Write::write_all(&mut f, body.as_bytes())
+                        .map_err(|err| format!("{}: {err}", path.display()))?;
+                }
+                return Ok(format!(
+                    "enrolled with {}: certificate in {}, key in {} (restart the clusterware-node service to use it)",
+                    ep.url,
+                    cfg.cert_file.display(),
+                    cfg.key_file.display()
+                ));
+            }
+            Err(e) => errors.push(format!("{}: {e}", ep.url)),
+        }
+    }
+    Err(format!("no head enrolled this node: {}", errors.join("; ")))
+}
+
+/// The tokens of `scyld-nodectl enroll --json`, by MAC.
+fn read_tokens(path: &std::path::Path) -> Result<std::collections::HashMap<MacAddr, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--enroll-file {}: {e}", path.display()))?;
+    let t: clusterware_shared::agent::EnrollTokens =
+        serde_json::from_str(&text).map_err(|e| format!("--enroll-file {}: {e}", path.display()))?;
+    Ok(t.tokens.into_iter().map(|e| (e.mac, e.token)).collect())
 }
 
 fn stop_on_signals(rt: &tokio::runtime::Runtime) -> Result<watch::Receiver<bool>, String> {
@@ -184,6 +250,19 @@ fn main() -> ExitCode {
             eprintln!("clusterware-node: stopped");
             ExitCode::SUCCESS
         }
+        Cmd::Enroll { token_file } => {
+            let rt = match runtime(1) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(enroll_cmd(cli.config.as_ref(), &token_file)) {
+                Ok(m) => {
+                    println!("{m}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Cmd::Init => {
             if std::process::id() != 1 {
                 return fail("`init` runs only as /init (process 1) in the initramfs");
@@ -256,6 +335,7 @@ fn main() -> ExitCode {
             threads,
             push_interval_ms,
             ca_file,
+            enroll_file,
         } => {
             if push_interval_ms.is_some_and(|m| !(10..=86_400_000).contains(&m)) {
                 return fail("--push-interval-ms must be from 10 to 86400000");
@@ -280,8 +360,12 @@ fn main() -> ExitCode {
             if !(ramp_secs.is_finite() && (0.0..=3600.0).contains(&ramp_secs)) {
                 return fail("--ramp-secs must be from 0 to 3600");
             }
-            let tls = match ca_file.as_deref().map(client::tls_config).transpose() {
-                Ok(t) => t,
+            let ca_pem = match ca_file.as_deref().map(std::fs::read).transpose() {
+                Ok(c) => c,
+                Err(e) => return fail(format!("--ca-file: {e}")),
+            };
+            let tokens = match enroll_file.as_deref().map(read_tokens).transpose() {
+                Ok(t) => t.unwrap_or_default(),
                 Err(e) => return fail(e),
             };
             let rt = match runtime(threads.max(1)) {
@@ -306,7 +390,8 @@ fn main() -> ExitCode {
                     ..Settings::default()
                 },
                 ramp: Duration::from_secs_f64(ramp_secs),
-                tls,
+                ca_pem,
+                tokens,
             };
             match rt.block_on(sim::run(args, stop)) {
                 Ok(()) => ExitCode::SUCCESS,

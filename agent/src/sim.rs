@@ -30,8 +30,49 @@ pub struct SimArgs {
     pub settings: Settings,
     /// First pushes are spread over this long, as real nodes do not boot in the same instant.
     pub ramp: Duration,
-    /// The cluster CA for https:// heads.
-    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// The cluster CA (PEM) for https:// heads.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Each node's one-time enrollment token (`scyld-nodectl enroll --json`), traded at its start.
+    pub tokens: std::collections::HashMap<MacAddr, String>,
+}
+
+/// A simulated node's TLS: the CA, and the certificate it enrolls for with its token (from its
+/// own address, through the first head that takes it; heads that are not up yet are tried again
+/// for a minute).
+async fn node_tls(
+    ca: Option<&[u8]>,
+    token: Option<&str>,
+    heads: &[HeadEntry],
+    mac: MacAddr,
+    ip: Ipv4Addr,
+) -> Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>, String> {
+    let Some(ca) = ca else { return Ok(None) };
+    let plain = crate::client::tls_config_pem(ca, None)?;
+    let Some(token) = token else { return Ok(Some(plain)) };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut last = String::new();
+        for h in heads {
+            let ep = crate::client::Endpoint::parse(&h.url)?;
+            let mut c = HeadClient::new(Some(ip), Some(plain.clone()));
+            match crate::client::enroll(&mut c, &ep, &mac, token, Duration::from_secs(10)).await {
+                Ok(e) => {
+                    return crate::client::tls_config_pem(
+                        e.ca_pem.as_bytes(),
+                        Some((e.cert_pem.as_bytes(), e.key_pem.as_bytes())),
+                    )
+                    .map(Some);
+                }
+                // A refusal will not change: the token is not this node's, or used.
+                Err(e) if e.is_refusal() => return Err(format!("{}: {e}", ep.url)),
+                Err(e) => last = format!("{}: {e}", ep.url),
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -221,20 +262,23 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
             hostname: format!("sim-{}", mac.to_string().replace(':', "")),
         });
         let observer = Arc::new(NodeObserver { i, stats: stats.clone() });
-        let agent = Agent::new(
-            mac,
-            args.heads.clone(),
-            HeadClient::new(Some(ip), args.tls.clone()),
-            files,
-            source,
-            observer,
-            args.settings.clone(),
-        )?;
         let delay = args.ramp.mul_f64(i as f64 / n as f64);
         let stop = stop.clone();
+        let (heads, settings, ca, token) =
+            (args.heads.clone(), args.settings.clone(), args.ca_pem.clone(), args.tokens.get(&mac).cloned());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            agent.run(stop).await;
+            let tls = match node_tls(ca.as_deref(), token.as_deref(), &heads, mac, ip).await {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("clusterware-node sim: {mac}: enrollment failed: {e}");
+                    return;
+                }
+            };
+            match Agent::new(mac, heads, HeadClient::new(Some(ip), tls), files, source, observer, settings) {
+                Ok(agent) => agent.run(stop).await,
+                Err(e) => eprintln!("clusterware-node sim: {mac}: {e}"),
+            }
         }));
     }
     let summary = args.dir.join("summary.json");

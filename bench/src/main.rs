@@ -361,17 +361,23 @@ fn best_of(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
     (0..n).map(|_| f()).min().unwrap_or(Duration::MAX)
 }
 
-fn curl_get(url: &str) -> std::process::Command {
+fn curl_get(url: &str, ca: &std::path::Path) -> std::process::Command {
     let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "-f", "-o", "/dev/null", url]);
+    c.args(["-sS", "-f", "--cacert"]).arg(ca).args(["-o", "/dev/null", url]);
     c
 }
 
-/// nginx serving `root` on 127.0.0.1:`port`, stopped on drop.
+/// nginx serving `root` on 127.0.0.1:`port` (plain HTTP) and `tls_port` (HTTPS with the
+/// certificate and key given), stopped on drop.
 struct Nginx(std::process::Child);
 
 impl Nginx {
-    fn start(dir: &std::path::Path, root: &std::path::Path, port: u16) -> Nginx {
+    fn start(
+        dir: &std::path::Path,
+        root: &std::path::Path,
+        port: u16,
+        (tls_port, cert, key): (u16, &std::path::Path, &std::path::Path),
+    ) -> Nginx {
         let conf = dir.join("nginx.conf");
         let d = dir.display();
         std::fs::write(
@@ -381,8 +387,11 @@ impl Nginx {
                  events {{ worker_connections 64; }}\n\
                  http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {d}/cb; proxy_temp_path {d}/px; \
                  fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
-                 server {{ listen 127.0.0.1:{port}; root {}; }} }}\n",
-                root.display()
+                 server {{ listen 127.0.0.1:{port}; root {root}; }}\n\
+                 server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; root {root}; }} }}\n",
+                root = root.display(),
+                cert = cert.display(),
+                key = key.display(),
             ),
         )
         .expect("nginx.conf");
@@ -392,7 +401,9 @@ impl Nginx {
             .spawn()
             .expect("start nginx (Debian package nginx-light)");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err()
+        {
             assert!(Instant::now() < deadline, "nginx did not start; see {d}/nginx-error.log");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -429,26 +440,39 @@ fn bench_files(r: &mut Report, mib: u64) {
     }
     let bytes = mib << 20;
     let two = Cluster::etcd(2);
-    let up = two.heads[0].cli("scyld-clusterctl", &["files", "upload", file.to_str().expect("utf-8"), "--json"]);
+    // A kernel, so that plain HTTP (what firmware fetches) serves it too.
+    let up = two.heads[0]
+        .cli("scyld-clusterctl", &["files", "upload", file.to_str().expect("utf-8"), "--kind", "kernel", "--json"]);
     let rec = up.json();
     let id = rec["id"].as_str().expect("id").to_string();
 
-    // Serving: the head against nginx, the same file, the same client (curl), alternating.
-    let port = free_port(Ipv4Addr::LOCALHOST);
-    let _nginx = Nginx::start(dir.path(), &www, port);
-    let ours_url = two.heads[0].content_url(&id);
+    // Serving: the head against nginx, the same file, the same client (curl), alternating; over
+    // HTTPS nginx presents the head's own certificate.
+    let h = &two.heads[0];
+    let ca = h.ca_file();
+    let tls = ca.parent().expect("tls dir").to_path_buf();
+    let (port, tls_port) = (free_port(Ipv4Addr::LOCALHOST), free_port(Ipv4Addr::LOCALHOST));
+    let _nginx = Nginx::start(dir.path(), &www, port, (tls_port, &tls.join("head.pem"), &tls.join("head.key")));
+    let content = clusterware_shared::api::path::full(&clusterware_shared::api::path::file_content(&id, false));
+    let ours_url = h.content_url(&id);
+    let ours_tls = format!("{}{content}", h.url());
     let nginx_url = format!("http://127.0.0.1:{port}/image.bin");
-    timed(&mut curl_get(&ours_url));
-    timed(&mut curl_get(&nginx_url));
-    let (mut t_ours, mut t_nginx) = (Duration::MAX, Duration::MAX);
+    let nginx_tls = format!("https://127.0.0.1:{tls_port}/image.bin");
+    for u in [&ours_url, &nginx_url, &ours_tls, &nginx_tls] {
+        timed(&mut curl_get(u, &ca));
+    }
+    let (mut t_ours, mut t_nginx, mut s_ours, mut s_nginx) =
+        (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
     for _ in 0..3 {
-        t_ours = t_ours.min(timed(&mut curl_get(&ours_url)));
-        t_nginx = t_nginx.min(timed(&mut curl_get(&nginx_url)));
+        t_ours = t_ours.min(timed(&mut curl_get(&ours_url, &ca)));
+        t_nginx = t_nginx.min(timed(&mut curl_get(&nginx_url, &ca)));
+        s_ours = s_ours.min(timed(&mut curl_get(&ours_tls, &ca)));
+        s_nginx = s_nginx.min(timed(&mut curl_get(&nginx_tls, &ca)));
     }
     let hashed_before =
         two.heads[0].api("GET", "/storage", Some(&two.token), None).1["hashed_bytes"].as_u64().unwrap_or(0);
     for _ in 0..5 {
-        timed(&mut curl_get(&format!("{ours_url}?x")));
+        timed(&mut curl_get(&format!("{ours_url}?x"), &ca));
     }
     let hashed_after =
         two.heads[0].api("GET", "/storage", Some(&two.token), None).1["hashed_bytes"].as_u64().unwrap_or(0);
@@ -465,9 +489,10 @@ fn bench_files(r: &mut Report, mib: u64) {
         "make bench (target/release/cw-bench)",
         &format!(
             "A {mib} MiB file. Serving: `curl -o /dev/null` from the head and from nginx (Debian `nginx-light`, \
-             sendfile on) serving the same file on loopback, alternating, best of 3; ratio = head throughput / nginx \
-             throughput (target at least 0.9). Peer download: a second head fetches the file from the first \
-             (HTTP, hashing while it receives, fsync, rename), against `sha256sum` of the same file; ratio = \
+             sendfile on) serving the same file on loopback, alternating, best of 3, over plain HTTP (what \
+             firmware fetches) and over HTTPS (nginx with the head's own certificate and key, TLS 1.3); ratio = head \
+             throughput / nginx throughput (target at least 0.9). Peer download: a second head fetches the file from the first \
+             (HTTPS, hashing while it receives, fsync, rename), against `sha256sum` of the same file; ratio = \
              sha256sum time / download time (target at least 0.8). Verification: bytes hashed by the head over 5 \
              more requests for the verified file (target 0)."
         ),
@@ -480,6 +505,12 @@ fn bench_files(r: &mut Report, mib: u64) {
                 mbps(t_ours),
                 format!("nginx {}", mbps(t_nginx)),
                 format!("{:.2}", t_nginx.as_secs_f64() / t_ours.as_secs_f64()),
+            ],
+            vec![
+                "serve over HTTPS".into(),
+                mbps(s_ours),
+                format!("nginx {}", mbps(s_nginx)),
+                format!("{:.2}", s_nginx.as_secs_f64() / s_ours.as_secs_f64()),
             ],
             vec![
                 "peer download".into(),

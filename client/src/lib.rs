@@ -14,8 +14,8 @@
 //! each with a message that says what to do next.
 
 use clusterware_shared::agent::{
-    AddKey, NodeStatusList, RebalanceReport, RebalanceRequest, RunScript, ScriptResults, SshKey, SshKeyList,
-    StatusCounters, StatusQuery, StatusReport,
+    AddKey, EnrollTokens, NodeStatusList, RebalanceReport, RebalanceRequest, RunScript, ScriptResults, SshKey,
+    SshKeyList, StatusCounters, StatusQuery, StatusReport,
 };
 use clusterware_shared::api::{
     AddMember, BootConfig, BootConfigDetail, BootConfigList, CloneRequest, ClusterCa, ClusterInfo, ConvertDatabase,
@@ -313,6 +313,10 @@ endpoints! {
     /// restarts).
     fn convert_database(req: &ConvertDatabase) -> MembershipChange = POST path::DATABASE_CONVERT, req;
 
+    /// `POST /nodes/enroll`: one-time enrollment tokens for the nodes (uids).
+    fn enroll_nodes(req: &DeleteNodes) -> EnrollTokens = POST path::NODES_ENROLL, req;
+    /// `POST /nodes/revoke`: the nodes' certificates taken back.
+    fn revoke_nodes(req: &DeleteNodes) -> NodeList = POST path::NODES_REVOKE, req;
     /// `GET /cluster/ca` (no credential; plain HTTP too): the CA and its proof for a joining head.
     fn cluster_ca() -> ClusterCa = GET path::CLUSTER_CA;
     /// `GET /cluster[?data=1]`.

@@ -383,7 +383,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         Some(t) => t,
         None => {
             tls::set_cluster_ca(&ca.cert_pem);
-            tls::for_head(&cfg, ca, &name, ip)?
+            tls::for_head(&cfg, ca.clone(), &name, ip)?
         }
     };
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -416,19 +416,21 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     let ctx = Ctx::new(db.clone(), &cfg, view, &sup, http::Credentials { head: head_token, password: token });
 
     // The capabilities, each started from the core and what it depends on: one line each.
-    // Storage first: a head whose storage cannot be used stops before it is seen alive.
-    let storage = crate::storage::start(&ctx)?;
+    // Storage first (with the node table, whose nodes may fetch root images): a head whose
+    // storage cannot be used stops before it is seen alive.
+    let nodes = registry::start(&ctx);
+    let identity = registry::identity::start(&ctx, &nodes, ca);
+    let storage = crate::storage::start(&ctx, &identity)?;
     {
         let (db, rec, ttl) = (db.clone(), rec.clone(), cfg.lease_ttl_secs);
         sup.spawn(Stage::Liveness, "liveness", move |stop| heads::keep_alive(db, rec, ttl, stop));
     }
-    let nodes = registry::start(&ctx);
-    let hub = agent_channel::start(&ctx, &nodes);
+    let hub = agent_channel::start(&ctx, &nodes, &identity);
     bootcfg::start(&ctx, &storage);
     crate::rebalance::start(&ctx, &hub);
     crate::power::start(&ctx, &hub);
     membership::start(&ctx, &ctl, &hub);
-    netboot::start(&ctx, &nodes, &hub).await?;
+    netboot::start(&ctx, &nodes, &hub, &identity).await?;
 
     if !nodes.wait_ready(Duration::from_secs(30)).await {
         tracing::warn!("the node table is not loaded yet; node requests are refused until it is");

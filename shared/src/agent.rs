@@ -193,6 +193,51 @@ pub struct ScriptOutcome {
     pub message: String,
 }
 
+/// How an enrollment token starts (the rest: 64 hex digits).
+pub const ENROLL_TOKEN_PREFIX: &str = "cwe_";
+
+/// Seconds an enrollment token is good for.
+pub const ENROLL_TOKEN_SECS: u64 = 900;
+
+/// Where a node keeps its certificate and key from enrollment (a network-booted node: in its
+/// RAM root; the agent as `/init` puts them there).
+pub const CERT_FILE: &str = "/etc/clusterware/node.pem";
+pub const KEY_FILE: &str = "/etc/clusterware/node.key";
+
+/// Body of `POST /api/v1/agent/enroll`: the node's boot MAC and the one-time token its boot
+/// script (or an administrator, `scyld-nodectl enroll`) gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enroll {
+    pub mac: MacAddr,
+    pub token: String,
+}
+
+/// Answer of `POST /api/v1/agent/enroll`: the node's certificate and key (PEM) from the cluster
+/// CA, and the CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+/// One node's enrollment token (`POST /api/v1/nodes/enroll`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollToken {
+    pub uid: String,
+    pub name: String,
+    pub mac: MacAddr,
+    pub token: String,
+    /// Seconds since the Unix epoch after which it is refused.
+    pub expires: u64,
+}
+
+/// Answer of `POST /api/v1/nodes/enroll`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollTokens {
+    pub tokens: Vec<EnrollToken>,
+}
+
 /// Answer of `GET /api/v1/agent/keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysReply {

@@ -25,6 +25,10 @@ pub mod path {
     pub const NODES_SCRIPT: &str = "/nodes/script";
     pub const NODES_COUNTERS: &str = "/nodes/counters";
     pub const NODES_POWER: &str = "/nodes/power";
+    /// One-time enrollment tokens for nodes that do not network-boot (an agent run as a service).
+    pub const NODES_ENROLL: &str = "/nodes/enroll";
+    /// Takes nodes' certificates back: they are shut out until they enroll again.
+    pub const NODES_REVOKE: &str = "/nodes/revoke";
     pub const REBALANCE: &str = "/rebalance";
     pub const SECRETS: &str = "/secrets";
     pub const SECRET: &str = "/secrets/{name}";
@@ -78,7 +82,12 @@ pub mod path {
         pub const WAIT: &str = "/wait";
         pub const RESULT: &str = "/result";
         pub const KEYS: &str = "/keys";
+        pub const ENROLL: &str = "/enroll";
 
+        /// `POST …/agent/enroll`: a node's one-time token for its certificate.
+        pub fn enroll() -> String {
+            format!("{AGENT}{ENROLL}")
+        }
         /// `GET …/agent/heads?mac=`.
         pub fn heads(mac: &str) -> String {
             format!("{AGENT}{HEADS}?mac={}", escape(mac))

@@ -205,6 +205,14 @@ impl Head {
         self.config.parent().expect("config dir").join("tls/ca.pem")
     }
 
+    /// A file holding the `Authorization` header of the harness's admin credential, for curl's
+    /// `-H @FILE` (a credential stays off command lines).
+    pub fn auth_header_file(&self) -> PathBuf {
+        let f = self.dir.join("auth-header");
+        std::fs::write(&f, format!("Authorization: Bearer {}\n", admin_token(PASS))).expect("header file");
+        f
+    }
+
     /// The cluster CA's certificate (the head writes it when it first starts).
     pub fn ca(&self) -> String {
         std::fs::read_to_string(self.ca_file()).unwrap_or_else(|e| panic!("{}: {e}", self.ca_file().display()))
@@ -374,13 +382,17 @@ impl Head {
         format!("{}{}", self.boot_url(), path::full(&path::file_content(id, false)))
     }
 
-    /// A boot file's bytes as this head serves them over HTTPS: (status, body; empty on a
-    /// refusal).
+    /// A boot file's bytes as this head serves them over HTTPS, to an administrator (the
+    /// harness's credential): (status, body; empty on a refusal).
     pub fn content(&self, id: &str) -> (u16, Vec<u8>) {
         let base = self.url();
         netns::run_in(self.netns.as_deref(), || {
             let mut body = Vec::new();
-            match self.client().download_file(id, false, &mut body, &mut |_, _| {}) {
+            let c = BlockingClient::new(
+                ClientConfig::new(&base).ca_pem(&self.ca()).token(&admin_token(PASS)).timeout_secs(30),
+            )
+            .expect("API client");
+            match c.download_file(id, false, &mut body, &mut |_, _| {}) {
                 Ok(_) => (200, body),
                 Err(e) => (e.status().unwrap_or_else(|| panic!("GET content {id} from {base}: {e}")), Vec::new()),
             }
@@ -549,10 +561,12 @@ pub struct Sim {
 
 impl Sim {
     /// Starts `nodes` simulated nodes with MACs from `mac_start` and addresses from `ip_start`
-    /// (which must be the nodes' registered IPs), talking to `heads` (parent first).
+    /// (which must be the nodes' registered IPs), talking to `heads` (parent first). With `enroll`
+    /// (a head of the cluster), they trust its cluster CA and enroll with tokens it makes for
+    /// every node, as network-booted nodes do with their boot scripts'.
     pub fn start(
         heads: &[String],
-        ca_file: Option<&Path>,
+        enroll: Option<&Head>,
         nodes: u32,
         ip_start: &str,
         mac_start: &str,
@@ -562,6 +576,12 @@ impl Sim {
             .or_else(|_| TempDir::with_prefix("cw-sim-"))
             .expect("sim dir");
         let dir = tmp.path().to_path_buf();
+        let mut tls: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(h) = enroll {
+            let tokens = dir.join("tokens.json");
+            std::fs::write(&tokens, h.cli("scyld-nodectl", &["-a", "enroll", "--json"]).ok()).expect("tokens file");
+            tls.extend(["--ca-file".into(), h.ca_file().into(), "--enroll-file".into(), tokens.into()]);
+        }
         let out = std::fs::File::create(dir.join("sim.log")).expect("sim log");
         let mut cmd = Command::new(bin("clusterware-node"));
         cmd.arg("sim")
@@ -575,7 +595,7 @@ impl Sim {
             .arg(mac_start)
             .arg("--dir")
             .arg(&dir)
-            .args(ca_file.map(|f| [std::ffi::OsStr::new("--ca-file"), f.as_os_str()]).into_iter().flatten())
+            .args(&tls)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
@@ -789,6 +809,11 @@ pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::Tcp
 /// Wraps `tcp` (connected to `h.tls_port`) in TLS trusting `h`'s cluster CA; the handshake
 /// happens on the first read or write.
 pub fn tls_stream(tcp: std::net::TcpStream, h: &Head) -> TlsStream {
+    tls_stream_as(tcp, h, None)
+}
+
+/// [`tls_stream`] presenting a client certificate and key (PEM), as an enrolled node does.
+pub fn tls_stream_as(tcp: std::net::TcpStream, h: &Head, identity: Option<(&str, &str)>) -> TlsStream {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -799,8 +824,16 @@ pub fn tls_stream(tcp: std::net::TcpStream, h: &Head) -> TlsStream {
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+    let cfg = match identity {
+        None => cfg.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain =
+                CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().expect("certificate");
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+            cfg.with_client_auth_cert(chain, key).expect("client certificate")
+        }
+    };
     let name = rustls_pki_types::ServerName::from(std::net::IpAddr::V4(h.ip));
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("TLS client");
     rustls::StreamOwned::new(conn, tcp)

@@ -78,14 +78,8 @@ fn fleet_of_200_reports_runs_scripts_and_fails_over() {
     )
     .ok();
     let urls: Vec<String> = c.heads[..3].iter().map(Head::url).collect();
-    let mut sim = Sim::start(
-        &urls,
-        Some(&c.heads[0].ca_file()),
-        N as u32,
-        ip0,
-        mac0,
-        &["--status-secs", "2", "--ramp-secs", "1"],
-    );
+    let mut sim =
+        Sim::start(&urls, Some(&c.heads[0]), N as u32, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "1"]);
 
     // Every node up, parented by head1 (the first head it was given), seen from another head.
     wait_status(&c.heads[1], "200 nodes up on head1", Duration::from_secs(60), |s| {
@@ -181,14 +175,8 @@ fn hung_parent_is_left_within_seconds() {
         )
         .ok();
     let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
-    let _sim = Sim::start(
-        &urls,
-        Some(&c.heads[0].ca_file()),
-        20,
-        ip0,
-        mac0,
-        &["--status-secs", "2", "--push-timeout-ms", "1500"],
-    );
+    let _sim =
+        Sim::start(&urls, Some(&c.heads[0]), 20, ip0, mac0, &["--status-secs", "2", "--push-timeout-ms", "1500"]);
     wait_status(&c.heads[1], "20 nodes up on head1", Duration::from_secs(30), |s| {
         s.iter().all(|n| n["state"] == "up" && n["parent"] == "head1")
     });
@@ -203,9 +191,10 @@ fn hung_parent_is_left_within_seconds() {
     c.heads[0].freeze(false);
 }
 
-/// Sends raw bytes to a head's HTTPS port from a given source address; returns the status code
-/// and body.
+/// Sends raw bytes to a head's HTTPS port from a given source address, presenting the node
+/// certificate of [`enrolled`] if there is one; returns the status code and body.
 fn raw(h: &Head, from: &str, request: &str) -> (u16, String) {
+    let id = IDENTITY.lock().unwrap().clone();
     let tcp = if from == "127.0.0.1" {
         std::net::TcpStream::connect_timeout(
             &format!("{}:{}", h.ip, h.tls_port).parse().unwrap(),
@@ -218,12 +207,28 @@ fn raw(h: &Head, from: &str, request: &str) -> (u16, String) {
             .unwrap()
     };
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut s = clusterware_tests::tls_stream(tcp, h);
+    let mut s = clusterware_tests::tls_stream_as(tcp, h, id.as_ref().map(|(c, k)| (c.as_str(), k.as_str())));
     s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// The certificate and key `raw` presents.
+static IDENTITY: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
+/// Enrolls the node with `mac` from its address `ip` with a token from `scyld-nodectl enroll`;
+/// `raw` presents its certificate from then on.
+fn enrolled(h: &Head, node: &str, mac: &str, ip: &str) {
+    let t = h.cli("scyld-nodectl", &["-i", node, "enroll", "--json"]).json();
+    let token = t["tokens"][0]["token"].as_str().unwrap().to_string();
+    *IDENTITY.lock().unwrap() = None;
+    let (code, text) = raw(h, ip, &post("enroll", &json!({"mac": mac, "token": token}).to_string()));
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    *IDENTITY.lock().unwrap() =
+        Some((v["cert_pem"].as_str().unwrap().to_string(), v["key_pem"].as_str().unwrap().to_string()));
 }
 
 fn post(path: &str, body: &str) -> String {
@@ -238,6 +243,7 @@ fn bad_node_requests_change_nothing() {
     let c = Cluster::solo();
     let h = &c.heads[0];
     h.cli("scyld-nodectl", &["create", "mac=52:54:00:a3:00:01", "ip=127.203.0.1"]).ok();
+    enrolled(h, "n0", "52:54:00:a3:00:01", "127.203.0.1");
     let report = |mac: &str| {
         json!({"mac": mac, "boot_id": "abc-1", "phase": "up", "agent_version": "t", "uptime_secs": 1, "load": [0.0, 0.0, 0.0],
                "mem_total_kib": 1, "mem_available_kib": 1, "cpus": 1, "kernel": "k"})

@@ -83,9 +83,9 @@ fn get_bytes(h: &Head, id: &str) -> Vec<u8> {
         h.url(),
         clusterware_shared::api::path::full(&clusterware_shared::api::path::file_content(id, false))
     );
-    let ca = h.ca_file();
+    let (ca, auth) = (h.ca_file(), h.auth_header_file());
     let out = std::process::Command::new("curl")
-        .args(["-sS", "-f", "--cacert", ca.to_str().unwrap(), &url])
+        .args(["-sS", "-f", "--cacert", ca.to_str().unwrap(), "-H", &format!("@{}", auth.display()), &url])
         .output()
         .unwrap();
     assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));

@@ -23,10 +23,11 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Fetches `url` over HTTPS with curl inside `h`'s namespace into `out`, trusting the cluster CA.
+/// Fetches `url` over HTTPS with curl inside `h`'s namespace into `out`, trusting the cluster CA,
+/// as an administrator.
 fn curl_in(h: &clusterware_tests::Head, url: &str, out: &str) {
     let ns = h.netns.as_deref().expect("a head in a namespace");
-    let ca = h.ca_file();
+    let (ca, auth) = (h.ca_file(), format!("@{}", h.auth_header_file().display()));
     run_ok(Command::new("ip").args([
         "netns",
         "exec",
@@ -35,6 +36,8 @@ fn curl_in(h: &clusterware_tests::Head, url: &str, out: &str) {
         "-sSf",
         "--cacert",
         ca.to_str().unwrap(),
+        "-H",
+        &auth,
         "-o",
         out,
         url,
@@ -243,7 +246,16 @@ fn one_head_one_vm_reaches_up() {
         vm.console().contains(&format!("VMFILE /etc/hosts: {}\tparent-head-node", h.ip))
     });
     let t = vm.console();
-    for phase in ["asking for an address", "image unpacked", "switching to the image's /sbin/init"] {
+    // The enrolled path: the node traded its boot script's token for its certificate, which the
+    // head requires for the root image and every agent request.
+    for phase in
+        ["asking for an address", "enrolled with https://", "image unpacked", "switching to the image's /sbin/init"]
+    {
         assert!(t.contains(phase), "{phase} missing from the console:\n{t}");
     }
+    h.wait_log("the enrollment", |l| l.contains("node enrolled"));
+    // A revoked node is shut out: its pushes are refused and it is seen down.
+    let out = h.cli("scyld-nodectl", &["-i", "n0", "revoke"]);
+    assert!(out.code == 0, "{out:?}");
+    h.wait_log("the node's requests refused", |l| l.contains("without the node's current certificate refused"));
 }

@@ -448,3 +448,99 @@ fn plain_http_serves_only_what_firmware_fetches() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(healthy(h));
 }
+
+/// Node identity: node requests need the node's current certificate, which the node gets once
+/// for a one-time token bound to its MAC and address; a replayed, foreign or misdirected token
+/// gets nothing; root images go to enrolled nodes only; a revoked node is shut out at once.
+#[test]
+fn nodes_prove_who_they_are_before_they_get_anything() {
+    let c = Cluster::solo();
+    let h = &c.heads[0];
+    let (node_ip, other_ip) = (Ipv4Addr::new(127, 0, 5, 1), Ipv4Addr::new(127, 0, 5, 2));
+    let mac = "52:54:00:05:00:01";
+    h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={node_ip}")]).ok();
+    let img = c.dir().join("root.img");
+    std::fs::write(&img, b"root image bytes").unwrap();
+    let up = h.cli("scyld-clusterctl", &["files", "upload", img.to_str().unwrap(), "--kind", "rootfs", "--json"]);
+    let rootfs = up.json()["id"].as_str().unwrap().to_string();
+    // One exchange over TLS from `from`, optionally presenting a certificate.
+    let call = |from: Ipv4Addr, identity: Option<(&str, &str)>, req: String| {
+        let mut s = clusterware_tests::tls_stream_as(connect_from(from, tls_addr(h)), h, identity);
+        if s.write_all(req.as_bytes()).is_err() {
+            return String::new();
+        }
+        read_all(&mut s)
+    };
+    let get = |path: &str| format!("GET /api/v1{path} HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
+    let enroll = |token: &str, mac: &str| {
+        let body = format!(r#"{{"mac":"{mac}","token":"{token}"}}"#);
+        format!(
+            "POST /api/v1/agent/enroll HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let heads = get(&format!("/agent/heads?mac={mac}"));
+    let image = get(&format!("/files/{rootfs}/content"));
+    // Without a certificate: nothing, even from the node's address.
+    let a = call(node_ip, None, heads.clone());
+    assert!(a.starts_with("HTTP/1.1 403") && a.contains("presented no certificate"), "{a}");
+    let a = call(node_ip, None, image.clone());
+    assert!(a.starts_with("HTTP/1.1 403"), "{a}");
+    // The boot script carries a token only when the node itself asks.
+    let script = |from: Ipv4Addr| plain_request(from, h, &get(&format!("/boot/script?mac={mac}")));
+    assert!(!script(other_ip).contains("cw.enroll="));
+    let t = h.cli("scyld-nodectl", &["-i", "n0", "enroll", "--json"]).json();
+    let token = t["tokens"][0]["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("cwe_") && token.len() == 68, "{token}");
+    // A token from another address, for another MAC, or made up: refused, and still good.
+    let a = call(other_ip, None, enroll(&token, mac));
+    assert!(a.starts_with("HTTP/1.1 403") && a.contains("enrolls only from its address"), "{a}");
+    let a = call(node_ip, None, enroll(&token, "52:54:00:05:00:99"));
+    assert!(a.starts_with("HTTP/1.1 403") && a.contains("not made for MAC"), "{a}");
+    let a = call(node_ip, None, enroll(&format!("cwe_{}", "0".repeat(64)), mac));
+    assert!(a.starts_with("HTTP/1.1 403") && a.contains("no such token"), "{a}");
+    let a = call(node_ip, None, enroll(&token, mac));
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    let got: serde_json::Value = serde_json::from_str(a.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (cert, key) = (got["cert_pem"].as_str().unwrap(), got["key_pem"].as_str().unwrap());
+    assert_eq!(got["ca_pem"], h.ca().as_str());
+    // Replayed: nothing.
+    let a = call(node_ip, None, enroll(&token, mac));
+    assert!(a.starts_with("HTTP/1.1 403") && a.contains("no such token"), "{a}");
+    // With its certificate the node is served; from another address it is not.
+    poll_until("the certificate is current", Duration::from_secs(10), || {
+        call(node_ip, Some((cert, key)), heads.clone()).starts_with("HTTP/1.1 200")
+    });
+    let a = call(node_ip, Some((cert, key)), image.clone());
+    assert!(a.starts_with("HTTP/1.1 200") && a.ends_with("root image bytes"), "{a}");
+    assert!(call(other_ip, Some((cert, key)), heads.clone()).starts_with("HTTP/1.1 403"));
+    // A certificate of another CA does not get past the handshake.
+    let other = clusterware_shared::pki::Ca::create().unwrap();
+    let forged = other.issue("n0", &[node_ip.to_string()], 1).unwrap();
+    let a = call(node_ip, Some((&forged.cert_pem, &forged.key_pem)), heads.clone());
+    assert!(!a.starts_with("HTTP/1.1 200"), "{a}");
+    // The boot script asked from the node's address carries a token of its own.
+    for (f, kind) in [("vmlinuz", "kernel"), ("initrd.img", "initramfs")] {
+        std::fs::write(c.dir().join(f), kind).unwrap();
+    }
+    let (k, i) = (c.dir().join("vmlinuz"), c.dir().join("initrd.img"));
+    h.cli(
+        "scyld-bootctl",
+        &["create", "--name", "b", "--kernel", k.to_str().unwrap(), "--initramfs", i.to_str().unwrap()],
+    )
+    .ok();
+    h.cli("scyld-bootctl", &["default", "b"]).ok();
+    let text = script(node_ip);
+    let bt = text.split_whitespace().find_map(|w| w.strip_prefix("cw.enroll=")).expect("a token in the node's script");
+    assert!(call(node_ip, None, enroll(bt, mac)).starts_with("HTTP/1.1 200"));
+    assert!(!script(other_ip).contains("cw.enroll="), "no token for anyone else");
+    // Revoked: shut out at once, whichever certificate it holds.
+    let out = h.cli("scyld-nodectl", &["-i", "n0", "revoke"]);
+    assert!(out.code == 0 && out.stdout.contains("revoked n0"), "{out:?}");
+    poll_until("the revocation is seen", Duration::from_secs(10), || {
+        call(node_ip, Some((cert, key)), heads.clone()).starts_with("HTTP/1.1 403")
+    });
+    assert!(call(node_ip, Some((cert, key)), image).starts_with("HTTP/1.1 403"));
+    assert_eq!(log_lines(h, &token), 0, "a token is in a log");
+    assert!(healthy(h));
+}

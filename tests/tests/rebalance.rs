@@ -59,8 +59,7 @@ fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
     create_nodes(&c.heads[0], 300, mac0, ip0);
     // Every node is given head1 first.
     let urls: Vec<String> = c.heads[..3].iter().map(Head::url).collect();
-    let sim =
-        Sim::start(&urls, Some(&c.heads[0].ca_file()), 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
+    let sim = Sim::start(&urls, Some(&c.heads[0]), 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
     wait_load(
         &c.heads[1],
         "100 nodes per head",
@@ -102,7 +101,7 @@ fn preferred_head_pins_nodes_and_they_return_after_a_restart() {
     c.heads[0].cli("scyld-nodectl", &["-i", "n[0-14]", "set", "_preferred_head=head3"]).ok();
     c.heads[0].cli("scyld-nodectl", &["-i", "n29", "set", "_preferred_head=nosuchhead"]).ok();
     let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
-    let _sim = Sim::start(&urls, Some(&c.heads[0].ca_file()), 30, ip0, mac0, &["--status-secs", "2"]);
+    let _sim = Sim::start(&urls, Some(&c.heads[0]), 30, ip0, mac0, &["--status-secs", "2"]);
     let on = |h: &Head, parent: &str, range: std::ops::Range<usize>| {
         let out = h.cli("scyld-nodectl", &["status", "--json"]);
         out.code == 0

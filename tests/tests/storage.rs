@@ -27,11 +27,15 @@ fn local(h: &Head, id: &str) -> PathBuf {
     h.dir.join("storage").join(id)
 }
 
-/// GET of a file's content through a head: (status, body).
+/// GET of a file's content through a head, as an administrator (root images go to enrolled
+/// nodes, heads and administrators only): (status, body).
 fn fetch(h: &Head, id: &str, extra_headers: &str) -> (u16, Vec<u8>, String) {
+    let auth = clusterware_shared::auth::admin_token(clusterware_tests::PASS);
     raw(
         h,
-        &format!("GET /api/v1/files/{id}/content HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra_headers}\r\n"),
+        &format!(
+            "GET /api/v1/files/{id}/content HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {auth}\r\n{extra_headers}\r\n"
+        ),
         b"",
     )
 }
@@ -133,11 +137,22 @@ fn peer_download_verification_and_repair() {
     // HEAD answers size and checksum without a body.
     let (status, body, head) = raw(
         &c.heads[2],
-        &format!("HEAD /api/v1/files/{id}/content HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "HEAD /api/v1/files/{id}/content HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+            clusterware_shared::auth::admin_token(clusterware_tests::PASS)
+        ),
         b"",
     );
     assert_eq!((status, body.len()), (200, 0));
     assert!(head.to_ascii_lowercase().contains(&format!("content-length: {}", data.len())), "{head}");
+    // A root image goes to nobody else, not even another user of the head's machine.
+    let (status, body, _) = raw(
+        &c.heads[2],
+        &format!("GET /api/v1/files/{id}/content HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        b"",
+    );
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("enrolled nodes"));
 
     // Repeated requests of a verified file hash nothing more (once the file is older than the
     // racy window just after it was written, in which the head verifies again).

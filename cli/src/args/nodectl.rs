@@ -60,6 +60,14 @@ pub enum Cmd {
     },
     /// Delete the selected nodes
     Rm,
+    /// Make a one-time enrollment token for each selected node that does not network-boot (an
+    /// agent run as a service): on the node, `clusterware-node enroll --token-file FILE` trades it
+    /// for the node's certificate within 15 minutes (a network-booted node gets one from its boot
+    /// script)
+    Enroll,
+    /// Take the selected nodes' certificates back: every head refuses them at once, until a node
+    /// enrolls again (at its next network boot, or with a new token)
+    Revoke,
     /// Show the state, parent head, last report and hardware of the selected nodes (all by default)
     Status,
     /// Power control through the nodes' BMCs (IPMI over LAN: _bmc_addr, _bmc_user, _bmc_pass or

@@ -32,6 +32,8 @@ fn main() -> ExitCode {
         Cmd::Set { assignments } => set(&args, assignments),
         Cmd::Clear { keys } => clear(&args, keys),
         Cmd::Rm => rm(&args),
+        Cmd::Enroll => enroll(&args),
+        Cmd::Revoke => revoke(&args),
         Cmd::Status => status(&args),
         Cmd::Script { script, wait } => script_cmd(&args, script, *wait),
         Cmd::Power { action, soft, pxe, disk, wait } => power_cmd(&args, action, *soft, *pxe, *disk, *wait),
@@ -377,6 +379,40 @@ fn rm(args: &Args) -> CliResult<()> {
     } else {
         for n in &done.nodes {
             println!("deleted {}", n.name);
+        }
+    }
+    Ok(())
+}
+
+fn enroll(args: &Args) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    if nodes.is_empty() {
+        return Err(fail("there are no nodes"));
+    }
+    let t = c.enroll_nodes(&DeleteNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect() })?;
+    if args.json {
+        print_json(&t);
+    } else {
+        for e in &t.tokens {
+            println!("{} {} {}", clusterware_shared::ids::shown(&e.name), e.mac, e.token);
+        }
+    }
+    Ok(())
+}
+
+fn revoke(args: &Args) -> CliResult<()> {
+    let c = Client::new(&args.conn)?;
+    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    if nodes.is_empty() {
+        return Err(fail("there are no nodes"));
+    }
+    let done = c.revoke_nodes(&DeleteNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect() })?;
+    if args.json {
+        print_json(&done);
+    } else {
+        for n in &done.nodes {
+            println!("revoked {}'s certificate", clusterware_shared::ids::shown(&n.name));
         }
     }
     Ok(())

@@ -29,8 +29,10 @@ use crate::core::schema::{COMMANDS, CommandRecord, CommandResult, HeadRecord, KE
 use crate::core::supervisor::{Stage, Supervisor};
 use crate::core::view::ClusterView;
 
+use crate::core::http::ClientCert;
 use crate::core::unix_now;
 use crate::registry::cache::NodeCache;
+use crate::registry::identity::Identity;
 use clusterware_shared::agent::{
     Command, DEFAULT_STATUS_SECS, Directives, Hardware, HeadEntry, MAX_WAIT_SECS, MISSED_INTERVALS, NodeOutcome,
     NodeState, NodeStatus, Outcome, Phase, STATUS_SECS_RANGE, Script, ScriptOutcome, SshKey, StatusReport,
@@ -75,6 +77,19 @@ impl crate::core::http::HasKind for AgentError {
             AgentError::WrongAddress(_) => ErrorKind::Forbidden,
             AgentError::NotChild(_) => ErrorKind::Conflict,
         }
+    }
+}
+
+/// Who makes a node request: its address, and the certificate it presented over TLS.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub ip: IpAddr,
+    pub cert: Option<ClientCert>,
+}
+
+impl From<IpAddr> for Caller {
+    fn from(ip: IpAddr) -> Caller {
+        Caller { ip, cert: None }
     }
 }
 
@@ -166,6 +181,8 @@ pub struct HubCounters {
 pub struct Hub {
     pub(crate) db: Database,
     pub nodes: Arc<NodeCache>,
+    /// Node certificates (none in unit tests: the address alone is checked there).
+    identity: Option<Arc<Identity>>,
     children: Mutex<HashMap<String, Child>>,
     /// Every `status/` record with its revision.
     records: RwLock<HashMap<String, (Arc<StatusRecord>, i64)>>,
@@ -223,10 +240,12 @@ impl Hub {
         view: Arc<ClusterView>,
         nodes: Arc<NodeCache>,
         token: String,
+        identity: Option<Arc<Identity>>,
         sup: &Supervisor,
     ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             nodes,
+            identity,
             keys: Mirror::spawn(db.clone(), KEYS, sup),
             view,
             db: db.clone(),
@@ -256,7 +275,9 @@ impl Hub {
     }
 
     /// The node a request is about, checked against the address it came from.
-    pub fn authenticate(&self, mac: &MacAddr, peer: IpAddr) -> Result<Arc<Node>, AgentError> {
+    pub fn authenticate(&self, mac: &MacAddr, who: impl Into<Caller>) -> Result<Arc<Node>, AgentError> {
+        let who = who.into();
+        let peer = who.ip;
         let Some(node) = self.nodes.by_mac(mac) else {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             self.complaints.complain(
@@ -275,13 +296,22 @@ impl Hub {
                 node.name, peer, node.ip
             )));
         }
+        if let Some(id) = &self.identity {
+            if let Err(e) = id.check(&node, who.cert.as_ref()) {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                self.complaints.complain(format!("cert {mac}"), || {
+                    tracing::warn!(node = %node.name, %mac, %peer, "request without the node's current certificate refused (logged once a minute per MAC)")
+                });
+                return Err(AgentError::WrongAddress(e.to_string()));
+            }
+        }
         Ok(node)
     }
 
     /// Absorbs a status push; answers the node's directives.
-    pub fn push(&self, peer: IpAddr, report: StatusReport) -> Result<Directives, AgentError> {
+    pub fn push(&self, who: impl Into<Caller>, report: StatusReport) -> Result<Directives, AgentError> {
         report.validate().map_err(AgentError::Invalid)?;
-        let node = self.authenticate(&report.mac, peer)?;
+        let node = self.authenticate(&report.mac, who)?;
         let (secs, _) = status_secs_of(&node);
         let state = match report.phase {
             Phase::Booting => NodeState::Booting,
@@ -383,8 +413,8 @@ impl Hub {
     }
 
     /// The long poll: answers as soon as there is a directive for the node, or after `secs`.
-    pub async fn wait(&self, peer: IpAddr, mac: &MacAddr, secs: u32) -> Result<Directives, AgentError> {
-        let node = self.authenticate(mac, peer)?;
+    pub async fn wait(&self, who: impl Into<Caller>, mac: &MacAddr, secs: u32) -> Result<Directives, AgentError> {
+        let node = self.authenticate(mac, who)?;
         let secs = secs.clamp(1, MAX_WAIT_SECS);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs as u64);
         let mut stop = self.stop.clone();
@@ -417,8 +447,8 @@ impl Hub {
     }
 
     /// An agent's outcome of a script.
-    pub fn outcome(&self, peer: IpAddr, o: ScriptOutcome) -> Result<(), AgentError> {
-        let node = self.authenticate(&o.mac, peer)?;
+    pub fn outcome(&self, who: impl Into<Caller>, o: ScriptOutcome) -> Result<(), AgentError> {
+        let node = self.authenticate(&o.mac, who)?;
         if o.message.len() > 4096 {
             return Err(AgentError::Invalid("message longer than 4096 bytes".into()));
         }
@@ -1042,8 +1072,9 @@ impl Hub {
 
 /// Starts the agent channel (its follows, the status writer, its routes); the hub is returned
 /// for the capabilities that ask about nodes' state.
-pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>) -> Arc<Hub> {
-    let hub = Hub::spawn(ctx.db.clone(), ctx.view.clone(), nodes.clone(), ctx.token.clone(), ctx.sup);
+pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>, identity: &Arc<Identity>) -> Arc<Hub> {
+    let hub =
+        Hub::spawn(ctx.db.clone(), ctx.view.clone(), nodes.clone(), ctx.token.clone(), Some(identity.clone()), ctx.sup);
     ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), hub: hub.clone() })));
     hub
 }
@@ -1075,7 +1106,7 @@ mod tests {
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(Duration::from_secs(5)).await);
         let view = Arc::new(ClusterView::fixed(me(), vec![me()], &["h1"]));
-        let hub = Hub::spawn(db.clone(), view, nodes, "t".into(), &sup);
+        let hub = Hub::spawn(db.clone(), view, nodes, "t".into(), None, &sup);
         (hub, db, sup, node)
     }
 

@@ -1,11 +1,11 @@
 //! The agent channel's API: the node-facing endpoints under `/agent/` (each checks that a node speaks from its registered address), node status and scripts for administrators, cluster SSH keys.
 
 use crate::agent_channel::{
-    Hub,
+    Caller, Hub,
     keys::{self},
 };
 use crate::core::db::Database;
-use crate::core::http::{ApiFailure, ApiResult, Routes, json, parse, query_pairs};
+use crate::core::http::{ApiFailure, ApiResult, ClientCert, Routes, json, parse, query_pairs};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -66,19 +66,26 @@ pub fn mac_param(pairs: &[(String, String)]) -> ApiResult<MacAddr> {
     m.parse().map_err(|_| ApiFailure::bad_request(format!("{m:?} is not a MAC address")))
 }
 
+/// The caller of a node request: its address and TLS client certificate.
+fn caller(peer: SocketAddr, cert: Option<axum::Extension<ClientCert>>) -> Caller {
+    Caller { ip: peer.ip(), cert: cert.map(|c| c.0) }
+}
+
 async fn agent_heads(
     State(st): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<ClientCert>>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let mac = mac_param(&query_pairs(q.as_deref())?)?;
-    st.hub.authenticate(&mac, peer.ip())?;
+    st.hub.authenticate(&mac, caller(peer, cert))?;
     Ok(json(StatusCode::OK, &HeadsReply { heads: st.hub.view.heads_for(&mac) }))
 }
 
 async fn agent_status(
     State(st): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<ClientCert>>,
     body: Bytes,
 ) -> ApiResult<Response> {
     if body.len() > MAX_REPORT_BYTES {
@@ -89,12 +96,13 @@ async fn agent_status(
         tracing::debug!(%peer, error = %e, "malformed status report refused");
         ApiFailure::bad_request(format!("malformed status report: {e}"))
     })?;
-    Ok(json(StatusCode::OK, &st.hub.push(peer.ip(), report)?))
+    Ok(json(StatusCode::OK, &st.hub.push(caller(peer, cert), report)?))
 }
 
 async fn agent_wait(
     State(st): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<ClientCert>>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let pairs = query_pairs(q.as_deref())?;
@@ -103,26 +111,28 @@ async fn agent_wait(
         None => 25,
         Some((_, v)) => v.parse::<u32>().map_err(|_| ApiFailure::bad_request(format!("secs {v:?} is not a number")))?,
     };
-    Ok(json(StatusCode::OK, &st.hub.wait(peer.ip(), &mac, secs).await?))
+    Ok(json(StatusCode::OK, &st.hub.wait(caller(peer, cert), &mac, secs).await?))
 }
 
 async fn agent_result(
     State(st): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<ClientCert>>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let o: ScriptOutcome = parse(&body)?;
-    st.hub.outcome(peer.ip(), o)?;
+    st.hub.outcome(caller(peer, cert), o)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn agent_keys(
     State(st): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<ClientCert>>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let mac = mac_param(&query_pairs(q.as_deref())?)?;
-    let node = st.hub.authenticate(&mac, peer.ip())?;
+    let node = st.hub.authenticate(&mac, caller(peer, cert))?;
     Ok(json(StatusCode::OK, &KeysReply { keys: st.hub.keys_for(&node) }))
 }
 

@@ -453,7 +453,7 @@ mod tests {
     async fn configs_are_checked_against_what_exists() {
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), "h1", db.clone()).unwrap();
+        let storage = Storage::open(dir.path(), "h1", db.clone(), "t").unwrap();
         let (k, i, r) = (file(&db, 1, "kernel").await, file(&db, 2, "initramfs").await, file(&db, 3, "rootfs").await);
 
         let e = create_config(&db, config("bad name!", &k, &i, None)).await.unwrap_err();

@@ -813,7 +813,7 @@ mod tests {
     fn fixture() -> Fixture {
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), "h1", db.clone()).unwrap();
+        let storage = Storage::open(dir.path(), "h1", db.clone(), "t").unwrap();
         Fixture { db, storage, dir }
     }
 

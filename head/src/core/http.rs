@@ -190,7 +190,7 @@ const BOOTSTRAP: [(&str, &str); 5] = [
 
 /// Whether `ip` is this machine: loopback's own address or one of its interfaces' addresses (a
 /// CLI on the head connects from one of them).
-fn is_this_machine(ip: IpAddr) -> bool {
+pub fn is_this_machine(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4 == std::net::Ipv4Addr::LOCALHOST
@@ -208,19 +208,45 @@ struct Admin {
     complaints: Complaints,
 }
 
-async fn require_admin(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
-    let presented = bearer(req.headers()).map(str::trim).unwrap_or_default();
-    let named = admin.named.as_ref().and_then(|t| t.check(presented));
-    if named.is_some() || tokens_equal(presented, &admin.creds.head) {
-        return next.run(req).await;
+/// What a presented credential is worth.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A named token, the heads' credential, or the password's from this machine.
+    Admin,
+    /// The password's, from another machine.
+    PasswordElsewhere,
+    /// None, or a wrong one.
+    Not,
+}
+
+impl Credentials {
+    /// Judges the bearer credential of a request from `peer`.
+    pub fn judge(&self, named: Option<&Tokens>, headers: &HeaderMap, peer: Option<IpAddr>) -> Verdict {
+        let presented = bearer(headers).map(str::trim).unwrap_or_default();
+        if presented.is_empty() {
+            return Verdict::Not;
+        }
+        if named.and_then(|t| t.check(presented)).is_some() || tokens_equal(presented, &self.head) {
+            return Verdict::Admin;
+        }
+        if tokens_equal(presented, &self.password) {
+            return if peer.is_some_and(is_this_machine) { Verdict::Admin } else { Verdict::PasswordElsewhere };
+        }
+        Verdict::Not
     }
+}
+
+async fn require_admin(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
     let path =
         req.extensions().get::<OriginalUri>().map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if tokens_equal(presented, &admin.creds.password) {
+    let verdict = admin.creds.judge(admin.named.as_ref(), req.headers(), peer);
+    if verdict == Verdict::Admin {
+        return next.run(req).await;
+    }
+    if verdict == Verdict::PasswordElsewhere {
         let rel = path.strip_prefix(PREFIX).unwrap_or(&path);
-        let bootstrap = BOOTSTRAP.iter().any(|(m, p)| req.method().as_str() == *m && rel == *p);
-        if bootstrap || peer.is_some_and(is_this_machine) {
+        if BOOTSTRAP.iter().any(|(m, p)| req.method().as_str() == *m && rel == *p) {
             return next.run(req).await;
         }
         let who = peer.map_or_else(String::new, |p| p.to_string());
@@ -408,6 +434,11 @@ async fn refuse(mut stream: tokio::net::TcpStream, why: String) {
     .await;
 }
 
+/// The SHA-256 of the certificate a TLS client presented (a request extension; the listener
+/// checked that the cluster CA issued it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert(pub String);
+
 /// Which listener a request came in on (a request extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -509,10 +540,15 @@ async fn serve_limited(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let body_idle = limits.body_idle;
+        let client_cert: Arc<std::sync::OnceLock<ClientCert>> = Arc::default();
+        let cert_of_conn = client_cert.clone();
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let mut req = req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_idle, b)));
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(transport);
+            if let Some(c) = cert_of_conn.get() {
+                req.extensions_mut().insert(c.clone());
+            }
             let gate = transport == Transport::Plain
                 && !(matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD)
                     && firmware_path(req.uri().path()));
@@ -535,6 +571,10 @@ async fn serve_limited(
                 }
                 Some(a) => match tokio::time::timeout(header_read, a.accept(stream)).await {
                     Ok(Ok(tls)) => {
+                        if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                            use sha2::Digest;
+                            let _ = client_cert.set(ClientCert(hex::encode(sha2::Sha256::digest(c.as_ref()))));
+                        }
                         let _ = watcher.watch(http.serve_connection(TokioIo::new(tls), svc)).await;
                     }
                     Ok(Err(e)) => complaints.complain(

@@ -44,7 +44,10 @@ pub struct Ctx<'a> {
     pub sup: &'a supervisor::Supervisor,
     /// The heads' own credential (head-to-head calls carry it).
     pub token: String,
-    creds: http::Credentials,
+    /// What the admin credential check accepts besides named tokens.
+    pub creds: http::Credentials,
+    /// Named tokens.
+    pub tokens: tokens::Tokens,
     routes: Mutex<Vec<http::Routes>>,
 }
 
@@ -56,7 +59,8 @@ impl<'a> Ctx<'a> {
         sup: &'a supervisor::Supervisor,
         creds: http::Credentials,
     ) -> Ctx<'a> {
-        Ctx { db, config, view, sup, token: creds.head.clone(), creds, routes: Mutex::new(Vec::new()) }
+        let tokens = tokens::Tokens::spawn(&db, sup);
+        Ctx { db, config, view, sup, token: creds.head.clone(), creds, tokens, routes: Mutex::new(Vec::new()) }
     }
 
     /// This head's record.
@@ -73,7 +77,6 @@ impl<'a> Ctx<'a> {
     pub fn router(&self) -> axum::Router {
         let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         routes.push(tokens::routes(self.db.clone()));
-        let named = tokens::Tokens::spawn(&self.db, self.sup);
-        http::router(self.creds.clone(), Some(named), &self.me().name, self.db.backend(), routes)
+        http::router(self.creds.clone(), Some(self.tokens.clone()), &self.me().name, self.db.backend(), routes)
     }
 }

@@ -58,6 +58,10 @@ pub const EJECTED: &str = "ejected/";
 pub const TOKENS: &str = "tokens/";
 /// [`CaRecord`]: the cluster CA (a head without it takes it from here).
 pub const CLUSTER_CA: &str = "cluster/ca";
+/// `enroll/<SHA-256 of a token>`: [`EnrollRecord`] (a node's one-time enrollment token, leased).
+pub const ENROLL: &str = "enroll/";
+/// `node_certs/<uid>`: [`NodeCertRecord`] (a node's current certificate).
+pub const NODE_CERTS: &str = "node_certs/";
 
 /// One prefix (or single key) of the schema.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +101,9 @@ pub const TABLE: &[Owned] = &[
     owned(TOKENS, "core", true),
     // The CA belongs to the cluster's heads: a dump loaded elsewhere keeps that cluster's.
     owned(CLUSTER_CA, "core", false),
+    // Tokens and certificates from this cluster's CA mean nothing to another cluster.
+    owned(ENROLL, "registry", false),
+    owned(NODE_CERTS, "registry", false),
 ];
 
 /// The prefixes `managedb save` keeps, in [`TABLE`]'s order.
@@ -115,6 +122,12 @@ pub fn node(uid: &str) -> String {
 }
 pub fn mac_index(mac: &MacAddr) -> String {
     format!("{MAC_INDEX}{mac}")
+}
+pub fn enroll(token_hash: &str) -> String {
+    format!("{ENROLL}{token_hash}")
+}
+pub fn node_cert(uid: &str) -> String {
+    format!("{NODE_CERTS}{uid}")
 }
 pub fn ip_index(ip: &Ipv4Addr) -> String {
     format!("{IP_INDEX}{ip}")
@@ -239,6 +252,24 @@ pub struct CaRecord {
     pub cert_pem: String,
     pub key_pem: String,
     pub head_token: String,
+}
+
+/// `enroll/<hash>`: what a one-time enrollment token was made for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRecord {
+    pub uid: String,
+    pub macs: Vec<MacAddr>,
+    pub ip: Ipv4Addr,
+    /// Seconds since the Unix epoch (the lease removes the record about then too).
+    pub expires: u64,
+}
+
+/// `node_certs/<uid>`: the SHA-256 of the node's current certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeCertRecord {
+    pub fingerprint: String,
+    /// When it was issued, seconds since the Unix epoch.
+    pub issued: u64,
 }
 
 /// `alive/<name>`: exists while the head renews its lease.

@@ -210,10 +210,21 @@ fn server_config(issued: &pki::Issued, ca_pem: &str) -> Result<Arc<rustls::Serve
     chain
         .extend(CertificateDer::pem_slice_iter(ca_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?);
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    // Every client is asked for a certificate; one the cluster CA did not issue fails the
+    // handshake, none at all is fine here (administrators and heads use credentials; the agent
+    // routes want a node's, see `registry::identity`).
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad(&e))?;
     let mut c = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(&e))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| bad(&e))?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -72,6 +72,7 @@ pub async fn revoke(db: &Database, name: &str) -> Result<TokenInfo, RecordError>
 }
 
 /// The tokens this head accepts, kept current by a watch.
+#[derive(Clone)]
 pub struct Tokens(Arc<Mirror<TokenRecord>>);
 
 impl Tokens {

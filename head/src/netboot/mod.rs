@@ -25,12 +25,18 @@ pub struct StartError {
 
 /// Starts network boot: the boot script route, and DHCP, TFTP and router advertisements on the
 /// cluster-network interface when `dhcp.interface` is set.
-pub async fn start(ctx: &Ctx<'_>, nodes: &Arc<NodeCache>, hub: &Arc<Hub>) -> Result<(), StartError> {
+pub async fn start(
+    ctx: &Ctx<'_>,
+    nodes: &Arc<NodeCache>,
+    hub: &Arc<Hub>,
+    identity: &Arc<crate::registry::identity::Identity>,
+) -> Result<(), StartError> {
     ctx.serve(routes::routes(Arc::new(routes::Api {
         db: ctx.db.clone(),
         head: ctx.me().clone(),
         hub: hub.clone(),
         complaints: Default::default(),
+        identity: identity.clone(),
         ca_cpio: routes::ca_cpio(crate::core::tls::cluster_ca().unwrap_or_default()).into(),
     })));
     let (cfg, db, view, sup) = (ctx.config, &ctx.db, &ctx.view, ctx.sup);

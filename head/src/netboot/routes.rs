@@ -22,6 +22,7 @@ pub struct Api {
     pub head: HeadRecord,
     pub hub: Arc<Hub>,
     pub complaints: Complaints,
+    pub identity: Arc<crate::registry::identity::Identity>,
     /// [`path::BOOT_CA`]'s answer.
     pub ca_cpio: axum::body::Bytes,
 }
@@ -75,9 +76,16 @@ async fn boot_script(
     let Some(node) = st.hub.nodes.by_mac(&mac) else {
         return Ok(ipxe(script::retry(base, &mac, "no node has this MAC")));
     };
-    match script::for_node(&st.db, &st.hub.view, &node, &mac).await? {
+    // The node itself asks: its script carries a one-time enrollment token (made only then, so
+    // nobody else can have the node's token from here).
+    let own = peer.ip() == IpAddr::V4(node.ip);
+    let enroll = match own {
+        true => Some(st.identity.token_for(&node).await?.token),
+        false => None,
+    };
+    match script::for_node(&st.db, &st.hub.view, &node, &mac, enroll.as_deref()).await? {
         Script::Boot(text) => {
-            if peer.ip() == IpAddr::V4(node.ip) {
+            if own {
                 st.hub.booting(&node, &mac);
             } else {
                 st.complaints.complain(format!("script {mac} {}", peer.ip()), || {

@@ -22,7 +22,14 @@ pub enum Script {
 
 /// The script for `node` (which asked with `mac`): its `_boot_config`, else the cluster's
 /// default, and the config's image.
-pub async fn for_node(db: &Database, view: &ClusterView, node: &Node, mac: &MacAddr) -> Result<Script, BootError> {
+/// `enroll`: the one-time token the node trades for its certificate (`cw.enroll=`).
+pub async fn for_node(
+    db: &Database,
+    view: &ClusterView,
+    node: &Node,
+    mac: &MacAddr,
+    enroll: Option<&str>,
+) -> Result<Script, BootError> {
     let name = match node.attributes.get("_boot_config") {
         Some(n) => n.clone(),
         None => match bootcfg::list_configs(db).await?.1 {
@@ -53,7 +60,7 @@ pub async fn for_node(db: &Database, view: &ClusterView, node: &Node, mac: &MacA
         }
     }
     let heads: Vec<String> = view.heads_for(mac).into_iter().map(|h| h.url).collect();
-    Ok(Script::Boot(boot(&view.me, node, mac, &cfg, rootfs.as_ref(), &heads)))
+    Ok(Script::Boot(boot(&view.me, node, mac, &cfg, rootfs.as_ref(), &heads, enroll)))
 }
 
 /// The script that boots `node` with `cfg` from `head`.
@@ -64,6 +71,7 @@ pub fn boot(
     cfg: &BootConfig,
     rootfs: Option<&FileRecord>,
     heads: &[String],
+    enroll: Option<&str>,
 ) -> String {
     let base = head.boot_base();
     // Split on white space: a command line never carries a line break into the script.
@@ -76,6 +84,9 @@ pub fn boot(
     args.push(format!("cw.parent={}", head.api_url));
     args.push(format!("cw.heads={}", heads.join(",")));
     args.push(format!("cw.mac={mac}"));
+    if let Some(t) = enroll {
+        args.push(format!("cw.enroll={t}"));
+    }
     let kernel = format!("{base}{}", path::full(&path::file_content(&cfg.kernel, false)));
     let initrd = format!("{base}{}", path::full(&path::file_content(&cfg.initramfs, false)));
     // The cluster CA, for the agent to check heads with, joins the initramfs as a second archive.
@@ -144,9 +155,9 @@ mod tests {
             Script::Retry(w) => w,
             Script::Boot(b) => panic!("booted: {b}"),
         };
-        let s = for_node(&db, &view, &node(&[]), &mac).await.unwrap();
+        let s = for_node(&db, &view, &node(&[]), &mac, Some("cwe_t")).await.unwrap();
         assert!(why(s).contains("no _boot_config and the cluster has no default"));
-        let s = for_node(&db, &view, &node(&[("_boot_config", "c9")]), &mac).await.unwrap();
+        let s = for_node(&db, &view, &node(&[("_boot_config", "c9")]), &mac, None).await.unwrap();
         assert!(why(s).contains("boot config \"c9\" does not exist"));
 
         let (k, i, r) = (file(&db, 1).await, file(&db, 2).await, file(&db, 3).await);
@@ -166,7 +177,9 @@ mod tests {
         };
         db.put(&schema::bootconfig("c1"), serde_json::to_vec(&cfg).unwrap()).await.unwrap();
         bootcfg::set_default(&db, Some("c1")).await.unwrap();
-        let Script::Boot(text) = for_node(&db, &view, &node(&[]), &mac).await.unwrap() else { panic!("no boot") };
+        let Script::Boot(text) = for_node(&db, &view, &node(&[]), &mac, Some("cwe_t")).await.unwrap() else {
+            panic!("no boot")
+        };
         let kernel = text.lines().find(|l| l.starts_with("kernel ")).unwrap();
         assert!(
             kernel.starts_with(&format!("kernel http://10.0.0.1:80/api/v1/files/{}/content initrd=initramfs", k.id))
@@ -176,7 +189,7 @@ mod tests {
             format!("cw.image={} cw.image_size={} cw.image_sha256={}", r.id, r.size, r.sha256),
             "cw.parent=http://10.0.0.1:80".into(),
             "cw.heads=http://10.0.0.1:80,http://10.0.0.2:80".into(),
-            format!("cw.mac={MAC}"),
+            format!("cw.mac={MAC} cw.enroll=cwe_t"),
         ] {
             assert!(kernel.contains(&arg), "{arg:?} missing from {kernel}");
         }

@@ -13,6 +13,7 @@
 pub mod routes;
 
 pub mod cache;
+pub mod identity;
 
 use crate::core::db::{Compare, Database, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
 use crate::core::schema;

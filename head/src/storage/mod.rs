@@ -208,7 +208,9 @@ use clusterware_shared::fsutil::{fsync_dir, write_atomic};
 impl Storage {
     /// Opens the storage directory (creating it), removes this head's leftover temporary files
     /// and loads what it verified before.
-    pub fn open(dir: &Path, head: &str, db: Database) -> Result<Arc<Storage>> {
+    /// `head_token`: the heads' credential, which peer downloads carry (a root image is served
+    /// only to heads, nodes and administrators).
+    pub fn open(dir: &Path, head: &str, db: Database, head_token: &str) -> Result<Arc<Storage>> {
         let tmp = dir.join(".tmp");
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let prefix = format!("{head}-");
@@ -230,7 +232,7 @@ impl Storage {
             verified: Mutex::new(verified),
             verified_dirty: std::sync::atomic::AtomicBool::new(false),
             flights: Mutex::new(HashMap::new()),
-            peers: Peers::new(None, crate::core::peers::timeouts(PEER_READ_TIMEOUT.as_secs())),
+            peers: Peers::new(Some(head_token), crate::core::peers::timeouts(PEER_READ_TIMEOUT.as_secs())),
             counters: Counters::default(),
             records: Mutex::new(HashMap::new()),
         }))
@@ -845,9 +847,9 @@ impl Upload {
 
 /// Starts storage: opens the directory (checked now: a head without its storage does not start),
 /// starts the audits and the deletion sweep, and serves the file routes.
-pub fn start(ctx: &crate::core::Ctx) -> Result<Arc<Storage>> {
+pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::Identity>) -> Result<Arc<Storage>> {
     let cfg = ctx.config;
-    let storage = Storage::open(&cfg.storage_dir, &ctx.me().name, ctx.db.clone())?;
+    let storage = Storage::open(&cfg.storage_dir, &ctx.me().name, ctx.db.clone(), &ctx.token)?;
     tracing::info!(path = %cfg.storage_dir.display(), "local file storage");
     let (audit, sweep, ttl) = (
         Duration::from_secs(cfg.audit_interval_secs),
@@ -858,7 +860,12 @@ pub fn start(ctx: &crate::core::Ctx) -> Result<Arc<Storage>> {
     ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage audits", move |stop| {
         storage_loop(s, audit, sweep, ttl, stop)
     });
-    ctx.serve(routes::routes(Arc::new(routes::Api { storage: storage.clone() })));
+    ctx.serve(routes::routes(Arc::new(routes::Api {
+        storage: storage.clone(),
+        creds: ctx.creds.clone(),
+        tokens: ctx.tokens.clone(),
+        identity: identity.clone(),
+    })));
     Ok(storage)
 }
 
@@ -959,7 +966,7 @@ mod tests {
     async fn receive_keeps_only_exact_verified_bytes() {
         let d = tempfile::TempDir::new().unwrap();
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
-        let st = Storage::open(d.path(), "h", db).unwrap();
+        let st = Storage::open(d.path(), "h", db, "t").unwrap();
         let id = "0123456789abcdef0123456789abcdef";
         let sha = hex::encode(Sha256::digest(b"hello world"));
         // Too many bytes, too few, a broken stream, a wrong checksum: nothing under a final name.
@@ -993,7 +1000,7 @@ mod tests {
     async fn links_and_wrong_sizes_are_never_served() {
         let d = tempfile::TempDir::new().unwrap();
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
-        let st = Storage::open(d.path(), "h", db).unwrap();
+        let st = Storage::open(d.path(), "h", db, "t").unwrap();
         let id = "0123456789abcdef0123456789abcdef";
         let outside = d.path().join("outside");
         std::fs::write(&outside, b"secret").unwrap();

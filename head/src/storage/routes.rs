@@ -1,6 +1,9 @@
-//! The storage API: uploads, the file list and counters, and file contents (no credential: nodes and peers read them; a file is served only once verified).
+//! The storage API: uploads, the file list and counters, and file contents (a file is served only
+//! once verified): kernels and initramfs images to anyone (firmware fetches them, over plain HTTP
+//! too), any other file over HTTPS to enrolled nodes (by certificate), heads and administrators
+//! (by credential).
 
-use crate::core::http::{ApiFailure, ApiResult, Routes, Transport, json, query_pairs};
+use crate::core::http::{ApiFailure, ApiResult, ClientCert, Routes, Transport, json, query_pairs};
 use crate::storage::{Storage, StorageError, Upload};
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -15,6 +18,19 @@ use std::sync::Arc;
 /// What the handlers need.
 pub struct Api {
     pub storage: Arc<Storage>,
+    /// Who may fetch a file that is not a kernel or initramfs: heads and administrators (by
+    /// credential) and enrolled nodes (by certificate); not other users of this machine.
+    pub creds: crate::core::http::Credentials,
+    pub tokens: crate::core::tokens::Tokens,
+    pub identity: Arc<crate::registry::identity::Identity>,
+}
+
+impl Api {
+    /// Whether the request may have a root image (or another file firmware does not fetch).
+    fn may_fetch_image(&self, headers: &HeaderMap, peer: std::net::IpAddr, cert: Option<&ClientCert>) -> bool {
+        use crate::core::http::Verdict;
+        self.creds.judge(Some(&self.tokens), headers, Some(peer)) == Verdict::Admin || self.identity.is_node(cert)
+    }
 }
 
 /// The routes (paths under `/api/v1`).
@@ -104,6 +120,8 @@ async fn file_content(
     method: Method,
     headers: HeaderMap,
     transport: Option<axum::Extension<Transport>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<ClientCert>>,
 ) -> ApiResult<Response> {
     let plain = transport.is_some_and(|t| t.0 == Transport::Plain);
     let from_peer = query_pairs(q.as_deref())?.iter().any(|(k, v)| k == "peer" && v == "1");
@@ -117,14 +135,26 @@ async fn file_content(
         return Err(ApiFailure::not_found(format!("no file with id {id}")));
     }
     let rec = st.storage.record(&id).await?;
-    if plain && !FIRMWARE_KINDS.contains(&rec.kind.as_str()) {
-        return Err(ApiFailure::new(
-            ErrorKind::Forbidden,
-            format!(
-                "a file of kind {} is served over HTTPS only (plain HTTP serves kernels and initramfs images)",
-                rec.kind
-            ),
-        ));
+    if !FIRMWARE_KINDS.contains(&rec.kind.as_str()) {
+        if plain {
+            return Err(ApiFailure::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "a file of kind {} is served over HTTPS only (plain HTTP serves kernels and initramfs images)",
+                    rec.kind
+                ),
+            ));
+        }
+        if !st.may_fetch_image(&headers, peer.ip(), cert.as_ref().map(|c| &c.0)) {
+            return Err(ApiFailure::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "a file of kind {} is served to enrolled nodes (by their certificate), heads and administrators \
+                     (with a credential) only",
+                    rec.kind
+                ),
+            ));
+        }
     }
     let path = st.storage.ensure(&rec, !from_peer).await?;
     let size = rec.size;

@@ -1,0 +1,317 @@
+//! Node identity: a node proves who it is with a certificate from the cluster CA before it gets
+//! anything past the firmware stage (status, long polls, keys, scripts, its root image).
+//!
+//! It gets the certificate by trading a one-time **enrollment token** over HTTPS
+//! (`POST /agent/enroll`): the boot script carries one (made when the node itself fetches the
+//! script, from its registered address), or an administrator makes one for a node that does not
+//! network-boot (`scyld-nodectl enroll`). A token is 32 random bytes; the database keeps only its
+//! SHA-256 (`enroll/<hash>`), bound to the node's uid, MAC and address, under a lease of
+//! [`ENROLL_TOKEN_SECS`]; the trade deletes it in the same transaction that records the node's
+//! new certificate (`node_certs/<uid>`, its SHA-256), so a token works once, through any head, and
+//! only from the node's registered address with its MAC. A node holds one current certificate:
+//! enrolling again (the next boot) replaces it, and `scyld-nodectl revoke` deletes it, which
+//! every head sees at once through its copy of `node_certs/`. The HTTPS listener asks every
+//! client for a certificate and checks it against the CA (`core::tls`); whether it is a node's
+//! current one is decided here.
+
+use crate::core::complaints::Complaints;
+use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::core::follow::Mirror;
+use crate::core::http::ClientCert;
+use crate::core::schema::{self, EnrollRecord, NodeCertRecord};
+use crate::core::supervisor::Supervisor;
+use crate::core::unix_now as now;
+use crate::registry::cache::NodeCache;
+use clusterware_shared::agent::{ENROLL_TOKEN_PREFIX, ENROLL_TOKEN_SECS, Enroll, EnrollToken, Enrolled};
+use clusterware_shared::api::{ErrorKind, Node};
+use clusterware_shared::pki::Ca;
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// How long a node's certificate is valid (a network-booted node gets a new one at each boot).
+pub const NODE_CERT_DAYS: i64 = 365;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cluster database: {0}")]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl crate::core::http::HasKind for IdentityError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            IdentityError::Invalid(_) => ErrorKind::BadRequest,
+            IdentityError::Refused(_) => ErrorKind::Forbidden,
+            IdentityError::Db(e) => e.kind(),
+            IdentityError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Enrollment and the nodes' current certificates.
+pub struct Identity {
+    db: Database,
+    nodes: Arc<NodeCache>,
+    certs: Arc<Mirror<NodeCertRecord>>,
+    ca: Ca,
+    complaints: Complaints,
+}
+
+impl Identity {
+    pub fn spawn(db: Database, nodes: Arc<NodeCache>, ca: Ca, sup: &Supervisor) -> Arc<Identity> {
+        let certs = Mirror::spawn(db.clone(), schema::NODE_CERTS, sup);
+        Arc::new(Identity { db, nodes, certs, ca, complaints: Complaints::default() })
+    }
+
+    /// A new one-time token for `node` (the boot script's, or an administrator's).
+    pub async fn token_for(&self, node: &Node) -> Result<EnrollToken, IdentityError> {
+        let token = format!("{ENROLL_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
+        let mac = *node.macs.first().ok_or_else(|| IdentityError::Invalid(format!("{} has no MAC", node.name)))?;
+        let expires = now() + ENROLL_TOKEN_SECS;
+        let rec = EnrollRecord { uid: node.uid.clone(), macs: node.macs.clone(), ip: node.ip, expires };
+        let body = serde_json::to_vec(&rec).map_err(|e| IdentityError::Internal(e.to_string()))?;
+        let lease = self.db.grant_lease(ENROLL_TOKEN_SECS as i64).await?;
+        self.db.txn(Txn::new().and_then([TxnOp::put_with_lease(schema::enroll(&hash(&token)), body, lease)])).await?;
+        Ok(EnrollToken { uid: node.uid.clone(), name: node.name.clone(), mac, token, expires })
+    }
+
+    /// Trades a token for the node's certificate: the token must be one this cluster made for the
+    /// node with this MAC, unused and unexpired, and the request must come from the node's
+    /// registered address. The old certificate of the node stops working.
+    pub async fn enroll(&self, req: &Enroll, peer: IpAddr) -> Result<Enrolled, IdentityError> {
+        let refused = |why: String| {
+            self.complaints.complain(format!("enroll {peer}"), || {
+                tracing::warn!(%peer, mac = %req.mac, "enrollment refused: {why} (logged once a minute per address)")
+            });
+            IdentityError::Refused(format!("enrollment refused: {why}"))
+        };
+        let well_formed = req
+            .token
+            .strip_prefix(ENROLL_TOKEN_PREFIX)
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        if !well_formed {
+            return Err(IdentityError::Invalid(format!(
+                "an enrollment token is {ENROLL_TOKEN_PREFIX} and 64 hexadecimal digits"
+            )));
+        }
+        let key = schema::enroll(&hash(&req.token));
+        let Some(kv) = self.db.get(&key).await? else {
+            return Err(refused("no such token (used already, expired, or never made by this cluster)".into()));
+        };
+        let rec: EnrollRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| IdentityError::Internal(format!("{key}: {e}")))?;
+        let Some(node) = self.nodes.by_uid(&rec.uid) else {
+            return Err(refused("the token's node no longer exists".into()));
+        };
+        if !rec.macs.contains(&req.mac) || !node.macs.contains(&req.mac) {
+            return Err(refused(format!("the token was not made for MAC {}", req.mac)));
+        }
+        if peer != IpAddr::V4(node.ip) || rec.ip != node.ip {
+            return Err(refused(format!("{} enrolls only from its address {}", node.name, node.ip)));
+        }
+        if rec.expires < now() {
+            return Err(refused("the token has expired".into()));
+        }
+        let issued = self
+            .ca
+            .issue(&node.uid, &[node.ip.to_string()], NODE_CERT_DAYS)
+            .map_err(|e| IdentityError::Internal(e.to_string()))?;
+        let fingerprint = clusterware_shared::pki::fingerprint(&issued.cert_pem);
+        let cert = NodeCertRecord { fingerprint, issued: now() };
+        let body = serde_json::to_vec(&cert).map_err(|e| IdentityError::Internal(e.to_string()))?;
+        let done = self
+            .db
+            .txn(
+                Txn::new()
+                    .when([Compare::unchanged(key.clone(), kv.mod_revision)])
+                    .and_then([TxnOp::delete(key), TxnOp::put(schema::node_cert(&node.uid), body)]),
+            )
+            .await?
+            .succeeded;
+        if !done {
+            return Err(refused("the token was used by another request at the same moment".into()));
+        }
+        tracing::info!(node = %node.name, mac = %req.mac, %peer, "node enrolled");
+        Ok(Enrolled { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: self.ca.cert_pem.clone() })
+    }
+
+    /// Whether `cert` is `node`'s current certificate.
+    pub fn check(&self, node: &Node, cert: Option<&ClientCert>) -> Result<(), IdentityError> {
+        let current = self.certs.get(&node.uid);
+        match (cert, current) {
+            (Some(c), Some(cur)) if clusterware_shared::auth::tokens_equal(&c.0, &cur.fingerprint) => Ok(()),
+            (None, _) => Err(IdentityError::Refused(format!(
+                "{} presented no certificate: a node enrolls with the token of its boot script (or of \
+                 `scyld-nodectl -i {} enroll`) and then presents the certificate it got",
+                node.name, node.name
+            ))),
+            (Some(_), _) => Err(IdentityError::Refused(format!(
+                "the certificate presented is not {}'s current one (revoked, or replaced by a later enrollment): it \
+                 enrolls again at its next network boot",
+                node.name
+            ))),
+        }
+    }
+
+    /// Whether `cert` is some node's current certificate.
+    pub fn is_node(&self, cert: Option<&ClientCert>) -> bool {
+        cert.is_some_and(|c| {
+            self.certs.values().iter().any(|r| clusterware_shared::auth::tokens_equal(&c.0, &r.fingerprint))
+        })
+    }
+
+    /// Takes the nodes' certificates back, and their unused tokens: each is shut out until it
+    /// enrolls with a new token. Returns how many had one.
+    pub async fn revoke(&self, uids: &[String]) -> Result<usize, IdentityError> {
+        let mut n = 0;
+        for uid in uids {
+            if self.db.delete(&schema::node_cert(uid)).await? {
+                n += 1;
+            }
+        }
+        let (tokens, _) = self.db.range(schema::ENROLL).await?;
+        for kv in tokens {
+            if serde_json::from_slice::<EnrollRecord>(&kv.value).is_ok_and(|r| uids.contains(&r.uid)) {
+                self.db.delete(&schema::enroll(&kv.key)).await?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Starts node identity: the copy of `node_certs/`, the enrollment route for nodes and the
+/// administrators' `nodes/enroll` and `nodes/revoke`.
+pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>, ca: Ca) -> Arc<Identity> {
+    let id = Identity::spawn(ctx.db.clone(), nodes.clone(), ca, ctx.sup);
+    ctx.serve(routes(id.clone()));
+    id
+}
+
+fn routes(id: Arc<Identity>) -> crate::core::http::Routes {
+    use axum::routing::post;
+    use clusterware_shared::api::path;
+    crate::core::http::Routes {
+        admin: axum::Router::new()
+            .route(path::NODES_ENROLL, post(admin_enroll))
+            .route(path::NODES_REVOKE, post(admin_revoke))
+            .with_state(id.clone()),
+        open: axum::Router::new()
+            .route(&format!("{}{}", path::AGENT, path::agent::ENROLL), post(agent_enroll))
+            .with_state(id),
+    }
+}
+
+/// `POST /api/v1/agent/enroll` (over HTTPS; no credential: the token is one).
+async fn agent_enroll(
+    axum::extract::State(id): axum::extract::State<Arc<Identity>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: axum::body::Bytes,
+) -> crate::core::http::ApiResult<axum::response::Response> {
+    let req: Enroll = crate::core::http::parse(&body)?;
+    let got = id.enroll(&req, peer.ip()).await?;
+    Ok(crate::core::http::json(axum::http::StatusCode::OK, &got))
+}
+
+/// The nodes a request names (uids), all of them known.
+fn named(id: &Identity, req: &clusterware_shared::api::DeleteNodes) -> Result<Vec<Arc<Node>>, IdentityError> {
+    req.nodes
+        .iter()
+        .map(|u| id.nodes.by_uid(u).ok_or_else(|| IdentityError::Invalid(format!("no node with uid {u}"))))
+        .collect()
+}
+
+/// `POST /api/v1/nodes/enroll`: one-time tokens for nodes that do not network-boot.
+async fn admin_enroll(
+    axum::extract::State(id): axum::extract::State<Arc<Identity>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: axum::body::Bytes,
+) -> crate::core::http::ApiResult<axum::response::Response> {
+    let req: clusterware_shared::api::DeleteNodes = crate::core::http::parse(&body)?;
+    let mut tokens = Vec::new();
+    for n in named(&id, &req)? {
+        tokens.push(id.token_for(&n).await?);
+    }
+    tracing::info!(%peer, count = tokens.len(), "enrollment tokens made");
+    Ok(crate::core::http::json(axum::http::StatusCode::OK, &clusterware_shared::agent::EnrollTokens { tokens }))
+}
+
+/// `POST /api/v1/nodes/revoke`: the nodes' certificates taken back.
+async fn admin_revoke(
+    axum::extract::State(id): axum::extract::State<Arc<Identity>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: axum::body::Bytes,
+) -> crate::core::http::ApiResult<axum::response::Response> {
+    let req: clusterware_shared::api::DeleteNodes = crate::core::http::parse(&body)?;
+    let nodes = named(&id, &req)?;
+    let uids: Vec<String> = nodes.iter().map(|n| n.uid.clone()).collect();
+    let had = id.revoke(&uids).await?;
+    tracing::warn!(%peer, count = uids.len(), had_certificates = had, "node certificates revoked");
+    let list = clusterware_shared::api::NodeList { nodes: nodes.iter().map(|n| (**n).clone()).collect() };
+    Ok(crate::core::http::json(axum::http::StatusCode::OK, &list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::db::embedded::Embedded;
+
+    #[tokio::test]
+    async fn a_token_works_once_from_its_node_only() {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let spec = clusterware_shared::api::NodeSpec {
+            macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+            ip: Some("10.0.0.5".parse().unwrap()),
+            ..Default::default()
+        };
+        let node = crate::registry::create(&db, vec![spec]).await.unwrap().remove(0);
+        let sup = Supervisor::new();
+        let nodes = NodeCache::spawn(db.clone(), &sup);
+        assert!(nodes.wait_ready(std::time::Duration::from_secs(5)).await);
+        let id = Identity::spawn(db.clone(), nodes, Ca::create().unwrap(), &sup);
+        assert!(id.certs.wait_ready(std::time::Duration::from_secs(5)).await);
+        let t = id.token_for(&node).await.unwrap();
+        let req = Enroll { mac: node.macs[0], token: t.token.clone() };
+        let from = |ip: &str| ip.parse::<IpAddr>().unwrap();
+        // From another address, with another MAC, or a forged token: refused, the token kept.
+        assert!(matches!(id.enroll(&req, from("10.0.0.6")).await, Err(IdentityError::Refused(_))));
+        let other = Enroll { mac: "52:54:00:00:00:02".parse().unwrap(), ..req.clone() };
+        assert!(matches!(id.enroll(&other, from("10.0.0.5")).await, Err(IdentityError::Refused(_))));
+        let forged = Enroll { token: format!("{ENROLL_TOKEN_PREFIX}{}", "0".repeat(64)), ..req.clone() };
+        assert!(matches!(id.enroll(&forged, from("10.0.0.5")).await, Err(IdentityError::Refused(_))));
+        let got = id.enroll(&req, from("10.0.0.5")).await.unwrap();
+        // Once only.
+        assert!(matches!(id.enroll(&req, from("10.0.0.5")).await, Err(IdentityError::Refused(_))));
+        let cert = ClientCert(clusterware_shared::pki::fingerprint(&got.cert_pem));
+        let mut ok = false;
+        for _ in 0..100 {
+            ok = id.check(&node, Some(&cert)).is_ok();
+            if ok {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(ok, "the new certificate is the node's");
+        assert!(id.is_node(Some(&cert)));
+        assert!(id.check(&node, None).is_err());
+        assert_eq!(id.revoke(std::slice::from_ref(&node.uid)).await.unwrap(), 1);
+        for _ in 0..100 {
+            if id.check(&node, Some(&cert)).is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(id.check(&node, Some(&cert)).is_err(), "revoked");
+        sup.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}
