@@ -70,7 +70,8 @@ fn push_rate(nodes: u32, interval_ms: u64) -> Vec<String> {
         "52:54:00:b0:00:00",
         &["--push-interval-ms", &interval, "--ramp-secs", &ramp],
     );
-    poll_until("fleet up", Duration::from_secs(120), || up_on(&sim, "head1", nodes as u64));
+    // Every node enrolls first (10,000 certificates from one head).
+    poll_until("fleet up", Duration::from_secs(600), || up_on(&sim, "head1", nodes as u64));
     std::thread::sleep(Duration::from_secs(2));
     let (a, ca) = (sim.summary(), counters(&c));
     std::thread::sleep(Duration::from_secs(6));

@@ -15,7 +15,7 @@
 //! current one is decided here.
 
 use crate::core::complaints::Complaints;
-use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
+use crate::core::db::{Compare, Database, DbError, Piece, Txn, TxnOp, commit_all};
 use crate::core::follow::Mirror;
 use crate::core::http::ClientCert;
 use crate::core::schema::{self, EnrollRecord, NodeCertRecord};
@@ -74,16 +74,31 @@ impl Identity {
         Arc::new(Identity { db, nodes, certs, ca, complaints: Complaints::default() })
     }
 
-    /// A new one-time token for `node` (the boot script's, or an administrator's).
+    /// A new one-time token for `node` (the boot script's).
     pub async fn token_for(&self, node: &Node) -> Result<EnrollToken, IdentityError> {
-        let token = format!("{ENROLL_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
-        let mac = *node.macs.first().ok_or_else(|| IdentityError::Invalid(format!("{} has no MAC", node.name)))?;
+        Ok(self.tokens_for(std::slice::from_ref(node)).await?.remove(0))
+    }
+
+    /// New one-time tokens for `nodes` (an administrator's, for nodes that do not network-boot):
+    /// under one lease, in as few transactions as the database takes.
+    pub async fn tokens_for(&self, nodes: &[Node]) -> Result<Vec<EnrollToken>, IdentityError> {
         let expires = now() + ENROLL_TOKEN_SECS;
-        let rec = EnrollRecord { uid: node.uid.clone(), macs: node.macs.clone(), ip: node.ip, expires };
-        let body = serde_json::to_vec(&rec).map_err(|e| IdentityError::Internal(e.to_string()))?;
         let lease = self.db.grant_lease(ENROLL_TOKEN_SECS as i64).await?;
-        self.db.txn(Txn::new().and_then([TxnOp::put_with_lease(schema::enroll(&hash(&token)), body, lease)])).await?;
-        Ok(EnrollToken { uid: node.uid.clone(), name: node.name.clone(), mac, token, expires })
+        let mut out = Vec::with_capacity(nodes.len());
+        let mut pieces = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let token = format!("{ENROLL_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
+            let mac = *node.macs.first().ok_or_else(|| IdentityError::Invalid(format!("{} has no MAC", node.name)))?;
+            let rec = EnrollRecord { uid: node.uid.clone(), macs: node.macs.clone(), ip: node.ip, expires };
+            let body = serde_json::to_vec(&rec).map_err(|e| IdentityError::Internal(e.to_string()))?;
+            pieces.push(Piece {
+                compares: vec![],
+                ops: vec![TxnOp::put_with_lease(schema::enroll(&hash(&token)), body, lease)],
+            });
+            out.push(EnrollToken { uid: node.uid.clone(), name: node.name.clone(), mac, token, expires });
+        }
+        commit_all(&self.db, pieces).await?;
+        Ok(out)
     }
 
     /// Trades a token for the node's certificate: the token must be one this cluster made for the
@@ -238,10 +253,8 @@ async fn admin_enroll(
     body: axum::body::Bytes,
 ) -> crate::core::http::ApiResult<axum::response::Response> {
     let req: clusterware_shared::api::DeleteNodes = crate::core::http::parse(&body)?;
-    let mut tokens = Vec::new();
-    for n in named(&id, &req)? {
-        tokens.push(id.token_for(&n).await?);
-    }
+    let nodes: Vec<Node> = named(&id, &req)?.into_iter().map(|n| (*n).clone()).collect();
+    let tokens = id.tokens_for(&nodes).await?;
     tracing::info!(%peer, count = tokens.len(), "enrollment tokens made");
     Ok(crate::core::http::json(axum::http::StatusCode::OK, &clusterware_shared::agent::EnrollTokens { tokens }))
 }
