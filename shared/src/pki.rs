@@ -191,36 +191,7 @@ pub fn first_der(pem: &str) -> Option<Vec<u8>> {
     let start = pem.find(BEGIN)? + BEGIN.len();
     let len = pem[start..].find(END)?;
     let b64: String = pem[start..start + len].chars().filter(|c| !c.is_whitespace()).collect();
-    base64_decode(&b64)
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
+    crate::agent::base64_decode(&b64)
 }
 
 /// The SHA-256 of a PEM certificate's DER (hex); empty when it is not one.
@@ -302,8 +273,8 @@ mod tests {
 
     #[test]
     fn base64() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVsbG8h").unwrap(), b"hello!");
-        assert!(base64_decode("a!").is_none());
+        assert_eq!(crate::agent::base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(crate::agent::base64_decode("aGVsbG8h").unwrap(), b"hello!");
+        assert!(crate::agent::base64_decode("a!").is_none());
     }
 }
