@@ -20,9 +20,9 @@ use clusterware_shared::agent::{
 use clusterware_shared::api::{
     AddMember, BootConfig, BootConfigDetail, BootConfigList, CloneRequest, ClusterCa, ClusterInfo, ConvertDatabase,
     CreateBootConfig, CreateImage, CreateNodes, CreateToken, DatabaseDump, DatabaseLoaded, DefaultBootConfig,
-    DeleteNodes, Failover, FailoverRequest, FileList, FileRecord, HeadList, HeadRef, Health, Image, ImageList,
-    MemberAdded, MembershipChange, NewToken, Node, NodeList, StorageCounters, TokenInfo, TokenList, UpdateBootConfig,
-    UpdateNodes,
+    DeleteNodes, Failover, FailoverRequest, FileCopy, FileList, FileRecord, HeadList, HeadRef, Health, Image,
+    ImageList, MemberAdded, MembershipChange, NewToken, Node, NodeList, StorageCounters, TokenInfo, TokenList,
+    UpdateBootConfig, UpdateNodes,
 };
 use clusterware_shared::power::{PowerRequest, PowerResults, SecretInfo, SecretList, SetSecret};
 use std::collections::BTreeMap;
@@ -276,6 +276,8 @@ endpoints! {
     fn files() -> FileList = GET path::FILES;
     /// `DELETE /files/{id}[?force=1]`.
     fn delete_file(id: &str, force: bool) -> FileRecord = DELETE path::file(id, force);
+    /// `POST /files/{id}/fetch`: the head makes sure it holds a verified copy (from a peer).
+    fn fetch_file(id: &str) -> FileCopy = POST path::file_fetch(id);
     /// `GET /storage`: this head's storage counters.
     fn storage() -> StorageCounters = GET path::STORAGE;
 

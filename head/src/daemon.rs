@@ -397,6 +397,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         db_mode,
         ssh_keys: read_ssh_keys(&cfg.ssh_key_files),
         peer_url: (db_mode == DbMode::EtcdMember).then(|| ctl.peer_url.clone()),
+        storage_id: Some(crate::storage::storage_id(&cfg.storage_dir)?),
     };
     // A database that just answered can still be too slow for one write (a loaded machine, a
     // leader election): that is worth waiting for, as for the database itself.

@@ -40,6 +40,8 @@ pub mod path {
     pub const FILE: &str = "/files/{id}";
     /// A boot file's bytes (no credential: nodes and peers read them).
     pub const FILE_CONTENT: &str = "/files/{id}/content";
+    /// A head fetches a verified copy of a file (heads ask each other after an upload).
+    pub const FILE_FETCH: &str = "/files/{id}/fetch";
     pub const STORAGE: &str = "/storage";
     pub const IMAGES: &str = "/images";
     pub const IMAGE: &str = "/images/{name}";
@@ -176,6 +178,10 @@ pub mod path {
     /// `GET`/`HEAD /files/{id}/content[?peer=1]` (`peer`: answer from the local copy only).
     pub fn file_content(id: &str, peer: bool) -> String {
         query(&fill(FILE_CONTENT, &[id]), &[("peer", flag(peer))])
+    }
+    /// `POST /files/{id}/fetch`.
+    pub fn file_fetch(id: &str) -> String {
+        fill(FILE_FETCH, &[id])
     }
     /// `PUT /files?name=&kind=&size=[&sha256=]`: an upload of `size` bytes.
     pub fn upload(name: &str, kind: &str, size: u64, sha256: Option<&str>) -> String {
@@ -579,9 +585,33 @@ pub fn is_file_id(s: &str) -> bool {
 }
 
 /// `GET /api/v1/files`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FileList {
     pub files: Vec<FileRecord>,
+    /// The heads holding a verified copy of each file, by id (from their last report).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub copies: std::collections::BTreeMap<String, FileCopies>,
+    /// Copies every file should have (`local_files.min_copies` for the cluster as it is).
+    #[serde(default)]
+    pub min_copies: u32,
+}
+
+/// Where one file is stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCopies {
+    /// Heads that reported a verified copy.
+    pub heads: Vec<String>,
+    /// Distinct copies (heads sharing a storage directory count once).
+    pub copies: u32,
+    /// Fewer copies than the minimum.
+    pub under_minimum: bool,
+}
+
+/// `POST /files/{id}/fetch`: a head made sure it holds a verified copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCopy {
+    pub id: String,
+    pub head: String,
 }
 
 /// What a head's local storage holds, from its last audit (`heads ls -l`).
@@ -597,6 +627,15 @@ pub struct StorageSummary {
     pub bytes: u64,
     /// When the audit ran, seconds since the Unix epoch.
     pub audited: u64,
+    /// The ids of the files this head holds a verified copy of, sorted.
+    #[serde(default)]
+    pub held: Vec<String>,
+    /// When the last scrub that hashed anything ended (0: none since start).
+    #[serde(default)]
+    pub scrubbed: u64,
+    /// Copies the scrub found bad since the head started.
+    #[serde(default)]
+    pub scrub_bad: u64,
 }
 
 /// `GET /api/v1/storage`: one head's live storage counters.
@@ -614,6 +653,15 @@ pub struct StorageCounters {
     pub quarantined: u64,
     /// Audits completed since start.
     pub audits: u64,
+    /// Bytes the scrub hashed since start.
+    #[serde(default)]
+    pub scrubbed_bytes: u64,
+    /// Copies the scrub found bad since start.
+    #[serde(default)]
+    pub scrub_bad: u64,
+    /// Scrub rounds completed since start.
+    #[serde(default)]
+    pub scrubs: u64,
 }
 
 /// One head node, as `scyld-clusterctl heads ls` shows it.
@@ -687,6 +735,7 @@ mod tests {
             (path::KEY, path::key("{name}")),
             (path::FILE, path::file("{id}", false)),
             (path::FILE_CONTENT, path::file_content("{id}", false)),
+            (path::FILE_FETCH, path::file_fetch("{id}")),
             (path::IMAGE, path::image("{name}", false)),
             (path::IMAGE_CLONE, path::image_clone("{name}")),
             (path::BOOT_CONFIG, path::boot_config("{name}", false)),

@@ -118,6 +118,15 @@ pub struct Config {
     pub sweep_interval_secs: u64,
     /// Seconds a deleted-files entry is kept for heads that have not processed it.
     pub deleted_ttl_secs: u64,
+    /// Storages an upload or import must be verified on before it is acknowledged
+    /// (`local_files.min_copies`; 0: 2 when the cluster has two heads or more, heads sharing a
+    /// directory counting once).
+    pub min_copies: u32,
+    /// Longest time a local copy goes without being hashed again (`local_files.scrub_interval`,
+    /// seconds; 0: no scrub).
+    pub scrub_interval_secs: u64,
+    /// MiB per second the scrub reads at most (`local_files.scrub_rate`).
+    pub scrub_rate_mib: u64,
     /// Public keys of this head's root that `update_keys` gives every node (files that do not
     /// exist are skipped).
     pub ssh_key_files: Vec<PathBuf>,
@@ -214,6 +223,9 @@ impl Default for Config {
             storage_dir: PathBuf::from("/opt/scyld/clusterware/storage"),
             audit_interval_secs: 300,
             sweep_interval_secs: 10,
+            min_copies: 0,
+            scrub_interval_secs: 7 * 86_400,
+            scrub_rate_mib: 64,
             deleted_ttl_secs: 3600,
             ssh_key_files: ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
                 .iter()
@@ -494,6 +506,9 @@ impl Config {
                 "local_files.audit_interval" => c.audit_interval_secs = int_value(value, 1, 86_400).map_err(bad)?,
                 "local_files.sweep_interval" => c.sweep_interval_secs = int_value(value, 1, 3600).map_err(bad)?,
                 "local_files.deleted_ttl" => c.deleted_ttl_secs = int_value(value, 60, 30 * 86_400).map_err(bad)?,
+                "local_files.min_copies" => c.min_copies = int_value(value, 0, 64).map_err(bad)? as u32,
+                "local_files.scrub_interval" => c.scrub_interval_secs = int_value(value, 0, 365 * 86_400).map_err(bad)?,
+                "local_files.scrub_rate" => c.scrub_rate_mib = int_value(value, 1, 1 << 20).map_err(bad)?,
                 _ => warnings.push(format!("{}:{line}: unknown key {key:?} ignored", path.display())),
             }
         }

@@ -149,7 +149,7 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
         print_json(&list);
         return Ok(());
     }
-    let files = if long { c.files()? } else { FileList { files: Vec::new() } };
+    let files = if long { c.files()? } else { FileList::default() };
     let fname = |id: &str| {
         files.files.iter().find(|f| f.id == id).map_or(id.to_string(), |f| format!("{} ({id})", shown(&f.name)))
     };

@@ -91,6 +91,15 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
         for w in clusterware_cli::membership::head_warnings(&list, c.inner().config().ca_pem.as_deref()) {
             eprintln!("scyld-clusterctl: warning: {w}");
         }
+        for h in list.heads.iter().filter(|h| h.storage.as_ref().is_some_and(|s| s.scrub_bad > 0)) {
+            let n = h.storage.as_ref().map_or(0, |s| s.scrub_bad);
+            eprintln!(
+                "scyld-clusterctl: warning: head {}: its scrub found {n} local copies that no longer matched since it \
+                 started (renamed .old.NN and fetched again); check its disk",
+                h.name
+            );
+        }
+        warn_under_minimum(&c.files()?);
     } else {
         for h in &list.heads {
             println!("{}", h.name);
@@ -108,15 +117,52 @@ fn files_ls(args: &Args, long: bool) -> CliResult<()> {
         let rows: Vec<Vec<String>> = list
             .files
             .iter()
-            .map(|f| vec![f.id.clone(), shown(&f.name).into(), f.kind.clone(), f.size.to_string(), f.sha256.clone()])
+            .map(|f| {
+                let copies = match list.copies.get(&f.id) {
+                    Some(c) if c.under_minimum => format!("{} of {} UNDER", c.copies, list.min_copies),
+                    Some(c) => format!("{} of {}", c.copies, list.min_copies),
+                    None => "-".into(),
+                };
+                let heads = list.copies.get(&f.id).map_or("-".into(), |c| c.heads.join(","));
+                vec![
+                    f.id.clone(),
+                    shown(&f.name).into(),
+                    f.kind.clone(),
+                    f.size.to_string(),
+                    copies,
+                    heads,
+                    f.sha256.clone(),
+                ]
+            })
             .collect();
-        print_table(&["ID", "NAME", "KIND", "SIZE", "SHA256"], &rows);
+        print_table(&["ID", "NAME", "KIND", "SIZE", "COPIES", "HEADS", "SHA256"], &rows);
+        warn_under_minimum(&list);
     } else {
         for f in &list.files {
             println!("{}  {}", f.id, shown(&f.name));
         }
     }
     Ok(())
+}
+
+/// Warns about the files with fewer verified copies than the cluster's minimum.
+fn warn_under_minimum(list: &FileList) {
+    let under: Vec<String> = list
+        .files
+        .iter()
+        .filter(|f| list.copies.get(&f.id).is_some_and(|c| c.under_minimum))
+        .map(|f| format!("{} ({})", f.id, shown(&f.name)))
+        .collect();
+    if !under.is_empty() {
+        eprintln!(
+            "scyld-clusterctl: warning: {} file(s) have fewer verified copies than the minimum of {}: {}; each alive \
+             head fetches what it is missing at its next audit (local_files.audit_interval), a head that is down \
+             when it starts again",
+            under.len(),
+            list.min_copies,
+            under.join(", ")
+        );
+    }
 }
 
 fn upload(args: &Args, path: &PathBuf, name: Option<&str>, kind: &str) -> CliResult<()> {
@@ -144,7 +190,7 @@ fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
         out.push(rec);
     }
     if args.json {
-        print_json(&FileList { files: out });
+        print_json(&FileList { files: out, ..Default::default() });
     }
     Ok(())
 }

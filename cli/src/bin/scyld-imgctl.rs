@@ -75,7 +75,7 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
         print_json(&list);
         return Ok(());
     }
-    let files = if long { c.files()? } else { FileList { files: Vec::new() } };
+    let files = if long { c.files()? } else { FileList::default() };
     for i in &list.images {
         println!("{}", i.name);
         if long {

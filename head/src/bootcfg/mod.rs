@@ -46,6 +46,13 @@ impl crate::core::http::HasKind for BootError {
             BootError::Storage(e) => e.kind(),
         }
     }
+
+    fn degraded(&self) -> bool {
+        match self {
+            BootError::Record(e) => e.degraded(),
+            BootError::Storage(e) => e.degraded(),
+        }
+    }
 }
 
 pub type Result<T, E = BootError> = std::result::Result<T, E>;

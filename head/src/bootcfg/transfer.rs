@@ -121,9 +121,10 @@ pub async fn export(
             ))));
         }
     }
-    let mut paths = Vec::new();
+    // Each file opened once verified: the archive carries the bytes that were checked.
+    let mut opened = Vec::new();
     for f in &d.files {
-        paths.push((f.clone(), storage.ensure(f, true).await?));
+        opened.push((f.clone(), storage.open_verified(f, true).await?));
     }
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -142,15 +143,15 @@ pub async fn export(
             let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(256 << 10) });
             let mut h = header(body.len() as u64, manifest.created);
             b.append_data(&mut h, MANIFEST, body.as_slice())?;
-            for (rec, path) in &paths {
-                let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+            for (rec, file) in opened.iter() {
+                let f = std::io::BufReader::with_capacity(1 << 20, file);
                 let mut h = header(rec.size, rec.created);
                 b.append_data(&mut h, format!("files/{}", rec.id), f.take(rec.size))?;
             }
             b.into_inner()?.flush()
         })();
         match r {
-            Ok(()) => tracing::info!(boot_config = %name, files = paths.len(), "boot config exported"),
+            Ok(()) => tracing::info!(boot_config = %name, files = opened.len(), "boot config exported"),
             Err(e) => {
                 tracing::warn!(boot_config = %name, error = %e, "export stopped");
                 let _ = err_tx.blocking_send(Err(e));
@@ -298,6 +299,9 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
 {
+    if !o.dry_run {
+        storage.check_copies_possible("the import").await?;
+    }
     let reader = tokio_util::io::StreamReader::new(body.map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))));
     let reader = tokio_util::io::SyncIoBridge::new(reader);
     let staging = storage.new_staging("import")?;
@@ -307,7 +311,40 @@ where
         .await
         .map_err(|e| BootError::from(RecordError::Invalid(format!("import task failed: {e}"))));
     let _ = std::fs::remove_dir_all(&staging);
-    r?
+    let report = r??;
+    if !report.dry_run {
+        // Acknowledged only once every new file is verified on its minimum of heads; else undone.
+        for f in report.files.iter().filter(|f| f.action == "added") {
+            let copied = match storage.record(&f.id).await {
+                Ok(rec) => storage.replicate(&rec).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = copied {
+                undo_import(db, storage, &report).await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Removes what an import created (its boot config, its image, the files it added).
+async fn undo_import(db: &Database, storage: &Arc<Storage>, report: &ImportReport) {
+    if let Err(e) = bootcfg::delete_config(db, storage, &report.boot_config, true).await {
+        tracing::error!(boot_config = %report.boot_config, error = %e, "cannot undo an import that was not acknowledged");
+    }
+    if let Some(image) = &report.image {
+        if let Err(e) = bootcfg::delete_image(db, storage, image, true).await {
+            tracing::error!(%image, error = %e, "cannot undo an import that was not acknowledged");
+        }
+    }
+    for f in report.files.iter().filter(|f| f.action == "added") {
+        match storage.delete(&f.id).await {
+            Ok(_) | Err(crate::storage::StorageError::NotFound(_)) => {}
+            Err(e) => tracing::error!(file = %f.id, error = %e, "cannot undo an import that was not acknowledged"),
+        }
+    }
+    tracing::warn!(boot_config = %report.boot_config, "import undone: its files could not be verified on their minimum of heads");
 }
 
 const BLOCK: usize = 1 << 20;
@@ -829,11 +866,12 @@ mod tests {
             for prefix in [FILES, schema::IMAGES, schema::BOOTCONFIGS] {
                 assert!(self.db.range(prefix).await.unwrap().0.is_empty(), "{prefix} written");
             }
-            let names: Vec<String> = std::fs::read_dir(self.dir.path())
+            let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
-            assert_eq!(names, [".tmp"], "storage written");
+            names.sort();
+            assert_eq!(names, [".locks", ".storage-id", ".tmp"], "storage written");
             assert_eq!(std::fs::read_dir(self.dir.path().join(".tmp")).unwrap().count(), 0, "staging left");
         }
     }

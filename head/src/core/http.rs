@@ -41,6 +41,12 @@ pub const BODY_LIMIT: usize = 64 << 20;
 /// An error that knows which class of failure it is (and so its HTTP status).
 pub trait HasKind: std::fmt::Display {
     fn kind(&self) -> ErrorKind;
+
+    /// Whether the failure comes from the database's lack of quorum (the answer then says what
+    /// the head still does and how it recovers).
+    fn degraded(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
 }
 
 /// Why a request failed: its kind and the message the administrator reads.
@@ -64,7 +70,11 @@ impl ApiFailure {
 
 impl<E: HasKind> From<E> for ApiFailure {
     fn from(e: E) -> ApiFailure {
-        ApiFailure { kind: e.kind(), message: e.to_string() }
+        let mut message = e.to_string();
+        if e.degraded() {
+            message.push_str(DEGRADED);
+        }
+        ApiFailure { kind: e.kind(), message }
     }
 }
 
@@ -75,11 +85,7 @@ impl IntoResponse for ApiFailure {
         if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
             tracing::warn!(error = %self.message, "request failed");
         }
-        let mut message = self.message;
-        if kind == ErrorKind::Unavailable {
-            message.push_str(DEGRADED);
-        }
-        (status, axum::Json(ApiError { kind, message })).into_response()
+        (status, axum::Json(ApiError { kind, message: self.message })).into_response()
     }
 }
 

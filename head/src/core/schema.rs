@@ -236,6 +236,10 @@ pub struct HeadRecord {
     /// time after it starts, its peer URL is known from the moment it is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_url: Option<String>,
+    /// The id of its storage directory (`.storage-id` there): heads with the same id share one
+    /// directory, so one copy of each file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_id: Option<String>,
 }
 
 impl HeadRecord {
@@ -375,6 +379,7 @@ impl HeadRecord {
             db_mode: DbMode::EtcdMember,
             ssh_keys: vec![],
             peer_url: None,
+            storage_id: None,
         }
     }
 

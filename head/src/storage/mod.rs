@@ -2,18 +2,35 @@
 //! image, …) under `local_files.path`, named by the file's id, and checks it against the size
 //! and SHA-256 in the database before serving it.
 //!
-//! - **Verification** is done once: what was verified is remembered as (device, inode, size,
-//!   mtime) → checksum, in memory and in `.verified-<head>.json`, and a file is hashed again only
-//!   when one of those changes.
+//! - **Verification**: what was verified is remembered as (device, inode, size, mtime, ctime)
+//!   → checksum, in memory and in `.verified-<head>.json`, and a request hashes a file again only
+//!   when one of those changes. ctime is in the stamp because nobody can set it back: a copy
+//!   changed behind the head's back and given its old mtime is hashed again.
+//! - **Scrub**: bit rot changes no timestamp, so a verification expires. The scrub hashes every
+//!   local copy whose last hash is older than `local_files.scrub_interval` again, reading at most
+//!   `local_files.scrub_rate` MiB/s, and treats a copy that no longer matches like any other bad
+//!   copy (renamed, fetched again); what it found is logged, counted and in `heads ls -l`.
+//! - **One check per file**: requests from nodes and from peers, the audit and the scrub take
+//!   one file's guard before they hash, rename or write its copy: an async mutex within the head
+//!   and an `flock` on `.locks/<id>` among heads that share the directory. A request is served
+//!   from the file it opened and verified (or found verified): a rename after that does not
+//!   change the bytes it sends. A head asked by a peer does not wait long for the guard and
+//!   answers "not here" at once while it is fetching the file itself.
 //! - **Quarantine**: a local copy that does not match is renamed `<id>.old.NN` (the next free NN
-//!   from 00 to 99; link-then-unlink, so two heads on shared storage never overwrite each
-//!   other's), then fetched again.
-//! - **Peer download**: a head without a good copy asks the other alive heads, in random order,
-//!   whether they have one of the right size (HEAD), downloads it from the first that does,
-//!   hashing while it receives, and keeps it only if the checksum matches; otherwise it tries
-//!   the next. A head asked by a peer never downloads from peers itself (no cascade when a file
-//!   is missing everywhere). Concurrent requests for one file share one download. The requester
-//!   serves the bytes once they are verified: nothing unverified is ever served.
+//!   from 00 to 99; link-then-unlink, so nothing is ever overwritten), then fetched again.
+//! - **Peer download**: a head without a good copy asks the other alive heads that do not share
+//!   its directory, in random order, whether they have one of the right size (HEAD), downloads
+//!   it from the first that does, hashing while it receives, and keeps it only if the checksum
+//!   matches; otherwise it tries the next. A head asked by a peer never downloads from peers
+//!   itself (no cascade when a file is missing everywhere). Concurrent requests for one file
+//!   share one download. Nothing unverified is ever served.
+//! - **Shared storage**: the directory holds `.storage-id`, a random id written by the first
+//!   head that used it; each head publishes it in its record. Heads with the same id count as
+//!   one copy and never download from each other.
+//! - **Copies**: an upload (and an import) is acknowledged only once the file is verified on
+//!   `local_files.min_copies` storages (by default 2 when the cluster has two or more); the
+//!   other alive heads are then asked to fetch it in the background, and each head's audit
+//!   fetches whatever it is missing. Each head publishes the ids it holds in `storage/<head>`.
 //! - **Writes** (uploads and downloads) go to `.tmp/<head>-<id>-<random>.part`, are fsynced,
 //!   renamed into place and the directory fsynced; the database record of an upload is written
 //!   only after that. A crash leaves nothing under a final name.
@@ -31,16 +48,15 @@ use crate::core::schema::{ALIVE, DELETED, DeletedEntry, FILES, HEADS, HeadRecord
 
 use crate::core::unix_now as now;
 use bytes::Bytes;
-use clusterware_shared::api::{FileRecord, StorageCounters, StorageSummary, is_file_id};
-use futures::future::{BoxFuture, FutureExt, Shared};
+use clusterware_shared::api::{FileCopies, FileRecord, StorageCounters, StorageSummary, is_file_id};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,7 +65,13 @@ use std::time::Duration;
 const UNREFERENCED_GRACE: Duration = Duration::from_secs(60);
 /// How long a peer may stay silent during a download.
 const PEER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request from a peer waits for a file's guard before it answers "not here".
+const PEER_GUARD_WAIT: Duration = Duration::from_secs(5);
+/// How long an upload waits for each head asked to hold a copy before it is acknowledged.
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 const CHUNK: usize = 1 << 20;
+/// The marker naming a storage directory, shared or not.
+const MARKER: &str = ".storage-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -59,6 +81,9 @@ pub enum StorageError {
     NotHere { id: String },
     #[error("file {id} ({name}) has no good copy on this head nor on any of the {asked} other heads asked")]
     Unavailable { id: String, name: String, asked: usize },
+    /// Fewer heads can hold a copy than the minimum asks for.
+    #[error("{0}")]
+    TooFewCopies(String),
     #[error("{0}")]
     Invalid(String),
     #[error("storage I/O on {}: {source}", path.display())]
@@ -67,6 +92,9 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// A fault of the head itself.
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -78,10 +106,15 @@ impl crate::core::http::HasKind for StorageError {
             StorageError::NotFound(_) | StorageError::NotHere { .. } | StorageError::Unavailable { .. } => {
                 ErrorKind::NotFound
             }
+            StorageError::TooFewCopies(_) => ErrorKind::Unavailable,
             StorageError::Invalid(_) => ErrorKind::BadRequest,
-            StorageError::Io { .. } => ErrorKind::Internal,
+            StorageError::Io { .. } | StorageError::Internal(_) => ErrorKind::Internal,
             StorageError::Db(e) => e.kind(),
         }
+    }
+
+    fn degraded(&self) -> bool {
+        matches!(self, StorageError::Db(e) if e.degraded())
     }
 }
 
@@ -91,18 +124,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |source| StorageError::Io { path: path.to_path_buf(), source }
 }
 
-/// What identifies one version of a file on disk.
+/// What identifies one version of a file on disk. ctime is there because no user can set it
+/// back: whoever writes a copy and restores its mtime still changes its ctime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
+pub struct Stamp {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i64,
+    ctime_ns: i64,
 }
 
 impl Stamp {
     fn of(m: &std::fs::Metadata) -> Stamp {
-        Stamp { dev: m.dev(), ino: m.ino(), size: m.len(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() }
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
     }
 }
 
@@ -110,13 +151,17 @@ impl Stamp {
 struct Verified {
     stamp: Stamp,
     sha256: String,
-    /// Wall-clock time of the verification, in ns since the epoch.
-    #[serde(default)]
+    /// Wall-clock time of the last hash of every byte, in ns since the epoch (the scrub hashes
+    /// again what is older than its interval).
     at_ns: i64,
+    /// This head wrote these bytes while hashing them (an upload or a download), and took the
+    /// stamp after the rename: the racy window below does not apply.
+    #[serde(default)]
+    written: bool,
 }
 
-/// A file modified less than this before it was verified may have been modified again within
-/// the same timestamp tick without its mtime changing (git's "racily clean" problem): such a
+/// A file changed less than this before it was verified may have been changed again within
+/// the same timestamp tick without its stamp changing (git's "racily clean" problem): such a
 /// verification is not trusted, and the file is hashed again at the next request.
 const RACY_NS: i64 = 100_000_000;
 
@@ -125,23 +170,35 @@ fn now_ns() -> i64 {
 }
 
 impl Verified {
-    fn new(stamp: Stamp, sha256: String) -> Verified {
-        Verified { stamp, sha256, at_ns: now_ns() }
+    fn new(stamp: Stamp, sha256: String, written: bool) -> Verified {
+        Verified { stamp, sha256, at_ns: now_ns(), written }
     }
 
     /// Whether this verification still vouches for a file with this stamp and checksum.
     fn vouches(&self, stamp: &Stamp, sha256: &str) -> bool {
-        self.stamp == *stamp && self.sha256 == sha256 && self.at_ns - stamp.mtime_ns > RACY_NS
+        self.stamp == *stamp
+            && self.sha256 == sha256
+            && (self.written || self.at_ns - stamp.mtime_ns.max(stamp.ctime_ns) > RACY_NS)
     }
 }
 
-/// Why a local copy cannot be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a check of the local copy found.
+#[derive(Debug)]
 enum Local {
-    Good,
+    /// Verified: the file, opened and at its start.
+    Good(std::fs::File),
     Missing,
     /// It did not match and was renamed `.old.NN`.
     Bad,
+}
+
+/// How a check reads the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Trust a verification of the same stamp.
+    Cached,
+    /// Hash every byte again, at most this many bytes per second (the scrub).
+    Scrub(u64),
 }
 
 #[derive(Default)]
@@ -152,58 +209,182 @@ struct Counters {
     peer_rejects: AtomicU64,
     quarantined: AtomicU64,
     audits: AtomicU64,
+    scrubbed_bytes: AtomicU64,
+    scrub_bad: AtomicU64,
+    scrubs: AtomicU64,
 }
 
-/// How a shared check-and-fetch ended, for every request that waited on it.
+/// What storage is configured to do (`local_files.*`).
 #[derive(Debug, Clone)]
-enum FlightError {
-    NotHere,
-    Unavailable { asked: usize },
-    Other(String),
+pub struct Settings {
+    /// Storages an upload must be verified on before it is acknowledged; 0: 2 when the cluster
+    /// has two or more.
+    pub min_copies: u32,
+    /// The longest time a local copy goes without being hashed again.
+    pub scrub_interval: Duration,
+    /// Bytes per second the scrub reads at most.
+    pub scrub_rate: u64,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<(), FlightError>>>;
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { min_copies: 0, scrub_interval: Duration::from_secs(7 * 86_400), scrub_rate: 64 << 20 }
+    }
+}
+
+type LockMap = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// The right to check, rename or write one file's copy: within the head and among the heads
+/// that share the directory. Released on drop.
+struct Guard {
+    id: String,
+    locks: LockMap,
+    _flock: nix::fcntl::Flock<std::fs::File>,
+    _inner: tokio::sync::OwnedMutexGuard<()>,
+}
+
+fn forget_lock(locks: &LockMap, id: &str, holders: usize) {
+    let mut m = lock(locks);
+    if m.get(id).is_some_and(|a| Arc::strong_count(a) <= holders) {
+        m.remove(id);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // The map's and this guard's: nobody else waits.
+        forget_lock(&self.locks, &self.id, 2);
+    }
+}
+
+/// Marks a file as being fetched from peers while it lives.
+struct Fetching<'a>(&'a Mutex<HashSet<String>>, String);
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
+    }
+}
 
 /// One head's storage.
 pub struct Storage {
     dir: PathBuf,
     tmp: PathBuf,
+    locks_dir: PathBuf,
     head: String,
+    /// The id in the directory's marker (the same for heads sharing it).
+    storage_id: String,
+    settings: Settings,
     db: Database,
     verified: Mutex<HashMap<String, Verified>>,
     /// The verification cache changed since it was last saved.
-    verified_dirty: std::sync::atomic::AtomicBool,
-    flights: Mutex<HashMap<(String, bool), Flight>>,
-    /// Other heads (boot file contents need no credential).
+    verified_dirty: AtomicBool,
+    locks: LockMap,
+    /// Files this head is downloading from peers now.
+    fetching: Mutex<HashSet<String>>,
+    /// Other heads, for boot file contents.
     peers: Peers,
+    /// Other heads, asked to take a copy (a call that lasts as long as the download).
+    copiers: Peers,
     counters: Counters,
+    complaints: crate::core::complaints::Complaints,
     /// The records read last, by id: while the database has no quorum, a file whose copy was
     /// verified against its record is still served.
     records: Mutex<HashMap<String, FileRecord>>,
+    /// The ids last published in `storage/<head>`, and whether they may have changed since.
+    published: tokio::sync::Mutex<Option<StorageSummary>>,
+    held_dirty: AtomicBool,
+    /// When the last scrub that hashed anything ended, seconds since the epoch.
+    scrubbed_at: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Hashes a file; returns (size, hex SHA-256).
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
+/// Hashes what is left of a reader, at most `rate` bytes per second when given; stops early
+/// when `stop` is set. Returns (size, hex SHA-256).
+fn hash_reader(r: &mut impl Read, rate: Option<u64>, stop: &AtomicBool) -> std::io::Result<(u64, String)> {
+    let started = std::time::Instant::now();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut n = 0u64;
     loop {
-        let r = f.read(&mut buf)?;
-        if r == 0 {
+        if stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("stopped"));
+        }
+        let got = r.read(&mut buf)?;
+        if got == 0 {
             break;
         }
-        h.update(&buf[..r]);
-        n += r as u64;
+        h.update(&buf[..got]);
+        n += got as u64;
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(n as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     Ok((n, hex::encode(h.finalize())))
 }
 
+/// Opens a copy for reading without following a link and without blocking on a FIFO.
+fn open_copy(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path)
+}
+
+/// Sets a flag when dropped (a blocking hash whose caller went away stops).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The id of a storage directory: read from its marker, or written there first (creating the
+/// directory). Heads that share the directory read the same id.
+pub fn storage_id(dir: &Path) -> Result<String> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let marker = dir.join(MARKER);
+    for _ in 0..50 {
+        match std::fs::read_to_string(&marker) {
+            Ok(s) if is_file_id(s.trim()) => return Ok(s.trim().to_string()),
+            // Another head is writing it (create then write): read again.
+            Ok(s) if s.is_empty() => std::thread::sleep(Duration::from_millis(20)),
+            Ok(s) => {
+                return Err(StorageError::Internal(format!(
+                    "{} holds {:?}, not a storage id: remove it (a new id is written at the next start)",
+                    marker.display(),
+                    s.chars().take(40).collect::<String>()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+                    Ok(mut f) => {
+                        f.write_all(id.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&marker))?;
+                        fsync_dir(dir).map_err(io(dir))?;
+                        return Ok(id);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(io(&marker)(e)),
+                }
+            }
+            Err(e) => return Err(io(&marker)(e)),
+        }
+    }
+    Err(StorageError::Internal(format!("{} stays empty: remove it", marker.display())))
+}
+
 use clusterware_shared::fsutil::{fsync_dir, write_atomic};
+
+/// The heads in the database: every record, and the names of the alive ones.
+struct HeadsNow {
+    all: Vec<HeadRecord>,
+    alive: HashSet<String>,
+}
 
 impl Storage {
     /// Opens the storage directory (creating it), removes this head's leftover temporary files
@@ -211,8 +392,21 @@ impl Storage {
     /// `head_token`: the heads' credential, which peer downloads carry (a root image is served
     /// only to heads, nodes and administrators).
     pub fn open(dir: &Path, head: &str, db: Database, head_token: &str) -> Result<Arc<Storage>> {
+        Storage::open_with(dir, head, db, head_token, Settings::default())
+    }
+
+    pub fn open_with(
+        dir: &Path,
+        head: &str,
+        db: Database,
+        head_token: &str,
+        settings: Settings,
+    ) -> Result<Arc<Storage>> {
+        let storage_id = storage_id(dir)?;
         let tmp = dir.join(".tmp");
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let locks_dir = dir.join(".locks");
+        std::fs::create_dir_all(&locks_dir).map_err(io(&locks_dir))?;
         let prefix = format!("{head}-");
         for e in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
@@ -220,6 +414,7 @@ impl Storage {
                 let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
             }
         }
+        // A cache from before ctime was in the stamp does not read: everything is hashed again.
         let verified = std::fs::read(dir.join(format!(".verified-{head}.json")))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -227,14 +422,29 @@ impl Storage {
         Ok(Arc::new(Storage {
             dir: dir.to_path_buf(),
             tmp,
+            locks_dir,
             head: head.to_string(),
+            storage_id,
+            settings,
             db,
             verified: Mutex::new(verified),
-            verified_dirty: std::sync::atomic::AtomicBool::new(false),
-            flights: Mutex::new(HashMap::new()),
+            verified_dirty: AtomicBool::new(false),
+            locks: LockMap::default(),
+            fetching: Mutex::new(HashSet::new()),
             peers: Peers::new(Some(head_token), crate::core::peers::timeouts(PEER_READ_TIMEOUT.as_secs())),
+            copiers: Peers::new(
+                Some(head_token),
+                clusterware_client::Timeouts {
+                    request: COPY_TIMEOUT,
+                    ..crate::core::peers::timeouts(PEER_READ_TIMEOUT.as_secs())
+                },
+            ),
             counters: Counters::default(),
+            complaints: Default::default(),
             records: Mutex::new(HashMap::new()),
+            published: tokio::sync::Mutex::new(None),
+            held_dirty: AtomicBool::new(true),
+            scrubbed_at: AtomicU64::new(0),
         }))
     }
 
@@ -257,6 +467,9 @@ impl Storage {
             peer_rejects: c.peer_rejects.load(Ordering::Relaxed),
             quarantined: c.quarantined.load(Ordering::Relaxed),
             audits: c.audits.load(Ordering::Relaxed),
+            scrubbed_bytes: c.scrubbed_bytes.load(Ordering::Relaxed),
+            scrub_bad: c.scrub_bad.load(Ordering::Relaxed),
+            scrubs: c.scrubs.load(Ordering::Relaxed),
         }
     }
 
@@ -267,12 +480,18 @@ impl Storage {
     fn remember(&self, id: &str, v: Verified) {
         lock(&self.verified).insert(id.to_string(), v);
         self.verified_dirty.store(true, Ordering::Relaxed);
+        self.held_dirty.store(true, Ordering::Relaxed);
     }
 
     fn forget(&self, id: &str) {
         if lock(&self.verified).remove(id).is_some() {
             self.verified_dirty.store(true, Ordering::Relaxed);
+            self.held_dirty.store(true, Ordering::Relaxed);
         }
+    }
+
+    fn vouched(&self, id: &str, stamp: &Stamp, sha256: &str) -> bool {
+        lock(&self.verified).get(id).is_some_and(|v| v.vouches(stamp, sha256))
     }
 
     /// Saves the verification cache, when it changed.
@@ -313,7 +532,7 @@ impl Storage {
             StorageError::NotFound(id.to_string())
         })?;
         let rec: FileRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| StorageError::Invalid(format!("corrupt record for file {id}: {e}")))?;
+            .map_err(|e| StorageError::Internal(format!("corrupt record for file {id}: {e}")))?;
         lock(&self.records).insert(id.to_string(), rec.clone());
         Ok(rec)
     }
@@ -328,121 +547,214 @@ impl Storage {
     /// True when the local copy is known good without reading it.
     fn known_good(&self, rec: &FileRecord) -> bool {
         let Ok(m) = std::fs::symlink_metadata(self.path(&rec.id)) else { return false };
-        m.file_type().is_file()
-            && m.len() == rec.size
-            && lock(&self.verified).get(&rec.id).is_some_and(|v| v.vouches(&Stamp::of(&m), &rec.sha256))
+        m.file_type().is_file() && m.len() == rec.size && self.vouched(&rec.id, &Stamp::of(&m), &rec.sha256)
     }
 
-    /// Checks the local copy, hashing it if it was not verified in this version; a copy that
-    /// does not match is quarantined.
-    async fn check_local(&self, rec: &FileRecord) -> Result<Local> {
-        let path = self.path(&rec.id);
-        let m = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Local::Missing),
-            Err(e) => return Err(io(&path)(e)),
+    /// The local copy opened, when a verification vouches for the file opened.
+    fn open_known_good(&self, rec: &FileRecord) -> Option<std::fs::File> {
+        let f = open_copy(&self.path(&rec.id)).ok()?;
+        let m = f.metadata().ok()?;
+        (m.file_type().is_file() && m.len() == rec.size && self.vouched(&rec.id, &Stamp::of(&m), &rec.sha256))
+            .then_some(f)
+    }
+
+    /// Takes one file's guard: `wait` bounds the wait (`None` when it ran out).
+    async fn guard(&self, id: &str, wait: Option<Duration>) -> Result<Option<Guard>> {
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        let m = lock(&self.locks).entry(id.to_string()).or_default().clone();
+        let inner = match deadline {
+            None => m.lock_owned().await,
+            Some(d) => match tokio::time::timeout_at(d, m.lock_owned()).await {
+                Ok(g) => g,
+                Err(_) => {
+                    forget_lock(&self.locks, id, 1);
+                    return Ok(None);
+                }
+            },
         };
-        if self.known_good(rec) {
-            return Ok(Local::Good);
-        }
-        let good = if !m.file_type().is_file() || m.len() != rec.size {
-            false
-        } else {
-            let p = path.clone();
-            let (n, sha) = tokio::task::spawn_blocking(move || hash_file(&p))
-                .await
-                .map_err(|e| StorageError::Invalid(format!("hashing task failed: {e}")))?
-                .map_err(io(&path))?;
-            self.counters.hashed_bytes.fetch_add(n, Ordering::Relaxed);
-            // Stat again: the stamp must be the one of the bytes just hashed.
-            let m2 = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-            if sha == rec.sha256 && n == rec.size && Stamp::of(&m2) == Stamp::of(&m) {
-                self.remember(&rec.id, Verified::new(Stamp::of(&m), sha));
-                true
-            } else {
-                false
+        let path = self.locks_dir.join(id);
+        let opened = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                drop(inner);
+                forget_lock(&self.locks, id, 1);
+                return Err(io(&path)(e));
             }
         };
-        if good {
-            return Ok(Local::Good);
+        use nix::fcntl::{Flock, FlockArg};
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(flock) => {
+                    return Ok(Some(Guard {
+                        id: id.to_string(),
+                        locks: self.locks.clone(),
+                        _flock: flock,
+                        _inner: inner,
+                    }));
+                }
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        drop(inner);
+                        forget_lock(&self.locks, id, 1);
+                        return Ok(None);
+                    }
+                    file = f;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((_, e)) => {
+                    drop(inner);
+                    forget_lock(&self.locks, id, 1);
+                    return Err(io(&path)(e.into()));
+                }
+            }
+        }
+    }
+
+    /// Checks the local copy (the caller holds its guard), hashing it unless a verification
+    /// of this very version vouches for it (or always, for the scrub); a copy that does not
+    /// match is quarantined.
+    async fn check_local(&self, rec: &FileRecord, how: Check) -> Result<Local> {
+        let path = self.path(&rec.id);
+        let opened = match open_copy(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Local::Missing),
+            // A link.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => None,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if let Some(f) = opened {
+            let m = f.metadata().map_err(io(&path))?;
+            let stamp = Stamp::of(&m);
+            if m.file_type().is_file() && m.len() == rec.size {
+                if how == Check::Cached && self.vouched(&rec.id, &stamp, &rec.sha256) {
+                    return Ok(Local::Good(f));
+                }
+                let rate = match how {
+                    Check::Cached => None,
+                    Check::Scrub(r) => Some(r),
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                let _stop = StopOnDrop(stop.clone());
+                let (f, hashed) = tokio::task::spawn_blocking(move || {
+                    let mut f = f;
+                    let r = hash_reader(&mut f, rate, &stop);
+                    (f, r)
+                })
+                .await
+                .map_err(|e| StorageError::Internal(format!("hashing task failed: {e}")))?;
+                let (n, sha) = hashed.map_err(io(&path))?;
+                self.counters.hashed_bytes.fetch_add(n, Ordering::Relaxed);
+                if rate.is_some() {
+                    self.counters.scrubbed_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+                // The stamp must be the one of the bytes just hashed.
+                let m2 = f.metadata().map_err(io(&path))?;
+                if sha == rec.sha256 && n == rec.size && Stamp::of(&m2) == stamp {
+                    self.remember(&rec.id, Verified::new(stamp, sha, false));
+                    let mut f = f;
+                    f.rewind().map_err(io(&path))?;
+                    return Ok(Local::Good(f));
+                }
+            }
         }
         self.forget(&rec.id);
         match quarantine(&path)? {
             Some(to) => {
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(file = %rec.id, name = %rec.name, renamed = %to.display(), "local copy does not match its size and checksum; renamed");
+                if matches!(how, Check::Scrub(_)) {
+                    self.counters.scrub_bad.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(file = %rec.id, name = %rec.name, renamed = %to.display(), scrub = matches!(how, Check::Scrub(_)), "local copy does not match its size and checksum; renamed");
             }
-            None => tracing::info!(file = %rec.id, "bad local copy already moved away (shared storage)"),
+            None => tracing::info!(file = %rec.id, "bad local copy already moved away"),
         }
         Ok(Local::Bad)
     }
 
-    /// Makes sure a good local copy exists and returns its path. With `from_peers`, a missing
-    /// or bad copy is fetched from another head; without (a peer is asking), it is not.
+    /// A verified copy, opened: the bytes served are the ones verified, whatever is renamed
+    /// later. With `from_peers`, a missing or bad copy is fetched from another head; without (a
+    /// peer is asking), it is not, and a file this head is fetching itself is "not here".
     /// Concurrent calls for one file share the work.
-    pub async fn ensure(self: &Arc<Self>, rec: &FileRecord, from_peers: bool) -> Result<PathBuf> {
-        if self.known_good(rec) {
-            return Ok(self.path(&rec.id));
+    pub async fn open_verified(self: &Arc<Self>, rec: &FileRecord, from_peers: bool) -> Result<std::fs::File> {
+        if let Some(f) = self.open_known_good(rec) {
+            return Ok(f);
         }
-        let key = (rec.id.clone(), from_peers);
-        let flight = {
-            let mut flights = lock(&self.flights);
-            flights
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let me = self.clone();
-                    let rec = rec.clone();
-                    async move {
-                        let r = me.ensure_once(&rec, from_peers).await;
-                        lock(&me.flights).remove(&(rec.id.clone(), from_peers));
-                        r
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+        let not_here = || StorageError::NotHere { id: rec.id.clone() };
+        if !from_peers && lock(&self.fetching).contains(&rec.id) {
+            return Err(not_here());
+        }
+        let Some(_guard) = self.guard(&rec.id, (!from_peers).then_some(PEER_GUARD_WAIT)).await? else {
+            return Err(not_here());
         };
-        match flight.await {
-            Ok(()) => Ok(self.path(&rec.id)),
-            Err(_) if self.known_good(rec) => Ok(self.path(&rec.id)),
-            Err(FlightError::NotHere) => Err(StorageError::NotHere { id: rec.id.clone() }),
-            Err(FlightError::Unavailable { asked }) => {
-                Err(StorageError::Unavailable { id: rec.id.clone(), name: rec.name.clone(), asked })
+        match self.check_local(rec, Check::Cached).await? {
+            Local::Good(f) => {
+                self.persist_verified();
+                Ok(f)
             }
-            Err(FlightError::Other(m)) => Err(StorageError::Invalid(m)),
+            Local::Missing | Local::Bad if !from_peers => Err(not_here()),
+            Local::Missing | Local::Bad => self.fetch_locked(rec).await,
         }
     }
 
-    async fn ensure_once(self: &Arc<Self>, rec: &FileRecord, from_peers: bool) -> Result<(), FlightError> {
-        let other = |e: StorageError| FlightError::Other(e.to_string());
-        match self.check_local(rec).await.map_err(other)? {
-            Local::Good => {
-                self.persist_verified();
-                return Ok(());
-            }
-            Local::Missing | Local::Bad if !from_peers => return Err(FlightError::NotHere),
-            Local::Missing | Local::Bad => {}
-        }
-        if let Some(asked) = self.fetch_from_peers(rec).await.map_err(other)? {
-            return Err(FlightError::Unavailable { asked });
+    /// Fetches a copy from the peers; the caller holds the file's guard.
+    async fn fetch_locked(&self, rec: &FileRecord) -> Result<std::fs::File> {
+        lock(&self.fetching).insert(rec.id.clone());
+        let _fetching = Fetching(&self.fetching, rec.id.clone());
+        if let Some(asked) = self.fetch_from_peers(rec).await? {
+            return Err(StorageError::Unavailable { id: rec.id.clone(), name: rec.name.clone(), asked });
         }
         self.persist_verified();
-        Ok(())
+        self.open_known_good(rec).ok_or_else(|| {
+            StorageError::Internal(format!("file {} changed right after it was downloaded and verified", rec.id))
+        })
     }
 
-    /// The other alive heads, in random order.
-    async fn peers(&self) -> Result<Vec<HeadRecord>> {
+    /// Makes sure a verified copy is here (fetching it from a peer if need be).
+    pub async fn ensure(self: &Arc<Self>, rec: &FileRecord) -> Result<()> {
+        self.open_verified(rec, true).await.map(drop)
+    }
+
+    /// The heads in the database now.
+    async fn heads_now(&self) -> Result<HeadsNow> {
         let (heads, _) = self.db.range(HEADS).await?;
         let (alive, _) = self.db.range(ALIVE).await?;
-        let alive: Vec<&str> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE)).collect();
-        let mut out: Vec<HeadRecord> = heads
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<HeadRecord>(&kv.value).ok())
-            .filter(|h| h.name != self.head && alive.contains(&h.name.as_str()))
+        Ok(HeadsNow {
+            all: heads.iter().filter_map(|kv| serde_json::from_slice::<HeadRecord>(&kv.value).ok()).collect(),
+            alive: alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE)).map(str::to_string).collect(),
+        })
+    }
+
+    /// Whether a head keeps its files in this head's directory.
+    fn shares_mine(&self, h: &HeadRecord) -> bool {
+        h.storage_id.as_deref() == Some(self.storage_id.as_str())
+    }
+
+    /// The other alive heads with storage of their own, in random order.
+    async fn peers(&self) -> Result<Vec<HeadRecord>> {
+        let now = self.heads_now().await?;
+        let mut out: Vec<HeadRecord> = now
+            .all
+            .into_iter()
+            .filter(|h| h.name != self.head && now.alive.contains(&h.name) && !self.shares_mine(h))
             .collect();
         use rand::seq::SliceRandom;
         out.shuffle(&mut rand::rng());
         Ok(out)
+    }
+
+    /// The storages an upload must be verified on: `min_copies`, or 2 by default, and never more
+    /// than the cluster's heads have (heads sharing a directory count once).
+    fn needed_copies(&self, heads: &[HeadRecord]) -> usize {
+        let storages: BTreeSet<&str> =
+            heads.iter().map(|h| h.storage_id.as_deref().unwrap_or(h.name.as_str())).collect();
+        let want = if self.settings.min_copies == 0 { 2 } else { self.settings.min_copies as usize };
+        want.min(storages.len().max(1)).max(1)
+    }
+
+    /// The minimum of copies of a file for the cluster as it is now.
+    pub async fn min_copies(&self) -> Result<usize> {
+        Ok(self.needed_copies(&self.heads_now().await?.all))
     }
 
     /// Downloads the file from the first peer that has it; returns `None` on success, else how
@@ -576,13 +888,89 @@ impl Storage {
         std::fs::rename(tmp, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
-        self.remember(id, Verified::new(Stamp::of(&m), sha.clone()));
+        self.remember(id, Verified::new(Stamp::of(&m), sha.clone(), true));
         Ok(sha)
     }
 
-    /// Stores an upload and then records it in the database.
+    /// Refuses, before anything is read, an upload that could not reach its minimum of copies
+    /// with the heads alive now.
+    pub async fn check_copies_possible(&self, what: &str) -> Result<()> {
+        let now = self.heads_now().await?;
+        let need = self.needed_copies(&now.all);
+        let mut storages: BTreeSet<&str> = BTreeSet::from([self.storage_id.as_str()]);
+        for h in now.all.iter().filter(|h| now.alive.contains(&h.name) && h.name != self.head) {
+            storages.insert(h.storage_id.as_deref().unwrap_or(h.name.as_str()));
+        }
+        if storages.len() < need {
+            return Err(StorageError::TooFewCopies(format!(
+                "{what} needs a verified copy on {need} heads with storage of their own before it is acknowledged \
+                 (local_files.min_copies), and only {} such heads are alive; nothing was stored. Start the other \
+                 heads, or set local_files.min_copies = 1 in base.ini to accept a single copy",
+                storages.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Has the file verified on its minimum of storages (this one and others asked one by one),
+    /// then asks every other alive head to fetch it too, in the background. Returns the heads
+    /// that hold it now.
+    pub async fn replicate(self: &Arc<Self>, rec: &FileRecord) -> Result<Vec<String>> {
+        let peers = self.peers().await?;
+        let need = self.min_copies().await?;
+        let mut holders = vec![self.head.clone()];
+        let mut storages: BTreeSet<String> = BTreeSet::from([self.storage_id.clone()]);
+        let mut failures = Vec::new();
+        let mut rest = Vec::new();
+        for p in peers {
+            let sid = p.storage_id.clone().unwrap_or_else(|| p.name.clone());
+            if storages.len() >= need || storages.contains(&sid) {
+                rest.push(p);
+                continue;
+            }
+            let asked = match self.copiers.to(&p.api_url) {
+                Ok(c) => c.fetch_file(&rec.id).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match asked {
+                Ok(_) => {
+                    holders.push(p.name.clone());
+                    storages.insert(sid);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %rec.id, peer = %p.name, error = %e, "a head could not take a copy");
+                    failures.push(format!("{}: {e}", p.name));
+                }
+            }
+        }
+        if storages.len() < need {
+            return Err(StorageError::TooFewCopies(format!(
+                "file {} ({}) was verified on {} of the {need} heads it needs (local_files.min_copies){}",
+                rec.id,
+                rec.name,
+                storages.len(),
+                if failures.is_empty() { String::new() } else { format!(": {}", failures.join("; ")) }
+            )));
+        }
+        for p in rest {
+            let Ok(c) = self.copiers.to(&p.api_url) else { continue };
+            let id = rec.id.clone();
+            tokio::spawn(async move {
+                match c.fetch_file(&id).await {
+                    Ok(_) => tracing::debug!(file = %id, peer = %p.name, "copy made in the background"),
+                    Err(e) => {
+                        tracing::info!(file = %id, peer = %p.name, error = %e, "background copy failed; its audit fetches it later")
+                    }
+                }
+            });
+        }
+        Ok(holders)
+    }
+
+    /// Stores an upload, records it in the database, and acknowledges it once it is verified
+    /// on its minimum of storages; an upload that cannot reach that is deleted again.
     pub async fn upload<S, E>(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         kind: &str,
         size: u64,
@@ -593,6 +981,7 @@ impl Storage {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.check_copies_possible(&format!("the upload of {name}")).await?;
         let id = format!("{:032x}", rand::random::<u128>());
         let sha = self.receive(&id, body, size, expected).await?;
         let rec = FileRecord {
@@ -608,17 +997,27 @@ impl Storage {
         let written =
             self.db.txn(Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, body)])).await;
         match written {
-            Ok(r) if r.succeeded => {
-                self.persist_verified();
-                Ok(rec)
-            }
+            Ok(r) if r.succeeded => self.persist_verified(),
             other => {
                 // No record, so no file: remove the bytes.
                 self.delete_local(&id);
-                match other {
+                return match other {
                     Err(e) => Err(e.into()),
-                    Ok(_) => Err(StorageError::Invalid(format!("file id {id} already exists"))),
+                    Ok(_) => Err(StorageError::Internal(format!("file id {id} already exists"))),
+                };
+            }
+        }
+        self.publish().await;
+        match self.replicate(&rec).await {
+            Ok(holders) => {
+                tracing::info!(file = %id, name = %rec.name, heads = ?holders, "upload verified on its minimum of heads");
+                Ok(rec)
+            }
+            Err(e) => {
+                if let Err(d) = self.delete(&id).await {
+                    tracing::error!(file = %id, error = %d, "cannot delete an upload that was not acknowledged");
                 }
+                Err(e)
             }
         }
     }
@@ -642,7 +1041,7 @@ impl Storage {
         std::fs::rename(from, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
-        self.remember(id, Verified::new(Stamp::of(&m), sha256.to_string()));
+        self.remember(id, Verified::new(Stamp::of(&m), sha256.to_string(), true));
         self.persist_verified();
         Ok(())
     }
@@ -710,22 +1109,125 @@ impl Storage {
         Ok(())
     }
 
-    /// Checks every file the database names, renames unreferenced local files `.old.NN`, and
-    /// records the summary in `storage/<head>` when it changed.
-    pub async fn audit(&self) -> Result<StorageSummary> {
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// Logs, in bounded number, that a node's request found no good copy (a peer's request
+    /// finding none is routine; the head's own faults are logged with the answer).
+    pub fn complain(&self, rec: &FileRecord, from: std::net::SocketAddr, peer: bool, e: &StorageError) {
+        if peer || !matches!(e, StorageError::Unavailable { .. } | StorageError::NotHere { .. }) {
+            return;
+        }
+        self.complaints.complain(format!("file {}", rec.id), || {
+            tracing::warn!(file = %rec.id, name = %rec.name, %from, error = %e, "a request for a boot file found no good copy on any head");
+        });
+    }
+
+    /// Where each file is, from the heads' reports: the heads holding it, its distinct copies,
+    /// and whether that is under the minimum (which is returned too).
+    pub async fn copies(&self, files: &[FileRecord]) -> Result<(BTreeMap<String, FileCopies>, u32)> {
+        let now = self.heads_now().await?;
+        let need = self.needed_copies(&now.all);
+        let storage_of: HashMap<&str, &str> =
+            now.all.iter().map(|h| (h.name.as_str(), h.storage_id.as_deref().unwrap_or(h.name.as_str()))).collect();
+        let (sums, _) = self.db.range(schema::SUMMARY).await?;
+        let mut holders: HashMap<String, Vec<String>> = HashMap::new();
+        for kv in &sums {
+            let Some(head) = kv.key.strip_prefix(schema::SUMMARY) else { continue };
+            let Ok(sum) = serde_json::from_slice::<StorageSummary>(&kv.value) else { continue };
+            for id in sum.held {
+                holders.entry(id).or_default().push(head.to_string());
+            }
+        }
+        let mut out = BTreeMap::new();
+        for f in files {
+            let mut heads = holders.remove(&f.id).unwrap_or_default();
+            heads.sort();
+            let copies = heads
+                .iter()
+                .map(|h| storage_of.get(h.as_str()).copied().unwrap_or(h.as_str()))
+                .collect::<BTreeSet<_>>()
+                .len() as u32;
+            out.insert(f.id.clone(), FileCopies { heads, copies, under_minimum: (copies as usize) < need });
+        }
+        Ok((out, need as u32))
+    }
+
+    /// The ids of the files this head holds a verified copy of, sorted.
+    fn held_ids(&self) -> Vec<String> {
+        let cache: Vec<(String, Stamp)> = lock(&self.verified).iter().map(|(k, v)| (k.clone(), v.stamp)).collect();
+        let mut held: Vec<String> = cache
+            .into_iter()
+            .filter(|(id, stamp)| {
+                is_file_id(id)
+                    && std::fs::symlink_metadata(self.path(id))
+                        .is_ok_and(|m| m.file_type().is_file() && Stamp::of(&m) == *stamp)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        held.sort();
+        held
+    }
+
+    /// Writes `storage/<head>` (the last audit's counts, the last scrub, the ids held now) when
+    /// it changed; `audit` replaces the counts.
+    async fn publish_summary(&self, audit: Option<StorageSummary>) -> Result<()> {
+        let mut last = self.published.lock().await;
+        let mut s = audit.or_else(|| last.clone()).unwrap_or_default();
+        s.held = self.held_ids();
+        s.scrub_bad = self.counters.scrub_bad.load(Ordering::Relaxed);
+        s.scrubbed = self.scrubbed_at.load(Ordering::Relaxed);
+        if let Some(old) = last.as_ref() {
+            // The time of an audit that changed nothing is not worth a write.
+            if (StorageSummary { audited: old.audited, ..s.clone() }) == *old {
+                return Ok(());
+            }
+        }
+        self.db.put(&schema::summary(&self.head), serde_json::to_vec(&s).expect("serialises")).await?;
+        *last = Some(s);
+        Ok(())
+    }
+
+    /// Publishes the ids held, when they may have changed.
+    pub async fn publish(&self) {
+        if !self.held_dirty.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.publish_summary(None).await {
+            self.held_dirty.store(true, Ordering::Relaxed);
+            tracing::debug!(error = %e, "cannot publish the files this head holds yet");
+        }
+    }
+
+    /// Checks every file the database names and fetches those missing or bad here, renames
+    /// unreferenced local files `.old.NN`, and records the summary in `storage/<head>`.
+    pub async fn audit(self: &Arc<Self>) -> Result<StorageSummary> {
         let files = self.list().await?;
         let mut s = StorageSummary::default();
         for rec in &files {
-            match self.check_local(rec).await? {
-                Local::Good => {
-                    s.files += 1;
-                    s.bytes += rec.size;
+            let Some(_guard) = self.guard(&rec.id, None).await? else { continue };
+            let found = self.check_local(rec, Check::Cached).await?;
+            let good = match found {
+                Local::Good(_) => true,
+                Local::Missing | Local::Bad => {
+                    if matches!(found, Local::Bad) {
+                        s.bad += 1;
+                    }
+                    match self.fetch_locked(rec).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::debug!(file = %rec.id, error = %e, "audit: no good copy to fetch");
+                            false
+                        }
+                    }
                 }
-                Local::Missing => s.missing += 1,
-                Local::Bad => {
-                    s.bad += 1;
-                    s.missing += 1;
-                }
+            };
+            if good {
+                s.files += 1;
+                s.bytes += rec.size;
+            } else {
+                s.missing += 1;
             }
         }
         let (deleted, _) = self.db.range(DELETED).await?;
@@ -735,7 +1237,7 @@ impl Storage {
             .filter(|e| e.pending.contains(&self.head))
             .map(|e| e.file.id)
             .collect();
-        let known: std::collections::HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
+        let known: HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
         for e in std::fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if !is_file_id(&name) || known.contains(name.as_str()) || pending_here.contains(&name) {
@@ -750,6 +1252,7 @@ impl Storage {
             if young {
                 continue;
             }
+            let Some(_guard) = self.guard(&name, None).await? else { continue };
             self.forget(&name);
             if let Some(to) = quarantine(&e.path())? {
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
@@ -758,16 +1261,55 @@ impl Storage {
         }
         self.persist_verified();
         s.audited = now();
-        let key = schema::summary(&self.head);
-        let old: Option<StorageSummary> =
-            self.db.get(&key).await?.and_then(|kv| serde_json::from_slice(&kv.value).ok());
-        let changed =
-            old.as_ref().is_none_or(|o| (o.files, o.missing, o.bad, o.bytes) != (s.files, s.missing, s.bad, s.bytes));
-        if changed {
-            self.db.put(&key, serde_json::to_vec(&s).expect("serialises")).await?;
-        }
+        self.held_dirty.store(false, Ordering::Relaxed);
+        self.publish_summary(Some(s.clone())).await?;
         self.counters.audits.fetch_add(1, Ordering::Relaxed);
         Ok(s)
+    }
+
+    /// Hashes again every local copy whose last hash is older than the scrub interval, at the
+    /// scrub's rate; a copy that no longer matches is renamed and fetched again. Returns (files,
+    /// bytes, bad).
+    pub async fn scrub(self: &Arc<Self>) -> Result<(u64, u64, u64)> {
+        let horizon = now_ns() - self.settings.scrub_interval.as_nanos() as i64;
+        let due = |id: &str| lock(&self.verified).get(id).is_none_or(|v| v.at_ns < horizon);
+        let (mut files, mut bytes, mut bad) = (0, 0, 0);
+        for rec in self.list().await? {
+            if !due(&rec.id) || std::fs::symlink_metadata(self.path(&rec.id)).is_err() {
+                continue;
+            }
+            let Some(_guard) = self.guard(&rec.id, None).await? else { continue };
+            // Another check may have hashed it while this one waited.
+            if !due(&rec.id) {
+                continue;
+            }
+            match self.check_local(&rec, Check::Scrub(self.settings.scrub_rate)).await? {
+                Local::Good(_) => {
+                    files += 1;
+                    bytes += rec.size;
+                }
+                Local::Missing => {}
+                Local::Bad => {
+                    bad += 1;
+                    match self.fetch_locked(&rec).await {
+                        Ok(_) => {
+                            tracing::info!(file = %rec.id, name = %rec.name, "scrub: bad copy replaced by a verified one from a peer")
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %rec.id, name = %rec.name, error = %e, "scrub: bad copy renamed and no good copy found")
+                        }
+                    }
+                }
+            }
+            self.persist_verified();
+        }
+        self.counters.scrubs.fetch_add(1, Ordering::Relaxed);
+        if files + bad > 0 {
+            self.scrubbed_at.store(now(), Ordering::Relaxed);
+            self.held_dirty.store(true, Ordering::Relaxed);
+            self.publish().await;
+        }
+        Ok((files, bytes, bad))
     }
 }
 
@@ -846,11 +1388,16 @@ impl Upload {
 }
 
 /// Starts storage: opens the directory (checked now: a head without its storage does not start),
-/// starts the audits and the deletion sweep, and serves the file routes.
+/// starts the audits, the scrub and the deletion sweep, and serves the file routes.
 pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::Identity>) -> Result<Arc<Storage>> {
     let cfg = ctx.config;
-    let storage = Storage::open(&cfg.storage_dir, &ctx.me().name, ctx.db.clone(), &ctx.token)?;
-    tracing::info!(path = %cfg.storage_dir.display(), "local file storage");
+    let settings = Settings {
+        min_copies: cfg.min_copies,
+        scrub_interval: Duration::from_secs(cfg.scrub_interval_secs),
+        scrub_rate: cfg.scrub_rate_mib << 20,
+    };
+    let storage = Storage::open_with(&cfg.storage_dir, &ctx.me().name, ctx.db.clone(), &ctx.token, settings)?;
+    tracing::info!(path = %cfg.storage_dir.display(), storage_id = %storage.storage_id, "local file storage");
     let (audit, sweep, ttl) = (
         Duration::from_secs(cfg.audit_interval_secs),
         Duration::from_secs(cfg.sweep_interval_secs),
@@ -860,6 +1407,10 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
     ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage audits", move |stop| {
         storage_loop(s, audit, sweep, ttl, stop)
     });
+    if cfg.scrub_interval_secs > 0 {
+        let s = storage.clone();
+        ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage scrub", move |stop| scrub_loop(s, stop));
+    }
     ctx.serve(routes::routes(Arc::new(routes::Api {
         storage: storage.clone(),
         creds: ctx.creds.clone(),
@@ -870,7 +1421,7 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
 }
 
 /// Audits the local storage at start and every `audit`, and processes the deleted-files list
-/// every `sweep`, until shutdown.
+/// (and publishes the files held) every `sweep`, until shutdown.
 async fn storage_loop(
     storage: Arc<Storage>,
     audit: Duration,
@@ -900,7 +1451,32 @@ async fn storage_loop(
             next_audit = tokio::time::Instant::now() + audit;
         }
         tokio::select! {
+            _ = storage.publish() => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
             _ = tokio::time::sleep(sweep) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Scrubs what is due every so often (a twentieth of the interval, between 1 s and a minute),
+/// until shutdown.
+async fn scrub_loop(storage: Arc<Storage>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = (storage.settings.scrub_interval / 20).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            r = storage.scrub() => match r {
+                Ok((0, _, 0)) => {}
+                Ok((files, bytes, 0)) => tracing::info!(files, bytes, "storage scrubbed: every copy still matches"),
+                Ok((files, bytes, bad)) => tracing::warn!(files, bytes, bad, "storage scrubbed: copies that no longer matched were renamed .old.NN and fetched again"),
+                Err(e) => tracing::warn!(error = %e, "storage scrub failed"),
+            },
             _ = stop.changed() => return,
         }
     }
@@ -936,17 +1512,20 @@ mod tests {
         }
     }
 
-    /// A verification made right after the file's last change is not trusted (the racy case);
-    /// one made later is, for the same stamp and checksum only.
+    /// A verification made right after the file's last change is not trusted (the racy case)
+    /// unless this head wrote the bytes itself; one made later is, for the same stamp and
+    /// checksum only (ctime included).
     #[test]
     fn racily_clean_verifications_are_not_trusted() {
-        let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 1_000_000_000 };
-        let soon = Verified { stamp, sha256: "a".into(), at_ns: stamp.mtime_ns + RACY_NS / 2 };
+        let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 1_000_000_000, ctime_ns: 1_000_000_000 };
+        let soon = Verified { stamp, sha256: "a".into(), at_ns: stamp.mtime_ns + RACY_NS / 2, written: false };
         assert!(!soon.vouches(&stamp, "a"));
-        let later = Verified { stamp, sha256: "a".into(), at_ns: stamp.mtime_ns + 2 * RACY_NS };
+        assert!(Verified { written: true, ..soon.clone() }.vouches(&stamp, "a"));
+        let later = Verified { stamp, sha256: "a".into(), at_ns: stamp.mtime_ns + 2 * RACY_NS, written: false };
         assert!(later.vouches(&stamp, "a"));
         assert!(!later.vouches(&stamp, "b"));
         assert!(!later.vouches(&Stamp { ino: 9, ..stamp }, "a"));
+        assert!(!later.vouches(&Stamp { ctime_ns: stamp.ctime_ns + 1, ..stamp }, "a"), "a changed ctime");
     }
     use crate::core::db::embedded::Embedded;
 
@@ -979,7 +1558,7 @@ mod tests {
         assert!(e.to_string().contains("connection reset"), "{e}");
         let e = st.receive(id, chunks(&[b"hello world"]), 11, Some(&"0".repeat(64))).await.unwrap_err();
         assert!(e.to_string().contains("does not match"), "{e}");
-        assert_eq!(entries(d.path()), [".tmp"]);
+        assert_eq!(entries(d.path()), [".locks", ".storage-id", ".tmp"]);
         assert!(entries(&d.path().join(".tmp")).is_empty());
         // The right bytes land.
         assert_eq!(st.receive(id, chunks(&[b"hello ", b"world"]), 11, Some(&sha)).await.unwrap(), sha);
@@ -989,10 +1568,11 @@ mod tests {
         // An older file is verified once, then trusted without hashing.
         let f = std::fs::File::options().write(true).open(d.path().join(id)).unwrap();
         f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
-        st.ensure(&rec, false).await.unwrap();
+        tokio::time::sleep(Duration::from_nanos(2 * RACY_NS as u64)).await;
+        st.open_verified(&rec, false).await.unwrap();
         assert_eq!(st.counters().hashed_bytes, 11);
         assert!(st.known_good(&rec));
-        st.ensure(&rec, false).await.unwrap();
+        st.open_verified(&rec, false).await.unwrap();
         assert_eq!(st.counters().hashed_bytes, 11);
     }
 
@@ -1013,9 +1593,122 @@ mod tests {
             kind: "other".into(),
             created: 0,
         };
-        assert!(matches!(st.ensure(&rec, false).await, Err(StorageError::NotHere { .. })));
+        assert!(matches!(st.open_verified(&rec, false).await, Err(StorageError::NotHere { .. })));
         assert!(std::fs::symlink_metadata(d.path().join(format!("{id}.old.00"))).unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read(&outside).unwrap(), b"secret", "the link target is untouched");
+    }
+
+    /// A stored, verified file older than the racy window: (storage, record, path).
+    async fn verified_file(d: &Path, settings: Settings) -> (Arc<Storage>, FileRecord, PathBuf) {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let st = Storage::open_with(d, "h", db, "t", settings).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let data = vec![7u8; 300_000];
+        let sha = st.receive(id, chunks(&[&data]), data.len() as u64, None).await.unwrap();
+        let p = d.join(id);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        // Past the racy window of that change (its ctime).
+        tokio::time::sleep(Duration::from_nanos(2 * RACY_NS as u64)).await;
+        let rec = FileRecord {
+            id: id.into(),
+            name: "x".into(),
+            size: 300_000,
+            sha256: sha,
+            kind: "rootfs".into(),
+            created: 0,
+        };
+        st.open_verified(&rec, false).await.unwrap();
+        assert!(st.known_good(&rec));
+        (st, rec, p)
+    }
+
+    /// Flips a byte and puts the mtime back, as `touch -r` does.
+    fn corrupt_keeping_mtime(p: &Path) {
+        let mtime = std::fs::metadata(p).unwrap().modified().unwrap();
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[8u8], 4242).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
+    /// A copy changed behind the head's back with its mtime put back is hashed again (its ctime
+    /// changed), renamed and never served; the start-up audit of a restarted head does the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupted_copy_with_its_mtime_restored_is_not_served() {
+        let d = tempfile::TempDir::new().unwrap();
+        let (st, rec, p) = verified_file(d.path(), Settings::default()).await;
+        st.persist_verified();
+        corrupt_keeping_mtime(&p);
+        assert!(!st.known_good(&rec));
+        // A restarted head reads the saved cache: it does not vouch either.
+        let st2 = Storage::open(d.path(), "h", st.db.clone(), "t").unwrap();
+        assert!(!st2.known_good(&rec));
+        assert!(matches!(st.open_verified(&rec, false).await, Err(StorageError::NotHere { .. })));
+        assert_eq!(entries(d.path()).iter().filter(|n| n.contains(".old.")).count(), 1);
+    }
+
+    /// Bit rot changes no stamp at all (here: the verification forged to vouch for the rotten
+    /// copy, as a cache does once the disk changed underneath): requests trust it, the scrub does
+    /// not, renames it and counts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_scrub_finds_what_the_cache_vouches_for() {
+        let d = tempfile::TempDir::new().unwrap();
+        let settings = Settings { scrub_interval: Duration::from_secs(3600), ..Settings::default() };
+        let (st, rec, p) = verified_file(d.path(), settings).await;
+        // Nothing is due within the interval.
+        assert_eq!(st.scrub().await.unwrap(), (0, 0, 0));
+        corrupt_keeping_mtime(&p);
+        let m = std::fs::metadata(&p).unwrap();
+        let old = now_ns() - 2 * 3600 * 1_000_000_000;
+        st.remember(&rec.id, Verified { stamp: Stamp::of(&m), sha256: rec.sha256.clone(), at_ns: old, written: true });
+        assert!(st.known_good(&rec), "the forged verification vouches");
+        // The file is in the database for the scrub to find.
+        let key = schema::file(&rec.id);
+        st.db.put(&key, serde_json::to_vec(&rec).unwrap()).await.unwrap();
+        let (files, _, bad) = st.scrub().await.unwrap();
+        assert_eq!((files, bad), (0, 1));
+        assert_eq!(st.counters().scrub_bad, 1);
+        assert!(st.counters().scrubbed_bytes >= 300_000);
+        assert!(!p.exists());
+        assert_eq!(entries(d.path()).iter().filter(|n| n.contains(".old.")).count(), 1);
+    }
+
+    /// Requests of both kinds, the audit and the scrub, on one bad copy at once, on two heads
+    /// that share the directory: one check, one rename, and only "not here" answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_check_and_one_rename_whoever_asks() {
+        let d = tempfile::TempDir::new().unwrap();
+        let settings = Settings { scrub_interval: Duration::ZERO, ..Settings::default() };
+        let (st, rec, p) = verified_file(d.path(), settings.clone()).await;
+        st.db.put(&schema::file(&rec.id), serde_json::to_vec(&rec).unwrap()).await.unwrap();
+        let other = Storage::open_with(d.path(), "h2", st.db.clone(), "t", settings).unwrap();
+        assert_eq!(other.storage_id, st.storage_id, "one directory, one id");
+        corrupt_keeping_mtime(&p);
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let s = if i % 2 == 0 { st.clone() } else { other.clone() };
+            let rec = rec.clone();
+            tasks.push(tokio::spawn(async move {
+                match i % 4 {
+                    0 | 1 => s.open_verified(&rec, i % 4 == 0).await.map(drop),
+                    2 => s.audit().await.map(drop),
+                    _ => s.scrub().await.map(drop),
+                }
+            }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) | Err(StorageError::NotHere { .. } | StorageError::Unavailable { .. }) => {}
+                Err(e) => panic!("a request failed otherwise: {e}"),
+            }
+        }
+        let olds: Vec<String> = entries(d.path()).into_iter().filter(|n| n.contains(".old.")).collect();
+        assert_eq!(olds, [format!("{}.old.00", rec.id)]);
+        assert_eq!(st.counters().quarantined + other.counters().quarantined, 1);
     }
 
     #[test]

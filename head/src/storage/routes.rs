@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clusterware_shared::api::path;
-use clusterware_shared::api::{ErrorKind, FileList, is_file_id};
+use clusterware_shared::api::{ErrorKind, FileCopy, FileList, is_file_id};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -38,6 +38,7 @@ pub fn routes(api: Arc<Api>) -> Routes {
     Routes {
         admin: Router::new()
             .route(path::FILES, get(list_files).put(upload_file).layer(axum::extract::DefaultBodyLimit::disable()))
+            .route(path::FILE_FETCH, axum::routing::post(fetch_file))
             .route(path::STORAGE, get(storage_counters))
             .with_state(api.clone()),
         open: Router::new().route(path::FILE_CONTENT, get(file_content)).with_state(api),
@@ -45,7 +46,17 @@ pub fn routes(api: Arc<Api>) -> Routes {
 }
 
 async fn list_files(State(st): State<Arc<Api>>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &FileList { files: st.storage.list().await? }))
+    let files = st.storage.list().await?;
+    let (copies, min_copies) = st.storage.copies(&files).await?;
+    Ok(json(StatusCode::OK, &FileList { files, copies, min_copies }))
+}
+
+/// A peer asks this head to hold a verified copy (after an upload or an import).
+async fn fetch_file(State(st): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let rec = st.storage.record(&id).await?;
+    st.storage.ensure(&rec).await?;
+    st.storage.publish().await;
+    Ok(json(StatusCode::OK, &FileCopy { id, head: st.storage.head().to_string() }))
 }
 
 async fn storage_counters(State(st): State<Arc<Api>>) -> ApiResult<Response> {
@@ -156,7 +167,13 @@ async fn file_content(
             ));
         }
     }
-    let path = st.storage.ensure(&rec, !from_peer).await?;
+    let file = match st.storage.open_verified(&rec, !from_peer).await {
+        Ok(f) => f,
+        Err(e) => {
+            st.storage.complain(&rec, peer, from_peer, &e);
+            return Err(e.into());
+        }
+    };
     let size = rec.size;
     let span = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);
     let (status, start, len) = match span {
@@ -184,12 +201,10 @@ async fn file_content(
         return Ok(b.body(axum::body::Body::empty()).expect("valid response"));
     }
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(&path).await.map_err(|e| StorageError::Io { path: path.clone(), source: e })?;
-    if start > 0 {
-        f.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| StorageError::Io { path: path.clone(), source: e })?;
-    }
+    let mut f = tokio::fs::File::from_std(file);
+    f.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| StorageError::Io { path: st.storage.path(&rec.id), source: e })?;
     let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
     Ok(b.body(axum::body::Body::from_stream(stream)).expect("valid response"))
 }
