@@ -31,7 +31,7 @@ use clusterware_head::core::db::embedded::Embedded;
 use clusterware_head::core::db::etcd::Etcd;
 use clusterware_head::core::db::member::{MemberHandle, MemberSpec};
 use clusterware_head::core::db::{Compare, Database, Txn, TxnOp};
-use clusterware_tests::{Cluster, free_port};
+use clusterware_tests::{Backend, Cluster, free_port};
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -439,12 +439,19 @@ fn bench_files(r: &mut Report, mib: u64) {
         }
     }
     let bytes = mib << 20;
-    let two = Cluster::etcd(2);
-    // A kernel, so that plain HTTP (what firmware fetches) serves it too.
-    let up = two.heads[0]
-        .cli("scyld-clusterctl", &["files", "upload", file.to_str().expect("utf-8"), "--kind", "kernel", "--json"]);
-    let rec = up.json();
-    let id = rec["id"].as_str().expect("id").to_string();
+    // No periodic audit: it would fetch the copy the peer-download measurement removes.
+    let mut two = Cluster::start(Backend::Etcd, 2, "local_files.audit_interval = 86400\n");
+    // A kernel, so that plain HTTP (what firmware fetches) serves it too. With two heads the
+    // upload is acknowledged once both hold a verified copy (local_files.min_copies).
+    let upload = |two: &Cluster, name: &str| {
+        let t = Instant::now();
+        let up = two.heads[0].cli(
+            "scyld-clusterctl",
+            &["files", "upload", file.to_str().expect("utf-8"), "--kind", "kernel", "--name", name, "--json"],
+        );
+        (t.elapsed(), up.json()["id"].as_str().expect("id").to_string())
+    };
+    let (t_up2, id) = upload(&two, "image.bin");
 
     // Serving: the head against nginx, the same file, the same client (curl), alternating; over
     // HTTPS nginx presents the head's own certificate.
@@ -477,12 +484,46 @@ fn bench_files(r: &mut Report, mib: u64) {
     let hashed_after =
         two.heads[0].api("GET", "/storage", Some(&two.token), None).1["hashed_bytes"].as_u64().unwrap_or(0);
 
-    // Peer download: head 2 fetches from head 1 (a HEAD request makes it fetch and verify
-    // without serving the body), against sha256sum of the same file.
+    // Peer download: head 2, its copy gone, fetches from head 1 (a HEAD request makes it fetch
+    // and verify without serving the body), against sha256sum of the same file.
+    std::fs::remove_file(two.heads[1].dir.join("storage").join(&id)).expect("head 2 holds a copy");
     let peer_url = two.heads[1].content_url(&id);
     let t_peer = timed(std::process::Command::new("curl").args(["-sS", "-f", "-I", "-o", "/dev/null", &peer_url]));
     let t_sha = best_of(2, || timed(std::process::Command::new("sha256sum").arg(&file)));
     let mbps = |d: Duration| format!("{:.0} MiB/s", bytes as f64 / 1048576.0 / d.as_secs_f64());
+
+    // Head 1 restarted with settings appended to its base.ini.
+    let restart = |two: &mut Cluster, extra: &str| {
+        let cfg = two.heads[0].config.clone();
+        let ini = std::fs::read_to_string(&cfg).expect("base.ini");
+        std::fs::write(&cfg, format!("{ini}{extra}")).expect("base.ini");
+        two.heads[0].stop();
+        two.heads[0].start();
+        two.heads[0].wait_ready(Duration::from_secs(60));
+    };
+    // The same upload acknowledged on one copy.
+    restart(&mut two, "local_files.min_copies = 1\n");
+    let (t_up1, _) = upload(&two, "image-1.bin");
+
+    // Serving while the scrub hashes every copy again, all the time (an interval of 1 s).
+    restart(&mut two, "local_files.scrub_interval = 1\n");
+    let scrubbed = |two: &Cluster| {
+        two.heads[0].api("GET", "/storage", Some(&two.token), None).1["scrubbed_bytes"].as_u64().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scrubbed(&two) == 0 {
+        assert!(Instant::now() < deadline, "the scrub did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = &two.heads[0];
+    let scrub_before = scrubbed(&two);
+    let (mut w_ours, mut w_nginx) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        w_ours = w_ours.min(timed(&mut curl_get(&h.content_url(&id), &ca)));
+        w_nginx = w_nginx.min(timed(&mut curl_get(&nginx_url, &ca)));
+    }
+    let scrub_during = scrubbed(&two) - scrub_before;
+    assert!(scrub_during > 0, "the scrub did not run during the measurement");
 
     r.section(
         "Boot files: serving, peer download, verification",
@@ -494,7 +535,11 @@ fn bench_files(r: &mut Report, mib: u64) {
              throughput / nginx throughput (target at least 0.9). Peer download: a second head fetches the file from the first \
              (HTTPS, hashing while it receives, fsync, rename), against `sha256sum` of the same file; ratio = \
              sha256sum time / download time (target at least 0.8). Verification: bytes hashed by the head over 5 \
-             more requests for the verified file (target 0)."
+             more requests for the verified file (target 0). Serving during a scrub: the same HTTP measurement \
+             while the head's scrub hashes its copies again at its default rate, 64 MiB/s (`local_files.scrub_interval \
+             = 1`, so it never stops; target at least 0.9). Upload: `scyld-clusterctl files upload` of the file to a \
+             two-head cluster, acknowledged once both heads hold a verified copy (the default `min_copies`), against \
+             the same upload acknowledged on one copy; ratio = single-copy time / two-copy time."
         ),
     );
     r.table(
@@ -517,6 +562,18 @@ fn bench_files(r: &mut Report, mib: u64) {
                 mbps(t_peer),
                 format!("sha256sum {}", mbps(t_sha)),
                 format!("{:.2}", t_sha.as_secs_f64() / t_peer.as_secs_f64()),
+            ],
+            vec![
+                format!("serve over HTTP during a scrub ({} MiB hashed meanwhile)", scrub_during >> 20),
+                mbps(w_ours),
+                format!("nginx {}", mbps(w_nginx)),
+                format!("{:.2}", w_nginx.as_secs_f64() / w_ours.as_secs_f64()),
+            ],
+            vec![
+                "upload, acknowledged on 2 copies".into(),
+                mbps(t_up2),
+                format!("1 copy {}", mbps(t_up1)),
+                format!("{:.2}", t_up1.as_secs_f64() / t_up2.as_secs_f64()),
             ],
             vec![
                 "bytes hashed by 5 repeated requests".into(),

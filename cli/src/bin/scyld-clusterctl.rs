@@ -169,7 +169,10 @@ fn upload(args: &Args, path: &PathBuf, name: Option<&str>, kind: &str) -> CliRes
     if !FILE_KINDS.contains(&kind) {
         return Err(usage(format!("--kind {kind:?} is not one of {}", FILE_KINDS.join(", "))));
     }
-    let c = Client::new(&args.conn)?;
+    // After the last byte the head answers once other heads hold a verified copy too
+    // (local_files.min_copies): a large file takes their download and hashing time.
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let c = Client::with_timeout(&args.conn, args.conn.timeout.max(60 + size / (16 << 20)))?;
     let rec = upload_file(&c, path, name, kind)?;
     if args.json {
         print_json(&rec);

@@ -541,6 +541,8 @@ impl Storage {
         let (kvs, _) = self.db.range(FILES).await?;
         let mut out: Vec<FileRecord> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        // The records a head serves by while the database has no quorum (audits list them all).
+        *lock(&self.records) = out.iter().map(|r| (r.id.clone(), r.clone())).collect();
         Ok(out)
     }
 
@@ -997,7 +999,10 @@ impl Storage {
         let written =
             self.db.txn(Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, body)])).await;
         match written {
-            Ok(r) if r.succeeded => self.persist_verified(),
+            Ok(r) if r.succeeded => {
+                self.persist_verified();
+                lock(&self.records).insert(id.clone(), rec.clone());
+            }
             other => {
                 // No record, so no file: remove the bytes.
                 self.delete_local(&id);
@@ -1054,6 +1059,9 @@ impl Storage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(file = %id, error = %e, "cannot remove local copy"),
         }
+        // Its guard's lock file: nobody takes the guard of a file without a record (requests
+        // stop at the record, the audit leaves files pending deletion alone).
+        let _ = std::fs::remove_file(self.locks_dir.join(id));
     }
 
     /// Deletes a file from the cluster: the record goes to the deleted list for the other alive
@@ -1134,7 +1142,10 @@ impl Storage {
         let (sums, _) = self.db.range(schema::SUMMARY).await?;
         let mut holders: HashMap<String, Vec<String>> = HashMap::new();
         for kv in &sums {
-            let Some(head) = kv.key.strip_prefix(schema::SUMMARY) else { continue };
+            // Heads no longer in the cluster (ejected, left) hold nothing it can use.
+            let Some(head) = kv.key.strip_prefix(schema::SUMMARY).filter(|h| storage_of.contains_key(h)) else {
+                continue;
+            };
             let Ok(sum) = serde_json::from_slice::<StorageSummary>(&kv.value) else { continue };
             for id in sum.held {
                 holders.entry(id).or_default().push(head.to_string());
