@@ -269,6 +269,10 @@ impl Agent {
         self.log(format_args!("switching parent to {} as directed", target.name));
         self.persist_heads();
         self.observer.parent_changed(&target.name);
+        // The rest of the list is the old parent's order: the new parent's list (itself, then
+        // the live heads rotated by this node's MAC) is fetched after the first push to it, so
+        // that if it dies its nodes spread over every other head rather than the old parent.
+        self.need_heads = true;
     }
 
     async fn call<T: serde::de::DeserializeOwned>(

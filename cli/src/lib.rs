@@ -225,14 +225,16 @@ pub fn read_secret(prompt: &str) -> CliResult<String> {
     let stdin = std::io::stdin();
     let mut line = String::new();
     if stdin.is_terminal() {
-        eprint!("{prompt}");
-        let _ = std::io::stderr().flush();
         use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
         use std::os::fd::AsFd;
+        // Echo goes off before the prompt is shown: an answer typed as soon as the prompt
+        // appears is never echoed.
         let saved = tcgetattr(stdin.as_fd()).map_err(|_| fail("cannot read the terminal's settings"))?;
         let mut t = saved.clone();
         t.local_flags.remove(LocalFlags::ECHO);
-        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t).map_err(|e| fail(format!("cannot turn echo off: {e}")))?;
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
         let r = stdin.lock().read_line(&mut line);
         // Echo back on, whatever the read gave.
         let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &saved);

@@ -234,6 +234,22 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
             clusterware_shared::VERSION
         )));
     }
+    // Everything that can be checked is checked before the first change (a save of this head's
+    // data, a conversion of the head joined).
+    let same_cluster = !cfg.etcd_cluster_token.is_empty() && info.cluster_token == cfg.etcd_cluster_token;
+    if plain == format!("http://{ip}:{}", cfg.head_port) || (info.head == name && same_cluster) {
+        return Err(fail(format!(
+            "{target} is this head ({name}) itself: give the address of a head of the cluster to join; nothing was \
+             changed"
+        )));
+    }
+    if info.members.iter().any(|m| m.name == name) && info.cluster_token != cfg.etcd_cluster_token {
+        return Err(fail(format!(
+            "a head named {name} is already a member of the cluster at {target}: give this head another name \
+             (head.name in {}); nothing was changed",
+            cfg_path.display()
+        )));
+    }
     // This head's own state: in another cluster, or data that the join discards.
     let local = local_url(&cfg);
     let running = match &start {
@@ -370,7 +386,7 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     let tls = TlsFiles::read(&cfg.tls_dir);
     let undo = |why: String| -> crate::CliError {
         // By address: a member that never started has no name yet.
-        let _ = c.eject(&HeadRef { head: ip.to_string() });
+        let _ = c.eject(&HeadRef { head: ip.to_string(), force: true });
         let _ = clusterware_shared::fsutil::write_atomic(cfg_path, None, old_text.as_bytes(), Some(0o600));
         tls.restore(&cfg.tls_dir);
         if let Some(h) = health(&local, None) {
@@ -496,13 +512,19 @@ impl TlsFiles {
 /// resolve on this head, and clocks must agree within a second.
 pub fn head_warnings(list: &HeadList, ca: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
+    let unresolved: Vec<String> = list
+        .heads
+        .iter()
+        .filter(|h| (h.name.as_str(), 0).to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true))
+        .map(|h| format!("{} ({})", h.name, h.ip))
+        .collect();
+    if !unresolved.is_empty() {
+        out.push(format!(
+            "the names of {} do not resolve on this head; add them to /etc/hosts or DNS on every head",
+            unresolved.join(", ")
+        ));
+    }
     for h in &list.heads {
-        if (h.name.as_str(), 0).to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
-            out.push(format!(
-                "head {} ({}): its name does not resolve on this head; add it to /etc/hosts or DNS on every head",
-                h.name, h.ip
-            ));
-        }
         if !h.alive {
             continue;
         }

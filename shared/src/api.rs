@@ -426,6 +426,9 @@ pub struct MemberAdded {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadRef {
     pub head: String,
+    /// Eject: even a head that is alive and serving.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// The answer to a membership change (`leave`, `eject`, `recover`, `convert`, promotion).
@@ -728,7 +731,7 @@ mod tests {
     fn every_pattern_fills_to_a_path_the_pattern_matches() {
         // Each builder's output, parameters replaced by the pattern's own placeholders, is the
         // pattern: builders cannot drift from the routes.
-        let cases: [(&str, String); 12] = [
+        let cases: [(&str, String); 13] = [
             (path::NODE, path::node("{uid}")),
             (path::SECRET, path::secret("{name}")),
             (path::TOKEN, path::token("{name}")),

@@ -137,3 +137,53 @@ fn preferred_head_pins_nodes_and_they_return_after_a_restart() {
         l.contains("directing node to its preferred head") && l.contains("_preferred_head names no head")
     });
 }
+
+/// The nodes rebalancing moved onto a head spread over every other live head when it dies, not
+/// onto the head they booted from (a moved node takes its new parent's head list).
+#[test]
+fn a_dead_heads_moved_nodes_spread_over_the_others() {
+    let c = Cluster::start(Backend::Etcd, 3, FAST);
+    let (mac0, ip0) = ("52:54:00:a7:00:00", "127.207.0.1");
+    create_nodes(&c.heads[0], 300, mac0, ip0);
+    // Every node boots from head1 and is given head1 first: rebalancing moves 200 of them.
+    let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
+    let sim = Sim::start(&urls, Some(&c.heads[0]), 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
+    wait_load(
+        &c.heads[1],
+        "100 nodes per head",
+        Duration::from_secs(60),
+        &[("head1", 100), ("head2", 100), ("head3", 100)],
+    );
+    let parents = || -> BTreeMap<String, String> {
+        sim.summary()["node"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["mac"].as_str().unwrap().to_string(), n["parent"].as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    // Past the hold-off and a few pushes: every moved node has its new parent's list.
+    std::thread::sleep(Duration::from_secs(6));
+    let on_head2: Vec<String> = parents().into_iter().filter(|(_, p)| p == "head2").map(|(m, _)| m).collect();
+    assert_eq!(on_head2.len(), 100);
+    let mut c = c;
+    c.heads[1].kill9();
+    // Where each of head2's nodes went first.
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while first.len() < on_head2.len() {
+        assert!(std::time::Instant::now() < deadline, "head2's nodes did not all move: {} of 100", first.len());
+        let now = parents();
+        for m in &on_head2 {
+            if let Some(p) = now.get(m).filter(|p| *p != "head2") {
+                first.entry(m.clone()).or_insert_with(|| p.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let to_head1 = first.values().filter(|p| *p == "head1").count();
+    let to_head3 = first.values().filter(|p| *p == "head3").count();
+    assert_eq!(to_head1 + to_head3, 100);
+    // The MAC hash splits them; 30 of 100 at least on each is more than 4 standard deviations.
+    assert!(to_head1 >= 30 && to_head3 >= 30, "piled up: head1 {to_head1}, head3 {to_head3}");
+}

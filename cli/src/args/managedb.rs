@@ -56,6 +56,9 @@ pub enum Cmd {
     Eject {
         /// The head to remove: its name or its IP address (not the head this command talks to)
         ip_head: String,
+        /// Eject it even though it is alive and serving (a live head should `managedb leave`)
+        #[arg(long)]
+        force: bool,
     },
     /// Sever this head from its peers: it restarts as a cluster of its own with its copy of the
     /// database (a two-head cluster, or a lost quorum)

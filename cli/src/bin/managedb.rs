@@ -30,9 +30,9 @@ fn main() -> ExitCode {
                 join(&args, ip_head, database_passwd_file.as_deref(), database_passwd.as_deref())
             }
             Cmd::Leave => change(&args, |c| c.leave(), Some("left")),
-            Cmd::Eject { ip_head } => {
+            Cmd::Eject { ip_head, force } => {
                 let c = Client::new(&args.conn)?;
-                let r = c.eject(&HeadRef { head: ip_head.clone() })?;
+                let r = c.eject(&HeadRef { head: ip_head.clone(), force: *force })?;
                 report(&args, &r);
                 Ok(())
             }

@@ -661,7 +661,11 @@ impl Hub {
         }
     }
 
+    /// Marks down the nodes silent for too long. A few are logged one by one; many at once (a
+    /// head that was stopped and resumed, a switch that failed) in one line.
     fn mark_silent(&self) {
+        const ONE_BY_ONE: usize = 5;
+        let mut down: Vec<(String, String, u64)> = Vec::new();
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for ch in children.values_mut() {
             // A node that was only handed its boot script has a kernel and an initramfs to load
@@ -672,10 +676,20 @@ impl Hub {
                 Duration::from_secs((ch.status_secs * MISSED_INTERVALS) as u64)
             };
             if matches!(ch.state, NodeState::Up | NodeState::Booting) && ch.last_seen.elapsed() > limit {
-                tracing::warn!(node = %ch.name, mac = %ch.mac, silent_secs = ch.last_seen.elapsed().as_secs(), "node is down: no status for {} intervals", MISSED_INTERVALS);
+                down.push((ch.name.clone(), ch.mac.to_string(), ch.last_seen.elapsed().as_secs()));
                 ch.state = NodeState::Down;
                 ch.touch();
             }
+        }
+        drop(children);
+        if down.len() <= ONE_BY_ONE {
+            for (node, mac, silent_secs) in &down {
+                tracing::warn!(%node, %mac, silent_secs, "node is down: no status for {} intervals", MISSED_INTERVALS);
+            }
+        } else {
+            down.sort();
+            let first: Vec<&str> = down.iter().take(ONE_BY_ONE).map(|d| d.0.as_str()).collect();
+            tracing::warn!(nodes = down.len(), ?first, "nodes are down: no status for {} intervals", MISSED_INTERVALS);
         }
     }
 

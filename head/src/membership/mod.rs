@@ -156,7 +156,7 @@ impl Control {
     pub async fn request_promotion(&self, peers: &[String]) -> bool {
         for url in peers {
             let asked = match self.peers.to(url) {
-                Ok(c) => c.promote(&clusterware_shared::api::HeadRef { head: self.name.clone() }).await,
+                Ok(c) => c.promote(&clusterware_shared::api::HeadRef { head: self.name.clone(), force: false }).await,
                 Err(e) => Err(e),
             };
             match asked {
@@ -504,7 +504,7 @@ async fn tidy_departed(db: &Database, suspects: &mut HashSet<String>) -> Result<
 }
 
 /// `POST /api/v1/cluster/eject`.
-pub async fn eject(db: &Database, ctl: &Control, target: &str) -> Result<MembershipChange> {
+pub async fn eject(db: &Database, ctl: &Control, target: &str, force: bool) -> Result<MembershipChange> {
     require_member_mode(ctl, "eject")?;
     let (m, name, members) = resolve(db, target).await?;
     if name == ctl.name || m.peer_urls.contains(&ctl.peer_url) {
@@ -514,6 +514,13 @@ pub async fn eject(db: &Database, ctl: &Control, target: &str) -> Result<Members
     }
     if !m.is_learner && voting(&members) <= 2 {
         return Err(MembershipError::Refused(format!("cannot eject {name}: {TWO_HEADS}")));
+    }
+    if !force && !name.is_empty() && db.get(&schema::alive(&name)).await?.is_some() {
+        return Err(MembershipError::Refused(format!(
+            "{name} is alive and serving: shut it down first (systemctl stop clusterware on it; a head that stopped \
+             without a word counts as alive until its lease runs out, head.lease_ttl), or remove it cleanly with \
+             `managedb leave` run on it; `managedb eject --force {target}` ejects it as it runs"
+        )));
     }
     if m.name.is_empty() {
         // A learner whose head never started its member: there is no head to mark.
@@ -798,8 +805,8 @@ pub async fn set_failover(db: &Database, req: &FailoverRequest) -> Result<Failov
 }
 
 /// Automatic failover: every second, when enabled and armed, the voting members whose heads are
-/// not alive are counted. Exactly one down for longer than the timeout (as this head saw it) is
-/// ejected by the head that wins a transaction on the `failover` record, which also disarms
+/// not alive are counted. Exactly one down for longer than the timeout (as this head saw it,
+/// counted from the moment it became the only one down) is ejected by the head that wins a transaction on the `failover` record, which also disarms
 /// failover; two or more down eject nothing.
 pub async fn run_failover(db: Database, ctl: std::sync::Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut down_since: HashMap<String, Instant> = HashMap::new();
@@ -834,6 +841,9 @@ pub async fn run_failover(db: Database, ctl: std::sync::Arc<Control>, mut stop: 
                 return Ok(());
             }
             if down.len() >= 2 {
+                // Time spent in a multiple failure does not count toward one head's timeout: the
+                // single-failure timer starts when a head becomes the only one down.
+                down_since.clear();
                 if !said_several {
                     let names: Vec<&str> = down.iter().map(|m| m.name.as_str()).collect();
                     tracing::warn!(?names, "two or more heads are down: automatic failover ejects nobody");

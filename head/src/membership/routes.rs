@@ -147,7 +147,7 @@ async fn eject_head(
     let req: HeadRef = parse(&body)?;
     let user = headers.get("x-clusterware-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
     tracing::warn!(%peer, %user, head = %req.head, "eject requested");
-    Ok(json(StatusCode::OK, &crate::membership::eject(&st.db, &st.control, &req.head).await?))
+    Ok(json(StatusCode::OK, &crate::membership::eject(&st.db, &st.control, &req.head, req.force).await?))
 }
 
 async fn leave_cluster(State(st): State<Arc<Api>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> ApiResult<Response> {

@@ -4,9 +4,11 @@
 //!
 //! Rounds are serialised through a lease-bound lock (`rebalance/lock`), and each reads status,
 //! moves and liveness in one transaction (one revision). A move is a `moves/<uid>` record under
-//! a lease as long as the hold-off: it counts the node at its destination while it travels, keeps
-//! the node from being moved again within the hold-off, and is how the decision reaches the
-//! node's parent, which hands the agent a switch-parent directive. Two heads deciding in turn
+//! a lease as long as the hold-off: it counts the node at its destination while it travels (at
+//! most [`TRAVEL_SECS`]: a node still at its source after that did not move, counts there and
+//! may be planned again), keeps a node that moved from being moved again within the hold-off,
+//! and is how the decision reaches the node's parent, which hands the agent a switch-parent
+//! directive. Two heads deciding in turn
 //! therefore never overshoot each other's targets.
 //!
 //! Nodes whose `_preferred_head` is alive never move away from it; the imbalance they cause is
@@ -187,6 +189,7 @@ impl Hub {
             _ => Vec::new(),
         };
         let (status, moves, alive) = (got(0), got(1), got(2));
+        let now_secs = crate::core::unix_now();
         let alive: Vec<String> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE).map(str::to_string)).collect();
         let alive_set: HashSet<&str> = alive.iter().map(String::as_str).collect();
         let moves: HashMap<String, MoveRecord> = moves
@@ -204,12 +207,12 @@ impl Hub {
             }
             let Some(node) = self.nodes.by_uid(uid) else { continue };
             let pinned_to = self.view.preferred_head(&node).filter(|h| alive_set.contains(h.as_str()));
-            let mv = moves.get(uid);
+            let (moving_to, held) = in_transit(moves.get(uid), &rec.parent, now_secs);
             views.push(NodeView {
                 uid: uid.to_string(),
                 name: node.name.clone(),
-                moving_to: mv.filter(|m| m.from == rec.parent).map(|m| m.to.clone()),
-                held: mv.is_some(),
+                moving_to,
+                held,
                 parent: rec.parent.clone(),
                 pinned_to,
             });
@@ -254,6 +257,25 @@ impl Hub {
         report.moves = done;
         report.executed = true;
         Ok(report)
+    }
+}
+
+/// How long a move may take to show in its node's status (the directive reaches the agent
+/// through its long poll at once; its next push goes to the new parent, whose status writer
+/// records it within seconds).
+pub const TRAVEL_SECS: u64 = 20;
+
+/// What a move record means for a node that reports from `parent` now: where it counts
+/// (`Some(destination)` while it travels) and whether it is held (not moved again). A node
+/// counts where it reports once the move had time to happen: one still at the source then did
+/// not move (the switch never reached it, or it failed back) and may be planned again; one that
+/// arrived, or went elsewhere, is held for the hold-off.
+pub fn in_transit(mv: Option<&MoveRecord>, parent: &str, now: u64) -> (Option<String>, bool) {
+    match mv {
+        None => (None, false),
+        Some(m) if m.from == parent && now.saturating_sub(m.at) <= TRAVEL_SECS => (Some(m.to.clone()), true),
+        Some(m) if m.from == parent => (None, false),
+        Some(_) => (None, true),
     }
 }
 
@@ -311,6 +333,26 @@ pub fn start(ctx: &crate::core::Ctx, hub: &Arc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A move counts its node at the destination only while it can still be under way; a node
+    /// still at its source after that counts where it is and may be planned again (the switch
+    /// never reached it, or it failed back); one that arrived is held.
+    #[test]
+    fn moves_count_where_nodes_report_once_they_had_time_to_happen() {
+        let m = MoveRecord {
+            uid: "u".into(),
+            node: "n0".into(),
+            from: "head1".into(),
+            to: "head2".into(),
+            reason: "r".into(),
+            at: 1000,
+        };
+        assert_eq!(in_transit(None, "head1", 1000), (None, false));
+        assert_eq!(in_transit(Some(&m), "head1", 1000 + TRAVEL_SECS), (Some("head2".into()), true));
+        assert_eq!(in_transit(Some(&m), "head1", 1001 + TRAVEL_SECS), (None, false), "the move did not happen");
+        assert_eq!(in_transit(Some(&m), "head2", 1001 + TRAVEL_SECS), (None, true), "arrived: held");
+        assert_eq!(in_transit(Some(&m), "head3", 1010), (None, true), "went elsewhere: held");
+    }
 
     fn nodes(spec: &[(&str, usize)]) -> Vec<NodeView> {
         let mut v = Vec::new();

@@ -286,7 +286,7 @@ pub struct Storage {
     peers: Peers,
     /// Other heads, asked to take a copy (a call that lasts as long as the download).
     copiers: Peers,
-    counters: Counters,
+    counters: Arc<Counters>,
     complaints: crate::core::complaints::Complaints,
     /// The records read last, by id: while the database has no quorum, a file whose copy was
     /// verified against its record is still served.
@@ -304,7 +304,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Hashes what is left of a reader, at most `rate` bytes per second when given; stops early
 /// when `stop` is set. Returns (size, hex SHA-256).
-fn hash_reader(r: &mut impl Read, rate: Option<u64>, stop: &AtomicBool) -> std::io::Result<(u64, String)> {
+/// `counted` gets every chunk's size as it is hashed.
+fn hash_reader(
+    r: &mut impl Read,
+    rate: Option<u64>,
+    stop: &AtomicBool,
+    counted: &[&AtomicU64],
+) -> std::io::Result<(u64, String)> {
     let started = std::time::Instant::now();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
@@ -319,6 +325,9 @@ fn hash_reader(r: &mut impl Read, rate: Option<u64>, stop: &AtomicBool) -> std::
         }
         h.update(&buf[..got]);
         n += got as u64;
+        for c in counted {
+            c.fetch_add(got as u64, Ordering::Relaxed);
+        }
         if let Some(rate) = rate.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(n as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -439,7 +448,7 @@ impl Storage {
                     ..crate::core::peers::timeouts(PEER_READ_TIMEOUT.as_secs())
                 },
             ),
-            counters: Counters::default(),
+            counters: Arc::default(),
             complaints: Default::default(),
             records: Mutex::new(HashMap::new()),
             published: tokio::sync::Mutex::new(None),
@@ -638,18 +647,19 @@ impl Storage {
                 };
                 let stop = Arc::new(AtomicBool::new(false));
                 let _stop = StopOnDrop(stop.clone());
+                let counters = self.counters.clone();
                 let (f, hashed) = tokio::task::spawn_blocking(move || {
                     let mut f = f;
-                    let r = hash_reader(&mut f, rate, &stop);
+                    let counted: &[&AtomicU64] = match rate {
+                        None => &[&counters.hashed_bytes],
+                        Some(_) => &[&counters.hashed_bytes, &counters.scrubbed_bytes],
+                    };
+                    let r = hash_reader(&mut f, rate, &stop, counted);
                     (f, r)
                 })
                 .await
                 .map_err(|e| StorageError::Internal(format!("hashing task failed: {e}")))?;
                 let (n, sha) = hashed.map_err(io(&path))?;
-                self.counters.hashed_bytes.fetch_add(n, Ordering::Relaxed);
-                if rate.is_some() {
-                    self.counters.scrubbed_bytes.fetch_add(n, Ordering::Relaxed);
-                }
                 // The stamp must be the one of the bytes just hashed.
                 let m2 = f.metadata().map_err(io(&path))?;
                 if sha == rec.sha256 && n == rec.size && Stamp::of(&m2) == stamp {
