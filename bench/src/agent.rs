@@ -5,6 +5,7 @@
 use crate::{Report, secs};
 use clusterware_tests::{Cluster, Head, Sim, bin, poll_until};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn hist(s: &Value) -> Vec<(usize, u64)> {
@@ -139,6 +140,86 @@ fn rebalance_run(n: u64) -> Vec<String> {
         rounds.to_string(),
         secs(took),
         format!("{dev:.1} ({:.2}%)", dev / mean * 100.0),
+    ]
+}
+
+/// Five heads under failure (`--only failures`).
+pub fn bench_failures(r: &mut Report) {
+    eprintln!("cw-bench: heads under failure…");
+    r.section(
+        "Heads under failure: kill -9, restart, rebalance",
+        "5 heads, 2,000 simulated nodes (status every 5 s) all given head1 first; rebalance.interval = 5 s",
+        "Rebalancing spreads the fleet (400 per head); kill -9 of head5: where each of its nodes goes first (the \
+         spread over the four survivors; ideal 100 each, and a node moved there by rebalancing goes by its new \
+         parent's list, not back to head1); then head5 is started again: time from its start until every head is \
+         within the rebalancing threshold (20 %) of the mean again, against two rebalancing intervals (target: \
+         ratio at most 1).",
+    );
+    r.table(
+        &["nodes", "head5's nodes per survivor (min–max)", "refilled after restart", "target", "ratio"],
+        vec![failure_run()],
+    );
+}
+
+/// See the "Heads under failure" section.
+fn failure_run() -> Vec<String> {
+    let interval = 5u64;
+    let mut c = Cluster::start(
+        clusterware_tests::Backend::Etcd,
+        5,
+        &format!("rebalance.interval = {interval}\nrebalance.holdoff = 10\n"),
+    );
+    let n = 2000u64;
+    let (mac0, ip0) = ("52:54:00:b5:00:00", "127.215.0.1");
+    create(&c.heads[0], n as u32, mac0, ip0, &[]);
+    let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
+    let sim = Sim::start(&urls, Some(&c.heads[0]), n as u32, ip0, mac0, &["--status-secs", "5", "--ramp-secs", "2"]);
+    let names: Vec<String> = c.heads.iter().map(|h| h.name.clone()).collect();
+    let mean = n as f64 / 5.0;
+    // Balanced as rebalancing sees it: every node up, no head above the mean by more than the
+    // threshold (20 %), none below it by more.
+    let within = |s: &Value, heads: &[String], mean: f64| {
+        let counts: Vec<f64> = heads.iter().map(|h| s["parents"][h].as_u64().unwrap_or(0) as f64).collect();
+        counts.iter().sum::<f64>() == n as f64 && counts.iter().all(|c| (c - mean).abs() <= mean * 0.2)
+    };
+    poll_until("balanced over five heads", Duration::from_secs(600), || within(&sim.summary(), &names, mean));
+    // Past the hold-off: every moved node has its new parent's head list.
+    std::thread::sleep(Duration::from_secs(15));
+    let parents = |s: &Value| -> BTreeMap<String, String> {
+        s["node"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["mac"].as_str().unwrap_or("").to_string(), x["parent"].as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    let on5: Vec<String> = parents(&sim.summary()).into_iter().filter(|(_, p)| p == "head5").map(|(m, _)| m).collect();
+    c.heads[4].kill9();
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    poll_until("head5's nodes re-parented", Duration::from_secs(120), || {
+        let now = parents(&sim.summary());
+        for m in &on5 {
+            if let Some(p) = now.get(m).filter(|p| *p != "head5" && !p.is_empty()) {
+                first.entry(m.clone()).or_insert_with(|| p.clone());
+            }
+        }
+        first.len() == on5.len()
+    });
+    let per: Vec<usize> = names[..4].iter().map(|h| first.values().filter(|p| *p == h).count()).collect();
+    let (lo, hi) = (per.iter().min().copied().unwrap_or(0), per.iter().max().copied().unwrap_or(0));
+    // head5 back: until it parents its share again.
+    let started = Instant::now();
+    c.heads[4].start();
+    c.heads[4].wait_ready(Duration::from_secs(60));
+    poll_until("head5 refilled", Duration::from_secs(600), || within(&sim.summary(), &names, mean));
+    let took = started.elapsed();
+    let target = Duration::from_secs(2 * interval);
+    vec![
+        n.to_string(),
+        format!("{lo}–{hi} of {} (ideal {:.0})", on5.len(), on5.len() as f64 / 4.0),
+        secs(took),
+        secs(target),
+        format!("{:.2}", took.as_secs_f64() / target.as_secs_f64()),
     ]
 }
 

@@ -53,9 +53,9 @@ struct Args {
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
-    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, power, dhcp, boot,
-    /// membership)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "power", "dhcp", "boot", "membership"])]
+    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, failures, power, dhcp,
+    /// boot, membership)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "membership"])]
     only: Vec<String>,
 }
 
@@ -328,6 +328,9 @@ fn main() {
     }
     if run("agent") {
         agent::bench_agent(&mut r);
+    }
+    if run("failures") {
+        agent::bench_failures(&mut r);
     }
     if run("power") {
         agent::bench_power(&mut r, 200);

@@ -221,25 +221,11 @@ pub fn read_password_tty(prompt: &str, hint: &str) -> CliResult<String> {
 /// Reads a secret: from the terminal without echo (after `prompt`), or the first line of stdin
 /// when stdin is not a terminal.
 pub fn read_secret(prompt: &str) -> CliResult<String> {
-    use std::io::{BufRead, IsTerminal, Write};
+    use std::io::{BufRead, IsTerminal};
     let stdin = std::io::stdin();
     let mut line = String::new();
     if stdin.is_terminal() {
-        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
-        use std::os::fd::AsFd;
-        // Echo goes off before the prompt is shown: an answer typed as soon as the prompt
-        // appears is never echoed.
-        let saved = tcgetattr(stdin.as_fd()).map_err(|_| fail("cannot read the terminal's settings"))?;
-        let mut t = saved.clone();
-        t.local_flags.remove(LocalFlags::ECHO);
-        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t).map_err(|e| fail(format!("cannot turn echo off: {e}")))?;
-        eprint!("{prompt}");
-        let _ = std::io::stderr().flush();
-        let r = stdin.lock().read_line(&mut line);
-        // Echo back on, whatever the read gave.
-        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &saved);
-        eprintln!();
-        r.map_err(|e| fail(format!("cannot read the terminal: {e}")))?;
+        line = ask_without_echo(&mut Tty { saved: None }, prompt)?;
     } else {
         stdin.lock().read_line(&mut line).map_err(|e| fail(format!("cannot read stdin: {e}")))?;
     }
@@ -248,6 +234,62 @@ pub fn read_secret(prompt: &str) -> CliResult<String> {
         return Err(usage("the secret is empty"));
     }
     Ok(v)
+}
+
+/// What asking for a secret on a terminal takes (a trait, so that the order of the steps is
+/// tested).
+trait Terminal {
+    fn echo(&mut self, on: bool) -> std::io::Result<()>;
+    fn show(&mut self, text: &str);
+    fn read_line(&mut self, line: &mut String) -> std::io::Result<usize>;
+}
+
+/// Standard input's terminal, and its settings from before echo went off.
+struct Tty {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl Terminal for Tty {
+    fn echo(&mut self, on: bool) -> std::io::Result<()> {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        use std::os::fd::AsFd;
+        let stdin = std::io::stdin();
+        if on {
+            match self.saved.take() {
+                Some(t) => tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t).map_err(std::io::Error::from),
+                None => Ok(()),
+            }
+        } else {
+            let saved = tcgetattr(stdin.as_fd())?;
+            let mut t = saved.clone();
+            t.local_flags.remove(LocalFlags::ECHO);
+            self.saved = Some(saved);
+            tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t).map_err(std::io::Error::from)
+        }
+    }
+
+    fn show(&mut self, text: &str) {
+        use std::io::Write;
+        eprint!("{text}");
+        let _ = std::io::stderr().flush();
+    }
+
+    fn read_line(&mut self, line: &mut String) -> std::io::Result<usize> {
+        std::io::BufRead::read_line(&mut std::io::stdin().lock(), line)
+    }
+}
+
+/// Echo goes off before the prompt is shown, so that an answer typed as soon as the prompt
+/// appears is never echoed; it comes back on whatever the read gave.
+fn ask_without_echo(t: &mut impl Terminal, prompt: &str) -> CliResult<String> {
+    t.echo(false).map_err(|e| fail(format!("cannot turn the terminal's echo off: {e}")))?;
+    t.show(prompt);
+    let mut line = String::new();
+    let r = t.read_line(&mut line);
+    let _ = t.echo(true);
+    t.show("\n");
+    r.map_err(|e| fail(format!("cannot read the terminal: {e}")))?;
+    Ok(line)
 }
 
 /// A secret (`what`) from the first line of file `f`, `-` for standard input; an empty one is
@@ -516,4 +558,36 @@ macro_rules! clap_consistency_test {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A terminal that records what was done to it, in order.
+    struct Recorder(Vec<String>);
+
+    impl Terminal for Recorder {
+        fn echo(&mut self, on: bool) -> std::io::Result<()> {
+            self.0.push(format!("echo {}", if on { "on" } else { "off" }));
+            Ok(())
+        }
+        fn show(&mut self, text: &str) {
+            self.0.push(format!("show {text:?}"));
+        }
+        fn read_line(&mut self, line: &mut String) -> std::io::Result<usize> {
+            self.0.push("read".into());
+            line.push_str("secret\n");
+            Ok(7)
+        }
+    }
+
+    /// An answer typed the moment the prompt appears is never echoed: echo is off before the
+    /// prompt is shown, and on again after the read.
+    #[test]
+    fn echo_goes_off_before_the_prompt() {
+        let mut t = Recorder(Vec::new());
+        assert_eq!(ask_without_echo(&mut t, "Password: ").unwrap(), "secret\n");
+        assert_eq!(t.0, ["echo off", "show \"Password: \"", "read", "echo on", "show \"\\n\""]);
+    }
 }

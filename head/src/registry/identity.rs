@@ -238,12 +238,22 @@ async fn agent_enroll(
     Ok(crate::core::http::json(axum::http::StatusCode::OK, &got))
 }
 
-/// The nodes a request names (uids), all of them known.
-fn named(id: &Identity, req: &clusterware_shared::api::DeleteNodes) -> Result<Vec<Arc<Node>>, IdentityError> {
-    req.nodes
-        .iter()
-        .map(|u| id.nodes.by_uid(u).ok_or_else(|| IdentityError::Invalid(format!("no node with uid {u}"))))
-        .collect()
+/// The nodes a request names (uids), all of them known: from the node table, or from the
+/// database for a node created a moment ago that the table has not seen yet.
+async fn named(id: &Identity, req: &clusterware_shared::api::DeleteNodes) -> Result<Vec<Arc<Node>>, IdentityError> {
+    let mut out = Vec::with_capacity(req.nodes.len());
+    for u in &req.nodes {
+        if let Some(n) = id.nodes.by_uid(u) {
+            out.push(n);
+            continue;
+        }
+        let fresh = crate::registry::get(&id.db, u).await.map_err(|e| match e {
+            crate::registry::RegistryError::Db(d) => IdentityError::Db(d),
+            e => IdentityError::Internal(e.to_string()),
+        })?;
+        out.push(Arc::new(fresh.ok_or_else(|| IdentityError::Invalid(format!("no node with uid {u}")))?));
+    }
+    Ok(out)
 }
 
 /// `POST /api/v1/nodes/enroll`: one-time tokens for nodes that do not network-boot.
@@ -253,7 +263,7 @@ async fn admin_enroll(
     body: axum::body::Bytes,
 ) -> crate::core::http::ApiResult<axum::response::Response> {
     let req: clusterware_shared::api::DeleteNodes = crate::core::http::parse(&body)?;
-    let nodes: Vec<Node> = named(&id, &req)?.into_iter().map(|n| (*n).clone()).collect();
+    let nodes: Vec<Node> = named(&id, &req).await?.into_iter().map(|n| (*n).clone()).collect();
     let tokens = id.tokens_for(&nodes).await?;
     tracing::info!(%peer, count = tokens.len(), "enrollment tokens made");
     Ok(crate::core::http::json(axum::http::StatusCode::OK, &clusterware_shared::agent::EnrollTokens { tokens }))
@@ -266,7 +276,7 @@ async fn admin_revoke(
     body: axum::body::Bytes,
 ) -> crate::core::http::ApiResult<axum::response::Response> {
     let req: clusterware_shared::api::DeleteNodes = crate::core::http::parse(&body)?;
-    let nodes = named(&id, &req)?;
+    let nodes = named(&id, &req).await?;
     let uids: Vec<String> = nodes.iter().map(|n| n.uid.clone()).collect();
     let had = id.revoke(&uids).await?;
     tracing::warn!(%peer, count = uids.len(), had_certificates = had, "node certificates revoked");
@@ -278,6 +288,29 @@ async fn admin_revoke(
 mod tests {
     use super::*;
     use crate::core::db::embedded::Embedded;
+
+    /// A node created a moment ago, which the node table has not seen yet (here: a table that
+    /// follows another, empty database), is found in the database.
+    #[tokio::test]
+    async fn nodes_named_right_after_their_creation_are_found() {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let spec = clusterware_shared::api::NodeSpec {
+            macs: vec!["52:54:00:00:00:07".parse().unwrap()],
+            ip: Some("10.0.0.7".parse().unwrap()),
+            ..Default::default()
+        };
+        let node = crate::registry::create(&db, vec![spec]).await.unwrap().remove(0);
+        let sup = Supervisor::new();
+        let lagging = NodeCache::spawn(Database::Embedded(Embedded::open_in_memory().unwrap()), &sup);
+        assert!(lagging.wait_ready(std::time::Duration::from_secs(5)).await);
+        let id = Identity::spawn(db.clone(), lagging, Ca::create().unwrap(), &sup);
+        let req = |uid: &str| clusterware_shared::api::DeleteNodes { nodes: vec![uid.to_string()] };
+        let found = named(&id, &req(&node.uid)).await.unwrap();
+        assert_eq!(found[0].uid, node.uid);
+        let e = named(&id, &req("0123456789abcdef0123456789abcdef")).await.unwrap_err();
+        assert!(e.to_string().contains("no node with uid"), "{e}");
+        sup.shutdown(std::time::Duration::from_secs(1)).await;
+    }
 
     #[tokio::test]
     async fn a_token_works_once_from_its_node_only() {
