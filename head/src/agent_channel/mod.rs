@@ -232,6 +232,29 @@ fn outcome_of(names: &HashMap<&str, &str>, uid: String, res: CommandResult) -> N
     }
 }
 
+/// The log lines for nodes found silent at once, as (name, MAC, seconds silent): a few one by
+/// one; many (a head that was stopped and resumed, a switch that failed) in one line.
+fn silent_lines(mut down: Vec<(String, String, u64)>) -> Vec<String> {
+    const ONE_BY_ONE: usize = 5;
+    if down.len() <= ONE_BY_ONE {
+        return down
+            .iter()
+            .map(|(node, mac, secs)| {
+                format!(
+                    "node is down: no status for {MISSED_INTERVALS} intervals (node {node}, mac {mac}, silent {secs} s)"
+                )
+            })
+            .collect();
+    }
+    down.sort();
+    let first: Vec<&str> = down.iter().take(ONE_BY_ONE).map(|d| d.0.as_str()).collect();
+    vec![format!(
+        "{} nodes are down: no status for {MISSED_INTERVALS} intervals (first: {}, …)",
+        down.len(),
+        first.join(", ")
+    )]
+}
+
 impl Hub {
     /// Starts following nodes, status, commands, heads and keys, and the loops that write
     /// status and detect silent nodes.
@@ -661,10 +684,8 @@ impl Hub {
         }
     }
 
-    /// Marks down the nodes silent for too long. A few are logged one by one; many at once (a
-    /// head that was stopped and resumed, a switch that failed) in one line.
+    /// Marks down the nodes silent for too long (logged by [`silent_lines`]).
     fn mark_silent(&self) {
-        const ONE_BY_ONE: usize = 5;
         let mut down: Vec<(String, String, u64)> = Vec::new();
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for ch in children.values_mut() {
@@ -682,14 +703,8 @@ impl Hub {
             }
         }
         drop(children);
-        if down.len() <= ONE_BY_ONE {
-            for (node, mac, silent_secs) in &down {
-                tracing::warn!(%node, %mac, silent_secs, "node is down: no status for {} intervals", MISSED_INTERVALS);
-            }
-        } else {
-            down.sort();
-            let first: Vec<&str> = down.iter().take(ONE_BY_ONE).map(|d| d.0.as_str()).collect();
-            tracing::warn!(nodes = down.len(), ?first, "nodes are down: no status for {} intervals", MISSED_INTERVALS);
+        for line in silent_lines(down) {
+            tracing::warn!("{line}");
         }
     }
 
@@ -1096,6 +1111,19 @@ pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>, identity: &Arc<Iden
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resumed head that finds hundreds of former nodes silent writes one line, not one each.
+    #[test]
+    fn many_silent_nodes_are_summed_up_in_one_line() {
+        let down = |n: usize| (0..n).map(|i| (format!("n{i:03}"), "52:54:00:00:00:01".to_string(), 20)).collect();
+        let few = silent_lines(down(3));
+        assert_eq!(few.len(), 3);
+        assert!(few[0].starts_with("node is down") && few[0].contains("node n000"), "{few:?}");
+        let many = silent_lines(down(450));
+        assert_eq!(many.len(), 1, "{many:?}");
+        assert!(many[0].starts_with("450 nodes are down") && many[0].contains("first: n000, n001"), "{many:?}");
+        assert!(silent_lines(Vec::new()).is_empty());
+    }
     use crate::core::db::embedded::Embedded;
 
     use clusterware_shared::agent::Phase;
