@@ -46,6 +46,21 @@ fn wait_load(h: &Head, what: &str, within: Duration, want: &[(&str, u64)]) {
     }
 }
 
+/// 300 nodes reporting every 2 s, every one given head1 first, spread by rebalancing over the
+/// three `heads` (100 each).
+fn balanced_fleet(heads: &[Head], mac0: &str, ip0: &str) -> Sim {
+    create_nodes(&heads[0], 300, mac0, ip0);
+    let urls: Vec<String> = heads.iter().map(Head::url).collect();
+    let sim = Sim::start(&urls, Some(&heads[0]), 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
+    wait_load(
+        &heads[1],
+        "100 nodes per head",
+        Duration::from_secs(60),
+        &[("head1", 100), ("head2", 100), ("head3", 100)],
+    );
+    sim
+}
+
 #[test]
 fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
     let mut c = Cluster::configure(Backend::Etcd, 4, FAST);
@@ -55,17 +70,7 @@ fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
     for h in &mut c.heads[..3] {
         h.wait_ready(Duration::from_secs(60));
     }
-    let (mac0, ip0) = ("52:54:00:a5:00:00", "127.205.0.1");
-    create_nodes(&c.heads[0], 300, mac0, ip0);
-    // Every node is given head1 first.
-    let urls: Vec<String> = c.heads[..3].iter().map(Head::url).collect();
-    let sim = Sim::start(&urls, Some(&c.heads[0]), 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
-    wait_load(
-        &c.heads[1],
-        "100 nodes per head",
-        Duration::from_secs(60),
-        &[("head1", 100), ("head2", 100), ("head3", 100)],
-    );
+    let sim = balanced_fleet(&c.heads[..3], "52:54:00:a5:00:00", "127.205.0.1");
     poll_until("sim summary current", Duration::from_secs(5), || moves(&sim) == 200);
     // Many rounds (interval 2 s) on a balanced cluster: no move.
     std::thread::sleep(Duration::from_secs(7));
@@ -143,17 +148,7 @@ fn preferred_head_pins_nodes_and_they_return_after_a_restart() {
 #[test]
 fn a_dead_heads_moved_nodes_spread_over_the_others() {
     let c = Cluster::start(Backend::Etcd, 3, FAST);
-    let (mac0, ip0) = ("52:54:00:a7:00:00", "127.207.0.1");
-    create_nodes(&c.heads[0], 300, mac0, ip0);
-    // Every node boots from head1 and is given head1 first: rebalancing moves 200 of them.
-    let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
-    let sim = Sim::start(&urls, Some(&c.heads[0]), 300, ip0, mac0, &["--status-secs", "2", "--ramp-secs", "0.5"]);
-    wait_load(
-        &c.heads[1],
-        "100 nodes per head",
-        Duration::from_secs(60),
-        &[("head1", 100), ("head2", 100), ("head3", 100)],
-    );
+    let sim = balanced_fleet(&c.heads, "52:54:00:a7:00:00", "127.207.0.1");
     let parents = || -> BTreeMap<String, String> {
         sim.summary()["node"]
             .as_array()

@@ -504,28 +504,28 @@ fn a_corrupted_copy_with_its_mtime_restored_is_repaired_and_races_are_clean() {
         settle(&c, 1, &id);
         corrupt_keeping_mtime(&pb, 1000 + round);
         let b = Arc::new(std::sync::Barrier::new(2));
-        let node = {
+        // Both released together; `late` 2 ms after the other.
+        let at_once = |late: bool, ask: fn(&Head, &str) -> (u16, Vec<u8>)| {
             let (b, c, id) = (b.clone(), c.clone(), id.clone());
             std::thread::spawn(move || {
                 b.wait();
-                if round % 2 == 1 {
+                if late {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                fetch(&c.heads[1], &id, "")
+                ask(&c.heads[1], &id)
             })
         };
-        let peer = {
-            let (b, c, id) = (b.clone(), c.clone(), id.clone());
-            std::thread::spawn(move || {
-                b.wait();
-                if round % 2 == 0 {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                peer_head(&c.heads[1], &id)
-            })
-        };
-        let (ns, nb, _) = node.join().unwrap();
+        let node = at_once(round % 2 == 1, |h, id| {
+            let (status, body, _) = fetch(h, id, "");
+            (status, body)
+        });
+        let peer = at_once(round % 2 == 0, |h, id| {
+            let (status, body) = peer_head(h, id);
+            (status, body.into_bytes())
+        });
+        let (ns, nb) = node.join().unwrap();
         let (ps, pbody) = peer.join().unwrap();
+        let pbody = String::from_utf8_lossy(&pbody);
         assert_eq!(ns, 200, "round {round}: the node got {}", String::from_utf8_lossy(&nb));
         assert!(nb == data, "round {round}: wrong bytes to the node");
         assert!(ps == 200 || ps == 404, "round {round}: the peer got {ps} {pbody}");

@@ -557,8 +557,7 @@ impl Storage {
 
     /// True when the local copy is known good without reading it.
     fn known_good(&self, rec: &FileRecord) -> bool {
-        let Ok(m) = std::fs::symlink_metadata(self.path(&rec.id)) else { return false };
-        m.file_type().is_file() && m.len() == rec.size && self.vouched(&rec.id, &Stamp::of(&m), &rec.sha256)
+        self.open_known_good(rec).is_some()
     }
 
     /// The local copy opened, when a verification vouches for the file opened.
@@ -574,50 +573,55 @@ impl Storage {
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         let m = lock(&self.locks).entry(id.to_string()).or_default().clone();
         let inner = match deadline {
-            None => m.lock_owned().await,
-            Some(d) => match tokio::time::timeout_at(d, m.lock_owned()).await {
-                Ok(g) => g,
-                Err(_) => {
-                    forget_lock(&self.locks, id, 1);
-                    return Ok(None);
-                }
-            },
+            None => Some(m.lock_owned().await),
+            Some(d) => tokio::time::timeout_at(d, m.lock_owned()).await.ok(),
         };
-        let path = self.locks_dir.join(id);
-        let opened = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
-        let mut file = match opened {
-            Ok(f) => f,
-            Err(e) => {
+        let flock = match &inner {
+            Some(_) => self.flock(id, deadline).await,
+            None => Ok(None),
+        };
+        match (inner, flock) {
+            (Some(inner), Ok(Some(flock))) => {
+                Ok(Some(Guard { id: id.to_string(), locks: self.locks.clone(), _flock: flock, _inner: inner }))
+            }
+            (inner, r) => {
+                // Not taken: the entry goes unless someone else waits on it.
                 drop(inner);
                 forget_lock(&self.locks, id, 1);
-                return Err(io(&path)(e));
+                r.map(|_| None)
             }
-        };
+        }
+    }
+
+    /// The `flock` on `.locks/<id>` (polled: a head sharing the directory holds it for a check or
+    /// a download); `None` when `deadline` passed first.
+    async fn flock(
+        &self,
+        id: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
         use nix::fcntl::{Flock, FlockArg};
+        let path = self.locks_dir.join(id);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(flock) => {
-                    return Ok(Some(Guard {
-                        id: id.to_string(),
-                        locks: self.locks.clone(),
-                        _flock: flock,
-                        _inner: inner,
-                    }));
+                Ok(flock) => return Ok(Some(flock)),
+                Err((_, nix::errno::Errno::EWOULDBLOCK))
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) =>
+                {
+                    return Ok(None);
                 }
                 Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        drop(inner);
-                        forget_lock(&self.locks, id, 1);
-                        return Ok(None);
-                    }
                     file = f;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((_, e)) => {
-                    drop(inner);
-                    forget_lock(&self.locks, id, 1);
-                    return Err(io(&path)(e.into()));
-                }
+                Err((_, e)) => return Err(io(&path)(e.into())),
             }
         }
     }
@@ -744,15 +748,20 @@ impl Storage {
 
     /// The other alive heads with storage of their own, in random order.
     async fn peers(&self) -> Result<Vec<HeadRecord>> {
-        let now = self.heads_now().await?;
+        Ok(self.peers_in(&self.heads_now().await?))
+    }
+
+    /// [`Storage::peers`] among heads read already.
+    fn peers_in(&self, now: &HeadsNow) -> Vec<HeadRecord> {
         let mut out: Vec<HeadRecord> = now
             .all
-            .into_iter()
+            .iter()
             .filter(|h| h.name != self.head && now.alive.contains(&h.name) && !self.shares_mine(h))
+            .cloned()
             .collect();
         use rand::seq::SliceRandom;
         out.shuffle(&mut rand::rng());
-        Ok(out)
+        out
     }
 
     /// The storages an upload must be verified on: `min_copies`, or 2 by default, and never more
@@ -928,8 +937,8 @@ impl Storage {
     /// then asks every other alive head to fetch it too, in the background. Returns the heads
     /// that hold it now.
     pub async fn replicate(self: &Arc<Self>, rec: &FileRecord) -> Result<Vec<String>> {
-        let peers = self.peers().await?;
-        let need = self.min_copies().await?;
+        let now = self.heads_now().await?;
+        let (peers, need) = (self.peers_in(&now), self.needed_copies(&now.all));
         let mut holders = vec![self.head.clone()];
         let mut storages: BTreeSet<String> = BTreeSet::from([self.storage_id.clone()]);
         let mut failures = Vec::new();
