@@ -593,6 +593,14 @@ impl Storage {
         }
     }
 
+    /// Creates `.locks/<id>` with the copy it guards, so that the directory does not change
+    /// later when a check first takes the guard; it goes with the copy (`delete_local`).
+    fn lock_file_for(&self, id: &str) -> Result<()> {
+        let path = self.locks_dir.join(id);
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        Ok(())
+    }
+
     /// The `flock` on `.locks/<id>` (polled: a head sharing the directory holds it for a check or
     /// a download); `None` when `deadline` passed first.
     async fn flock(
@@ -908,6 +916,7 @@ impl Storage {
         let dest = self.path(id);
         std::fs::rename(tmp, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.lock_file_for(id)?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
         self.remember(id, Verified::new(Stamp::of(&m), sha.clone(), true));
         Ok(sha)
@@ -1064,6 +1073,7 @@ impl Storage {
         let dest = self.path(id);
         std::fs::rename(from, &dest).map_err(io(&dest))?;
         fsync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.lock_file_for(id)?;
         let m = std::fs::symlink_metadata(&dest).map_err(io(&dest))?;
         self.remember(id, Verified::new(Stamp::of(&m), sha256.to_string(), true));
         self.persist_verified();
