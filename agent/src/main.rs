@@ -13,6 +13,7 @@ use client::{Endpoint, HeadClient};
 use clusterware_node::args::{Cli, Cmd};
 use clusterware_shared::agent::HeadEntry;
 use clusterware_shared::ids::MacAddr;
+use clusterware_shared::outln;
 use config::NodeConfig;
 use node::{Agent, AgentState, Files, NoObserver, Settings, Source};
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("clusterware-node: {msg}");
+    eprintln!("clusterware-node: error: {msg}");
     ExitCode::FAILURE
 }
 
@@ -193,13 +194,13 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
 
 fn print_state(s: &AgentState, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
         return;
     }
     let parent = s.parent.as_ref().map_or("-".to_string(), |p| format!("{} ({})", p.name, p.url));
-    println!("MAC:          {}", s.mac);
-    println!("Parent:       {parent}");
-    println!("Status every: {} s", s.status_secs);
+    outln!("MAC:          {}", s.mac);
+    outln!("Parent:       {parent}");
+    outln!("Status every: {} s", s.status_secs);
     let last = match s.last_push {
         None => "never".to_string(),
         Some(t) => {
@@ -210,14 +211,14 @@ fn print_state(s: &AgentState, json: bool) {
             format!("{ago} s ago, {}", if s.last_push_ok { "ok" } else { "failed" })
         }
     };
-    println!("Last push:    {last}");
+    outln!("Last push:    {last}");
     if let Some(e) = &s.last_error {
-        println!("Last error:   {e}");
+        outln!("Last error:   {e}");
     }
-    println!("Pushes:       {} ok, {} failed", s.pushes_ok, s.pushes_failed);
-    println!("Heads:");
+    outln!("Pushes:       {} ok, {} failed", s.pushes_ok, s.pushes_failed);
+    outln!("Heads:");
     for (i, h) in s.heads.iter().enumerate() {
-        println!("  {}. {} {}", i + 1, h.name, h.url);
+        outln!("  {}. {} {}", i + 1, h.name, h.url);
     }
 }
 
@@ -257,7 +258,7 @@ fn main() -> ExitCode {
             };
             match rt.block_on(enroll_cmd(cli.config.as_ref(), &token_file)) {
                 Ok(m) => {
-                    println!("{m}");
+                    outln!("{m}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -290,10 +291,10 @@ fn main() -> ExitCode {
                 Ok(m) => {
                     if fetch {
                         for h in agent.heads() {
-                            println!("{} {}", h.name, h.url);
+                            outln!("{} {}", h.name, h.url);
                         }
                     } else {
-                        println!("{m}");
+                        outln!("{m}");
                     }
                     ExitCode::SUCCESS
                 }

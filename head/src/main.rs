@@ -35,11 +35,16 @@ fn main() -> ExitCode {
             eprintln!("clusterware-head: error: {e}");
             return ExitCode::from(1);
         }
-        println!("configuration {} is valid", cfg.path.display());
-        println!("head.name = {name}");
-        println!("database.type = {}", cfg.database_type.as_str());
-        println!("head.port = {}", cfg.head_port);
-        println!("logging.dir = {}", cfg.log_dir.display());
+        clusterware_shared::outln!("head.name = {name}");
+        clusterware_shared::outln!("database.type = {}", cfg.database_type.as_str());
+        clusterware_shared::outln!("head.port = {}", cfg.head_port);
+        clusterware_shared::outln!("logging.dir = {}", cfg.log_dir.display());
+        // The warnings went to stderr above, each on its line.
+        match loaded.warnings.len() {
+            0 => clusterware_shared::outln!("configuration {} is valid", cfg.path.display()),
+            1 => clusterware_shared::outln!("configuration {} is valid, with 1 warning (above)", cfg.path.display()),
+            n => clusterware_shared::outln!("configuration {} is valid, with {n} warnings (above)", cfg.path.display()),
+        }
         return ExitCode::SUCCESS;
     }
     let _guard = match daemon::init_logging(&cfg, &name) {

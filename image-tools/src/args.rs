@@ -9,8 +9,6 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "scyld-modimg", version)]
 pub struct Args {
-    #[command(flatten)]
-    pub conn: ConnOpts,
     /// Print JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
@@ -36,6 +34,8 @@ pub enum Cmd {
     },
     /// Upload an image file and create the image record (scyld-imgctl create) under NAME
     Register {
+        #[command(flatten)]
+        conn: ConnOpts,
         /// The image file `scyld-modimg build` wrote (uploaded as a rootfs boot file)
         #[arg(value_name = "IMAGE")]
         image: PathBuf,

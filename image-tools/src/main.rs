@@ -11,10 +11,11 @@
 //! init's `/etc/inittab`. The same inputs give the same bytes.
 
 use clap::Parser;
-use clusterware_cli::{CliResult, Client, fail, print_json, run, upload_file, usage};
+use clusterware_cli::{CliResult, Client, ConnOpts, fail, human_bytes, print_json, run, upload_file, usage};
 use clusterware_image_tools::args::{Args, Cmd};
 use clusterware_shared::api::CreateImage;
 use clusterware_shared::cpio::Entry;
+use clusterware_shared::outln;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -169,7 +170,7 @@ fn build(from: &Path, agent: Option<&Path>, output: &Path) -> CliResult<()> {
     let image = gz.finish().map_err(|e| fail(e.to_string()))?;
     clusterware_shared::fsutil::write_atomic(output, None, &image, Some(0o644))
         .map_err(|e| fail(format!("cannot write {}: {e}", output.display())))?;
-    println!(
+    outln!(
         "{}: {} entries, {} bytes; agent at /usr/sbin/clusterware-node, started by a {how}",
         output.display(),
         entries.len(),
@@ -178,8 +179,8 @@ fn build(from: &Path, agent: Option<&Path>, output: &Path) -> CliResult<()> {
     Ok(())
 }
 
-fn register(args: &Args, image: &Path, name: &str, description: &str) -> CliResult<()> {
-    let c = Client::new(&args.conn)?;
+fn register(args: &Args, conn: &ConnOpts, image: &Path, name: &str, description: &str) -> CliResult<()> {
+    let c = Client::new(conn)?;
     let rec = upload_file(&c, image, None, "rootfs")?;
     let img = c.create_image(&CreateImage {
         name: name.to_string(),
@@ -190,7 +191,7 @@ fn register(args: &Args, image: &Path, name: &str, description: &str) -> CliResu
     if args.json {
         print_json(&img);
     } else {
-        println!("image {} registered (root file system {}, {} bytes)", img.name, rec.id, rec.size);
+        outln!("image {} registered (root file system {}, {})", img.name, rec.id, human_bytes(rec.size));
     }
     Ok(())
 }
@@ -199,7 +200,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     run("scyld-modimg", || match &args.cmd {
         Cmd::Build { from, agent, output } => build(from, agent.as_deref(), output),
-        Cmd::Register { image, name, description } => register(&args, image, name, description),
+        Cmd::Register { conn, image, name, description } => register(&args, conn, image, name, description),
         Cmd::Completion(c) => c.print::<Args>(),
     })
 }

@@ -164,7 +164,23 @@ pub fn build(spec: &Spec, compress: bool) -> Result<Built, BuildError> {
     if agent.get(..4) != Some(b"\x7fELF") {
         return Err(err(format!("{} is not an ELF program", spec.agent.display())));
     }
-    let mod_dir = spec.modules_root.join("lib/modules").join(v);
+    let modules = spec.modules_root.join("lib/modules");
+    let mod_dir = modules.join(v);
+    if !mod_dir.is_dir() {
+        let mut present: Vec<String> = std::fs::read_dir(&modules)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        present.sort();
+        let what = match present.len() {
+            0 => format!("{} holds no kernel's modules (is --modules-root right?)", modules.display()),
+            _ => format!("the kernels there: {} (give one with --kernel-version)", present.join(", ")),
+        };
+        return Err(err(format!("no modules of kernel {v} in {}; {what}", modules.display())));
+    }
     let dep_path = mod_dir.join("modules.dep");
     let dep_text = std::fs::read_to_string(&dep_path).map_err(|e| {
         err(format!(
@@ -316,8 +332,14 @@ mod tests {
         spec.agent = d.path().join("agent");
         spec.kernel_version = "../x".into();
         assert!(build(&spec, true).is_err());
+        // A version that is not there: the error lists the versions that are.
         spec.kernel_version = "6.1.0-other".into();
-        assert!(build(&spec, true).unwrap_err().0.contains("depmod"));
+        let e = build(&spec, true).unwrap_err().0;
+        assert!(e.contains("no modules of kernel 6.1.0-other") && e.contains("the kernels there: 6.1.0-test"), "{e}");
+        // One that is there without modules.dep: depmod.
+        std::fs::create_dir_all(d.path().join("lib/modules/6.1.0-bare")).unwrap();
+        spec.kernel_version = "6.1.0-bare".into();
+        assert!(build(&spec, true).unwrap_err().0.contains("depmod -b ROOT 6.1.0-bare"));
         assert!(read_cpio(b"garbage").is_err());
     }
 }

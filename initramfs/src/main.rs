@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let agent = match clusterware_shared::sys::agent_path(a.agent.as_deref()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("scyld-mkinitramfs: {e}");
+            eprintln!("scyld-mkinitramfs: error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let built = match build(&spec, !a.no_compress) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("scyld-mkinitramfs: {e}");
+            eprintln!("scyld-mkinitramfs: error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -36,15 +36,15 @@ fn main() -> ExitCode {
         .and_then(|_| std::fs::rename(&tmp, &a.output));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        eprintln!("scyld-mkinitramfs: cannot write {}: {e}", a.output.display());
+        eprintln!("scyld-mkinitramfs: error: cannot write {}: {e}", a.output.display());
         return ExitCode::FAILURE;
     }
-    println!("{}: {} bytes, {} modules", a.output.display(), built.image.len(), built.modules.len());
+    clusterware_shared::outln!("{}: {} bytes, {} modules", a.output.display(), built.image.len(), built.modules.len());
     for m in &built.modules {
-        println!("  {m}");
+        clusterware_shared::outln!("  {m}");
     }
     if !built.skipped.is_empty() {
-        println!("not in kernel {}: {}", a.kernel_version, built.skipped.join(", "));
+        clusterware_shared::outln!("not in kernel {}: {}", a.kernel_version, built.skipped.join(", "));
     }
     if a.list {
         let raw = if a.no_compress {
@@ -57,10 +57,10 @@ fn main() -> ExitCode {
         match read_cpio(&raw) {
             Ok(files) => {
                 for (name, mode, data) in files {
-                    println!("{mode:06o} {:>10} /{name}", data.len());
+                    clusterware_shared::outln!("{mode:06o} {:>10} /{name}", data.len());
                 }
             }
-            Err(e) => eprintln!("scyld-mkinitramfs: cannot list the archive: {e}"),
+            Err(e) => eprintln!("scyld-mkinitramfs: error: cannot list the archive: {e}"),
         }
     }
     ExitCode::SUCCESS

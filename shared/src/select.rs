@@ -145,6 +145,53 @@ fn parse_term(t: &str) -> Result<Term, String> {
     Ok(Term::Range { prefix: prefix.to_string(), ranges, suffix: suffix.to_string() })
 }
 
+/// The names as one selector that selects exactly them, the way `-i` takes it: `n[0-2,4-99]`
+/// for n0, n1, n2, n4 … n99 (names that end in a number without a leading zero share a range
+/// with the names of the same prefix), other names listed as they are, in order of first
+/// appearance of their prefix. Empty for no names.
+pub fn compress<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut numbered: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+    for name in names {
+        let digits = name.bytes().rev().take_while(|b| b.is_ascii_digit()).count();
+        let (prefix, num) = name.split_at(name.len() - digits);
+        let plain = num.is_empty() || (num.len() > 1 && num.starts_with('0')) || prefix.contains(['[', ']', ',']);
+        match num.parse::<u64>() {
+            Ok(n) if !plain => {
+                let key = format!("[{prefix}");
+                if !numbered.contains_key(&key) {
+                    order.push(key.clone());
+                }
+                numbered.entry(key).or_default().push(n);
+            }
+            _ => order.push(name.to_string()),
+        }
+    }
+    let mut terms = Vec::new();
+    for key in order {
+        let Some(prefix) = key.strip_prefix('[') else {
+            terms.push(key);
+            continue;
+        };
+        let mut nums = numbered.remove(&key).unwrap_or_default();
+        nums.sort_unstable();
+        nums.dedup();
+        if let [one] = nums[..] {
+            terms.push(format!("{prefix}{one}"));
+            continue;
+        }
+        let mut ranges: Vec<RangeInclusive<u64>> = Vec::new();
+        for n in nums {
+            match ranges.last_mut() {
+                Some(r) if *r.end() + 1 == n => *r = *r.start()..=n,
+                _ => ranges.push(n..=n),
+            }
+        }
+        terms.push(Term::Range { prefix: prefix.to_string(), ranges, suffix: String::new() }.to_string());
+    }
+    terms.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +224,18 @@ mod tests {
         {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn names_compress_into_the_selector_that_selects_them() {
+        assert_eq!(compress(["n0", "n1", "n2", "n4", "n5", "n6"]), "n[0-2,4-6]");
+        assert_eq!(compress(["n7"]), "n7");
+        assert_eq!(compress(["n3", "head", "n1", "n2", "n03", "rack1-n5", "rack1-n6"]), "n[1-3],head,n03,rack1-n[5-6]");
+        assert_eq!(compress(["n1", "n1"]), "n1");
+        assert_eq!(compress(Vec::<&str>::new()), "");
+        // What comes out selects exactly what went in.
+        let u: Vec<String> = (0..300).filter(|i| i % 7 != 3).map(|i| format!("n{i}")).collect();
+        let c = compress(u.iter().map(String::as_str));
+        assert_eq!(names(&c, &u.iter().map(String::as_str).collect::<Vec<_>>()), u);
     }
 }

@@ -148,3 +148,52 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Writes to standard output for the command-line programs (through [`outln!`](crate::outln)):
+/// a reader that went away (`… | head`) ends the program quietly with exit code 0, since it has
+/// what it wanted, rather than the panic of `println!`; any other write error ends it with a
+/// one-line error and exit code 1. Commands promise exit codes 0, 1 and 2 only.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        stdout_failed(&e);
+    }
+}
+
+/// Flushes standard output, with [`write_stdout`]'s handling of a reader that went away.
+pub fn flush_stdout() {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().flush() {
+        stdout_failed(&e);
+    }
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    let prog = std::env::args().next().unwrap_or_default();
+    let prog = Path::new(&prog).file_name().map_or("error".into(), |n| n.to_string_lossy().into_owned());
+    eprintln!("{prog}: error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
+/// `println!` for the command-line programs: see [`write_stdout`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::sys::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::sys::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for the command-line programs: see [`write_stdout`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::sys::write_stdout(format_args!($($arg)*))
+    };
+}

@@ -10,6 +10,7 @@ use clusterware_cli::membership::{self, Start};
 use clusterware_cli::{Client, fail, print_json, print_table, run, usage};
 use clusterware_shared::api::{ConvertDatabase, DatabaseDump, Failover, FailoverRequest, HeadRef, MembershipChange};
 use clusterware_shared::config::{self, Config};
+use clusterware_shared::outln;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -57,7 +58,7 @@ fn report(args: &Args, r: &MembershipChange) {
         print_json(r);
         return;
     }
-    println!("{}", r.message);
+    outln!("{}", r.message);
     for w in &r.warnings {
         eprintln!("managedb: warning: {w}");
     }
@@ -123,10 +124,13 @@ fn join(
     if args.json {
         print_json(&j);
     } else {
-        println!(
+        outln!(
             "joined the cluster of {} as etcd member {} ({} members now) in {:.1} s; the other heads take up the new \
              membership by themselves (no restart needed)",
-            j.cluster_head, j.member_id, j.members, j.seconds
+            j.cluster_head,
+            j.member_id,
+            j.members,
+            j.seconds
         );
     }
     Ok(())
@@ -146,14 +150,14 @@ fn failover(args: &Args, action: &FailoverCmd) -> clusterware_cli::CliResult<()>
         print_json(&f);
         return Ok(());
     }
-    println!(
+    outln!(
         "automatic failover: {}, timeout {} s, {}",
         if f.enabled { "enabled" } else { "disabled" },
         f.timeout_secs,
         if f.armed { "armed" } else { "disarmed after an ejection (managedb failover reset arms it again)" }
     );
     if let Some(e) = &f.last {
-        println!(
+        outln!(
             "last automatic ejection: {} by {} after {} s down{}",
             e.head,
             e.by,
@@ -210,7 +214,7 @@ fn save(args: &Args, file: &PathBuf) -> clusterware_cli::CliResult<()> {
     if args.json {
         print_json(&serde_json::json!({"file": file, "keys": d.keys.len(), "revision": d.revision}));
     } else {
-        println!(
+        outln!(
             "saved {} keys (revision {} of the {} database) to {}",
             d.keys.len(),
             d.revision,
@@ -230,7 +234,7 @@ fn load(args: &Args, file: &PathBuf) -> clusterware_cli::CliResult<()> {
     if args.json {
         print_json(&r);
     } else {
-        println!("loaded {} keys from {}", r.loaded, file.display());
+        outln!("loaded {} keys from {}", r.loaded, file.display());
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use clusterware_shared::api::{CreateNodes, NodeSpec};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::Config;
 use clusterware_shared::ids::MacAddr;
+use clusterware_shared::outln;
 use nix::sys::signal::Signal;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -598,7 +599,7 @@ fn install(args: &Args) -> CliResult<()> {
             let cfg = Config::load(&conf).map_err(|e| fail(e.to_string()))?.config;
             let ca = clusterware_cli::cluster_ca(None, Some(&cfg))?;
             let client = Client::to(&membership::local_api(&cfg), &admin_token(&password), &ca, 120)?;
-            let r = client.create_nodes(&CreateNodes { nodes })?;
+            let r = client.create_nodes(&CreateNodes { nodes, force: false })?;
             created = r.nodes.len();
         }
     }
@@ -608,7 +609,7 @@ fn install(args: &Args) -> CliResult<()> {
             &serde_json::json!({"config": conf, "name": name, "ip": ip, "url": url, "database": database, "nodes": created}),
         );
     } else {
-        println!(
+        outln!(
             "installed head {name} at {url} ({database} database{}); the database password is database.admin_pass in {}",
             if created > 0 { format!(", {created} nodes") } else { String::new() },
             conf.display()
@@ -644,7 +645,7 @@ fn done_join(args: &Args, j: &membership::Joined) -> CliResult<()> {
     if args.json {
         print_json(j);
     } else {
-        println!(
+        outln!(
             "joined the cluster of {} as etcd member {} ({} members now) in {:.1} s{}; the other heads take up the new \
              membership by themselves (no restart needed)",
             j.cluster_head,
