@@ -261,8 +261,12 @@ fn registry_run(c: &Cluster, nodes: u32) -> (Duration, Duration, Duration) {
     }
     assert_eq!(uids.len(), nodes as usize);
     let t = Instant::now();
-    let (status, v) =
-        h.api("POST", "/nodes/update", Some(&c.token), Some(&json!({"nodes": uids, "set": {"_boot_config": "bench"}})));
+    let (status, v) = h.api(
+        "POST",
+        "/nodes/update",
+        Some(&c.token),
+        Some(&json!({"nodes": uids, "set": {"_boot_config": "bench"}, "force": true})),
+    );
     let set = t.elapsed();
     assert_eq!(status, 200, "{v}");
     (create, list, set)

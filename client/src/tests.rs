@@ -119,7 +119,7 @@ fn a_json_body_is_sent_as_json_and_a_201_is_a_success() {
     let (base, seen) = serve(1, |_, s| answer(s, "201 Created", NODES));
     let spec = NodeSpec { macs: vec!["52:54:00:00:00:01".parse().unwrap()], ..Default::default() };
     let c = BlockingClient::new(cfg(&base).token("tok").user("alice")).unwrap();
-    let list: NodeList = c.create_nodes(&CreateNodes { nodes: vec![spec] }).unwrap();
+    let list: NodeList = c.create_nodes(&CreateNodes { nodes: vec![spec], force: false }).unwrap();
     assert_eq!(list.nodes.len(), 1);
     let r = seen.recv().unwrap();
     assert_eq!(r.line, "POST /api/v1/nodes HTTP/1.1");

@@ -80,7 +80,7 @@ fn advertised_ip(cfg: &Config, name: &str) -> Ipv4Addr {
         })
     });
     found.unwrap_or_else(|| {
-        tracing::warn!("head.ip is not set and {name:?} resolves to no non-loopback IPv4 address; advertising 127.0.0.1, which other heads and nodes cannot reach");
+        tracing::warn!("head.ip is not set and {} resolves to no non-loopback IPv4 address; advertising 127.0.0.1, which other heads and nodes cannot reach", clusterware_shared::ids::shown(name));
         Ipv4Addr::LOCALHOST
     })
 }
@@ -125,7 +125,7 @@ async fn open_database(
             Ok((Database::Embedded(Embedded::open(&cfg.database_path)?), DbMode::Embedded, None))
         }
         DatabaseType::Etcd if !cfg.etcd_endpoints.is_empty() => {
-            tracing::info!(endpoints = ?cfg.etcd_endpoints, "connecting to external etcd");
+            tracing::info!(endpoints = %crate::core::listed(&cfg.etcd_endpoints), "connecting to external etcd");
             let hint = format!("check that etcd answers at {}", cfg.etcd_endpoints.join(", "));
             let db = wait_for_etcd(&cfg.etcd_endpoints, cfg, hint, None).await?;
             Ok((db, DbMode::EtcdExternal, None))
@@ -195,7 +195,7 @@ async fn wait_for_etcd(
         };
         match connected {
             Ok(e) => {
-                tracing::info!(after = ?start.elapsed(), "cluster database ready");
+                tracing::info!(after_ms = start.elapsed().as_millis() as u64, "cluster database ready");
                 return Ok(Database::Etcd(e));
             }
             Err(DbError::Refused { why: Refusal::Learner, .. }) if ctl.is_some() => {
@@ -295,9 +295,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     let mut signals = Signals::new()?;
     clusterware_shared::sys::raise_fd_limit();
     let token = admin_token(cfg.require_admin_pass()?);
-    if let Some(mode) = clusterware_shared::config::insecure_mode(&cfg.path) {
-        tracing::warn!(path = %cfg.path.display(), mode = format!("{mode:o}"), "the configuration holds the database password but others may read it; chmod 600 it");
-    }
+    // A configuration others may read is among the warnings of its load (logged by `main`).
     let ip = advertised_ip(&cfg, &name);
     // Bind before starting anything else, so a busy port fails fast.
     let bind = |port: u16| {
@@ -329,7 +327,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     ));
     if cfg.membership != Membership::Member {
         tracing::warn!(
-            state = cfg.membership.as_str(),
+            state = %cfg.membership.as_str(),
             "this head is in no cluster: it serves nothing and every command says how to join one"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -437,7 +435,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         tracing::warn!("the node table is not loaded yet; node requests are refused until it is");
     }
     let app = ctx.router();
-    tracing::info!(head = %name, %ip, https = %addr, http = cfg.head_port, database = db.backend(), version = %rec.version, ca = %clusterware_shared::pki::fingerprint(&head_tls.ca_pem), "head started");
+    tracing::info!(head = %name, %ip, https = %addr, http = cfg.head_port, database = %db.backend(), version = %rec.version, ca = %clusterware_shared::pki::fingerprint(&head_tls.ca_pem), "head started");
 
     for (listener, how, task) in
         [(&plain, plain_how, "http"), (&tls_listener, http::Listen::Tls(head_tls.server.clone()), "https")]

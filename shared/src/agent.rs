@@ -268,6 +268,30 @@ impl NodeState {
     }
 }
 
+/// As the API spells it (`up`), for messages and logs.
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Phase {
+    /// As the protocol spells it (`booting`, `up`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Booting => "booting",
+            Phase::Up => "up",
+        }
+    }
+}
+
+/// As the protocol spells it (`up`), for messages and logs.
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One node's status, from `POST /api/v1/nodes/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {

@@ -521,6 +521,9 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateNodes {
     pub nodes: Vec<NodeSpec>,
+    /// Accept attributes that name a boot config, head or secret that does not exist (yet).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Answer of `GET /api/v1/nodes` and of the node-changing calls.
@@ -538,6 +541,9 @@ pub struct UpdateNodes {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub clear: Vec<String>,
+    /// Accept attributes that name a boot config, head or secret that does not exist (yet).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /api/v1/nodes/delete`: deletes the nodes named by uid, all or none.

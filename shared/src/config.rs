@@ -291,11 +291,21 @@ pub fn insecure_mode(path: &Path) -> Option<u32> {
 }
 
 impl Config {
-    /// Reads and parses a file.
+    /// Reads and parses a file. Besides [`Config::parse`]'s warnings, a file that holds the
+    /// database password and that group or others may read is warned about.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        let mut loaded = Config::parse(&text, path)?;
+        if loaded.config.admin_pass.is_some() {
+            if let Some(mode) = insecure_mode(path) {
+                loaded.warnings.push(format!(
+                    "{p}: mode {mode:04o} lets other users read the database password it holds; run chmod 600 {p}",
+                    p = path.display()
+                ));
+            }
+        }
+        Ok(loaded)
     }
 
     /// Parses configuration text; `path` is used in messages only.
@@ -509,7 +519,7 @@ impl Config {
                 "local_files.min_copies" => c.min_copies = int_value(value, 0, 64).map_err(bad)? as u32,
                 "local_files.scrub_interval" => c.scrub_interval_secs = int_value(value, 0, 365 * 86_400).map_err(bad)?,
                 "local_files.scrub_rate" => c.scrub_rate_mib = int_value(value, 1, 1 << 20).map_err(bad)?,
-                _ => warnings.push(format!("{}:{line}: unknown key {key:?} ignored", path.display())),
+                _ => warnings.push(unknown_key(path, line, key)),
             }
         }
         Ok(Loaded { config: c, warnings })
@@ -520,6 +530,76 @@ impl Config {
         self.admin_pass
             .as_deref()
             .ok_or_else(|| ConfigError::Missing { path: self.path.clone(), key: "database.admin_pass".into() })
+    }
+}
+
+/// Every key [`Config::parse`] reads (not `database.client_port`, which is no longer used): what
+/// an unknown key is compared with for a "did you mean".
+pub const KNOWN_KEYS: &[&str] = &[
+    "database.type",
+    "database.admin_pass",
+    "database.path",
+    "database.endpoints",
+    "database.etcd_binary",
+    "database.data_dir",
+    "database.peer_port",
+    "database.initial_cluster",
+    "database.initial_cluster_state",
+    "database.cluster_token",
+    "database.max_txn_ops",
+    "database.state",
+    "database.recover",
+    "database.etcdctl_binary",
+    "database.peers",
+    "database.import_on_start",
+    "database.ready_timeout",
+    "head.name",
+    "head.ip",
+    "head.port",
+    "head.tls_port",
+    "head.bind",
+    "head.ssh_keys",
+    "head.lease_ttl",
+    "tls.dir",
+    "rebalance.enabled",
+    "rebalance.interval",
+    "rebalance.threshold",
+    "rebalance.holdoff",
+    "dhcp.interface",
+    "dhcp.port",
+    "dhcp.netmask",
+    "dhcp.router",
+    "dhcp.dns",
+    "dhcp.domain",
+    "dhcp.lease_time",
+    "dhcp.register_unknown",
+    "dhcp.first_ip",
+    "dhcp.defer_ms",
+    "dhcp.bios_file",
+    "dhcp.efi_file",
+    "dhcp.ipv6_ra",
+    "tftp.port",
+    "tftp.dir",
+    "power.ipmitool",
+    "power.concurrency",
+    "logging.dir",
+    "logging.level",
+    "local_files.path",
+    "local_files.audit_interval",
+    "local_files.sweep_interval",
+    "local_files.deleted_ttl",
+    "local_files.min_copies",
+    "local_files.scrub_interval",
+    "local_files.scrub_rate",
+];
+
+/// The warning for a key [`Config::parse`] does not know, with the known key it is probably a
+/// typo of.
+fn unknown_key(path: &Path, line: usize, key: &str) -> String {
+    let shown = crate::ids::shown(key);
+    match crate::suggest::did_you_mean(key, KNOWN_KEYS) {
+        Some(k) => format!("{}:{line}: unknown key `{shown}` ignored; did you mean `{k}`?", path.display()),
+        None => format!("{}:{line}: unknown key `{shown}` ignored", path.display()),
     }
 }
 
@@ -661,6 +741,72 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_known_key_they_are_near() {
+        let l = parse(
+            "head.prot = 80\nHead.Port = 81\nlocal_files.audit_intervall = 5\nfrobnicate = 1\nhead.x\u{1b}[2J = 1\n",
+        )
+        .unwrap();
+        assert_eq!(l.config.head_port, 80, "nothing read from unknown keys");
+        assert_eq!(
+            l.warnings,
+            [
+                "/x/base.ini:1: unknown key `head.prot` ignored; did you mean `head.port`?",
+                "/x/base.ini:2: unknown key `Head.Port` ignored; did you mean `head.port`?",
+                "/x/base.ini:3: unknown key `local_files.audit_intervall` ignored; did you mean `local_files.audit_interval`?",
+                "/x/base.ini:4: unknown key `frobnicate` ignored",
+                "/x/base.ini:5: unknown key `head.x\\u{1b}[2J` ignored",
+            ]
+        );
+    }
+
+    /// [`KNOWN_KEYS`] is exactly what the parser reads: every key in it is known to the parser,
+    /// and every key the parser's `match` names is in it.
+    #[test]
+    fn known_keys_are_the_parsers() {
+        for k in KNOWN_KEYS {
+            match parse(&format!("{k} = \u{1}")) {
+                Ok(l) => assert!(l.warnings.iter().all(|w| !w.contains("unknown key")), "{k}: {:?}", l.warnings),
+                Err(e) => assert!(e.to_string().contains(k), "{k}: {e}"),
+            }
+        }
+        let src = include_str!("config.rs");
+        let body = &src[src.find("match key {").unwrap()..src.find("_ => warnings.push(unknown_key").unwrap()];
+        let mut named = 0;
+        for line in body.lines().map(str::trim).filter(|l| l.starts_with('"') && l.contains("=>")) {
+            for k in line.split("=>").next().unwrap().split('|').map(|k| k.trim().trim_matches('"')) {
+                if k.contains('.') && k != "database.client_port" {
+                    named += 1;
+                    assert!(KNOWN_KEYS.contains(&k), "{k} is read but not in KNOWN_KEYS");
+                }
+            }
+        }
+        assert_eq!(named, KNOWN_KEYS.len());
+    }
+
+    #[test]
+    fn a_readable_file_holding_the_password_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("cw-config-test-{}.ini", std::process::id()));
+        std::fs::write(&path, "database.admin_pass = s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = Config::load(&path).unwrap().warnings;
+        assert_eq!(
+            w,
+            [format!(
+                "{p}: mode 0644 lets other users read the database password it holds; run chmod 600 {p}",
+                p = path.display()
+            )]
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&path).unwrap().warnings.is_empty());
+        // Without the password there is nothing to protect.
+        std::fs::write(&path, "head.port = 8080\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(&path).unwrap().warnings.is_empty());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

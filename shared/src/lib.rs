@@ -12,6 +12,7 @@
 //! - [`cpio`]: the newc archive format (initramfs, node root images).
 //! - [`sys`]: the open-files limit, the machine's IPv4 addresses.
 //! - [`fsutil`]: file-writing helpers (early writeback for large files).
+//! - [`suggest`]: "did you mean …?" for names that name nothing.
 //! - `pki` (feature `pki`): the cluster CA and the certificates it issues.
 //!
 //! This crate must stay free of async runtimes, HTTP stacks and database clients: the static
@@ -28,6 +29,7 @@ pub mod ids;
 pub mod pki;
 pub mod power;
 pub mod select;
+pub mod suggest;
 pub mod sys;
 
 /// The version every program reports (heads record it in the database).

@@ -33,6 +33,7 @@ use crate::core::http::ClientCert;
 use crate::core::unix_now;
 use crate::registry::cache::NodeCache;
 use crate::registry::identity::Identity;
+use crate::registry::refs;
 use clusterware_shared::agent::{
     Command, DEFAULT_STATUS_SECS, Directives, Hardware, HeadEntry, MAX_WAIT_SECS, MISSED_INTERVALS, NodeOutcome,
     NodeState, NodeStatus, Outcome, Phase, STATUS_SECS_RANGE, Script, ScriptOutcome, SshKey, StatusReport,
@@ -366,7 +367,7 @@ impl Hub {
         }
         if child.boot_id != report.boot_id {
             if !std::mem::take(&mut child.pxe_booted) {
-                tracing::info!(node = %node.name, mac = %report.mac, boot_id = %report.boot_id, phase = ?report.phase, "Booting node {} ({})", node.name, report.mac);
+                tracing::info!(node = %node.name, mac = %report.mac, boot_id = %report.boot_id, phase = %report.phase, "Booting node {} ({})", node.name, report.mac);
             }
             child.boot_id = report.boot_id.clone();
             child.hardware = None;
@@ -885,6 +886,7 @@ impl Hub {
         let nodes: Vec<Arc<Node>> = nodes.unwrap_or_else(|| self.nodes.all());
         let alive: HashSet<String> = self.view.alive.keys().into_iter().collect();
         let now = unix_now();
+        let known = self.references(&nodes).await;
         let mut out: Vec<NodeStatus> = {
             let recs = self.records.read().unwrap_or_else(|p| p.into_inner());
             let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
@@ -896,9 +898,16 @@ impl Hub {
                     if let Some(Err(e)) = n.attributes.get("_ssh_keys").map(|k| parse_key_list(k)) {
                         problems.push(format!("_ssh_keys is ignored: {e}"));
                     }
-                    if let Some(p) = n.attributes.get("_preferred_head") {
+                    if let Some(p) = n.attributes.get(refs::PREFERRED_HEAD) {
                         if !self.view.names_a_head(p) {
                             problems.push(format!("_preferred_head={p} names no head; the node has no preference"));
+                        }
+                    }
+                    if let Some(k) = &known {
+                        for key in [refs::BOOT_CONFIG, refs::BMC_PASS_REF] {
+                            if let Some(p) = n.attributes.get(key).and_then(|v| k.status_problem(key, v)) {
+                                problems.push(p);
+                            }
                         }
                     }
                     let mut st = NodeStatus {
@@ -960,6 +969,26 @@ impl Hub {
             }
         }
         out
+    }
+
+    /// The boot configs and secrets that these nodes' `_boot_config` and `_bmc_pass_ref` may
+    /// name, read when some node has one (`None` when none has, or the database did not answer:
+    /// status is given without those problems then).
+    async fn references(&self, nodes: &[Arc<Node>]) -> Option<refs::Known> {
+        let keys: Vec<&str> = [refs::BOOT_CONFIG, refs::BMC_PASS_REF]
+            .into_iter()
+            .filter(|k| nodes.iter().any(|n| n.attributes.contains_key(*k)))
+            .collect();
+        if keys.is_empty() {
+            return None;
+        }
+        match refs::Known::read(&self.db, &keys).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::debug!(error = %e, "node status without checking boot configs and secrets");
+                None
+            }
+        }
     }
 
     async fn ask_reports(&self, head: Arc<HeadRecord>, uids: Vec<String>) -> Option<BTreeMap<String, StatusReport>> {
@@ -1042,7 +1071,7 @@ impl Hub {
                 let _ = self.db.revoke_lease(lease).await;
                 return Err(e);
             }
-            tracing::info!(script = script.name(), nodes = ask.len(), "script sent to nodes");
+            tracing::info!(script = %script.name(), nodes = ask.len(), "script sent to nodes");
             let deadline = tokio::time::Instant::now() + timeout;
             let mut lagged = false;
             while !wanted.is_empty() {
@@ -1143,7 +1172,7 @@ mod tests {
             ip: Some(NODE_IP.parse().unwrap()),
             ..Default::default()
         };
-        let node = crate::registry::create(&db, vec![spec]).await.unwrap().remove(0);
+        let node = crate::registry::create(&db, vec![spec], false).await.unwrap().remove(0);
         let sup = Supervisor::new();
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(Duration::from_secs(5)).await);

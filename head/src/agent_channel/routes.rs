@@ -164,7 +164,7 @@ async fn run_script(
         return Err(ApiFailure::bad_request(format!("timeout {} s is not from 1 to 3600", req.timeout_secs)));
     }
     let nodes = st.hub.resolve(&req.nodes).await?;
-    tracing::info!(%peer, script = req.script.name(), nodes = req.nodes.len(), "script requested");
+    tracing::info!(%peer, script = %req.script.name(), nodes = req.nodes.len(), "script requested");
     let results = st.hub.run_script(&nodes, req.script, std::time::Duration::from_secs(req.timeout_secs)).await?;
     Ok(json(StatusCode::OK, &ScriptResults { results }))
 }

@@ -337,7 +337,7 @@ pub async fn delete_image(db: &Database, storage: &Arc<Storage>, name: &str, for
     let mut ids = vec![img.rootfs.clone()];
     ids.extend(img.extra_files.clone());
     let gone = drop_unreferenced(db, storage, ids).await?;
-    tracing::info!(image = %name, files_deleted = ?gone, forced = force, "image deleted");
+    tracing::info!(image = %name, files_deleted = %crate::core::listed(&gone), forced = force, "image deleted");
     Ok(img)
 }
 
@@ -368,7 +368,7 @@ pub async fn delete_config(db: &Database, storage: &Arc<Storage>, name: &str, fo
         return Err(BootError::from(RecordError::Conflict(format!("boot config {name} changed meanwhile; try again"))));
     }
     let gone = drop_unreferenced(db, storage, vec![c.kernel.clone(), c.initramfs.clone()]).await?;
-    tracing::info!(boot_config = %name, files_deleted = ?gone, forced = force, "boot config deleted");
+    tracing::info!(boot_config = %name, files_deleted = %crate::core::listed(&gone), forced = force, "boot config deleted");
     Ok(c)
 }
 

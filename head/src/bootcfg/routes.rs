@@ -7,6 +7,7 @@ use crate::bootcfg::{
 use crate::core::db::Database;
 use crate::core::error::RecordError;
 use crate::core::http::{ApiResult, Routes, flag, json, parse, query_pairs};
+use crate::core::or_none;
 use crate::storage::Storage;
 use axum::Router;
 use axum::body::Bytes;
@@ -97,7 +98,7 @@ async fn get_config(State(st): State<Arc<Api>>, Path(name): Path<String>) -> Api
 
 async fn create_config(State(st): State<Arc<Api>>, body: Bytes) -> ApiResult<Response> {
     let c = bootcfg::create_config(&st.db, parse::<CreateBootConfig>(&body)?).await?;
-    tracing::info!(boot_config = %c.name, image = ?c.image, "boot config created");
+    tracing::info!(boot_config = %c.name, image = %or_none(c.image.as_deref()), "boot config created");
     Ok(json(StatusCode::CREATED, &c))
 }
 
@@ -149,6 +150,6 @@ async fn import_config(
         dry_run: flag(&q, "dry_run")?,
     };
     let report = transfer::import(&st.db, &st.storage, body.into_data_stream(), o).await?;
-    tracing::info!(%peer, boot_config = %report.boot_config, image = ?report.image, dry_run = report.dry_run, "import");
+    tracing::info!(%peer, boot_config = %report.boot_config, image = %or_none(report.image.as_deref()), dry_run = report.dry_run, "import");
     Ok(json(if report.dry_run { StatusCode::OK } else { StatusCode::CREATED }, &report))
 }

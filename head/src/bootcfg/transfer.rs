@@ -241,10 +241,12 @@ async fn plan(db: &Database, m: &Manifest, o: &ImportOptions) -> Result<Plan, Bo
     if !valid_object_name(&config_name) {
         return Err(BootError::from(RecordError::Invalid(format!("invalid boot config name {config_name:?}"))));
     }
+    // Every conflict at once, each with the option that resolves it: a dry run shows all an
+    // administrator has to decide.
+    let mut conflicts = Vec::new();
     if db.get(&schema::bootconfig(&config_name)).await?.is_some() {
-        return Err(BootError::from(RecordError::Conflict(format!(
-            "boot config {config_name} already exists on this cluster; nothing was imported (import with --boot-config NEW_NAME)"
-        ))));
+        let opt = if o.boot_config.is_some() { "another --boot-config NAME" } else { "--boot-config NEW_NAME" };
+        conflicts.push(format!("boot config {config_name} already exists (import with {opt})"));
     }
     let image_name = match (&m.image, o.no_recurse) {
         (Some(i), false) => {
@@ -253,14 +255,19 @@ async fn plan(db: &Database, m: &Manifest, o: &ImportOptions) -> Result<Plan, Bo
                 return Err(BootError::from(RecordError::Invalid(format!("invalid image name {n:?}"))));
             }
             if db.get(&schema::image(&n)).await?.is_some() {
-                return Err(BootError::from(RecordError::Conflict(format!(
-                    "image {n} already exists on this cluster; nothing was imported (import with --image NEW_NAME, or --no-recurse to import the boot config without its image)"
-                ))));
+                let opt = if o.image.is_some() { "another --image NAME" } else { "--image NEW_NAME" };
+                conflicts.push(format!(
+                    "image {n} already exists (import with {opt}, or --no-recurse to import the boot config without \
+                     its image)"
+                ));
             }
             Some(n)
         }
         _ => None,
     };
+    if !conflicts.is_empty() {
+        return Err(BootError::from(RecordError::Conflict(format!("{}; nothing was imported", conflicts.join("; ")))));
+    }
     let mut needed = vec![m.boot_config.kernel.clone(), m.boot_config.initramfs.clone()];
     if let (Some(i), Some(_)) = (&m.image, &image_name) {
         needed.push(i.rootfs.clone());
@@ -741,14 +748,19 @@ fn import_archive<R: Read>(
     txn.success.push(TxnOp::put(schema::bootconfig(&p.config_name), encode(&cfg)));
     match handle.block_on(db.txn(txn)) {
         Ok(r) if r.succeeded => {
-            tracing::info!(boot_config = %p.config_name, image = ?p.image_name, added = adopted.len(), "boot config imported");
+            // The new files count in this head's storage summary now that their records exist.
+            storage.note_change();
+            tracing::info!(boot_config = %p.config_name, image = %crate::core::or_none(p.image_name.as_deref()), added = adopted.len(), "boot config imported");
             Ok(report)
         }
         Ok(_) => {
             undo(&adopted);
+            let what = match &p.image_name {
+                Some(i) => format!("boot config {} or image {i}", p.config_name),
+                None => format!("boot config {}", p.config_name),
+            };
             Err(BootError::from(RecordError::Conflict(format!(
-                "boot config {} or image {:?} was created, or a reused file deleted, while importing; nothing was imported",
-                p.config_name, p.image_name
+                "{what} was created, or a reused file deleted, while importing; nothing was imported"
             ))))
         }
         Err(e) => {

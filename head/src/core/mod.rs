@@ -36,6 +36,26 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A list for a log field, as an administrator reads it: `a,b,c`, or `(none)` when empty (not
+/// Rust's `["a", "b"]`); control characters escaped ([`shown`](clusterware_shared::ids::shown)).
+pub fn listed<I>(items: I) -> String
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let v: Vec<String> = items.into_iter().map(|s| clusterware_shared::ids::shown(s.as_ref()).into_owned()).collect();
+    if v.is_empty() { "(none)".to_string() } else { v.join(",") }
+}
+
+/// An optional value for a log field: the value, or `(none)` (not Rust's `Some("x")`/`None`);
+/// control characters escaped.
+pub fn or_none(v: Option<&str>) -> std::borrow::Cow<'_, str> {
+    match v {
+        Some(s) => clusterware_shared::ids::shown(s),
+        None => std::borrow::Cow::Borrowed("(none)"),
+    }
+}
+
 /// What every capability starts from (see the module's documentation).
 pub struct Ctx<'a> {
     pub db: db::Database,
@@ -78,5 +98,30 @@ impl<'a> Ctx<'a> {
         let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         routes.push(tokens::routes(self.db.clone()));
         http::router(self.creds.clone(), Some(self.tokens.clone()), &self.me().name, self.db.backend(), routes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_forms_are_plain() {
+        assert_eq!(super::listed(["a", "b"]), "a,b");
+        assert_eq!(super::listed(Vec::<String>::new()), "(none)");
+        assert_eq!(super::listed(["x\ny"]), "x\\ny");
+        assert_eq!(super::or_none(Some("xyzImage")), "xyzImage");
+        assert_eq!(super::or_none(None), "(none)");
+    }
+
+    /// The Display forms logs use are the API's spellings.
+    #[test]
+    fn displayed_enums_are_spelled_as_in_json() {
+        use clusterware_shared::agent::{NodeState, Phase};
+        for p in [Phase::Booting, Phase::Up] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.to_string());
+        }
+        for s in [NodeState::New, NodeState::Booting, NodeState::Up, NodeState::Down] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
+        assert_eq!(super::supervisor::Stage::Flush.to_string(), "flush");
     }
 }

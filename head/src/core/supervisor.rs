@@ -32,6 +32,19 @@ pub enum Stage {
 
 const STAGES: [Stage; 5] = [Stage::Serve, Stage::Work, Stage::Flush, Stage::Views, Stage::Liveness];
 
+/// Lowercase, for logs (`stage=flush`).
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Serve => "serve",
+            Stage::Work => "work",
+            Stage::Flush => "flush",
+            Stage::Views => "views",
+            Stage::Liveness => "liveness",
+        })
+    }
+}
+
 /// How long one stage's tasks may take to end after their stop signal.
 pub const STAGE_LIMIT: Duration = Duration::from_secs(10);
 
@@ -99,10 +112,10 @@ impl Supervisor {
             for mut t in mine {
                 match tokio::time::timeout_at(deadline, &mut t.handle).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) if e.is_panic() => tracing::error!(task = t.name, "task panicked"),
+                    Ok(Err(e)) if e.is_panic() => tracing::error!(task = %t.name, "task panicked"),
                     Ok(Err(_)) => {}
                     Err(_) => {
-                        tracing::warn!(task = t.name, stage = ?stage, secs = limit.as_secs(), "task did not stop in time; aborted");
+                        tracing::warn!(task = %t.name, stage = %stage, secs = limit.as_secs(), "task did not stop in time; aborted");
                         t.handle.abort();
                     }
                 }

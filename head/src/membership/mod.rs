@@ -525,7 +525,7 @@ pub async fn eject(db: &Database, ctl: &Control, target: &str, force: bool) -> R
     if m.name.is_empty() {
         // A learner whose head never started its member: there is no head to mark.
         remove_member(db, m.id).await?;
-        tracing::warn!(url = ?m.peer_urls, "unstarted learner removed");
+        tracing::warn!(url = %crate::core::listed(&m.peer_urls), "unstarted learner removed");
         return Ok(MembershipChange {
             message: format!("ejected the unstarted member {:x} at {}", m.id, m.peer_urls.join(",")),
             warnings: vec![],
@@ -846,7 +846,7 @@ pub async fn run_failover(db: Database, ctl: std::sync::Arc<Control>, mut stop: 
                 down_since.clear();
                 if !said_several {
                     let names: Vec<&str> = down.iter().map(|m| m.name.as_str()).collect();
-                    tracing::warn!(?names, "two or more heads are down: automatic failover ejects nobody");
+                    tracing::warn!(names = %crate::core::listed(&names), "two or more heads are down: automatic failover ejects nobody");
                     said_several = true;
                 }
                 return Ok(());

@@ -140,7 +140,8 @@ impl DhcpServer {
             }
             MessageType::Inform => (MessageType::Ack, Ipv4Addr::UNSPECIFIED),
             MessageType::Release | MessageType::Decline => {
-                tracing::info!(node = %node.name, %mac, kind = ?mtype, "DHCP client gave up its address");
+                let kind = if mtype == MessageType::Release { "release" } else { "decline" };
+                tracing::info!(node = %node.name, %mac, %kind, "DHCP client gave up its address");
                 return Err(Drop::NotForUs);
             }
             _ => return Err(Drop::NotForUs),
@@ -249,7 +250,7 @@ impl DhcpServer {
             let db = me.db.clone();
             let ip = if me.nodes.all().is_empty() { me.settings.net.first_ip } else { None };
             let spec = clusterware_shared::api::NodeSpec { macs: vec![mac], ip, ..Default::default() };
-            match crate::registry::create(&db, vec![spec]).await {
+            match crate::registry::create(&db, vec![spec], false).await {
                 Ok(n) => {
                     tracing::info!(node = %n[0].name, %mac, ip = %n[0].ip, "registered a new node from its DHCP request")
                 }
@@ -402,7 +403,7 @@ mod tests {
             ip: Some("10.0.0.5".parse().unwrap()),
             ..Default::default()
         };
-        crate::registry::create(&db, vec![spec]).await.unwrap();
+        crate::registry::create(&db, vec![spec], false).await.unwrap();
         let me = HeadRecord::for_test("h1", 1);
         let sup = Supervisor::new();
         let nodes = NodeCache::spawn(db.clone(), &sup);

@@ -69,9 +69,9 @@ async fn node_power(
             PowerOutcome::Timeout => "timeout",
         };
         if req.action == PowerAction::Status {
-            tracing::debug!(node = %r.name, %action, by = %who, %peer, outcome, message = %r.message, "power");
+            tracing::debug!(node = %r.name, %action, by = %who, %peer, %outcome, message = %r.message, "power");
         } else {
-            tracing::info!(node = %r.name, %action, by = %who, %peer, outcome, message = %r.message, "power");
+            tracing::info!(node = %r.name, %action, by = %who, %peer, %outcome, message = %r.message, "power");
         }
     }
     Ok(json(StatusCode::OK, &PowerResults { results }))

@@ -299,7 +299,7 @@ mod tests {
             ip: Some("10.0.0.7".parse().unwrap()),
             ..Default::default()
         };
-        let node = crate::registry::create(&db, vec![spec]).await.unwrap().remove(0);
+        let node = crate::registry::create(&db, vec![spec], false).await.unwrap().remove(0);
         let sup = Supervisor::new();
         let lagging = NodeCache::spawn(Database::Embedded(Embedded::open_in_memory().unwrap()), &sup);
         assert!(lagging.wait_ready(std::time::Duration::from_secs(5)).await);
@@ -320,7 +320,7 @@ mod tests {
             ip: Some("10.0.0.5".parse().unwrap()),
             ..Default::default()
         };
-        let node = crate::registry::create(&db, vec![spec]).await.unwrap().remove(0);
+        let node = crate::registry::create(&db, vec![spec], false).await.unwrap().remove(0);
         let sup = Supervisor::new();
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(std::time::Duration::from_secs(5)).await);

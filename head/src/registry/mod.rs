@@ -14,6 +14,7 @@ pub mod routes;
 
 pub mod cache;
 pub mod identity;
+pub mod refs;
 
 use crate::core::db::{Compare, Database, KeyValue, Piece, Txn, TxnOp, batch, commit_all, undo_puts};
 use crate::core::schema;
@@ -114,8 +115,9 @@ fn validate_attrs(attrs: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// Creates nodes: all of them, or none. Missing indices take the lowest free ones; missing IPs
-/// continue after the highest IP in use.
-pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
+/// continue after the highest IP in use. Attributes naming a boot config, head or secret that
+/// does not exist are refused unless `force` ([`refs`]).
+pub async fn create(db: &Database, specs: Vec<NodeSpec>, force: bool) -> Result<Vec<Node>> {
     if specs.is_empty() {
         return Err(RegistryError::Invalid("no nodes to create".into()));
     }
@@ -155,6 +157,10 @@ pub async fn create(db: &Database, specs: Vec<NodeSpec>) -> Result<Vec<Node>> {
             taken(schema::node_index(ix), who.clone())?;
         }
     }
+    let named: Vec<(&str, &str)> =
+        specs.iter().flat_map(|s| s.attributes.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    refs::check(db, &named, force).await?;
+    drop(named);
     let mut next_index = 0u32;
     let mut last_ip: Option<Ipv4Addr> = existing.iter().map(|n| n.ip).chain(specs.iter().filter_map(|s| s.ip)).max();
     let created = now();
@@ -307,20 +313,26 @@ fn pick<'a>(all: &'a [(Node, i64)], uids: &[String]) -> Result<Vec<&'a (Node, i6
 const RETRIES: usize = 5;
 
 /// Sets and clears attributes (and `mac`, `ip`, `index` on a single node). Applies to every
-/// node or, on bad input, to none.
+/// node or, on bad input, to none. Attributes naming a boot config, head or secret that does
+/// not exist are refused unless `force` ([`refs`]).
 pub async fn update(
     db: &Database,
     uids: Vec<String>,
     set: BTreeMap<String, String>,
     clear: Vec<String>,
+    force: bool,
 ) -> Result<Vec<Node>> {
     if uids.is_empty() {
         return Err(RegistryError::Invalid("no nodes selected".into()));
     }
     let ch = parse_changes(uids.len(), set, clear)?;
-    for _ in 0..RETRIES {
+    for attempt in 0..RETRIES {
         let all = list_with_revisions(db).await?;
         let targets = pick(&all, &uids)?;
+        if attempt == 0 {
+            let named: Vec<(&str, &str)> = ch.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            refs::check(db, &named, force).await?;
+        }
         let mut updated = Vec::new();
         let mut pieces = Vec::new();
         let mut mine = HashMap::new();
@@ -429,16 +441,16 @@ mod tests {
     #[tokio::test]
     async fn allocates_index_and_ip() {
         let db = db().await;
-        let e = create(&db, vec![spec("52:54:00:00:00:01", None)]).await.unwrap_err();
+        let e = create(&db, vec![spec("52:54:00:00:00:01", None)], false).await.unwrap_err();
         assert!(e.to_string().contains("ip= is required"), "{e}");
-        let a = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1")), spec("52:54:00:00:00:02", None)])
+        let a = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1")), spec("52:54:00:00:00:02", None)], false)
             .await
             .unwrap();
         assert_eq!((a[0].name.as_str(), a[1].name.as_str()), ("n0", "n1"));
         assert_eq!(a[1].ip.to_string(), "10.0.0.2");
         let mut s = spec("52:54:00:00:00:03", None);
         s.index = Some(7);
-        let b = create(&db, vec![s, spec("52:54:00:00:00:04", None)]).await.unwrap();
+        let b = create(&db, vec![s, spec("52:54:00:00:00:04", None)], false).await.unwrap();
         assert_eq!((b[0].index, b[1].index), (7, 2));
         assert_eq!((b[0].ip.to_string(), b[1].ip.to_string()), ("10.0.0.3".into(), "10.0.0.4".into()));
         assert_eq!(list(&db).await.unwrap().len(), 4);
@@ -447,20 +459,26 @@ mod tests {
     #[tokio::test]
     async fn duplicates_write_nothing() {
         let db = db().await;
-        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
+        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))], false).await.unwrap();
         let (_, rev) = db.range("").await.unwrap();
-        let e =
-            create(&db, vec![spec("52:54:00:00:00:09", Some("10.0.0.9")), spec("52:54:00:00:00:01", Some("10.0.0.5"))])
-                .await
-                .unwrap_err();
+        let e = create(
+            &db,
+            vec![spec("52:54:00:00:00:09", Some("10.0.0.9")), spec("52:54:00:00:00:01", Some("10.0.0.5"))],
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, RegistryError::Conflict(_)));
         assert_eq!(e.to_string(), "MAC 52:54:00:00:00:01 is already used by n0");
-        let e = create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.1"))]).await.unwrap_err();
+        let e = create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.1"))], false).await.unwrap_err();
         assert_eq!(e.to_string(), "IP 10.0.0.1 is already used by n0");
-        let e =
-            create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.2")), spec("52:54:00:00:00:02", Some("10.0.0.3"))])
-                .await
-                .unwrap_err();
+        let e = create(
+            &db,
+            vec![spec("52:54:00:00:00:02", Some("10.0.0.2")), spec("52:54:00:00:00:02", Some("10.0.0.3"))],
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("node 1 of this request"), "{e}");
         assert_eq!(db.range("").await.unwrap().1, rev, "nothing written");
     }
@@ -472,7 +490,7 @@ mod tests {
         for i in 0..8 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
-                create(&db, vec![spec("52:54:00:00:00:01", Some(&format!("10.0.0.{}", i + 1)))]).await.is_ok()
+                create(&db, vec![spec("52:54:00:00:00:01", Some(&format!("10.0.0.{}", i + 1)))], false).await.is_ok()
             }));
         }
         let mut wins = 0;
@@ -488,15 +506,15 @@ mod tests {
     #[tokio::test]
     async fn control_characters_in_attributes_are_refused() {
         let db = db().await;
-        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
+        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))], false).await.unwrap();
         let (_, rev) = db.range("").await.unwrap();
         let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
         let mut s = spec("52:54:00:00:00:02", None);
         s.attributes = set("rack", "r1\u{1b}[2J");
-        let e = create(&db, vec![s]).await.unwrap_err();
+        let e = create(&db, vec![s], false).await.unwrap_err();
         assert!(e.to_string().contains("the value of rack contains the control character U+001B at byte 2"), "{e}");
         for (k, v) in [("rack", "a\nb"), ("rack", "\u{9b}"), ("_boot_config", "c1\r"), ("ra\nck", "x")] {
-            let e = update(&db, vec![n[0].uid.clone()], set(k, v), vec![]).await.unwrap_err();
+            let e = update(&db, vec![n[0].uid.clone()], set(k, v), vec![], false).await.unwrap_err();
             assert!(matches!(e, RegistryError::Invalid(_)), "{k:?}={v:?}: {e}");
         }
         assert_eq!(db.range("").await.unwrap().1, rev, "nothing written");
@@ -505,38 +523,69 @@ mod tests {
     #[tokio::test]
     async fn update_moves_claims() {
         let db = db().await;
-        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1")), spec("52:54:00:00:00:02", None)])
+        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1")), spec("52:54:00:00:00:02", None)], false)
             .await
             .unwrap();
         let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
-        update(&db, vec![n[0].uid.clone()], set("ip", "10.0.0.9"), vec![]).await.unwrap();
+        update(&db, vec![n[0].uid.clone()], set("ip", "10.0.0.9"), vec![], false).await.unwrap();
         assert!(db.get("index/ip/10.0.0.1").await.unwrap().is_none());
         assert!(db.get("index/ip/10.0.0.9").await.unwrap().is_some());
-        let e = update(&db, vec![n[1].uid.clone()], set("ip", "10.0.0.9"), vec![]).await.unwrap_err();
+        let e = update(&db, vec![n[1].uid.clone()], set("ip", "10.0.0.9"), vec![], false).await.unwrap_err();
         assert_eq!(e.to_string(), "IP 10.0.0.9 is already used by n0");
-        let e =
-            update(&db, vec![n[0].uid.clone(), n[1].uid.clone()], set("ip", "10.0.0.20"), vec![]).await.unwrap_err();
+        let e = update(&db, vec![n[0].uid.clone(), n[1].uid.clone()], set("ip", "10.0.0.20"), vec![], false)
+            .await
+            .unwrap_err();
         assert!(matches!(e, RegistryError::Invalid(_)));
-        let u = update(&db, vec![n[0].uid.clone(), n[1].uid.clone()], set("_boot_config", "x"), vec![]).await.unwrap();
+        let both = vec![n[0].uid.clone(), n[1].uid.clone()];
+        let (_, rev) = db.range("").await.unwrap();
+        let e = update(&db, both.clone(), set("_boot_config", "x"), vec![], false).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Invalid(_)) && e.to_string().contains("give --force"), "{e}");
+        assert_eq!(db.range("").await.unwrap().1, rev, "nothing written");
+        let u = update(&db, both, set("_boot_config", "x"), vec![], true).await.unwrap();
         assert!(u.iter().all(|n| n.attributes["_boot_config"] == "x"));
-        let u = update(&db, vec![n[1].uid.clone()], set("index", "5"), vec!["_boot_config".into()]).await.unwrap();
+        let u =
+            update(&db, vec![n[1].uid.clone()], set("index", "5"), vec!["_boot_config".into()], false).await.unwrap();
         assert_eq!(u[0].name, "n5");
         assert!(u[0].attributes.is_empty());
         assert!(db.get("index/node/1").await.unwrap().is_none());
-        let e = update(&db, vec!["nope".into()], set("a", "b"), vec![]).await.unwrap_err();
+        let e = update(&db, vec!["nope".into()], set("a", "b"), vec![], false).await.unwrap_err();
         assert!(matches!(e, RegistryError::NotFound(_)));
-        let e = update(&db, vec![n[0].uid.clone()], BTreeMap::new(), vec!["ip".into()]).await.unwrap_err();
+        let e = update(&db, vec![n[0].uid.clone()], BTreeMap::new(), vec!["ip".into()], false).await.unwrap_err();
         assert!(e.to_string().contains("cannot be cleared"));
+    }
+
+    /// A create naming a boot config, head or secret that does not exist writes nothing unless
+    /// forced; one naming existing ones goes through.
+    #[tokio::test]
+    async fn references_are_checked_on_create() {
+        let db = db().await;
+        let attrs = |k: &str, v: &str| {
+            let mut s = spec("52:54:00:00:00:01", Some("10.0.0.1"));
+            s.attributes.insert(k.into(), v.into());
+            s
+        };
+        for (k, v) in [("_boot_config", "base"), ("_preferred_head", "head1"), ("_bmc_pass_ref", "ipmi")] {
+            let e =
+                create(&db, vec![spec("52:54:00:00:00:02", Some("10.0.0.2")), attrs(k, v)], false).await.unwrap_err();
+            assert!(e.to_string().starts_with(&format!("{k}={v} names no ")), "{e}");
+            assert!(db.range("").await.unwrap().0.is_empty(), "nothing written");
+        }
+        db.put(&schema::bootconfig("base"), b"{}".to_vec()).await.unwrap();
+        create(&db, vec![attrs("_boot_config", "base")], false).await.unwrap();
+        let mut s = spec("52:54:00:00:00:03", None);
+        s.attributes.insert("_bmc_pass_ref".into(), "ipmi".into());
+        let n = create(&db, vec![s], true).await.unwrap();
+        assert_eq!(n[0].attributes["_bmc_pass_ref"], "ipmi");
     }
 
     #[tokio::test]
     async fn delete_releases_claims() {
         let db = db().await;
-        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
+        let n = create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))], false).await.unwrap();
         delete(&db, vec![n[0].uid.clone()]).await.unwrap();
         assert!(db.range("index/").await.unwrap().0.is_empty());
         assert!(list(&db).await.unwrap().is_empty());
-        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))]).await.unwrap();
+        create(&db, vec![spec("52:54:00:00:00:01", Some("10.0.0.1"))], false).await.unwrap();
     }
 
     #[tokio::test]

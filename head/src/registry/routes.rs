@@ -2,6 +2,7 @@
 
 use crate::core::db::Database;
 use crate::core::http::{ApiFailure, ApiResult, Routes, json, parse};
+use crate::core::listed;
 use crate::registry;
 use axum::Router;
 use axum::body::Bytes;
@@ -56,8 +57,8 @@ async fn create_nodes(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: CreateNodes = parse(&body)?;
-    let nodes = registry::create(&st.db, req.nodes).await?;
-    tracing::info!(%peer, count = nodes.len(), first = %nodes[0].name, "nodes created");
+    let nodes = registry::create(&st.db, req.nodes, req.force).await?;
+    tracing::info!(%peer, count = nodes.len(), first = %nodes[0].name, forced = req.force, "nodes created");
     Ok(json(StatusCode::CREATED, &shown(nodes)))
 }
 
@@ -67,9 +68,9 @@ async fn update_nodes(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: UpdateNodes = parse(&body)?;
-    let (set, clear) = (req.set.keys().cloned().collect::<Vec<_>>(), req.clear.clone());
-    let nodes = registry::update(&st.db, req.nodes, req.set, req.clear).await?;
-    tracing::info!(%peer, count = nodes.len(), ?set, ?clear, "node attributes changed");
+    let (set, clear) = (listed(req.set.keys()), listed(&req.clear));
+    let nodes = registry::update(&st.db, req.nodes, req.set, req.clear, req.force).await?;
+    tracing::info!(%peer, count = nodes.len(), %set, %clear, forced = req.force, "node attributes changed");
     Ok(json(StatusCode::OK, &shown(nodes)))
 }
 
@@ -80,7 +81,7 @@ async fn delete_nodes(
 ) -> ApiResult<Response> {
     let req: DeleteNodes = parse(&body)?;
     let nodes = registry::delete(&st.db, req.nodes).await?;
-    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    tracing::info!(%peer, ?names, "nodes deleted");
+    let names = listed(nodes.iter().map(|n| &n.name));
+    tracing::info!(%peer, %names, "nodes deleted");
     Ok(json(StatusCode::OK, &shown(nodes)))
 }

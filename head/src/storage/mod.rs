@@ -30,7 +30,9 @@
 //! - **Copies**: an upload (and an import) is acknowledged only once the file is verified on
 //!   `local_files.min_copies` storages (by default 2 when the cluster has two or more); the
 //!   other alive heads are then asked to fetch it in the background, and each head's audit
-//!   fetches whatever it is missing. Each head publishes the ids it holds in `storage/<head>`.
+//!   fetches whatever it is missing. Each head publishes the ids it holds, their count and bytes
+//!   in `storage/<head>`, moments after each change to its files (`publish_loop`) and at
+//!   each audit.
 //! - **Writes** (uploads and downloads) go to `.tmp/<head>-<id>-<random>.part`, are fsynced,
 //!   renamed into place and the directory fsynced; the database record of an upload is written
 //!   only after that. A crash leaves nothing under a final name.
@@ -72,6 +74,9 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 const CHUNK: usize = 1 << 20;
 /// The marker naming a storage directory, shared or not.
 const MARKER: &str = ".storage-id";
+/// How long the summary waits after a change to the local files before it is published, so
+/// that a burst of changes (an import of many files, a sweep) makes one write.
+const PUBLISH_DELAY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -291,9 +296,12 @@ pub struct Storage {
     /// The records read last, by id: while the database has no quorum, a file whose copy was
     /// verified against its record is still served.
     records: Mutex<HashMap<String, FileRecord>>,
-    /// The ids last published in `storage/<head>`, and whether they may have changed since.
+    /// The summary last published in `storage/<head>`, and whether the files held may have
+    /// changed since.
     published: tokio::sync::Mutex<Option<StorageSummary>>,
     held_dirty: AtomicBool,
+    /// Wakes the publisher ([`publish_loop`]) after a change to the local files.
+    changed: tokio::sync::Notify,
     /// When the last scrub that hashed anything ended, seconds since the epoch.
     scrubbed_at: AtomicU64,
 }
@@ -453,6 +461,7 @@ impl Storage {
             records: Mutex::new(HashMap::new()),
             published: tokio::sync::Mutex::new(None),
             held_dirty: AtomicBool::new(true),
+            changed: tokio::sync::Notify::new(),
             scrubbed_at: AtomicU64::new(0),
         }))
     }
@@ -489,14 +498,22 @@ impl Storage {
     fn remember(&self, id: &str, v: Verified) {
         lock(&self.verified).insert(id.to_string(), v);
         self.verified_dirty.store(true, Ordering::Relaxed);
-        self.held_dirty.store(true, Ordering::Relaxed);
+        self.note_change();
     }
 
     fn forget(&self, id: &str) {
         if lock(&self.verified).remove(id).is_some() {
             self.verified_dirty.store(true, Ordering::Relaxed);
-            self.held_dirty.store(true, Ordering::Relaxed);
+            self.note_change();
         }
+    }
+
+    /// The files held, or their records, may have changed: the summary is published again soon
+    /// (by the publisher, coalesced; see [`Storage::publish`]).
+    pub fn note_change(&self) {
+        self.held_dirty.store(true, Ordering::Relaxed);
+        // One stored permit at most: a burst of changes wakes the publisher once.
+        self.changed.notify_one();
     }
 
     fn vouched(&self, id: &str, stamp: &Stamp, sha256: &str) -> bool {
@@ -998,7 +1015,10 @@ impl Storage {
     }
 
     /// Stores an upload, records it in the database, and acknowledges it once it is verified
-    /// on its minimum of storages; an upload that cannot reach that is deleted again.
+    /// on its minimum of storages; an upload that cannot reach that is deleted again. An upload
+    /// of the same bytes (size and SHA-256), name and kind as a file already recorded is that
+    /// file: its copy is dropped and the existing record returned, nothing changed
+    /// ([`Uploaded::reused`]).
     pub async fn upload<S, E>(
         self: &Arc<Self>,
         name: &str,
@@ -1006,7 +1026,7 @@ impl Storage {
         size: u64,
         expected: Option<&str>,
         body: S,
-    ) -> Result<FileRecord>
+    ) -> Result<Uploaded>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
@@ -1014,6 +1034,21 @@ impl Storage {
         self.check_copies_possible(&format!("the upload of {name}")).await?;
         let id = format!("{:032x}", rand::random::<u128>());
         let sha = self.receive(&id, body, size, expected).await?;
+        let same = match self.list().await {
+            Ok(files) => {
+                files.into_iter().find(|f| f.sha256 == sha && f.size == size && f.name == name && f.kind == kind)
+            }
+            Err(e) => {
+                self.delete_local(&id);
+                return Err(e);
+            }
+        };
+        if let Some(rec) = same {
+            self.delete_local(&id);
+            self.persist_verified();
+            tracing::info!(file = %rec.id, name = %rec.name, "upload is the same as a recorded file; that file is kept, the new copy dropped");
+            return Ok(Uploaded { rec, reused: true });
+        }
         let rec = FileRecord {
             id: id.clone(),
             name: name.to_string(),
@@ -1030,6 +1065,8 @@ impl Storage {
             Ok(r) if r.succeeded => {
                 self.persist_verified();
                 lock(&self.records).insert(id.clone(), rec.clone());
+                // Counted only now that its record exists.
+                self.note_change();
             }
             other => {
                 // No record, so no file: remove the bytes.
@@ -1043,8 +1080,8 @@ impl Storage {
         self.publish().await;
         match self.replicate(&rec).await {
             Ok(holders) => {
-                tracing::info!(file = %id, name = %rec.name, heads = ?holders, "upload verified on its minimum of heads");
-                Ok(rec)
+                tracing::info!(file = %id, name = %rec.name, heads = %crate::core::listed(&holders), "upload verified on its minimum of heads");
+                Ok(Uploaded { rec, reused: false })
             }
             Err(e) => {
                 if let Err(d) = self.delete(&id).await {
@@ -1115,7 +1152,7 @@ impl Storage {
         }
         self.delete_local(id);
         self.persist_verified();
-        tracing::info!(file = %id, name = %rec.name, others = ?entry.pending, "file deleted");
+        tracing::info!(file = %id, name = %rec.name, others = %crate::core::listed(&entry.pending), "file deleted");
         Ok(rec)
     }
 
@@ -1210,12 +1247,28 @@ impl Storage {
         held
     }
 
-    /// Writes `storage/<head>` (the last audit's counts, the last scrub, the ids held now) when
-    /// it changed; `audit` replaces the counts.
+    /// Writes `storage/<head>` (the ids held now with their count and bytes, the last audit's
+    /// bad copies and time, the last scrub) when it changed; `audit` gives the counts, else they
+    /// are counted from the files held now and the records.
     async fn publish_summary(&self, audit: Option<StorageSummary>) -> Result<()> {
         let mut last = self.published.lock().await;
-        let mut s = audit.or_else(|| last.clone()).unwrap_or_default();
-        s.held = self.held_ids();
+        let held = self.held_ids();
+        let mut s = match audit {
+            Some(a) => a,
+            None => {
+                let records = self.list().await?;
+                let sizes: HashMap<&str, u64> = records.iter().map(|r| (r.id.as_str(), r.size)).collect();
+                let mut s = last.clone().unwrap_or_default();
+                (s.files, s.bytes) = (0, 0);
+                for size in held.iter().filter_map(|id| sizes.get(id.as_str())) {
+                    s.files += 1;
+                    s.bytes += size;
+                }
+                s.missing = records.len() as u64 - s.files;
+                s
+            }
+        };
+        s.held = held;
         s.scrub_bad = self.counters.scrub_bad.load(Ordering::Relaxed);
         s.scrubbed = self.scrubbed_at.load(Ordering::Relaxed);
         if let Some(old) = last.as_ref() {
@@ -1229,7 +1282,8 @@ impl Storage {
         Ok(())
     }
 
-    /// Publishes the ids held, when they may have changed.
+    /// Publishes the summary, when the files held may have changed. One publish runs at a time
+    /// (the others wait for it, then find nothing left to do).
     pub async fn publish(&self) {
         if !self.held_dirty.swap(false, Ordering::Relaxed) {
             return;
@@ -1353,6 +1407,14 @@ impl Storage {
     }
 }
 
+/// What an upload gave.
+#[derive(Debug)]
+pub struct Uploaded {
+    pub rec: FileRecord,
+    /// The bytes, name and kind were those of a file already recorded: `rec` is that file's.
+    pub reused: bool,
+}
+
 /// Renames `path` to the next free `path.old.NN` (00 to 99) without ever replacing one; returns
 /// the new name, or `None` when the file was already gone (another head moved it).
 pub fn quarantine(path: &Path) -> Result<Option<PathBuf>> {
@@ -1447,6 +1509,8 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
     ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage audits", move |stop| {
         storage_loop(s, audit, sweep, ttl, stop)
     });
+    let s = storage.clone();
+    ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage summary", move |stop| publish_loop(s, stop));
     if cfg.scrub_interval_secs > 0 {
         let s = storage.clone();
         ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage scrub", move |stop| scrub_loop(s, stop));
@@ -1496,6 +1560,27 @@ async fn storage_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(sweep) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Publishes the storage summary [`PUBLISH_DELAY`] after a change to the local files (an
+/// upload, an import, a deletion, a copy fetched from a peer, a quarantine), until shutdown:
+/// the changes of a burst are published together, by one task, so at most one publish is in
+/// flight whatever the rate of changes; the audit's figures are no longer minutes old.
+async fn publish_loop(storage: Arc<Storage>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = storage.changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PUBLISH_DELAY) => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = storage.publish() => {}
             _ = stop.changed() => return,
         }
     }

@@ -74,12 +74,14 @@ async fn upload_file(
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let up = Upload::from_query(&query_pairs(q.as_deref())?, declared).map_err(ApiFailure::bad_request)?;
     let (name, kind, size, sha) = (up.name.as_str(), up.kind.as_str(), up.size, up.sha256.as_deref());
-    let rec = st.storage.upload(name, kind, size, sha, body.into_data_stream()).await.map_err(|e| match e {
+    let up = st.storage.upload(name, kind, size, sha, body.into_data_stream()).await.map_err(|e| match e {
         StorageError::Invalid(m) => ApiFailure::bad_request(format!("upload of {name} refused: {m}")),
         e => e.into(),
     })?;
-    tracing::info!(%peer, id = %rec.id, name = %rec.name, size = rec.size, kind = %rec.kind, "file uploaded");
-    Ok(json(StatusCode::CREATED, &rec))
+    let rec = up.rec;
+    tracing::info!(%peer, id = %rec.id, name = %rec.name, size = rec.size, kind = %rec.kind, reused = up.reused, "file uploaded");
+    // The same file uploaded again is the file recorded before: nothing was created.
+    Ok(json(if up.reused { StatusCode::OK } else { StatusCode::CREATED }, &rec))
 }
 
 /// A request's byte range: the whole file, `start..=end`, or none that fits.
@@ -119,6 +121,34 @@ fn parse_range(h: Option<&str>, size: u64) -> Span {
         },
         (true, true) => Span::Full,
     }
+}
+
+/// `Content-Disposition` for a file's content: `attachment; filename="NAME"`, NAME the record's
+/// name made safe for any client (only letters, digits, `.`, `_` and `-`; anything else becomes
+/// `_`; never empty, no leading dot), plus `filename*=UTF-8''…` with the name percent-encoded
+/// (RFC 6266, RFC 8187) when the safe one differs from it.
+fn content_disposition(name: &str) -> String {
+    let mut safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    if safe.is_empty() {
+        safe.push_str("file");
+    }
+    if safe.starts_with('.') {
+        safe.replace_range(..1, "_");
+    }
+    let mut v = format!("attachment; filename=\"{safe}\"");
+    if safe != name && !name.is_empty() {
+        v.push_str("; filename*=UTF-8''");
+        for b in name.bytes() {
+            // RFC 8187's attr-char: ALPHA / DIGIT / "!" / "#" / "$" / "&" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~".
+            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                v.push(b as char);
+            } else {
+                v.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    v
 }
 
 /// What firmware fetches over plain HTTP (before any agent runs); everything else only over HTTPS.
@@ -193,7 +223,8 @@ async fn file_content(
         .header(header::CONTENT_LENGTH, len)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, format!("\"{}\"", rec.sha256))
-        .header("x-checksum-sha256", &rec.sha256);
+        .header("x-checksum-sha256", &rec.sha256)
+        .header(header::CONTENT_DISPOSITION, content_disposition(&rec.name));
     if status == StatusCode::PARTIAL_CONTENT {
         b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", start + len - 1));
     }
@@ -212,6 +243,24 @@ async fn file_content(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_disposition_is_safe() {
+        assert_eq!(content_disposition("vmlinuz-6.1.0"), "attachment; filename=\"vmlinuz-6.1.0\"");
+        assert_eq!(
+            content_disposition("a\"b c\\d;é.img"),
+            "attachment; filename=\"a_b_c_d__.img\"; filename*=UTF-8''a%22b%20c%5Cd%3B%C3%A9.img"
+        );
+        assert_eq!(content_disposition(".hidden"), "attachment; filename=\"_hidden\"; filename*=UTF-8''.hidden");
+        assert_eq!(content_disposition("日本"), "attachment; filename=\"__\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC");
+        assert_eq!(content_disposition(""), "attachment; filename=\"file\"");
+        // Every value is a valid header value.
+        for n in ["a\"b", "x\u{7f}y", "ü", "..", "a%b"] {
+            let v = content_disposition(n);
+            assert!(axum::http::HeaderValue::from_str(&v).is_ok(), "{n:?}: {v}");
+            assert!(v.is_ascii() && !v[..v.find("filename*").unwrap_or(v.len())].contains(['\\', '%']), "{n:?}: {v}");
+        }
+    }
 
     #[test]
     fn ranges() {

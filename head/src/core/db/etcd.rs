@@ -434,7 +434,7 @@ impl EtcdWatcher {
                         });
                     }
                     if resp.canceled() {
-                        tracing::warn!(prefix = %self.prefix, reason = resp.cancel_reason(), "watch canceled by etcd; re-creating");
+                        tracing::warn!(prefix = %self.prefix, reason = %resp.cancel_reason(), "watch canceled by etcd; re-creating");
                         self.stream = None;
                         self.failures += 1;
                         continue;

@@ -233,7 +233,7 @@ fn supervise(spec: MemberSpec, first: std::process::Child, stop: Arc<AtomicBool>
                     c
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, retry_in = ?backoff, "cannot restart etcd member");
+                    tracing::error!(error = %e, retry_secs = backoff.as_secs_f64(), "cannot restart etcd member");
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     if !pause(backoff) {
                         return;
@@ -251,7 +251,11 @@ fn supervise(spec: MemberSpec, first: std::process::Child, stop: Arc<AtomicBool>
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_millis(500);
         }
-        tracing::error!(status = ?status, log = %spec.log_file.display(), retry_in = ?backoff, "etcd member exited; restarting");
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("cannot wait for it: {e}"),
+        };
+        tracing::error!(%status, log = %spec.log_file.display(), retry_secs = backoff.as_secs_f64(), "etcd member exited; restarting");
         if !pause(backoff) {
             return;
         }
