@@ -6,9 +6,10 @@
 //! 2 usage error (bad arguments). One line on stderr says what went wrong.
 
 use clusterware_client::{BlockingClient, Config as ClientConfig};
-use clusterware_shared::api::{FileRecord, Node, is_file_id};
+use clusterware_shared::api::{FileList, FileRecord, Node, is_file_id};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::{self, Config, ConfigError};
+use clusterware_shared::outln;
 use clusterware_shared::select;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -23,24 +24,45 @@ pub mod sys;
 pub struct ConnOpts {
     /// Configuration file, for the local head's address and the admin credential
     /// [default: $CLUSTERWARE_CONFIG, else /opt/scyld/clusterware/conf/base.ini]
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH", global = true, help_heading = "Connection")]
     pub config: Option<PathBuf>,
     /// Talk to this head instead of the local one (e.g. https://10.54.0.2, its head.tls_port)
-    #[arg(long, value_name = "URL", env = "CLUSTERWARE_HEAD", global = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CLUSTERWARE_HEAD",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Connection"
+    )]
     pub head: Option<String>,
     /// The cluster CA to check heads against [default: tls/ca.pem beside the configuration]
-    #[arg(long, value_name = "FILE", env = "CLUSTERWARE_CA", global = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CLUSTERWARE_CA",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Connection"
+    )]
     pub ca_file: Option<PathBuf>,
     /// Admin API token (a named one: `scyld-clusterctl tokens create`) instead of deriving it from
     /// database.admin_pass in the configuration; on the command line every user of the machine
     /// can read it, so prefer $CLUSTERWARE_TOKEN or --token-file
-    #[arg(long, value_name = "TOKEN", env = "CLUSTERWARE_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CLUSTERWARE_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Connection"
+    )]
     pub token: Option<String>,
     /// Admin API token from the first line of FILE (`-`: standard input)
-    #[arg(long, value_name = "FILE", global = true, conflicts_with = "token")]
+    #[arg(long, value_name = "FILE", global = true, conflicts_with = "token", help_heading = "Connection")]
     pub token_file: Option<PathBuf>,
     /// Seconds to wait for the head to answer
-    #[arg(long, value_name = "SECS", default_value_t = 60, global = true)]
+    #[arg(long, value_name = "SECS", default_value_t = 60, global = true, help_heading = "Connection")]
     pub timeout: u64,
 }
 
@@ -112,9 +134,19 @@ impl std::ops::Deref for Client {
     }
 }
 
+/// What to look at when the local head cannot be reached (its service and log), set when a
+/// command talks to the head of this machine's configuration.
+static LOCAL_HEAD_HINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 impl From<clusterware_client::Error> for CliError {
     fn from(e: clusterware_client::Error) -> CliError {
-        fail(e.to_string())
+        use clusterware_client::{Error, Transport};
+        match (&e, LOCAL_HEAD_HINT.get()) {
+            (Error::Transport { base, kind: Transport::Connect, reason }, Some(hint)) => {
+                fail(format!("cannot reach the head at {base}: {reason}. {hint}"))
+            }
+            _ => fail(e.to_string()),
+        }
     }
 }
 
@@ -167,6 +199,14 @@ impl Client {
             (None, Some(c)) => admin_token(c.require_admin_pass().map_err(config_error)?),
             (None, None) => unreachable!("config is loaded when --token is missing"),
         };
+        if let (None, Some(c)) = (&o.head, &cfg) {
+            let name = head_name_of(c).unwrap_or_else(|_| "NAME".into());
+            let _ = LOCAL_HEAD_HINT.set(format!(
+                "Is this machine's head daemon running? `systemctl status clusterware` says, and its log {} tells \
+                 why it stopped or did not start",
+                c.log_dir.join(format!("head_{name}.log")).display()
+            ));
+        }
         let ca = cluster_ca(o.ca_file.as_deref(), cfg.as_ref())?;
         Client::to(&base, &token, &ca, secs)
     }
@@ -337,6 +377,47 @@ pub fn password_from(
     }
 }
 
+/// Asks before a command changes or stops more than one node: on a terminal the question
+/// (`Delete 12 nodes n[0-11]?`) must be answered `y`; without a terminal the command needs
+/// `--yes`. `yes` skips the question.
+pub fn confirm(question: &str, yes: bool) -> CliResult<()> {
+    use std::io::{BufRead, IsTerminal};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(usage(format!("{question} There is no terminal to ask on: give --yes to go ahead")));
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| fail(format!("cannot read the terminal: {e}")))?;
+    match line.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(fail("nothing was done")),
+    }
+}
+
+/// The `-i NAME` given before the command or after it (`scyld-bootctl -i b ls` or
+/// `scyld-bootctl ls -i b`); both at once is a usage error.
+pub fn selected_once(before: Option<&String>, after: Option<&String>) -> CliResult<Option<String>> {
+    match (before, after) {
+        (Some(_), Some(_)) => Err(usage("give -i once: before the command or after it, not both")),
+        (b, a) => Ok(b.or(a).cloned()),
+    }
+}
+
+/// Node names as one compact selector (`n[0-2,4-99]`), what `-i` takes.
+pub fn node_ranges<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    select::compress(names)
+}
+
+/// `1 node n3`, `100 nodes n[0-99]`.
+pub fn count_nodes<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    let s = if names.len() == 1 { "" } else { "s" };
+    format!("{} node{s} {}", names.len(), node_ranges(names.iter().copied()))
+}
+
 /// How long ago Unix time `t` was, for tables ("-" when unknown).
 pub fn ago(t: Option<u64>) -> String {
     let Some(t) = t else { return "-".into() };
@@ -392,7 +473,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| if i == last { c.to_string() } else { format!("{c:<w$}", w = widths[i]) })
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(header.to_vec());
     for r in rows {
@@ -537,12 +618,37 @@ pub fn file_arg(c: &Client, arg: &str, kind: &str) -> CliResult<String> {
     if is_file_id(arg) {
         return Ok(arg.to_string());
     }
-    Err(fail(format!("{arg} is neither a local file nor a file id (see scyld-clusterctl files ls)")))
+    file_by_id_or_name(&c.files()?, arg).map_err(|_| {
+        fail(format!(
+            "{arg} is neither a local file nor the id or name of an uploaded file (scyld-clusterctl files ls lists them)"
+        ))
+    })
+}
+
+/// The id of the file `arg` names: an id as it is, else the one file of that name.
+pub fn file_by_id_or_name(list: &FileList, arg: &str) -> CliResult<String> {
+    if is_file_id(arg) {
+        return Ok(arg.to_string());
+    }
+    let hits: Vec<&FileRecord> = list.files.iter().filter(|f| f.name == arg).collect();
+    match hits[..] {
+        [one] => Ok(one.id.clone()),
+        [] => Err(fail(format!(
+            "no file has the id or name {:?} (scyld-clusterctl files ls lists them)",
+            clusterware_shared::ids::shown(arg)
+        ))),
+        _ => Err(fail(format!(
+            "{} files are named {:?}: give the id of the one you mean ({})",
+            hits.len(),
+            clusterware_shared::ids::shown(arg),
+            hits.iter().map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 /// Prints a value as pretty JSON.
 pub fn print_json<T: Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("API types always serialise"));
+    outln!("{}", serde_json::to_string_pretty(v).expect("API types always serialise"));
 }
 
 /// The test every command has: its clap definition is consistent (unique names, valid

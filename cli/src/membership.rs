@@ -509,12 +509,14 @@ impl TlsFiles {
 }
 
 /// Warnings about the heads the spec asks administrators to get right: every head's name must
-/// resolve on this head, and clocks must agree within a second.
+/// resolve on this head (once there is another head to reach: a solo head's name matters to no
+/// one), and clocks must agree within a second.
 pub fn head_warnings(list: &HeadList, ca: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     let unresolved: Vec<String> = list
         .heads
         .iter()
+        .filter(|_| list.heads.len() > 1)
         .filter(|h| (h.name.as_str(), 0).to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true))
         .map(|h| format!("{} ({})", h.name, h.ip))
         .collect();

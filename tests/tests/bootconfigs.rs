@@ -148,10 +148,25 @@ fn export_and_import_between_clusters() {
 
     // Conflicts: refused before anything is written, naming the option that resolves them.
     let before = state(&dst);
-    let out = d.cli("scyld-bootctl", &["import", export.to_str().unwrap()]);
-    assert_eq!(out.code, 1);
+    // Every conflict at once, each with what resolves it, in a dry run as in an import; and an
+    // export file that is not there names those that are.
+    for dry in [true, false] {
+        let mut args = vec!["import", export.to_str().unwrap()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = d.cli("scyld-bootctl", &args);
+        assert_eq!(out.code, 1);
+        assert!(
+            out.stderr.contains("boot config xyzBoot already exists (import with --boot-config NEW_NAME)")
+                && out.stderr.contains("image xyzImage already exists (import with --image NEW_NAME, or --no-recurse"),
+            "{out:?}"
+        );
+    }
+    let missing = export.with_file_name("nosuch.export");
+    let out = d.cli("scyld-bootctl", &["import", missing.to_str().unwrap()]);
     assert!(
-        out.stderr.contains("boot config xyzBoot already exists") && out.stderr.contains("--boot-config"),
+        out.code == 1 && out.stderr.contains("export files in") && out.stderr.contains("xyzBoot.export"),
         "{out:?}"
     );
     let out = d.cli("scyld-bootctl", &["import", export.to_str().unwrap(), "--boot-config", "b2"]);

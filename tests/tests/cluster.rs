@@ -65,7 +65,7 @@ fn three_heads_share_nodes_and_see_a_dead_head() {
     // A and C keep serving reads and writes.
     c.heads[cc].cli("scyld-nodectl", &["create", "mac=52:54:00:aa:00:02"]).ok();
     assert_eq!(node_names(&c, a), ["n0", "n1"]);
-    c.heads[a].cli("scyld-nodectl", &["-i", "n1", "set", "_boot_config=compute"]).ok();
+    c.heads[a].cli("scyld-nodectl", &["-i", "n1", "set", "--force", "_boot_config=compute"]).ok();
     let v = c.heads[cc].cli("scyld-nodectl", &["-i", "n1", "ls", "--json"]).json();
     assert_eq!(v["nodes"][0]["attributes"]["_boot_config"], "compute");
     assert_eq!(v["nodes"][0]["ip"], "10.54.0.2");
@@ -164,15 +164,15 @@ fn requests_larger_than_one_transaction_are_split() {
     let c = Cluster::start(Backend::Etcd, 1, "database.max_txn_ops = 16\n");
     let h = &c.heads[0];
     let out = h.cli("scyld-nodectl", &["create", "--count", "40", "mac=52:54:00:dd:00:00", "ip=10.57.0.1"]);
-    assert_eq!(out.ok().lines().count(), 40);
+    assert_eq!(out.ok(), "created 40 nodes n[0-39] (IPs 10.57.0.1 to 10.57.0.40)\n");
     // A conflict found before writing leaves nothing behind, even across transactions.
     let out = h.cli("scyld-nodectl", &["create", "--count", "40", "mac=52:54:00:dd:10:00", "ip=10.57.0.20"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(node_names(&c, 0).len(), 40);
-    h.cli("scyld-nodectl", &["-a", "set", "_boot_config=split"]).ok();
+    h.cli("scyld-nodectl", &["-a", "set", "--force", "_boot_config=split"]).ok();
     let v = h.cli("scyld-nodectl", &["ls", "--json"]).json();
     assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["attributes"]["_boot_config"] == "split"));
-    assert_eq!(h.cli("scyld-nodectl", &["-i", "n[0-39]", "rm"]).ok().lines().count(), 40);
+    assert_eq!(h.cli("scyld-nodectl", &["-i", "n[0-39]", "rm", "--yes"]).ok(), "deleted 40 nodes n[0-39]\n");
     assert!(node_names(&c, 0).is_empty());
     let (status, v) = h.api("GET", "/heads", Some(&c.token), None);
     assert_eq!(status, 200);

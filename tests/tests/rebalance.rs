@@ -104,7 +104,7 @@ fn preferred_head_pins_nodes_and_they_return_after_a_restart() {
     let (mac0, ip0) = ("52:54:00:a6:00:00", "127.206.0.1");
     create_nodes(&c.heads[0], 30, mac0, ip0);
     c.heads[0].cli("scyld-nodectl", &["-i", "n[0-14]", "set", "_preferred_head=head3"]).ok();
-    c.heads[0].cli("scyld-nodectl", &["-i", "n29", "set", "_preferred_head=nosuchhead"]).ok();
+    c.heads[0].cli("scyld-nodectl", &["-i", "n29", "set", "--force", "_preferred_head=nosuchhead"]).ok();
     let urls: Vec<String> = c.heads.iter().map(Head::url).collect();
     let _sim = Sim::start(&urls, Some(&c.heads[0]), 30, ip0, mac0, &["--status-secs", "2"]);
     let on = |h: &Head, parent: &str, range: std::ops::Range<usize>| {

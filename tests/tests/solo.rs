@@ -31,11 +31,11 @@ fn registry_through_the_cli() {
 
     let out = h.cli(
         "scyld-nodectl",
-        &["create", "--count", "6", "mac=52:54:00:00:10:fe", "ip=10.60.0.254", "_boot_config=base"],
+        &["create", "--count", "6", "mac=52:54:00:00:10:fe", "ip=10.60.0.254", "_boot_config=base", "--force"],
     );
-    assert_eq!(out.ok().lines().count(), 6);
-    assert!(out.stdout.starts_with("created n0 (52:54:00:00:10:fe, 10.60.0.254)"), "{out:?}");
-    assert!(out.stdout.contains("created n5 (52:54:00:00:11:03, 10.60.1.3)"), "MAC and IP ranges carry: {out:?}");
+    assert_eq!(out.ok(), "created 6 nodes n[0-5] (IPs 10.60.0.254 to 10.60.1.3)\n");
+    let v = nodes(h);
+    assert_eq!(v["nodes"][5]["macs"], json!(["52:54:00:00:11:03"]), "MAC and IP ranges carry: {v}");
 
     // IP and index are allocated after what exists; more than one MAC per node.
     let v = h.cli("scyld-nodectl", &["create", "mac=52:54:00:00:20:01", "mac=52:54:00:00:20:02", "--json"]).json();
@@ -47,11 +47,13 @@ fn registry_through_the_cli() {
     let csv = c.dir().join("nodes.csv");
     std::fs::write(&csv, "mac,ip,index\n52:54:00:00:30:01,10.61.0.1,20\n52:54:00:00:30:02,,21\n").unwrap();
     let out = h.cli("scyld-nodectl", &["create", "--csv", csv.to_str().unwrap(), "rack=9"]);
-    assert_eq!(out.ok(), "created n20 (52:54:00:00:30:01, 10.61.0.1)\ncreated n21 (52:54:00:00:30:02, 10.61.0.2)\n");
+    assert_eq!(out.ok(), "created 2 nodes n[20-21] (IPs 10.61.0.1 to 10.61.0.2)\n");
+    let out = h.cli("scyld-nodectl", &["-i", "n21", "ls", "-l"]);
+    assert!(out.ok().contains("52:54:00:00:30:02") && out.stdout.contains("10.61.0.2"), "{out:?}");
 
     // Selection: ranges, lists, MACs; set and clear.
     let out = h.cli("scyld-nodectl", &["-i", "n[0-2,5],n21", "set", "_preferred_head=head1", "rack=3"]);
-    assert_eq!(out.ok(), "updated n0 n1 n2 n5 n21\n");
+    assert_eq!(out.ok(), "updated 5 nodes n[0-2,5,21]\n");
     let out = h.cli("scyld-nodectl", &["-i", "52:54:00:00:20:02", "ls"]);
     assert_eq!(out.ok(), "n6\n");
     h.cli("scyld-nodectl", &["-i", "n1", "clear", "rack", "_boot_config"]).ok();
@@ -68,8 +70,13 @@ fn registry_through_the_cli() {
     assert!(out.ok().starts_with("NAME"), "{out:?}");
     assert!(out.stdout.contains("n30") && out.stdout.contains("10.62.0.3"), "{out:?}");
 
+    // More than one node: without a terminal to ask on, only with --yes; nothing changes before.
     let out = h.cli("scyld-nodectl", &["-i", "n[20-21],n30", "rm"]);
-    assert_eq!(out.ok(), "deleted n20\ndeleted n21\ndeleted n30\n");
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("Delete 3 nodes n[20-21,30]?") && out.stderr.contains("--yes"), "{out:?}");
+    assert_eq!(h.cli("scyld-nodectl", &["ls"]).ok().lines().count(), 10);
+    let out = h.cli("scyld-nodectl", &["-i", "n[20-21],n30", "rm", "--yes"]);
+    assert_eq!(out.ok(), "deleted 3 nodes n[20-21,30]\n");
     let names = h.cli("scyld-nodectl", &["ls"]);
     assert_eq!(names.ok(), "n0\nn1\nn2\nn3\nn4\nn5\nn6\n");
 
@@ -206,9 +213,9 @@ fn bulk_create_of_thousands() {
     assert_eq!(v["nodes"][4999]["ip"], "10.80.19.136");
     let out = h.cli("scyld-nodectl", &["-i", "n[100-199]", "ls"]);
     assert_eq!(out.ok().lines().count(), 100);
-    let out = h.cli("scyld-nodectl", &["-a", "set", "_boot_config=x"]);
-    assert!(out.ok().starts_with("updated n0 n1"), "{out:?}");
-    h.cli("scyld-nodectl", &["-a", "rm"]).ok();
+    let out = h.cli("scyld-nodectl", &["-a", "set", "_boot_config=x", "--force"]);
+    assert_eq!(out.ok(), "updated 5000 nodes n[0-4999]\n");
+    h.cli("scyld-nodectl", &["-a", "rm", "-y"]).ok();
     assert_eq!(nodes(h), json!({"nodes": []}));
 }
 
@@ -261,7 +268,7 @@ fn head_start_up_errors_are_clear() {
     let h = &mut c.heads[0];
     assert_eq!(h.stop(), Some(0));
     let log = std::fs::read_to_string(h.dir.join("stderr.log")).unwrap();
-    assert!(log.contains("unknown key \"some.future_key\" ignored"), "{log}");
+    assert!(log.contains("unknown key `some.future_key` ignored"), "{log}");
     let file_log = std::fs::read_to_string(h.dir.join("log/head_head1.log")).unwrap();
     assert!(file_log.contains("head started") && file_log.contains("head stopped"), "{file_log}");
 }

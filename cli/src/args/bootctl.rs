@@ -12,9 +12,8 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     pub conn: ConnOpts,
-    /// The boot config to act on
-    #[arg(short = 'i', long = "boot-config-name", value_name = "NAME", global = true)]
-    pub selected: Option<String>,
+    #[command(flatten)]
+    pub sel: Selected,
     /// Print JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
@@ -22,10 +21,21 @@ pub struct Args {
     pub cmd: Cmd,
 }
 
+/// The boot config a command acts on: given before the command (`scyld-bootctl -i xyzBoot ls`)
+/// or after it, only to commands that act on one.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Selected {
+    /// The boot config to act on, by name
+    #[arg(short = 'i', long = "ids", alias = "boot-config-name", value_name = "NAME", help_heading = "Selection")]
+    pub ids: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// List boot configs (names; -l for image, files and command line)
     Ls {
+        #[command(flatten)]
+        sel: Selected,
         /// Long listing: image, kernel, initramfs and command line (with -i also the files'
         /// sizes and checksums, and the nodes that use it)
         #[arg(short = 'l', long)]
@@ -56,6 +66,8 @@ pub enum Cmd {
     },
     /// Change the boot config selected with -i
     Update {
+        #[command(flatten)]
+        sel: Selected,
         /// New kernel: a local file (uploaded) or the id of an uploaded file
         #[arg(long, value_name = "PATH|ID")]
         kernel: Option<String>,
@@ -74,12 +86,16 @@ pub enum Cmd {
     },
     /// Copy the boot config selected with -i under a new name
     Clone {
+        #[command(flatten)]
+        sel: Selected,
         /// Name of the copy
         #[arg(long)]
         name: String,
     },
     /// Delete the boot config selected with -i (refused while nodes use it, unless --force)
     Rm {
+        #[command(flatten)]
+        sel: Selected,
         /// Delete it even while nodes name it or it is the cluster default (the default is
         /// then cleared)
         #[arg(long)]
@@ -87,6 +103,8 @@ pub enum Cmd {
     },
     /// Write the boot config selected with -i, its image and all their files to one file
     Export {
+        #[command(flatten)]
+        sel: Selected,
         /// Output file [default: NAME.export]
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,

@@ -31,15 +31,16 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: FilesCmd,
     },
-    /// Even out the nodes each head parents: show the moves a round would make now
+    /// Even out the nodes each head parents (one of --dry-run or --now): show the moves a round would make now
     /// (--dry-run), or make them (--now). Heads also do this by themselves every
     /// rebalance.interval seconds
+    #[command(group = clap::ArgGroup::new("when").required(true))]
     Rebalance {
         /// Show the moves without making them
-        #[arg(long, conflicts_with = "now", required_unless_present = "now")]
+        #[arg(long, group = "when")]
         dry_run: bool,
         /// Make the moves now
-        #[arg(long)]
+        #[arg(long, group = "when")]
         now: bool,
     },
     /// Secrets (BMC passwords) that nodes name with _bmc_pass_ref=NAME; values are never shown
@@ -135,16 +136,22 @@ pub enum HeadsCmd {
         /// Long listing
         #[arg(short = 'l', long)]
         long: bool,
+        /// Sizes in bytes rather than KiB, MiB, GiB
+        #[arg(long)]
+        bytes: bool,
     },
 }
 
 #[derive(Subcommand)]
 pub enum FilesCmd {
-    /// List the files (ids and names; -l for kind, size and checksum)
+    /// List the files (ids and names; -l for kind, size, copies and checksum)
     Ls {
         /// Long listing
         #[arg(short = 'l', long)]
         long: bool,
+        /// Sizes in bytes rather than KiB, MiB, GiB
+        #[arg(long)]
+        bytes: bool,
     },
     /// Upload a file to the head (which stores it and records its size and SHA-256)
     Upload {
@@ -161,8 +168,9 @@ pub enum FilesCmd {
     /// Delete files from the cluster (every head removes its copy); refused for files an image
     /// or boot config uses, unless --force
     Rm {
-        /// Ids of the files to delete (32 hex digits, as `files ls` shows them)
-        #[arg(value_name = "ID", required = true)]
+        /// The files to delete: ids (32 hex digits, as `files ls` shows them) or names that only one
+        /// file has
+        #[arg(value_name = "ID|NAME", required = true)]
         ids: Vec<String>,
         /// Delete even files that images or boot configs use (they are left naming a missing
         /// file)

@@ -10,9 +10,8 @@ use clap::{Parser, Subcommand};
 pub struct Args {
     #[command(flatten)]
     pub conn: ConnOpts,
-    /// The image to act on
-    #[arg(short = 'i', long = "image", value_name = "NAME", global = true)]
-    pub image: Option<String>,
+    #[command(flatten)]
+    pub sel: Selected,
     /// Print JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
@@ -20,10 +19,21 @@ pub struct Args {
     pub cmd: Cmd,
 }
 
+/// The image a command acts on: given before the command (`scyld-imgctl -i xyzImage ls`) or
+/// after it, only to commands that act on one.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Selected {
+    /// The image to act on, by name
+    #[arg(short = 'i', long = "ids", alias = "image", value_name = "NAME", help_heading = "Selection")]
+    pub ids: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// List images (names; -l for their files with sizes and checksums)
     Ls {
+        #[command(flatten)]
+        sel: Selected,
         /// Long listing: the description and each file's name, id, size and SHA-256
         #[arg(short = 'l', long)]
         long: bool,
@@ -46,12 +56,16 @@ pub enum Cmd {
     },
     /// Copy the image selected with -i under a new name (the files are shared)
     Clone {
+        #[command(flatten)]
+        sel: Selected,
         /// Name of the copy
         #[arg(long)]
         name: String,
     },
     /// Delete the image selected with -i (refused while a boot config uses it, unless --force)
     Rm {
+        #[command(flatten)]
+        sel: Selected,
         /// Delete it even while boot configs name it (they are left naming a missing image)
         #[arg(long)]
         force: bool,

@@ -13,13 +13,16 @@
 //! ```
 
 use clap::Parser;
-use clusterware_cli::args::bootctl::{Args, Cmd};
-use clusterware_cli::{CliResult, Client, Progress, fail, file_arg, human_bytes, print_json, run, usage};
+use clusterware_cli::args::bootctl::{Args, Cmd, Selected};
+use clusterware_cli::{
+    CliResult, Client, Progress, fail, file_arg, human_bytes, node_ranges, print_json, run, selected_once, usage,
+};
 use clusterware_shared::api::{
     BootConfig, CloneRequest, CreateBootConfig, DefaultBootConfig, FileList, ImportOptions, UpdateBootConfig,
 };
 use clusterware_shared::fsutil::EarlyWriteback;
 use clusterware_shared::ids::shown;
+use clusterware_shared::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,12 +33,20 @@ fn main() -> ExitCode {
             return c.print::<Args>();
         }
         let c = Client::new(&args.conn)?;
-        let selected = || args.selected.clone().ok_or_else(|| usage("select the boot config with -i NAME"));
+        let selected = |after: &Selected| {
+            selected_once(args.sel.ids.as_ref(), after.ids.as_ref())?
+                .ok_or_else(|| usage("select the boot config with -i NAME (scyld-bootctl ls lists them)"))
+        };
+        if args.sel.ids.is_some()
+            && matches!(args.cmd, Cmd::Create { .. } | Cmd::Import { .. } | Cmd::Default { .. } | Cmd::Completion(_))
+        {
+            return Err(usage("this command takes no -i (create and import name the boot config with their options)"));
+        }
         let done = |what: &str, cfg: &BootConfig| {
-            if args.json { print_json(cfg) } else { println!("{what} boot config {}", cfg.name) }
+            if args.json { print_json(cfg) } else { outln!("{what} boot config {}", cfg.name) }
         };
         match &args.cmd {
-            Cmd::Ls { long } => ls(&args, &c, *long),
+            Cmd::Ls { sel, long } => ls(&args, &c, selected_once(args.sel.ids.as_ref(), sel.ids.as_ref())?, *long),
             Cmd::Create { name, kernel, initramfs, image, cmdline, description } => {
                 let req = CreateBootConfig {
                     name: name.clone(),
@@ -48,7 +59,7 @@ fn main() -> ExitCode {
                 done("created", &c.create_boot_config(&req)?);
                 Ok(())
             }
-            Cmd::Update { kernel, initramfs, image, cmdline, description } => {
+            Cmd::Update { sel, kernel, initramfs, image, cmdline, description } => {
                 let req = UpdateBootConfig {
                     kernel: kernel.as_deref().map(|k| file_arg(&c, k, "kernel")).transpose()?,
                     initramfs: initramfs.as_deref().map(|i| file_arg(&c, i, "initramfs")).transpose()?,
@@ -66,19 +77,19 @@ fn main() -> ExitCode {
                         "nothing to update (give --kernel, --initramfs, --image, --cmdline or --description)",
                     ));
                 }
-                done("updated", &c.update_boot_config(&selected()?, &req)?);
+                done("updated", &c.update_boot_config(&selected(sel)?, &req)?);
                 Ok(())
             }
-            Cmd::Clone { name } => {
-                done("created", &c.clone_boot_config(&selected()?, &CloneRequest { name: name.clone() })?);
+            Cmd::Clone { sel, name } => {
+                done("created", &c.clone_boot_config(&selected(sel)?, &CloneRequest { name: name.clone() })?);
                 Ok(())
             }
-            Cmd::Rm { force } => {
-                done("deleted", &c.delete_boot_config(&selected()?, *force)?);
+            Cmd::Rm { sel, force } => {
+                done("deleted", &c.delete_boot_config(&selected(sel)?, *force)?);
                 Ok(())
             }
             Cmd::Completion(_) => unreachable!("answered above, without a head"),
-            Cmd::Export { output } => export(&args, &c, &selected()?, output.clone()),
+            Cmd::Export { sel, output } => export(&args, &c, &selected(sel)?, output.clone()),
             Cmd::Import { file, image, boot_config, no_recurse, dry_run } => {
                 import(&args, &c, file, image.as_deref(), boot_config.as_deref(), *no_recurse, *dry_run)
             }
@@ -89,8 +100,8 @@ fn main() -> ExitCode {
                         print_json(&r)
                     } else {
                         match &r.name {
-                            Some(n) => println!("default boot config: {n}"),
-                            None => println!("no default boot config"),
+                            Some(n) => outln!("default boot config: {n}"),
+                            None => outln!("no default boot config"),
                         }
                     }
                 } else {
@@ -98,7 +109,7 @@ fn main() -> ExitCode {
                     if args.json {
                         print_json(&DefaultBootConfig { name: l.default })
                     } else {
-                        println!("{}", l.default.unwrap_or_else(|| "(none)".into()));
+                        outln!("{}", l.default.unwrap_or_else(|| "(none)".into()));
                     }
                 }
                 Ok(())
@@ -107,21 +118,21 @@ fn main() -> ExitCode {
     })
 }
 
-fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
-    if let Some(name) = &args.selected {
+fn ls(args: &Args, c: &Client, selected: Option<String>, long: bool) -> CliResult<()> {
+    if let Some(name) = &selected {
         let d = c.boot_config(name)?;
         if args.json {
             print_json(&d);
             return Ok(());
         }
         let b = &d.boot_config;
-        println!("{}{}", b.name, if d.is_default { " (default)" } else { "" });
+        outln!("{}{}", b.name, if d.is_default { " (default)" } else { "" });
         if long {
             if !b.description.is_empty() {
-                println!("  description: {}", shown(&b.description));
+                outln!("  description: {}", shown(&b.description));
             }
-            println!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
-            println!("  cmdline: {}", shown(&b.cmdline));
+            outln!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
+            outln!("  cmdline: {}", shown(&b.cmdline));
             let mut ids = vec![("kernel", &b.kernel), ("initramfs", &b.initramfs)];
             if let Some(img) = &d.image {
                 ids.push(("rootfs", &img.rootfs));
@@ -129,7 +140,7 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
             }
             for (what, id) in ids {
                 match d.files.iter().find(|f| &f.id == id) {
-                    Some(f) => println!(
+                    Some(f) => outln!(
                         "  {what}: {} id {} size {} ({}) sha256 {}",
                         shown(&f.name),
                         f.id,
@@ -137,10 +148,14 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
                         human_bytes(f.size),
                         f.sha256
                     ),
-                    None => println!("  {what}: {id} (missing record)"),
+                    None => outln!("  {what}: {id} (missing record)"),
                 }
             }
-            println!("  nodes: {}", if d.nodes.is_empty() { "(none)".to_string() } else { d.nodes.join(",") });
+            let nodes = match d.nodes.len() {
+                0 => "(none)".to_string(),
+                n => format!("{n} ({})", node_ranges(d.nodes.iter().map(String::as_str))),
+            };
+            outln!("  nodes: {nodes}");
         }
         return Ok(());
     }
@@ -155,12 +170,12 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
     };
     for b in &list.boot_configs {
         let default = if list.default.as_deref() == Some(b.name.as_str()) { " (default)" } else { "" };
-        println!("{}{default}", b.name);
+        outln!("{}{default}", b.name);
         if long {
-            println!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
-            println!("  kernel: {}", fname(&b.kernel));
-            println!("  initramfs: {}", fname(&b.initramfs));
-            println!("  cmdline: {}", shown(&b.cmdline));
+            outln!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
+            outln!("  kernel: {}", fname(&b.kernel));
+            outln!("  initramfs: {}", fname(&b.initramfs));
+            outln!("  cmdline: {}", shown(&b.cmdline));
         }
     }
     Ok(())
@@ -193,7 +208,7 @@ fn export(args: &Args, c: &Client, name: &str, output: Option<PathBuf>) -> CliRe
             if args.json {
                 print_json(&serde_json::json!({"boot_config": name, "file": out, "bytes": n}));
             } else {
-                println!("exported {name} to {} ({})", out.display(), human_bytes(n));
+                outln!("exported {name} to {} ({})", out.display(), human_bytes(n));
             }
             Ok(())
         }
@@ -216,7 +231,31 @@ fn import(
     if no_recurse && image.is_some() {
         return Err(usage("--image and --no-recurse exclude each other"));
     }
-    let f = std::fs::File::open(file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    let f = std::fs::File::open(file).map_err(|e| {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return fail(format!("cannot read {}: {e}", file.display()));
+        }
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut present: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| n.ends_with(".export"))
+            .collect();
+        present.sort();
+        let hint = match present.len() {
+            0 => {
+                format!("there is no NAME.export file in {}; `scyld-bootctl -i NAME export` writes one", dir.display())
+            }
+            n if n <= 10 => format!("export files in {}: {}", dir.display(), present.join(", ")),
+            n => format!("{n} export files in {}, e.g. {}", dir.display(), present[..10].join(", ")),
+        };
+        fail(format!("{}: no such file ({hint})", file.display()))
+    })?;
     let len = f.metadata().map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?.len();
     let o = ImportOptions {
         image: image.map(str::to_string),
@@ -238,10 +277,10 @@ fn import(
     let verb = if report.dry_run { "would import" } else { "imported" };
     let renamed =
         |now: &str, was: &str| if now == was { now.to_string() } else { format!("{now} (renamed from {was})") };
-    println!("{verb} boot config {}", renamed(&report.boot_config, &report.boot_config_was));
+    outln!("{verb} boot config {}", renamed(&report.boot_config, &report.boot_config_was));
     match (&report.image, &report.image_was) {
-        (Some(i), Some(w)) => println!("{verb} image {}", renamed(i, w)),
-        (None, Some(w)) => println!("image {w} not imported (--no-recurse)"),
+        (Some(i), Some(w)) => outln!("{verb} image {}", renamed(i, w)),
+        (None, Some(w)) => outln!("image {w} not imported (--no-recurse)"),
         _ => {}
     }
     for f in &report.files {
@@ -250,7 +289,7 @@ fn import(
             (_, true) => "add",
             _ => "added",
         };
-        println!("  {what} {} {} ({}, {}) as {}", f.kind, shown(&f.name), human_bytes(f.size), &f.sha256[..16], f.id);
+        outln!("  {what} {} {} ({}, {}) as {}", f.kind, shown(&f.name), human_bytes(f.size), &f.sha256[..16], f.id);
     }
     Ok(())
 }

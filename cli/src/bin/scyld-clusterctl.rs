@@ -10,6 +10,7 @@ use clusterware_cli::{CliResult, Client, human_bytes, print_json, print_table, r
 use clusterware_shared::agent::{AddKey, RebalanceRequest, SshKeyList, validate_ssh_key};
 use clusterware_shared::api::{FILE_KINDS, FileList};
 use clusterware_shared::ids::shown;
+use clusterware_shared::outln;
 use clusterware_shared::power::SecretList;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,8 +18,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = Args::parse();
     run("scyld-clusterctl", || match &args.cmd {
-        Cmd::Heads { cmd: HeadsCmd::Ls { long } } => heads_ls(&args, *long),
-        Cmd::Files { cmd: FilesCmd::Ls { long } } => files_ls(&args, *long),
+        Cmd::Heads { cmd: HeadsCmd::Ls { long, bytes } } => heads_ls(&args, *long, *bytes),
+        Cmd::Files { cmd: FilesCmd::Ls { long, bytes } } => files_ls(&args, *long, *bytes),
         Cmd::Files { cmd: FilesCmd::Upload { path, name, kind } } => upload(&args, path, name.as_deref(), kind),
         Cmd::Files { cmd: FilesCmd::Rm { ids, force } } => rm(&args, ids, *force),
         Cmd::Keys { cmd: KeysCmd::Add { name, key, file } } => keys_add(&args, name, key.as_deref(), file.as_ref()),
@@ -35,7 +36,12 @@ fn main() -> ExitCode {
     })
 }
 
-fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
+/// A size as `--bytes` asks: bytes, else KiB, MiB, GiB.
+fn size(n: u64, bytes: bool) -> String {
+    if bytes { n.to_string() } else { human_bytes(n) }
+}
+
+fn heads_ls(args: &Args, long: bool, in_bytes: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
     let list = c.heads()?;
     if args.json {
@@ -46,7 +52,7 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
             .iter()
             .map(|h| {
                 let (files, missing, bad, bytes) = match &h.storage {
-                    Some(s) => (s.files.to_string(), s.missing.to_string(), s.bad.to_string(), human_bytes(s.bytes)),
+                    Some(s) => (s.files.to_string(), s.missing.to_string(), s.bad.to_string(), size(s.bytes, in_bytes)),
                     None => ("-".into(), "-".into(), "-".into(), "-".into()),
                 };
                 vec![
@@ -82,12 +88,12 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
                 "FILES",
                 "MISSING",
                 "BAD",
-                "BYTES",
+                "SIZE",
                 "API",
             ],
             &rows,
         );
-        println!("mean nodes per alive head: {:.1}", list.mean_nodes);
+        outln!("mean nodes per alive head: {:.1}", list.mean_nodes);
         for w in clusterware_cli::membership::head_warnings(&list, c.inner().config().ca_pem.as_deref()) {
             eprintln!("scyld-clusterctl: warning: {w}");
         }
@@ -102,13 +108,13 @@ fn heads_ls(args: &Args, long: bool) -> CliResult<()> {
         warn_under_minimum(&c.files()?);
     } else {
         for h in &list.heads {
-            println!("{}", h.name);
+            outln!("{}", h.name);
         }
     }
     Ok(())
 }
 
-fn files_ls(args: &Args, long: bool) -> CliResult<()> {
+fn files_ls(args: &Args, long: bool, bytes: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
     let list = c.files()?;
     if args.json {
@@ -128,7 +134,7 @@ fn files_ls(args: &Args, long: bool) -> CliResult<()> {
                     f.id.clone(),
                     shown(&f.name).into(),
                     f.kind.clone(),
-                    f.size.to_string(),
+                    size(f.size, bytes),
                     copies,
                     heads,
                     f.sha256.clone(),
@@ -139,7 +145,7 @@ fn files_ls(args: &Args, long: bool) -> CliResult<()> {
         warn_under_minimum(&list);
     } else {
         for f in &list.files {
-            println!("{}  {}", f.id, shown(&f.name));
+            outln!("{}  {}", f.id, shown(&f.name));
         }
     }
     Ok(())
@@ -177,18 +183,20 @@ fn upload(args: &Args, path: &PathBuf, name: Option<&str>, kind: &str) -> CliRes
     if args.json {
         print_json(&rec);
     } else {
-        println!("uploaded {} as {} ({}, sha256 {})", shown(&rec.name), rec.id, human_bytes(rec.size), rec.sha256);
+        outln!("uploaded {} as {} ({}, sha256 {})", shown(&rec.name), rec.id, human_bytes(rec.size), rec.sha256);
     }
     Ok(())
 }
 
 fn rm(args: &Args, ids: &[String], force: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
+    let list = c.files()?;
+    let ids = ids.iter().map(|a| clusterware_cli::file_by_id_or_name(&list, a)).collect::<CliResult<Vec<_>>>()?;
     let mut out = Vec::new();
-    for id in ids {
+    for id in &ids {
         let rec = c.delete_file(id, force)?;
         if !args.json {
-            println!("deleted {} ({})", rec.id, shown(&rec.name));
+            outln!("deleted {} ({})", rec.id, shown(&rec.name));
         }
         out.push(rec);
     }
@@ -208,16 +216,16 @@ fn rebalance(args: &Args, dry_run: bool) -> CliResult<()> {
     let rows: Vec<Vec<String>> =
         r.heads.iter().map(|h| vec![h.name.clone(), h.nodes.to_string(), h.pinned.to_string()]).collect();
     print_table(&["HEAD", "NODES", "PREFERRING IT"], &rows);
-    println!("mean {:.1}, threshold {}%", r.mean, r.threshold_pct);
+    outln!("mean {:.1}, threshold {}%", r.mean, r.threshold_pct);
     let verb = if dry_run { "would move" } else { "moving" };
     for m in &r.moves {
-        println!("{verb} {} from {} to {}", m.node, m.from, m.to);
+        outln!("{verb} {} from {} to {}", m.node, m.from, m.to);
     }
     if r.moves.is_empty() {
-        println!("no moves needed");
+        outln!("no moves needed");
     }
     for n in &r.notes {
-        println!("note: {n}");
+        outln!("note: {n}");
     }
     Ok(())
 }
@@ -230,7 +238,7 @@ fn secret_set(args: &Args, name: &str) -> CliResult<()> {
     if args.json {
         print_json(&info);
     } else {
-        println!("secret {} set", info.name);
+        outln!("secret {} set", info.name);
     }
     Ok(())
 }
@@ -246,7 +254,7 @@ fn token_create(args: &Args, name: &str) -> CliResult<()> {
     if args.json {
         print_json(&t);
     } else {
-        println!("{}", t.token);
+        outln!("{}", t.token);
         eprintln!(
             "token {} created; it is shown this once: give it as CLUSTERWARE_TOKEN, and revoke it with `scyld-clusterctl tokens revoke {}`",
             t.info.name, t.info.name
@@ -284,7 +292,7 @@ fn tokens_revoke(args: &Args, names: &[String]) -> CliResult<()> {
         token_name(n)?;
         let t = c.revoke_token(n)?;
         if !args.json {
-            println!("revoked token {}", t.name);
+            outln!("revoked token {}", t.name);
         }
         out.push(t);
     }
@@ -301,7 +309,7 @@ fn secrets_ls(args: &Args) -> CliResult<()> {
         print_json(&list);
     } else {
         for s in &list.secrets {
-            println!("{}", s.name);
+            outln!("{}", s.name);
         }
     }
     Ok(())
@@ -314,7 +322,7 @@ fn secrets_rm(args: &Args, names: &[String]) -> CliResult<()> {
         clusterware_shared::ids::validate_attr_key(n).map_err(|e| usage(format!("secret name: {e}")))?;
         let s = c.delete_secret(n)?;
         if !args.json {
-            println!("removed secret {}", s.name);
+            outln!("removed secret {}", s.name);
         }
         out.push(s);
     }
@@ -344,7 +352,7 @@ fn keys_add(args: &Args, name: &str, key: Option<&str>, file: Option<&PathBuf>) 
     if args.json {
         print_json(&k);
     } else {
-        println!("added key {}", k.name);
+        outln!("added key {}", k.name);
     }
     Ok(())
 }
@@ -359,7 +367,7 @@ fn keys_ls(args: &Args, long: bool) -> CliResult<()> {
         print_table(&["NAME", "KEY"], &rows);
     } else {
         for k in &list.keys {
-            println!("{}", k.name);
+            outln!("{}", k.name);
         }
     }
     Ok(())
@@ -371,7 +379,7 @@ fn keys_rm(args: &Args, names: &[String]) -> CliResult<()> {
     for n in names {
         let k = c.delete_key(n)?;
         if !args.json {
-            println!("removed key {}", k.name);
+            outln!("removed key {}", k.name);
         }
         out.push(k);
     }

@@ -8,10 +8,11 @@
 //! ```
 
 use clap::Parser;
-use clusterware_cli::args::imgctl::{Args, Cmd};
-use clusterware_cli::{CliResult, Client, file_arg, human_bytes, print_json, run, usage};
+use clusterware_cli::args::imgctl::{Args, Cmd, Selected};
+use clusterware_cli::{CliResult, Client, file_arg, human_bytes, print_json, run, selected_once, usage};
 use clusterware_shared::api::{CloneRequest, CreateImage, FileList};
 use clusterware_shared::ids::shown;
+use clusterware_shared::outln;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -21,9 +22,15 @@ fn main() -> ExitCode {
             return c.print::<Args>();
         }
         let c = Client::new(&args.conn)?;
-        let selected = || args.image.clone().ok_or_else(|| usage("select the image with -i NAME"));
+        let selected = |after: &Selected| {
+            selected_once(args.sel.ids.as_ref(), after.ids.as_ref())?
+                .ok_or_else(|| usage("select the image with -i NAME (scyld-imgctl ls lists them)"))
+        };
         match &args.cmd {
-            Cmd::Ls { long } => ls(&args, &c, *long),
+            Cmd::Create { .. } | Cmd::Completion(_) if args.sel.ids.is_some() => {
+                Err(usage("create takes no -i (it names the new image with --name)"))
+            }
+            Cmd::Ls { sel, long } => ls(&args, &c, selected_once(args.sel.ids.as_ref(), sel.ids.as_ref())?, *long),
             Cmd::Create { name, file, extra, description } => {
                 let rootfs = file_arg(&c, file, "rootfs")?;
                 let extra_files = extra.iter().map(|e| file_arg(&c, e, "other")).collect::<CliResult<Vec<_>>>()?;
@@ -36,26 +43,26 @@ fn main() -> ExitCode {
                 if args.json {
                     print_json(&img)
                 } else {
-                    println!("created image {}", img.name)
+                    outln!("created image {}", img.name)
                 }
                 Ok(())
             }
-            Cmd::Clone { name } => {
-                let img = c.clone_image(&selected()?, &CloneRequest { name: name.clone() })?;
+            Cmd::Clone { sel, name } => {
+                let img = c.clone_image(&selected(sel)?, &CloneRequest { name: name.clone() })?;
                 if args.json {
                     print_json(&img)
                 } else {
-                    println!("created image {}", img.name)
+                    outln!("created image {}", img.name)
                 }
                 Ok(())
             }
             Cmd::Completion(_) => unreachable!("answered above, without a head"),
-            Cmd::Rm { force } => {
-                let img = c.delete_image(&selected()?, *force)?;
+            Cmd::Rm { sel, force } => {
+                let img = c.delete_image(&selected(sel)?, *force)?;
                 if args.json {
                     print_json(&img)
                 } else {
-                    println!("deleted image {}", img.name)
+                    outln!("deleted image {}", img.name)
                 }
                 Ok(())
             }
@@ -63,9 +70,9 @@ fn main() -> ExitCode {
     })
 }
 
-fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
+fn ls(args: &Args, c: &Client, name: Option<String>, long: bool) -> CliResult<()> {
     let mut list = c.images()?;
-    if let Some(name) = &args.image {
+    if let Some(name) = &name {
         list.images.retain(|i| &i.name == name);
         if list.images.is_empty() {
             return Err(clusterware_cli::fail(format!("no image named {name}")));
@@ -77,17 +84,17 @@ fn ls(args: &Args, c: &Client, long: bool) -> CliResult<()> {
     }
     let files = if long { c.files()? } else { FileList::default() };
     for i in &list.images {
-        println!("{}", i.name);
+        outln!("{}", i.name);
         if long {
             if !i.description.is_empty() {
-                println!("  description: {}", shown(&i.description));
+                outln!("  description: {}", shown(&i.description));
             }
             for (what, id) in std::iter::once(("rootfs", &i.rootfs)).chain(i.extra_files.iter().map(|f| ("extra", f))) {
                 match files.files.iter().find(|f| &f.id == id) {
                     Some(f) => {
-                        println!("  {what}: {} id {} {} sha256 {}", shown(&f.name), f.id, human_bytes(f.size), f.sha256)
+                        outln!("  {what}: {} id {} {} sha256 {}", shown(&f.name), f.id, human_bytes(f.size), f.sha256)
                     }
-                    None => println!("  {what}: {id} (missing record)"),
+                    None => outln!("  {what}: {id} (missing record)"),
                 }
             }
         }

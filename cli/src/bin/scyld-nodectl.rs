@@ -14,11 +14,14 @@
 //! ```
 
 use clap::Parser;
-use clusterware_cli::args::nodectl::{Args, Cmd};
-use clusterware_cli::{CliResult, Client, fail, print_json, print_table, run, select_nodes, usage};
+use clusterware_cli::args::nodectl::{Args, Cmd, Select};
+use clusterware_cli::{
+    CliResult, Client, confirm, count_nodes, fail, node_ranges, print_json, print_table, run, select_nodes, usage,
+};
 use clusterware_shared::agent::{NodeStatus, NodeStatusList, Outcome, RunScript, Script, StatusQuery};
 use clusterware_shared::api::{CreateNodes, DeleteNodes, Node, NodeList, NodeSpec, UpdateNodes};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, parse_ipv4, shown, validate_attr};
+use clusterware_shared::outln;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -26,18 +29,29 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    run("scyld-nodectl", || match &args.cmd {
-        Cmd::Ls { long } => ls(&args, *long),
-        Cmd::Create { count, csv, fields } => create(&args, *count, csv.as_ref(), fields),
-        Cmd::Set { assignments } => set(&args, assignments),
-        Cmd::Clear { keys } => clear(&args, keys),
-        Cmd::Rm => rm(&args),
-        Cmd::Enroll => enroll(&args),
-        Cmd::Revoke => revoke(&args),
-        Cmd::Status => status(&args),
-        Cmd::Script { script, wait } => script_cmd(&args, script, *wait),
-        Cmd::Power { action, soft, pxe, disk, wait } => power_cmd(&args, action, *soft, *pxe, *disk, *wait),
-        Cmd::Completion(c) => c.print::<Args>(),
+    run("scyld-nodectl", || {
+        let sel = |after: &Select| args.sel.merged(after).map_err(usage);
+        match &args.cmd {
+            Cmd::Create { .. } | Cmd::Completion(_) if args.sel.given() => {
+                return Err(usage("create and completion take no -i/-a"));
+            }
+            _ => {}
+        }
+        match &args.cmd {
+            Cmd::Ls { sel: s, long } => ls(&args, &sel(s)?, *long),
+            Cmd::Create { count, csv, fields, force } => create(&args, *count, csv.as_ref(), fields, *force),
+            Cmd::Set { sel: s, assignments, force } => set(&args, &sel(s)?, assignments, *force),
+            Cmd::Clear { sel: s, keys } => clear(&args, &sel(s)?, keys),
+            Cmd::Rm { sel: s, yes } => rm(&args, &sel(s)?, *yes),
+            Cmd::Enroll { sel: s } => enroll(&args, &sel(s)?),
+            Cmd::Revoke { sel: s } => revoke(&args, &sel(s)?),
+            Cmd::Status { sel: s } => status(&args, &sel(s)?),
+            Cmd::Script { sel: s, script, wait } => script_cmd(&args, &sel(s)?, script, *wait),
+            Cmd::Power { sel: s, action, soft, pxe, disk, wait, yes } => {
+                power_cmd(&args, &sel(s)?, action, *soft, *pxe, *disk, *wait, *yes)
+            }
+            Cmd::Completion(c) => c.print::<Args>(),
+        }
     })
 }
 
@@ -50,8 +64,8 @@ fn all_nodes(c: &Client) -> CliResult<Vec<Node>> {
 }
 
 /// The selected nodes; `required` makes `-i` or `-a` mandatory.
-fn selected(args: &Args, nodes: &[Node], required: bool) -> CliResult<Vec<Node>> {
-    match (&args.ids, args.all) {
+fn selected(sel: &Select, nodes: &[Node], required: bool) -> CliResult<Vec<Node>> {
+    match (&sel.ids, sel.all) {
         (Some(sel), _) => Ok(select_nodes(nodes, sel)?.into_iter().cloned().collect()),
         (None, true) => Ok(nodes.to_vec()),
         (None, false) if required => Err(usage("select nodes with -i NODES or -a")),
@@ -59,9 +73,9 @@ fn selected(args: &Args, nodes: &[Node], required: bool) -> CliResult<Vec<Node>>
     }
 }
 
-fn ls(args: &Args, long: bool) -> CliResult<()> {
+fn ls(args: &Args, sel: &Select, long: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let nodes = selected(args, &all_nodes(&c)?, false)?;
+    let nodes = selected(sel, &all_nodes(&c)?, false)?;
     if args.json {
         print_json(&NodeList { nodes });
     } else if long {
@@ -87,7 +101,7 @@ fn ls(args: &Args, long: bool) -> CliResult<()> {
         }
     } else {
         for n in &nodes {
-            println!("{}", n.name);
+            outln!("{}", n.name);
         }
     }
     Ok(())
@@ -158,7 +172,7 @@ fn csv_specs(path: &PathBuf, template: &NodeSpec) -> CliResult<Vec<NodeSpec>> {
     Ok(out)
 }
 
-fn create(args: &Args, count: Option<u32>, csv: Option<&PathBuf>, fields: &[String]) -> CliResult<()> {
+fn create(args: &Args, count: Option<u32>, csv: Option<&PathBuf>, fields: &[String], force: bool) -> CliResult<()> {
     let base = base_spec(fields)?;
     let specs = if let Some(path) = csv {
         if !base.macs.is_empty() || base.ip.is_some() || base.index.is_some() {
@@ -193,36 +207,44 @@ fn create(args: &Args, count: Option<u32>, csv: Option<&PathBuf>, fields: &[Stri
             .collect::<CliResult<Vec<_>>>()?
     };
     let c = Client::new(&args.conn)?;
-    let created = c.create_nodes(&CreateNodes { nodes: specs })?;
+    let created = c.create_nodes(&CreateNodes { nodes: specs, force })?;
     if args.json {
         print_json(&created);
     } else {
-        for n in &created.nodes {
-            let macs: Vec<String> = n.macs.iter().map(|m| m.to_string()).collect();
-            println!("created {} ({}, {})", n.name, macs.join(","), n.ip);
+        match &created.nodes[..] {
+            [n] => {
+                let macs: Vec<String> = n.macs.iter().map(|m| m.to_string()).collect();
+                outln!("created {} ({}, {})", n.name, macs.join(","), n.ip);
+            }
+            [first, .., last] => outln!(
+                "created {} (IPs {} to {})",
+                clusterware_cli::count_nodes(created.nodes.iter().map(|n| n.name.as_str())),
+                first.ip,
+                last.ip
+            ),
+            [] => {}
         }
     }
     Ok(())
 }
 
-fn update(args: &Args, set: BTreeMap<String, String>, clear: Vec<String>) -> CliResult<()> {
+fn update(args: &Args, sel: &Select, set: BTreeMap<String, String>, clear: Vec<String>, force: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    let nodes = selected(sel, &all_nodes(&c)?, true)?;
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
     }
-    let req = UpdateNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), set, clear };
+    let req = UpdateNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), set, clear, force };
     let done = c.update_nodes(&req)?;
     if args.json {
         print_json(&done);
     } else {
-        let names: Vec<&str> = done.nodes.iter().map(|n| n.name.as_str()).collect();
-        println!("updated {}", names.join(" "));
+        outln!("updated {}", clusterware_cli::count_nodes(done.nodes.iter().map(|n| n.name.as_str())));
     }
     Ok(())
 }
 
-fn set(args: &Args, assignments: &[String]) -> CliResult<()> {
+fn set(args: &Args, sel: &Select, assignments: &[String], force: bool) -> CliResult<()> {
     let mut set = BTreeMap::new();
     for a in assignments {
         let (k, v) = split_kv(a)?;
@@ -230,11 +252,11 @@ fn set(args: &Args, assignments: &[String]) -> CliResult<()> {
             return Err(usage(format!("{k} given twice")));
         }
     }
-    update(args, set, Vec::new())
+    update(args, sel, set, Vec::new(), force)
 }
 
-fn clear(args: &Args, keys: &[String]) -> CliResult<()> {
-    update(args, BTreeMap::new(), keys.to_vec())
+fn clear(args: &Args, sel: &Select, keys: &[String]) -> CliResult<()> {
+    update(args, sel, BTreeMap::new(), keys.to_vec(), false)
 }
 
 fn statuses(c: &Client, nodes: &[Node], details: bool) -> CliResult<Vec<NodeStatus>> {
@@ -254,9 +276,9 @@ fn state_columns(s: Option<&NodeStatus>) -> [String; 3] {
     }
 }
 
-fn status(args: &Args) -> CliResult<()> {
+fn status(args: &Args, sel: &Select) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let nodes = selected(args, &all_nodes(&c)?, false)?;
+    let nodes = selected(sel, &all_nodes(&c)?, false)?;
     let st = statuses(&c, &nodes, true)?;
     if args.json {
         print_json(&NodeStatusList { nodes: st });
@@ -291,10 +313,10 @@ fn status(args: &Args) -> CliResult<()> {
     Ok(())
 }
 
-fn script_cmd(args: &Args, script: &str, wait: u64) -> CliResult<()> {
+fn script_cmd(args: &Args, sel: &Select, script: &str, wait: u64) -> CliResult<()> {
     let script = Script::parse(script).ok_or_else(|| usage(format!("unknown script {script:?}")))?;
     let c = Client::with_timeout(&args.conn, args.conn.timeout.max(wait + 15))?;
-    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    let nodes = selected(sel, &all_nodes(&c)?, true)?;
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
     }
@@ -304,17 +326,17 @@ fn script_cmd(args: &Args, script: &str, wait: u64) -> CliResult<()> {
     if args.json {
         print_json(&res);
     } else {
-        for r in &res.results {
+        let lines = grouped(res.results.iter().map(|r| {
             let what = match r.outcome {
                 Outcome::Ok => "ok",
                 Outcome::Failed => "failed",
                 Outcome::Unreachable => "unreachable",
             };
-            if r.message.is_empty() {
-                println!("{}: {what}", r.name);
-            } else {
-                println!("{}: {what} ({})", r.name, r.message);
-            }
+            let line = if r.message.is_empty() { what.to_string() } else { format!("{what} ({})", r.message) };
+            (r.name.as_str(), line)
+        }));
+        for (names, line) in lines {
+            outln!("{names}: {line}");
         }
     }
     if bad > 0 {
@@ -323,7 +345,17 @@ fn script_cmd(args: &Args, script: &str, wait: u64) -> CliResult<()> {
     Ok(())
 }
 
-fn power_cmd(args: &Args, action: &str, soft: bool, pxe: bool, disk: bool, wait: u64) -> CliResult<()> {
+#[allow(clippy::too_many_arguments)]
+fn power_cmd(
+    args: &Args,
+    sel: &Select,
+    action: &str,
+    soft: bool,
+    pxe: bool,
+    disk: bool,
+    wait: u64,
+    yes: bool,
+) -> CliResult<()> {
     use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerRequest};
     let action = PowerAction::parse(action).ok_or_else(|| usage(format!("unknown power action {action:?}")))?;
     if soft && action != PowerAction::Off {
@@ -338,9 +370,13 @@ fn power_cmd(args: &Args, action: &str, soft: bool, pxe: bool, disk: bool, wait:
         return Err(usage("--pxe and --disk go with on, cycle or reset"));
     }
     let c = Client::with_timeout(&args.conn, args.conn.timeout.max(wait * 2 + 15))?;
-    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    let nodes = selected(sel, &all_nodes(&c)?, true)?;
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
+    }
+    if nodes.len() > 1 && matches!(action, PowerAction::Off | PowerAction::Cycle | PowerAction::Reset) {
+        let q = format!("Power {} {}?", action.name(), count_nodes(nodes.iter().map(|n| n.name.as_str())));
+        confirm(&q, yes)?;
     }
     let req =
         PowerRequest { nodes: nodes.iter().map(|n| n.uid.clone()).collect(), action, soft, boot, timeout_secs: wait };
@@ -349,16 +385,20 @@ fn power_cmd(args: &Args, action: &str, soft: bool, pxe: bool, disk: bool, wait:
     if args.json {
         print_json(&res);
     } else {
-        for r in &res.results {
+        let lines = grouped(res.results.iter().map(|r| {
             let what = match r.outcome {
                 PowerOutcome::Ok => "ok",
                 PowerOutcome::Failed => "failed",
                 PowerOutcome::Timeout => "timeout",
             };
-            match (&r.power, r.outcome) {
-                (Some(p), PowerOutcome::Ok) => println!("{}: {p}", r.name),
-                _ => println!("{}: {what} ({})", r.name, r.message),
-            }
+            let line = match (&r.power, r.outcome) {
+                (Some(p), PowerOutcome::Ok) => p.to_string(),
+                _ => format!("{what} ({})", r.message),
+            };
+            (r.name.as_str(), line)
+        }));
+        for (names, line) in lines {
+            outln!("{names}: {line}");
         }
     }
     if bad > 0 {
@@ -367,26 +407,41 @@ fn power_cmd(args: &Args, action: &str, soft: bool, pxe: bool, disk: bool, wait:
     Ok(())
 }
 
-fn rm(args: &Args) -> CliResult<()> {
+/// Results as lines of nodes that share one: `n[0-97]: ok`, `n[98-99]: unreachable (…)`, in
+/// the order each line first appears.
+fn grouped<'a>(results: impl Iterator<Item = (&'a str, String)>) -> Vec<(String, String)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut names: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (name, line) in results {
+        if !names.contains_key(&line) {
+            order.push(line.clone());
+        }
+        names.entry(line).or_default().push(name);
+    }
+    order.into_iter().map(|line| (node_ranges(names[&line].iter().copied()), line)).collect()
+}
+
+fn rm(args: &Args, sel: &Select, yes: bool) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    let nodes = selected(sel, &all_nodes(&c)?, true)?;
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
+    }
+    if nodes.len() > 1 {
+        confirm(&format!("Delete {}?", count_nodes(nodes.iter().map(|n| n.name.as_str()))), yes)?;
     }
     let done = c.delete_nodes(&DeleteNodes { nodes: nodes.iter().map(|n| n.uid.clone()).collect() })?;
     if args.json {
         print_json(&done);
     } else {
-        for n in &done.nodes {
-            println!("deleted {}", n.name);
-        }
+        outln!("deleted {}", count_nodes(done.nodes.iter().map(|n| n.name.as_str())));
     }
     Ok(())
 }
 
-fn enroll(args: &Args) -> CliResult<()> {
+fn enroll(args: &Args, sel: &Select) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    let nodes = selected(sel, &all_nodes(&c)?, true)?;
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
     }
@@ -395,15 +450,15 @@ fn enroll(args: &Args) -> CliResult<()> {
         print_json(&t);
     } else {
         for e in &t.tokens {
-            println!("{} {} {}", clusterware_shared::ids::shown(&e.name), e.mac, e.token);
+            outln!("{} {} {}", clusterware_shared::ids::shown(&e.name), e.mac, e.token);
         }
     }
     Ok(())
 }
 
-fn revoke(args: &Args) -> CliResult<()> {
+fn revoke(args: &Args, sel: &Select) -> CliResult<()> {
     let c = Client::new(&args.conn)?;
-    let nodes = selected(args, &all_nodes(&c)?, true)?;
+    let nodes = selected(sel, &all_nodes(&c)?, true)?;
     if nodes.is_empty() {
         return Err(fail("there are no nodes"));
     }
@@ -411,8 +466,9 @@ fn revoke(args: &Args) -> CliResult<()> {
     if args.json {
         print_json(&done);
     } else {
-        for n in &done.nodes {
-            println!("revoked {}'s certificate", clusterware_shared::ids::shown(&n.name));
+        match &done.nodes[..] {
+            [n] => outln!("revoked {}'s certificate", clusterware_shared::ids::shown(&n.name)),
+            _ => outln!("revoked the certificates of {}", count_nodes(done.nodes.iter().map(|n| n.name.as_str()))),
         }
     }
     Ok(())
