@@ -72,14 +72,11 @@ Its log: $dir/log/head_demo-head.log. In another shell, try:
   scyld-nodectl ls -l
   scyld-nodectl status
   scyld-nodectl -a script fetch_hosts
-  scyld-clusterctl keys add me --file ~/.ssh/id_ed25519.pub
-  scyld-nodectl -a script update_keys      (keys land in $dir/sim/<mac>/authorized_keys)
   scyld-nodectl -i 'n[0-1]' set _preferred_head=demo-head
-  scyld-nodectl create mac=52:54:00:00:00:10
-  scyld-nodectl -i n4 rm
-  scyld-nodectl ls --json
   scyld-clusterctl heads ls -l
   managedb --heads
+
+README.md's quick tour goes on from here (from $top).
 
 Press Ctrl-C to stop the head.
 TXT

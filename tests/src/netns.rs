@@ -160,6 +160,31 @@ impl Default for Segment {
     }
 }
 
+/// A namespace of its own with only its loopback up: a program started in it (`make run`'s
+/// head on its default ports 8080 and 8443, say) meets nothing of the machine's or of other
+/// tests. Deleted on drop, with every process still in it.
+pub struct Isolated {
+    pub name: String,
+}
+
+impl Isolated {
+    pub fn new(role: &str) -> Isolated {
+        sweep();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{PREFIX}{}i{n}{role}", std::process::id());
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Isolated { name }
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        delete(&self.name);
+    }
+}
+
 impl Drop for Segment {
     fn drop(&mut self) {
         for ns in self.members.iter().chain(std::iter::once(&self.bridge_ns)) {
