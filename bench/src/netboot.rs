@@ -170,7 +170,7 @@ pub fn bench_boot(r: &mut Report) {
     cli_in(
         h.netns.as_deref().unwrap(),
         "scyld-modimg",
-        &["--config", &cfg, "register", image.to_str().unwrap(), "--name", "bench"],
+        &["register", image.to_str().unwrap(), "--name", "bench", "--config", &cfg],
     );
     h.cli(
         "scyld-bootctl",

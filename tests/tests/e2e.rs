@@ -73,7 +73,7 @@ fn prepare(c: &Cluster, dir: &Path) {
     let ns = h.netns.clone().unwrap();
     let cfg = h.config.to_string_lossy().to_string();
     let out =
-        cli_in(&ns, "scyld-modimg", &["--config", &cfg, "register", image.to_str().unwrap(), "--name", "busybox"]);
+        cli_in(&ns, "scyld-modimg", &["register", image.to_str().unwrap(), "--name", "busybox", "--config", &cfg]);
     assert_eq!(out.code, 0, "{out:?}");
     let out = h.cli(
         "scyld-bootctl",
