@@ -408,8 +408,11 @@ fn the_commands_as_an_administrator_types_them() {
     }
 
     // A typo is refused by the CLI with the suggestion; --force sets it anyway.
-    h.cli("scyld-clusterctl", &["files", "upload", h.config.to_str().unwrap(), "--name", "vmlinuz", "--kind", "kernel"])
-        .ok();
+    h.cli(
+        "scyld-clusterctl",
+        &["files", "upload", h.config.to_str().unwrap(), "--name", "vmlinuz", "--kind", "kernel"],
+    )
+    .ok();
     let ls = h.cli("scyld-clusterctl", &["files", "ls", "-l"]);
     let size = std::fs::metadata(&h.config).unwrap().len();
     assert!(ls.ok().contains(&format!("{size} B")) || ls.stdout.contains("KiB"), "human sizes: {ls:?}");
