@@ -431,6 +431,81 @@ pub fn ago(t: Option<u64>) -> String {
     }
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A time in milliseconds since the epoch as UTC: `2026-12-02 23:59:01Z`.
+pub fn utc(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // civil_from_days
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `--since`: an age (`90s`, `15m`, `2h`, `7d`), a UTC time (`2026-12-02T08:00:00Z`,
+/// `2026-12-02 08:00`, `2026-12-02`), or Unix seconds; as milliseconds since the epoch.
+pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, String> {
+    let s = s.trim();
+    let bad = || {
+        format!(
+            "--since {s:?}: give an age (90s, 15m, 2h, 7d), a UTC time (2026-12-02T08:00:00Z or 2026-12-02) or Unix seconds"
+        )
+    };
+    if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c))
+        && let Ok(n) = s[..s.len() - 1].parse::<u64>()
+    {
+        let mult = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => 86_400,
+        };
+        return Ok(now_ms.saturating_sub(n.saturating_mul(mult).saturating_mul(1000)));
+    }
+    if s.len() >= 9 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().map(|n| n.saturating_mul(1000)).map_err(|_| bad());
+    }
+    let t = s.trim_end_matches(['Z', 'z']);
+    let (date, time) = t.split_once(['T', 't', ' ']).unwrap_or((t, "00:00:00"));
+    let num = |v: Option<&str>, lo: u32, hi: u32| -> Result<u32, String> {
+        v.and_then(|v| v.parse::<u32>().ok()).filter(|n| (lo..=hi).contains(n)).ok_or_else(bad)
+    };
+    let mut dp = date.split('-');
+    let y = num(dp.next(), 1970, 9999)?;
+    let mo = num(dp.next(), 1, 12)?;
+    let d = num(dp.next(), 1, 31)?;
+    if dp.next().is_some() {
+        return Err(bad());
+    }
+    let mut tp = time.split(':');
+    let h = num(tp.next(), 0, 23)?;
+    let mi = num(tp.next().or(Some("0")), 0, 59)?;
+    let sec = num(tp.next().or(Some("0")), 0, 60)?;
+    if tp.next().is_some() {
+        return Err(bad());
+    }
+    let days = days_from_civil(i64::from(y), mo, d);
+    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
+    Ok(u64::try_from(secs).map_err(|_| bad())? * 1000)
+}
+
 /// The administrator running the command: the user behind sudo, else the login name.
 pub fn who() -> String {
     let name = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
@@ -669,6 +744,24 @@ macro_rules! clap_consistency_test {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_for_the_event_log() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(1_796_255_999_000), "2026-12-02 23:59:59Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+        let now = 1_796_255_999_000;
+        assert_eq!(parse_since("90s", now).unwrap(), now - 90_000);
+        assert_eq!(parse_since("2h", now).unwrap(), now - 7_200_000);
+        assert_eq!(parse_since("7d", now).unwrap(), now - 7 * 86_400_000);
+        assert_eq!(parse_since("2026-12-02T23:59:59Z", now).unwrap(), now);
+        assert_eq!(parse_since("2026-12-02 23:59", now).unwrap(), now - 59_000);
+        assert_eq!(parse_since("2026-12-02", now).unwrap(), 1_796_169_600_000);
+        assert_eq!(parse_since("1796255999", now).unwrap(), now);
+        for bad in ["", "yesterday", "5y", "2026-13-01", "2026-12-02T25:00", "-5m", "2026-12-02-01"] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
+    }
 
     /// A terminal that records what was done to it, in order.
     struct Recorder(Vec<String>);

@@ -20,9 +20,9 @@ use clusterware_shared::agent::{
 use clusterware_shared::api::{
     AddMember, BootConfig, BootConfigDetail, BootConfigList, CloneRequest, ClusterCa, ClusterInfo, ConvertDatabase,
     CreateBootConfig, CreateImage, CreateNodes, CreateToken, DatabaseDump, DatabaseLoaded, DefaultBootConfig,
-    DeleteNodes, Failover, FailoverRequest, FileCopy, FileList, FileRecord, HeadList, HeadRef, Health, Image,
-    ImageList, MemberAdded, MembershipChange, NewToken, Node, NodeList, StorageCounters, TokenInfo, TokenList,
-    UpdateBootConfig, UpdateNodes,
+    DeleteNodes, EventList, EventQuery, Failover, FailoverRequest, FileCopy, FileList, FileRecord, HeadList, HeadRef,
+    Health, Image, ImageList, MemberAdded, MembershipChange, NewToken, Node, NodeList, StorageCounters, TokenInfo,
+    TokenList, UpdateBootConfig, UpdateNodes,
 };
 use clusterware_shared::power::{PowerRequest, PowerResults, SecretInfo, SecretList, SetSecret};
 use std::collections::BTreeMap;
@@ -257,6 +257,9 @@ endpoints! {
     fn set_secret(name: &str, value: &SetSecret) -> SecretInfo = PUT path::secret(name), value;
     /// `DELETE /secrets/{name}`.
     fn delete_secret(name: &str) -> SecretInfo = DELETE path::secret(name);
+
+    /// `GET /events`: the event log (with `after` and `wait`, a long poll for what follows).
+    fn events(q: &EventQuery) -> EventList = GET path::events(q);
 
     /// `GET /tokens` (names only).
     fn tokens() -> TokenList = GET path::TOKENS;

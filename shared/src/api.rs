@@ -62,6 +62,8 @@ pub mod path {
     pub const CLUSTER_LEAVE: &str = "/cluster/leave";
     pub const CLUSTER_RECOVER: &str = "/cluster/recover";
     pub const CLUSTER_FAILOVER: &str = "/cluster/failover";
+    /// The event log (admin actions and cluster events).
+    pub const EVENTS: &str = "/events";
     /// The iPXE boot script (no credential).
     pub const BOOT_SCRIPT: &str = "/boot/script";
     /// The cluster CA as a newc archive for the node's initramfs (no credential; the script
@@ -228,6 +230,122 @@ pub mod path {
     pub fn boot_script(mac: &str) -> String {
         query(BOOT_SCRIPT, &[("mac", Some(mac))])
     }
+    /// `GET /events?[since=][&after=][&limit=][&wait=][&kind=]`.
+    pub fn events(q: &super::EventQuery) -> String {
+        let since = q.since_ms.map(|v| v.to_string());
+        let limit = q.limit.map(|v| v.to_string());
+        let wait = q.wait_secs.map(|v| v.to_string());
+        query(
+            EVENTS,
+            &[
+                ("since", since.as_deref()),
+                ("after", q.after.as_deref()),
+                ("limit", limit.as_deref()),
+                ("wait", wait.as_deref()),
+                ("kind", q.kind.map(super::EventKind::as_str)),
+            ],
+        )
+    }
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A change made through the admin API: who, what, from where, the outcome.
+    Admin,
+    /// A head joined, left, was ejected, failed over.
+    Head,
+    /// Nodes came up, went down, changed parent.
+    Node,
+    /// A boot file was quarantined or repaired from a peer.
+    File,
+    /// A boot configuration was imported.
+    Import,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] =
+        [EventKind::Admin, EventKind::Head, EventKind::Node, EventKind::File, EventKind::Import];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Admin => "admin",
+            EventKind::Head => "head",
+            EventKind::Node => "node",
+            EventKind::File => "file",
+            EventKind::Import => "import",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EventKind, String> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            format!(
+                "{s:?} is not a kind of event ({})",
+                EventKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+/// One entry of the event log (`GET /api/v1/events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Orders the log: later events have greater ids (`after=` takes one).
+    pub id: String,
+    /// When it happened, milliseconds since the Unix epoch (the recording head's clock).
+    pub time_ms: u64,
+    /// The head that recorded it.
+    pub head: String,
+    pub kind: EventKind,
+    /// What it concerns: a node range, a head, a file, the request (`POST /api/v1/nodes/power`).
+    pub subject: String,
+    /// What happened, in a sentence.
+    pub message: String,
+    /// Admin actions: the credential that made the request (`token NAME`, `database password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Admin actions: the address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Admin actions: `ok` or the error's kind (`not_found: no node is named n9`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+/// The answer of `GET /api/v1/events`: events in order, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventList {
+    pub events: Vec<Event>,
+    /// The id to ask `after=` for the events that follow (the last one's, or the one given).
+    #[serde(default)]
+    pub next: Option<String>,
+    /// Events the log holds in all (after retention).
+    #[serde(default)]
+    pub total: usize,
+}
+
+/// What `GET /api/v1/events` selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only events at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only events after this id.
+    pub after: Option<String>,
+    /// At most this many (the latest ones when only `since` or nothing is given, else the first ones after `after`).
+    pub limit: Option<usize>,
+    /// With `after`: wait this long for a new event when there is none yet (a long poll).
+    pub wait_secs: Option<u64>,
+    pub kind: Option<EventKind>,
 }
 
 /// The options of an import (`PUT /api/v1/import`), as query parameters.
@@ -270,6 +388,22 @@ pub enum ErrorKind {
     Unavailable,
     /// 500: a fault of the head itself.
     Internal,
+}
+
+impl std::fmt::Display for ErrorKind {
+    /// As the API spells it (`not_found`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        })
+    }
 }
 
 impl ErrorKind {

@@ -144,6 +144,10 @@ pub struct Config {
     pub power_concurrency: usize,
     /// Network boot; off unless `dhcp.interface` names the cluster-network interface.
     pub boot: BootNet,
+    /// Events the event log keeps at most (`events.keep`).
+    pub events_keep: usize,
+    /// Days the event log keeps an event at most (`events.keep_days`).
+    pub events_keep_days: u64,
 }
 
 /// DHCP, TFTP and iPXE settings (`dhcp.*`, `tftp.*`).
@@ -238,6 +242,8 @@ impl Default for Config {
             ipmitool: PathBuf::from("ipmitool"),
             power_concurrency: 64,
             boot: BootNet::default(),
+            events_keep: 10_000,
+            events_keep_days: 30,
         }
     }
 }
@@ -447,6 +453,8 @@ impl Config {
                         .collect::<Result<_, _>>()
                         .map_err(bad)?
                 }
+                "events.keep" => c.events_keep = int_value(value, 10, 1_000_000).map_err(bad)? as usize,
+                "events.keep_days" => c.events_keep_days = int_value(value, 1, 36_500).map_err(bad)?,
                 "rebalance.enabled" => c.rebalance_enabled = bool_value(value).map_err(bad)?,
                 "rebalance.interval" => c.rebalance_interval_secs = int_value(value, 1, 86_400).map_err(bad)?,
                 "rebalance.threshold" => {
@@ -561,6 +569,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "head.ssh_keys",
     "head.lease_ttl",
     "tls.dir",
+    "events.keep",
+    "events.keep_days",
     "rebalance.enabled",
     "rebalance.interval",
     "rebalance.threshold",

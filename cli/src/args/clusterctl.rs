@@ -60,9 +60,55 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
+    /// The event log: admin actions (which token, what, from where, the outcome) and cluster events
+    /// (heads joining, leaving, ejected, failing over; nodes up, down, re-parented; files
+    /// quarantined or fetched from a peer; imports), the same on every head
+    Events {
+        /// Keep printing events as they happen (Ctrl-C ends)
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events since: an age (90s, 15m, 2h, 7d), a UTC time (2026-12-02T08:00:00Z, or
+        /// 2026-12-02 for midnight), or Unix seconds
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only events of this kind
+        #[arg(long, value_enum)]
+        kind: Option<EventKindArg>,
+        /// At most this many events (the latest), before following
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+    },
     /// Print a shell completion script (bash, zsh, fish), e.g. `scyld-clusterctl completion bash >
     /// /etc/bash_completion.d/scyld-clusterctl`
     Completion(Completion),
+}
+
+/// The kinds of event (`--kind`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EventKindArg {
+    /// Changes made through the admin API
+    Admin,
+    /// Heads joining, leaving, ejected, failover
+    Head,
+    /// Nodes up, down, changing parent
+    Node,
+    /// Boot files quarantined or fetched from a peer
+    File,
+    /// Boot configurations imported
+    Import,
+}
+
+impl From<EventKindArg> for clusterware_shared::api::EventKind {
+    fn from(k: EventKindArg) -> Self {
+        use clusterware_shared::api::EventKind as K;
+        match k {
+            EventKindArg::Admin => K::Admin,
+            EventKindArg::Head => K::Head,
+            EventKindArg::Node => K::Node,
+            EventKindArg::File => K::File,
+            EventKindArg::Import => K::Import,
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -2,7 +2,7 @@
 //! `heads ls [-l] [--json]` lists the head nodes; `files ls|upload|rm` manages boot files;
 //! `keys add|ls|rm` manages the SSH keys that `scyld-nodectl script update_keys` gives nodes;
 //! `secrets set|ls|rm` the BMC passwords nodes name with `_bmc_pass_ref`; `rebalance` evens out
-//! the nodes each head parents.
+//! the nodes each head parents; `events [-f] [--since] [--kind]` shows the event log.
 
 use clap::Parser;
 use clusterware_cli::args::clusterctl::{Args, Cmd, FilesCmd, HeadsCmd, KeysCmd, SecretsCmd, TokensCmd};
@@ -32,8 +32,90 @@ fn main() -> ExitCode {
         Cmd::Tokens { cmd: TokensCmd::Ls } => tokens_ls(&args),
         Cmd::Tokens { cmd: TokensCmd::Revoke { names } } => tokens_revoke(&args, names),
         Cmd::Secrets { cmd: SecretsCmd::Rm { names } } => secrets_rm(&args, names),
+        Cmd::Events { follow, since, kind, limit } => events(&args, *follow, since.as_deref(), *kind, *limit),
         Cmd::Completion(c) => c.print::<Args>(),
     })
+}
+
+/// One event as a line: time, kind, subject, what happened; admin actions with who, from where
+/// and the outcome.
+fn event_line(e: &clusterware_shared::api::Event) -> String {
+    let mut line = format!(
+        "{}  {:<6} {:<8} {}: {}",
+        clusterware_cli::utc(e.time_ms),
+        e.kind.as_str(),
+        shown(&e.head),
+        shown(&e.subject),
+        shown(&e.message)
+    );
+    if let Some(a) = &e.actor {
+        line.push_str(&format!(" [by {}", shown(a)));
+        if let Some(f) = &e.from {
+            line.push_str(&format!(" from {}", shown(f)));
+        }
+        line.push(']');
+    }
+    if let Some(o) = &e.outcome {
+        line.push_str(&format!(" => {}", shown(o)));
+    }
+    line
+}
+
+fn events(
+    args: &Args,
+    follow: bool,
+    since: Option<&str>,
+    kind: Option<clusterware_cli::args::clusterctl::EventKindArg>,
+    limit: u64,
+) -> CliResult<()> {
+    use clusterware_shared::api::EventQuery;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let since_ms = since.map(|s| clusterware_cli::parse_since(s, now_ms)).transpose().map_err(usage)?;
+    let kind = kind.map(Into::into);
+    let c = Client::new(&args.conn)?;
+    let first = c.events(&EventQuery { since_ms, limit: Some(limit as usize), kind, ..Default::default() })?;
+    let show = |e: &clusterware_shared::api::Event| {
+        if args.json {
+            outln!("{}", serde_json::to_string(e).unwrap_or_default());
+        } else {
+            outln!("{}", event_line(e));
+        }
+    };
+    if !follow {
+        if args.json {
+            print_json(&first);
+        } else if first.events.is_empty() {
+            outln!("no events{}", if since.is_some() || kind.is_some() { " match" } else { " yet" });
+        } else {
+            for e in &first.events {
+                show(e);
+            }
+        }
+        return Ok(());
+    }
+    // Following: one JSON object per line with --json. The listing's events that come again
+    // (those too recent to be settled when it was made) are not shown twice.
+    let mut shown_ids: std::collections::HashSet<String> = first.events.iter().map(|e| e.id.clone()).collect();
+    for e in &first.events {
+        show(e);
+    }
+    let mut after = first.next.unwrap_or_default();
+    // A long poll a little shorter than the request timeout.
+    let wait = args.conn.timeout.saturating_sub(5).clamp(1, 25);
+    loop {
+        let q = EventQuery { after: Some(after.clone()), wait_secs: Some(wait), kind, ..Default::default() };
+        let page = c.events(&q)?;
+        for e in &page.events {
+            if !shown_ids.remove(&e.id) {
+                show(e);
+            }
+        }
+        if let Some(n) = page.next {
+            after = n;
+        }
+        // What the listing showed is behind the cursor once it has moved past it.
+        shown_ids.retain(|id| *id > after);
+    }
 }
 
 /// A size as `--bytes` asks: bytes, else KiB, MiB, GiB.

@@ -22,6 +22,7 @@ pub mod keys;
 
 use crate::core::complaints::Complaints;
 use crate::core::db::{Compare, Database, DbError, KeyValue, LeaseId, Txn, TxnOp};
+use crate::core::events::NodeChange;
 use crate::core::follow::{Change, Mirror, follow};
 use crate::core::peers::Peers;
 use crate::core::schema;
@@ -201,6 +202,8 @@ pub struct Hub {
     stop: watch::Receiver<bool>,
     /// Other heads (node reports of the nodes they parent).
     peers: Peers,
+    /// Where nodes coming up, going down and changing parent are recorded (set at start).
+    events: std::sync::OnceLock<crate::core::events::EventLog>,
 }
 
 fn status_secs_of(node: &Node) -> (u32, Option<String>) {
@@ -282,6 +285,7 @@ impl Hub {
             counters: HubCounters::default(),
             stop: sup.stop_signal(Stage::Serve),
             peers: Peers::new(Some(&token), crate::core::peers::timeouts(5)),
+            events: std::sync::OnceLock::new(),
         });
         let h = hub.clone();
         sup.spawn(Stage::Views, "status follow", move |stop| {
@@ -345,11 +349,22 @@ impl Hub {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = !children.contains_key(&node.uid);
         let child = children.entry(node.uid.clone()).or_insert_with(|| Child::new(&node, report.mac, state, secs));
+        let events = self.events.get();
         if fresh {
             let previous = self.records.read().unwrap_or_else(|p| p.into_inner()).get(&node.uid).map(|r| r.0.clone());
             match &previous {
                 Some(p) if p.parent != self.view.me.name && p.boot_id == report.boot_id => {
-                    tracing::info!(node = %node.name, mac = %report.mac, from = %p.parent, "node changed parent to this head")
+                    tracing::info!(node = %node.name, mac = %report.mac, from = %p.parent, "node changed parent to this head");
+                    if let Some(ev) = events {
+                        ev.node(&node.name, NodeChange::Reparented { from: p.parent.clone() });
+                    }
+                }
+                // Up and parented here already before this head restarted: nothing happened.
+                Some(p) if p.boot_id == report.boot_id && p.state == NodeState::Up => {}
+                _ if state == NodeState::Up => {
+                    if let Some(ev) = events {
+                        ev.node(&node.name, NodeChange::Up);
+                    }
                 }
                 _ => {}
             }
@@ -382,6 +397,11 @@ impl Hub {
         if child.state != state {
             if child.state == NodeState::Down {
                 tracing::info!(node = %node.name, "node is reporting again");
+            }
+            if state == NodeState::Up
+                && let Some(ev) = events
+            {
+                ev.node(&node.name, NodeChange::Up);
             }
             child.state = state;
             child.touch();
@@ -704,6 +724,11 @@ impl Hub {
             }
         }
         drop(children);
+        if let Some(ev) = self.events.get() {
+            for (name, _, _) in &down {
+                ev.node(name, NodeChange::Down);
+            }
+        }
         for line in silent_lines(down) {
             tracing::warn!("{line}");
         }
@@ -1133,6 +1158,7 @@ impl Hub {
 pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>, identity: &Arc<Identity>) -> Arc<Hub> {
     let hub =
         Hub::spawn(ctx.db.clone(), ctx.view.clone(), nodes.clone(), ctx.token.clone(), Some(identity.clone()), ctx.sup);
+    let _ = hub.events.set(ctx.events.clone());
     ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), hub: hub.clone() })));
     hub
 }

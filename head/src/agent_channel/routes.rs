@@ -166,7 +166,14 @@ async fn run_script(
     let nodes = st.hub.resolve(&req.nodes).await?;
     tracing::info!(%peer, script = %req.script.name(), nodes = req.nodes.len(), "script requested");
     let results = st.hub.run_script(&nodes, req.script, std::time::Duration::from_secs(req.timeout_secs)).await?;
-    Ok(json(StatusCode::OK, &ScriptResults { results }))
+    let ok = results.iter().filter(|r| r.outcome == clusterware_shared::agent::Outcome::Ok).count();
+    let what = format!(
+        "script {} on {}: {ok} ok, {} not",
+        req.script.name(),
+        crate::core::http::node_range(results.iter().map(|r| r.name.as_str())),
+        results.len() - ok
+    );
+    Ok(crate::core::http::described(json(StatusCode::OK, &ScriptResults { results }), what))
 }
 
 async fn list_keys(State(st): State<Arc<Api>>) -> ApiResult<Response> {

@@ -421,7 +421,11 @@ pub async fn detail(db: &Database, name: &str) -> Result<BootConfigDetail> {
 
 /// Starts images and boot configs: their routes (they keep no task).
 pub fn start(ctx: &crate::core::Ctx, storage: &Arc<Storage>) {
-    ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), storage: storage.clone() })));
+    ctx.serve(routes::routes(Arc::new(routes::Api {
+        db: ctx.db.clone(),
+        storage: storage.clone(),
+        events: ctx.events.clone(),
+    })));
 }
 
 #[cfg(test)]

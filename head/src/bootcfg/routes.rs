@@ -26,6 +26,7 @@ use std::sync::Arc;
 pub struct Api {
     pub db: Database,
     pub storage: Arc<Storage>,
+    pub events: crate::core::events::EventLog,
 }
 
 /// The routes (paths under `/api/v1`).
@@ -151,5 +152,19 @@ async fn import_config(
     };
     let report = transfer::import(&st.db, &st.storage, body.into_data_stream(), o).await?;
     tracing::info!(%peer, boot_config = %report.boot_config, image = %or_none(report.image.as_deref()), dry_run = report.dry_run, "import");
-    Ok(json(if report.dry_run { StatusCode::OK } else { StatusCode::CREATED }, &report))
+    let what = format!(
+        "{}boot config {} (exported as {}){}, {} files",
+        if report.dry_run { "dry run: would import " } else { "imported " },
+        report.boot_config,
+        report.boot_config_was,
+        report.image.as_deref().map_or_else(String::new, |i| format!(" with image {i}")),
+        report.files.len()
+    );
+    if !report.dry_run {
+        st.events.record(clusterware_shared::api::EventKind::Import, &report.boot_config, what.clone());
+    }
+    Ok(crate::core::http::described(
+        json(if report.dry_run { StatusCode::OK } else { StatusCode::CREATED }, &report),
+        what,
+    ))
 }

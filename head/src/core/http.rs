@@ -13,6 +13,7 @@
 //! kind through [`HasKind`].
 
 use crate::core::complaints::Complaints;
+use crate::core::events::EventLog;
 use crate::core::tokens::Tokens;
 use axum::Router;
 use axum::body::Bytes;
@@ -50,7 +51,7 @@ pub trait HasKind: std::fmt::Display {
 }
 
 /// Why a request failed: its kind and the message the administrator reads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiFailure {
     pub kind: ErrorKind,
     pub message: String,
@@ -85,8 +86,83 @@ impl IntoResponse for ApiFailure {
         if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
             tracing::warn!(error = %self.message, "request failed");
         }
-        (status, axum::Json(ApiError { kind, message: self.message })).into_response()
+        let mut r = (status, axum::Json(ApiError { kind, message: self.message.clone() })).into_response();
+        r.extensions_mut().insert(Failed(self));
+        r
     }
+}
+
+/// The failure an answer carries, for the event log.
+#[derive(Clone)]
+struct Failed(ApiFailure);
+
+/// What a change did, in a sentence, for the event log (`power off n[1-4]: 4 ok`): a handler
+/// puts it on its answer with [`described`]; without one, the log says only the request.
+#[derive(Clone)]
+pub struct Described(pub String);
+
+/// `r` with `what` for the event log.
+pub fn described(mut r: Response, what: impl Into<String>) -> Response {
+    r.extensions_mut().insert(Described(what.into()));
+    r
+}
+
+/// Marks an answer to a request that changed nothing (a power status): not logged.
+#[derive(Clone)]
+struct Quiet;
+
+/// `r`, kept out of the event log.
+pub fn quiet(mut r: Response) -> Response {
+    r.extensions_mut().insert(Quiet);
+    r
+}
+
+/// `names` as a node range with their count when more than one: `n[1-4] (4 nodes)`.
+pub fn node_range<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = names.into_iter().collect();
+    let r = clusterware_shared::select::compress(v.iter().copied());
+    if v.len() == 1 { r } else { format!("{r} ({} nodes)", v.len()) }
+}
+
+/// Requests that change nothing, though not `GET`s (their bodies are queries): not logged.
+const QUERIES: [&str; 2] = [path::NODES_STATUS, path::NODES_REPORTS];
+
+/// Records an admin request that changes something in the event log (not the heads' own calls).
+fn record_action(
+    events: &EventLog,
+    actor: Option<String>,
+    method: &axum::http::Method,
+    uri: &str,
+    peer: Option<IpAddr>,
+    resp: &Response,
+) {
+    let Some(actor) = actor else { return };
+    if matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+        || resp.extensions().get::<Quiet>().is_some()
+    {
+        return;
+    }
+    let rel = uri.split('?').next().unwrap_or(uri);
+    if QUERIES.iter().any(|q| rel.strip_prefix(PREFIX) == Some(q)) {
+        return;
+    }
+    // The path is the admin's own, but bounded all the same.
+    let mut subject = format!("{method} {}", clusterware_shared::ids::shown(uri));
+    if subject.len() > 300 {
+        let mut cut = 297;
+        while !subject.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        subject.truncate(cut);
+        subject.push_str("...");
+    }
+    let message = resp.extensions().get::<Described>().map_or_else(|| subject.clone(), |d| d.0.clone());
+    let outcome = match resp.extensions().get::<Failed>() {
+        Some(Failed(f)) => format!("{}: {}", f.kind, f.message),
+        None if resp.status().is_success() => "ok".to_string(),
+        None => format!("HTTP {}", resp.status().as_u16()),
+    };
+    events.admin(actor, peer.map_or_else(|| "(unknown)".into(), |p| p.to_string()), subject, message, outcome);
 }
 
 pub type ApiResult<T> = Result<T, ApiFailure>;
@@ -211,6 +287,8 @@ struct Admin {
     creds: Credentials,
     /// Named tokens (none in the minimal routers of a starting or detached head).
     named: Option<Tokens>,
+    /// Where changes are recorded (none in the minimal routers).
+    events: Option<EventLog>,
     complaints: Complaints,
 }
 
@@ -240,6 +318,16 @@ impl Credentials {
         }
         Verdict::Not
     }
+
+    /// Who the event log names for a credential judged [`Verdict::Admin`]: the named token, or
+    /// the database password's credential; `None` for the heads' own.
+    pub fn actor(&self, named: Option<&Tokens>, headers: &HeaderMap) -> Option<String> {
+        let presented = bearer(headers).map(str::trim).unwrap_or_default();
+        if let Some(name) = named.and_then(|t| t.check(presented)) {
+            return Some(format!("token {name}"));
+        }
+        tokens_equal(presented, &self.password).then(|| "database password".to_string())
+    }
 }
 
 async fn require_admin(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
@@ -248,7 +336,14 @@ async fn require_admin(State(admin): State<Arc<Admin>>, req: Request, next: Next
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let verdict = admin.creds.judge(admin.named.as_ref(), req.headers(), peer);
     if verdict == Verdict::Admin {
-        return next.run(req).await;
+        let Some(events) = &admin.events else { return next.run(req).await };
+        let method = req.method().clone();
+        let writes = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
+        let actor = if writes { admin.creds.actor(admin.named.as_ref(), req.headers()) } else { None };
+        let uri = req.extensions().get::<OriginalUri>().map_or_else(|| req.uri().to_string(), |u| u.0.to_string());
+        let resp = next.run(req).await;
+        record_action(events, actor, &method, &uri, peer, &resp);
+        return resp;
     }
     if verdict == Verdict::PasswordElsewhere {
         let rel = path.strip_prefix(PREFIX).unwrap_or(&path);
@@ -295,6 +390,7 @@ pub struct Routes {
 pub fn router(
     creds: Credentials,
     named: Option<Tokens>,
+    events: Option<EventLog>,
     name: &str,
     backend: &'static str,
     caps: impl IntoIterator<Item = Routes>,
@@ -305,7 +401,7 @@ pub fn router(
         open = open.merge(r.open);
     }
     let admin = admin.route_layer(middleware::from_fn_with_state(
-        Arc::new(Admin { creds, named, complaints: Complaints::default() }),
+        Arc::new(Admin { creds, named, events, complaints: Complaints::default() }),
         require_admin,
     ));
     let name = name.to_string();

@@ -8,6 +8,7 @@
 //! - [`complaints`]: log lines about remote parties, bounded whatever they send.
 //! - [`http`]: the API server, the admin credential, the error mapping.
 //! - [`tokens`]: named admin API tokens.
+//! - [`events`]: the event log (admin actions, cluster events).
 //! - [`tls`]: the cluster CA and this head's certificate.
 //! - [`supervisor`]: the background tasks and the order they stop in.
 //!
@@ -17,6 +18,7 @@
 pub mod complaints;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod follow;
 pub mod heads;
 pub mod http;
@@ -68,6 +70,8 @@ pub struct Ctx<'a> {
     pub creds: http::Credentials,
     /// Named tokens.
     pub tokens: tokens::Tokens,
+    /// The event log.
+    pub events: events::EventLog,
     routes: Mutex<Vec<http::Routes>>,
 }
 
@@ -80,7 +84,9 @@ impl<'a> Ctx<'a> {
         creds: http::Credentials,
     ) -> Ctx<'a> {
         let tokens = tokens::Tokens::spawn(&db, sup);
-        Ctx { db, config, view, sup, token: creds.head.clone(), creds, tokens, routes: Mutex::new(Vec::new()) }
+        let retention = events::Retention { keep: config.events_keep, keep_secs: config.events_keep_days * 86_400 };
+        let events = events::EventLog::spawn(&db, &view.me.name, retention, sup);
+        Ctx { db, config, view, sup, token: creds.head.clone(), creds, tokens, events, routes: Mutex::new(Vec::new()) }
     }
 
     /// This head's record.
@@ -97,7 +103,15 @@ impl<'a> Ctx<'a> {
     pub fn router(&self) -> axum::Router {
         let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         routes.push(tokens::routes(self.db.clone()));
-        http::router(self.creds.clone(), Some(self.tokens.clone()), &self.me().name, self.db.backend(), routes)
+        routes.push(events::routes(self.events.clone()));
+        http::router(
+            self.creds.clone(),
+            Some(self.tokens.clone()),
+            Some(self.events.clone()),
+            &self.me().name,
+            self.db.backend(),
+            routes,
+        )
     }
 }
 

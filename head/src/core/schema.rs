@@ -62,6 +62,8 @@ pub const CLUSTER_CA: &str = "cluster/ca";
 pub const ENROLL: &str = "enroll/";
 /// `node_certs/<uid>`: [`NodeCertRecord`] (a node's current certificate).
 pub const NODE_CERTS: &str = "node_certs/";
+/// `events/<id>`: `api::Event` (the event log, `core::events`).
+pub const EVENTS: &str = "events/";
 
 /// One prefix (or single key) of the schema.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +106,8 @@ pub const TABLE: &[Owned] = &[
     // Tokens and certificates from this cluster's CA mean nothing to another cluster.
     owned(ENROLL, "registry", false),
     owned(NODE_CERTS, "registry", false),
+    // What happened on this cluster is not another cluster's history.
+    owned(EVENTS, "core", false),
 ];
 
 /// The prefixes `managedb save` keeps, in [`TABLE`]'s order.
@@ -164,6 +168,9 @@ pub fn moved(uid: &str) -> String {
 }
 pub fn secret(name: &str) -> String {
     format!("{SECRETS}{name}")
+}
+pub fn event(id: &str) -> String {
+    format!("{EVENTS}{id}")
 }
 pub fn token(name: &str) -> String {
     format!("{TOKENS}{name}")

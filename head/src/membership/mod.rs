@@ -808,7 +808,12 @@ pub async fn set_failover(db: &Database, req: &FailoverRequest) -> Result<Failov
 /// not alive are counted. Exactly one down for longer than the timeout (as this head saw it,
 /// counted from the moment it became the only one down) is ejected by the head that wins a transaction on the `failover` record, which also disarms
 /// failover; two or more down eject nothing.
-pub async fn run_failover(db: Database, ctl: std::sync::Arc<Control>, mut stop: watch::Receiver<bool>) {
+pub async fn run_failover(
+    db: Database,
+    ctl: std::sync::Arc<Control>,
+    events: crate::core::events::EventLog,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut down_since: HashMap<String, Instant> = HashMap::new();
     let mut said_several = false;
     loop {
@@ -879,7 +884,19 @@ pub async fn run_failover(db: Database, ctl: std::sync::Arc<Control>, mut stop: 
                 return Ok(());
             }
             tracing::warn!(head = %m.name, down_secs = event.down_secs, "automatic failover: ejecting a head that has been down longer than the timeout; failover is now disarmed until `managedb failover reset`");
-            if let Err(e) = remove_head(&db, m, &m.name, &ctl.name, true).await {
+            let done = remove_head(&db, m, &m.name, &ctl.name, true).await;
+            events.record(
+                clusterware_shared::api::EventKind::Head,
+                &m.name,
+                match &done {
+                    Ok(()) => format!(
+                        "automatic failover ejected the head, down {} s; failover is disarmed until `managedb failover reset`",
+                        event.down_secs
+                    ),
+                    Err(e) => format!("automatic failover could not eject the head, down {} s: {e}", event.down_secs),
+                },
+            );
+            if let Err(e) = done {
                 tracing::error!(head = %m.name, error = %e, "automatic failover could not eject the head");
                 claimed.last = Some(FailoverEvent { error: Some(e.to_string()), ..event });
                 let _ = db.put(FAILOVER, serde_json::to_vec(&claimed).expect("serialises")).await;
@@ -950,8 +967,8 @@ pub async fn watch_membership(db: Database, ctl: std::sync::Arc<Control>, mut st
 /// heads, the etcd cluster and `managedb`.
 pub fn start(ctx: &crate::core::Ctx, ctl: &std::sync::Arc<Control>, hub: &std::sync::Arc<crate::agent_channel::Hub>) {
     use crate::core::supervisor::Stage;
-    let (db, c) = (ctx.db.clone(), ctl.clone());
-    ctx.sup.spawn(Stage::Work, "failover", move |stop| run_failover(db, c, stop));
+    let (db, c, ev) = (ctx.db.clone(), ctl.clone(), ctx.events.clone());
+    ctx.sup.spawn(Stage::Work, "failover", move |stop| run_failover(db, c, ev, stop));
     let (db, c) = (ctx.db.clone(), ctl.clone());
     ctx.sup.spawn(Stage::Work, "membership watch", move |stop| watch_membership(db, c, stop));
     ctx.serve(routes::routes(std::sync::Arc::new(routes::Api {
@@ -964,5 +981,6 @@ pub fn start(ctx: &crate::core::Ctx, ctl: &std::sync::Arc<Control>, hub: &std::s
             crate::core::tls::cluster_ca().unwrap_or_default().to_string(),
             ctx.config.admin_pass.clone().unwrap_or_default(),
         )),
+        events: ctx.events.clone(),
     })));
 }

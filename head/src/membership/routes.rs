@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use clusterware_shared::api::ErrorKind;
+use clusterware_shared::api::EventKind;
 use clusterware_shared::api::PREFIX;
 use clusterware_shared::api::path;
 use clusterware_shared::api::{AddMember, ApiError, FailoverRequest, HeadList, HeadRef};
@@ -33,6 +34,7 @@ pub struct Api {
     pub hub: Arc<Hub>,
     /// The cluster CA and its proof, for joining heads.
     pub ca: Arc<crate::core::tls::CaProof>,
+    pub events: crate::core::events::EventLog,
 }
 
 /// The routes (paths under `/api/v1`).
@@ -135,7 +137,9 @@ async fn add_member(
 
 async fn promote_member(State(st): State<Arc<Api>>, body: Bytes) -> ApiResult<Response> {
     let req: HeadRef = parse(&body)?;
-    Ok(json(StatusCode::OK, &crate::membership::promote(&st.db, &st.control, &req.head).await?))
+    let r = crate::membership::promote(&st.db, &st.control, &req.head).await?;
+    st.events.record(EventKind::Head, &req.head, "head joined the cluster (its etcd member now votes)");
+    Ok(json(StatusCode::OK, &r))
 }
 
 async fn eject_head(
@@ -147,11 +151,15 @@ async fn eject_head(
     let req: HeadRef = parse(&body)?;
     let user = headers.get("x-clusterware-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
     tracing::warn!(%peer, %user, head = %req.head, "eject requested");
-    Ok(json(StatusCode::OK, &crate::membership::eject(&st.db, &st.control, &req.head, req.force).await?))
+    let r = crate::membership::eject(&st.db, &st.control, &req.head, req.force).await?;
+    st.events.record(EventKind::Head, &req.head, format!("head ejected from the cluster (from {peer})"));
+    Ok(json(StatusCode::OK, &r))
 }
 
 async fn leave_cluster(State(st): State<Arc<Api>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> ApiResult<Response> {
     tracing::warn!(%peer, "leave requested");
+    // Recorded before: once it has left, this head writes nothing to the cluster's database.
+    st.events.record(EventKind::Head, &st.head.name, format!("head leaving the cluster (managedb leave, from {peer})"));
     Ok(json(StatusCode::OK, &crate::membership::leave(&st.db, &st.control).await?))
 }
 
@@ -168,6 +176,17 @@ async fn set_failover(State(st): State<Arc<Api>>, body: Bytes) -> ApiResult<Resp
     let req: FailoverRequest = parse(&body)?;
     let f = crate::membership::set_failover(&st.db, &req).await?;
     tracing::info!(action = %req.action, enabled = f.enabled, timeout = f.timeout_secs, armed = f.armed, "failover setting changed");
+    st.events.record(
+        EventKind::Head,
+        "failover",
+        format!(
+            "failover {}: {}, timeout {} s, {}",
+            req.action,
+            if f.enabled { "enabled" } else { "disabled" },
+            f.timeout_secs,
+            if f.armed { "armed" } else { "disarmed" }
+        ),
+    );
     Ok(json(StatusCode::OK, &f))
 }
 

@@ -74,7 +74,22 @@ async fn node_power(
             tracing::info!(node = %r.name, %action, by = %who, %peer, %outcome, message = %r.message, "power");
         }
     }
-    Ok(json(StatusCode::OK, &PowerResults { results }))
+    if req.action == PowerAction::Status {
+        return Ok(crate::core::http::quiet(json(StatusCode::OK, &PowerResults { results })));
+    }
+    let by = |o: PowerOutcome| {
+        crate::core::http::node_range(results.iter().filter(|r| r.outcome == o).map(|r| r.name.as_str()))
+    };
+    let mut what =
+        format!("power {action} {}:", crate::core::http::node_range(results.iter().map(|r| r.name.as_str())));
+    for (o, label) in [(PowerOutcome::Ok, "ok"), (PowerOutcome::Failed, "failed"), (PowerOutcome::Timeout, "timed out")]
+    {
+        if results.iter().any(|r| r.outcome == o) {
+            what.push_str(&format!(" {label} {};", by(o)));
+        }
+    }
+    what.pop();
+    Ok(crate::core::http::described(json(StatusCode::OK, &PowerResults { results }), what))
 }
 
 async fn list_secrets(State(st): State<Arc<Api>>) -> ApiResult<Response> {

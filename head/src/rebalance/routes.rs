@@ -34,5 +34,9 @@ async fn rebalance(
         tracing::info!(%peer, "rebalancing round requested");
     }
     let r = st.hub.rebalance(&st.rebalance, None, req.dry_run).await?;
-    Ok(json(StatusCode::OK, &r))
+    if req.dry_run {
+        return Ok(crate::core::http::quiet(json(StatusCode::OK, &r)));
+    }
+    let what = format!("rebalancing round: {} nodes moved", r.moves.len());
+    Ok(crate::core::http::described(json(StatusCode::OK, &r), what))
 }

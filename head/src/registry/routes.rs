@@ -59,7 +59,8 @@ async fn create_nodes(
     let req: CreateNodes = parse(&body)?;
     let nodes = registry::create(&st.db, req.nodes, req.force).await?;
     tracing::info!(%peer, count = nodes.len(), first = %nodes[0].name, forced = req.force, "nodes created");
-    Ok(json(StatusCode::CREATED, &shown(nodes)))
+    let what = format!("created {}", crate::core::http::node_range(nodes.iter().map(|n| n.name.as_str())));
+    Ok(crate::core::http::described(json(StatusCode::CREATED, &shown(nodes)), what))
 }
 
 async fn update_nodes(
@@ -71,7 +72,12 @@ async fn update_nodes(
     let (set, clear) = (listed(req.set.keys()), listed(&req.clear));
     let nodes = registry::update(&st.db, req.nodes, req.set, req.clear, req.force).await?;
     tracing::info!(%peer, count = nodes.len(), %set, %clear, forced = req.force, "node attributes changed");
-    Ok(json(StatusCode::OK, &shown(nodes)))
+    let what = format!(
+        "on {}: set {set}, cleared {clear}{}",
+        crate::core::http::node_range(nodes.iter().map(|n| n.name.as_str())),
+        if req.force { " (forced)" } else { "" }
+    );
+    Ok(crate::core::http::described(json(StatusCode::OK, &shown(nodes)), what))
 }
 
 async fn delete_nodes(
@@ -83,5 +89,6 @@ async fn delete_nodes(
     let nodes = registry::delete(&st.db, req.nodes).await?;
     let names = listed(nodes.iter().map(|n| &n.name));
     tracing::info!(%peer, %names, "nodes deleted");
-    Ok(json(StatusCode::OK, &shown(nodes)))
+    let what = format!("deleted {}", crate::core::http::node_range(nodes.iter().map(|n| n.name.as_str())));
+    Ok(crate::core::http::described(json(StatusCode::OK, &shown(nodes)), what))
 }

@@ -293,6 +293,8 @@ pub struct Storage {
     copiers: Peers,
     counters: Arc<Counters>,
     complaints: crate::core::complaints::Complaints,
+    /// Where quarantines and copies fetched from peers are recorded (set at start).
+    events: std::sync::OnceLock<crate::core::events::EventLog>,
     /// The records read last, by id: while the database has no quorum, a file whose copy was
     /// verified against its record is still served.
     records: Mutex<HashMap<String, FileRecord>>,
@@ -408,6 +410,13 @@ impl Storage {
     /// and loads what it verified before.
     /// `head_token`: the heads' credential, which peer downloads carry (a root image is served
     /// only to heads, nodes and administrators).
+    /// Records a file event (once the head's event log is set).
+    fn event(&self, subject: String, message: String) {
+        if let Some(ev) = self.events.get() {
+            ev.record(clusterware_shared::api::EventKind::File, subject, message);
+        }
+    }
+
     pub fn open(dir: &Path, head: &str, db: Database, head_token: &str) -> Result<Arc<Storage>> {
         Storage::open_with(dir, head, db, head_token, Settings::default())
     }
@@ -437,6 +446,7 @@ impl Storage {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         Ok(Arc::new(Storage {
+            events: std::sync::OnceLock::new(),
             dir: dir.to_path_buf(),
             tmp,
             locks_dir,
@@ -707,6 +717,14 @@ impl Storage {
                     self.counters.scrub_bad.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::warn!(file = %rec.id, name = %rec.name, renamed = %to.display(), scrub = matches!(how, Check::Scrub(_)), "local copy does not match its size and checksum; renamed");
+                self.event(
+                    format!("{} ({})", rec.name, rec.id),
+                    format!(
+                        "the copy on {} does not match its size and checksum: quarantined as {}",
+                        self.head,
+                        to.display()
+                    ),
+                );
             }
             None => tracing::info!(file = %rec.id, "bad local copy already moved away"),
         }
@@ -852,6 +870,10 @@ impl Storage {
                 Ok(_) => {
                     self.counters.peer_downloads.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(file = %rec.id, name = %rec.name, peer = %p.name, bytes = rec.size, "downloaded from peer");
+                    self.event(
+                        format!("{} ({})", rec.name, rec.id),
+                        format!("{} fetched a verified copy from {}", self.head, p.name),
+                    );
                     return Ok(None);
                 }
                 Err(e) => {
@@ -1351,6 +1373,10 @@ impl Storage {
             if let Some(to) = quarantine(&e.path())? {
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(file = %name, renamed = %to.display(), "local file is not referenced by the database; renamed (remove it once you are sure it is not needed)");
+                self.event(
+                    name.clone(),
+                    format!("a file on {} that no record names was quarantined as {}", self.head, to.display()),
+                );
             }
         }
         self.persist_verified();
@@ -1499,6 +1525,7 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
         scrub_rate: cfg.scrub_rate_mib << 20,
     };
     let storage = Storage::open_with(&cfg.storage_dir, &ctx.me().name, ctx.db.clone(), &ctx.token, settings)?;
+    let _ = storage.events.set(ctx.events.clone());
     tracing::info!(path = %cfg.storage_dir.display(), storage_id = %storage.storage_id, "local file storage");
     let (audit, sweep, ttl) = (
         Duration::from_secs(cfg.audit_interval_secs),
