@@ -25,9 +25,13 @@ RUN_APT_PACKAGES := $(BUILD_APT_PACKAGES) curl
 # busybox-static (udhcpc; the static busybox of the end-to-end root image) and isc-dhcp-client
 # (dhclient) as real DHCP clients, qemu-system-x86 with ipxe-qemu (a real PXE client), kmod
 # (depmod, for the unpacked test kernel's modules.dep), groff-base (groff checks every generated
-# man page as man would format it), zsh and fish (the generated completion scripts must parse).
+# man page as man would format it), zsh and fish (the generated completion scripts must parse),
+# prometheus (a real Prometheus scrapes the heads' metrics; promtool checks the alert rules),
+# chromium and chromium-driver (the web console is tested in a real browser over WebDriver) with
+# fonts-dejavu-core (text in its screenshots).
 TEST_APT_PACKAGES := $(RUN_APT_PACKAGES) etcd-server etcd-client ipmitool openipmi iproute2 ipxe \
-	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu kmod groff-base zsh fish
+	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu kmod groff-base zsh fish \
+	prometheus chromium chromium-driver fonts-dejavu-core
 # make deb: dpkg-dev (dpkg-shlibdeps for the packages' library dependencies).
 DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
 # make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).

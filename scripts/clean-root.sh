@@ -127,6 +127,10 @@ cleanup() {
 trap cleanup EXIT
 say "copying the base root to $root"
 cp -a "$base" "$root"
+# As in Debian's container images: packages do not start their services (prometheus would,
+# and outlive the run); the tests start what they need themselves.
+printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+chmod 755 "$root/usr/sbin/policy-rc.d"
 cat /etc/resolv.conf >"$root/etc/resolv.conf"
 cat /etc/hosts >"$root/etc/hosts"
 echo "$commit" >"$root/etc/clusterware-clean-root"
