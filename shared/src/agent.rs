@@ -34,6 +34,7 @@ pub const MAX_REPORT_BYTES: usize = 64 << 10;
 
 /// One head as the agent knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeadEntry {
     pub name: String,
     /// Base URL of the head's API, `http://10.0.0.1:80`.
@@ -42,12 +43,14 @@ pub struct HeadEntry {
 
 /// Answer of `GET /api/v1/agent/heads`: every head, the answering head first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeadsReply {
     pub heads: Vec<HeadEntry>,
 }
 
 /// Where the agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// As `/init` in the initramfs, before the root image runs.
@@ -58,6 +61,7 @@ pub enum Phase {
 
 /// One network interface of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Interface {
     pub name: String,
     #[serde(default)]
@@ -69,6 +73,7 @@ pub struct Interface {
 
 /// A disk of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Disk {
     pub name: String,
     pub bytes: u64,
@@ -76,6 +81,7 @@ pub struct Disk {
 
 /// Hardware inventory, sent with the first push after boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Hardware {
     pub cpu_model: String,
     pub cpus: u32,
@@ -90,6 +96,7 @@ pub struct Hardware {
 
 /// `POST /api/v1/agent/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusReport {
     /// The boot interface's MAC: the node's identity.
     pub mac: MacAddr,
@@ -140,6 +147,7 @@ impl StatusReport {
 
 /// The scripts an administrator can run on nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Script {
     /// Re-download the head list from the parent.
@@ -165,6 +173,7 @@ impl Script {
 
 /// One script to run, with the id its result must carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Command {
     pub id: String,
     pub script: Script,
@@ -172,6 +181,7 @@ pub struct Command {
 
 /// What a head tells a node in answer to a push or a long poll.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Directives {
     /// The status interval the node should use.
     #[serde(default)]
@@ -185,6 +195,7 @@ pub struct Directives {
 
 /// `POST /api/v1/agent/result`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScriptOutcome {
     pub mac: MacAddr,
     pub id: String,
@@ -207,6 +218,7 @@ pub const KEY_FILE: &str = "/etc/clusterware/node.key";
 /// Body of `POST /api/v1/agent/enroll`: the node's boot MAC and the one-time token its boot
 /// script (or an administrator, `scyld-nodectl enroll`) gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enroll {
     pub mac: MacAddr,
     pub token: String,
@@ -215,6 +227,7 @@ pub struct Enroll {
 /// Answer of `POST /api/v1/agent/enroll`: the node's certificate and key (PEM) from the cluster
 /// CA, and the CA.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enrolled {
     pub cert_pem: String,
     pub key_pem: String,
@@ -223,6 +236,7 @@ pub struct Enrolled {
 
 /// One node's enrollment token (`POST /api/v1/nodes/enroll`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollToken {
     pub uid: String,
     pub name: String,
@@ -234,18 +248,21 @@ pub struct EnrollToken {
 
 /// Answer of `POST /api/v1/nodes/enroll`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokens {
     pub tokens: Vec<EnrollToken>,
 }
 
 /// Answer of `GET /api/v1/agent/keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeysReply {
     pub keys: Vec<String>,
 }
 
 /// A node's state as administrators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Never reported.
@@ -294,6 +311,7 @@ impl std::fmt::Display for Phase {
 
 /// One node's status, from `POST /api/v1/nodes/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatus {
     pub uid: String,
     pub name: String,
@@ -318,6 +336,7 @@ pub struct NodeStatus {
 
 /// `POST /api/v1/nodes/status`: the status of the nodes named by uid (all when absent).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusQuery {
     #[serde(default)]
     pub nodes: Option<Vec<String>>,
@@ -328,12 +347,14 @@ pub struct StatusQuery {
 
 /// Answer of `POST /api/v1/nodes/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatusList {
     pub nodes: Vec<NodeStatus>,
 }
 
 /// `GET /api/v1/nodes/counters`: this head's status-ingest counters since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusCounters {
     /// Status pushes absorbed.
     pub pushes: u64,
@@ -350,6 +371,7 @@ pub struct StatusCounters {
 
 /// `POST /api/v1/nodes/script`: run a script on nodes and wait for their results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunScript {
     pub nodes: Vec<String>,
     pub script: Script,
@@ -358,6 +380,7 @@ pub struct RunScript {
 
 /// How a script ended on one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Ok,
@@ -366,6 +389,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeOutcome {
     pub uid: String,
     pub name: String,
@@ -376,12 +400,14 @@ pub struct NodeOutcome {
 
 /// Answer of `POST /api/v1/nodes/script`, one entry per node asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScriptResults {
     pub results: Vec<NodeOutcome>,
 }
 
 /// A cluster SSH key (`keys/<name>`), given to every node's root by `update_keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SshKey {
     pub name: String,
     pub key: String,
@@ -390,12 +416,14 @@ pub struct SshKey {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SshKeyList {
     pub keys: Vec<SshKey>,
 }
 
 /// `POST /api/v1/keys`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddKey {
     pub name: String,
     pub key: String,
@@ -606,12 +634,14 @@ mod tests {
 /// `POST /api/v1/rebalance`: plan a rebalancing round for every head now; carry it out unless
 /// `dry_run`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RebalanceRequest {
     pub dry_run: bool,
 }
 
 /// One head's load in a rebalancing plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeadLoad {
     pub name: String,
     /// Nodes it parents, counting moves under way at their destination.
@@ -622,6 +652,7 @@ pub struct HeadLoad {
 
 /// A node to move.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeMove {
     pub uid: String,
     pub node: String,
@@ -632,6 +663,7 @@ pub struct NodeMove {
 
 /// Answer of `POST /api/v1/rebalance`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RebalanceReport {
     pub mean: f64,
     pub threshold_pct: u32,

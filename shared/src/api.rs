@@ -75,6 +75,76 @@ pub mod path {
     pub const CLUSTER_CA: &str = "/cluster/ca";
     /// Where the node agent's endpoints ([`agent`]) are nested.
     pub const AGENT: &str = "/agent";
+    /// The agent's endpoints as route patterns relative to [`PREFIX`](super::PREFIX) (`AGENT`
+    /// and the [`agent`] pattern; a unit test holds them to it).
+    pub const AGENT_HEADS: &str = "/agent/heads";
+    pub const AGENT_STATUS: &str = "/agent/status";
+    pub const AGENT_WAIT: &str = "/agent/wait";
+    pub const AGENT_RESULT: &str = "/agent/result";
+    pub const AGENT_KEYS: &str = "/agent/keys";
+    pub const AGENT_ENROLL: &str = "/agent/enroll";
+    /// The OpenAPI document of the API (no credential).
+    pub const OPENAPI: &str = "/openapi.json";
+
+    /// Every route pattern of the API: the OpenAPI document has each, and the test of the
+    /// document asks a head every method of each.
+    pub const ALL: &[&str] = &[
+        HEALTH,
+        HEADS,
+        NODES,
+        NODE,
+        NODES_UPDATE,
+        NODES_DELETE,
+        NODES_STATUS,
+        NODES_REPORTS,
+        NODES_SCRIPT,
+        NODES_COUNTERS,
+        NODES_POWER,
+        NODES_ENROLL,
+        NODES_REVOKE,
+        REBALANCE,
+        SECRETS,
+        SECRET,
+        TOKENS,
+        TOKEN,
+        EVENTS,
+        KEYS,
+        KEY,
+        FILES,
+        FILE,
+        FILE_CONTENT,
+        FILE_FETCH,
+        STORAGE,
+        IMAGES,
+        IMAGE,
+        IMAGE_CLONE,
+        BOOT_CONFIGS,
+        BOOT_CONFIG,
+        BOOT_CONFIG_UPDATE,
+        BOOT_CONFIG_CLONE,
+        BOOT_CONFIG_EXPORT,
+        DEFAULT_BOOT_CONFIG,
+        IMPORT,
+        DATABASE,
+        DATABASE_CONVERT,
+        CLUSTER,
+        CLUSTER_MEMBERS,
+        CLUSTER_PROMOTE,
+        CLUSTER_EJECT,
+        CLUSTER_LEAVE,
+        CLUSTER_RECOVER,
+        CLUSTER_FAILOVER,
+        CLUSTER_CA,
+        BOOT_SCRIPT,
+        BOOT_CA,
+        AGENT_HEADS,
+        AGENT_STATUS,
+        AGENT_WAIT,
+        AGENT_RESULT,
+        AGENT_KEYS,
+        AGENT_ENROLL,
+        OPENAPI,
+    ];
 
     /// The node agent's endpoints (`shared::agent`): patterns relative to [`AGENT`], builders
     /// relative to [`PREFIX`](super::PREFIX) like every other builder.
@@ -250,6 +320,7 @@ pub mod path {
 
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// A change made through the admin API: who, what, from where, the outcome.
@@ -299,6 +370,7 @@ impl std::str::FromStr for EventKind {
 
 /// One entry of the event log (`GET /api/v1/events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Orders the log: later events have greater ids (`after=` takes one).
     pub id: String,
@@ -324,6 +396,7 @@ pub struct Event {
 
 /// The answer of `GET /api/v1/events`: events in order, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventList {
     pub events: Vec<Event>,
     /// The id to ask `after=` for the events that follow (the last one's, or the one given).
@@ -370,6 +443,7 @@ pub const IDLE_SECS: u64 = 20;
 
 /// The class of a failed request; each maps to one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// 400: the request is malformed or names something invalid.
@@ -424,6 +498,7 @@ impl ErrorKind {
 /// `GET /api/v1/cluster/ca`: the cluster CA, and the proof that the head answering knows the
 /// database password (`pki::ca_proof`), which a joining head checks before it trusts the CA.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterCa {
     pub cert_pem: String,
     pub proof: String,
@@ -433,6 +508,7 @@ pub struct ClusterCa {
 
 /// The body of every error answer: `{"kind": "conflict", "message": "…"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
@@ -440,12 +516,14 @@ pub struct ApiError {
 
 /// `POST /api/v1/tokens`: a named admin API token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateToken {
     pub name: String,
 }
 
 /// A named admin API token as listed (its secret is never shown again).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub name: String,
     /// Seconds since the Unix epoch.
@@ -456,12 +534,14 @@ pub struct TokenInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }
 
 /// Answer of `POST /api/v1/tokens`: the token itself, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewToken {
     #[serde(flatten)]
     pub info: TokenInfo,
@@ -470,6 +550,7 @@ pub struct NewToken {
 
 /// `GET /api/v1/health` (no credential needed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub name: String,
     pub version: String,
@@ -491,6 +572,7 @@ pub struct Health {
 
 /// One etcd member, as `GET /api/v1/cluster` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterMember {
     /// Member id, hexadecimal.
     pub id: String,
@@ -502,6 +584,7 @@ pub struct ClusterMember {
 
 /// How much data a head's database holds (what a join would discard).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DataSummary {
     pub nodes: usize,
     pub images: usize,
@@ -511,6 +594,7 @@ pub struct DataSummary {
 
 /// `GET /api/v1/cluster`: what a joining head needs to know, and what `managedb` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterInfo {
     /// The answering head.
     pub head: String,
@@ -533,6 +617,7 @@ pub struct ClusterInfo {
 
 /// `POST /api/v1/cluster/members`: add a head's etcd member (as a learner).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddMember {
     pub name: String,
     /// `http://IP:PORT` where the new member listens for its peers.
@@ -541,6 +626,7 @@ pub struct AddMember {
 
 /// The answer to [`AddMember`]: how the new member must start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberAdded {
     pub id: String,
     /// `name=peer-url,…` of every member, the new one included.
@@ -558,6 +644,7 @@ pub struct MemberAdded {
 
 /// `POST /api/v1/cluster/promote`, `POST /api/v1/cluster/eject`: a head by name or IP.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeadRef {
     pub head: String,
     /// Eject: even a head that is alive and serving.
@@ -567,6 +654,7 @@ pub struct HeadRef {
 
 /// The answer to a membership change (`leave`, `eject`, `recover`, `convert`, promotion).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembershipChange {
     /// What happened, for the administrator.
     pub message: String,
@@ -580,6 +668,7 @@ pub struct MembershipChange {
 
 /// The automatic-failover setting (`failover` in the database).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failover {
     pub enabled: bool,
     pub timeout_secs: u64,
@@ -600,6 +689,7 @@ pub const DEFAULT_FAILOVER_SECS: u64 = 120;
 
 /// One automatic ejection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailoverEvent {
     pub head: String,
     /// Seconds since the Unix epoch.
@@ -615,6 +705,7 @@ pub struct FailoverEvent {
 
 /// `POST /api/v1/cluster/failover`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailoverRequest {
     /// `enable`, `disable` or `reset`.
     pub action: String,
@@ -624,6 +715,7 @@ pub struct FailoverRequest {
 
 /// A compute node as stored in the cluster database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Node {
     /// Stable id, never reused.
     pub uid: String,
@@ -632,6 +724,7 @@ pub struct Node {
     pub name: String,
     /// One or more MACs; the first is the boot interface.
     pub macs: Vec<MacAddr>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub ip: Ipv4Addr,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
@@ -641,9 +734,11 @@ pub struct Node {
 
 /// What an administrator gives to create a node; missing index and IP are allocated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeSpec {
     pub macs: Vec<MacAddr>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub index: Option<u32>,
@@ -653,6 +748,7 @@ pub struct NodeSpec {
 
 /// `POST /api/v1/nodes`: creates every node or none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateNodes {
     pub nodes: Vec<NodeSpec>,
     /// Accept attributes that name a boot config, head or secret that does not exist (yet).
@@ -662,6 +758,7 @@ pub struct CreateNodes {
 
 /// Answer of `GET /api/v1/nodes` and of the node-changing calls.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeList {
     pub nodes: Vec<Node>,
 }
@@ -669,6 +766,7 @@ pub struct NodeList {
 /// `POST /api/v1/nodes/update`: sets and clears attributes (and the fields in [`NODE_FIELDS`])
 /// on the nodes named by uid, all or none.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateNodes {
     pub nodes: Vec<String>,
     #[serde(default)]
@@ -682,12 +780,14 @@ pub struct UpdateNodes {
 
 /// `POST /api/v1/nodes/delete`: deletes the nodes named by uid, all or none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeleteNodes {
     pub nodes: Vec<String>,
 }
 
 /// How a head takes part in the cluster database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DbMember {
     /// `etcd` or `embedded`.
     pub backend: String,
@@ -705,6 +805,7 @@ pub struct DbMember {
 /// A boot file (kernel, initramfs, root image, …) known to the cluster. Every head keeps a
 /// local copy that must match `size` and `sha256`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileRecord {
     /// 32 lowercase hex digits; also the local file's name in `local_files.path`.
     pub id: String,
@@ -729,6 +830,7 @@ pub fn is_file_id(s: &str) -> bool {
 
 /// `GET /api/v1/files`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileList {
     pub files: Vec<FileRecord>,
     /// The heads holding a verified copy of each file, by id (from their last report).
@@ -741,6 +843,7 @@ pub struct FileList {
 
 /// Where one file is stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileCopies {
     /// Heads that reported a verified copy.
     pub heads: Vec<String>,
@@ -752,6 +855,7 @@ pub struct FileCopies {
 
 /// `POST /files/{id}/fetch`: a head made sure it holds a verified copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileCopy {
     pub id: String,
     pub head: String,
@@ -759,6 +863,7 @@ pub struct FileCopy {
 
 /// What a head's local storage holds, from its last audit (`heads ls -l`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StorageSummary {
     /// Files present and verified.
     pub files: u64,
@@ -783,6 +888,7 @@ pub struct StorageSummary {
 
 /// `GET /api/v1/storage`: one head's live storage counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StorageCounters {
     /// Bytes hashed to verify files since start (a verified file is not hashed again).
     pub hashed_bytes: u64,
@@ -809,8 +915,10 @@ pub struct StorageCounters {
 
 /// One head node, as `scyld-clusterctl heads ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeadInfo {
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub ip: Ipv4Addr,
     pub api_url: String,
     pub version: String,
@@ -829,6 +937,7 @@ pub struct HeadInfo {
 
 /// `GET /api/v1/heads`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeadList {
     pub heads: Vec<HeadInfo>,
     /// Mean number of nodes per alive head.
@@ -838,6 +947,38 @@ pub struct HeadList {
 
 #[cfg(test)]
 mod tests {
+    /// Every route pattern of `mod path` is in `ALL` (the OpenAPI test asks the head each), and
+    /// the agent's patterns are `AGENT` and theirs.
+    #[test]
+    fn every_route_pattern_is_listed() {
+        let src = include_str!("api.rs");
+        let module = &src[src.find("pub mod path {").unwrap()..src.find("pub const ALL").unwrap()];
+        let mut seen = 0;
+        for line in module.lines() {
+            let Some(rest) = line.trim().strip_prefix("pub const ") else { continue };
+            let Some((_, v)) = rest.split_once(": &str = \"") else { continue };
+            let v = v.trim_end_matches("\";");
+            if v == path::AGENT {
+                continue;
+            }
+            let full = v;
+            assert!(path::ALL.contains(&full), "{full} is not in path::ALL");
+            seen += 1;
+        }
+        assert_eq!(seen, path::ALL.len(), "path::ALL lists a pattern twice");
+        use path::agent;
+        for (full, rel) in [
+            (path::AGENT_HEADS, agent::HEADS),
+            (path::AGENT_STATUS, agent::STATUS),
+            (path::AGENT_WAIT, agent::WAIT),
+            (path::AGENT_RESULT, agent::RESULT),
+            (path::AGENT_KEYS, agent::KEYS),
+            (path::AGENT_ENROLL, agent::ENROLL),
+        ] {
+            assert_eq!(full, format!("{}{rel}", path::AGENT));
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -908,6 +1049,7 @@ mod tests {
 
 /// A node root image: its root-filesystem file and optional extra files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Image {
     pub name: String,
     #[serde(default)]
@@ -922,6 +1064,7 @@ pub struct Image {
 
 /// A boot configuration: kernel, initramfs, image and kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootConfig {
     pub name: String,
     #[serde(default)]
@@ -940,12 +1083,14 @@ pub struct BootConfig {
 
 /// `GET /api/v1/images`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageList {
     pub images: Vec<Image>,
 }
 
 /// `GET /api/v1/bootconfigs`: the configs, and which one nodes without `_boot_config` use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootConfigList {
     pub boot_configs: Vec<BootConfig>,
     #[serde(default)]
@@ -954,6 +1099,7 @@ pub struct BootConfigList {
 
 /// `POST /api/v1/images`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateImage {
     pub name: String,
     pub rootfs: String,
@@ -965,6 +1111,7 @@ pub struct CreateImage {
 
 /// `POST /api/v1/bootconfigs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateBootConfig {
     pub name: String,
     pub kernel: String,
@@ -979,6 +1126,7 @@ pub struct CreateBootConfig {
 
 /// `POST /api/v1/bootconfigs/{name}/update`: the fields given change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateBootConfig {
     #[serde(default)]
     pub kernel: Option<String>,
@@ -995,18 +1143,21 @@ pub struct UpdateBootConfig {
 
 /// `POST /api/v1/{images,bootconfigs}/{name}/clone`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CloneRequest {
     pub name: String,
 }
 
 /// `PUT /api/v1/default-boot-config`: `None` clears it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefaultBootConfig {
     pub name: Option<String>,
 }
 
 /// `GET /api/v1/bootconfigs/{name}`: a config with its image and every file record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootConfigDetail {
     pub boot_config: BootConfig,
     pub image: Option<Image>,
@@ -1019,6 +1170,7 @@ pub struct BootConfigDetail {
 
 /// What an import did (or, with `dry_run`, would do) with one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportedFile {
     pub name: String,
     pub kind: String,
@@ -1032,6 +1184,7 @@ pub struct ImportedFile {
 
 /// Answer of `PUT /api/v1/import`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportReport {
     pub dry_run: bool,
     /// Name of the boot config on this cluster (and the name it had in the archive).
@@ -1053,18 +1206,21 @@ pub fn valid_object_name(s: &str) -> bool {
 
 /// Answer of `PUT /api/v1/database`: how many keys were written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseLoaded {
     pub loaded: u64,
 }
 
 /// `POST /api/v1/database/convert`: the backend to convert to (only `etcd`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConvertDatabase {
     pub to: String,
 }
 
 /// `GET`/`PUT /api/v1/database`: the cluster's data, as `managedb save` writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseDump {
     pub format: String,
     pub version: u32,

@@ -275,3 +275,18 @@ mod tests {
         assert!(e.contains("the value of rack contains the control character U+001B at byte 1"), "{e}");
     }
 }
+
+/// A MAC in the OpenAPI document: a string, as it is on the wire.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for MacAddr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"))
+            .description(Some("a MAC address, lower case with colons"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for MacAddr {}

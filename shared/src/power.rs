@@ -15,6 +15,7 @@ pub const SECRET_SHOWN: &str = "(set)";
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {
     Status,
@@ -45,6 +46,7 @@ impl PowerAction {
 
 /// Boot device for the next boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BootDevice {
     Pxe,
@@ -53,6 +55,7 @@ pub enum BootDevice {
 
 /// `POST /api/v1/nodes/power`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PowerRequest {
     pub nodes: Vec<String>,
     pub action: PowerAction,
@@ -67,6 +70,7 @@ pub struct PowerRequest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PowerOutcome {
     Ok,
@@ -75,6 +79,7 @@ pub enum PowerOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodePower {
     pub uid: String,
     pub name: String,
@@ -88,12 +93,14 @@ pub struct NodePower {
 
 /// Answer of `POST /api/v1/nodes/power`, one entry per node asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PowerResults {
     pub results: Vec<NodePower>,
 }
 
 /// A cluster secret as listed (the value is never shown).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretInfo {
     pub name: String,
     /// Seconds since the Unix epoch.
@@ -101,12 +108,14 @@ pub struct SecretInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretList {
     pub secrets: Vec<SecretInfo>,
 }
 
 /// `PUT /api/v1/secrets/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetSecret {
     pub value: String,
 }

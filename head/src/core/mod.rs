@@ -9,6 +9,7 @@
 //! - [`http`]: the API server, the admin credential, the error mapping.
 //! - [`tokens`]: named admin API tokens.
 //! - [`events`]: the event log (admin actions, cluster events).
+//! - [`openapi`]: the OpenAPI document of the API.
 //! - [`tls`]: the cluster CA and this head's certificate.
 //! - [`supervisor`]: the background tasks and the order they stop in.
 //!
@@ -22,6 +23,7 @@ pub mod events;
 pub mod follow;
 pub mod heads;
 pub mod http;
+pub mod openapi;
 pub mod peers;
 pub mod schema;
 pub mod supervisor;
@@ -104,6 +106,7 @@ impl<'a> Ctx<'a> {
         let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         routes.push(tokens::routes(self.db.clone()));
         routes.push(events::routes(self.events.clone()));
+        routes.push(openapi::routes());
         http::router(
             self.creds.clone(),
             Some(self.tokens.clone()),
