@@ -70,7 +70,8 @@ fn the_event_log_records_who_did_what_and_what_the_cluster_did() {
         [h1, h2].iter().all(|h| events(&c, h, "?kind=admin").len() == 5)
     });
     let admin = events(&c, h1, "?kind=admin");
-    let by_alice: Vec<&Value> = admin.iter().filter(|e| e["actor"] == "token alice").collect();
+    let by_alice: Vec<&Value> =
+        admin.iter().filter(|e| e["actor"].as_str().unwrap_or("").starts_with("token alice")).collect();
     assert_eq!(by_alice.len(), 2, "{admin:?}");
     assert_eq!(by_alice[0]["message"], "on n[0-1] (2 nodes): set rack, cleared (none)");
     assert_eq!(by_alice[0]["outcome"], "ok");
@@ -80,7 +81,7 @@ fn the_event_log_records_who_did_what_and_what_the_cluster_did() {
     assert!(by_alice[1]["outcome"].as_str().unwrap().starts_with("not_found: "), "{:?}", by_alice[1]);
     let created = admin.iter().find(|e| e["subject"] == "POST /api/v1/nodes").expect("the CLI's creation");
     assert_eq!(created["message"], "created n[0-2] (3 nodes)");
-    assert_eq!(created["actor"], "database password");
+    assert!(created["actor"].as_str().unwrap().starts_with("database password (user "), "{created}");
     // The failover setting is a head event (and the CLI's call an admin one).
     poll_until("the failover event", Duration::from_secs(10), || {
         events(&c, h2, "?kind=head").iter().any(|e| e["message"].as_str().unwrap_or("").starts_with("failover disable"))
@@ -118,7 +119,7 @@ fn the_event_log_records_who_did_what_and_what_the_cluster_did() {
 
     // The CLI: text with who, from where, the outcome; filters; bad arguments.
     let text = h2.cli("scyld-clusterctl", &["events"]).ok().to_string();
-    assert!(text.contains("[by token alice from ") && text.contains("=> not_found: "), "{text}");
+    assert!(text.contains("[by token alice") && text.contains("=> not_found: "), "{text}");
     assert!(text.contains("admin  head2") && text.contains("node   head1"), "{text}");
     let future = h1.cli("scyld-clusterctl", &["events", "--since", "2999-01-01"]);
     assert_eq!(future.ok().trim(), "no events match");

@@ -321,12 +321,26 @@ impl Credentials {
 
     /// Who the event log names for a credential judged [`Verdict::Admin`]: the named token, or
     /// the database password's credential; `None` for the heads' own.
+    /// The user the client says runs it (`X-Clusterware-User`, what the CLIs send) is added:
+    /// `token alice (user bob)`.
     pub fn actor(&self, named: Option<&Tokens>, headers: &HeaderMap) -> Option<String> {
         let presented = bearer(headers).map(str::trim).unwrap_or_default();
-        if let Some(name) = named.and_then(|t| t.check(presented)) {
-            return Some(format!("token {name}"));
-        }
-        tokens_equal(presented, &self.password).then(|| "database password".to_string())
+        let who = if let Some(name) = named.and_then(|t| t.check(presented)) {
+            format!("token {name}")
+        } else if tokens_equal(presented, &self.password) {
+            "database password".to_string()
+        } else {
+            return None;
+        };
+        let user: String = headers
+            .get("x-clusterware-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(64)
+            .collect();
+        Some(if user.trim().is_empty() { who } else { format!("{who} (user {})", user.trim()) })
     }
 }
 
