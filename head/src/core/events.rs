@@ -364,7 +364,11 @@ async fn writer_loop(
                 );
             }
         }
-        if tokio::time::Instant::now() >= prune_due || !events.is_empty() {
+        // Pruning reads the followed copy, which has what was just written a moment later.
+        if !events.is_empty() {
+            prune_due = prune_due.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+        if tokio::time::Instant::now() >= prune_due {
             prune(&db, &log, retention, &complaints).await;
             prune_due = tokio::time::Instant::now() + Duration::from_secs(60);
         }
