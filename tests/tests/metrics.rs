@@ -309,8 +309,46 @@ fn prometheus_scrapes_every_family_from_three_heads() {
     prom.stop();
 }
 
+/// DHCP in a network namespace: a DISCOVER from a registered MAC is counted as offered, one
+/// from an unknown MAC as ignored, by a head on a segment of the test's own.
 #[test]
-fn metrics_off_answers_404_and_records_nothing() {
+fn dhcp_exchanges_are_counted() {
+    use clusterware_tests::dhcp::{discover, offers};
+    use clusterware_tests::netns::{Segment, run_in};
+    let mut seg = Segment::new();
+    let mut c = Cluster::configure_on(&mut seg, 1, "");
+    c.start_all();
+    let capture = seg.member("cap", Some(seg.addr(200)));
+    let h = &c.heads[0];
+    let mac = "52:54:00:c6:00:01";
+    h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(101))]).ok();
+    let bcast: std::net::SocketAddr = "255.255.255.255:67".parse().unwrap();
+    let local: std::net::SocketAddr = "0.0.0.0:68".parse().unwrap();
+    poll_until("an offer", Duration::from_secs(20), || {
+        !offers(&capture, local, bcast, discover(mac, None, false), Duration::from_millis(500)).is_empty()
+    });
+    let unknown =
+        offers(&capture, local, bcast, discover("52:54:00:c6:00:99", None, false), Duration::from_millis(500));
+    assert!(unknown.is_empty(), "{unknown:?}");
+    let admin = clusterware_shared::auth::admin_token(PASS);
+    let mut text = String::new();
+    poll_until("the DHCP counters", Duration::from_secs(10), || {
+        text = run_in(h.netns.as_deref(), || {
+            String::from_utf8_lossy(&https_get(h, "/metrics", Some(&admin), "").2).to_string()
+        });
+        let count = |labels: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("clusterware_dhcp_messages_total{{{labels}}} ")))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        count(r#"type="discover",outcome="offered""#) >= 1 && count(r#"type="discover",outcome="ignored_unknown""#) == 1
+    });
+    assert!(!text.contains("52:54:00:c6:00"), "no MAC in a label: {text}");
+}
+
+#[test]
+fn with_metrics_off_the_endpoint_answers_404() {
     let c = Cluster::start(Backend::Embedded, 1, "metrics.enabled = no\n");
     let h = &c.heads[0];
     let admin = clusterware_shared::auth::admin_token(PASS);
