@@ -7,7 +7,8 @@
 //!
 //! Every endpoint but the node-facing ones (health, boot script, boot files, the agent channel)
 //! needs the admin credential (`Authorization: Bearer <token>`, the token derived from
-//! `database.admin_pass`): 401 without one, 403 with a wrong one. Every error is JSON
+//! `database.admin_pass`, or a named token): 401 without one, 403 with a wrong one; so does
+//! `/metrics`, outside `/api/v1`. Every error is JSON
 //! `{kind, message}`; its HTTP status comes from its [`ErrorKind`] alone
 //! (`ErrorKind::http_status`, one exhaustive match), and each capability's error type says its
 //! kind through [`HasKind`].

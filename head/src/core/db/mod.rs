@@ -10,6 +10,8 @@
 //! checks that the two agree.
 //!
 //! Keys are UTF-8 strings without the backend's prefix; values are bytes (JSON by convention).
+//! Every call through [`Database`] is timed, and counted when it fails, by operation
+//! (`clusterware_db_request_duration_seconds`, [`crate::core::metrics`]).
 
 pub mod embedded;
 pub mod etcd;
