@@ -417,19 +417,19 @@ async fn scrape(State(s): State<Arc<Scrape>>) -> Response {
         .into_response()
 }
 
-/// The family names the registry encodes, as Prometheus stores them (counters with `_total`,
-/// histograms with `_bucket`, `_sum`, `_count`).
-pub fn series_names(text: &str) -> std::collections::BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_string)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The metric names of an exposition, as Prometheus stores them (counters with `_total`,
+    /// histograms with `_bucket`, `_sum`, `_count`).
+    fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_string)
+            .collect()
+    }
 
     /// Every family is encoded with its prefix, and with a series from the start where its
     /// labels are fixed.
