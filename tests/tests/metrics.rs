@@ -307,6 +307,18 @@ fn prometheus_scrapes_every_family_from_three_heads() {
     let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
     assert!(firing.is_empty(), "alerts firing on a healthy cluster: {firing:?}\n{}", prom.log());
     prom.stop();
+
+    // Two heads of three gone: the survivor still answers a scrape, and says it has no quorum.
+    let mut c = c;
+    c.heads[1].kill9();
+    c.heads[2].kill9();
+    let h1 = &c.heads[0];
+    poll_until("head1 to report the lost quorum", Duration::from_secs(60), || {
+        let started = std::time::Instant::now();
+        let (s, _, body) = https_get(h1, "/metrics", Some(&token), "");
+        assert!(started.elapsed() < Duration::from_secs(15), "a scrape without quorum took {:?}", started.elapsed());
+        s == 200 && String::from_utf8_lossy(&body).contains("\nclusterware_database_quorum_ok 0\n")
+    });
 }
 
 /// DHCP in a network namespace: a DISCOVER from a registered MAC is counted as offered, one

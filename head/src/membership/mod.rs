@@ -812,16 +812,17 @@ fn failover_event(event: &'static str) {
 }
 
 /// `/metrics` at scrape time: the `failover` record (enabled, armed), read from the database,
-/// which also says whether this head has a quorum (`clusterware_database_quorum_ok`).
+/// which also says whether this head has a quorum (`clusterware_database_quorum_ok`): no answer
+/// within 3 s counts as none (the scrape's hooks get 5 s, the database's own deadline).
 async fn failover_gauges(db: &Database) {
     let Some(m) = crate::core::metrics::on() else { return };
-    match failover(db).await {
-        Ok((f, _)) => {
+    match tokio::time::timeout(Duration::from_secs(3), failover(db)).await.ok().and_then(|r| r.ok()) {
+        Some((f, _)) => {
             m.database_quorum_ok.set(1);
             m.failover_enabled.set(i64::from(f.enabled));
             m.failover_armed.set(i64::from(f.armed));
         }
-        Err(_) => {
+        None => {
             m.database_quorum_ok.set(0);
         }
     }
