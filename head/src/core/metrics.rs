@@ -52,11 +52,6 @@ type Owned = Vec<(&'static str, String)>;
 /// The API route of a request that matched none.
 pub const UNMATCHED: &str = "unmatched";
 
-/// DHCP message types the head tells apart.
-pub const DHCP_TYPES: [&str; 8] = ["discover", "request", "inform", "release", "decline", "other", "none", "malformed"];
-/// What became of a DHCP message.
-pub const DHCP_OUTCOMES: [&str; 7] =
-    ["offered", "acked", "nak", "ignored_unknown", "registering_unknown", "not_for_us", "malformed"];
 /// How a TFTP request ended.
 pub const TFTP_OUTCOMES: [&str; 3] = ["completed", "failed", "refused"];
 /// The database operations timed at the `Database` boundary.
@@ -74,8 +69,6 @@ pub const DB_OPS: [&str; 10] = [
 ];
 /// How an automatic-failover check ended when it did something worth counting.
 pub const FAILOVER_EVENTS: [&str; 3] = ["ejected", "eject_failed", "several_down"];
-/// Node states (`clusterware_nodes{state}`), as the API spells them.
-pub const NODE_STATES: [&str; 4] = ["new", "booting", "up", "down"];
 
 /// Buckets for handling times of fast in-memory work (a status push): 10 µs to 1 s.
 const FAST: [f64; 14] =
@@ -290,7 +283,9 @@ impl Metrics {
         out
     }
 
-    /// One DHCP message: its type and outcome (both from the fixed sets above).
+    /// One DHCP message: its type (discover, request, inform, release, decline, other, none,
+    /// malformed) and outcome (offered, acked, nak, ignored_unknown, registering_unknown,
+    /// not_for_us, malformed).
     #[inline]
     pub fn dhcp(&self, kind: &'static str, outcome: &'static str) {
         self.dhcp_messages.get_or_create(&[("type", kind), ("outcome", outcome)]).inc();
