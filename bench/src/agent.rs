@@ -56,9 +56,10 @@ fn up_on(sim: &Sim, head: &str, n: u64) -> bool {
     ok
 }
 
-/// Pushes per second with latency, for a fleet offering about 12,500 pushes/s to one head.
-fn push_rate(nodes: u32, interval_ms: u64) -> Vec<String> {
-    let c = Cluster::etcd(1);
+/// Pushes per second with latency, for a fleet offering about 12,500 pushes/s to one head
+/// configured with `extra` (base.ini lines).
+fn push_rate(nodes: u32, interval_ms: u64, extra: &str) -> Vec<String> {
+    let c = Cluster::start(clusterware_tests::Backend::Etcd, 1, extra);
     let h = &c.heads[0];
     create(h, nodes, "52:54:00:b0:00:00", "127.210.0.1", &[]);
     let ramp = format!("{}", interval_ms as f64 / 1000.0 + 1.0);
@@ -94,6 +95,20 @@ fn push_rate(nodes: u32, interval_ms: u64) -> Vec<String> {
         format!("{writes} in {txns} txns"),
         total,
     ]
+}
+
+/// Status pushes one head absorbs with metrics on (the default) and with `metrics.enabled =
+/// no`, in the same run at the same offered load: (absorbed /s, p50 ms, p99 ms) for each.
+pub fn metrics_pushes() -> [(f64, f64, f64); 2] {
+    ["", "metrics.enabled = no\n"].map(|extra| {
+        eprintln!(
+            "cw-bench: status pushes, 1000 nodes, {}…",
+            if extra.is_empty() { "metrics on" } else { "metrics off" }
+        );
+        let row = push_rate(1000, 80, extra);
+        let f = |i: usize| row[i].parse::<f64>().unwrap_or(0.0);
+        (f(2), f(3), f(4))
+    })
 }
 
 /// N nodes all given head1 first, on 3 heads rebalancing every 5 s: moves against the minimum,
@@ -232,7 +247,7 @@ pub fn bench_agent(r: &mut Report) {
     let mut rows = Vec::new();
     for (n, ms) in [(1000u32, 80u64), (10_000, 800)] {
         eprintln!("cw-bench: agent pushes, {n} nodes…");
-        rows.push(push_rate(n, ms));
+        rows.push(push_rate(n, ms, ""));
     }
     r.table(
         &[

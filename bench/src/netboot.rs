@@ -91,6 +91,11 @@ pub fn bench_dhcp(r: &mut Report) {
     std::thread::sleep(Duration::from_secs(1));
     eprintln!("cw-bench: DHCP: clusterware-head");
     let ours = best(&pf, &macs);
+    // The same head (same database, same nodes) again with metrics off.
+    metrics_off(&mut c.heads[0]);
+    eprintln!("cw-bench: DHCP: clusterware-head, metrics off");
+    let ours_off = best(&pf, &macs);
+    *METRICS_DHCP.lock().unwrap() = Some((ours.1, ours_off.1));
     c.heads[0].kill9();
     std::fs::write(dir.path().join("hosts.conf"), &hosts).unwrap();
     let mut dnsmasq = Command::new("ip")
@@ -113,7 +118,7 @@ pub fn bench_dhcp(r: &mut Report) {
     r.section(
         "DHCP: exchanges per second",
         "perfdhcp -4 -B -l cwn0 -R 200 -M macs -r RATE -p 4, against clusterware-head and against dnsmasq",
-        "Kea's perfdhcp in its own network namespace on the same bridge as the server (one head on a 1-member etcd cluster; then dnsmasq with the same 200 static hosts and `--leasefile-ro`: static bindings and no lease file, like the head, which writes nothing per packet; with its default lease file dnsmasq managed under 100 exchanges/s here), offered rates doubling until more than 2.5 % of exchanges are dropped; the best rate within that limit counts. An exchange is a whole DORA (DISCOVER, OFFER, REQUEST, ACK). Target: at least 1.5x dnsmasq.",
+        "Kea's perfdhcp in its own network namespace on the same bridge as the server (one head on a 1-member etcd cluster; then dnsmasq with the same 200 static hosts and `--leasefile-ro`: static bindings and no lease file, like the head, which writes nothing per packet; with its default lease file dnsmasq managed under 100 exchanges/s here), offered rates doubling until more than 2.5 % of exchanges are dropped; the best rate within that limit counts. An exchange is a whole DORA (DISCOVER, OFFER, REQUEST, ACK). The head is measured with metrics on (the default), then restarted on the same database with `metrics.enabled = no` and measured again. Target: at least 1.5x dnsmasq.",
     );
     r.table(
         &["server", "offered /s", "exchanges /s", "drops", "ratio"],
@@ -126,6 +131,13 @@ pub fn bench_dhcp(r: &mut Report) {
                 format!("{:.2}x dnsmasq", ours.1 / peer.1.max(1.0)),
             ],
             vec![
+                "clusterware-head, metrics off".into(),
+                ours_off.0.to_string(),
+                format!("{:.0}", ours_off.1),
+                format!("{:.2}%", ours_off.2),
+                format!("{:.2}x dnsmasq", ours_off.1 / peer.1.max(1.0)),
+            ],
+            vec![
                 "dnsmasq".into(),
                 peer.0.to_string(),
                 format!("{:.0}", peer.1),
@@ -134,6 +146,20 @@ pub fn bench_dhcp(r: &mut Report) {
             ],
         ],
     );
+}
+
+/// The head's DHCP exchanges per second with metrics on and off, from the last [`bench_dhcp`].
+pub static METRICS_DHCP: std::sync::Mutex<Option<(f64, f64)>> = std::sync::Mutex::new(None);
+
+/// Restarts a head with `metrics.enabled = no` added to its base.ini, and waits until it serves.
+fn metrics_off(h: &mut clusterware_tests::Head) {
+    h.kill9();
+    let mut ini = std::fs::read_to_string(&h.config).expect("base.ini");
+    ini.push_str("metrics.enabled = no\n");
+    std::fs::write(&h.config, ini).expect("base.ini");
+    h.start();
+    h.wait_ready(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
 }
 
 /// Time from QEMU's start to each phase of a boot into the agent, and the same VM's re-parent

@@ -294,6 +294,8 @@ impl Signals {
 pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     let mut signals = Signals::new()?;
     clusterware_shared::sys::raise_fd_limit();
+    // Before the database opens, so that with `metrics.enabled = no` nothing is recorded at all.
+    crate::core::metrics::set_enabled(cfg.metrics_enabled);
     let token = admin_token(cfg.require_admin_pass()?);
     // A configuration others may read is among the warnings of its load (logged by `main`).
     let ip = advertised_ip(&cfg, &name);

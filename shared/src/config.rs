@@ -138,6 +138,9 @@ pub struct Config {
     pub rebalance_threshold_pct: u32,
     /// Seconds a moved node is not moved again.
     pub rebalance_holdoff_secs: u64,
+    /// Whether the head records Prometheus metrics and serves them at `/metrics`
+    /// (`metrics.enabled`).
+    pub metrics_enabled: bool,
     /// The `ipmitool` program power control runs.
     pub ipmitool: PathBuf,
     /// BMCs talked to at once by one power command.
@@ -239,6 +242,7 @@ impl Default for Config {
             rebalance_interval_secs: 60,
             rebalance_threshold_pct: 20,
             rebalance_holdoff_secs: 300,
+            metrics_enabled: true,
             ipmitool: PathBuf::from("ipmitool"),
             power_concurrency: 64,
             boot: BootNet::default(),
@@ -461,6 +465,7 @@ impl Config {
                     c.rebalance_threshold_pct = int_value(value.trim_end_matches('%'), 1, 1000).map_err(bad)? as u32
                 }
                 "rebalance.holdoff" => c.rebalance_holdoff_secs = int_value(value, 5, 30 * 86_400).map_err(bad)?,
+                "metrics.enabled" => c.metrics_enabled = bool_value(value).map_err(bad)?,
                 "dhcp.interface" => {
                     let ok = !value.is_empty()
                         && value.len() < 16
@@ -575,6 +580,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "rebalance.interval",
     "rebalance.threshold",
     "rebalance.holdoff",
+    "metrics.enabled",
     "dhcp.interface",
     "dhcp.port",
     "dhcp.netmask",

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+pub mod dhcp;
 pub mod netns;
 pub mod sys;
 pub mod vm;

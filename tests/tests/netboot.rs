@@ -1,73 +1,12 @@
 //! Network boot in network namespaces: three heads on one bridge, real DHCP clients (udhcpc,
 //! dhclient), a relay, TFTP with curl, and the iPXE boot script.
 
+use clusterware_tests::dhcp::{bind_device, discover, offers};
 use clusterware_tests::netns::{Segment, run_in};
 use clusterware_tests::{Cluster, poll_until};
-use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn mac_bytes(mac: &str) -> Vec<u8> {
-    mac.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
-}
-
-fn discover(mac: &str, giaddr: Option<Ipv4Addr>, ipxe: bool) -> Vec<u8> {
-    let mut m = Message::default();
-    m.set_opcode(Opcode::BootRequest).set_xid(0x1234_5678).set_chaddr(&mac_bytes(mac));
-    if let Some(g) = giaddr {
-        m.set_giaddr(g).set_hops(1);
-    }
-    m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
-    if ipxe {
-        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-    }
-    let mut buf = Vec::new();
-    m.encode(&mut Encoder::new(&mut buf)).unwrap();
-    buf
-}
-
-/// Sends a DISCOVER from namespace `ns` (bound to `local`) to `to` and collects the answers for
-/// `wait`: (server identifier, offered address, boot file name).
-fn offers(
-    ns: &str,
-    local: SocketAddr,
-    to: SocketAddr,
-    packet: Vec<u8>,
-    wait: Duration,
-) -> Vec<(Ipv4Addr, Ipv4Addr, String)> {
-    run_in(Some(ns), move || {
-        let s = UdpSocket::bind(local).unwrap();
-        bind_device(&s);
-        s.set_broadcast(true).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        s.send_to(&packet, to).unwrap();
-        let deadline = Instant::now() + wait;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1500];
-        while Instant::now() < deadline {
-            if let Ok((n, _)) = s.recv_from(&mut buf) {
-                let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) else { continue };
-                if m.opcode() != Opcode::BootReply || m.opts().msg_type() != Some(MessageType::Offer) {
-                    continue;
-                }
-                let sid = match m.opts().get(OptionCode::ServerIdentifier) {
-                    Some(DhcpOption::ServerIdentifier(ip)) => *ip,
-                    _ => Ipv4Addr::UNSPECIFIED,
-                };
-                let file = m.fname_str().and_then(Result::ok).unwrap_or("").trim_end_matches('\0').to_string();
-                got.push((sid, m.yiaddr(), file));
-            }
-        }
-        got
-    })
-}
-
-/// SO_BINDTODEVICE: broadcasts leave through the segment's interface without a route.
-fn bind_device(s: &UdpSocket) {
-    clusterware_tests::sys::bind_to_device(s, "cwn0").unwrap_or_else(|e| panic!("SO_BINDTODEVICE: {e}"));
-}
 
 fn link_mac(ns: &str) -> String {
     let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", "cwn0"]).output().unwrap();

@@ -42,7 +42,7 @@ use clusterware_shared::agent::{
 };
 use clusterware_shared::api::Node;
 use clusterware_shared::ids::MacAddr;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -257,6 +257,13 @@ fn silent_lines(mut down: Vec<(String, String, u64)>) -> Vec<String> {
         down.len(),
         first.join(", ")
     )]
+}
+
+/// A node's state from its parent's record: `down` when that parent is no longer alive and the
+/// record is older than [`MISSED_INTERVALS`] status intervals.
+fn record_state(r: &StatusRecord, alive: &HashSet<String>, now: u64) -> NodeState {
+    let stale = now.saturating_sub(r.last_seen) > (r.status_secs * MISSED_INTERVALS) as u64;
+    if !alive.contains(&r.parent) && stale && r.state != NodeState::Down { NodeState::Down } else { r.state }
 }
 
 impl Hub {
@@ -843,6 +850,28 @@ impl Hub {
         }
     }
 
+    /// Every node counted by state and parent head (`None`: no parent yet), as
+    /// [`Hub::status_of`] reports them, from memory: `clusterware_nodes` at scrape time.
+    pub fn census(&self) -> BTreeMap<(NodeState, Option<String>), u64> {
+        let nodes = self.nodes.all();
+        let alive: HashSet<String> = self.view.alive.keys().into_iter().collect();
+        let now = unix_now();
+        let recs = self.records.read().unwrap_or_else(|p| p.into_inner());
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = BTreeMap::new();
+        for n in &nodes {
+            let key = if let Some(ch) = children.get(&n.uid) {
+                (ch.state, Some(self.view.me.name.clone()))
+            } else if let Some((r, _)) = recs.get(&n.uid) {
+                (record_state(r, &alive, now), Some(r.parent.clone()))
+            } else {
+                (NodeState::New, None)
+            };
+            *out.entry(key).or_insert(0) += 1;
+        }
+        out
+    }
+
     /// This head's latest reports for the nodes it parents among `uids`.
     pub fn reports(&self, uids: &[String]) -> BTreeMap<String, StatusReport> {
         let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
@@ -957,12 +986,7 @@ impl Hub {
                             st.report = ch.report.as_ref().map(|r| (**r).clone());
                         }
                     } else if let Some((r, _)) = recs.get(&n.uid) {
-                        let stale = now.saturating_sub(r.last_seen) > (r.status_secs * MISSED_INTERVALS) as u64;
-                        st.state = if !alive.contains(&r.parent) && stale && r.state != NodeState::Down {
-                            NodeState::Down
-                        } else {
-                            r.state
-                        };
+                        st.state = record_state(r, &alive, now);
                         st.parent = Some(r.parent.clone());
                         st.last_seen = Some(r.last_seen);
                         st.boot_id = Some(r.boot_id.clone());
@@ -1160,7 +1184,33 @@ pub fn start(ctx: &crate::core::Ctx, nodes: &Arc<NodeCache>, identity: &Arc<Iden
         Hub::spawn(ctx.db.clone(), ctx.view.clone(), nodes.clone(), ctx.token.clone(), Some(identity.clone()), ctx.sup);
     let _ = hub.events.set(ctx.events.clone());
     ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), hub: hub.clone() })));
+    let h = hub.clone();
+    ctx.on_scrape(move || {
+        if let Some(m) = crate::core::metrics::on() {
+            set_node_gauges(m, &h);
+        }
+        std::future::ready(())
+    });
     hub
+}
+
+/// `clusterware_nodes{state,parent}`: every state for every head in the cluster (zeros
+/// included, so that a state's series does not vanish), and the nodes without a parent.
+fn set_node_gauges(m: &crate::core::metrics::Metrics, hub: &Hub) {
+    let census = hub.census();
+    let mut parents: BTreeSet<String> = hub.view.heads.keys().into_iter().collect();
+    parents.extend(census.keys().filter_map(|(_, p)| p.clone()));
+    m.nodes.clear();
+    for state in [NodeState::New, NodeState::Booting, NodeState::Up, NodeState::Down] {
+        for p in parents.iter().map(Some).chain([None]) {
+            let n = census.get(&(state, p.cloned())).copied().unwrap_or(0);
+            if n > 0 || p.is_some() {
+                m.nodes
+                    .get_or_create(&vec![("state", state.to_string()), ("parent", p.cloned().unwrap_or_default())])
+                    .set(n as i64);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -82,16 +82,27 @@ async fn agent_heads(
     Ok(json(StatusCode::OK, &HeadsReply { heads: st.hub.view.heads_for(&mac) }))
 }
 
+/// A status push, counted (`clusterware_status_pushes_total`) and timed
+/// (`clusterware_status_push_duration_seconds`: parsing and absorbing the report).
 async fn agent_status(
     State(st): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     cert: Option<axum::Extension<ClientCert>>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    let Some(m) = crate::core::metrics::on() else { return absorb(&st, peer, cert, &body) };
+    let started = std::time::Instant::now();
+    let r = absorb(&st, peer, cert, &body);
+    m.status_push_seconds.observe(started.elapsed().as_secs_f64());
+    m.status_pushes.get_or_create(&[("outcome", if r.is_ok() { "ok" } else { "rejected" })]).inc();
+    r
+}
+
+fn absorb(st: &Api, peer: SocketAddr, cert: Option<axum::Extension<ClientCert>>, body: &Bytes) -> ApiResult<Response> {
     if body.len() > MAX_REPORT_BYTES {
         return Err(ApiFailure::bad_request(format!("a status report is at most {MAX_REPORT_BYTES} bytes")));
     }
-    let report: StatusReport = serde_json::from_slice(&body).map_err(|e| {
+    let report: StatusReport = serde_json::from_slice(body).map_err(|e| {
         st.hub.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(%peer, error = %e, "malformed status report refused");
         ApiFailure::bad_request(format!("malformed status report: {e}"))
@@ -111,6 +122,7 @@ async fn agent_wait(
         None => 25,
         Some((_, v)) => v.parse::<u32>().map_err(|_| ApiFailure::bad_request(format!("secs {v:?} is not a number")))?,
     };
+    let _open = crate::core::metrics::OpenPoll::start();
     Ok(json(StatusCode::OK, &st.hub.wait(caller(peer, cert), &mac, secs).await?))
 }
 

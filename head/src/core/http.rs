@@ -7,7 +7,8 @@
 //!
 //! Every endpoint but the node-facing ones (health, boot script, boot files, the agent channel)
 //! needs the admin credential (`Authorization: Bearer <token>`, the token derived from
-//! `database.admin_pass`): 401 without one, 403 with a wrong one. Every error is JSON
+//! `database.admin_pass`, or a named token): 401 without one, 403 with a wrong one; so does
+//! `/metrics`, outside `/api/v1`. Every error is JSON
 //! `{kind, message}`; its HTTP status comes from its [`ErrorKind`] alone
 //! (`ErrorKind::http_status`, one exhaustive match), and each capability's error type says its
 //! kind through [`HasKind`].
@@ -399,8 +400,10 @@ pub struct Routes {
 }
 
 /// The whole API: every capability's routes under `/api/v1`, the admin ones behind the
-/// credential, health, a JSON 404 for anything else, and the body limits (admin routes
-/// [`BODY_LIMIT`] unless they set their own, the open ones a few KiB).
+/// credential, health, `/metrics` (outside `/api/v1`, behind the credential too), a JSON 404
+/// for anything else, and the body limits (admin routes [`BODY_LIMIT`] unless they set their
+/// own, the open ones a few KiB). Every answer is counted by route template
+/// ([`metrics::count_requests`](crate::core::metrics::count_requests)).
 pub fn router(
     creds: Credentials,
     named: Option<Tokens>,
@@ -408,16 +411,19 @@ pub fn router(
     name: &str,
     backend: &'static str,
     caps: impl IntoIterator<Item = Routes>,
+    metrics: Router,
 ) -> Router {
     let (mut admin, mut open) = (Router::new(), Router::new());
     for r in caps {
         admin = admin.merge(r.admin);
         open = open.merge(r.open);
     }
-    let admin = admin.route_layer(middleware::from_fn_with_state(
+    let check = middleware::from_fn_with_state(
         Arc::new(Admin { creds, named, events, complaints: Complaints::default() }),
         require_admin,
-    ));
+    );
+    let admin = admin.route_layer(check.clone());
+    let metrics = metrics.route_layer(check);
     let name = name.to_string();
     // Nodes and peers send small bodies (or none): refused before they are read.
     let open = open
@@ -431,8 +437,10 @@ pub fn router(
         .merge(admin);
     Router::new()
         .nest(PREFIX, api)
+        .merge(metrics)
         .fallback(|| async { ApiFailure::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(crate::core::metrics::count_requests))
 }
 
 fn now_ms() -> u64 {

@@ -12,6 +12,7 @@
 //! - [`openapi`]: the OpenAPI document of the API.
 //! - [`tls`]: the cluster CA and this head's certificate.
 //! - [`supervisor`]: the background tasks and the order they stop in.
+//! - [`metrics`]: the Prometheus registry the capabilities record into, and `/metrics`.
 //!
 //! A capability starts from a [`Ctx`]: it takes its configuration section from `config`,
 //! starts its tasks on `sup`, and hands its routes to [`Ctx::serve`]; whatever it offers other
@@ -23,6 +24,7 @@ pub mod events;
 pub mod follow;
 pub mod heads;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod peers;
 pub mod schema;
@@ -75,6 +77,8 @@ pub struct Ctx<'a> {
     /// The event log.
     pub events: events::EventLog,
     routes: Mutex<Vec<http::Routes>>,
+    /// What `/metrics` runs before it encodes ([`Ctx::on_scrape`]).
+    scrape_hooks: Mutex<Vec<metrics::Hook>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -88,7 +92,34 @@ impl<'a> Ctx<'a> {
         let tokens = tokens::Tokens::spawn(&db, sup);
         let retention = events::Retention { keep: config.events_keep, keep_secs: config.events_keep_days * 86_400 };
         let events = events::EventLog::spawn(&db, &view.me.name, retention, sup);
-        Ctx { db, config, view, sup, token: creds.head.clone(), creds, tokens, events, routes: Mutex::new(Vec::new()) }
+        metrics::set_enabled(config.metrics_enabled);
+        if let Some(m) = metrics::on() {
+            m.set_head(&view.me.name);
+        }
+        let ctx = Ctx {
+            db,
+            config,
+            view,
+            sup,
+            token: creds.head.clone(),
+            creds,
+            tokens,
+            events,
+            routes: Mutex::new(Vec::new()),
+            scrape_hooks: Mutex::new(Vec::new()),
+        };
+        let v = ctx.view.clone();
+        ctx.on_scrape(move || {
+            if let Some(m) = metrics::on() {
+                let alive = v.alive.keys();
+                let all = v.heads.keys();
+                let up = all.iter().filter(|h| alive.contains(h)).count();
+                m.heads.get_or_create(&[("state", "alive")]).set(up as i64);
+                m.heads.get_or_create(&[("state", "down")]).set((all.len() - up) as i64);
+            }
+            std::future::ready(())
+        });
+        ctx
     }
 
     /// This head's record.
@@ -101,12 +132,24 @@ impl<'a> Ctx<'a> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner()).push(routes);
     }
 
-    /// The whole API, from every capability's routes and the named tokens'.
+    /// Adds a scrape-time hook: before `/metrics` encodes, it sets the gauges that come from a
+    /// capability's state (nodes by state, failover, unservable files).
+    pub fn on_scrape<F, Fut>(&self, f: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let hook: metrics::Hook = Arc::new(move || Box::pin(f()));
+        self.scrape_hooks.lock().unwrap_or_else(|p| p.into_inner()).push(hook);
+    }
+
+    /// The whole API, from every capability's routes and the named tokens', and `/metrics`.
     pub fn router(&self) -> axum::Router {
         let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         routes.push(tokens::routes(self.db.clone()));
         routes.push(events::routes(self.events.clone()));
         routes.push(openapi::routes());
+        let hooks = std::mem::take(&mut *self.scrape_hooks.lock().unwrap_or_else(|p| p.into_inner()));
         http::router(
             self.creds.clone(),
             Some(self.tokens.clone()),
@@ -114,6 +157,7 @@ impl<'a> Ctx<'a> {
             &self.me().name,
             self.db.backend(),
             routes,
+            metrics::route(hooks),
         )
     }
 }

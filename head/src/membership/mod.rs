@@ -804,6 +804,30 @@ pub async fn set_failover(db: &Database, req: &FailoverRequest) -> Result<Failov
     Err(MembershipError::Refused("the failover setting kept changing under this request; try again".into()))
 }
 
+/// Counts an automatic-failover event (`clusterware_failover_events_total`).
+fn failover_event(event: &'static str) {
+    if let Some(m) = crate::core::metrics::on() {
+        m.failover_events.get_or_create(&[("event", event)]).inc();
+    }
+}
+
+/// `/metrics` at scrape time: the `failover` record (enabled, armed), read from the database,
+/// which also says whether this head has a quorum (`clusterware_database_quorum_ok`): no answer
+/// within 3 s counts as none (the scrape's hooks get 5 s, the database's own deadline).
+async fn failover_gauges(db: &Database) {
+    let Some(m) = crate::core::metrics::on() else { return };
+    match tokio::time::timeout(Duration::from_secs(3), failover(db)).await.ok().and_then(|r| r.ok()) {
+        Some((f, _)) => {
+            m.database_quorum_ok.set(1);
+            m.failover_enabled.set(i64::from(f.enabled));
+            m.failover_armed.set(i64::from(f.armed));
+        }
+        None => {
+            m.database_quorum_ok.set(0);
+        }
+    }
+}
+
 /// Automatic failover: every second, when enabled and armed, the voting members whose heads are
 /// not alive are counted. Exactly one down for longer than the timeout (as this head saw it,
 /// counted from the moment it became the only one down) is ejected by the head that wins a transaction on the `failover` record, which also disarms
@@ -850,6 +874,7 @@ pub async fn run_failover(
                 // single-failure timer starts when a head becomes the only one down.
                 down_since.clear();
                 if !said_several {
+                    failover_event("several_down");
                     let names: Vec<&str> = down.iter().map(|m| m.name.as_str()).collect();
                     tracing::warn!(names = %crate::core::listed(&names), "two or more heads are down: automatic failover ejects nobody");
                     said_several = true;
@@ -897,9 +922,12 @@ pub async fn run_failover(
                 },
             );
             if let Err(e) = done {
+                failover_event("eject_failed");
                 tracing::error!(head = %m.name, error = %e, "automatic failover could not eject the head");
                 claimed.last = Some(FailoverEvent { error: Some(e.to_string()), ..event });
                 let _ = db.put(FAILOVER, serde_json::to_vec(&claimed).expect("serialises")).await;
+            } else {
+                failover_event("ejected");
             }
             down_since.clear();
             Ok(())
@@ -971,6 +999,11 @@ pub fn start(ctx: &crate::core::Ctx, ctl: &std::sync::Arc<Control>, hub: &std::s
     ctx.sup.spawn(Stage::Work, "failover", move |stop| run_failover(db, c, ev, stop));
     let (db, c) = (ctx.db.clone(), ctl.clone());
     ctx.sup.spawn(Stage::Work, "membership watch", move |stop| watch_membership(db, c, stop));
+    let db = ctx.db.clone();
+    ctx.on_scrape(move || {
+        let db = db.clone();
+        async move { failover_gauges(&db).await }
+    });
     ctx.serve(routes::routes(std::sync::Arc::new(routes::Api {
         db: ctx.db.clone(),
         head: ctx.me().clone(),

@@ -100,9 +100,31 @@ impl DhcpServer {
         self.complaints.complain_every(key, every, f)
     }
 
-    /// The answer to one packet, from memory. Pure apart from counters: the tests and the
-    /// fuzz-style property test call it directly.
+    /// The answer to one packet, from memory. Pure apart from counters (and the
+    /// `clusterware_dhcp_messages_total` metric, by message type and outcome): the tests and
+    /// the fuzz-style property test call it directly.
     pub fn respond(&self, bytes: &[u8], from: SocketAddrV4) -> Result<Reply, Drop> {
+        let mut kind = "malformed";
+        let r = self.answer(bytes, from, &mut kind);
+        if let Some(m) = crate::core::metrics::on() {
+            let outcome = match &r {
+                Ok(reply) => match reply.msg.opts().msg_type() {
+                    Some(MessageType::Offer) => "offered",
+                    Some(MessageType::Ack) => "acked",
+                    _ => "nak",
+                },
+                Err(Drop::Malformed(_)) => "malformed",
+                Err(Drop::NotForUs) => "not_for_us",
+                Err(Drop::Unknown(_)) if self.settings.net.register_unknown => "registering_unknown",
+                Err(Drop::Unknown(_)) => "ignored_unknown",
+            };
+            m.dhcp(kind, outcome);
+        }
+        r
+    }
+
+    /// [`DhcpServer::respond`]'s work; `kind` is set to the message type once it is known.
+    fn answer(&self, bytes: &[u8], from: SocketAddrV4, kind: &mut &'static str) -> Result<Reply, Drop> {
         if bytes.len() < 240 || bytes.len() > 1500 {
             return Err(Drop::Malformed(format!("{} bytes", bytes.len())));
         }
@@ -118,7 +140,17 @@ impl DhcpServer {
         let mac: MacAddr = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", c[0], c[1], c[2], c[3], c[4], c[5])
             .parse()
             .map_err(|_| Drop::Malformed("bad hardware address".into()))?;
-        let mtype = msg.opts().msg_type().ok_or_else(|| Drop::Malformed("no message type".into()))?;
+        let mtype = msg.opts().msg_type();
+        *kind = match mtype {
+            Some(MessageType::Discover) => "discover",
+            Some(MessageType::Request) => "request",
+            Some(MessageType::Inform) => "inform",
+            Some(MessageType::Release) => "release",
+            Some(MessageType::Decline) => "decline",
+            Some(_) => "other",
+            None => "none",
+        };
+        let mtype = mtype.ok_or_else(|| Drop::Malformed("no message type".into()))?;
         let Some(node) = self.nodes.by_mac(&mac) else {
             return Err(Drop::Unknown(mac));
         };
@@ -445,6 +477,11 @@ mod tests {
     #[tokio::test]
     async fn answers_known_macs_by_architecture() {
         let (s, _stop) = server().await;
+        // The metrics are the process's: other tests only add to them.
+        let m = crate::core::metrics::on().expect("metrics are on by default");
+        let count =
+            |t: &'static str, o: &'static str| m.dhcp_messages.get_or_create(&[("type", t), ("outcome", o)]).get();
+        let before = [count("discover", "offered"), count("request", "nak"), count("discover", "ignored_unknown")];
         let r = s.respond(&packet(MessageType::Discover, MAC, Some(0)), from()).unwrap();
         assert_eq!(r.msg.yiaddr(), "10.0.0.5".parse::<Ipv4Addr>().unwrap());
         assert_eq!(r.to, "255.255.255.255:68".parse().unwrap());
@@ -461,6 +498,8 @@ mod tests {
             s.respond(&packet(MessageType::Discover, [2, 0, 0, 0, 0, 9], None), from()),
             Err(Drop::Unknown(_))
         ));
+        let after = [count("discover", "offered"), count("request", "nak"), count("discover", "ignored_unknown")];
+        assert!(after[0] >= before[0] + 2 && after[1] > before[1] && after[2] > before[2], "{before:?} {after:?}");
     }
 
     /// Malformed input is dropped, never a panic: truncations, wrong cookie, bad option lengths,

@@ -48,6 +48,26 @@ pub struct TftpCounters {
     pub refused: AtomicU64,
 }
 
+/// Why a transfer ended early: refused before it began (the file cannot be served), or failed
+/// while under way.
+#[derive(Debug)]
+enum Ended {
+    Refused(String),
+    Failed(String),
+}
+
+impl From<String> for Ended {
+    fn from(s: String) -> Ended {
+        Ended::Failed(s)
+    }
+}
+
+impl From<&str> for Ended {
+    fn from(s: &str) -> Ended {
+        Ended::Failed(s.to_string())
+    }
+}
+
 /// A parsed read or write request.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
@@ -317,19 +337,19 @@ impl TftpServer {
             let req = match parse_request(&buf[..n]) {
                 Ok(r) => r,
                 Err(why) => {
-                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    self.refused();
                     let _ =
                         sock.send_to(&error_packet(E_ILLEGAL, &format!("illegal TFTP operation: {why}")), peer).await;
                     continue;
                 }
             };
             if req.write {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.refused();
                 let _ = sock.send_to(&error_packet(E_ACCESS, "this TFTP server is read-only"), peer).await;
                 continue;
             }
             let Some(slot) = self.admit(peer.ip()) else {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.refused();
                 self.log_busy(peer);
                 let _ = sock.send_to(&error_packet(E_UNDEFINED, BUSY), peer).await;
                 continue;
@@ -339,10 +359,27 @@ impl TftpServer {
             let bind_ip = local_ip.filter(|ip| !ip.is_unspecified());
             tokio::spawn(async move {
                 let _slot = slot;
-                if let Err(e) = me.transfer(req, peer, bind_ip, stop).await {
+                let r = me.transfer(req, peer, bind_ip, stop).await;
+                if let Some(m) = crate::core::metrics::on() {
+                    let outcome = match &r {
+                        Ok(()) => "completed",
+                        Err(Ended::Refused(_)) => "refused",
+                        Err(Ended::Failed(_)) => "failed",
+                    };
+                    m.tftp_transfers.get_or_create(&[("outcome", outcome)]).inc();
+                }
+                if let Err(Ended::Refused(e) | Ended::Failed(e)) = r {
                     tracing::debug!(%peer, error = %e, "TFTP transfer ended");
                 }
             });
+        }
+    }
+
+    /// Counts a request refused before a transfer began.
+    fn refused(&self) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = crate::core::metrics::on() {
+            m.tftp_transfers.get_or_create(&[("outcome", "refused")]).inc();
         }
     }
 
@@ -352,7 +389,7 @@ impl TftpServer {
         peer: SocketAddr,
         bind_ip: Option<std::net::IpAddr>,
         mut stop: watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Ended> {
         let local: SocketAddr = match bind_ip {
             Some(ip) => SocketAddr::new(ip, 0),
             None => "0.0.0.0:0".parse().expect("literal address"),
@@ -367,7 +404,7 @@ impl TftpServer {
             Err((code, why)) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = sock.send(&error_packet(code, &why)).await;
-                return Err(why);
+                return Err(Ended::Refused(why));
             }
         };
         self.counters.transfers.fetch_add(1, Ordering::Relaxed);
@@ -408,10 +445,13 @@ impl TftpServer {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = sock.send(&error_packet(E_UNDEFINED, "cannot read the file")).await;
-                        return Err(e);
+                        return Err(Ended::Failed(e));
                     }
                 };
                 sock.send(p).await.map_err(|e| e.to_string())?;
+                if let Some(m) = crate::core::metrics::on() {
+                    m.tftp_bytes.inc_by(p.len().saturating_sub(4) as u64);
+                }
             }
             match self.wait_ack(&sock, &mut ack, o.timeout, &mut stop).await? {
                 Some(n) => {
@@ -426,7 +466,7 @@ impl TftpServer {
                 None => {
                     tries += 1;
                     if tries > RETRIES {
-                        return Err(format!("no acknowledgement after block {base}"));
+                        return Err(format!("no acknowledgement after block {base}").into());
                     }
                 }
             }

@@ -254,6 +254,9 @@ impl Hub {
         for m in &done {
             tracing::info!(node = %m.node, from = %m.from, to = %m.to, reason = %m.reason, "rebalance: moving node");
         }
+        if let Some(m) = crate::core::metrics::on() {
+            m.rebalance_moves.inc_by(done.len() as u64);
+        }
         report.moves = done;
         report.executed = true;
         Ok(report)

@@ -702,6 +702,9 @@ impl Storage {
                 // The stamp must be the one of the bytes just hashed.
                 let m2 = f.metadata().map_err(io(&path))?;
                 if sha == rec.sha256 && n == rec.size && Stamp::of(&m2) == stamp {
+                    if let Some(m) = crate::core::metrics::on() {
+                        m.file_verifications.get_or_create(&[("result", "ok")]).inc();
+                    }
                     self.remember(&rec.id, Verified::new(stamp, sha, false));
                     let mut f = f;
                     f.rewind().map_err(io(&path))?;
@@ -710,6 +713,9 @@ impl Storage {
             }
         }
         self.forget(&rec.id);
+        if let Some(m) = crate::core::metrics::on() {
+            m.file_verifications.get_or_create(&[("result", "bad")]).inc();
+        }
         match quarantine(&path)? {
             Some(to) => {
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
@@ -869,6 +875,9 @@ impl Storage {
             match self.receive(&rec.id, stream, rec.size, Some(&rec.sha256)).await {
                 Ok(_) => {
                     self.counters.peer_downloads.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = crate::core::metrics::on() {
+                        m.peer_downloads.get_or_create(&[("result", "ok")]).inc();
+                    }
                     tracing::info!(file = %rec.id, name = %rec.name, peer = %p.name, bytes = rec.size, "downloaded from peer");
                     self.event(
                         format!("{} ({})", rec.name, rec.id),
@@ -878,6 +887,9 @@ impl Storage {
                 }
                 Err(e) => {
                     self.counters.peer_rejects.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = crate::core::metrics::on() {
+                        m.peer_downloads.get_or_create(&[("result", "failed")]).inc();
+                    }
                     tracing::warn!(file = %rec.id, peer = %p.name, error = %e, "download from peer discarded");
                 }
             }
@@ -1253,6 +1265,17 @@ impl Storage {
         Ok((out, need as u32))
     }
 
+    /// For `/metrics`: the files no alive head holds a verified copy of (as the heads' summaries
+    /// say), and the files under the minimum of copies.
+    pub async fn unservable(&self) -> Result<(u64, u64)> {
+        let files = self.list().await?;
+        let (copies, _) = self.copies(&files).await?;
+        let alive = self.heads_now().await?.alive;
+        let none = copies.values().filter(|c| !c.heads.iter().any(|h| alive.contains(h))).count() as u64;
+        let under = copies.values().filter(|c| c.under_minimum).count() as u64;
+        Ok((none, under))
+    }
+
     /// The ids of the files this head holds a verified copy of, sorted.
     fn held_ids(&self) -> Vec<String> {
         let cache: Vec<(String, Stamp)> = lock(&self.verified).iter().map(|(k, v)| (k.clone(), v.stamp)).collect();
@@ -1454,6 +1477,9 @@ pub fn quarantine(path: &Path) -> Result<Option<PathBuf>> {
                 if let Some(dir) = path.parent() {
                     fsync_dir(dir).map_err(io(dir))?;
                 }
+                if let Some(m) = crate::core::metrics::on() {
+                    m.file_quarantines.inc();
+                }
                 return Ok(Some(to));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -1542,6 +1568,16 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
         let s = storage.clone();
         ctx.sup.spawn(crate::core::supervisor::Stage::Work, "storage scrub", move |stop| scrub_loop(s, stop));
     }
+    let s = storage.clone();
+    ctx.on_scrape(move || {
+        let s = s.clone();
+        async move {
+            if let (Some(m), Ok((none, under))) = (crate::core::metrics::on(), s.unservable().await) {
+                m.files_unservable.set(none as i64);
+                m.files_under_minimum.set(under as i64);
+            }
+        }
+    });
     ctx.serve(routes::routes(Arc::new(routes::Api {
         storage: storage.clone(),
         creds: ctx.creds.clone(),

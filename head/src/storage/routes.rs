@@ -231,12 +231,25 @@ async fn file_content(
     if method == Method::HEAD {
         return Ok(b.body(axum::body::Body::empty()).expect("valid response"));
     }
+    let counted = crate::core::metrics::on();
+    if let Some(m) = counted {
+        let kind = if status == StatusCode::PARTIAL_CONTENT { "range" } else { "full" };
+        m.file_requests.get_or_create(&[("kind", kind)]).inc();
+    }
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut f = tokio::fs::File::from_std(file);
     f.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| StorageError::Io { path: st.storage.path(&rec.id), source: e })?;
     let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
+    // Bytes as they are handed to the connection (a client that goes away early counts what it
+    // was sent), one addition per 256 KiB chunk.
+    use futures::StreamExt;
+    let stream = stream.inspect(move |chunk| {
+        if let (Some(m), Ok(c)) = (counted, chunk) {
+            m.file_bytes.inc_by(c.len() as u64);
+        }
+    });
     Ok(b.body(axum::body::Body::from_stream(stream)).expect("valid response"))
 }
 

@@ -10,6 +10,8 @@
 //! checks that the two agree.
 //!
 //! Keys are UTF-8 strings without the backend's prefix; values are bytes (JSON by convention).
+//! Every call through [`Database`] is timed, and counted when it fails, by operation
+//! (`clusterware_db_request_duration_seconds`, [`crate::core::metrics`]).
 
 pub mod embedded;
 pub mod etcd;
@@ -302,18 +304,24 @@ impl Database {
         if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, TxnOp::Put { key, .. } if key.is_empty())) {
             return Err(DbError::Invalid("empty key".into()));
         }
-        match self {
-            Database::Embedded(d) => d.txn(txn).await,
-            Database::Etcd(d) => d.txn(txn).await,
-        }
+        crate::core::metrics::timed("txn", async {
+            match self {
+                Database::Embedded(d) => d.txn(txn).await,
+                Database::Etcd(d) => d.txn(txn).await,
+            }
+        })
+        .await
     }
 
     /// Every key under `prefix`, in key order, and the revision they were read at.
     pub async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        match self {
-            Database::Embedded(d) => d.range(prefix),
-            Database::Etcd(d) => d.range(prefix).await,
-        }
+        crate::core::metrics::timed("range", async {
+            match self {
+                Database::Embedded(d) => d.range(prefix),
+                Database::Etcd(d) => d.range(prefix).await,
+            }
+        })
+        .await
     }
 
     /// One key.
@@ -338,81 +346,111 @@ impl Database {
 
     /// Creates a lease that expires `ttl_secs` seconds after its last renewal.
     pub async fn grant_lease(&self, ttl_secs: i64) -> Result<LeaseId> {
-        match self {
-            Database::Embedded(d) => d.grant_lease(ttl_secs).await,
-            Database::Etcd(d) => d.grant_lease(ttl_secs).await,
-        }
+        crate::core::metrics::timed("lease_grant", async {
+            match self {
+                Database::Embedded(d) => d.grant_lease(ttl_secs).await,
+                Database::Etcd(d) => d.grant_lease(ttl_secs).await,
+            }
+        })
+        .await
     }
 
     /// Renews a lease; returns its TTL, or [`DbError::LeaseNotFound`] when it is gone.
     pub async fn keep_alive(&self, lease: LeaseId) -> Result<i64> {
-        match self {
-            Database::Embedded(d) => d.keep_alive(lease),
-            Database::Etcd(d) => d.keep_alive(lease).await,
-        }
+        crate::core::metrics::timed("lease_keepalive", async {
+            match self {
+                Database::Embedded(d) => d.keep_alive(lease),
+                Database::Etcd(d) => d.keep_alive(lease).await,
+            }
+        })
+        .await
     }
 
     /// Ends a lease now, deleting its keys.
     pub async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        match self {
-            Database::Embedded(d) => d.revoke_lease(lease).await,
-            Database::Etcd(d) => d.revoke_lease(lease).await,
-        }
+        crate::core::metrics::timed("lease_revoke", async {
+            match self {
+                Database::Embedded(d) => d.revoke_lease(lease).await,
+                Database::Etcd(d) => d.revoke_lease(lease).await,
+            }
+        })
+        .await
     }
 
     /// Watches every key under `prefix`. With `start`, history from that revision on is
     /// delivered first; without, only changes after the call.
     pub async fn watch(&self, prefix: &str, start: Option<Revision>) -> Result<Watcher> {
-        match self {
-            Database::Embedded(d) => Ok(Watcher::Embedded(d.watch(prefix, start)?)),
-            Database::Etcd(d) => Ok(Watcher::Etcd(d.watch(prefix, start).await?)),
-        }
+        crate::core::metrics::timed("watch", async {
+            match self {
+                Database::Embedded(d) => Ok(Watcher::Embedded(d.watch(prefix, start)?)),
+                Database::Etcd(d) => Ok(Watcher::Etcd(d.watch(prefix, start).await?)),
+            }
+        })
+        .await
     }
 
     /// Discards history before `revision` (watches cannot start before it afterwards).
     pub async fn compact(&self, revision: Revision) -> Result<()> {
-        match self {
-            Database::Embedded(d) => d.compact(revision).await,
-            Database::Etcd(d) => d.compact(revision).await,
-        }
+        crate::core::metrics::timed("compact", async {
+            match self {
+                Database::Embedded(d) => d.compact(revision).await,
+                Database::Etcd(d) => d.compact(revision).await,
+            }
+        })
+        .await
     }
 
     /// The engine's members: etcd's member list; empty for the embedded store.
     pub async fn members(&self) -> Result<Vec<Member>> {
-        match self {
-            Database::Embedded(_) => Ok(Vec::new()),
-            Database::Etcd(d) => d.members().await,
-        }
+        crate::core::metrics::timed("members", async {
+            match self {
+                Database::Embedded(_) => Ok(Vec::new()),
+                Database::Etcd(d) => d.members().await,
+            }
+        })
+        .await
     }
 
     /// Adds an etcd member (a learner when `learner`): its id and the members after.
     pub async fn member_add(&self, peer_url: &str, learner: bool) -> Result<(u64, Vec<Member>)> {
-        match self {
-            Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
-            Database::Etcd(d) => d.member_add(peer_url, learner).await,
-        }
+        crate::core::metrics::timed("member_change", async {
+            match self {
+                Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
+                Database::Etcd(d) => d.member_add(peer_url, learner).await,
+            }
+        })
+        .await
     }
 
     pub async fn member_promote(&self, id: u64) -> Result<()> {
-        match self {
-            Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
-            Database::Etcd(d) => d.member_promote(id).await,
-        }
+        crate::core::metrics::timed("member_change", async {
+            match self {
+                Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
+                Database::Etcd(d) => d.member_promote(id).await,
+            }
+        })
+        .await
     }
 
     pub async fn member_remove(&self, id: u64) -> Result<()> {
-        match self {
-            Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
-            Database::Etcd(d) => d.member_remove(id).await,
-        }
+        crate::core::metrics::timed("member_change", async {
+            match self {
+                Database::Embedded(_) => Err(DbError::Invalid("the embedded database has no members".into())),
+                Database::Etcd(d) => d.member_remove(id).await,
+            }
+        })
+        .await
     }
 
     /// The member id of the etcd leader; `None` for the embedded store.
     pub async fn leader(&self) -> Result<Option<u64>> {
-        match self {
-            Database::Embedded(_) => Ok(None),
-            Database::Etcd(d) => d.leader().await.map(Some),
-        }
+        crate::core::metrics::timed("leader", async {
+            match self {
+                Database::Embedded(_) => Ok(None),
+                Database::Etcd(d) => d.leader().await.map(Some),
+            }
+        })
+        .await
     }
 
     /// The largest number of operations one transaction may hold.
