@@ -291,13 +291,16 @@ pub struct Routes {
 
 /// The whole API: every capability's routes under `/api/v1`, the admin ones behind the
 /// credential, health, a JSON 404 for anything else, and the body limits (admin routes
-/// [`BODY_LIMIT`] unless they set their own, the open ones a few KiB).
+/// [`BODY_LIMIT`] unless they set their own, the open ones a few KiB). `site` holds what is
+/// served outside `/api/v1` (the console's page and assets, which carry no data and need no
+/// credential; the plain-HTTP listener refuses them like every other non-firmware path).
 pub fn router(
     creds: Credentials,
     named: Option<Tokens>,
     name: &str,
     backend: &'static str,
     caps: impl IntoIterator<Item = Routes>,
+    site: impl IntoIterator<Item = Router>,
 ) -> Router {
     let (mut admin, mut open) = (Router::new(), Router::new());
     for r in caps {
@@ -319,9 +322,11 @@ pub fn router(
             axum::routing::get(move || async move { json(StatusCode::OK, &health_of(&name, backend, "serving")) }),
         )
         .merge(admin);
-    Router::new()
-        .nest(PREFIX, api)
-        .fallback(|| async { ApiFailure::not_found("no such endpoint") })
+    let mut top = Router::new().nest(PREFIX, api);
+    for s in site {
+        top = top.merge(s);
+    }
+    top.fallback(|| async { ApiFailure::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
 }
 

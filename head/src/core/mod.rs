@@ -69,6 +69,8 @@ pub struct Ctx<'a> {
     /// Named tokens.
     pub tokens: tokens::Tokens,
     routes: Mutex<Vec<http::Routes>>,
+    /// What is served outside `/api/v1` (see [`http::router`]).
+    site: Mutex<Vec<axum::Router>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -80,7 +82,17 @@ impl<'a> Ctx<'a> {
         creds: http::Credentials,
     ) -> Ctx<'a> {
         let tokens = tokens::Tokens::spawn(&db, sup);
-        Ctx { db, config, view, sup, token: creds.head.clone(), creds, tokens, routes: Mutex::new(Vec::new()) }
+        Ctx {
+            db,
+            config,
+            view,
+            sup,
+            token: creds.head.clone(),
+            creds,
+            tokens,
+            routes: Mutex::new(Vec::new()),
+            site: Mutex::new(Vec::new()),
+        }
     }
 
     /// This head's record.
@@ -93,11 +105,17 @@ impl<'a> Ctx<'a> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner()).push(routes);
     }
 
+    /// Adds pages served outside `/api/v1` (no credential: they must carry no data).
+    pub fn serve_site(&self, site: axum::Router) {
+        self.site.lock().unwrap_or_else(|p| p.into_inner()).push(site);
+    }
+
     /// The whole API, from every capability's routes and the named tokens'.
     pub fn router(&self) -> axum::Router {
         let mut routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         routes.push(tokens::routes(self.db.clone()));
-        http::router(self.creds.clone(), Some(self.tokens.clone()), &self.me().name, self.db.backend(), routes)
+        let site = std::mem::take(&mut *self.site.lock().unwrap_or_else(|p| p.into_inner()));
+        http::router(self.creds.clone(), Some(self.tokens.clone()), &self.me().name, self.db.backend(), routes, site)
     }
 }
 
