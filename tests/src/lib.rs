@@ -25,6 +25,7 @@ use tempfile::TempDir;
 pub mod netns;
 pub mod sys;
 pub mod vm;
+pub mod webdriver;
 
 /// The lease TTL the harness gives heads (seconds).
 pub const LEASE_TTL: u64 = 3;

@@ -28,7 +28,7 @@
     filter: null, // Set of uids, or null for all
     sort: { key: "name", dir: 1 },
     selected: new Set(),
-    tab: "heads",
+    tab: ["heads", "nodes", "boot"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "heads",
     detail: null,
     rendered: 0, // rows drawn at least once (the load-time measure of the tests waits for it)
   };
@@ -220,6 +220,7 @@
   // ---------- tabs ----------
   function showTab(name) {
     S.tab = name;
+    history.replaceState(null, "", "#" + name);
     for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.tab === name);
     for (const t of ["heads", "nodes", "boot"]) $("tab-" + t).hidden = t !== name;
     if (name === "nodes") renderRows();
