@@ -143,6 +143,11 @@ impl Browser {
         self.cmd("POST", "/url", Some(&json!({ "url": url }))).unwrap_or_else(|e| panic!("open {url}: {e:?}"));
     }
 
+    /// Loads the page again (returns once the document has loaded, not its data).
+    pub fn refresh(&self) {
+        self.cmd("POST", "/refresh", Some(&json!({}))).unwrap_or_else(|e| panic!("refresh: {e:?}"));
+    }
+
     /// The first element `css` selects, if any.
     pub fn find(&self, css: &str) -> Option<Element> {
         let v = self.cmd("POST", "/element", Some(&json!({ "using": "css selector", "value": css }))).ok()?;
