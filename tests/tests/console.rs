@@ -9,6 +9,7 @@
 
 use clusterware_tests::webdriver::Browser;
 use clusterware_tests::{Bmc, Cluster, Head, Sim, cli_with_stdin, poll_until, tls_stream};
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -296,6 +297,72 @@ fn console_pages_carry_security_headers_and_no_data() {
     let (code, v) = h.api("GET", "/nodes?select=n%5B1-", Some(&c.token), None);
     assert_eq!(code, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("bad node selector"), "{v}");
+}
+
+/// An update stream: its first event, read over a connection kept open.
+fn open_stream(h: &Head, token: &str) -> (clusterware_tests::TlsStream, String) {
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect((h.ip, h.tls_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = tls_stream(tcp, h);
+    let req =
+        format!("GET /api/v1/console/updates HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n", h.ip);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the first event (answers are chunked) or the whole refusal.
+    let done = |t: &str| t.contains("}\n\n") || (t.starts_with("HTTP/1.1 503") && t.ends_with('}'));
+    while !done(&String::from_utf8_lossy(&got)) {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    (s, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The update stream: an event when a node is added, a bounded number per head, all ended
+/// when the head stops.
+#[test]
+fn update_streams_tell_changes_are_bounded_and_end_with_the_head() {
+    use std::io::Read;
+    let mut c = Cluster::solo();
+    let tok = c.token.clone();
+    let h = &c.heads[0];
+    let (mut first, hello) = open_stream(h, &tok);
+    assert!(hello.starts_with("HTTP/1.1 200") && hello.contains("text/event-stream"), "{hello}");
+    assert!(hello.contains("event: ready") && hello.contains("\"head\":\"head1\""), "{hello}");
+    h.cli("scyld-nodectl", &["create", "mac=52:54:00:c4:00:00", "ip=10.235.0.1"]).ok();
+    let mut buf = [0u8; 4096];
+    let mut got = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got.contains("\"nodes\"") && Instant::now() < deadline {
+        let n = first.read(&mut buf).unwrap_or(0);
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("event: change") && got.contains("\"nodes\""), "{got}");
+    // 32 streams at most (this one and 31 more); the next is refused with what to do.
+    let mut open: Vec<_> = (0..31).map(|_| open_stream(h, &tok)).collect();
+    assert!(open.iter().all(|(_, a)| a.starts_with("HTTP/1.1 200")));
+    let (_, refused) = open_stream(h, &tok);
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("close console tabs"), "{refused}");
+    // One closed makes room for another.
+    drop(open.pop());
+    poll_until("a stream place free again", Duration::from_secs(5), || {
+        let (s, a) = open_stream(h, &tok);
+        let ok = a.starts_with("HTTP/1.1 200");
+        if ok {
+            open.push((s, a));
+        }
+        ok
+    });
+    // Stopping the head ends every stream at once (not after the stage's 10 s limit).
+    let start = Instant::now();
+    c.heads[0].stop();
+    assert!(start.elapsed() < Duration::from_secs(8), "the head took {:?} to stop with streams open", start.elapsed());
+    drop(first);
+    drop(open);
 }
 
 /// 10,000 nodes: the node page loads within a stated bound, and only the visible rows exist.
