@@ -22,6 +22,7 @@
 //!   the VM's re-parent time after its head is killed.
 
 mod agent;
+mod console;
 mod membership;
 mod netboot;
 mod sys;
@@ -54,8 +55,8 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
     /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, failures, power, dhcp,
-    /// boot, membership)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "membership"])]
+    /// boot, membership, console)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "membership", "console"])]
     only: Vec<String>,
 }
 
@@ -347,6 +348,10 @@ fn main() {
     }
     if run("membership") {
         membership::bench_membership(&mut r);
+    }
+    if run("console") {
+        eprintln!("cw-bench: web console…");
+        console::bench_console(&mut r, 10_000);
     }
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());

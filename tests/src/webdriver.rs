@@ -203,6 +203,33 @@ impl Browser {
         }
     }
 
+    /// Opens the web console of the head at `head_url` and logs in with `token`.
+    pub fn console_login(&self, head_url: &str, token: &str) {
+        self.goto(&format!("{head_url}/console/"));
+        self.wait_find("#login:not([hidden]) #token");
+        self.type_into("#token", token);
+        self.click("#login-button");
+        self.wait_js(
+            "the console shown after login",
+            Duration::from_secs(10),
+            "return !document.getElementById('app').hidden;",
+        );
+    }
+
+    /// Reloads the console on its node page and waits until all `n` nodes are in its table and
+    /// the first rows are drawn: the time that took.
+    pub fn console_node_page_load(&self, n: usize) -> Duration {
+        let ready = format!(
+            "return !!window.consoleState && window.consoleState.view.length === {n} && \
+             document.querySelectorAll('#nodes-rows .row:not([hidden])').length > 0;"
+        );
+        self.js("history.replaceState(null, '', '#nodes'); return true;");
+        let start = Instant::now();
+        self.refresh();
+        self.wait_js("the node page after a reload", Duration::from_secs(120), &ready);
+        start.elapsed()
+    }
+
     /// Where the page is, its text and the browser's console messages (for failures).
     pub fn describe(&self) -> String {
         let page = self

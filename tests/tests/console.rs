@@ -43,15 +43,7 @@ fn cell(b: &Browser, node: &str, col: &str) -> String {
 }
 
 fn log_in(b: &Browser, h: &Head, token: &str) {
-    b.goto(&format!("{}/console/", h.url()));
-    b.wait_find("#login:not([hidden]) #token");
-    b.type_into("#token", token);
-    b.click("#login-button");
-    b.wait_js(
-        "the console shown after login",
-        Duration::from_secs(10),
-        "return !document.getElementById('app').hidden;",
-    );
+    b.console_login(&h.url(), token);
 }
 
 #[test]
@@ -384,11 +376,7 @@ fn ten_thousand_nodes_load_and_scroll() {
     );
     b.wait_js("10,000 nodes", Duration::from_secs(60), &ready);
     // Load again (the token stays in the tab): from the reload to the rows drawn.
-    b.js("window.consoleState.view = []; return true;");
-    let start = Instant::now();
-    b.refresh();
-    let took = b.wait_js("10,000 nodes after a reload", Duration::from_secs(60), &ready);
-    let took = took.max(start.elapsed());
+    let took = b.console_node_page_load(N);
     println!(
         "console node page with {N} nodes: loaded and drawn in {} ms (bound {} s)",
         took.as_millis(),
