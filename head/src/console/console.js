@@ -10,6 +10,7 @@
   const ROW_H = 26; // pixels; the same as .row's height in console.css
   const OVERSCAN = 8;
   const $ = (id) => document.getElementById(id);
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
 
   let token = sessionStorage.getItem(KEY);
@@ -61,8 +62,9 @@
     return data;
   }
 
-  // One run at a time; a request meanwhile runs once more after it.
-  function loader(fn) {
+  // One run at a time; a request meanwhile runs once more after it, no sooner than `gap()`
+  // milliseconds after the run before (big tables are not fetched again and again).
+  function loader(fn, gap) {
     let running = false;
     let again = false;
     return async function run() {
@@ -75,6 +77,7 @@
         do {
           again = false;
           await fn();
+          if (again && gap) await sleep(gap());
         } while (again && token);
       } catch (e) {
         if (!(e instanceof AuthError)) say("Cannot load: " + e.message, true);
@@ -379,12 +382,15 @@
     for (const u of S.selected) if (!S.nodes.has(u)) S.selected.delete(u);
     if ($("filter").value.trim()) await applyFilter();
     rebuild();
-  });
+  }, () => Math.min(5000, S.nodes.size / 5));
+  // With thousands of nodes, status changes all the time: at most one refetch every
+  // nodes/5 ms (2 s for 10,000), right away for small clusters.
+  const bigGap = () => Math.min(5000, S.nodes.size / 5);
   const loadStatus = loader(async () => {
     const l = await api("POST", "/nodes/status", {});
     S.status = new Map(l.nodes.map((n) => [n.uid, n]));
     rebuild();
-  });
+  }, bigGap);
 
   function hardware(h) {
     if (!h) return "";
@@ -694,7 +700,6 @@
     l.classList.toggle("off", !on);
     l.textContent = text;
   }
-  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
   function handleEvent(chunk) {
     let name = "message";

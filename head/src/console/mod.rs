@@ -39,6 +39,10 @@ pub struct Console {
     /// Turns true when the head stops serving (the supervisor's `Serve` stage).
     stop: watch::Receiver<bool>,
     complaints: Complaints,
+    /// The credential check of the API, asked again before each event: a stream whose token
+    /// was revoked ends (and the page, reconnecting, returns to its login form).
+    creds: crate::core::http::Credentials,
+    tokens: crate::core::tokens::Tokens,
 }
 
 /// Serves the console's page and its update stream.
@@ -48,6 +52,8 @@ pub fn start(ctx: &Ctx, hub: &Arc<Hub>) {
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         stop: ctx.sup.stop_signal(Stage::Serve),
         complaints: Complaints::default(),
+        creds: ctx.creds.clone(),
+        tokens: ctx.tokens.clone(),
     });
     ctx.serve(routes::routes(console));
     ctx.serve_site(routes::site());

@@ -2,7 +2,7 @@
 //! no data), `/` pointing to the page, and the live-update stream under `/api/v1` (admin).
 
 use crate::console::{COALESCE, Console, KEEP_ALIVE, MAX_STREAMS};
-use crate::core::http::Routes;
+use crate::core::http::{Routes, Verdict};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -58,7 +58,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /api/v1/console/updates`: the live-update stream (see the module's documentation).
-async fn updates(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn updates(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let Ok(permit) = c.streams.clone().try_acquire_owned() else {
         // Answered here rather than as an `ApiFailure`, whose 503s are logged one by one.
         c.complaints.complain(format!("console streams {}", peer.ip()), || {
@@ -80,7 +84,13 @@ async fn updates(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<S
         ("status", c.hub.status_changes()),
     ];
     let head = c.hub.view.me.name.clone();
-    let body = Body::from_stream(stream(head, sources, c.stop.clone(), permit));
+    let mut auth = axum::http::HeaderMap::new();
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        auth.insert(header::AUTHORIZATION, v.clone());
+    }
+    let c2 = c.clone();
+    let allowed: Allowed = Box::new(move || c2.creds.judge(Some(&c2.tokens), &auth, Some(peer.ip())) == Verdict::Admin);
+    let body = Body::from_stream(stream(head, sources, c.stop.clone(), permit, allowed));
     let mut r = (
         [
             (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
@@ -108,12 +118,16 @@ struct Source {
     seen: u64,
 }
 
+/// Whether the stream's credential is still accepted.
+type Allowed = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// The state of one update stream.
 struct Updates {
     sources: Vec<Source>,
     stop: watch::Receiver<bool>,
     last: Instant,
     _permit: Option<OwnedSemaphorePermit>,
+    allowed: Allowed,
 }
 
 impl Updates {
@@ -121,6 +135,7 @@ impl Updates {
         sources: Vec<(&'static str, watch::Receiver<u64>)>,
         stop: watch::Receiver<bool>,
         permit: Option<OwnedSemaphorePermit>,
+        allowed: Allowed,
     ) -> Updates {
         let sources = sources
             .into_iter()
@@ -129,11 +144,20 @@ impl Updates {
                 Source { topic, rx, seen }
             })
             .collect();
-        Updates { sources, stop, last: Instant::now(), _permit: permit }
+        Updates { sources, stop, last: Instant::now(), _permit: permit, allowed }
     }
 
-    /// Waits for the next change (coalesced), keep-alive or end.
+    /// Waits for the next change (coalesced), keep-alive or end (the head stops, or the
+    /// credential is no longer accepted).
     async fn next(&mut self) -> Next {
+        let n = self.wait().await;
+        if n != Next::End && !(self.allowed)() {
+            return Next::End;
+        }
+        n
+    }
+
+    async fn wait(&mut self) -> Next {
         // At most one event per COALESCE: wait out the rest of it first (changes meanwhile are
         // kept by the receivers and sent together).
         tokio::select! {
@@ -182,9 +206,10 @@ fn stream(
     sources: Vec<(&'static str, watch::Receiver<u64>)>,
     stop: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
+    allowed: Allowed,
 ) -> impl futures::Stream<Item = Result<String, std::convert::Infallible>> {
     let hello = format!("retry: 2000\nevent: ready\ndata: {}\n\n", serde_json::json!({ "head": head }));
-    let st = Updates::new(sources, stop, Some(permit));
+    let st = Updates::new(sources, stop, Some(permit), allowed);
     futures::stream::unfold((Some(hello), st), |(first, mut st)| async move {
         if let Some(h) = first {
             return Some((Ok(h), (None, st)));
@@ -210,6 +235,7 @@ mod tests {
             vec![("heads", heads.subscribe()), ("heads", alive.subscribe()), ("nodes", nodes.subscribe())],
             stop,
             None,
+            Box::new(|| true),
         );
         // Nothing changes: a keep-alive after KEEP_ALIVE.
         assert_eq!(u.next().await, Next::KeepAlive);
@@ -227,6 +253,21 @@ mod tests {
         assert!(Instant::now() - t0 >= COALESCE);
         // The head stops: the stream ends.
         stop_tx.send_replace(true);
+        assert_eq!(u.next().await, Next::End);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_when_its_credential_is_refused() {
+        let nodes = watch::channel(0u64).0;
+        let ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let ok2 = ok.clone();
+        let allowed: Allowed = Box::new(move || ok2.load(std::sync::atomic::Ordering::SeqCst));
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut u = Updates::new(vec![("nodes", nodes.subscribe())], stop, None, allowed);
+        nodes.send_replace(1);
+        assert_eq!(u.next().await, Next::Event(vec!["nodes"]));
+        ok.store(false, std::sync::atomic::Ordering::SeqCst);
+        nodes.send_replace(2);
         assert_eq!(u.next().await, Next::End);
     }
 
