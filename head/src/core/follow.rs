@@ -134,12 +134,11 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Mirror<T> {
     /// A mirror of fixed records, never updated (unit tests).
     #[cfg(test)]
     pub fn fixed(records: Vec<(String, T)>) -> Mirror<T> {
-        let m = Mirror {
+        Mirror {
             map: RwLock::new(records.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             ready: watch::channel(true).0,
             changes: watch::channel(0).0,
-        };
-        m
+        }
     }
 
     /// Waits until the first snapshot is in (at most `limit`).
