@@ -187,6 +187,18 @@ fn console_in_a_browser_shows_and_drives_the_cluster() {
     assert_eq!(bmc.power(), "on");
     b.screenshot(&dir, "06-powered-on");
 
+    // A script on the node that is up: its agent answers.
+    b.click("#select-none");
+    b.click("#nodes-rows .row[data-name=\"n1\"] input[type=checkbox]");
+    b.click("button[data-script=fetch_hosts]");
+    b.wait_js("the confirmation asked", Duration::from_secs(5), "return document.getElementById('confirm').open;");
+    b.click("#confirm-ok");
+    b.wait_js(
+        "fetch_hosts answered",
+        Duration::from_secs(60),
+        "return document.getElementById('result').textContent.startsWith('fetch_hosts: 1 ok (n1)');",
+    );
+
     // A head dies: shown down within a few seconds of the cluster noticing.
     b.click("button[data-tab=heads]");
     c.heads[2].kill9();
@@ -203,6 +215,23 @@ fn console_in_a_browser_shows_and_drives_the_cluster() {
     );
     eprintln!("head3 down in the page {:?} after the API said so", seen.elapsed());
     b.screenshot(&dir, "07-head3-down");
+    // Rebalance now and failover reset, each after its confirmation.
+    b.click("#rebalance");
+    b.wait_js("the confirmation asked", Duration::from_secs(5), "return document.getElementById('confirm').open;");
+    b.click("#confirm-ok");
+    b.wait_js(
+        "the rebalance round reported",
+        Duration::from_secs(30),
+        "return document.getElementById('result').textContent.startsWith('Rebalance: ');",
+    );
+    b.click("#failover-reset");
+    b.wait_js("the confirmation asked", Duration::from_secs(5), "return document.getElementById('confirm').open;");
+    b.click("#confirm-ok");
+    b.wait_js(
+        "failover reset",
+        Duration::from_secs(30),
+        "return document.getElementById('result').textContent.startsWith('Failover reset');",
+    );
 
     // Boot configs, images and files, with each head's state of each file.
     b.click("button[data-tab=boot]");
