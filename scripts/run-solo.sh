@@ -62,6 +62,10 @@ if "$bin/scyld-nodectl" -i n0 ls -l 2>/dev/null | grep -q ' 127\.54\.0\.1 '; the
   sim=$!
 fi
 trap 'kill -TERM $pid ${sim} 2>/dev/null; wait $pid 2>/dev/null' INT TERM
+# A named admin token for the web console, made afresh at each start (a token is shown only
+# once): it goes to this terminal only, never to a file or another process's command line.
+"$bin/scyld-clusterctl" tokens revoke console >/dev/null 2>&1 || true
+console_token=$("$bin/scyld-clusterctl" tokens create console 2>/dev/null)
 cat <<TXT
 
 A solo ClusterWare head is running: its API on https://127.0.0.1:$tls_port (certificate from the
@@ -77,6 +81,12 @@ Its log: $dir/log/head_demo-head.log. In another shell, try:
   managedb --heads
 
 README.md's quick tour goes on from here (from $top).
+
+The web console: https://127.0.0.1:$tls_port/console/ (the certificate is from the cluster CA in
+$dir/tls/ca.pem: import it into the browser, or accept it once). Log in with this token
+(named "console"; scyld-clusterctl tokens revoke console takes it back):
+
+  $console_token
 
 Press Ctrl-C to stop the head.
 TXT

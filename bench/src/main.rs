@@ -22,6 +22,7 @@
 //!   the VM's re-parent time after its head is killed.
 
 mod agent;
+mod console;
 mod membership;
 mod netboot;
 mod sys;
@@ -54,9 +55,9 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
     /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, failures, power, dhcp,
-    /// boot, membership, metrics; metrics compares status pushes with metrics on and off, and adds DHCP when dhcp runs
-    /// too)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "membership", "metrics"])]
+    /// boot, membership, metrics, console; metrics compares status pushes with metrics on and off, and adds DHCP when
+    /// dhcp runs too)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "membership", "metrics", "console"])]
     only: Vec<String>,
 }
 
@@ -351,6 +352,10 @@ fn main() {
     }
     if run("metrics") {
         bench_metrics(&mut r);
+    }
+    if run("console") {
+        eprintln!("cw-bench: web console…");
+        console::bench_console(&mut r, 10_000);
     }
     if let Err(e) = std::fs::write(&args.output, &r.text) {
         eprintln!("cw-bench: error: cannot write {}: {e}", args.output.display());

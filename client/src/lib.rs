@@ -230,6 +230,8 @@ endpoints! {
 
     /// `GET /nodes`.
     fn nodes() -> NodeList = GET path::NODES;
+    /// `GET /nodes?select=`: the nodes a selector as `-i` takes it names (none is no error).
+    fn nodes_selected(selector: &str) -> NodeList = GET path::nodes_selected(selector);
     /// `GET /nodes/{uid}`.
     fn node(uid: &str) -> Node = GET path::node(uid);
     /// `POST /nodes`: creates every node or none.

@@ -430,6 +430,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     bootcfg::start(&ctx, &storage);
     crate::rebalance::start(&ctx, &hub);
     crate::power::start(&ctx, &hub);
+    crate::console::start(&ctx, &hub);
     membership::start(&ctx, &ctl, &hub);
     netboot::start(&ctx, &nodes, &hub, &identity).await?;
 

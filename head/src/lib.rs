@@ -17,11 +17,13 @@
 //! - [`membership`]: join, leave, eject, recover, automatic failover, `managedb` save/load.
 //! - [`power`]: power control through BMCs (ipmitool), cluster secrets.
 //! - [`netboot`]: DHCP, TFTP, router advertisements and the iPXE boot script.
+//! - [`console`]: the web console (page and assets embedded) and its live-update stream.
 //! - [`daemon`]: start-up, the capabilities' registration, shutdown order.
 //! - [`args`]: the daemon's command line.
 pub mod agent_channel;
 pub mod args;
 pub mod bootcfg;
+pub mod console;
 pub mod core;
 pub mod daemon;
 pub mod membership;

@@ -64,6 +64,8 @@ pub mod path {
     pub const CLUSTER_FAILOVER: &str = "/cluster/failover";
     /// The event log (admin actions and cluster events).
     pub const EVENTS: &str = "/events";
+    /// `GET`: the console's live updates, server-sent events (`heads`, `nodes`, `status`).
+    pub const CONSOLE_UPDATES: &str = "/console/updates";
     /// The iPXE boot script (no credential).
     pub const BOOT_SCRIPT: &str = "/boot/script";
     /// The cluster CA as a newc archive for the node's initramfs (no credential; the script
@@ -231,6 +233,10 @@ pub mod path {
         on.then_some("1")
     }
 
+    /// `GET /nodes?select=`: the nodes a `-i` selector names (`n[0-99],n200`, MACs, uids).
+    pub fn nodes_selected(selector: &str) -> String {
+        query(NODES, &[("select", Some(selector))])
+    }
     pub fn node(uid: &str) -> String {
         fill(NODE, &[uid])
     }

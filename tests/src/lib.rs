@@ -26,6 +26,7 @@ pub mod dhcp;
 pub mod netns;
 pub mod sys;
 pub mod vm;
+pub mod webdriver;
 
 /// The lease TTL the harness gives heads (seconds).
 pub const LEASE_TTL: u64 = 3;

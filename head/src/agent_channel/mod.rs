@@ -188,6 +188,8 @@ pub struct Hub {
     children: Mutex<HashMap<String, Child>>,
     /// Every `status/` record with its revision.
     records: RwLock<HashMap<String, (Arc<StatusRecord>, i64)>>,
+    /// Counts the changes to `records` (the console's live updates follow it).
+    status_changes: watch::Sender<u64>,
     /// Open commands (no result yet) by (uid, id).
     open: Mutex<HashMap<(String, String), CommandRecord>>,
     /// Outcomes written by parents: (uid, id, result).
@@ -285,6 +287,7 @@ impl Hub {
             db: db.clone(),
             children: Mutex::new(HashMap::new()),
             records: RwLock::new(HashMap::new()),
+            status_changes: watch::channel(0).0,
             open: Mutex::new(HashMap::new()),
             results: broadcast::channel(1 << 16).0,
             outbox: Mutex::new(Vec::new()),
@@ -539,6 +542,11 @@ impl Hub {
         v
     }
 
+    /// A receiver that sees a new value after every change to the nodes' status records.
+    pub fn status_changes(&self) -> watch::Receiver<u64> {
+        self.status_changes.subscribe()
+    }
+
     fn apply_status(&self, c: Change) {
         let mut recs = self.records.write().unwrap_or_else(|p| p.into_inner());
         let mut changed: Vec<(String, Arc<StatusRecord>, i64)> = Vec::new();
@@ -569,6 +577,7 @@ impl Hub {
             }
         }
         drop(recs);
+        self.status_changes.send_modify(|n| *n += 1);
         // A node that another head wrote after our last write has moved on.
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for (uid, r, rev) in changed {

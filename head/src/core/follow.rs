@@ -67,6 +67,9 @@ pub async fn follow(
 pub struct Mirror<T> {
     map: RwLock<BTreeMap<String, Arc<T>>>,
     ready: watch::Sender<bool>,
+    /// Counts the changes applied (a snapshot counts as one), for those who follow the mirror
+    /// itself (the console's live updates).
+    changes: watch::Sender<u64>,
 }
 
 /// A record under `prefix` decoded, or `None` with a warning naming its key (an unreadable
@@ -84,7 +87,11 @@ pub fn decoded<T: serde::de::DeserializeOwned>(prefix: &str, kv: &KeyValue) -> O
 impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Mirror<T> {
     /// Starts following `prefix`; records that do not decode are logged and left out.
     pub fn spawn(db: Database, prefix: &'static str, sup: &Supervisor) -> Arc<Mirror<T>> {
-        let m = Arc::new(Mirror { map: RwLock::new(BTreeMap::new()), ready: watch::channel(false).0 });
+        let m = Arc::new(Mirror {
+            map: RwLock::new(BTreeMap::new()),
+            ready: watch::channel(false).0,
+            changes: watch::channel(0).0,
+        });
         let m2 = m.clone();
         let dec = move |kv: &KeyValue| decoded::<T>(prefix, kv).map(Arc::new);
         sup.spawn(Stage::Views, prefix, move |stop| {
@@ -116,6 +123,7 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Mirror<T> {
                             map.remove(&k);
                         }
                     }
+                    m2.changes.send_modify(|n| *n += 1);
                 },
                 stop,
             )
@@ -126,17 +134,22 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Mirror<T> {
     /// A mirror of fixed records, never updated (unit tests).
     #[cfg(test)]
     pub fn fixed(records: Vec<(String, T)>) -> Mirror<T> {
-        let m = Mirror {
+        Mirror {
             map: RwLock::new(records.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             ready: watch::channel(true).0,
-        };
-        m
+            changes: watch::channel(0).0,
+        }
     }
 
     /// Waits until the first snapshot is in (at most `limit`).
     pub async fn wait_ready(&self, limit: Duration) -> bool {
         let mut rx = self.ready.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver that sees a new value after every change applied.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<T>> {

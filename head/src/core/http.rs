@@ -403,7 +403,9 @@ pub struct Routes {
 /// credential, health, `/metrics` (outside `/api/v1`, behind the credential too), a JSON 404
 /// for anything else, and the body limits (admin routes [`BODY_LIMIT`] unless they set their
 /// own, the open ones a few KiB). Every answer is counted by route template
-/// ([`metrics::count_requests`](crate::core::metrics::count_requests)).
+/// ([`metrics::count_requests`](crate::core::metrics::count_requests)). `site` holds what is
+/// served outside `/api/v1` (the console's page and assets, which carry no data and need no
+/// credential; the plain-HTTP listener refuses them like every other non-firmware path).
 pub fn router(
     creds: Credentials,
     named: Option<Tokens>,
@@ -412,6 +414,7 @@ pub fn router(
     backend: &'static str,
     caps: impl IntoIterator<Item = Routes>,
     metrics: Router,
+    site: impl IntoIterator<Item = Router>,
 ) -> Router {
     let (mut admin, mut open) = (Router::new(), Router::new());
     for r in caps {
@@ -435,10 +438,11 @@ pub fn router(
             axum::routing::get(move || async move { json(StatusCode::OK, &health_of(&name, backend, "serving")) }),
         )
         .merge(admin);
-    Router::new()
-        .nest(PREFIX, api)
-        .merge(metrics)
-        .fallback(|| async { ApiFailure::not_found("no such endpoint") })
+    let mut top = Router::new().nest(PREFIX, api).merge(metrics);
+    for s in site {
+        top = top.merge(s);
+    }
+    top.fallback(|| async { ApiFailure::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(crate::core::metrics::count_requests))
 }

@@ -79,6 +79,8 @@ pub struct Ctx<'a> {
     routes: Mutex<Vec<http::Routes>>,
     /// What `/metrics` runs before it encodes ([`Ctx::on_scrape`]).
     scrape_hooks: Mutex<Vec<metrics::Hook>>,
+    /// What is served outside `/api/v1` (see [`http::router`]).
+    site: Mutex<Vec<axum::Router>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -107,6 +109,7 @@ impl<'a> Ctx<'a> {
             events,
             routes: Mutex::new(Vec::new()),
             scrape_hooks: Mutex::new(Vec::new()),
+            site: Mutex::new(Vec::new()),
         };
         let v = ctx.view.clone();
         ctx.on_scrape(move || {
@@ -132,6 +135,11 @@ impl<'a> Ctx<'a> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner()).push(routes);
     }
 
+    /// Adds pages served outside `/api/v1` (no credential: they must carry no data).
+    pub fn serve_site(&self, site: axum::Router) {
+        self.site.lock().unwrap_or_else(|p| p.into_inner()).push(site);
+    }
+
     /// Adds a scrape-time hook: before `/metrics` encodes, it sets the gauges that come from a
     /// capability's state (nodes by state, failover, unservable files).
     pub fn on_scrape<F, Fut>(&self, f: F)
@@ -149,6 +157,7 @@ impl<'a> Ctx<'a> {
         routes.push(tokens::routes(self.db.clone()));
         routes.push(events::routes(self.events.clone()));
         routes.push(openapi::routes());
+        let site = std::mem::take(&mut *self.site.lock().unwrap_or_else(|p| p.into_inner()));
         let hooks = std::mem::take(&mut *self.scrape_hooks.lock().unwrap_or_else(|p| p.into_inner()));
         http::router(
             self.creds.clone(),
@@ -158,6 +167,7 @@ impl<'a> Ctx<'a> {
             self.db.backend(),
             routes,
             metrics::route(hooks),
+            site,
         )
     }
 }

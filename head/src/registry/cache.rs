@@ -41,11 +41,17 @@ impl Tables {
 pub struct NodeCache {
     tables: RwLock<Tables>,
     ready: watch::Sender<bool>,
+    /// Counts the changes applied (the console's live updates follow it).
+    changes: watch::Sender<u64>,
 }
 
 impl NodeCache {
     pub fn spawn(db: Database, sup: &Supervisor) -> Arc<NodeCache> {
-        let c = Arc::new(NodeCache { tables: RwLock::new(Tables::default()), ready: watch::channel(false).0 });
+        let c = Arc::new(NodeCache {
+            tables: RwLock::new(Tables::default()),
+            ready: watch::channel(false).0,
+            changes: watch::channel(0).0,
+        });
         let c2 = c.clone();
         let decode = |kv: &crate::core::db::KeyValue| decoded::<Node>(NODES, kv);
         sup.spawn(Stage::Views, "node table", move |stop| {
@@ -71,6 +77,7 @@ impl NodeCache {
                         },
                         Change::Delete(uid) => t.remove(&uid),
                     }
+                    c2.changes.send_modify(|n| *n += 1);
                 },
                 stop,
             )
@@ -81,6 +88,11 @@ impl NodeCache {
     pub async fn wait_ready(&self, limit: Duration) -> bool {
         let mut rx = self.ready.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver that sees a new value after every change to the table.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn by_mac(&self, mac: &MacAddr) -> Option<Arc<Node>> {

@@ -1,12 +1,12 @@
 //! The node registry's API: list, show, create, update and delete nodes.
 
 use crate::core::db::Database;
-use crate::core::http::{ApiFailure, ApiResult, Routes, json, parse};
+use crate::core::http::{ApiFailure, ApiResult, Routes, json, parse, query_pairs};
 use crate::core::listed;
 use crate::registry;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -41,8 +41,22 @@ fn shown(mut nodes: Vec<clusterware_shared::api::Node>) -> NodeList {
     NodeList { nodes }
 }
 
-async fn list_nodes(State(st): State<Arc<Api>>) -> ApiResult<Response> {
-    Ok(json(StatusCode::OK, &shown(registry::list(&st.db).await?)))
+/// Every node, or with `?select=SEL` those a selector as `-i` takes it names (the console's
+/// filter box: the same parser as the CLIs; matching no node is an empty list, not an error).
+async fn list_nodes(State(st): State<Arc<Api>>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let pairs = query_pairs(q.as_deref())?;
+    let selector = match pairs.iter().find(|(k, _)| k == "select") {
+        Some((_, v)) => Some(clusterware_shared::select::parse(v).map_err(|e| ApiFailure::bad_request(e.to_string()))?),
+        None => None,
+    };
+    let mut nodes = registry::list(&st.db).await?;
+    if let Some(sel) = selector {
+        nodes.retain(|n| {
+            let macs: Vec<String> = n.macs.iter().map(|m| m.to_string()).collect();
+            sel.terms.iter().any(|t| t.matches(&n.name, &n.uid, &macs))
+        });
+    }
+    Ok(json(StatusCode::OK, &shown(nodes)))
 }
 
 async fn get_node(State(st): State<Arc<Api>>, Path(uid): Path<String>) -> ApiResult<Response> {
