@@ -110,6 +110,7 @@ pub mod path {
         TOKENS,
         TOKEN,
         EVENTS,
+        CONSOLE_UPDATES,
         KEYS,
         KEY,
         FILES,

@@ -23,8 +23,8 @@ fn the_openapi_document_lists_exactly_what_the_head_serves() {
     // answers (400, 404 for the missing thing, ...), a path without that method 405, no route
     // the JSON 404 "no such endpoint". (Asked without a credential, an admin path answers 401
     // to every method.) `leave` and `recover` take no body and would act: they are only asked
-    // whether their path is routed.
-    let acts = [path::CLUSTER_LEAVE, path::CLUSTER_RECOVER];
+    // whether their path is routed; so is the console's update stream, which never ends.
+    let acts = [path::CLUSTER_LEAVE, path::CLUSTER_RECOVER, path::CONSOLE_UPDATES];
     let mut served = BTreeSet::new();
     let not_a_request = serde_json::json!("not an object");
     for p in path::ALL {

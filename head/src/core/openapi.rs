@@ -105,7 +105,18 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             Body::None,
             s.of::<HeadList>(),
         ),
-        op(Get, path::NODES, "Every node", Admin, Body::None, s.of::<NodeList>()),
+        Op {
+            query: &[("select", "only the nodes a selector names, as -i takes it (n[0-99], lists, MACs, uids)")],
+            ..op(Get, path::NODES, "Every node", Admin, Body::None, s.of::<NodeList>())
+        },
+        op(
+            Get,
+            path::CONSOLE_UPDATES,
+            "The console's live updates: server-sent events saying what changed (heads, nodes, status)",
+            Admin,
+            Body::None,
+            Body::Text("text/event-stream"),
+        ),
         Op {
             status: "201",
             ..op(Post, path::NODES, "Create nodes (all or none)", Admin, s.of::<CreateNodes>(), s.of::<NodeList>())
