@@ -369,6 +369,7 @@
           state = "missing";
           cls = "no";
         }
+        if (!h.alive) state += " (head down; at its last audit)";
         tr.appendChild(td(state, cls));
       }
       body.appendChild(tr);
