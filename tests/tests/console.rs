@@ -64,6 +64,23 @@ fn console_in_a_browser_shows_and_drives_the_cluster() {
     )
     .ok();
     h.cli("scyld-nodectl", &["-i", "n2", "set", &format!("note={HOSTILE}")]).ok();
+    // A boot config with a kernel and an initramfs, the default: every head verifies both.
+    for (name, kind) in [("vmlinuz", "kernel"), ("initrd.img", "initramfs")] {
+        let path = c.dir().join(name);
+        std::fs::write(&path, name.repeat(10_000)).unwrap();
+        h.cli("scyld-clusterctl", &["files", "upload", path.to_str().unwrap(), "--kind", kind]).ok();
+    }
+    h.cli("scyld-bootctl", &["create", "--name", "cfgA", "--kernel", "vmlinuz", "--initramfs", "initrd.img"]).ok();
+    h.cli("scyld-bootctl", &["default", "cfgA"]).ok();
+    poll_until("both files verified by the three heads", Duration::from_secs(30), || {
+        let (code, v) = h.api("GET", "/heads", Some(&c.token), None);
+        code == 200
+            && v["heads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["storage"]["held"].as_array().is_some_and(|a| a.len() == 2))
+    });
     let tok = token(h, "console-test");
     assert!(tok.len() >= 32, "a token: {tok:?}");
 
@@ -113,6 +130,8 @@ fn console_in_a_browser_shows_and_drives_the_cluster() {
         "return window.consoleState.view.length === 3 && document.querySelectorAll('#nodes-rows .row:not([hidden])').length === 3;",
     );
     assert_eq!(cell(&b, "n1", "state"), "new");
+    assert_eq!(cell(&b, "n1", "boot"), "cfgA (default)");
+    assert_eq!(cell(&b, "n1", "problems"), "");
 
     // A hostile attribute shows as text: no element made of it, no script run.
     b.click("#nodes-rows .row[data-name=\"n2\"] .c-name");
@@ -236,10 +255,14 @@ fn console_in_a_browser_shows_and_drives_the_cluster() {
     // Boot configs, images and files, with each head's state of each file.
     b.click("button[data-tab=boot]");
     b.wait_js(
-        "the files table",
+        "the files, verified on each head",
         Duration::from_secs(10),
-        "return document.querySelectorAll('#files-table thead th').length === 8;",
+        "const r = [...document.querySelectorAll('#files-table tbody tr')];
+         return document.querySelectorAll('#files-table thead th').length === 8 && r.length === 2
+           && r.every(t => [5, 6].every(i => t.cells[i].textContent === 'verified'))
+           && r.every(t => t.cells[7].textContent === 'verified (head down; at its last audit)');",
     );
+    assert!(b.text("#configs-table tbody").contains("cfgA"), "{}", b.text("#configs-table tbody"));
     b.screenshot(&dir, "08-boot");
 
     // The token revoked: the next answer refused sends the page back to the login form.

@@ -74,6 +74,11 @@ fn the_quick_tour_runs_as_written_on_what_make_run_starts() {
             .unwrap()
     };
     poll_until("make run's head serves", Duration::from_secs(120), || printed().contains("Press Ctrl-C"));
+    // The console's URL and a token to log in with (the line after the one that says so).
+    let p = printed();
+    assert!(p.contains("The web console: https://127.0.0.1:8443/console/"), "{p}");
+    let token = p.lines().skip_while(|l| !l.contains("tokens revoke console")).nth(2).unwrap_or("").trim();
+    assert!(token.len() >= 32 && token.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)), "{p}");
     // The tour asks the demo nodes' agents to run scripts: they are up first.
     poll_until("the four demo nodes are up", Duration::from_secs(60), || {
         let o = in_ns("target/debug/scyld-nodectl --config run/base.ini status --json");

@@ -53,7 +53,7 @@
     }
     if (r.status === 401 || r.status === 403) {
       const msg = data && data.message ? data.message : "the token is not accepted";
-      logout("Logged out: " + msg);
+      logout(($("app").hidden ? "This token is not accepted: " : "Logged out: ") + msg);
       throw new AuthError(msg);
     }
     if (!r.ok) {
@@ -369,6 +369,7 @@
           state = "missing";
           cls = "no";
         }
+        if (!h.alive) state += " (head down; at its last audit)";
         tr.appendChild(td(state, cls));
       }
       body.appendChild(tr);
