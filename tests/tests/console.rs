@@ -265,6 +265,38 @@ fn console_in_a_browser_shows_and_drives_the_cluster() {
     assert!(b.text("#configs-table tbody").contains("cfgA"), "{}", b.text("#configs-table tbody"));
     b.screenshot(&dir, "08-boot");
 
+    // The event log: the power on made through the page, by its token; a change made elsewhere
+    // shows up while the tab is open; the kind filter.
+    b.click("button[data-tab=events]");
+    b.wait_js(
+        "the page's power on in the event log",
+        Duration::from_secs(10),
+        "return [...document.querySelectorAll('#events-table tbody tr')].some(t =>
+           t.cells[1].textContent === 'admin' && t.cells[4].textContent.startsWith('power on')
+           && t.cells[5].textContent.startsWith('token console-test') && t.cells[7].textContent === 'ok');",
+    );
+    h.cli("scyld-nodectl", &["-i", "n0", "set", "rack=r9"]).ok();
+    b.wait_js(
+        "a change made elsewhere shows up",
+        Duration::from_secs(15),
+        "const t = document.querySelector('#events-table tbody tr');
+         return t !== null && t.cells[4].textContent === 'on n0: set rack, cleared (none)';",
+    );
+    b.js("const s = document.getElementById('event-kind'); s.value = 'node'; s.dispatchEvent(new Event('change')); return 0;");
+    b.wait_js(
+        "only node events",
+        Duration::from_secs(10),
+        "const r = [...document.querySelectorAll('#events-table tbody tr')];
+         return r.length > 0 && r.every(t => t.cells[1].textContent === 'node');",
+    );
+    b.js("const s = document.getElementById('event-kind'); s.value = ''; s.dispatchEvent(new Event('change')); return 0;");
+    b.wait_js(
+        "every kind again",
+        Duration::from_secs(10),
+        "return document.querySelectorAll('#events-table tbody tr.event-admin').length > 0;",
+    );
+    b.screenshot(&dir, "08b-events");
+
     // The token revoked: the next answer refused sends the page back to the login form.
     h.cli("scyld-clusterctl", &["tokens", "revoke", "console-test"]).ok();
     h.cli("scyld-nodectl", &["create", "mac=52:54:00:c1:00:10", "ip=127.231.0.20"]).ok();

@@ -29,7 +29,9 @@
     filter: null, // Set of uids, or null for all
     sort: { key: "name", dir: 1 },
     selected: new Set(),
-    tab: ["heads", "nodes", "boot"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "heads",
+    tab: ["heads", "nodes", "boot", "events"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "heads",
+    events: [], // newest first, at most EVENTS_SHOWN
+    eventIds: new Set(),
     detail: null,
     rendered: 0, // rows drawn at least once (the load-time measure of the tests waits for it)
   };
@@ -170,6 +172,11 @@
     sessionStorage.removeItem(KEY);
     if (stream) stream.abort();
     stream = null;
+    if (eventsFollow) eventsFollow.abort();
+    eventsFollow = null;
+    S.events = [];
+    S.eventIds = new Set();
+    clear($("events-table").tBodies[0]);
     S.nodes = new Map();
     S.status = new Map();
     S.rows = new Map();
@@ -225,11 +232,91 @@
     S.tab = name;
     history.replaceState(null, "", "#" + name);
     for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.tab === name);
-    for (const t of ["heads", "nodes", "boot"]) $("tab-" + t).hidden = t !== name;
+    for (const t of ["heads", "nodes", "boot", "events"]) $("tab-" + t).hidden = t !== name;
     if (name === "nodes") renderRows();
     if (name === "boot") loadBoot();
+    if (name === "events") followEvents();
+    else if (eventsFollow) eventsFollow.abort();
   }
   for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => showTab(b.dataset.tab));
+
+  // ---------- events ----------
+  // The latest events, then a long poll for each next one while the tab shows (the API hands a
+  // long poll only settled events; the listing's own may come again and are skipped by id).
+  const EVENTS_SHOWN = 500;
+  let eventsFollow = null; // the AbortController of the long poll
+
+  function kindQuery() {
+    const k = $("event-kind").value;
+    return k ? "&kind=" + encodeURIComponent(k) : "";
+  }
+
+  async function followEvents() {
+    if (eventsFollow) eventsFollow.abort();
+    const ctl = new AbortController();
+    eventsFollow = ctl;
+    S.events = [];
+    S.eventIds = new Set();
+    try {
+      const first = await api("GET", "/events?limit=" + EVENTS_SHOWN + kindQuery());
+      if (ctl.signal.aborted) return;
+      addEvents(first.events);
+      let after = first.next;
+      while (!ctl.signal.aborted && token) {
+        const r = await fetch(API + "/events?after=" + encodeURIComponent(after) + "&wait=25" + kindQuery(), {
+          headers: { Authorization: "Bearer " + token },
+          cache: "no-store",
+          signal: ctl.signal,
+        });
+        if (r.status === 401 || r.status === 403) {
+          logout("Logged out: the token is no longer accepted");
+          return;
+        }
+        if (!r.ok) {
+          await sleep(2000);
+          continue;
+        }
+        const page = await r.json();
+        addEvents(page.events);
+        if (page.next) after = page.next;
+      }
+    } catch (e) {
+      if (e.name !== "AbortError" && !(e instanceof AuthError)) say("Cannot load events: " + e.message, true);
+    }
+  }
+
+  function addEvents(list) {
+    const fresh = list.filter((e) => !S.eventIds.has(e.id));
+    if (!fresh.length && S.events.length) return;
+    for (const e of fresh) S.eventIds.add(e.id);
+    S.events = fresh.reverse().concat(S.events).slice(0, EVENTS_SHOWN);
+    renderEvents();
+  }
+
+  function utc(ms) {
+    return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  }
+
+  function renderEvents() {
+    const body = $("events-table").tBodies[0];
+    clear(body);
+    for (const e of S.events) {
+      const tr = el("tr", "event-" + e.kind);
+      tr.dataset.id = e.id;
+      tr.appendChild(td(utc(e.time_ms)));
+      tr.appendChild(td(e.kind));
+      tr.appendChild(td(e.head));
+      tr.appendChild(td(e.subject));
+      tr.appendChild(td(e.message));
+      tr.appendChild(td(e.actor || ""));
+      tr.appendChild(td(e.from || ""));
+      const failed = e.outcome && e.outcome !== "ok";
+      tr.appendChild(td(e.outcome || "", failed ? "failed" : ""));
+      body.appendChild(tr);
+    }
+    $("event-count").textContent = S.events.length + (S.events.length === 1 ? " event" : " events");
+  }
+  $("event-kind").addEventListener("change", () => followEvents());
 
   // ---------- heads ----------
   const loadHeads = loader(async () => {

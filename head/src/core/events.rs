@@ -319,12 +319,15 @@ async fn writer_loop(
     let log = EventLog(inner);
     let complaints = crate::core::complaints::Complaints::default();
     let mut prune_due = tokio::time::Instant::now();
+    // Events a failed write left, tried again with the next batch (new ids: of that writing).
+    let mut carried: Vec<Event> = Vec::new();
     loop {
         let mut batch = Vec::new();
+        let retry = if carried.is_empty() { prune_due } else { tokio::time::Instant::now() + Duration::from_secs(1) };
         let stopping = tokio::select! {
             n = rx.recv_many(&mut batch, 512) => n == 0,
             _ = stop.wait_for(|s| *s) => true,
-            () = tokio::time::sleep_until(prune_due) => false,
+            () = tokio::time::sleep_until(retry.min(prune_due)) => false,
         };
         if !stopping && !batch.is_empty() {
             tokio::time::sleep(BATCH).await;
@@ -335,37 +338,62 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
+        let now = now_ms();
+        let mut events: Vec<Event> = std::mem::take(&mut carried)
+            .into_iter()
+            .map(|mut e| {
+                e.id = log.next_id(now);
+                e
+            })
+            .collect();
+        events.extend(gather(batch, &log, now));
         let dropped = log.0.dropped.swap(0, Ordering::Relaxed);
-        let mut events = gather(batch, &log, now_ms());
         if dropped > 0 {
-            tracing::warn!(dropped, "events were left out of the event log: its queue was full");
-            let t = now_ms();
+            tracing::warn!(dropped, "events were left out of the event log: more came than the database took");
             events.push(Event {
-                id: log.next_id(t),
-                time_ms: t,
+                id: log.next_id(now),
+                time_ms: now,
                 head: log.0.head.clone(),
                 kind: EventKind::Head,
                 subject: log.0.head.clone(),
-                message: format!("{dropped} events were left out of the log: the queue of this head was full"),
+                message: format!(
+                    "{dropped} event{} left out of the log: more came than this head could write to the database",
+                    if dropped == 1 { " was" } else { "s were" }
+                ),
                 actor: None,
                 from: None,
                 outcome: None,
             });
         }
-        for chunk in events.chunks(db.max_txn_ops().max(1)) {
+        let wrote = !events.is_empty();
+        let mut chunks = events.chunks(db.max_txn_ops().max(1));
+        for chunk in chunks.by_ref() {
             let ops = chunk
                 .iter()
                 .map(|e| TxnOp::put(schema::event(&e.id), serde_json::to_vec(e).expect("events serialise")));
             if let Err(e) = db.txn(Txn::new().and_then(ops)).await {
-                log.0.dropped.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 complaints.complain(
                     "write".into(),
-                    || tracing::warn!(error = %e, "cannot write to the event log (logged once a minute)"),
+                    || tracing::warn!(error = %e, "cannot write to the event log; trying again (logged once a minute)"),
                 );
+                // This chunk and the rest wait for the next round, up to the queue's bound.
+                carried.extend_from_slice(chunk);
+                break;
             }
         }
+        for chunk in chunks {
+            carried.extend_from_slice(chunk);
+        }
+        if carried.len() > QUEUE {
+            let over = carried.len() - QUEUE;
+            carried.drain(..over);
+            log.0.dropped.fetch_add(over as u64, Ordering::Relaxed);
+        }
+        if stopping && !carried.is_empty() {
+            tracing::warn!(events = carried.len(), "stopping with events the database did not take");
+        }
         // Pruning reads the followed copy, which has what was just written a moment later.
-        if !events.is_empty() {
+        if wrote {
             prune_due = prune_due.min(tokio::time::Instant::now() + Duration::from_secs(1));
         }
         if tokio::time::Instant::now() >= prune_due {
