@@ -484,9 +484,11 @@ impl Agent {
                 Ok(d) => {
                     self.failures_in_round = 0;
                     self.failed_rounds = 0;
-                    if self.need_heads {
-                        // The list could not be fetched at start: the parent answers now.
-                        let _ = self.fetch_heads().await;
+                    if self.need_heads && self.fetch_heads().await.is_ok() {
+                        // The list could not be fetched at start (the parent refused it before
+                        // the node's enrollment reached it, say): the parent answers now, under
+                        // its name.
+                        self.observer.parent_changed(&self.heads[0].0.name.clone());
                     }
                     switched = self.apply(d).await;
                 }

@@ -401,6 +401,30 @@ impl Head {
         })
     }
 
+    /// `GET /metrics` over HTTPS with `token` as the bearer credential (inside the head's
+    /// network namespace if it runs in one): (status, body as text).
+    pub fn metrics(&self, token: Option<&str>) -> (u16, String) {
+        netns::run_in(self.netns.as_deref(), || {
+            let (status, _, body) = self.https_get("/metrics", token, "");
+            (status, String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    /// One raw GET over HTTPS (checked against the cluster CA; `Connection: close`), with
+    /// `token` as the bearer credential and `extra` header lines (each ending in CRLF):
+    /// (status, response head, body). Called where the head is reachable (see [`netns::run_in`]).
+    pub fn https_get(&self, path: &str, token: Option<&str>, extra: &str) -> (u16, String, Vec<u8>) {
+        use std::io::Read;
+        let tcp = std::net::TcpStream::connect((self.ip, self.tls_port)).expect("connect to the head");
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+        let mut s = tls_stream(tcp, self);
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}{extra}\r\n").expect("send");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        split_response(&buf)
+    }
+
     /// Waits (up to 10 s) until this head's log file (`log/head_<name>.log`) satisfies `f`, and
     /// returns it. The head writes its log from a background thread, so a line can land a moment
     /// after the answer whose work it records.
@@ -431,6 +455,14 @@ impl Drop for Head {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A raw HTTP/1 answer as (status, head, body).
+pub fn split_response(buf: &[u8]) -> (u16, String, Vec<u8>) {
+    let at = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&buf[..at]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    (status, head, buf[at + 4..].to_vec())
 }
 
 /// A client of the head at a plain `http://` base without credential, 30 s per request (made

@@ -356,6 +356,21 @@ fn automatic_failover_ejects_once_until_reset() {
     let f = failover(&c, 1);
     assert_eq!((f["armed"].as_bool(), f["last"]["head"].as_str()), (Some(false), Some("head4")), "{f}");
     assert_eq!(voting(&c.heads[0]), 3);
+    // The metrics say so: one ejection among the heads' counters, failover enabled but disarmed.
+    let ejected = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"clusterware_failover_events_total{event="ejected"} "#))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let scrapes: Vec<String> = c.heads[..3].iter().map(|h| h.metrics(Some(&c.token)).1).collect();
+    assert_eq!(scrapes.iter().map(|t| ejected(t)).sum::<u64>(), 1, "{scrapes:?}");
+    assert!(
+        scrapes[0].contains("\nclusterware_failover_enabled 1\n")
+            && scrapes[0].contains("\nclusterware_failover_armed 0\n"),
+        "{}",
+        scrapes[0]
+    );
 
     // A second failure is not ejected while disarmed …
     c.heads[2].kill9();

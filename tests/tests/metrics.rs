@@ -6,7 +6,7 @@
 //! HTTP; with `metrics.enabled = no` it answers 404. The alert rules pass `promtool check
 //! rules` and their unit tests (`promtool test rules`).
 
-use clusterware_tests::{Backend, Cluster, Head, PASS, Sim, poll_until, sys};
+use clusterware_tests::{Backend, Cluster, Head, PASS, Sim, poll_until, split_response, sys};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -20,25 +20,9 @@ fn monitoring() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").join("monitoring")
 }
 
-/// Splits a raw HTTP answer into (status, head, body).
-fn split(buf: &[u8]) -> (u16, String, Vec<u8>) {
-    let at = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-    let head = String::from_utf8_lossy(&buf[..at]).to_string();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    (status, head, buf[at + 4..].to_vec())
-}
-
-/// One GET over HTTPS to a head (checked against the cluster CA), with `auth` as the bearer
-/// credential and extra header lines: (status, head, body).
+/// One GET over HTTPS to a head: [`Head::https_get`].
 fn https_get(h: &Head, path: &str, auth: Option<&str>, extra: &str) -> (u16, String, Vec<u8>) {
-    let tcp = TcpStream::connect((h.ip, h.tls_port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut s = clusterware_tests::tls_stream(tcp, h);
-    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}{extra}\r\n").unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    split(&buf)
+    h.https_get(path, auth, extra)
 }
 
 /// One plain-HTTP GET: (status, head, body).
@@ -49,7 +33,7 @@ fn http_get(addr: (std::net::Ipv4Addr, u16), path: &str, auth: Option<&str>) -> 
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n").unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    split(&buf)
+    split_response(&buf)
 }
 
 /// The metric names in an OpenMetrics/Prometheus text exposition.
@@ -144,7 +128,7 @@ impl Prometheus {
         if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
             return Value::Null;
         }
-        let (status, _, body) = split(&buf);
+        let (status, _, body) = split_response(&buf);
         if status != 200 {
             return Value::Null;
         }
