@@ -97,6 +97,8 @@ struct Inner {
     log: RwLock<BTreeMap<String, Arc<Event>>>,
     changed: watch::Sender<u64>,
     waiters: AtomicUsize,
+    /// The `Serve` stage's stop: long polls answer when the head stops.
+    stop: watch::Receiver<bool>,
 }
 
 pub fn now_ms() -> u64 {
@@ -121,6 +123,7 @@ impl EventLog {
             log: RwLock::new(BTreeMap::new()),
             changed: watch::channel(0).0,
             waiters: AtomicUsize::new(0),
+            stop: sup.stop_signal(Stage::Serve),
         });
         let follower = inner.clone();
         let fdb = db.clone();
@@ -245,27 +248,35 @@ impl EventLog {
         if !first.events.is_empty() || wait.is_zero() || q.after.is_none() {
             return Ok(first);
         }
+        /// Gives a long poll's place back however it ends (a client that went away included).
+        struct Place<'a>(&'a AtomicUsize);
+        impl Drop for Place<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let place = Place(&self.0.waiters);
         if self.0.waiters.fetch_add(1, Ordering::AcqRel) >= MAX_WAITERS {
-            self.0.waiters.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiFailure::new(
                 ErrorKind::Unavailable,
                 format!("this head holds {MAX_WAITERS} event long polls already; try again later or ask another head"),
             ));
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let mut stop = self.0.stop.clone();
         let out = loop {
-            // A new event, or one that settled.
+            // A new event, or one that settled; a head stopping answers at once.
             let tick = (tokio::time::Instant::now() + Duration::from_millis(250)).min(deadline);
-            let _ = tokio::time::timeout_at(tick, rx.changed()).await;
-            let l = self.list(q);
-            if tokio::time::Instant::now() >= deadline {
-                break l;
+            tokio::select! {
+                _ = tokio::time::timeout_at(tick, rx.changed()) => {}
+                _ = stop.wait_for(|s| *s) => break self.list(q),
             }
-            if !l.events.is_empty() {
+            let l = self.list(q);
+            if tokio::time::Instant::now() >= deadline || !l.events.is_empty() {
                 break l;
             }
         };
-        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+        drop(place);
         Ok(out)
     }
 }
@@ -506,6 +517,37 @@ mod tests {
         assert_eq!(parse_query(p.split_once('?').map(|x| x.1)).unwrap(), q);
     }
 
+    /// A long poll gives its place back when its client goes away, and a stopping head ends it.
+    #[tokio::test]
+    async fn long_polls_give_their_place_back_and_end_with_the_head() {
+        let (tx, _rx) = mpsc::channel(4);
+        let (stop_tx, stop) = watch::channel(false);
+        let log = EventLog(Arc::new(Inner {
+            head: "h1".into(),
+            tx,
+            dropped: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            log: RwLock::default(),
+            changed: watch::channel(0).0,
+            waiters: AtomicUsize::new(0),
+            stop,
+        }));
+        let q = EventQuery { after: Some("0".into()), ..Default::default() };
+        for _ in 0..3 * MAX_WAITERS {
+            let gone = tokio::time::timeout(Duration::from_millis(1), log.wait(&q, Duration::from_secs(50))).await;
+            assert!(gone.is_err(), "no event: still waiting when its client went away");
+        }
+        assert_eq!(log.0.waiters.load(Ordering::Acquire), 0);
+        let l2 = log.clone();
+        let q2 = q.clone();
+        let waiting = tokio::spawn(async move { l2.wait(&q2, Duration::from_secs(50)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop_tx.send_replace(true);
+        let answered = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+        assert!(answered.is_ok_and(|r| r.unwrap().is_ok_and(|l| l.events.is_empty())), "answered at the stop");
+        assert_eq!(log.0.waiters.load(Ordering::Acquire), 0);
+    }
+
     #[test]
     fn node_changes_of_a_batch_become_one_event_each() {
         let (tx, _rx) = mpsc::channel(4);
@@ -517,6 +559,7 @@ mod tests {
             log: RwLock::default(),
             changed: watch::channel(0).0,
             waiters: AtomicUsize::new(0),
+            stop: watch::channel(false).1,
         }));
         let mut batch: Vec<Pending> =
             (0..100).map(|i| Pending::Node { name: format!("n{i}"), change: NodeChange::Up, time_ms: 1 }).collect();
