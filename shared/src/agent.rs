@@ -441,7 +441,7 @@ const KEY_TYPES: [&str; 8] = [
 ];
 
 /// Standard base64 with padding (SSH key blobs, PEM bodies); `None` when it is not that.
-pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let val = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',

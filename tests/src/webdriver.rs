@@ -253,7 +253,8 @@ impl Browser {
     /// Saves a screenshot of the window as `dir/name.png`.
     pub fn screenshot(&self, dir: &Path, name: &str) -> PathBuf {
         let v = self.cmd("GET", "/screenshot", None).unwrap_or_else(|e| panic!("screenshot: {e:?}"));
-        let png = base64_decode(v.as_str().expect("base64 screenshot"));
+        let png = clusterware_shared::agent::base64_decode(v.as_str().expect("base64 screenshot"))
+            .expect("a screenshot in standard base64");
         assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
         std::fs::create_dir_all(dir).expect("screenshot dir");
         let path = dir.join(format!("{name}.png"));
@@ -308,39 +309,10 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// Standard base64 (WebDriver's screenshots).
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let Some(v) = val(c) else { continue };
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn base64_and_chunks() {
-        assert_eq!(super::base64_decode("aGVsbG8gd29ybGQ="), b"hello world");
-        assert_eq!(super::base64_decode("AAEC/w=="), [0, 1, 2, 255]);
+    fn chunks() {
         assert_eq!(super::dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
     }
 }

@@ -517,21 +517,25 @@ mod tests {
         assert_eq!(parse_query(p.split_once('?').map(|x| x.1)).unwrap(), q);
     }
 
-    /// A long poll gives its place back when its client goes away, and a stopping head ends it.
-    #[tokio::test]
-    async fn long_polls_give_their_place_back_and_end_with_the_head() {
-        let (tx, _rx) = mpsc::channel(4);
-        let (stop_tx, stop) = watch::channel(false);
-        let log = EventLog(Arc::new(Inner {
+    /// A log of head `h1` with no follower and no writer (what is queued goes nowhere).
+    fn unstarted(stop: watch::Receiver<bool>) -> EventLog {
+        EventLog(Arc::new(Inner {
             head: "h1".into(),
-            tx,
+            tx: mpsc::channel(4).0,
             dropped: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             log: RwLock::default(),
             changed: watch::channel(0).0,
             waiters: AtomicUsize::new(0),
             stop,
-        }));
+        }))
+    }
+
+    /// A long poll gives its place back when its client goes away, and a stopping head ends it.
+    #[tokio::test]
+    async fn long_polls_give_their_place_back_and_end_with_the_head() {
+        let (stop_tx, stop) = watch::channel(false);
+        let log = unstarted(stop);
         let q = EventQuery { after: Some("0".into()), ..Default::default() };
         for _ in 0..3 * MAX_WAITERS {
             let gone = tokio::time::timeout(Duration::from_millis(1), log.wait(&q, Duration::from_secs(50))).await;
@@ -550,17 +554,7 @@ mod tests {
 
     #[test]
     fn node_changes_of_a_batch_become_one_event_each() {
-        let (tx, _rx) = mpsc::channel(4);
-        let log = EventLog(Arc::new(Inner {
-            head: "h1".into(),
-            tx,
-            dropped: AtomicU64::new(0),
-            seq: AtomicU64::new(0),
-            log: RwLock::default(),
-            changed: watch::channel(0).0,
-            waiters: AtomicUsize::new(0),
-            stop: watch::channel(false).1,
-        }));
+        let log = unstarted(watch::channel(false).1);
         let mut batch: Vec<Pending> =
             (0..100).map(|i| Pending::Node { name: format!("n{i}"), change: NodeChange::Up, time_ms: 1 }).collect();
         batch.push(Pending::Node { name: "n5".into(), change: NodeChange::Down, time_ms: 2 });
