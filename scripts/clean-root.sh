@@ -9,7 +9,10 @@
 #   the mirror this machine's apt sources name (read at run time, never written into the
 #   repository), plus `make`, which the README's commands need to exist at all. It is cached in
 #   $CLEAN_ROOT_CACHE (default /var/tmp/clusterware-clean-root) and copied afresh for every run;
-#   --refresh builds it again. The root gets this machine's apt sources, resolv.conf and hosts.
+#   --refresh builds it again. The root gets this machine's apt sources, resolv.conf and hosts,
+#   and the local CA certificates it trusts (/usr/local/share/ca-certificates: a site's proxy to
+#   the package registries may need them; Debian's ca-certificates adds them to the bundle when
+#   `make` installs it).
 # - The Rust toolchain is bound in read-only at the same paths (rustup's and cargo's bin
 #   directories); cargo's registry cache and apt's package cache are shared between runs (they
 #   hold downloads, not installed state).
@@ -133,6 +136,10 @@ printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
 cat /etc/resolv.conf >"$root/etc/resolv.conf"
 cat /etc/hosts >"$root/etc/hosts"
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 echo "$commit" >"$root/etc/clusterware-clean-root"
 git clone -q --no-checkout "$top" "$root/src/clusterware"
 git -C "$root/src/clusterware" checkout -q --detach "$commit"
