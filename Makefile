@@ -23,14 +23,15 @@ RUN_APT_PACKAGES := $(BUILD_APT_PACKAGES) curl
 # it), curl (TFTP tests), ipmitool (power control drives it), openipmi (ipmi_sim, the BMCs the
 # power tests talk to), iproute2 (network namespaces), ipxe (the binaries heads serve over TFTP),
 # busybox-static (udhcpc; the static busybox of the end-to-end root image) and isc-dhcp-client
-# (dhclient) as real DHCP clients, qemu-system-x86 with ipxe-qemu (a real PXE client), kmod
+# (dhclient) as real DHCP clients, qemu-system-x86 with ipxe-qemu (a real PXE client) and ovmf
+# (UEFI firmware whose own PXE and HTTP Boot clients boot the UEFI test VMs), kmod
 # (depmod, for the unpacked test kernel's modules.dep), groff-base (groff checks every generated
 # man page as man would format it), zsh and fish (the generated completion scripts must parse),
 # prometheus (a real Prometheus scrapes the heads' metrics; promtool checks the alert rules),
 # chromium and chromium-driver (the web console is tested in a real browser over WebDriver) with
 # fonts-dejavu-core (text in its screenshots).
 TEST_APT_PACKAGES := $(RUN_APT_PACKAGES) etcd-server etcd-client ipmitool openipmi iproute2 ipxe \
-	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu kmod groff-base zsh fish \
+	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu ovmf kmod groff-base zsh fish \
 	prometheus chromium chromium-driver fonts-dejavu-core
 # make deb: dpkg-dev (dpkg-shlibdeps for the packages' library dependencies).
 DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev

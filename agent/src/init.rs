@@ -312,15 +312,8 @@ async fn download(
 /// Unpacks a gzip'd (or plain) newc archive under `root`.
 pub fn unpack(archive: &[u8], root: &std::path::Path) -> Result<usize, String> {
     use std::os::unix::fs::PermissionsExt;
-    let raw = if archive.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(archive), &mut out)
-            .map_err(|e| format!("the image is not valid gzip: {e}"))?;
-        out
-    } else {
-        archive.to_vec()
-    };
-    let entries = clusterware_shared::cpio::read(&raw).map_err(|e| format!("the image is not a newc archive: {e}"))?;
+    let entries =
+        clusterware_shared::cpio::read_any(archive).map_err(|e| format!("the image is not a newc archive: {e}"))?;
     let n = entries.len();
     for e in entries {
         let p = root.join(&e.path);

@@ -322,9 +322,11 @@ pub fn bench_boot(r: &mut Report) {
             mode: 0o755,
         },
     );
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &clusterware_shared::cpio::write(&entries)).unwrap();
-    std::fs::write(www.join("initrd.img"), gz.finish().unwrap()).unwrap();
+    std::fs::write(
+        www.join("initrd.img"),
+        clusterware_shared::cpio::gzip(&clusterware_shared::cpio::write(&entries), 1),
+    )
+    .unwrap();
     let mut httpd = Command::new("ip")
         .args([
             "netns",

@@ -17,7 +17,7 @@ use clusterware_shared::api::CreateImage;
 use clusterware_shared::cpio::Entry;
 use clusterware_shared::outln;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -164,10 +164,7 @@ fn build(from: &Path, agent: Option<&Path>, output: &Path) -> CliResult<()> {
     }
     let entries = if from.is_dir() { from_dir(from) } else { from_tar(from) }.map_err(fail)?;
     let (entries, how) = bake(entries, agent_bytes).map_err(fail)?;
-    let raw = clusterware_shared::cpio::write(&entries);
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
-    gz.write_all(&raw).map_err(|e| fail(e.to_string()))?;
-    let image = gz.finish().map_err(|e| fail(e.to_string()))?;
+    let image = clusterware_shared::cpio::gzip(&clusterware_shared::cpio::write(&entries), 6);
     clusterware_shared::fsutil::write_atomic(output, None, &image, Some(0o644))
         .map_err(|e| fail(format!("cannot write {}: {e}", output.display())))?;
     outln!(

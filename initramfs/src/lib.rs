@@ -8,7 +8,6 @@
 pub mod args;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The network drivers included when none are named: what QEMU, most servers and clouds use.
@@ -114,11 +113,10 @@ pub fn cpio(entries: &BTreeMap<String, Entry>) -> Vec<u8> {
     clusterware_shared::cpio::write(entries)
 }
 
-/// gzip without a file name or time stamp (so the same archive gives the same bytes).
+/// gzip at the best compression, without a file name or time stamp (so the same archive gives the
+/// same bytes).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
-    e.write_all(data).expect("writing to memory");
-    e.finish().expect("writing to memory")
+    clusterware_shared::cpio::gzip(data, 9)
 }
 
 /// What to build.

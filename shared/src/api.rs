@@ -71,6 +71,9 @@ pub mod path {
     /// The cluster CA as a newc archive for the node's initramfs (no credential; the script
     /// loads it beside the initramfs; it puts [`agent::CA_FILE`](crate::agent::CA_FILE) there).
     pub const BOOT_CA: &str = "/boot/ca.cpio";
+    /// A boot file of `tftp.dir` (the iPXE binaries) over HTTP, for UEFI HTTP Boot (no
+    /// credential: firmware fetches it).
+    pub const BOOT_FILE: &str = "/boot/files/{name}";
     /// The cluster CA with the proof that the head knows the database password
     /// ([`ClusterCa`](super::ClusterCa); no credential, plain HTTP too: a joining head has no
     /// CA yet to check HTTPS with).
@@ -140,6 +143,7 @@ pub mod path {
         CLUSTER_CA,
         BOOT_SCRIPT,
         BOOT_CA,
+        BOOT_FILE,
         AGENT_HEADS,
         AGENT_STATUS,
         AGENT_WAIT,
@@ -304,6 +308,10 @@ pub mod path {
         query(CLUSTER, &[("data", flag(data))])
     }
     /// `GET /boot/script?mac=`.
+    /// `GET /boot/files/{name}` (a name with `/` in it is one escaped path segment).
+    pub fn boot_file(name: &str) -> String {
+        format!("/boot/files/{}", escape(name))
+    }
     pub fn boot_script(mac: &str) -> String {
         query(BOOT_SCRIPT, &[("mac", Some(mac))])
     }

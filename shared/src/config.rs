@@ -166,8 +166,16 @@ pub struct BootNet {
     pub register_unknown: bool,
     pub first_ip: Option<Ipv4Addr>,
     pub defer_ms: u64,
+    /// The BIOS boot file (`dhcp.bios_file`): the default for client architecture 0.
     pub bios_file: String,
+    /// The UEFI boot file (`dhcp.efi_file`): the default for x64 UEFI (7, 9) and x64 UEFI HTTP
+    /// Boot (16).
     pub efi_file: String,
+    /// `dhcp.boot_file.<arch>`: the boot file for one client architecture (DHCP option 93),
+    /// `None` for `none` (no offer to that architecture). Wins over `bios_file`/`efi_file`.
+    pub arch_files: std::collections::BTreeMap<u16, Option<String>>,
+    /// `tftp.enabled`: whether the head serves TFTP at all (UEFI HTTP Boot needs no TFTP).
+    pub tftp_enabled: bool,
     pub tftp_port: u16,
     pub tftp_dir: PathBuf,
     /// Answer IPv6 router solicitations with a router advertisement that offers nothing, so
@@ -190,6 +198,8 @@ impl Default for BootNet {
             defer_ms: 500,
             bios_file: "undionly.kpxe".into(),
             efi_file: "snponly.efi".into(),
+            arch_files: Default::default(),
+            tftp_enabled: true,
             tftp_port: 69,
             tftp_dir: PathBuf::from("/usr/lib/ipxe"),
             ra: true,
@@ -503,16 +513,24 @@ impl Config {
                 }
                 "dhcp.defer_ms" => c.boot.defer_ms = int_value(value, 0, 10_000).map_err(bad)?,
                 "dhcp.bios_file" | "dhcp.efi_file" => {
-                    if value.is_empty() || value.len() > 127 || value.chars().any(|c| c.is_control()) {
-                        return Err(bad("a boot file name is 1 to 127 characters".into()));
-                    }
-                    if key == "dhcp.bios_file" {
-                        c.boot.bios_file = value.to_string()
-                    } else {
-                        c.boot.efi_file = value.to_string()
-                    }
+                    let v = boot_file_name(value).map_err(bad)?;
+                    if key == "dhcp.bios_file" { c.boot.bios_file = v } else { c.boot.efi_file = v }
+                }
+                k if k.starts_with(BOOT_FILE_PREFIX) => {
+                    let arch = k[BOOT_FILE_PREFIX.len()..].parse::<u16>().map_err(|_| {
+                        bad(format!(
+                            "`{}` is not a client architecture: dhcp.boot_file.N takes the number of DHCP option 93 (0 BIOS, 6 IA32 UEFI, 7 and 9 x64 UEFI, 10 ARM32, 11 ARM64, 16 x64 HTTP Boot, 19 ARM64 HTTP Boot, …)",
+                            crate::ids::shown(&k[BOOT_FILE_PREFIX.len()..])
+                        ))
+                    })?;
+                    let file = match value {
+                        "none" => None,
+                        v => Some(boot_file_name(v).map_err(bad)?),
+                    };
+                    c.boot.arch_files.insert(arch, file);
                 }
                 "dhcp.ipv6_ra" => c.boot.ra = bool_value(value).map_err(bad)?,
+                "tftp.enabled" => c.boot.tftp_enabled = bool_value(value).map_err(bad)?,
                 "tftp.port" => c.boot.tftp_port = port_value(value).map_err(bad)?,
                 "tftp.dir" => c.boot.tftp_dir = path_value(value).map_err(bad)?,
                 "power.ipmitool" => c.ipmitool = path_value(value).map_err(bad)?,
@@ -593,7 +611,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "dhcp.defer_ms",
     "dhcp.bios_file",
     "dhcp.efi_file",
+    "dhcp.boot_file.7",
     "dhcp.ipv6_ra",
+    "tftp.enabled",
     "tftp.port",
     "tftp.dir",
     "power.ipmitool",
@@ -608,6 +628,59 @@ pub const KNOWN_KEYS: &[&str] = &[
     "local_files.scrub_interval",
     "local_files.scrub_rate",
 ];
+
+/// `dhcp.boot_file.<arch>`: the boot file of one client architecture.
+pub const BOOT_FILE_PREFIX: &str = "dhcp.boot_file.";
+
+/// A boot file name as DHCP hands it out and TFTP and HTTP serve it: 1 to 127 characters, no
+/// control characters, no `..` or leading `/` (it names a file inside `tftp.dir`).
+fn boot_file_name(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.len() > 127 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("a boot file name is 1 to 127 characters, no spaces or control characters".into());
+    }
+    if v.starts_with('/') || v.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
+        return Err(format!("{v:?} is not a file name inside tftp.dir (no leading /, no . or .. parts)"));
+    }
+    Ok(v.to_string())
+}
+
+/// Client architectures (DHCP option 93, IANA's "Processor Architecture Types") by name, for
+/// messages.
+pub fn arch_name(arch: u16) -> &'static str {
+    match arch {
+        0 => "x86 BIOS",
+        6 => "x86 (32-bit) UEFI",
+        7 => "x64 UEFI",
+        9 => "x64 UEFI (EBC number, used by x64 firmware)",
+        10 => "ARM 32-bit UEFI",
+        11 => "ARM 64-bit UEFI",
+        15 => "x86 (32-bit) UEFI HTTP Boot",
+        16 => "x64 UEFI HTTP Boot",
+        18 => "ARM 32-bit UEFI HTTP Boot",
+        19 => "ARM 64-bit UEFI HTTP Boot",
+        25 => "RISC-V 32-bit UEFI",
+        27 => "RISC-V 64-bit UEFI",
+        28 => "RISC-V 64-bit UEFI HTTP Boot",
+        _ => "architecture without a name here",
+    }
+}
+
+impl BootNet {
+    /// The boot file offered to client architecture `arch` (DHCP option 93), or `None` when this
+    /// head offers nothing to it: `dhcp.boot_file.<arch>` if set, else `dhcp.bios_file` for BIOS
+    /// (0), `dhcp.efi_file` for x64 UEFI (7, 9) and x64 UEFI HTTP Boot (16): what Debian's `ipxe`
+    /// package ships. It ships no iPXE for other architectures, so they get nothing by default.
+    pub fn boot_file(&self, arch: u16) -> Option<&str> {
+        if let Some(f) = self.arch_files.get(&arch) {
+            return f.as_deref();
+        }
+        match arch {
+            0 => Some(&self.bios_file),
+            7 | 9 | 16 => Some(&self.efi_file),
+            _ => None,
+        }
+    }
+}
 
 /// The warning for a key [`Config::parse`] does not know, with the known key it is probably a
 /// typo of.
@@ -723,6 +796,38 @@ mod tests {
         }
     }
 
+    /// `dhcp.boot_file.<arch>` fills the table; `none` turns an architecture off; the table wins
+    /// over `dhcp.bios_file`/`dhcp.efi_file`; bad numbers and names are refused with the key.
+    #[test]
+    fn boot_files_by_architecture() {
+        let c = parse("dhcp.efi_file = ipxe.efi\ndhcp.boot_file.11 = arm64/snponly.efi\ndhcp.boot_file.0 = none\ntftp.enabled = no\n").unwrap().config;
+        let b = &c.boot;
+        assert_eq!(b.boot_file(11), Some("arm64/snponly.efi"));
+        assert_eq!(b.boot_file(0), None);
+        assert_eq!(
+            (b.boot_file(7), b.boot_file(9), b.boot_file(16)),
+            (Some("ipxe.efi"), Some("ipxe.efi"), Some("ipxe.efi"))
+        );
+        assert_eq!((b.boot_file(6), b.boot_file(19)), (None, None));
+        assert!(!b.tftp_enabled);
+        let d = BootNet::default();
+        assert_eq!(
+            (d.boot_file(0), d.boot_file(7), d.boot_file(16), d.boot_file(11)),
+            (Some("undionly.kpxe"), Some("snponly.efi"), Some("snponly.efi"), None)
+        );
+        for (line, says) in [
+            ("dhcp.boot_file.arm = x.efi", "not a client architecture"),
+            ("dhcp.boot_file.70000 = x.efi", "not a client architecture"),
+            ("dhcp.boot_file.7 = ../etc/passwd", "not a file name inside tftp.dir"),
+            ("dhcp.boot_file.7 = /boot/ipxe.efi", "not a file name inside tftp.dir"),
+            ("dhcp.boot_file.7 = a b.efi", "no spaces"),
+            ("dhcp.efi_file = x//y.efi", "not a file name inside tftp.dir"),
+        ] {
+            let e = parse(line).unwrap_err().to_string();
+            assert!(e.contains(line.split(" =").next().unwrap()) && e.contains(says), "{line}: {e}");
+        }
+    }
+
     #[test]
     fn defaults_and_values() {
         let l = parse(
@@ -799,7 +904,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(named, KNOWN_KEYS.len());
+        // The table's keys are read by prefix: KNOWN_KEYS has one of them, for suggestions.
+        assert!(body.contains("k if k.starts_with(BOOT_FILE_PREFIX)"));
+        assert_eq!(named + 1, KNOWN_KEYS.len());
     }
 
     #[test]

@@ -17,6 +17,17 @@ pub enum Entry {
     Char(u32, u32),
 }
 
+/// `data` gzip-compressed at `level` (0-9), without a file name or time stamp, so that the same
+/// archive always gives the same bytes. A compressed archive in an initramfs needs no alignment:
+/// Linux finds one at any offset after the archive before it, a plain newc archive only at a
+/// multiple of 4.
+pub fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(level.min(9)));
+    e.write_all(data).expect("writing to memory");
+    e.finish().expect("writing to memory")
+}
+
 /// A newc archive of `entries` (paths without a leading `/`), in path order, with every time
 /// stamp, owner and inode number fixed.
 pub fn write(entries: &BTreeMap<String, Entry>) -> Vec<u8> {
@@ -61,6 +72,17 @@ pub struct Read {
     pub mode: u32,
     pub data: Vec<u8>,
     pub rdev: (u32, u32),
+}
+
+/// [`read`] of a newc archive or of a gzip-compressed one.
+pub fn read_any(b: &[u8]) -> Result<Vec<Read>, String> {
+    if !b.starts_with(&[0x1f, 0x8b]) {
+        return read(b);
+    }
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(b), &mut raw)
+        .map_err(|e| format!("not valid gzip: {e}"))?;
+    read(&raw)
 }
 
 /// Reads a newc archive. Names with `..` components or a leading `/` are refused.

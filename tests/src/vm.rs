@@ -106,8 +106,8 @@ pub fn static_agent() -> PathBuf {
     p
 }
 
-/// A VM on its own tap device on the segment's bridge, network-booting (QEMU's iPXE ROM,
-/// virtio-net), its serial console in a file. QEMU runs under an outer `timeout` (a VM whose test
+/// A VM on its own tap device on the segment's bridge, network-booting (QEMU's iPXE ROM or OVMF's
+/// own network stack, virtio-net), its serial console in a file. QEMU runs under an outer `timeout` (a VM whose test
 /// was killed outright ends by itself) in a process group of its own, which `drop` kills whole:
 /// killing `timeout` alone would orphan QEMU.
 pub struct Vm {
@@ -117,29 +117,60 @@ pub struct Vm {
     pub marker: String,
 }
 
+/// The firmware a [`Vm`] network-boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS and QEMU's iPXE option ROM.
+    Bios,
+    /// OVMF (Debian's `ovmf`) with its own UEFI network stack: the NIC has no option ROM, so
+    /// OVMF's PXE and HTTP Boot clients run, as on most real machines.
+    Uefi,
+}
+
+/// OVMF's code and a template of its variable store (Debian package `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 impl Vm {
+    /// A VM that boots with SeaBIOS and QEMU's iPXE ROM.
     pub fn start(seg: &mut Segment, n: usize, mac: &str, console: &Path) -> Vm {
+        Vm::start_with(seg, n, mac, console, Firmware::Bios)
+    }
+
+    /// A VM that boots with `firmware`. A UEFI VM's variable store is a copy beside `console`.
+    pub fn start_with(seg: &mut Segment, n: usize, mac: &str, console: &Path, firmware: Firmware) -> Vm {
         let tap = format!("cwtap{n}");
         seg.tap(&tap);
         let _ = std::fs::remove_file(console);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let marker = format!("cw-vm-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        let child = Command::new("ip")
-            .args(["netns", "exec", seg.bridge_ns(), "timeout", "500", "qemu-system-x86_64"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", seg.bridge_ns(), "timeout", "500", "qemu-system-x86_64"])
             .args(["-name", &marker])
-            .args([
-                "-machine",
-                &format!("pc,accel={}", accel()),
-                "-m",
-                "768",
-                "-boot",
-                "n",
-                "-no-reboot",
-                "-display",
-                "none",
-            ])
-            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+            .args(["-m", "768", "-no-reboot", "-display", "none"])
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
+        match firmware {
+            Firmware::Bios => {
+                cmd.args(["-machine", &format!("pc,accel={}", accel()), "-boot", "n"])
+                    .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
+            }
+            Firmware::Uefi => {
+                for f in [OVMF_CODE, OVMF_VARS] {
+                    assert!(Path::new(f).is_file(), "{f} is missing: install Debian's ovmf (make test does)");
+                }
+                let vars = console.with_extension("vars.fd");
+                std::fs::copy(OVMF_VARS, &vars).expect("copy OVMF's variable store");
+                cmd.args(["-machine", &format!("q35,accel={}", accel())])
+                    .args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")])
+                    .args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())])
+                    // No option ROM: OVMF's own network stack boots; the NIC is the first boot device.
+                    .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")])
+                    // IPv4 only: the segments have no DHCPv6, whose PXE and HTTP attempts
+                    // would each wait a minute first.
+                    .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]);
+            }
+        }
+        let child = cmd
             .args(["-serial", &format!("file:{}", console.display()), "-monitor", "none"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,7 +5,7 @@
 //! parent head, and moves to the other head when that one is killed.
 
 use clusterware_tests::netns::{Segment, cli_in};
-use clusterware_tests::vm::{Kernel, Vm, static_agent, workspace};
+use clusterware_tests::vm::{Firmware, Kernel, Vm, static_agent, workspace};
 use clusterware_tests::{Cluster, poll_until};
 use serde_json::Value;
 use std::path::Path;
@@ -97,9 +97,13 @@ fn prepare(c: &Cluster, dir: &Path) {
 
 /// A VM whose console log is kept in target/e2e-logs.
 fn vm(seg: &mut Segment, n: usize, mac: &str, test: &str) -> Vm {
+    vm_with(seg, n, mac, test, Firmware::Bios)
+}
+
+fn vm_with(seg: &mut Segment, n: usize, mac: &str, test: &str, firmware: Firmware) -> Vm {
     let logs = workspace().join("target/e2e-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    Vm::start(seg, n, mac, &logs.join(format!("{test}-vm{n}.log")))
+    Vm::start_with(seg, n, mac, &logs.join(format!("{test}-vm{n}.log")), firmware)
 }
 
 #[test]
@@ -202,9 +206,14 @@ fn three_heads_boot_three_vms_into_the_agent() {
 /// One head, prepared, with node n0 (`mac`, host address `host`) registered. Dropped in order:
 /// heads, then the namespaces, then the files.
 fn one_head(mac: &str, host: u8) -> (Cluster, Segment, tempfile::TempDir) {
+    one_head_with(mac, host, "")
+}
+
+/// [`one_head`] with more lines of `base.ini`.
+fn one_head_with(mac: &str, host: u8, extra: &str) -> (Cluster, Segment, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut seg = Segment::new();
-    let mut c = Cluster::configure_on(&mut seg, 1, "");
+    let mut c = Cluster::configure_on(&mut seg, 1, extra);
     c.start_all();
     prepare(&c, dir.path());
     c.heads[0]
@@ -258,4 +267,40 @@ fn one_head_one_vm_reaches_up() {
     let out = h.cli("scyld-nodectl", &["-i", "n0", "revoke"]);
     assert!(out.code == 0, "{out:?}");
     h.wait_log("the node's requests refused", |l| l.contains("without the node's current certificate refused"));
+}
+
+/// OVMF's own UEFI network stack, no iPXE option ROM (what most real machines run): UEFI PXE gets
+/// `snponly.efi` over TFTP, iPXE the boot script, and the node comes up.
+#[test]
+fn uefi_pxe_boots_to_up() {
+    let mac = "52:54:00:aa:0e:31";
+    let (c, mut seg, _dir) = one_head_with(mac, 131, "");
+    let vm = vm_with(&mut seg, 0, mac, "uefi-pxe", Firmware::Uefi);
+    poll_until("the UEFI VM up with head1 as parent", Duration::from_secs(450), || {
+        let s = status(&c, 0, "n0");
+        s["state"] == "up" && s["parent"] == "head1"
+    });
+    let t = vm.console();
+    for phase in ["Start PXE over IPv4", "iPXE", "image unpacked"] {
+        assert!(t.contains(phase), "{phase} missing from the console:\n{t}");
+    }
+}
+
+/// UEFI HTTP Boot alone: the head serves no TFTP, OVMF's PXE attempt fails, its HTTP Boot gets
+/// the URL of `snponly.efi` on the head (DHCP vendor class `HTTPClient`), and the node comes up.
+#[test]
+fn uefi_http_boot_alone_boots_to_up() {
+    let mac = "52:54:00:aa:0e:41";
+    let (c, mut seg, _dir) = one_head_with(mac, 141, "tftp.enabled = no\n");
+    let h = &c.heads[0];
+    h.wait_log("DHCP without TFTP", |l| l.contains("TFTP off"));
+    let vm = vm_with(&mut seg, 0, mac, "uefi-http", Firmware::Uefi);
+    poll_until("the UEFI VM up with head1 as parent", Duration::from_secs(450), || {
+        let s = status(&c, 0, "n0");
+        s["state"] == "up" && s["parent"] == "head1"
+    });
+    let t = vm.console();
+    for phase in ["Start HTTP Boot over IPv4", "iPXE", "image unpacked"] {
+        assert!(t.contains(phase), "{phase} missing from the console:\n{t}");
+    }
 }

@@ -399,8 +399,28 @@ fn plain_http_serves_only_what_firmware_fetches() {
     assert_eq!(body["proof"], clusterware_shared::pki::ca_proof(clusterware_tests::PASS, &ca).as_str());
     assert_ne!(body["proof"], clusterware_shared::pki::ca_proof("another password", &ca).as_str());
     assert_eq!(body["api_url"], h.url().as_str());
+    // (Its content, the CA at etc/clusterware/ca.pem, is checked by the head's unit test; the
+    // UEFI boot tests show a node finds it.)
     let a = get("/boot/ca.cpio", "");
-    assert!(a.starts_with("HTTP/1.1 200") && a.contains("etc/clusterware/ca.pem") && a.contains(ca.trim()), "{a}");
+    assert!(a.starts_with("HTTP/1.1 200") && a.contains("content-type: application/octet-stream"), "{a}");
+    // Boot files for UEFI HTTP Boot: the iPXE binaries of tftp.dir (Debian's /usr/lib/ipxe), with
+    // their length (firmware asks with HEAD first); nothing outside the directory, however the
+    // name is spelt, and not Debian's ipxe.efi, a link to /boot.
+    let efi = std::fs::read("/usr/lib/ipxe/snponly.efi").expect("Debian's ipxe (make test installs it)");
+    let a = get("/boot/files/snponly.efi", "");
+    assert!(a.starts_with("HTTP/1.1 200") && a.contains("content-type: application/efi"), "{}", &a[..200]);
+    assert!(a.contains(&format!("content-length: {}\r\n", efi.len())), "{}", &a[..200]);
+    let head =
+        plain_request(from, h, "HEAD /api/v1/boot/files/snponly.efi HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains(&format!("content-length: {}\r\n", efi.len())), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+    for name in ["..%2F..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "ipxe.efi", "..", "%2E%2E%2Fipxe%2Fsnponly.efi"]
+    {
+        let a = get(&format!("/boot/files/{name}"), "");
+        assert!(a.starts_with("HTTP/1.1 403") || a.starts_with("HTTP/1.1 404"), "{name}: {a}");
+        assert!(!a.contains("root:"), "{name}: {a}");
+    }
+    assert!(get("/boot/files/no-such.efi", "").starts_with("HTTP/1.1 404"));
     // Keys readable by root alone.
     for key in ["ca.key", "head.key"] {
         let m = std::os::unix::fs::PermissionsExt::mode(

@@ -457,6 +457,14 @@ fn operations(s: &mut Schemas) -> Vec<Op> {
             Body::None,
             Body::Bytes("application/octet-stream"),
         ),
+        op(
+            Get,
+            path::BOOT_FILE,
+            "A boot file of tftp.dir (an iPXE binary) for UEFI HTTP Boot (firmware)",
+            Open,
+            Body::None,
+            Body::Bytes("application/efi"),
+        ),
         Op {
             query: &[("mac", "the node's MAC")],
             ..op(Get, path::AGENT_HEADS, "A node's heads, parent first (agent)", Open, Body::None, s.of::<HeadsReply>())

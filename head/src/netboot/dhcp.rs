@@ -45,6 +45,7 @@ pub struct DhcpCounters {
     pub naks: AtomicU64,
     pub unknown: AtomicU64,
     pub dropped: AtomicU64,
+    pub no_boot_file: AtomicU64,
 }
 
 pub struct DhcpServer {
@@ -73,6 +74,43 @@ pub enum Drop {
     Malformed(String),
     NotForUs,
     Unknown(MacAddr),
+    /// A firmware client of an architecture this head has no boot file for (`dhcp.boot_file.N`).
+    NoBootFile(u16),
+}
+
+/// How a firmware client (not iPXE) boots, from its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Firmware {
+    /// Client architecture (option 93; for UEFI HTTP Boot also in the vendor class).
+    pub arch: u16,
+    /// UEFI HTTP Boot: vendor class (option 60) `HTTPClient…`.
+    pub http: bool,
+}
+
+/// The vendor class (option 60) of UEFI HTTP Boot clients, and of the answer they need.
+const HTTP_CLIENT: &[u8] = b"HTTPClient";
+
+/// What kind of firmware sent `msg`: `None` for a client that is not network-booting firmware
+/// (no option 93 and no PXE or HTTP Boot vendor class).
+pub fn firmware(msg: &Message) -> Option<Firmware> {
+    let class = match msg.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(v)) => v.as_slice(),
+        _ => &[],
+    };
+    let http = class.starts_with(HTTP_CLIENT);
+    let arch = match msg.opts().get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+        // `PXEClient:Arch:00007:UNDI:003016`, `HTTPClient:Arch:00016:…`.
+        _ => std::str::from_utf8(class)
+            .ok()
+            .and_then(|c| c.split(':').skip_while(|p| *p != "Arch").nth(1))
+            .and_then(|a| a.parse().ok()),
+    };
+    match (arch, http) {
+        (Some(arch), _) => Some(Firmware { arch, http }),
+        (None, true) => Some(Firmware { arch: 16, http }),
+        (None, false) => None,
+    }
 }
 
 fn is_ipxe(msg: &Message) -> bool {
@@ -117,6 +155,7 @@ impl DhcpServer {
                 Err(Drop::NotForUs) => "not_for_us",
                 Err(Drop::Unknown(_)) if self.settings.net.register_unknown => "registering_unknown",
                 Err(Drop::Unknown(_)) => "ignored_unknown",
+                Err(Drop::NoBootFile(_)) => "no_boot_file",
             };
             m.dhcp(kind, outcome);
         }
@@ -153,6 +192,19 @@ impl DhcpServer {
         let mtype = mtype.ok_or_else(|| Drop::Malformed("no message type".into()))?;
         let Some(node) = self.nodes.by_mac(&mac) else {
             return Err(Drop::Unknown(mac));
+        };
+        // Firmware gets its architecture's boot file, or no answer at all when there is none
+        // (an offer it cannot boot from would only keep it from trying another server).
+        let fw = if is_ipxe(&msg) { None } else { firmware(&msg) };
+        let boot_file = match fw {
+            Some(f) => match self.settings.net.boot_file(f.arch) {
+                Some(file) => Some(file),
+                None if matches!(mtype, MessageType::Discover | MessageType::Request) => {
+                    return Err(Drop::NoBootFile(f.arch));
+                }
+                None => None,
+            },
+            None => None,
         };
         let me = self.settings.server_ip;
         let (reply_type, yiaddr) = match mtype {
@@ -208,21 +260,27 @@ impl DhcpServer {
             if let Some(d) = &self.settings.net.domain {
                 o.insert(DhcpOption::DomainName(d.clone()));
             }
-            // PXE: iPXE gets its script, a PXE ROM the iPXE binary for its architecture.
+            // iPXE gets its script; a PXE ROM the iPXE binary for its architecture over TFTP;
+            // UEFI HTTP Boot the binary's URL on this head, with the vendor class it requires.
             if is_ipxe(&msg) {
                 r.set_fname_str(format!(
                     "{}{}",
                     self.settings.http_base,
                     path::full(&path::boot_script(&mac.to_string()))
                 ));
-            } else if let Some(DhcpOption::ClientSystemArchitecture(a)) =
-                msg.opts().get(OptionCode::ClientSystemArchitecture)
-            {
-                let file = match u16::from(*a) {
-                    0 => &self.settings.net.bios_file,
-                    _ => &self.settings.net.efi_file,
-                };
-                r.set_fname_str(file);
+            } else if let (Some(fw), Some(file)) = (fw, boot_file) {
+                if fw.http {
+                    let url = format!("{}{}", self.settings.http_base, path::full(&path::boot_file(file)));
+                    r.opts_mut().insert(DhcpOption::ClassIdentifier(HTTP_CLIENT.to_vec()));
+                    // The file field holds 127 characters; a longer URL goes in option 67.
+                    if url.len() < 128 {
+                        r.set_fname_str(&url);
+                    } else {
+                        r.opts_mut().insert(DhcpOption::BootfileName(url.into_bytes()));
+                    }
+                } else {
+                    r.set_fname_str(file);
+                }
             }
         }
         let to = if !msg.giaddr().is_unspecified() {
@@ -348,6 +406,16 @@ impl DhcpServer {
                         Duration::from_secs(60),
                         || tracing::warn!(%from, reason = %why, "malformed DHCP packet dropped (logged once a minute)"),
                     );
+                }
+                Err(Drop::NoBootFile(arch)) => {
+                    self.counters.no_boot_file.fetch_add(1, Ordering::Relaxed);
+                    self.complain(format!("arch {arch}"), Duration::from_secs(60), || {
+                        tracing::warn!(
+                            arch,
+                            architecture = clusterware_shared::config::arch_name(arch),
+                            "a network-booting client of this architecture got no offer: no boot file is set for it (set dhcp.boot_file.{arch} in base.ini; logged once a minute)"
+                        )
+                    });
                 }
                 Err(Drop::NotForUs) => {}
             }
@@ -500,6 +568,103 @@ mod tests {
         ));
         let after = [count("discover", "offered"), count("request", "nak"), count("discover", "ignored_unknown")];
         assert!(after[0] >= before[0] + 2 && after[1] > before[1] && after[2] > before[2], "{before:?} {after:?}");
+    }
+
+    fn with_class(mut p: Vec<u8>, class: &[u8]) -> Vec<u8> {
+        let mut m = Message::decode(&mut Decoder::new(&p)).unwrap();
+        m.opts_mut().insert(DhcpOption::ClassIdentifier(class.to_vec()));
+        p.clear();
+        m.encode(&mut Encoder::new(&mut p)).unwrap();
+        p
+    }
+
+    fn file_of(r: &Reply) -> String {
+        r.msg.fname_str().and_then(Result::ok).unwrap_or_default().trim_end_matches('\0').to_string()
+    }
+
+    /// Each architecture gets its own file; one without a file gets no answer at all; a table
+    /// entry wins over `dhcp.bios_file`/`dhcp.efi_file`; `none` turns an architecture off.
+    #[tokio::test]
+    async fn a_boot_file_per_architecture() {
+        let (s, _stop) = server().await;
+        let offer = |arch| s.respond(&packet(MessageType::Discover, MAC, Some(arch)), from());
+        for (arch, file) in [(0, "undionly.kpxe"), (7, "snponly.efi"), (9, "snponly.efi")] {
+            assert_eq!(file_of(&offer(arch).unwrap()), file, "arch {arch}");
+        }
+        // Debian's ipxe has nothing for ARM64 or 32-bit UEFI: no offer.
+        for arch in [6, 10, 11, 19, 4242] {
+            assert_eq!(offer(arch).unwrap_err(), Drop::NoBootFile(arch), "arch {arch}");
+        }
+        // A request (not only a discover) is refused the same way; an INFORM is answered.
+        let req = packet(MessageType::Request, MAC, Some(11));
+        assert_eq!(s.respond(&req, from()).unwrap_err(), Drop::NoBootFile(11));
+        assert!(s.respond(&packet(MessageType::Inform, MAC, Some(11)), from()).is_ok());
+        // Without option 93 (an operating system's DHCP client): an answer, no file.
+        assert_eq!(file_of(&s.respond(&packet(MessageType::Discover, MAC, None), from()).unwrap()), "");
+        // iPXE, whatever its architecture, gets its script.
+        let mut m = Message::decode(&mut Decoder::new(&packet(MessageType::Discover, MAC, Some(11)))).unwrap();
+        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        let mut b = Vec::new();
+        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        assert!(file_of(&s.respond(&b, from()).unwrap()).contains("/api/v1/boot/script?mac=52:54:00:00:00:01"));
+
+        let mut net = s.settings.net.clone();
+        net.arch_files.insert(11, Some("arm64/snponly.efi".into()));
+        net.arch_files.insert(0, None);
+        net.arch_files.insert(7, Some("ipxe-x64.efi".into()));
+        let s2 =
+            DhcpServer::new(s.db.clone(), s.nodes.clone(), s.view.clone(), DhcpSettings { net, ..s.settings.clone() });
+        let offer = |arch| s2.respond(&packet(MessageType::Discover, MAC, Some(arch)), from());
+        assert_eq!(file_of(&offer(11).unwrap()), "arm64/snponly.efi");
+        assert_eq!(file_of(&offer(7).unwrap()), "ipxe-x64.efi");
+        assert_eq!(file_of(&offer(9).unwrap()), "snponly.efi", "9 still follows dhcp.efi_file");
+        assert_eq!(offer(0).unwrap_err(), Drop::NoBootFile(0));
+    }
+
+    /// UEFI HTTP Boot: vendor class `HTTPClient` gets option 60 `HTTPClient` and the URL of the
+    /// binary on this head; a PXE client's answer carries neither.
+    #[tokio::test]
+    async fn uefi_http_boot_gets_a_url() {
+        let (s, _stop) = server().await;
+        let p = with_class(packet(MessageType::Discover, MAC, Some(16)), b"HTTPClient:Arch:00016:UNDI:003001");
+        let r = s.respond(&p, from()).unwrap();
+        assert_eq!(file_of(&r), "http://10.0.0.1:80/api/v1/boot/files/snponly.efi");
+        assert_eq!(
+            r.msg.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+        );
+        // The architecture from the vendor class when option 93 is missing.
+        let p = with_class(packet(MessageType::Discover, MAC, None), b"HTTPClient:Arch:00019:UNDI:003001");
+        assert_eq!(s.respond(&p, from()).unwrap_err(), Drop::NoBootFile(19));
+        let pxe = with_class(packet(MessageType::Discover, MAC, Some(7)), b"PXEClient:Arch:00007:UNDI:003016");
+        let r = s.respond(&pxe, from()).unwrap();
+        assert_eq!(file_of(&r), "snponly.efi");
+        assert_eq!(r.msg.opts().get(OptionCode::ClassIdentifier), None);
+        // A name with a directory in it is one escaped path segment; a URL too long for the file
+        // field goes in option 67.
+        let mut net = s.settings.net.clone();
+        net.arch_files.insert(16, Some("x64/snponly.efi".into()));
+        let long = format!("http://10.0.0.1:80/{}", "p".repeat(120));
+        let s2 = DhcpServer::new(
+            s.db.clone(),
+            s.nodes.clone(),
+            s.view.clone(),
+            DhcpSettings { net: net.clone(), ..s.settings.clone() },
+        );
+        let p = with_class(packet(MessageType::Discover, MAC, Some(16)), b"HTTPClient");
+        assert_eq!(file_of(&s2.respond(&p, from()).unwrap()), "http://10.0.0.1:80/api/v1/boot/files/x64%2Fsnponly.efi");
+        let s3 = DhcpServer::new(
+            s.db.clone(),
+            s.nodes.clone(),
+            s.view.clone(),
+            DhcpSettings { net, http_base: long.clone(), ..s.settings.clone() },
+        );
+        let r = s3.respond(&p, from()).unwrap();
+        assert_eq!(file_of(&r), "");
+        assert_eq!(
+            r.msg.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(format!("{long}/api/v1/boot/files/x64%2Fsnponly.efi").into_bytes()))
+        );
     }
 
     /// Malformed input is dropped, never a panic: truncations, wrong cookie, bad option lengths,

@@ -38,6 +38,7 @@ pub async fn start(
         complaints: Default::default(),
         identity: identity.clone(),
         ca_cpio: routes::ca_cpio(crate::core::tls::cluster_ca().unwrap_or_default()).into(),
+        tftp_dir: ctx.config.boot.tftp_dir.clone(),
     })));
     let (cfg, db, view, sup) = (ctx.config, &ctx.db, &ctx.view, ctx.sup);
     let Some(iface) = cfg.boot.interface.clone() else {
@@ -53,17 +54,29 @@ pub async fn start(
         .ok_or_else(|| err("finding its IPv4 address")(std::io::Error::other("the interface has no IPv4 address")))?;
     let settings = dhcp::DhcpSettings { net: cfg.boot.clone(), server_ip, http_base: view.me.boot_base().to_string() };
     let dhcp_sock = dhcp::bind(&iface, cfg.boot.dhcp_port).map_err(err("binding the DHCP port"))?;
-    let tftp_sock = tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
-        .await
-        .map_err(err("binding the TFTP port"))?;
+    let tftp_sock = match cfg.boot.tftp_enabled {
+        true => Some(
+            tokio::net::UdpSocket::bind(SocketAddr::from((server_ip, cfg.boot.tftp_port)))
+                .await
+                .map_err(err("binding the TFTP port"))?,
+        ),
+        false => None,
+    };
     if !cfg.boot.tftp_dir.is_dir() {
-        tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the TFTP directory does not exist (Debian package ipxe); PXE ROMs cannot load iPXE from this head");
+        tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the boot file directory tftp.dir does not exist (Debian package ipxe); firmware cannot load iPXE from this head");
     }
     let dhcp = dhcp::DhcpServer::new(db.clone(), nodes.clone(), view.clone(), settings);
-    let tftp = tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
-    tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
     sup.spawn(Stage::Serve, "dhcp", move |stop| dhcp.run(dhcp_sock, stop));
-    sup.spawn(Stage::Serve, "tftp", move |stop| tftp.run(tftp_sock, stop));
+    match tftp_sock {
+        Some(sock) => {
+            let tftp = tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
+            tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
+            sup.spawn(Stage::Serve, "tftp", move |stop| tftp.run(sock, stop));
+        }
+        None => {
+            tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, "network boot: DHCP serving, TFTP off (tftp.enabled = no): only UEFI HTTP Boot and iPXE clients can boot from this head")
+        }
+    }
     if cfg.boot.ra {
         match ra::bind(&iface) {
             Ok(sock) => {

@@ -4,14 +4,16 @@ use crate::agent_channel::Hub;
 use crate::agent_channel::routes::mac_param;
 use crate::core::complaints::Complaints;
 use crate::core::db::Database;
-use crate::core::http::{ApiResult, Routes, query_pairs};
+use crate::core::http::{ApiFailure, ApiResult, Routes, query_pairs};
 use crate::core::schema::HeadRecord;
 use crate::netboot::script::{self, Script};
+use crate::netboot::tftp;
 use axum::Router;
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use clusterware_shared::api::ErrorKind;
 use clusterware_shared::api::path;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub struct Api {
     pub identity: Arc<crate::registry::identity::Identity>,
     /// [`path::BOOT_CA`]'s answer.
     pub ca_cpio: axum::body::Bytes,
+    /// `tftp.dir`: the boot files [`path::BOOT_FILE`] serves.
+    pub tftp_dir: std::path::PathBuf,
 }
 
 /// The routes (paths under `/api/v1`).
@@ -34,6 +38,7 @@ pub fn routes(api: Arc<Api>) -> Routes {
         admin: Router::new(),
         open: Router::new()
             .route(path::BOOT_SCRIPT, get(boot_script))
+            .route(path::BOOT_FILE, get(boot_file))
             .route(
                 path::BOOT_CA,
                 get(
@@ -44,9 +49,12 @@ pub fn routes(api: Arc<Api>) -> Routes {
     }
 }
 
-/// The newc archive of [`path::BOOT_CA`]: the CA at [`clusterware_shared::agent::CA_FILE`].
+/// The archive of [`path::BOOT_CA`]: the CA at [`clusterware_shared::agent::CA_FILE`], newc,
+/// gzip-compressed. Compressed, Linux finds it whatever the length of the initramfs before it:
+/// UEFI's kernel loader puts the two end to end, and a plain newc archive is only found at a
+/// multiple of 4 bytes (a gzip'd initramfs of another length hid the CA from the node).
 pub fn ca_cpio(ca_pem: &str) -> Vec<u8> {
-    use clusterware_shared::cpio::{Entry, write};
+    use clusterware_shared::cpio::{Entry, gzip, write};
     let file = clusterware_shared::agent::CA_FILE.trim_start_matches('/');
     let mut entries = std::collections::BTreeMap::new();
     let mut dir = String::new();
@@ -55,7 +63,29 @@ pub fn ca_cpio(ca_pem: &str) -> Vec<u8> {
         entries.insert(dir.clone(), Entry::Dir(0o755));
     }
     entries.insert(file.to_string(), Entry::File { data: ca_pem.as_bytes().to_vec(), mode: 0o644 });
-    write(&entries)
+    gzip(&write(&entries), 9)
+}
+
+/// `GET /api/v1/boot/files/{name}`: a file of `tftp.dir` over HTTP, for UEFI HTTP Boot (no
+/// credential: firmware fetches it). The same files TFTP serves, checked the same way
+/// ([`tftp::open`]: nothing outside the directory, regular files only); streamed from the handle
+/// that was checked, with its length (HTTP Boot asks with HEAD first).
+async fn boot_file(State(st): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let dir = st.tftp_dir.clone();
+    let shown = clusterware_shared::ids::shown(&name).to_string();
+    let opened = tokio::task::spawn_blocking(move || tftp::open(&dir, &name))
+        .await
+        .map_err(|e| ApiFailure::new(ErrorKind::Internal, format!("opening a boot file: {e}")))?;
+    let (file, len) = match opened {
+        Ok(o) => o.into_parts(),
+        Err(r) if tftp::not_found(&r) => {
+            return Err(ApiFailure::not_found(format!("no boot file {shown:?} in tftp.dir on this head")));
+        }
+        Err((_, why)) => return Err(ApiFailure::new(ErrorKind::Forbidden, why)),
+    };
+    let kind = if shown.ends_with(".efi") { "application/efi" } else { "application/octet-stream" };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
+    Ok(([(header::CONTENT_TYPE, kind.to_string()), (header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
 fn ipxe(text: String) -> Response {
@@ -98,5 +128,19 @@ async fn boot_script(
             st.complaints.complain(format!("retry {mac}"), || tracing::warn!(node = %node.name, %mac, "{why}"));
             Ok(ipxe(script::retry(base, &mac, &why)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CA archive is gzip'd newc holding the CA where the agent looks for it.
+    #[test]
+    fn the_ca_archive_holds_the_ca() {
+        let a = super::ca_cpio("-----BEGIN CERTIFICATE-----\nxyz\n-----END CERTIFICATE-----\n");
+        assert!(a.starts_with(&[0x1f, 0x8b]), "gzip'd");
+        let entries = clusterware_shared::cpio::read_any(&a).unwrap();
+        let ca = entries.iter().find(|e| format!("/{}", e.path) == clusterware_shared::agent::CA_FILE).unwrap();
+        assert!(String::from_utf8_lossy(&ca.data).contains("xyz"));
+        assert!(entries.iter().any(|e| e.path == "etc" && e.mode & 0o040000 != 0), "{entries:?}");
     }
 }

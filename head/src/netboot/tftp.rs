@@ -119,6 +119,18 @@ pub struct Opened {
 /// Why a name is not served: the TFTP error code and the message.
 pub type Refusal = (u16, String);
 
+/// Whether a refusal is for a name that does not exist (the rest are refused access).
+pub fn not_found(r: &Refusal) -> bool {
+    r.0 == E_NOT_FOUND
+}
+
+impl Opened {
+    /// The open handle and the file's size when it was opened.
+    pub fn into_parts(self) -> (File, u64) {
+        (self.file, self.len)
+    }
+}
+
 /// Opens the file a request names inside `root`, or says why not. Every symbolic link on the
 /// way is resolved and what it reaches must be a regular file inside the canonical `root`; the
 /// handle opened is checked again (where it really is, what it is), and it is what the transfer
