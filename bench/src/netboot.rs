@@ -164,11 +164,10 @@ fn metrics_off(h: &mut clusterware_tests::Head) {
 
 /// Time from QEMU's start to each phase of a boot into the agent, and the same VM's re-parent
 /// time after its head dies; against dnsmasq + busybox httpd booting a busybox initramfs that
-/// makes its first HTTP request.
+/// makes its first HTTP request. Once with BIOS (QEMU's iPXE ROM), once with UEFI (OVMF's own PXE
+/// client, then iPXE's `snponly.efi`).
 pub fn bench_boot(r: &mut Report) {
-    use clusterware_tests::netns::{cli_in, run_in};
-    use clusterware_tests::vm::{Kernel, Vm, accel, static_agent};
-    use std::time::Instant;
+    use clusterware_tests::vm::{Firmware, Kernel, accel, static_agent};
     let Some(k) = Kernel::find() else {
         r.section(
             "Network boot into the agent",
@@ -178,7 +177,6 @@ pub fn bench_boot(r: &mut Report) {
         return;
     };
     let agent = static_agent();
-    eprintln!("cw-bench: network boot into the agent…");
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.img");
     k.initramfs(&agent, &initrd);
@@ -186,7 +184,55 @@ pub fn bench_boot(r: &mut Report) {
     clusterware_tests::vm::busybox_root(&rootfs);
     let image = dir.path().join("root.img");
     clusterware_tests::vm::root_image(&rootfs, &agent, &image);
+    let fmt = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+    let mut rows = Vec::new();
+    for (firmware, name) in [(Firmware::Bios, "BIOS, QEMU's iPXE ROM"), (Firmware::Uefi, "UEFI, OVMF's PXE")] {
+        eprintln!("cw-bench: network boot into the agent ({name})…");
+        let (marks, reparent, baseline) = boot_with(firmware, &k, &initrd, &image, dir.path());
+        let up = marks[4];
+        let ratio = match (up, baseline) {
+            (Some(u), Some(b)) => format!("{:.2}", u.as_secs_f64() / b.as_secs_f64()),
+            _ => "-".into(),
+        };
+        let mut row = vec![name.to_string()];
+        row.extend(marks.iter().map(|m| fmt(*m)));
+        row.extend([fmt(baseline), ratio, fmt(reparent)]);
+        rows.push(row);
+    }
+    r.section(
+        "Network boot into the agent",
+        "QEMU (TCG unless KVM works, virtio-net) booting from a head in network namespaces: with SeaBIOS and QEMU's iPXE ROM, and with OVMF (Debian's ovmf, the NIC without an option ROM, so that OVMF's own PXE client loads iPXE's snponly.efi over TFTP)",
+        &format!("Seconds from QEMU's start ({}) until: the head served the boot script (DHCP and iPXE done), the agent runs as /init and asks for an address (kernel and initramfs downloaded and started), the root image is unpacked (downloaded from the head, size and SHA-256 checked), the agent switches root, and the node is `up` (the image's agent reported). The baseline, with the same firmware, is dnsmasq (its own TFTP for OVMF's PXE) + busybox httpd booting the same kernel with a busybox initramfs that loads the same drivers, runs udhcpc and makes its first HTTP request (no root image). Both segments get the same empty IPv6 router advertisements. Target: up / baseline <= 1.2. Then the head that booted the VM is killed (kill -9): time until the node is up on another head.", accel()),
+    );
+    r.table(
+        &[
+            "firmware",
+            "boot script",
+            "agent as /init",
+            "image unpacked",
+            "switch root",
+            "up",
+            "baseline: first HTTP request",
+            "up / baseline",
+            "re-parent after kill -9",
+        ],
+        rows,
+    );
+}
 
+/// One boot with `firmware`: the phases' times (boot script, agent as /init, image unpacked,
+/// switch root, up), the re-parent time after kill -9 of the parent, and the baseline's time to
+/// its first HTTP request.
+fn boot_with(
+    firmware: clusterware_tests::vm::Firmware,
+    k: &clusterware_tests::vm::Kernel,
+    initrd: &std::path::Path,
+    image: &std::path::Path,
+    dir: &std::path::Path,
+) -> ([Option<Duration>; 5], Option<Duration>, Option<Duration>) {
+    use clusterware_tests::netns::{cli_in, run_in};
+    use clusterware_tests::vm::{Firmware, Vm};
+    use std::time::Instant;
     // Ours: three heads (so that one may die), one VM.
     let mut seg = Segment::new();
     let mut c = Cluster::configure_on(&mut seg, 3, "");
@@ -217,9 +263,9 @@ pub fn bench_boot(r: &mut Report) {
     h.cli("scyld-bootctl", &["default", "bench"]);
     let mac = "52:54:00:bb:00:01";
     h.cli("scyld-nodectl", &["create", &format!("mac={mac}"), &format!("ip={}", seg.addr(101)), "_status_secs=2"]);
-    let console = dir.path().join("console.log");
+    let console = dir.join("console.log");
     let t0 = Instant::now();
-    let vm = Vm::start(&mut seg, 0, mac, &console);
+    let vm = Vm::start_with(&mut seg, 0, mac, &console, firmware);
     let mut marks: Vec<(&str, Option<Duration>)> = vec![
         ("boot script", None),
         ("kernel running", None),
@@ -276,13 +322,14 @@ pub fn bench_boot(r: &mut Report) {
     let mut seg = Segment::new();
     let srv = seg.addr(13);
     let ns = seg.member("bs", Some(srv));
-    let www = dir.path().join("www");
+    let www = dir.join("www");
+    let _ = std::fs::remove_dir_all(&www);
     std::fs::create_dir_all(&www).unwrap();
     std::fs::copy(&k.vmlinuz, www.join("vmlinuz")).unwrap();
     std::fs::write(
         www.join("boot.ipxe"),
         format!(
-            "#!ipxe\nkernel http://{srv}:8000/vmlinuz console=ttyS0 quiet\ninitrd http://{srv}:8000/initrd.img\nboot\n"
+            "#!ipxe\nkernel http://{srv}:8000/vmlinuz initrd=initrd.img console=ttyS0 quiet\ninitrd http://{srv}:8000/initrd.img\nboot\n"
         ),
     )
     .unwrap();
@@ -365,6 +412,16 @@ pub fn bench_boot(r: &mut Report) {
         .arg(format!("--dhcp-host={bmac},{}", seg.addr(102)))
         .arg("--dhcp-userclass=set:ipxe,iPXE")
         .arg(format!("--dhcp-boot=tag:ipxe,http://{srv}:8000/boot.ipxe"))
+        // OVMF's PXE client: iPXE's snponly.efi from dnsmasq's own TFTP server.
+        .args(match firmware {
+            Firmware::Bios => vec![],
+            Firmware::Uefi => vec![
+                "--enable-tftp".to_string(),
+                "--tftp-root=/usr/lib/ipxe".to_string(),
+                "--dhcp-match=set:efi64,option:client-arch,7".to_string(),
+                "--dhcp-boot=tag:efi64,tag:!ipxe,snponly.efi".to_string(),
+            ],
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -383,9 +440,9 @@ pub fn bench_boot(r: &mut Report) {
         })
     });
     std::thread::sleep(Duration::from_millis(500));
-    let bconsole = dir.path().join("baseline.log");
+    let bconsole = dir.join("baseline.log");
     let t1 = Instant::now();
-    let bvm = Vm::start(&mut seg, 1, bmac, &bconsole);
+    let bvm = Vm::start_with(&mut seg, 1, bmac, &bconsole, firmware);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = ping.accept() {
@@ -412,37 +469,5 @@ pub fn bench_boot(r: &mut Report) {
     let _ = dnsmasq.wait();
     let _ = httpd.wait();
 
-    let fmt = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
-    let up = marks[4].1;
-    let ratio = match (up, baseline) {
-        (Some(u), Some(b)) => format!("{:.2}", u.as_secs_f64() / b.as_secs_f64()),
-        _ => "-".into(),
-    };
-    r.section(
-        "Network boot into the agent",
-        "QEMU (TCG unless KVM works, virtio-net, its iPXE ROM) booting from a head in network namespaces",
-        &format!("Seconds from QEMU's start ({}) until: the head served the boot script (DHCP and iPXE done), the agent runs as /init and asks for an address (kernel and initramfs downloaded and started), the root image is unpacked (downloaded from the head, size and SHA-256 checked), the agent switches root, and the node is `up` (the image's agent reported). The baseline is dnsmasq + busybox httpd booting the same kernel with a busybox initramfs that loads the same drivers, runs udhcpc and makes its first HTTP request (no root image). Both segments get the same empty IPv6 router advertisements. Target: up / baseline <= 1.2. Then the head that booted the VM is killed (kill -9): time until the node is up on another head.", accel()),
-    );
-    r.table(
-        &[
-            "boot script",
-            "agent as /init",
-            "image unpacked",
-            "switch root",
-            "up",
-            "baseline: first HTTP request",
-            "up / baseline",
-            "re-parent after kill -9",
-        ],
-        vec![vec![
-            fmt(marks[0].1),
-            fmt(marks[1].1),
-            fmt(marks[2].1),
-            fmt(marks[3].1),
-            fmt(up),
-            fmt(baseline),
-            ratio,
-            fmt(reparent),
-        ]],
-    );
+    ([marks[0].1, marks[1].1, marks[2].1, marks[3].1, marks[4].1], reparent, baseline)
 }
