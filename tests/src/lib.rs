@@ -24,6 +24,7 @@ use tempfile::TempDir;
 
 pub mod dhcp;
 pub mod netns;
+pub mod redfish;
 pub mod sys;
 pub mod vm;
 pub mod webdriver;
