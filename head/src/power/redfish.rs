@@ -312,12 +312,15 @@ impl<'a> Conn<'a> {
         RfError::Timeout { base: self.base.clone(), secs: self.limit.as_secs(), during: during.to_string() }
     }
 
-    /// A link of the service as a URL of this BMC; links elsewhere are refused (the credentials
-    /// go to this BMC only).
+    /// A link of the service as a URL of this BMC. An absolute link (a `Location` header may be
+    /// one) gives its path only: the credentials go to this BMC, whatever host a link names.
     fn url(&self, link: &str) -> Result<String, RfError> {
-        let path = match link.strip_prefix(&self.base) {
-            Some(rest) if rest.starts_with('/') => rest,
-            _ => link,
+        let lower = link.get(..8).unwrap_or("").to_ascii_lowercase();
+        let path = if lower.starts_with("https://") || lower.starts_with("http://") {
+            let after = &link[link.find("//").map_or(0, |i| i + 2)..];
+            after.find('/').map_or("/", |i| &after[i..])
+        } else {
+            link
         };
         if !path.starts_with('/') || path.starts_with("//") || path.len() > 1024 || path.chars().any(char::is_control) {
             return Err(RfError::NotRedfish(format!("a link that is not a path of this service: {}", snippet(link))));
@@ -869,9 +872,10 @@ mod tests {
         let c = Conn::new(reqwest::Client::new(), &t, seen, Instant::now(), Duration::from_secs(1));
         assert_eq!(c.url("/redfish/v1/Systems").unwrap(), "https://127.0.0.1:1/redfish/v1/Systems");
         assert_eq!(c.url("https://127.0.0.1:1/redfish/v1/x").unwrap(), "https://127.0.0.1:1/redfish/v1/x");
-        for bad in
-            ["https://evil.example/redfish/v1", "//evil.example/x", "Systems/1", "", "/a\nb", "http://127.0.0.1:1/x"]
-        {
+        // A session's Location may name the BMC otherwise: its path, on this BMC.
+        assert_eq!(c.url("HTTPS://bmc7.cluster/redfish/v1/S/1").unwrap(), "https://127.0.0.1:1/redfish/v1/S/1");
+        assert_eq!(c.url("https://evil.example/redfish/v1").unwrap(), "https://127.0.0.1:1/redfish/v1");
+        for bad in ["//evil.example/x", "Systems/1", "", "/a\nb", "https://x//y"] {
             assert!(c.url(bad).unwrap_err().to_string().contains("not a path of this service"), "{bad:?}");
         }
     }
