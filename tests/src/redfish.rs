@@ -182,7 +182,7 @@ impl RedfishBmc {
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>, auth: bool) -> std::io::Result<(u16, Value)> {
         let tcp = TcpStream::connect_timeout(&(self.ip, self.port).into(), Duration::from_secs(5))?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut tls = tls_client(tcp, self.ip, &self.ca_pem);
+        let mut tls = crate::tls_stream_to(tcp, self.ip, &self.ca_pem, None);
         let body = body.map(Value::to_string).unwrap_or_default();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -243,24 +243,6 @@ impl Drop for RedfishBmc {
             let _ = c.wait();
         }
     }
-}
-
-/// A rustls client stream to `ip`, trusting only `ca_pem`.
-fn tls_client(tcp: TcpStream, ip: Ipv4Addr, ca_pem: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.expect("CA PEM")).expect("CA certificate");
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::from(std::net::IpAddr::V4(ip));
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("TLS client");
-    rustls::StreamOwned::new(conn, tcp)
 }
 
 /// A TLS server (a certificate the heads trust) that answers every connection with bytes that

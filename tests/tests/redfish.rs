@@ -8,8 +8,7 @@
 
 use clusterware_shared::pki::Ca;
 use clusterware_tests::redfish::{GarbageTls, Htpasswd, RedfishBmc, emulator};
-use clusterware_tests::{Backend, Bmc, Cluster, cli_with_stdin, poll_until, processes_named};
-use serde_json::Value;
+use clusterware_tests::{Backend, Bmc, Cluster, cli_with_stdin, poll_until, power_results, processes_named};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,22 +18,6 @@ const PASS: &str = "Redfish-S3cret-pw";
 
 fn ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 209, 0, i)
-}
-
-/// (name, outcome, power or message) per node.
-fn results(v: &Value) -> Vec<(String, String, String)> {
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap().to_string(),
-                r["outcome"].as_str().unwrap().to_string(),
-                r["power"].as_str().map_or_else(|| r["message"].as_str().unwrap_or("").to_string(), str::to_string),
-            )
-        })
-        .collect()
 }
 
 /// `AB:CD:…` (as openssl prints it) from lowercase hex.
@@ -109,7 +92,7 @@ fn redfish_power_from_every_head_with_clear_per_node_errors() {
         let out = via.cli("scyld-nodectl", &["-a", "--json", "power", "status", "--wait", "10"]);
         let took = t.elapsed();
         assert_eq!(out.code, 1, "some nodes fail: {out:?}");
-        let r = results(&serde_json::from_str(&out.stdout).unwrap());
+        let r = power_results(&serde_json::from_str(&out.stdout).unwrap());
         assert_eq!(r.len(), 8);
         for i in [0, 1, 2, 7] {
             assert_eq!((r[i].1.as_str(), r[i].2.as_str()), ("ok", "off"), "{:?}", r[i]);
@@ -140,36 +123,36 @@ fn redfish_power_from_every_head_with_clear_per_node_errors() {
     // Cycle with PXE next through head3: the emulator offers no PowerCycle, so ForceOff, a wait
     // for off, On.
     let cy = c.heads[2].cli("scyld-nodectl", &["-i", "n1", "--json", "power", "cycle", "--pxe", "--wait", "30"]);
-    let r = results(&cy.json());
+    let r = power_results(&cy.json());
     assert!(r[0].2.contains("ForceOff, then On") && r[0].2.contains("next boot from the network"), "{r:?}");
     assert_eq!(bmcs[1].boot_target(), "Pxe");
     poll_until("n1 on again after the cycle", Duration::from_secs(20), || bmcs[1].power() == "On");
     // Graceful off through head1.
     let off = c.heads[0].cli("scyld-nodectl", &["-i", "n2", "--json", "power", "off", "--soft"]);
-    assert!(results(&off.json())[0].2.contains("GracefulShutdown"), "{off:?}");
+    assert!(power_results(&off.json())[0].2.contains("GracefulShutdown"), "{off:?}");
     poll_until("n2 off", Duration::from_secs(20), || bmcs[2].power() == "Off");
     // Forced off, reset with disk next, graceful reset, UEFI HTTP boot.
     let off = c.heads[1].cli("scyld-nodectl", &["-i", "n0", "--json", "power", "off"]);
-    assert!(results(&off.json())[0].2.contains("ForceOff"), "{off:?}");
+    assert!(power_results(&off.json())[0].2.contains("ForceOff"), "{off:?}");
     poll_until("n0 off", Duration::from_secs(20), || bmcs[0].power() == "Off");
     let reset = c.heads[1].cli("scyld-nodectl", &["-i", "n0", "--json", "power", "reset", "--disk"]);
-    let r = results(&reset.json());
+    let r = power_results(&reset.json());
     assert!(r[0].2.contains("ForceRestart") && r[0].2.contains("next boot from disk"), "{r:?}");
     assert_eq!(bmcs[0].boot_target(), "Hdd");
     poll_until("n0 on after the reset", Duration::from_secs(20), || bmcs[0].power() == "On");
     let reset = c.heads[0].cli("scyld-nodectl", &["-i", "n0", "--json", "power", "reset", "--soft"]);
-    assert!(results(&reset.json())[0].2.contains("GracefulRestart"), "{reset:?}");
+    assert!(power_results(&reset.json())[0].2.contains("GracefulRestart"), "{reset:?}");
     let http = c.heads[0].cli("scyld-nodectl", &["-i", "n2", "--json", "power", "on", "--uefi-http"]);
-    assert!(results(&http.json())[0].2.contains("next boot over UEFI HTTP"), "{http:?}");
+    assert!(power_results(&http.json())[0].2.contains("next boot over UEFI HTTP"), "{http:?}");
     poll_until("n2 on", Duration::from_secs(20), || bmcs[2].power() == "On");
     // What IPMI cannot do, said for that node alone in a mixed request.
     let mixed = h.cli("scyld-nodectl", &["-i", "n0,n7", "--json", "power", "reset", "--soft", "--yes"]);
     assert_eq!(mixed.code, 1, "{mixed:?}");
-    let r = results(&serde_json::from_str(&mixed.stdout).unwrap());
+    let r = power_results(&serde_json::from_str(&mixed.stdout).unwrap());
     assert_eq!((r[0].1.as_str(), r[1].1.as_str()), ("ok", "failed"), "{r:?}");
     assert!(r[1].2.contains("not supported over IPMI"), "{r:?}");
     let mixed = h.cli("scyld-nodectl", &["-i", "n2,n7", "--json", "power", "on", "--uefi-http"]);
-    let r = results(&serde_json::from_str(&mixed.stdout).unwrap());
+    let r = power_results(&serde_json::from_str(&mixed.stdout).unwrap());
     assert!(r[0].1 == "ok" && r[1].2.contains("not supported over IPMI"), "{r:?}");
 
     // Pinning: the untrusted BMC's fingerprint (as openssl prints it) makes it trusted; a wrong
@@ -179,7 +162,7 @@ fn redfish_power_from_every_head_with_clear_per_node_errors() {
     assert_eq!(st.ok(), "n6: off\n");
     set("n0", &[format!("_bmc_tls_fingerprint={}", untrusted.fingerprint)]);
     let st = h.cli("scyld-nodectl", &["-i", "n0", "--json", "power", "status"]);
-    let r = results(&serde_json::from_str(&st.stdout).unwrap());
+    let r = power_results(&serde_json::from_str(&st.stdout).unwrap());
     assert!(r[0].1 == "failed" && r[0].2.contains("_bmc_tls_fingerprint pins"), "{r:?}");
 
     // Bad attribute values refused when set; nothing changed.
@@ -235,7 +218,7 @@ fn a_bmc_with_several_systems_needs_bmc_system() {
     )
     .ok();
     let out = h.cli("scyld-nodectl", &["-a", "--json", "power", "status"]);
-    let r = results(&serde_json::from_str(&out.stdout).unwrap());
+    let r = power_results(&serde_json::from_str(&out.stdout).unwrap());
     assert!(r.iter().all(|x| x.1 == "failed" && x.2.contains("manages 2 systems")), "{r:?}");
     assert!(r[0].2.contains("_bmc_system=ID"), "{r:?}");
     let systems = bmc.systems();
