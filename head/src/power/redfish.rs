@@ -202,7 +202,7 @@ pub(super) enum RfError {
     Tls { base: String, why: String },
     #[error("the BMC refused user {user:?} with this password (HTTP 401 for {what})")]
     Refused { user: String, what: String },
-    #[error("the BMC does not let user {user:?} {what} (HTTP 403){detail}")]
+    #[error("the BMC does not allow user {user:?} this: {what} (HTTP 403){detail}")]
     Forbidden { user: String, what: String, detail: String },
     #[error("the BMC answered something that is not Redfish: {0}")]
     NotRedfish(String),
