@@ -178,9 +178,14 @@ pub struct BmcAddr {
     /// Written as `https://…`: a Redfish service.
     pub https: bool,
     pub host: String,
-    /// The port given, if any (IPMI's default is 623, Redfish's 443).
+    /// The port given, if any (see [`BmcAddr::port_or`]).
     pub port: Option<u16>,
 }
+
+/// IPMI over LAN's port (RMCP).
+pub const IPMI_PORT: u16 = 623;
+/// HTTPS's port, where a Redfish service is unless `_bmc_addr` says otherwise.
+pub const REDFISH_PORT: u16 = 443;
 
 impl BmcAddr {
     /// Parses `_bmc_addr`. A plain `http://` address is refused: the BMC's password would cross
@@ -210,15 +215,14 @@ impl BmcAddr {
         }
         Ok(BmcAddr { https, host: host.to_string(), port })
     }
-}
 
-/// Checks `HOST[:PORT]` of an IPMI BMC; returns (host, port), 623 by default.
-pub fn parse_bmc_addr(s: &str) -> Result<(String, u16), String> {
-    let a = BmcAddr::parse(s)?;
-    if a.https {
-        return Err(format!("{s:?} is a Redfish (https://) address, not an IPMI one"));
+    /// The port, [`IPMI_PORT`] or [`REDFISH_PORT`] when none is given.
+    pub fn port_or(&self, kind: BmcType) -> u16 {
+        self.port.unwrap_or(match kind {
+            BmcType::Ipmi => IPMI_PORT,
+            BmcType::Redfish => REDFISH_PORT,
+        })
     }
-    Ok((a.host, a.port.unwrap_or(623)))
 }
 
 /// Parses `_bmc_tls_fingerprint`: the SHA-256 of the BMC's certificate (DER) as 64 hex digits,
@@ -286,10 +290,12 @@ mod tests {
 
     #[test]
     fn bmc_attrs() {
-        assert_eq!(parse_bmc_addr("10.0.0.5").unwrap(), ("10.0.0.5".into(), 623));
-        assert_eq!(parse_bmc_addr("bmc-n1.cluster:6230").unwrap(), ("bmc-n1.cluster".into(), 6230));
-        for bad in ["", ":623", "a b", "x:0", "x:99999", "-x", "x;rm -rf", "https://x", "ftp://x", "https://"] {
-            assert!(parse_bmc_addr(bad).is_err(), "{bad}");
+        let a = BmcAddr::parse("10.0.0.5").unwrap();
+        assert_eq!((a.host.as_str(), a.port_or(BmcType::Ipmi), a.port_or(BmcType::Redfish)), ("10.0.0.5", 623, 443));
+        let a = BmcAddr::parse("bmc-n1.cluster:6230").unwrap();
+        assert_eq!((a.host.as_str(), a.port_or(BmcType::Ipmi), a.https), ("bmc-n1.cluster", 6230, false));
+        for bad in ["", ":623", "a b", "x:0", "x:99999", "-x", "x;rm -rf", "ftp://x", "https://"] {
+            assert!(BmcAddr::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(
             BmcAddr::parse("HTTPS://bmc7.cluster:8443/").unwrap(),

@@ -3,7 +3,7 @@
 //! never on a command line (which any user can read in /proc), and never into a message.
 
 use super::{Ask, Login, Outcome};
-use clusterware_shared::power::{BootDevice, PowerAction};
+use clusterware_shared::power::{BmcType, BootDevice, PowerAction};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,7 +43,7 @@ pub(super) fn bmc_of(login: &Login, attrs: &std::collections::BTreeMap<String, S
     }
     Ok(Bmc {
         host: login.addr.host.clone(),
-        port: login.addr.port.unwrap_or(623),
+        port: login.addr.port_or(BmcType::Ipmi),
         user: login.user.clone(),
         pass: login.pass.clone(),
         interface,

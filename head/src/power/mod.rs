@@ -210,7 +210,7 @@ async fn drive(
     };
     let target = || redfish::Target {
         host: login.addr.host.clone(),
-        port: login.addr.port.unwrap_or(443),
+        port: login.addr.port_or(BmcType::Redfish),
         user: login.user.clone(),
         pass: login.pass.clone(),
         pin,
@@ -242,7 +242,7 @@ async fn drive(
                      is a Redfish BMC, set _bmc_type=redfish and give power.redfish_ca, or pin it with \
                      _bmc_tls_fingerprint={fp})",
                     login.addr.host,
-                    login.addr.port.unwrap_or(443)
+                    login.addr.port_or(BmcType::Redfish)
                 )),
                 (o, _) => o,
             }
