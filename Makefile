@@ -29,17 +29,19 @@ RUN_APT_PACKAGES := $(BUILD_APT_PACKAGES) curl
 # man page as man would format it), zsh and fish (the generated completion scripts must parse),
 # prometheus (a real Prometheus scrapes the heads' metrics; promtool checks the alert rules),
 # chromium and chromium-driver (the web console is tested in a real browser over WebDriver) with
-# fonts-dejavu-core (text in its screenshots).
+# fonts-dejavu-core (text in its screenshots), python3-venv (the virtual environment that holds
+# sushy-tools from PyPI, whose sushy-emulator is the Redfish BMCs the power tests talk to: see
+# sushy-venv below).
 TEST_APT_PACKAGES := $(RUN_APT_PACKAGES) etcd-server etcd-client ipmitool openipmi iproute2 ipxe \
 	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu ovmf kmod groff-base zsh fish \
-	prometheus chromium chromium-driver fonts-dejavu-core
+	prometheus chromium chromium-driver fonts-dejavu-core python3-venv
 # make deb: dpkg-dev (dpkg-shlibdeps for the packages' library dependencies).
 DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
 # make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
 BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-admin
 
-.PHONY: all build agent netboot-kernel build-deps run-deps deps deb-deps bench-deps run test test-clean \
-	test-run deb test-packages bench fmt clean
+.PHONY: all build agent netboot-kernel sushy-venv build-deps run-deps deps deb-deps bench-deps run test \
+	test-clean test-run deb test-packages bench fmt clean
 
 # The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
 AGENT_TARGET := x86_64-unknown-linux-gnu
@@ -94,7 +96,25 @@ run: run-deps build
 netboot-kernel: deps
 	@scripts/fetch-kernel.sh >/dev/null
 
-test: deps build agent netboot-kernel
+# sushy-tools from PyPI (pinned) in a virtual environment under target/: sushy-emulator with its
+# fake systems driver is the Redfish BMCs of the power tests and the benchmark (tests/src/redfish.rs
+# finds it there). Debian's python3 (python3-venv), not whatever python3 is first on PATH; the
+# system CA bundle for pip, since PyPI may be reached through a proxy whose CA only that bundle has.
+# Skipped when the pinned version is there already.
+SUSHY_TOOLS_VERSION := 2.2.0
+SUSHY_VENV := target/sushy-venv
+sushy-venv: deps
+	@if $(SUSHY_VENV)/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("sushy-tools") != "$(SUSHY_TOOLS_VERSION)")' 2>/dev/null \
+	  && [ -x $(SUSHY_VENV)/bin/sushy-emulator ]; then \
+	  echo "$(SUSHY_VENV): sushy-tools $(SUSHY_TOOLS_VERSION)"; \
+	else \
+	  rm -rf $(SUSHY_VENV) && /usr/bin/python3 -m venv $(SUSHY_VENV) && \
+	  $(SUSHY_VENV)/bin/pip install -q --disable-pip-version-check --cert /etc/ssl/certs/ca-certificates.crt \
+	    sushy-tools==$(SUSHY_TOOLS_VERSION) && \
+	  echo "$(SUSHY_VENV): sushy-tools $(SUSHY_TOOLS_VERSION) installed"; \
+	fi
+
+test: deps build agent netboot-kernel sushy-venv
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status
@@ -119,7 +139,7 @@ deb: deb-deps agent
 test-packages: deb
 	scripts/test-packages.sh
 
-bench: bench-deps agent netboot-kernel
+bench: bench-deps agent netboot-kernel sushy-venv
 	$(CARGO) build --release --workspace
 	target/release/cw-bench --output BENCHMARKS.md
 

@@ -16,7 +16,8 @@
 //! - the node agent: status pushes one head absorbs (1,000 and 10,000 simulated nodes),
 //!   re-parenting after `kill -9` of the parent, the `update_keys` round trip, and the static
 //!   agent's size and memory; rebalancing;
-//! - power control: `power status` of 200 simulated BMCs against ipmitool in sequence;
+//! - power control: `power status` of 200 simulated IPMI BMCs against ipmitool in sequence, and
+//!   of 200 Redfish BMCs (sushy-emulator) against curl in sequence;
 //! - DHCP: exchanges per second with Kea's perfdhcp, against dnsmasq with the same static hosts;
 //! - network boot of a QEMU VM into the agent, phase by phase, against dnsmasq + busybox, and
 //!   the VM's re-parent time after its head is killed.
@@ -51,6 +52,9 @@ struct Args {
     /// Transactions per database measurement
     #[arg(long, default_value_t = 2_000)]
     txns: usize,
+    /// BMCs for each power benchmark (IPMI and Redfish)
+    #[arg(long, default_value_t = 200)]
+    bmcs: usize,
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
@@ -339,7 +343,8 @@ fn main() {
         agent::bench_failures(&mut r);
     }
     if run("power") {
-        agent::bench_power(&mut r, 200);
+        agent::bench_power(&mut r, args.bmcs);
+        agent::bench_power_redfish(&mut r, args.bmcs);
     }
     if run("dhcp") {
         netboot::bench_dhcp(&mut r);

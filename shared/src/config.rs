@@ -145,6 +145,9 @@ pub struct Config {
     pub ipmitool: PathBuf,
     /// BMCs talked to at once by one power command.
     pub power_concurrency: usize,
+    /// The CA (PEM, one or more certificates) that Redfish BMCs' certificates are checked
+    /// against (`power.redfish_ca`); a BMC with `_bmc_tls_fingerprint` is pinned instead.
+    pub redfish_ca: Option<PathBuf>,
     /// Network boot; off unless `dhcp.interface` names the cluster-network interface.
     pub boot: BootNet,
     /// Events the event log keeps at most (`events.keep`).
@@ -255,6 +258,7 @@ impl Default for Config {
             metrics_enabled: true,
             ipmitool: PathBuf::from("ipmitool"),
             power_concurrency: 64,
+            redfish_ca: None,
             boot: BootNet::default(),
             events_keep: 10_000,
             events_keep_days: 30,
@@ -535,6 +539,7 @@ impl Config {
                 "tftp.dir" => c.boot.tftp_dir = path_value(value).map_err(bad)?,
                 "power.ipmitool" => c.ipmitool = path_value(value).map_err(bad)?,
                 "power.concurrency" => c.power_concurrency = int_value(value, 1, 1024).map_err(bad)? as usize,
+                "power.redfish_ca" => c.redfish_ca = Some(path_value(value).map_err(bad)?),
                 "head.lease_ttl" => c.lease_ttl_secs = int_value(value, 2, 300).map_err(bad)?,
                 "logging.dir" => c.log_dir = path_value(value).map_err(bad)?,
                 "logging.level" => {
@@ -618,6 +623,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "tftp.dir",
     "power.ipmitool",
     "power.concurrency",
+    "power.redfish_ca",
     "logging.dir",
     "logging.level",
     "local_files.path",
@@ -776,8 +782,9 @@ mod tests {
 
     #[test]
     fn rebalance_power_and_boot_keys_are_checked() {
-        let ok = parse("rebalance.interval = 30\nrebalance.threshold = 25%\nrebalance.holdoff = 60\npower.concurrency = 8\ndhcp.interface = eth1\ndhcp.dns = 10.0.0.1, 10.0.0.2\n").unwrap().config;
+        let ok = parse("rebalance.interval = 30\nrebalance.threshold = 25%\nrebalance.holdoff = 60\npower.concurrency = 8\ndhcp.interface = eth1\ndhcp.dns = 10.0.0.1, 10.0.0.2\npower.redfish_ca = /etc/clusterware/bmc-ca.pem\n").unwrap().config;
         assert_eq!((ok.rebalance_interval_secs, ok.rebalance_threshold_pct, ok.power_concurrency), (30, 25, 8));
+        assert_eq!(ok.redfish_ca, Some(PathBuf::from("/etc/clusterware/bmc-ca.pem")));
         assert_eq!(ok.boot.dns.len(), 2);
         for bad in [
             "rebalance.interval = 0",
@@ -786,6 +793,7 @@ mod tests {
             "rebalance.holdoff = 1",
             "rebalance.enabled = maybe",
             "power.concurrency = 0",
+            "power.redfish_ca = bmc-ca.pem",
             "dhcp.interface = a/b",
             "dhcp.netmask = 255.0.255.0",
             "dhcp.dns = 10.0.0.x",

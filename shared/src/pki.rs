@@ -276,5 +276,13 @@ mod tests {
         assert_eq!(crate::agent::base64_decode("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(crate::agent::base64_decode("aGVsbG8h").unwrap(), b"hello!");
         assert!(crate::agent::base64_decode("a!").is_none());
+        for v in [&b""[..], b"h", b"he", b"hel", b"hello", b"hello!", b"admin:S3cret/+?", &[0xff, 0xfe, 0x00, 0x80]] {
+            let e = crate::agent::base64_encode(v);
+            assert_eq!(e.len() % 4, 0);
+            if !v.is_empty() {
+                assert_eq!(crate::agent::base64_decode(&e).unwrap(), v, "{e}");
+            }
+        }
+        assert_eq!(crate::agent::base64_encode(b"hello"), "aGVsbG8=");
     }
 }

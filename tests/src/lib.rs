@@ -24,6 +24,7 @@ use tempfile::TempDir;
 
 pub mod dhcp;
 pub mod netns;
+pub mod redfish;
 pub mod sys;
 pub mod vm;
 pub mod webdriver;
@@ -848,10 +849,21 @@ pub fn tls_stream(tcp: std::net::TcpStream, h: &Head) -> TlsStream {
 
 /// [`tls_stream`] presenting a client certificate and key (PEM), as an enrolled node does.
 pub fn tls_stream_as(tcp: std::net::TcpStream, h: &Head, identity: Option<(&str, &str)>) -> TlsStream {
+    tls_stream_to(tcp, h.ip, &h.ca(), identity)
+}
+
+/// A TLS stream over `tcp` to the server at `ip`, trusting only `ca_pem`, with a client
+/// certificate and key (PEM) if given; the handshake happens on the first read or write.
+pub fn tls_stream_to(
+    tcp: std::net::TcpStream,
+    ip: Ipv4Addr,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> TlsStream {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(h.ca().as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.expect("CA PEM")).expect("CA certificate");
     }
     let cfg =
@@ -868,7 +880,23 @@ pub fn tls_stream_as(tcp: std::net::TcpStream, h: &Head, identity: Option<(&str,
             cfg.with_client_auth_cert(chain, key).expect("client certificate")
         }
     };
-    let name = rustls_pki_types::ServerName::from(std::net::IpAddr::V4(h.ip));
+    let name = rustls_pki_types::ServerName::from(std::net::IpAddr::V4(ip));
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("TLS client");
     rustls::StreamOwned::new(conn, tcp)
+}
+
+/// A power command's JSON answer as (name, outcome, power state or else message) per node.
+pub fn power_results(v: &Value) -> Vec<(String, String, String)> {
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["outcome"].as_str().unwrap_or_default().to_string(),
+                r["power"].as_str().map_or_else(|| r["message"].as_str().unwrap_or("").to_string(), str::to_string),
+            )
+        })
+        .collect()
 }

@@ -1,26 +1,10 @@
 //! Power control against real IPMI endpoints: OpenIPMI's `ipmi_sim`, one per node, with its
 //! chassis power wired to a state file; commands through every head of a 3-head cluster.
 
-use clusterware_tests::{Bmc, Cluster, cli_with_stdin, poll_until};
-use serde_json::Value;
+use clusterware_tests::{Bmc, Cluster, cli_with_stdin, poll_until, power_results};
 use std::time::{Duration, Instant};
 
 const PASS: &str = "Bmc-S3cret-pw";
-
-fn results(v: &Value) -> Vec<(String, String, String)> {
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap().to_string(),
-                r["outcome"].as_str().unwrap().to_string(),
-                r["power"].as_str().map_or_else(|| r["message"].as_str().unwrap_or("").to_string(), str::to_string),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn power_from_every_head_with_clear_per_node_errors() {
@@ -86,7 +70,7 @@ fn power_from_every_head_with_clear_per_node_errors() {
         let out = via.cli("scyld-nodectl", &["-a", "--json", "power", "status", "--wait", "4"]);
         let took = t.elapsed();
         assert_eq!(out.code, 1, "some nodes fail: {out:?}");
-        let r = results(&serde_json::from_str(&out.stdout).unwrap());
+        let r = power_results(&serde_json::from_str(&out.stdout).unwrap());
         assert_eq!(r.len(), 8);
         for i in 0..3 {
             assert_eq!((r[i].1.as_str(), r[i].2.as_str()), ("ok", "off"), "{r:?}");

@@ -122,23 +122,28 @@ pub enum Cmd {
         #[command(flatten)]
         sel: Select,
     },
-    /// Power control through the nodes' BMCs (IPMI over LAN: _bmc_addr, _bmc_user, _bmc_pass or
-    /// _bmc_pass_ref), from any head, in parallel, one result per node
+    /// Power control through the nodes' BMCs (_bmc_addr, _bmc_user, _bmc_pass or _bmc_pass_ref;
+    /// IPMI over LAN, or Redfish over HTTPS with _bmc_type=redfish), from any head, in parallel,
+    /// one result per node
     Power {
         #[command(flatten)]
         sel: Select,
         /// status, on, off, cycle or reset
         #[arg(value_name = "ACTION", value_parser = ["status", "on", "off", "cycle", "reset"])]
         action: String,
-        /// With off: ask the operating system to shut down (ACPI soft off)
+        /// With off: ask the operating system to shut down (ACPI soft off); with reset: to restart
+        /// (Redfish BMCs only)
         #[arg(long)]
         soft: bool,
-        /// With on, cycle or reset: boot from the network next time
-        #[arg(long, conflicts_with = "disk")]
+        /// With on, cycle or reset: boot from the network (PXE) next time
+        #[arg(long, conflicts_with_all = ["disk", "uefi_http"])]
         pxe: bool,
         /// With on, cycle or reset: boot from disk next time
-        #[arg(long)]
+        #[arg(long, conflicts_with = "uefi_http")]
         disk: bool,
+        /// With on, cycle or reset: boot over UEFI HTTP next time (Redfish BMCs only)
+        #[arg(long)]
+        uefi_http: bool,
         /// Seconds each BMC gets to answer
         #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=600))]
         wait: u64,

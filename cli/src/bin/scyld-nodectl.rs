@@ -10,7 +10,7 @@
 //! scyld-nodectl -i n3 rm
 //! scyld-nodectl -i n[0-99] status [--json]
 //! scyld-nodectl -i n[0-99] script fetch_hosts|update_keys [--wait 30]
-//! scyld-nodectl -i n[0-99] power status|on|off|cycle|reset [--soft] [--pxe|--disk]
+//! scyld-nodectl -i n[0-99] power status|on|off|cycle|reset [--soft] [--pxe|--disk|--uefi-http]
 //! ```
 
 use clap::Parser;
@@ -22,6 +22,7 @@ use clusterware_shared::agent::{NodeStatus, NodeStatusList, Outcome, RunScript, 
 use clusterware_shared::api::{CreateNodes, DeleteNodes, Node, NodeList, NodeSpec, UpdateNodes};
 use clusterware_shared::ids::{MacAddr, ipv4_offset, parse_ipv4, shown, validate_attr};
 use clusterware_shared::outln;
+use clusterware_shared::power::BootDevice;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -47,8 +48,14 @@ fn main() -> ExitCode {
             Cmd::Revoke { sel: s } => revoke(&args, &sel(s)?),
             Cmd::Status { sel: s } => status(&args, &sel(s)?),
             Cmd::Script { sel: s, script, wait } => script_cmd(&args, &sel(s)?, script, *wait),
-            Cmd::Power { sel: s, action, soft, pxe, disk, wait, yes } => {
-                power_cmd(&args, &sel(s)?, action, *soft, *pxe, *disk, *wait, *yes)
+            Cmd::Power { sel: s, action, soft, pxe, disk, uefi_http, wait, yes } => {
+                let boot = match (*pxe, *disk, *uefi_http) {
+                    (true, _, _) => Some(BootDevice::Pxe),
+                    (_, true, _) => Some(BootDevice::Disk),
+                    (_, _, true) => Some(BootDevice::UefiHttp),
+                    _ => None,
+                };
+                power_cmd(&args, &sel(s)?, action, *soft, boot, *wait, *yes)
             }
             Cmd::Completion(c) => c.print::<Args>(),
         }
@@ -345,29 +352,22 @@ fn script_cmd(args: &Args, sel: &Select, script: &str, wait: u64) -> CliResult<(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn power_cmd(
     args: &Args,
     sel: &Select,
     action: &str,
     soft: bool,
-    pxe: bool,
-    disk: bool,
+    boot: Option<BootDevice>,
     wait: u64,
     yes: bool,
 ) -> CliResult<()> {
-    use clusterware_shared::power::{BootDevice, PowerAction, PowerOutcome, PowerRequest};
+    use clusterware_shared::power::{PowerAction, PowerOutcome, PowerRequest};
     let action = PowerAction::parse(action).ok_or_else(|| usage(format!("unknown power action {action:?}")))?;
-    if soft && action != PowerAction::Off {
-        return Err(usage("--soft goes with `off`"));
+    if soft && !matches!(action, PowerAction::Off | PowerAction::Reset) {
+        return Err(usage("--soft goes with `off` or `reset`"));
     }
-    let boot = match (pxe, disk) {
-        (true, _) => Some(BootDevice::Pxe),
-        (_, true) => Some(BootDevice::Disk),
-        _ => None,
-    };
     if boot.is_some() && matches!(action, PowerAction::Status | PowerAction::Off) {
-        return Err(usage("--pxe and --disk go with on, cycle or reset"));
+        return Err(usage("--pxe, --disk and --uefi-http go with on, cycle or reset"));
     }
     let c = Client::with_timeout(&args.conn, args.conn.timeout.max(wait * 2 + 15))?;
     let nodes = selected(sel, &all_nodes(&c)?, true)?;

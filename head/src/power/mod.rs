@@ -1,11 +1,16 @@
-//! Power control through each node's BMC, by running `ipmitool` (IPMI over LAN, `lanplus` by
-//! default) for every node in parallel, at most `power.concurrency` at a time, each under its
-//! own deadline. The password goes to ipmitool in its environment (`-E`), never on a command
-//! line (which any user can read in /proc), and never into a message or a log line.
+//! Power control through each node's BMC, for every node in parallel, at most
+//! `power.concurrency` at a time, each under its own deadline, one result per node. Two drivers:
+//! IPMI over LAN through `ipmitool` (`ipmi.rs`) and Redfish over HTTPS (`redfish.rs`), chosen by
+//! the node's `_bmc_type` (or an `https://` `_bmc_addr`); without either, a quick probe of
+//! `https://ADDR/redfish/v1` picks Redfish when a Redfish service with a trusted certificate
+//! answers, IPMI otherwise. One request may mix both. The password never goes on a command line
+//! (which any user can read in /proc), into a message or into a log line.
 //!
 //! Cluster secrets (`secrets/<name>`) hold passwords that many nodes share
 //! (`_bmc_pass_ref=<name>`); they are never listed with their values.
 
+mod ipmi;
+mod redfish;
 pub mod routes;
 
 use crate::core::db::{Database, DbError, Txn, TxnOp};
@@ -13,14 +18,12 @@ use crate::core::schema;
 use crate::core::schema::{SECRETS, SecretRecord};
 use clusterware_shared::api::Node;
 use clusterware_shared::power::{
-    BootDevice, NodePower, PowerAction, PowerOutcome, PowerRequest, SecretInfo, parse_bmc_addr,
+    BmcAddr, BmcType, BootDevice, NodePower, PowerAction, PowerOutcome, PowerRequest, SecretInfo, parse_fingerprint,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
 /// See [`RecordError`](crate::core::error::RecordError).
@@ -37,7 +40,7 @@ pub async fn set_secret(db: &Database, name: &str, value: &str) -> Result<Secret
         return Err(SecretError::Invalid("a secret is 1 to 256 characters, no control characters".into()));
     }
     let rec = SecretRecord { name: name.to_string(), value: value.to_string(), set: crate::core::unix_now() };
-    db.put(&schema::secret(&name), serde_json::to_vec(&rec).expect("secrets serialise")).await?;
+    db.put(&schema::secret(name), serde_json::to_vec(&rec).expect("secrets serialise")).await?;
     Ok(SecretInfo { name: rec.name, set: rec.set })
 }
 
@@ -53,7 +56,7 @@ pub async fn list_secrets(db: &Database) -> Result<Vec<SecretInfo>, SecretError>
 
 pub async fn remove_secret(db: &Database, name: &str) -> Result<SecretInfo, SecretError> {
     check_name(name)?;
-    let k = schema::secret(&name);
+    let k = schema::secret(name);
     let r = db.txn(Txn::new().and_then([TxnOp::get(k.clone()), TxnOp::delete(k)])).await?;
     let rec = match r.results.first() {
         Some(crate::core::db::OpResult::Got(kvs)) => {
@@ -65,135 +68,46 @@ pub async fn remove_secret(db: &Database, name: &str) -> Result<SecretInfo, Secr
     Ok(SecretInfo { name: rec.name, set: rec.set })
 }
 
-/// How to reach one node's BMC.
-struct Bmc {
-    host: String,
-    port: u16,
-    user: String,
-    pass: String,
-    interface: &'static str,
-    cipher: String,
+/// What one request asks of each node's BMC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub action: PowerAction,
+    /// Graceful: `off` as a shutdown the operating system carries out, `reset` as a restart.
+    pub soft: bool,
+    /// The next boot's device, set first (once).
+    pub boot: Option<BootDevice>,
 }
 
-/// The node's BMC settings, or why they are incomplete. Never includes the password.
-fn bmc_of(node: &Node, secrets: &HashMap<String, String>) -> Result<Bmc, String> {
+/// Where a node's BMC is and who to log in as, whatever its type. Never shown: it holds the
+/// password.
+struct Login {
+    addr: BmcAddr,
+    user: String,
+    pass: String,
+}
+
+/// The node's BMC address and credentials, or why they are incomplete. Never includes the
+/// password.
+fn login_of(node: &Node, secrets: &HashMap<String, String>) -> Result<Login, String> {
     let a = &node.attributes;
-    let addr = a.get("_bmc_addr").ok_or("no BMC address: set _bmc_addr=HOST[:PORT]")?;
-    let (host, port) = parse_bmc_addr(addr).map_err(|e| format!("_bmc_addr: {e}"))?;
+    let addr =
+        a.get("_bmc_addr").ok_or("no BMC address: set _bmc_addr=HOST[:PORT] (https://HOST[:PORT] for Redfish)")?;
+    let addr = BmcAddr::parse(addr).map_err(|e| format!("_bmc_addr: {e}"))?;
     let user = a.get("_bmc_user").ok_or("no BMC user: set _bmc_user")?.clone();
     let pass = match (a.get("_bmc_pass"), a.get("_bmc_pass_ref")) {
         (Some(p), _) => p.clone(),
         (None, Some(r)) => secrets.get(r).cloned().ok_or_else(|| format!("_bmc_pass_ref names no secret {r:?}"))?,
         (None, None) => return Err("no BMC password: set _bmc_pass or _bmc_pass_ref".into()),
     };
-    let interface = match a.get("_bmc_protocol").map(String::as_str) {
-        None | Some("lanplus") => "lanplus",
-        Some("lan") => "lan",
-        Some(other) => return Err(format!("_bmc_protocol {other:?} is not lanplus or lan")),
-    };
-    let cipher = a.get("_bmc_cipher").cloned().unwrap_or_else(|| "3".into());
-    if cipher.parse::<u8>().map_or(true, |c| c > 17) {
-        return Err(format!("_bmc_cipher {cipher:?} is not a cipher suite number"));
-    }
-    Ok(Bmc { host, port, user, pass, interface, cipher })
+    Ok(Login { addr, user, pass })
 }
 
-/// What one ipmitool run printed, or why it did not finish.
-enum Run {
-    Done { ok: bool, stdout: String, stderr: String },
-    TimedOut,
-    NotStarted(String),
-}
-
-async fn ipmitool(program: &PathBuf, bmc: &Bmc, args: &[&str], limit: Duration) -> Run {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.arg("-I")
-        .arg(bmc.interface)
-        .arg("-H")
-        .arg(&bmc.host)
-        .arg("-p")
-        .arg(bmc.port.to_string())
-        .arg("-U")
-        .arg(&bmc.user)
-        .arg("-E")
-        // Verbose: the only way ipmitool tells a wrong password from an unreachable BMC.
-        .arg("-v")
-        // One second per try, two retries: the deadline below bounds the whole run anyway.
-        .arg("-N")
-        .arg("1")
-        .arg("-R")
-        .arg("2");
-    if bmc.interface == "lanplus" {
-        cmd.arg("-C").arg(&bmc.cipher);
-    }
-    cmd.args(args)
-        .env("IPMI_PASSWORD", &bmc.pass)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Run::NotStarted(format!("cannot run {}: {e}", program.display())),
-    };
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let work = async {
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        let ro = async {
-            if let Some(s) = out.as_mut() {
-                let _ = s.take(64 << 10).read_to_end(&mut o).await;
-            }
-        };
-        let re = async {
-            if let Some(s) = err.as_mut() {
-                let _ = s.take(64 << 10).read_to_end(&mut e).await;
-            }
-        };
-        tokio::join!(ro, re);
-        let status = child.wait().await;
-        (status.map(|s| s.success()).unwrap_or(false), o, e)
-    };
-    match tokio::time::timeout(limit, work).await {
-        Ok((ok, o, e)) => Run::Done {
-            ok,
-            stdout: String::from_utf8_lossy(&o).into_owned(),
-            stderr: String::from_utf8_lossy(&e).into_owned(),
-        },
-        Err(_) => Run::TimedOut,
-    }
-}
-
-/// Why ipmitool failed, in words an administrator can act on; never contains the password.
-fn reason(stderr: &str, stdout: &str, bmc: &Bmc) -> String {
-    let known = if stderr.contains("RAKP 2 HMAC is invalid") {
-        Some("the BMC refused the password".to_string())
-    } else if stderr.contains("unauthorized name") {
-        Some(format!("the BMC does not know user {:?}", bmc.user))
-    } else if stderr.contains("Insufficient privilege") || stderr.contains("insufficient privilege") {
-        Some(format!("user {:?} may not control power on this BMC", bmc.user))
-    } else if stderr.contains("Unable to establish") {
-        Some(format!(
-            "no IPMI session with the BMC at {}:{} (unreachable, not an IPMI {} BMC, or cipher suite {} refused)",
-            bmc.host,
-            bmc.port,
-            if bmc.interface == "lanplus" { "2.0" } else { "1.5" },
-            bmc.cipher
-        ))
-    } else {
-        None
-    };
-    let line = known.unwrap_or_else(|| {
-        stderr
-            .lines()
-            .chain(stdout.lines())
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('>') && !l.starts_with("Loading") && !l.starts_with("Running"))
-            .last()
-            .unwrap_or("ipmitool failed without a message")
-            .to_string()
-    });
-    let line: String = line.chars().filter(|c| !c.is_control()).take(300).collect();
-    if bmc.pass.is_empty() { line } else { line.replace(&bmc.pass, "********") }
+/// What a driver made of one node.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok { power: Option<String>, message: String },
+    Failed(String),
+    Timeout(String),
 }
 
 /// Checks a power request on its own (before any node is looked up).
@@ -204,8 +118,8 @@ pub fn check(req: &PowerRequest) -> Result<(), String> {
     if !(1..=600).contains(&req.timeout_secs) {
         return Err(format!("timeout {} s is not from 1 to 600", req.timeout_secs));
     }
-    if req.soft && req.action != PowerAction::Off {
-        return Err("--soft applies to `off` only".into());
+    if req.soft && !matches!(req.action, PowerAction::Off | PowerAction::Reset) {
+        return Err("--soft applies to `off` and `reset` only".into());
     }
     if req.boot.is_some() && matches!(req.action, PowerAction::Status | PowerAction::Off) {
         return Err("a boot device applies to on, cycle and reset".into());
@@ -215,12 +129,15 @@ pub fn check(req: &PowerRequest) -> Result<(), String> {
 
 /// The action as the command line says it, for the log (`cycle --pxe`, `off --soft`).
 pub fn describe(req: &PowerRequest) -> String {
-    match (req.action, req.soft, req.boot) {
-        (a, true, _) => format!("{} --soft", a.name()),
-        (a, _, Some(BootDevice::Pxe)) => format!("{} --pxe", a.name()),
-        (a, _, Some(BootDevice::Disk)) => format!("{} --disk", a.name()),
-        (a, _, None) => a.name().to_string(),
+    let mut s = req.action.name().to_string();
+    if req.soft {
+        s.push_str(" --soft");
     }
+    if let Some(dev) = req.boot {
+        s.push(' ');
+        s.push_str(dev.flag());
+    }
+    s
 }
 
 /// Settings for power commands.
@@ -228,15 +145,19 @@ pub fn describe(req: &PowerRequest) -> String {
 pub struct PowerSettings {
     pub ipmitool: PathBuf,
     pub concurrency: usize,
+    /// The CA Redfish BMCs' certificates are checked against (`power.redfish_ca`).
+    pub redfish_ca: Option<PathBuf>,
 }
+
+/// The longest a probe for a Redfish service may take of a node's deadline.
+const PROBE_MAX: Duration = Duration::from_secs(2);
 
 async fn one(
     settings: &PowerSettings,
+    trust: &redfish::Trust,
     node: &Node,
     secrets: &HashMap<String, String>,
-    action: PowerAction,
-    soft: bool,
-    boot: Option<BootDevice>,
+    ask: Ask,
     limit: Duration,
 ) -> NodePower {
     let mut res = NodePower {
@@ -246,94 +167,95 @@ async fn one(
         power: None,
         message: String::new(),
     };
-    let bmc = match bmc_of(node, secrets) {
-        Ok(b) => b,
+    let deadline = tokio::time::Instant::now() + limit;
+    let login = match login_of(node, secrets) {
+        Ok(l) => l,
         Err(m) => {
             res.message = m;
             return res;
         }
     };
-    let deadline = tokio::time::Instant::now() + limit;
-    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-    let timed_out = |res: &mut NodePower| {
-        res.outcome = PowerOutcome::Timeout;
-        res.message = format!("no answer from the BMC at {}:{} within {} s", bmc.host, bmc.port, limit.as_secs());
-    };
-    if let Some(dev) = boot {
-        let d = match dev {
-            BootDevice::Pxe => "pxe",
-            BootDevice::Disk => "disk",
-        };
-        match ipmitool(&settings.ipmitool, &bmc, &["chassis", "bootdev", d], left()).await {
-            Run::Done { ok: true, .. } => {}
-            Run::Done { stdout, stderr, .. } => {
-                res.message = format!("setting the boot device: {}", reason(&stderr, &stdout, &bmc));
-                return res;
-            }
-            Run::TimedOut => {
-                timed_out(&mut res);
-                return res;
-            }
-            Run::NotStarted(m) => {
-                res.message = m;
-                return res;
-            }
+    let outcome = drive(settings, trust, node, &login, ask, deadline, limit).await;
+    let scrub = |m: String| if login.pass.is_empty() { m } else { m.replace(&login.pass, "********") };
+    match outcome {
+        Outcome::Ok { power, message } => {
+            res.outcome = PowerOutcome::Ok;
+            res.power = power;
+            res.message = scrub(message);
         }
-    }
-    let verb = match (action, soft) {
-        (PowerAction::Status, _) => "status",
-        (PowerAction::On, _) => "on",
-        (PowerAction::Off, true) => "soft",
-        (PowerAction::Off, false) => "off",
-        (PowerAction::Cycle, _) => "cycle",
-        (PowerAction::Reset, _) => "reset",
-    };
-    match ipmitool(&settings.ipmitool, &bmc, &["chassis", "power", verb], left()).await {
-        Run::Done { ok: true, stdout, stderr } => {
-            if action == PowerAction::Status {
-                let text = stdout.to_ascii_lowercase();
-                let state = if text.contains("power is on") {
-                    Some("on")
-                } else if text.contains("power is off") {
-                    Some("off")
-                } else {
-                    None
-                };
-                match state {
-                    Some(s) => {
-                        res.outcome = PowerOutcome::Ok;
-                        res.power = Some(s.into());
-                        res.message = format!("power is {s}");
-                    }
-                    None => {
-                        res.message =
-                            format!("the BMC's answer is not a power state: {}", reason(&stderr, &stdout, &bmc));
-                    }
-                }
-            } else {
-                res.outcome = PowerOutcome::Ok;
-                res.message = match boot {
-                    Some(BootDevice::Pxe) => format!("power {verb}, next boot from the network"),
-                    Some(BootDevice::Disk) => format!("power {verb}, next boot from disk"),
-                    None => format!("power {verb}"),
-                };
-            }
+        Outcome::Failed(m) => res.message = scrub(m),
+        Outcome::Timeout(m) => {
+            res.outcome = PowerOutcome::Timeout;
+            res.message = scrub(m);
         }
-        Run::Done { stdout, stderr, .. } => res.message = reason(&stderr, &stdout, &bmc),
-        Run::TimedOut => timed_out(&mut res),
-        Run::NotStarted(m) => res.message = m,
     }
     res
 }
 
-/// Runs `action` on every node, in parallel (bounded), each within `limit`.
+/// Picks the node's driver and runs it.
+async fn drive(
+    settings: &PowerSettings,
+    trust: &redfish::Trust,
+    node: &Node,
+    login: &Login,
+    ask: Ask,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+) -> Outcome {
+    let a = &node.attributes;
+    let pin = match a.get("_bmc_tls_fingerprint").map(|v| parse_fingerprint(v)) {
+        None => None,
+        Some(Ok(fp)) => Some(fp),
+        Some(Err(e)) => return Outcome::Failed(format!("_bmc_tls_fingerprint: {e}")),
+    };
+    let target = || redfish::Target {
+        host: login.addr.host.clone(),
+        port: login.addr.port_or(BmcType::Redfish),
+        user: login.user.clone(),
+        pass: login.pass.clone(),
+        pin,
+        system: a.get("_bmc_system").cloned(),
+    };
+    let (kind, hint) = match a.get("_bmc_type").map(|t| BmcType::parse(t)) {
+        Some(Ok(t)) => (t, None),
+        Some(Err(e)) => return Outcome::Failed(format!("_bmc_type: {e}")),
+        None if login.addr.https => (BmcType::Redfish, None),
+        None => {
+            let within = PROBE_MAX.min(limit / 4);
+            match redfish::probe(trust, &target(), within).await {
+                redfish::Probe::Redfish => (BmcType::Redfish, None),
+                redfish::Probe::NotRedfish => (BmcType::Ipmi, None),
+                redfish::Probe::Untrusted(fp) => (BmcType::Ipmi, Some(fp)),
+            }
+        }
+    };
+    match kind {
+        BmcType::Redfish => redfish::run(trust, &target(), ask, deadline, limit).await,
+        BmcType::Ipmi => {
+            let bmc = match ipmi::bmc_of(login, a) {
+                Ok(b) => b,
+                Err(m) => return Outcome::Failed(m),
+            };
+            match (ipmi::run(&settings.ipmitool, &bmc, ask, deadline, limit).await, hint) {
+                (Outcome::Failed(m), Some(fp)) => Outcome::Failed(format!(
+                    "{m} (an HTTPS service at {}:{} has a certificate this head does not trust, SHA-256 {fp}: if it \
+                     is a Redfish BMC, set _bmc_type=redfish and give power.redfish_ca, or pin it with \
+                     _bmc_tls_fingerprint={fp})",
+                    login.addr.host,
+                    login.addr.port_or(BmcType::Redfish)
+                )),
+                (o, _) => o,
+            }
+        }
+    }
+}
+
+/// Runs `ask` on every node, in parallel (bounded), each within `limit`.
 pub async fn run(
     db: &Database,
     settings: &PowerSettings,
     nodes: Vec<Arc<Node>>,
-    action: PowerAction,
-    soft: bool,
-    boot: Option<BootDevice>,
+    ask: Ask,
     limit: Duration,
 ) -> Result<Vec<NodePower>, DbError> {
     let secrets: HashMap<String, String> = if nodes.iter().any(|n| n.attributes.contains_key("_bmc_pass_ref")) {
@@ -346,13 +268,15 @@ pub async fn run(
         HashMap::new()
     };
     let secrets = Arc::new(secrets);
+    // Read for every request, so that a new CA file is used without a restart.
+    let trust = Arc::new(redfish::Trust::load(settings.redfish_ca.as_deref()));
     let sem = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let mut tasks = Vec::with_capacity(nodes.len());
     for n in nodes {
-        let (sem, secrets, settings) = (sem.clone(), secrets.clone(), settings.clone());
+        let (sem, secrets, settings, trust) = (sem.clone(), secrets.clone(), settings.clone(), trust.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            one(&settings, &n, &secrets, action, soft, boot, limit).await
+            one(&settings, &trust, &n, &secrets, ask, limit).await
         }));
     }
     let mut out = Vec::with_capacity(tasks.len());
@@ -368,13 +292,28 @@ pub async fn run(
 impl PowerSettings {
     /// The `power.*` section of the configuration.
     pub fn from_config(cfg: &clusterware_shared::config::Config) -> PowerSettings {
-        PowerSettings { ipmitool: cfg.ipmitool.clone(), concurrency: cfg.power_concurrency }
+        PowerSettings {
+            ipmitool: cfg.ipmitool.clone(),
+            concurrency: cfg.power_concurrency,
+            redfish_ca: cfg.redfish_ca.clone(),
+        }
     }
 }
 
-/// Starts power control: its routes (it keeps no task).
+/// Starts power control: its routes (it keeps no task). A `power.redfish_ca` that cannot be
+/// used is said in the log now (and in every Redfish node's result that needs it).
 pub fn start(ctx: &crate::core::Ctx, hub: &Arc<crate::agent_channel::Hub>) {
     let power = PowerSettings::from_config(ctx.config);
+    if let Some(path) = &power.redfish_ca {
+        match redfish::Trust::load(Some(path)).problem() {
+            Some(why) => {
+                tracing::warn!(%why, "power.redfish_ca cannot be used: Redfish BMCs need _bmc_tls_fingerprint")
+            }
+            None => {
+                tracing::info!(ca = %path.display(), "Redfish BMC certificates are checked against power.redfish_ca")
+            }
+        }
+    }
     ctx.serve(routes::routes(Arc::new(routes::Api { db: ctx.db.clone(), hub: hub.clone(), power })));
 }
 
@@ -399,7 +338,7 @@ mod tests {
     #[test]
     fn incomplete_bmc_settings_say_what_to_set() {
         let none = HashMap::new();
-        let cases: [(&[(&str, &str)], &str); 6] = [
+        let cases: [(&[(&str, &str)], &str); 5] = [
             (&[], "set _bmc_addr"),
             (&[("_bmc_addr", "10.1.0.1")], "set _bmc_user"),
             (&[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin")], "set _bmc_pass or _bmc_pass_ref"),
@@ -407,44 +346,51 @@ mod tests {
                 &[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin"), ("_bmc_pass_ref", "ipmi")],
                 "names no secret \"ipmi\"",
             ),
-            (
-                &[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin"), ("_bmc_pass", "pw"), ("_bmc_protocol", "ssh")],
-                "is not lanplus or lan",
-            ),
-            (
-                &[("_bmc_addr", "10.1.0.1"), ("_bmc_user", "admin"), ("_bmc_pass", "pw"), ("_bmc_cipher", "99")],
-                "not a cipher suite",
-            ),
+            (&[("_bmc_addr", "http://10.1.0.1"), ("_bmc_user", "admin"), ("_bmc_pass", "pw")], "plain http"),
         ];
         for (attrs, want) in cases {
-            let e = bmc_of(&node(attrs), &none).err().unwrap_or_else(|| panic!("{attrs:?} accepted"));
+            let e = login_of(&node(attrs), &none).err().unwrap_or_else(|| panic!("{attrs:?} accepted"));
             assert!(e.contains(want), "{attrs:?}: {e}");
         }
         let secrets = HashMap::from([("ipmi".to_string(), "s3cret".to_string())]);
-        let b = bmc_of(
-            &node(&[("_bmc_addr", "10.1.0.1:6230"), ("_bmc_user", "admin"), ("_bmc_pass_ref", "ipmi")]),
+        let l = login_of(
+            &node(&[("_bmc_addr", "https://10.1.0.1:8443"), ("_bmc_user", "admin"), ("_bmc_pass_ref", "ipmi")]),
             &secrets,
         )
         .unwrap();
-        assert_eq!((b.host.as_str(), b.port, b.pass.as_str(), b.interface), ("10.1.0.1", 6230, "s3cret", "lanplus"));
+        assert_eq!(
+            (l.addr.host.as_str(), l.addr.port, l.addr.https, l.pass.as_str()),
+            ("10.1.0.1", Some(8443), true, "s3cret")
+        );
     }
 
-    #[test]
-    fn ipmitool_failures_in_words_and_never_the_password() {
-        let b = Bmc {
-            host: "10.1.0.1".into(),
-            port: 623,
-            user: "admin".into(),
-            pass: "s3cret".into(),
-            interface: "lanplus",
-            cipher: "3".into(),
-        };
-        assert_eq!(reason("Error: RAKP 2 HMAC is invalid", "", &b), "the BMC refused the password");
-        assert!(reason("RAKP 2 message indicates an error : unauthorized name", "", &b).contains("user \"admin\""));
-        assert!(reason("Error: Unable to establish IPMI v2 / RMCP+ session", "", &b).contains("10.1.0.1:623"));
-        let r = reason("Loading\nsomething odd happened with s3cret\u{7}\n", "", &b);
-        assert_eq!(r, "something odd happened with ********");
-        assert_eq!(reason("", "", &b), "ipmitool failed without a message");
+    /// Attributes that pick or configure a driver, checked before anything is sent.
+    #[tokio::test]
+    async fn bad_driver_attributes_fail_the_node_alone() {
+        let settings = PowerSettings { ipmitool: "/nonexistent/ipmitool".into(), concurrency: 4, redfish_ca: None };
+        let trust = redfish::Trust::load(None);
+        let base = [("_bmc_addr", "127.0.0.1:9"), ("_bmc_user", "admin"), ("_bmc_pass", "s3cret-pw")];
+        let ask = Ask { action: PowerAction::Status, soft: false, boot: None };
+        for (extra, want) in [
+            (("_bmc_type", "ssh"), "_bmc_type: \"ssh\" is not `redfish` or `ipmi`"),
+            (("_bmc_tls_fingerprint", "abc"), "_bmc_tls_fingerprint: expected"),
+            (("_bmc_type", "ipmi"), "cannot run /nonexistent/ipmitool"),
+        ] {
+            let mut attrs = base.to_vec();
+            attrs.push(extra);
+            let r = one(&settings, &trust, &node(&attrs), &HashMap::new(), ask, Duration::from_secs(2)).await;
+            assert_eq!(r.outcome, PowerOutcome::Failed, "{r:?}");
+            assert!(r.message.contains(want), "{extra:?}: {}", r.message);
+        }
+        // No _bmc_type: nothing answers HTTPS there, so IPMI.
+        let r = one(&settings, &trust, &node(&base), &HashMap::new(), ask, Duration::from_secs(2)).await;
+        assert!(r.message.contains("cannot run /nonexistent/ipmitool"), "{r:?}");
+        // A password the BMC echoes is never shown.
+        let mut attrs = base.to_vec();
+        attrs.push(("_bmc_type", "ipmi"));
+        attrs[2] = ("_bmc_pass", "ipmitool");
+        let r = one(&settings, &trust, &node(&attrs), &HashMap::new(), ask, Duration::from_secs(2)).await;
+        assert!(!r.message.contains("ipmitool") && r.message.contains("********"), "{r:?}");
     }
 
     #[test]
@@ -457,13 +403,19 @@ mod tests {
             timeout_secs,
         };
         assert!(check(&req(PowerAction::Cycle, false, Some(BootDevice::Pxe), 1, 30)).is_ok());
+        assert!(check(&req(PowerAction::Reset, true, Some(BootDevice::UefiHttp), 1, 30)).is_ok());
         assert_eq!(describe(&req(PowerAction::Cycle, false, Some(BootDevice::Pxe), 1, 30)), "cycle --pxe");
         assert_eq!(describe(&req(PowerAction::Off, true, None, 1, 30)), "off --soft");
+        assert_eq!(
+            describe(&req(PowerAction::Reset, true, Some(BootDevice::UefiHttp), 1, 30)),
+            "reset --soft --uefi-http"
+        );
         for (r, want) in [
             (req(PowerAction::Status, false, None, 0, 30), "no nodes selected"),
             (req(PowerAction::Status, false, None, 1, 0), "not from 1 to 600"),
             (req(PowerAction::Status, false, None, 1, 601), "not from 1 to 600"),
-            (req(PowerAction::On, true, None, 1, 30), "--soft applies to `off` only"),
+            (req(PowerAction::On, true, None, 1, 30), "--soft applies to `off` and `reset` only"),
+            (req(PowerAction::Cycle, true, None, 1, 30), "--soft applies to `off` and `reset` only"),
             (req(PowerAction::Off, false, Some(BootDevice::Disk), 1, 30), "a boot device applies"),
             (req(PowerAction::Status, false, Some(BootDevice::Pxe), 1, 30), "a boot device applies"),
         ] {

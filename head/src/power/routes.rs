@@ -52,16 +52,8 @@ async fn node_power(
         .take(64)
         .collect();
     let action = power::describe(&req);
-    let results = power::run(
-        &st.db,
-        &st.power,
-        nodes,
-        req.action,
-        req.soft,
-        req.boot,
-        std::time::Duration::from_secs(req.timeout_secs),
-    )
-    .await?;
+    let ask = power::Ask { action: req.action, soft: req.soft, boot: req.boot };
+    let results = power::run(&st.db, &st.power, nodes, ask, std::time::Duration::from_secs(req.timeout_secs)).await?;
     for r in &results {
         let outcome = match r.outcome {
             PowerOutcome::Ok => "ok",
