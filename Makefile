@@ -38,7 +38,7 @@ DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
 # make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
 BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-admin
 
-.PHONY: all build agent netboot-kernel build-deps run-deps deps deb-deps bench-deps run test test-clean \
+.PHONY: all build agent netboot-kernel secureboot-files build-deps run-deps deps deb-deps bench-deps run test test-clean \
 	test-run deb test-packages bench fmt clean
 
 # The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
@@ -94,7 +94,12 @@ run: run-deps build
 netboot-kernel: deps
 	@scripts/fetch-kernel.sh >/dev/null
 
-test: deps build agent netboot-kernel
+# Debian's signed shim, MokManager and network GRUB for the Secure Boot tests (apt-get download +
+# dpkg -x into target/secureboot; never installed: shim-signed's postinst runs grub-install).
+secureboot-files: deps
+	@scripts/fetch-secureboot.sh >/dev/null
+
+test: deps build agent netboot-kernel secureboot-files
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status
