@@ -180,13 +180,13 @@ impl SecureBootNames {
     }
 
     /// A kernel or initramfs from the file store.
-    async fn stored(&self, id: &str, name: &str) -> Result<Content, Refusal> {
+    async fn stored(&self, id: &str, name: &str, peer: IpAddr) -> Result<Content, Refusal> {
         let rec = self.storage.record(id).await.map_err(|_| missing(name))?;
         if !KINDS.contains(&rec.kind.as_str()) {
             return Err((E_ACCESS, format!("a file of kind {} is not served over TFTP", rec.kind)));
         }
         let f = self.storage.open_verified(&rec, true).await.map_err(|e| {
-            self.storage.complain(&rec, std::net::SocketAddr::new(IpAddr::V4(self.server_ip), 69), false, &e);
+            self.storage.complain(&rec, std::net::SocketAddr::new(peer, 0), false, &e);
             (E_ACCESS, format!("file {id} cannot be served: {e}"))
         })?;
         Ok(Content::File(Opened::new(f, rec.size, MAX_STORED)?))
@@ -204,7 +204,7 @@ impl SecureBootNames {
             Name::Bootstrap => Ok(Content::Mem(grub::BOOTSTRAP.into())),
             Name::Ca => Ok(Content::Mem(self.ca_cpio.clone())),
             Name::NodeScript(mac) => self.node_script(mac, peer).await,
-            Name::File(id) => self.stored(&id, name).await,
+            Name::File(id) => self.stored(&id, name, peer).await,
             Name::Missing => Err(missing(name)),
         }
     }
