@@ -40,8 +40,8 @@ DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
 # make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
 BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-admin
 
-.PHONY: all build agent netboot-kernel sushy-venv build-deps run-deps deps deb-deps bench-deps run test \
-	test-clean test-run deb test-packages bench fmt clean
+.PHONY: all build agent netboot-kernel sushy-venv secureboot-files build-deps run-deps deps deb-deps bench-deps run \
+	test test-clean test-run deb test-packages bench fmt clean
 
 # The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
 AGENT_TARGET := x86_64-unknown-linux-gnu
@@ -114,7 +114,12 @@ sushy-venv: deps
 	  echo "$(SUSHY_VENV): sushy-tools $(SUSHY_TOOLS_VERSION) installed"; \
 	fi
 
-test: deps build agent netboot-kernel sushy-venv
+# Debian's signed shim, MokManager and network GRUB for the Secure Boot tests (apt-get download +
+# dpkg -x into target/secureboot; never installed: shim-signed's postinst runs grub-install).
+secureboot-files: deps
+	@scripts/fetch-secureboot.sh >/dev/null
+
+test: deps build agent netboot-kernel sushy-venv secureboot-files
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
 	exit $$status

@@ -81,7 +81,7 @@ EOF
 
 # DEBIAN/control of stage `$1` for package `$2`, with the library dependencies of its ELF files.
 control() {
-  local stage=$1 pkg=$2 depends=$3 recommends=$4 description=$5
+  local stage=$1 pkg=$2 depends=$3 recommends=$4 description=$5 suggests=${6:-}
   local shlibs tmp elfs=()
   tmp=$(mktemp -d)
   mkdir "$tmp/debian"
@@ -104,6 +104,7 @@ control() {
     echo "Installed-Size: $(du -sk --exclude=DEBIAN "$stage" | cut -f1)"
     [ -n "$depends" ] && echo "Depends: $depends"
     [ -n "$recommends" ] && echo "Recommends: $recommends"
+    [ -n "$suggests" ] && echo "Suggests: $suggests"
     echo "Section: admin"
     echo "Priority: optional"
     echo "Homepage: file:///usr/share/doc/clusterware/README.md"
@@ -150,7 +151,8 @@ control "$s" clusterware "etcd-server, etcd-client, ipxe, ipmitool" "kmod" \
  (clusterware.service), scyld-install, managedb, scyld-nodectl, scyld-clusterctl,
  scyld-imgctl, scyld-bootctl, scyld-mkinitramfs and scyld-modimg under
  /opt/scyld/clusterware, and the static node agent the image tools put into
- initramfs and root images. Run scyld-install to set up a head."
+ initramfs and root images. Run scyld-install to set up a head." \
+"shim-signed, grub-efi-amd64-signed, shim-helpers-amd64-signed"
 build "$s" clusterware
 
 # --- clusterware-node ---

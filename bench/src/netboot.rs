@@ -415,7 +415,7 @@ fn boot_with(
         // OVMF's PXE client: iPXE's snponly.efi from dnsmasq's own TFTP server.
         .args(match firmware {
             Firmware::Bios => vec![],
-            Firmware::Uefi => vec![
+            Firmware::Uefi | Firmware::UefiSecureBoot => vec![
                 "--enable-tftp".to_string(),
                 "--tftp-root=/usr/lib/ipxe".to_string(),
                 "--dhcp-match=set:efi64,option:client-arch,7".to_string(),

@@ -432,7 +432,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     crate::power::start(&ctx, &hub);
     crate::console::start(&ctx, &hub);
     membership::start(&ctx, &ctl, &hub);
-    netboot::start(&ctx, &nodes, &hub, &identity).await?;
+    netboot::start(&ctx, &nodes, &hub, &identity, &storage).await?;
 
     if !nodes.wait_ready(Duration::from_secs(30)).await {
         tracing::warn!("the node table is not loaded yet; node requests are refused until it is");

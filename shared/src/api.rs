@@ -1093,6 +1093,10 @@ pub struct BootConfig {
     pub image: Option<String>,
     #[serde(default)]
     pub cmdline: String,
+    /// UEFI Secure Boot: x64 UEFI PXE clients get Debian's signed shim and network GRUB over TFTP
+    /// (not iPXE, which is unsigned); the kernel must be signed too.
+    #[serde(default)]
+    pub secure_boot: bool,
     pub created: u64,
 }
 
@@ -1137,6 +1141,9 @@ pub struct CreateBootConfig {
     pub cmdline: String,
     #[serde(default)]
     pub description: String,
+    /// See [`BootConfig::secure_boot`].
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 /// `POST /api/v1/bootconfigs/{name}/update`: the fields given change.
@@ -1154,6 +1161,8 @@ pub struct UpdateBootConfig {
     pub cmdline: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
 }
 
 /// `POST /api/v1/{images,bootconfigs}/{name}/clone`.

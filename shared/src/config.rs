@@ -184,6 +184,37 @@ pub struct BootNet {
     /// Answer IPv6 router solicitations with a router advertisement that offers nothing, so
     /// that iPXE does not wait for IPv6 autoconfiguration on a segment without a router.
     pub ra: bool,
+    /// UEFI Secure Boot (`secure_boot.*`): what x64 UEFI PXE clients of boot configs with
+    /// `secure_boot` get.
+    pub secure_boot: SecureBootFiles,
+}
+
+/// The signed boot loaders of Secure Boot network boot (`secure_boot.*`), served over TFTP under
+/// virtual names beside `tftp.dir`'s files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureBootFiles {
+    /// `secure_boot.boot_file`: the name DHCP hands out for shim (default `sb/shimx64.efi`);
+    /// GRUB (`grubx64.efi`, the name shim asks for) and MokManager (`mmx64.efi`) are served in
+    /// the same directory.
+    pub boot_file: String,
+    /// `secure_boot.shim`: Debian's signed shim (package shim-signed).
+    pub shim: PathBuf,
+    /// `secure_boot.grub`: Debian's signed network GRUB (package grub-efi-amd64-signed).
+    pub grub: PathBuf,
+    /// `secure_boot.mokmanager`: the signed MokManager (package shim-helpers-amd64-signed), which
+    /// shim starts when GRUB fails verification; `None` (the default): not served.
+    pub mokmanager: Option<PathBuf>,
+}
+
+impl Default for SecureBootFiles {
+    fn default() -> Self {
+        SecureBootFiles {
+            boot_file: "sb/shimx64.efi".into(),
+            shim: PathBuf::from("/usr/lib/shim/shimx64.efi.signed"),
+            grub: PathBuf::from("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
+            mokmanager: None,
+        }
+    }
 }
 
 impl Default for BootNet {
@@ -206,6 +237,7 @@ impl Default for BootNet {
             tftp_port: 69,
             tftp_dir: PathBuf::from("/usr/lib/ipxe"),
             ra: true,
+            secure_boot: SecureBootFiles::default(),
         }
     }
 }
@@ -537,6 +569,23 @@ impl Config {
                 "tftp.enabled" => c.boot.tftp_enabled = bool_value(value).map_err(bad)?,
                 "tftp.port" => c.boot.tftp_port = port_value(value).map_err(bad)?,
                 "tftp.dir" => c.boot.tftp_dir = path_value(value).map_err(bad)?,
+                "secure_boot.boot_file" => {
+                    let v = boot_file_name(value).map_err(bad)?;
+                    if !v.ends_with(".efi") || v.starts_with("grub/") || v.starts_with("cw/") {
+                        return Err(bad(format!(
+                            "{v:?}: the Secure Boot boot file is a .efi name outside grub/ and cw/ (default sb/shimx64.efi)"
+                        )));
+                    }
+                    c.boot.secure_boot.boot_file = v
+                }
+                "secure_boot.shim" => c.boot.secure_boot.shim = path_value(value).map_err(bad)?,
+                "secure_boot.grub" => c.boot.secure_boot.grub = path_value(value).map_err(bad)?,
+                "secure_boot.mokmanager" => {
+                    c.boot.secure_boot.mokmanager = match value {
+                        "none" => None,
+                        v => Some(path_value(v).map_err(bad)?),
+                    }
+                }
                 "power.ipmitool" => c.ipmitool = path_value(value).map_err(bad)?,
                 "power.concurrency" => c.power_concurrency = int_value(value, 1, 1024).map_err(bad)? as usize,
                 "power.redfish_ca" => c.redfish_ca = Some(path_value(value).map_err(bad)?),
@@ -621,6 +670,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "tftp.enabled",
     "tftp.port",
     "tftp.dir",
+    "secure_boot.boot_file",
+    "secure_boot.shim",
+    "secure_boot.grub",
+    "secure_boot.mokmanager",
     "power.ipmitool",
     "power.concurrency",
     "power.redfish_ca",
@@ -833,6 +886,29 @@ mod tests {
         ] {
             let e = parse(line).unwrap_err().to_string();
             assert!(e.contains(line.split(" =").next().unwrap()) && e.contains(says), "{line}: {e}");
+        }
+    }
+
+    /// `secure_boot.*`: Debian's paths by default; the boot file a .efi name in tftp's namespace.
+    #[test]
+    fn secure_boot_files() {
+        let d = SecureBootFiles::default();
+        assert_eq!(d.boot_file, "sb/shimx64.efi");
+        assert_eq!(d.shim, PathBuf::from("/usr/lib/shim/shimx64.efi.signed"));
+        assert_eq!(d.mokmanager, None);
+        let c = parse("secure_boot.boot_file = x/shim.efi\nsecure_boot.shim = /s\nsecure_boot.grub = /g\nsecure_boot.mokmanager = /m\n")
+            .unwrap()
+            .config;
+        let sb = &c.boot.secure_boot;
+        assert_eq!((sb.boot_file.as_str(), sb.shim.to_str(), sb.grub.to_str()), ("x/shim.efi", Some("/s"), Some("/g")));
+        assert_eq!(sb.mokmanager.as_deref(), Some(Path::new("/m")));
+        for line in [
+            "secure_boot.boot_file = ../shim.efi",
+            "secure_boot.boot_file = sb/shim",
+            "secure_boot.boot_file = grub/shim.efi",
+            "secure_boot.shim = relative",
+        ] {
+            assert!(parse(line).is_err(), "{line}");
         }
     }
 

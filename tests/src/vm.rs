@@ -125,11 +125,42 @@ pub enum Firmware {
     /// OVMF (Debian's `ovmf`) with its own UEFI network stack: the NIC has no option ROM, so
     /// OVMF's PXE and HTTP Boot clients run, as on most real machines.
     Uefi,
+    /// OVMF built for Secure Boot, with Debian's and Microsoft's keys enrolled and Secure Boot on
+    /// (`OVMF_VARS_4M.ms.fd`): only signed loaders run (shim, then GRUB and the kernel it checks).
+    UefiSecureBoot,
 }
 
 /// OVMF's code and a template of its variable store (Debian package `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF for Secure Boot (needs SMM: q35, `smm=on`, a secure flash) and a variable store with the
+/// keys enrolled and Secure Boot on.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// Debian's signed boot loaders unpacked by `make secureboot-files`: shim, network GRUB and
+/// MokManager (for `secure_boot.shim`, `secure_boot.grub`, `secure_boot.mokmanager`).
+pub struct SignedLoaders {
+    pub shim: PathBuf,
+    pub grub: PathBuf,
+    pub mokmanager: PathBuf,
+}
+
+impl SignedLoaders {
+    /// The loaders, or a panic that says how to get them.
+    pub fn require() -> SignedLoaders {
+        let root = workspace().join("target/secureboot/root/usr/lib");
+        let l = SignedLoaders {
+            shim: root.join("shim/shimx64.efi.signed"),
+            grub: root.join("grub/x86_64-efi-signed/grubnetx64.efi.signed"),
+            mokmanager: root.join("shim/mmx64.efi.signed"),
+        };
+        for f in [&l.shim, &l.grub, &l.mokmanager] {
+            assert!(f.is_file(), "{} is missing: run `make secureboot-files` (make test does)", f.display());
+        }
+        l
+    }
+}
 
 impl Vm {
     /// A VM that boots with SeaBIOS and QEMU's iPXE ROM.
@@ -154,14 +185,23 @@ impl Vm {
                 cmd.args(["-machine", &format!("pc,accel={}", accel()), "-boot", "n"])
                     .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
             }
-            Firmware::Uefi => {
-                for f in [OVMF_CODE, OVMF_VARS] {
+            Firmware::Uefi | Firmware::UefiSecureBoot => {
+                let secure = firmware == Firmware::UefiSecureBoot;
+                let (code, template) = if secure { (OVMF_CODE_SECBOOT, OVMF_VARS_MS) } else { (OVMF_CODE, OVMF_VARS) };
+                for f in [code, template] {
                     assert!(Path::new(f).is_file(), "{f} is missing: install Debian's ovmf (make test does)");
                 }
+                // Each VM writes its own copy (boot order; shim's SBAT level).
                 let vars = console.with_extension("vars.fd");
-                std::fs::copy(OVMF_VARS, &vars).expect("copy OVMF's variable store");
-                cmd.args(["-machine", &format!("q35,accel={}", accel())])
-                    .args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")])
+                std::fs::copy(template, &vars).expect("copy OVMF's variable store");
+                if secure {
+                    // Secure Boot OVMF runs its variable store in SMM, behind a secure flash.
+                    cmd.args(["-machine", &format!("q35,smm=on,accel={}", accel())])
+                        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                } else {
+                    cmd.args(["-machine", &format!("q35,accel={}", accel())]);
+                }
+                cmd.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={code}")])
                     .args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())])
                     // No option ROM: OVMF's own network stack boots; the NIC is the first boot device.
                     .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")])

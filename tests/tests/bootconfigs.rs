@@ -99,10 +99,13 @@ fn export_and_import_between_clusters() {
     let dst = Cluster::etcd(3);
     let s = &src.heads[0];
     let paths = make_config(&src, s);
+    // Secure Boot travels with the config.
+    s.cli("scyld-bootctl", &["-i", "xyzBoot", "update", "--secure-boot", "yes"]).ok();
 
     // The spec's first step: the source shows the config's image name.
     let out = s.cli("scyld-bootctl", &["-i", "xyzBoot", "ls", "-l"]);
     let text = out.ok();
+    assert!(text.contains("secure boot: yes"), "{text}");
     assert!(text.contains("image: xyzImage") && text.contains("cmdline: console=ttyS0 quiet"), "{text}");
     assert!(text.contains("rootfs: root.img") && text.contains("size 2000000"), "{text}");
 
@@ -132,6 +135,7 @@ fn export_and_import_between_clusters() {
     let detail: Value = dst.heads[2].cli("scyld-bootctl", &["-i", "xyzBoot", "ls", "--json"]).json();
     assert_eq!(detail["boot_config"]["image"], "xyzImage");
     assert_eq!(detail["boot_config"]["cmdline"], "console=ttyS0 quiet");
+    assert_eq!(detail["boot_config"]["secure_boot"], true);
     // Every head serves the imported files (heads 2 and 3 through peer downloads).
     let ids: Vec<String> =
         detail["files"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap().to_string()).collect();
@@ -229,6 +233,10 @@ fn export_and_import_between_clusters() {
         (b9["boot_config"]["image"].as_str(), b9["boot_config"]["cmdline"].as_str()),
         (Some("copy"), Some("x=1"))
     );
+    assert_eq!(b9["boot_config"]["secure_boot"], true, "a clone keeps Secure Boot");
+    s.cli("scyld-bootctl", &["-i", "b9", "update", "--secure-boot", "no"]).ok();
+    let b9: Value = s.cli("scyld-bootctl", &["-i", "b9", "ls", "--json"]).json();
+    assert_eq!(b9["boot_config"]["secure_boot"], false);
     let out = s.cli("scyld-bootctl", &["-i", "b9", "update", "--image", "nope"]);
     assert!(out.code == 1 && out.stderr.contains("no image named nope"), "{out:?}");
     let out = s.cli("scyld-bootctl", &["create", "--name", "bad name", "--kernel", "x", "--initramfs", "y"]);

@@ -304,3 +304,72 @@ fn uefi_http_boot_alone_boots_to_up() {
         assert!(t.contains(phase), "{phase} missing from the console:\n{t}");
     }
 }
+
+/// `base.ini` lines that serve Debian's signed loaders unpacked by `make secureboot-files`.
+fn secure_boot_config() -> String {
+    let l = clusterware_tests::vm::SignedLoaders::require();
+    format!(
+        "secure_boot.shim = {}\nsecure_boot.grub = {}\nsecure_boot.mokmanager = {}\n",
+        l.shim.display(),
+        l.grub.display(),
+        l.mokmanager.display()
+    )
+}
+
+/// UEFI Secure Boot on (OVMF with Microsoft's and Debian's keys): a boot config with
+/// `secure_boot` makes DHCP hand out Debian's signed shim, which loads the signed network GRUB,
+/// whose per-node script boots the signed Debian kernel with the scyld-mkinitramfs initramfs and
+/// the CA archive, all over TFTP; the node enrolls and comes up, and its kernel saw Secure Boot.
+#[test]
+fn secure_boot_vm_boots_shim_grub_and_kernel_to_up() {
+    let mac = "52:54:00:aa:0e:51";
+    let (c, mut seg, _dir) = one_head_with(mac, 151, &secure_boot_config());
+    let h = &c.heads[0];
+    // No `quiet`: the kernel's Secure Boot lines are KERN_INFO/KERN_NOTICE.
+    let out = h.cli("scyld-bootctl", &["-i", "e2e", "update", "--secure-boot", "yes", "--cmdline", "console=ttyS0"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = h.cli("scyld-bootctl", &["-i", "e2e", "ls", "-l"]);
+    assert!(out.stdout.contains("secure boot: yes"), "{out:?}");
+    let vm = vm_with(&mut seg, 0, mac, "secure-boot", Firmware::UefiSecureBoot);
+    poll_until("the Secure Boot VM up with head1 as parent", Duration::from_secs(480), || {
+        let s = status(&c, 0, "n0");
+        s["state"] == "up" && s["parent"] == "head1"
+    });
+    let t = vm.console();
+    for phase in [
+        "NBP filename is sb/shimx64.efi",
+        "Fetching Netboot Image sb/grubx64.efi",
+        "ClusterWare: booting n0 (52:54:00:aa:0e:51) with boot config e2e from head1",
+        "secureboot: Secure boot enabled",
+        "Kernel is locked down from EFI Secure Boot",
+        "enrolled with https://",
+        "image unpacked",
+    ] {
+        assert!(t.contains(phase), "{phase} missing from the console:\n{t}");
+    }
+    assert!(!t.contains("iPXE"), "iPXE ran under Secure Boot:\n{t}");
+    h.wait_log("the enrollment", |l| l.contains("node enrolled"));
+}
+
+/// The same Secure Boot firmware with a boot config without `secure_boot`: DHCP hands out the
+/// unsigned iPXE binary, which the firmware refuses to start; the node never comes up.
+#[test]
+fn secure_boot_firmware_refuses_unsigned_ipxe() {
+    let mac = "52:54:00:aa:0e:61";
+    let (c, mut seg, _dir) = one_head_with(mac, 161, &secure_boot_config());
+    let vm = vm_with(&mut seg, 0, mac, "secure-boot-refused", Firmware::UefiSecureBoot);
+    poll_until("the firmware refuses the unsigned loader", Duration::from_secs(400), || {
+        let t = vm.console();
+        t.contains("NBP file downloaded successfully")
+            && t.lines().any(|l| {
+                l.contains("failed to load Boot")
+                    && l.contains("UEFI PXEv4")
+                    && (l.contains("Access Denied") || l.contains("Security Violation"))
+            })
+    });
+    let t = vm.console();
+    assert!(t.contains("NBP filename is snponly.efi"), "{t}");
+    assert!(!t.contains("iPXE initialising") && !t.contains("iPXE 1."), "iPXE ran under Secure Boot:\n{t}");
+    assert_ne!(status(&c, 0, "n0")["state"], "up");
+    assert_ne!(status(&c, 0, "n0")["state"], "booting");
+}

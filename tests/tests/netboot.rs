@@ -333,3 +333,100 @@ fn no_daemon_outlives_its_segment() {
         processes_named(&marker).is_empty()
     });
 }
+
+/// Secure Boot's TFTP names on a head: the configured loaders byte for byte (shim's probes "not
+/// found"), the GRUB bootstrap, a node's GRUB script (fetched by a stranger: no enrollment
+/// token, the node's state unchanged; by the node: a token, and the node `booting`), kernels and
+/// initramfs images from the file store (no other kind), the CA archive; escapes refused.
+#[test]
+fn secure_boot_names_over_tftp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shim, grub) = (dir.path().join("shim.signed"), dir.path().join("grub.signed"));
+    std::fs::write(&shim, b"signed shim bytes").unwrap();
+    std::fs::write(&grub, vec![7u8; 5000]).unwrap();
+    let extra = format!("secure_boot.shim = {}\nsecure_boot.grub = {}\n", shim.display(), grub.display());
+    let mut seg = Segment::new();
+    let mut c = Cluster::configure_on(&mut seg, 1, &extra);
+    c.start_all();
+    let h = &c.heads[0];
+    let capture = seg.member("cap", Some(seg.addr(200)));
+    let n0 = "52:54:00:a8:05:01";
+    h.cli("scyld-nodectl", &["create", &format!("mac={n0}"), &format!("ip={}", seg.addr(101))]).ok();
+    let fetch = |ns: &str, name: &str| -> Option<Vec<u8>> {
+        let out = dir.path().join("got");
+        let _ = std::fs::remove_file(&out);
+        let r = in_ns(
+            ns,
+            &["curl", "-sS", "--tftp-blksize", "1024", "-o", out.to_str().unwrap(), &format!("tftp://{}/{name}", h.ip)],
+        );
+        r.status.success().then(|| std::fs::read(&out).unwrap())
+    };
+    assert_eq!(fetch(&capture, "sb/shimx64.efi").unwrap(), b"signed shim bytes");
+    assert_eq!(fetch(&capture, "sb/grubx64.efi").unwrap(), vec![7u8; 5000]);
+    for missing in [
+        "sb/revocations_sbat.efi",
+        "sb/mmx64.efi",
+        "grub/x86_64-efi/grub.cfg",
+        "grub/node/../../etc/passwd",
+        "cw/file/../../../etc/passwd",
+    ] {
+        assert!(fetch(&capture, missing).is_none(), "{missing} was served");
+    }
+    let boot = String::from_utf8(fetch(&capture, "grub/grub.cfg").unwrap()).unwrap();
+    assert!(boot.contains("source \"$prefix/node/${net_default_mac}.cfg\""), "{boot}");
+    let script = |ns: &str| String::from_utf8(fetch(ns, &format!("grub/node/{n0}.cfg")).unwrap()).unwrap();
+    assert!(script(&capture).contains("cannot boot yet"), "no boot config yet");
+
+    std::fs::write(dir.path().join("vmlinuz"), b"kernel bytes").unwrap();
+    std::fs::write(dir.path().join("initrd.img"), b"initramfs bytes").unwrap();
+    let (k, i) = (dir.path().join("vmlinuz"), dir.path().join("initrd.img"));
+    let out = h.cli(
+        "scyld-bootctl",
+        &[
+            "create",
+            "--name",
+            "sb",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initramfs",
+            i.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 it's",
+            "--secure-boot",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    h.cli("scyld-bootctl", &["default", "sb"]).ok();
+    let cfg = h.cli("scyld-bootctl", &["-i", "sb", "ls", "--json"]).json();
+    assert_eq!(cfg["boot_config"]["secure_boot"], true, "{cfg}");
+    let (kid, iid) = (
+        cfg["boot_config"]["kernel"].as_str().unwrap().to_string(),
+        cfg["boot_config"]["initramfs"].as_str().unwrap().to_string(),
+    );
+    let text = script(&capture);
+    assert!(text.contains(&format!("if linux '(tftp,{})/cw/file/{kid}' 'console=ttyS0' 'it'\\''s'", h.ip)), "{text}");
+    assert!(
+        text.contains(&format!("initrd '(tftp,{ip})/cw/file/{iid}' '(tftp,{ip})/cw/ca.cpio'", ip = h.ip)),
+        "{text}"
+    );
+    assert!(text.contains(&format!("'cw.mac={n0}'")) && !text.contains("cw.enroll"), "{text}");
+    let s = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+    assert!(s.code == 0 && s.json()["nodes"][0]["state"] != "booting", "{s:?}");
+    // The node itself: a one-time token, and the head its parent.
+    let n0_ns = seg.member("n0", Some(seg.addr(101)));
+    let text = script(&n0_ns);
+    assert!(text.contains("'cw.enroll=cwe_"), "{text}");
+    poll_until("n0 booting", Duration::from_secs(10), || {
+        let s = h.cli("scyld-nodectl", &["-i", "n0", "status", "--json"]);
+        s.code == 0 && s.json()["nodes"][0]["state"] == "booting"
+    });
+    assert_eq!(fetch(&capture, &format!("cw/file/{kid}")).unwrap(), b"kernel bytes");
+    assert_eq!(fetch(&capture, &format!("cw/file/{iid}")).unwrap(), b"initramfs bytes");
+    assert!(fetch(&capture, "cw/ca.cpio").unwrap().starts_with(&[0x1f, 0x8b]));
+    // A file of another kind is not served over TFTP.
+    std::fs::write(dir.path().join("nodes.csv"), b"secret").unwrap();
+    let up = h.cli("scyld-clusterctl", &["--json", "files", "upload", dir.path().join("nodes.csv").to_str().unwrap()]);
+    assert_eq!(up.code, 0, "{up:?}");
+    let other = up.json()["id"].as_str().unwrap().to_string();
+    assert!(fetch(&capture, &format!("cw/file/{other}")).is_none(), "a file of kind other was served");
+}

@@ -63,6 +63,11 @@ pub enum Cmd {
         /// Free text describing the boot config, shown by `ls -l` [default: empty]
         #[arg(long, default_value = "", hide_default_value = true)]
         description: String,
+        /// UEFI Secure Boot: x64 UEFI PXE clients get Debian's signed shim and network GRUB over
+        /// TFTP instead of iPXE (the kernel must be signed: Debian's is; heads need shim-signed and
+        /// grub-efi-amd64-signed, see secure_boot.* in the head's configuration)
+        #[arg(long)]
+        secure_boot: bool,
     },
     /// Change the boot config selected with -i
     Update {
@@ -83,6 +88,9 @@ pub enum Cmd {
         /// New description ("" empties it)
         #[arg(long)]
         description: Option<String>,
+        /// Turn UEFI Secure Boot (signed shim and GRUB over TFTP, see create) on or off
+        #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new())]
+        secure_boot: Option<bool>,
     },
     /// Copy the boot config selected with -i under a new name
     Clone {

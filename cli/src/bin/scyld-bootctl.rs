@@ -5,6 +5,7 @@
 //! scyld-bootctl create --name xyzBoot --kernel vmlinuz --initramfs initrd.img --image xyzImage --cmdline "console=ttyS0"
 //! scyld-bootctl -i xyzBoot ls -l
 //! scyld-bootctl -i xyzBoot update --cmdline "console=ttyS0 quiet"
+//! scyld-bootctl -i xyzBoot update --secure-boot yes
 //! scyld-bootctl -i xyzBoot clone --name xyzBoot2
 //! scyld-bootctl -i xyzBoot rm [--force]
 //! scyld-bootctl -i xyzBoot export [-o FILE]          # writes xyzBoot.export
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
         };
         match &args.cmd {
             Cmd::Ls { sel, long } => ls(&args, &c, selected_once(args.sel.ids.as_ref(), sel.ids.as_ref())?, *long),
-            Cmd::Create { name, kernel, initramfs, image, cmdline, description } => {
+            Cmd::Create { name, kernel, initramfs, image, cmdline, description, secure_boot } => {
                 let req = CreateBootConfig {
                     name: name.clone(),
                     kernel: file_arg(&c, kernel, "kernel")?,
@@ -55,26 +56,29 @@ fn main() -> ExitCode {
                     image: image.clone(),
                     cmdline: cmdline.clone(),
                     description: description.clone(),
+                    secure_boot: *secure_boot,
                 };
                 done("created", &c.create_boot_config(&req)?);
                 Ok(())
             }
-            Cmd::Update { sel, kernel, initramfs, image, cmdline, description } => {
+            Cmd::Update { sel, kernel, initramfs, image, cmdline, description, secure_boot } => {
                 let req = UpdateBootConfig {
                     kernel: kernel.as_deref().map(|k| file_arg(&c, k, "kernel")).transpose()?,
                     initramfs: initramfs.as_deref().map(|i| file_arg(&c, i, "initramfs")).transpose()?,
                     image: image.clone(),
                     cmdline: cmdline.clone(),
                     description: description.clone(),
+                    secure_boot: *secure_boot,
                 };
                 if req.kernel.is_none()
                     && req.initramfs.is_none()
                     && req.image.is_none()
                     && req.cmdline.is_none()
                     && req.description.is_none()
+                    && req.secure_boot.is_none()
                 {
                     return Err(usage(
-                        "nothing to update (give --kernel, --initramfs, --image, --cmdline or --description)",
+                        "nothing to update (give --kernel, --initramfs, --image, --cmdline, --description or --secure-boot)",
                     ));
                 }
                 done("updated", &c.update_boot_config(&selected(sel)?, &req)?);
@@ -133,6 +137,7 @@ fn ls(args: &Args, c: &Client, selected: Option<String>, long: bool) -> CliResul
             }
             outln!("  image: {}", b.image.as_deref().unwrap_or("(none)"));
             outln!("  cmdline: {}", shown(&b.cmdline));
+            outln!("  secure boot: {}", if b.secure_boot { "yes" } else { "no" });
             let mut ids = vec![("kernel", &b.kernel), ("initramfs", &b.initramfs)];
             if let Some(img) = &d.image {
                 ids.push(("rootfs", &img.rootfs));
@@ -176,6 +181,7 @@ fn ls(args: &Args, c: &Client, selected: Option<String>, long: bool) -> CliResul
             outln!("  kernel: {}", fname(&b.kernel));
             outln!("  initramfs: {}", fname(&b.initramfs));
             outln!("  cmdline: {}", shown(&b.cmdline));
+            outln!("  secure boot: {}", if b.secure_boot { "yes" } else { "no" });
         }
     }
     Ok(())

@@ -199,6 +199,7 @@ pub async fn create_config(db: &Database, req: CreateBootConfig) -> Result<BootC
         initramfs: req.initramfs,
         image: req.image.filter(|i| !i.is_empty()),
         cmdline: req.cmdline,
+        secure_boot: req.secure_boot,
         created: now(),
     };
     let mut cmp = config_refs(db, &c).await?;
@@ -220,6 +221,7 @@ pub async fn clone_config(db: &Database, from: &str, to: &str) -> Result<BootCon
             image: c.image,
             cmdline: c.cmdline,
             description: c.description,
+            secure_boot: c.secure_boot,
         },
     )
     .await
@@ -243,6 +245,9 @@ pub async fn update_config(db: &Database, name: &str, u: UpdateBootConfig) -> Re
     }
     if let Some(d) = u.description {
         c.description = d;
+    }
+    if let Some(sb) = u.secure_boot {
+        c.secure_boot = sb;
     }
     let mut cmp = config_refs(db, &c).await?;
     let key = schema::bootconfig(&name);
@@ -457,6 +462,7 @@ mod tests {
             image: image.map(Into::into),
             cmdline: "console=ttyS0".into(),
             description: String::new(),
+            secure_boot: false,
         }
     }
 

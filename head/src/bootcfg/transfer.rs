@@ -798,6 +798,7 @@ mod tests {
                 initramfs: format!("{:032x}", 2),
                 image: None,
                 cmdline: "console=ttyS0".into(),
+                secure_boot: true,
                 created: 1,
             },
             image: None,

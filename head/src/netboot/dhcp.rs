@@ -13,6 +13,7 @@
 use crate::core::complaints::Complaints;
 use crate::core::db::Database;
 use crate::core::view::ClusterView;
+use crate::netboot::flags::BootFlags;
 use crate::registry::cache::NodeCache;
 use clusterware_shared::api::path;
 use clusterware_shared::config::BootNet;
@@ -53,6 +54,8 @@ pub struct DhcpServer {
     nodes: Arc<NodeCache>,
     view: Arc<ClusterView>,
     settings: DhcpSettings,
+    /// Which boot configs want Secure Boot (x64 UEFI PXE clients of those get shim).
+    flags: Arc<BootFlags>,
     pub counters: DhcpCounters,
     complaints: Complaints,
     /// Unknown-MAC log lines in the current minute, and those held back.
@@ -121,12 +124,19 @@ fn is_ipxe(msg: &Message) -> bool {
 }
 
 impl DhcpServer {
-    pub fn new(db: Database, nodes: Arc<NodeCache>, view: Arc<ClusterView>, settings: DhcpSettings) -> Arc<DhcpServer> {
+    pub fn new(
+        db: Database,
+        nodes: Arc<NodeCache>,
+        view: Arc<ClusterView>,
+        settings: DhcpSettings,
+        flags: Arc<BootFlags>,
+    ) -> Arc<DhcpServer> {
         Arc::new(DhcpServer {
             db,
             nodes,
             view,
             settings,
+            flags,
             counters: DhcpCounters::default(),
             complaints: Complaints::default(),
             unknown_log: Mutex::new((Instant::now(), 0, 0)),
@@ -196,7 +206,11 @@ impl DhcpServer {
         // Firmware gets its architecture's boot file, or no answer at all when there is none
         // (an offer it cannot boot from would only keep it from trying another server).
         let fw = if is_ipxe(&msg) { None } else { firmware(&msg) };
+        // Secure Boot: an x64 UEFI PXE client (not HTTP Boot: signed GRUB has no HTTP) of a
+        // node whose boot config wants it gets the signed shim, which loads the signed GRUB.
+        let shim = fw.is_some_and(|f| matches!(f.arch, 7 | 9) && !f.http) && self.flags.secure_boot(&node);
         let boot_file = match fw {
+            Some(_) if shim => Some(self.settings.net.secure_boot.boot_file.as_str()),
             Some(f) => match self.settings.net.boot_file(f.arch) {
                 Some(file) => Some(file),
                 None if matches!(mtype, MessageType::Discover | MessageType::Request) => {
@@ -522,7 +536,8 @@ mod tests {
             server_ip: "10.0.0.1".parse().unwrap(),
             http_base: "http://10.0.0.1:80".into(),
         };
-        (DhcpServer::new(db, nodes, view, settings), sup)
+        let flags = Arc::new(BootFlags::fixed(&[("sb", true), ("plain", false)], Some("plain")));
+        (DhcpServer::new(db, nodes, view, settings, flags), sup)
     }
 
     fn packet(kind: MessageType, mac: [u8; 6], arch: Option<u16>) -> Vec<u8> {
@@ -612,8 +627,13 @@ mod tests {
         net.arch_files.insert(11, Some("arm64/snponly.efi".into()));
         net.arch_files.insert(0, None);
         net.arch_files.insert(7, Some("ipxe-x64.efi".into()));
-        let s2 =
-            DhcpServer::new(s.db.clone(), s.nodes.clone(), s.view.clone(), DhcpSettings { net, ..s.settings.clone() });
+        let s2 = DhcpServer::new(
+            s.db.clone(),
+            s.nodes.clone(),
+            s.view.clone(),
+            DhcpSettings { net, ..s.settings.clone() },
+            s.flags.clone(),
+        );
         let offer = |arch| s2.respond(&packet(MessageType::Discover, MAC, Some(arch)), from());
         assert_eq!(file_of(&offer(11).unwrap()), "arm64/snponly.efi");
         assert_eq!(file_of(&offer(7).unwrap()), "ipxe-x64.efi");
@@ -650,6 +670,7 @@ mod tests {
             s.nodes.clone(),
             s.view.clone(),
             DhcpSettings { net: net.clone(), ..s.settings.clone() },
+            s.flags.clone(),
         );
         let p = with_class(packet(MessageType::Discover, MAC, Some(16)), b"HTTPClient");
         assert_eq!(file_of(&s2.respond(&p, from()).unwrap()), "http://10.0.0.1:80/api/v1/boot/files/x64%2Fsnponly.efi");
@@ -658,6 +679,7 @@ mod tests {
             s.nodes.clone(),
             s.view.clone(),
             DhcpSettings { net, http_base: long.clone(), ..s.settings.clone() },
+            s.flags.clone(),
         );
         let r = s3.respond(&p, from()).unwrap();
         assert_eq!(file_of(&r), "");
@@ -665,6 +687,62 @@ mod tests {
             r.msg.opts().get(OptionCode::BootfileName),
             Some(&DhcpOption::BootfileName(format!("{long}/api/v1/boot/files/x64%2Fsnponly.efi").into_bytes()))
         );
+    }
+
+    /// Secure Boot: an x64 UEFI PXE client whose effective boot config has `secure_boot` gets
+    /// shim (offer and ack, with this head as next server); BIOS, HTTP Boot, iPXE and the nodes
+    /// of other configs get what they got before.
+    #[tokio::test]
+    async fn secure_boot_configs_get_shim() {
+        let (plain, _stop) = server().await;
+        let pxe = |kind, arch| with_class(packet(kind, MAC, Some(arch)), b"PXEClient:Arch:00007:UNDI:003000");
+        assert_eq!(file_of(&plain.respond(&pxe(MessageType::Discover, 7), from()).unwrap()), "snponly.efi");
+        for (configs, default) in [(vec![("sb", true)], Some("sb")), (vec![("sb", true), ("plain", false)], Some("sb"))]
+        {
+            let s = DhcpServer::new(
+                plain.db.clone(),
+                plain.nodes.clone(),
+                plain.view.clone(),
+                plain.settings.clone(),
+                Arc::new(BootFlags::fixed(&configs, default)),
+            );
+            for kind in [MessageType::Discover, MessageType::Request] {
+                for arch in [7, 9] {
+                    let mut p = pxe(kind, arch);
+                    if kind == MessageType::Request {
+                        let mut m = Message::decode(&mut Decoder::new(&p)).unwrap();
+                        m.opts_mut().insert(DhcpOption::RequestedIpAddress("10.0.0.5".parse().unwrap()));
+                        p.clear();
+                        m.encode(&mut Encoder::new(&mut p)).unwrap();
+                    }
+                    let r = s.respond(&p, from()).unwrap();
+                    assert_eq!(file_of(&r), "sb/shimx64.efi", "{kind:?} arch {arch}");
+                    assert_eq!(r.msg.siaddr(), "10.0.0.1".parse::<Ipv4Addr>().unwrap());
+                }
+            }
+            assert_eq!(
+                file_of(&s.respond(&packet(MessageType::Discover, MAC, Some(0)), from()).unwrap()),
+                "undionly.kpxe"
+            );
+            let http = with_class(packet(MessageType::Discover, MAC, Some(16)), b"HTTPClient:Arch:00016:UNDI:003001");
+            assert!(file_of(&s.respond(&http, from()).unwrap()).ends_with("/boot/files/snponly.efi"));
+            let mut m = Message::decode(&mut Decoder::new(&pxe(MessageType::Discover, 7))).unwrap();
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+            let mut b = Vec::new();
+            m.encode(&mut Encoder::new(&mut b)).unwrap();
+            assert!(file_of(&s.respond(&b, from()).unwrap()).contains("/api/v1/boot/script"));
+        }
+        // A default without the flag, or one that does not exist: iPXE.
+        for (configs, default) in [(vec![("sb", true)], Some("gone")), (vec![("sb", true), ("plain", false)], None)] {
+            let s = DhcpServer::new(
+                plain.db.clone(),
+                plain.nodes.clone(),
+                plain.view.clone(),
+                plain.settings.clone(),
+                Arc::new(BootFlags::fixed(&configs, default)),
+            );
+            assert_eq!(file_of(&s.respond(&pxe(MessageType::Discover, 7), from()).unwrap()), "snponly.efi");
+        }
     }
 
     /// Malformed input is dropped, never a panic: truncations, wrong cookie, bad option lengths,

@@ -1,8 +1,11 @@
 //! Network boot: DHCP answers from memory, iPXE binaries over TFTP, IPv6 router advertisements.
 
 pub mod dhcp;
+pub mod flags;
+pub mod grub;
 pub mod ra;
 pub mod routes;
+pub mod sbnames;
 pub mod script;
 pub mod tftp;
 
@@ -30,14 +33,16 @@ pub async fn start(
     nodes: &Arc<NodeCache>,
     hub: &Arc<Hub>,
     identity: &Arc<crate::registry::identity::Identity>,
+    storage: &Arc<crate::storage::Storage>,
 ) -> Result<(), StartError> {
+    let ca_cpio: axum::body::Bytes = routes::ca_cpio(crate::core::tls::cluster_ca().unwrap_or_default()).into();
     ctx.serve(routes::routes(Arc::new(routes::Api {
         db: ctx.db.clone(),
         head: ctx.me().clone(),
         hub: hub.clone(),
         complaints: Default::default(),
         identity: identity.clone(),
-        ca_cpio: routes::ca_cpio(crate::core::tls::cluster_ca().unwrap_or_default()).into(),
+        ca_cpio: ca_cpio.clone(),
         tftp_dir: ctx.config.boot.tftp_dir.clone(),
     })));
     let (cfg, db, view, sup) = (ctx.config, &ctx.db, &ctx.view, ctx.sup);
@@ -65,11 +70,24 @@ pub async fn start(
     if !cfg.boot.tftp_dir.is_dir() {
         tracing::warn!(dir = %cfg.boot.tftp_dir.display(), "the boot file directory tftp.dir does not exist (Debian package ipxe); firmware cannot load iPXE from this head");
     }
-    let dhcp = dhcp::DhcpServer::new(db.clone(), nodes.clone(), view.clone(), settings);
+    let flags = flags::BootFlags::spawn(db.clone(), sup);
+    let dhcp = dhcp::DhcpServer::new(db.clone(), nodes.clone(), view.clone(), settings, flags);
     sup.spawn(Stage::Serve, "dhcp", move |stop| dhcp.run(dhcp_sock, stop));
     match tftp_sock {
         Some(sock) => {
-            let tftp = tftp::TftpServer::new(cfg.boot.tftp_dir.clone());
+            // Secure Boot's names (signed shim and GRUB, GRUB scripts, kernels and initramfs
+            // images from the file store, the CA archive) beside tftp.dir's files.
+            let names = sbnames::SecureBootNames {
+                files: cfg.boot.secure_boot.clone(),
+                db: db.clone(),
+                hub: hub.clone(),
+                identity: identity.clone(),
+                storage: storage.clone(),
+                ca_cpio,
+                server_ip,
+                complaints: Default::default(),
+            };
+            let tftp = tftp::TftpServer::with_names(cfg.boot.tftp_dir.clone(), Some(Arc::new(names)));
             tracing::info!(interface = %iface, %server_ip, dhcp_port = cfg.boot.dhcp_port, tftp_port = cfg.boot.tftp_port, "network boot: DHCP and TFTP serving");
             sup.spawn(Stage::Serve, "tftp", move |stop| tftp.run(sock, stop));
         }

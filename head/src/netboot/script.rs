@@ -20,6 +20,57 @@ pub enum Script {
     Retry(String),
 }
 
+/// What a node boots with, once its boot config and image are found.
+#[derive(Debug)]
+pub struct Plan {
+    pub cfg: BootConfig,
+    /// The image's root file system, when the config has an image.
+    pub rootfs: Option<FileRecord>,
+    /// The heads the node may use (`cw.heads`).
+    pub heads: Vec<String>,
+}
+
+/// What `node` (which asked with `mac`) boots: its `_boot_config`, else the cluster's default,
+/// and the config's image; `Err` from the inner result says why it cannot boot yet.
+pub async fn plan(
+    db: &Database,
+    view: &ClusterView,
+    node: &Node,
+    mac: &MacAddr,
+) -> Result<Result<Plan, String>, BootError> {
+    let name = match node.attributes.get("_boot_config") {
+        Some(n) => n.clone(),
+        None => match bootcfg::list_configs(db).await?.1 {
+            Some(d) => d,
+            None => {
+                return Ok(Err(format!(
+                    "{} has no _boot_config and the cluster has no default boot config",
+                    node.name
+                )));
+            }
+        },
+    };
+    let cfg = match bootcfg::get_config(db, &name).await {
+        Ok((c, _)) => c,
+        Err(BootError::Record(RecordError::NotFound(_))) => {
+            return Ok(Err(format!("{}'s boot config {name:?} does not exist", node.name)));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut rootfs = None;
+    if let Some(img) = &cfg.image {
+        match bootcfg::get_image(db, img).await {
+            Ok(image) => rootfs = bootcfg::file_record(db, &image.rootfs).await?,
+            Err(BootError::Record(RecordError::NotFound(_))) => {
+                return Ok(Err(format!("boot config {name:?} names image {img:?}, which does not exist")));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let heads: Vec<String> = view.heads_for(mac).into_iter().map(|h| h.url).collect();
+    Ok(Ok(Plan { cfg, rootfs, heads }))
+}
+
 /// The script for `node` (which asked with `mac`): its `_boot_config`, else the cluster's
 /// default, and the config's image.
 /// `enroll`: the one-time token the node trades for its certificate (`cw.enroll=`).
@@ -30,37 +81,35 @@ pub async fn for_node(
     mac: &MacAddr,
     enroll: Option<&str>,
 ) -> Result<Script, BootError> {
-    let name = match node.attributes.get("_boot_config") {
-        Some(n) => n.clone(),
-        None => match bootcfg::list_configs(db).await?.1 {
-            Some(d) => d,
-            None => {
-                return Ok(Script::Retry(format!(
-                    "{} has no _boot_config and the cluster has no default boot config",
-                    node.name
-                )));
-            }
-        },
-    };
-    let cfg = match bootcfg::get_config(db, &name).await {
-        Ok((c, _)) => c,
-        Err(BootError::Record(RecordError::NotFound(_))) => {
-            return Ok(Script::Retry(format!("{}'s boot config {name:?} does not exist", node.name)));
-        }
-        Err(e) => return Err(e),
-    };
-    let mut rootfs = None;
-    if let Some(img) = &cfg.image {
-        match bootcfg::get_image(db, img).await {
-            Ok(image) => rootfs = bootcfg::file_record(db, &image.rootfs).await?,
-            Err(BootError::Record(RecordError::NotFound(_))) => {
-                return Ok(Script::Retry(format!("boot config {name:?} names image {img:?}, which does not exist")));
-            }
-            Err(e) => return Err(e),
-        }
+    Ok(match plan(db, view, node, mac).await? {
+        Ok(p) => Script::Boot(boot(&view.me, node, mac, &p.cfg, p.rootfs.as_ref(), &p.heads, enroll)),
+        Err(why) => Script::Retry(why),
+    })
+}
+
+/// The kernel command line: the config's, then what the agent needs (image, parent, heads, MAC,
+/// enrollment token). Split on white space: a command line never carries a line break.
+pub fn kernel_args(
+    head: &HeadRecord,
+    mac: &MacAddr,
+    cfg: &BootConfig,
+    rootfs: Option<&FileRecord>,
+    heads: &[String],
+    enroll: Option<&str>,
+) -> Vec<String> {
+    let mut args: Vec<String> = cfg.cmdline.split_whitespace().map(str::to_string).collect();
+    if let Some(rec) = rootfs {
+        args.push(format!("cw.image={}", rec.id));
+        args.push(format!("cw.image_size={}", rec.size));
+        args.push(format!("cw.image_sha256={}", rec.sha256));
     }
-    let heads: Vec<String> = view.heads_for(mac).into_iter().map(|h| h.url).collect();
-    Ok(Script::Boot(boot(&view.me, node, mac, &cfg, rootfs.as_ref(), &heads, enroll)))
+    args.push(format!("cw.parent={}", head.api_url));
+    args.push(format!("cw.heads={}", heads.join(",")));
+    args.push(format!("cw.mac={mac}"));
+    if let Some(t) = enroll {
+        args.push(format!("cw.enroll={t}"));
+    }
+    args
 }
 
 /// The script that boots `node` with `cfg` from `head`.
@@ -74,19 +123,7 @@ pub fn boot(
     enroll: Option<&str>,
 ) -> String {
     let base = head.boot_base();
-    // Split on white space: a command line never carries a line break into the script.
-    let mut args: Vec<String> = cfg.cmdline.split_whitespace().map(str::to_string).collect();
-    if let Some(rec) = rootfs {
-        args.push(format!("cw.image={}", rec.id));
-        args.push(format!("cw.image_size={}", rec.size));
-        args.push(format!("cw.image_sha256={}", rec.sha256));
-    }
-    args.push(format!("cw.parent={}", head.api_url));
-    args.push(format!("cw.heads={}", heads.join(",")));
-    args.push(format!("cw.mac={mac}"));
-    if let Some(t) = enroll {
-        args.push(format!("cw.enroll={t}"));
-    }
+    let args = kernel_args(head, mac, cfg, rootfs, heads, enroll);
     let kernel = format!("{base}{}", path::full(&path::file_content(&cfg.kernel, false)));
     let initrd = format!("{base}{}", path::full(&path::file_content(&cfg.initramfs, false)));
     // The cluster CA, for the agent to check heads with, joins the initramfs as a second archive.
@@ -173,6 +210,7 @@ mod tests {
             initramfs: i.id.clone(),
             image: Some("img".into()),
             cmdline: "console=ttyS0\nquiet".into(),
+            secure_boot: false,
             created: 0,
         };
         db.put(&schema::bootconfig("c1"), serde_json::to_vec(&cfg).unwrap()).await.unwrap();

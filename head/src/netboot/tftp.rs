@@ -28,8 +28,8 @@ const ERROR: u16 = 5;
 const OACK: u16 = 6;
 /// Error codes (RFC 1350).
 const E_UNDEFINED: u16 = 0;
-const E_NOT_FOUND: u16 = 1;
-const E_ACCESS: u16 = 2;
+pub(crate) const E_NOT_FOUND: u16 = 1;
+pub(crate) const E_ACCESS: u16 = 2;
 const E_TOO_LARGE: u16 = 3;
 const E_ILLEGAL: u16 = 4;
 /// Largest file served (the iPXE binaries are well under a megabyte or two).
@@ -124,7 +124,34 @@ pub fn not_found(r: &Refusal) -> bool {
     r.0 == E_NOT_FOUND
 }
 
+/// What a transfer sends: a file opened (read block by block), or bytes in memory (generated).
+#[derive(Debug)]
+pub enum Content {
+    File(Opened),
+    Mem(bytes::Bytes),
+}
+
+/// Names served from elsewhere than the TFTP directory (Secure Boot's virtual names).
+pub trait Names: Send + Sync {
+    /// `None`: not one of these names (the directory is looked in); `Some(Err)`: refused;
+    /// `Some(Ok)`: what to send. `peer` is the client asking.
+    fn resolve<'a>(
+        &'a self,
+        name: &'a str,
+        peer: IpAddr,
+    ) -> futures::future::BoxFuture<'a, Option<Result<Content, Refusal>>>;
+}
+
 impl Opened {
+    /// A file opened elsewhere than the TFTP directory, and its size; `Err` past the largest
+    /// size served (`max`).
+    pub fn new(file: File, len: u64, max: u64) -> Result<Opened, Refusal> {
+        if len > max {
+            return Err((E_TOO_LARGE, "file too large".into()));
+        }
+        Ok(Opened { file, len })
+    }
+
     /// The open handle and the file's size when it was opened.
     pub fn into_parts(self) -> (File, u64) {
         (self.file, self.len)
@@ -171,16 +198,30 @@ pub fn open(root: &Path, name: &str) -> Result<Opened, Refusal> {
 /// A transfer's blocks, read from the open file when each is sent (a block sent again is read
 /// again): one block in memory, whatever the size of the file.
 struct Blocks {
-    file: Arc<File>,
+    src: Source,
     len: u64,
     blksize: usize,
     /// The DATA packet of the last block read.
     pkt: Vec<u8>,
 }
 
+enum Source {
+    File(Arc<File>),
+    Mem(bytes::Bytes),
+}
+
 impl Blocks {
     fn new(f: Opened, blksize: usize) -> Blocks {
-        Blocks { file: Arc::new(f.file), len: f.len, blksize, pkt: Vec::with_capacity(4 + blksize) }
+        Blocks { src: Source::File(Arc::new(f.file)), len: f.len, blksize, pkt: Vec::with_capacity(4 + blksize) }
+    }
+
+    fn of(c: Content, blksize: usize) -> Blocks {
+        match c {
+            Content::File(f) => Blocks::new(f, blksize),
+            Content::Mem(b) => {
+                Blocks { len: b.len() as u64, src: Source::Mem(b), blksize, pkt: Vec::with_capacity(4 + blksize) }
+            }
+        }
     }
 
     /// How many blocks the transfer has (the last one shorter than `blksize`, perhaps empty).
@@ -190,7 +231,19 @@ impl Blocks {
 
     /// The DATA packet of block `b`, counted from 0 (TFTP numbers it `b + 1`, modulo 2^16).
     async fn packet(&mut self, b: usize) -> Result<&[u8], String> {
-        let (file, len, blksize) = (self.file.clone(), self.len, self.blksize);
+        let file = match &self.src {
+            Source::File(f) => f.clone(),
+            Source::Mem(m) => {
+                let start = (b * self.blksize).min(m.len());
+                let end = (start + self.blksize).min(m.len());
+                self.pkt.clear();
+                self.pkt.extend_from_slice(&DATA.to_be_bytes());
+                self.pkt.extend_from_slice(&(((b + 1) & 0xffff) as u16).to_be_bytes());
+                self.pkt.extend_from_slice(&m[start..end]);
+                return Ok(&self.pkt);
+            }
+        };
+        let (len, blksize) = (self.len, self.blksize);
         let mut pkt = std::mem::take(&mut self.pkt);
         let (pkt, read) = tokio::task::spawn_blocking(move || {
             let r = fill(&file, len, blksize, b, &mut pkt);
@@ -253,6 +306,8 @@ fn error_packet(code: u16, msg: &str) -> Vec<u8> {
 
 pub struct TftpServer {
     root: PathBuf,
+    /// Names served from elsewhere, looked at before the directory.
+    names: Option<Arc<dyn Names>>,
     pub counters: TftpCounters,
     slots: Arc<Mutex<Slots>>,
     /// Log lines for requests refused as too many (bounded, summed up).
@@ -305,8 +360,14 @@ fn negotiate(req: &Request, size: u64) -> Opts {
 
 impl TftpServer {
     pub fn new(root: PathBuf) -> Arc<TftpServer> {
+        TftpServer::with_names(root, None)
+    }
+
+    /// A server that looks `names` up first, then the directory `root`.
+    pub fn with_names(root: PathBuf, names: Option<Arc<dyn Names>>) -> Arc<TftpServer> {
         Arc::new(TftpServer {
             root,
+            names,
             counters: TftpCounters::default(),
             slots: Arc::new(Mutex::new(Slots::default())),
             complaints: Complaints::default(),
@@ -408,9 +469,20 @@ impl TftpServer {
         };
         let sock = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
         sock.connect(peer).await.map_err(|e| e.to_string())?;
-        let root = self.root.clone();
-        let name = req.file.clone();
-        let opened = tokio::task::spawn_blocking(move || open(&root, &name)).await.map_err(|e| e.to_string())?;
+        let virt = match &self.names {
+            Some(n) => n.resolve(&req.file, peer.ip()).await,
+            None => None,
+        };
+        let opened = match virt {
+            Some(r) => r,
+            None => {
+                let root = self.root.clone();
+                let name = req.file.clone();
+                tokio::task::spawn_blocking(move || open(&root, &name).map(Content::File))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
         let opened = match opened {
             Ok(f) => f,
             Err((code, why)) => {
@@ -420,8 +492,12 @@ impl TftpServer {
             }
         };
         self.counters.transfers.fetch_add(1, Ordering::Relaxed);
-        let o = negotiate(&req, opened.len);
-        let mut data = Blocks::new(opened, o.blksize);
+        let len = match &opened {
+            Content::File(f) => f.len,
+            Content::Mem(b) => b.len() as u64,
+        };
+        let o = negotiate(&req, len);
+        let mut data = Blocks::of(opened, o.blksize);
         let mut ack = vec![0u8; 516];
         // Option acknowledgement, answered by ACK 0.
         if !o.oack.is_empty() {
@@ -839,6 +915,42 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(server.slots.lock().unwrap().per_client.is_empty());
+    }
+
+    /// Names from a resolver are asked first: generated bytes are served block by block,
+    /// refusals are sent as errors, and names it does not know come from the directory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resolved_names_come_first() {
+        struct Fixed(Vec<u8>);
+        impl Names for Fixed {
+            fn resolve<'a>(
+                &'a self,
+                name: &'a str,
+                _peer: IpAddr,
+            ) -> futures::future::BoxFuture<'a, Option<Result<Content, Refusal>>> {
+                use futures::FutureExt;
+                async move {
+                    match name.trim_start_matches('/') {
+                        "v/gen" => Some(Ok(Content::Mem(self.0.clone().into()))),
+                        n if n.starts_with("v/") => Some(Err((E_NOT_FOUND, "no such name".into()))),
+                        _ => None,
+                    }
+                }
+                .boxed()
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("real"), b"from the directory").unwrap();
+        let generated = noise(3 * 1024 + 5, 9);
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let server = TftpServer::with_names(d.path().to_path_buf(), Some(Arc::new(Fixed(generated.clone()))));
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(server.run(sock, rx));
+        assert!(fetch(addr, LO, "/v/gen", &[("blksize", "1024"), ("tsize", "0")]).await.unwrap() == generated);
+        assert!(fetch(addr, LO, "v/gen", &[]).await.unwrap() == generated);
+        assert_eq!(fetch(addr, LO, "v/other", &[]).await.unwrap_err(), "no such name");
+        assert_eq!(fetch(addr, LO, "real", &[]).await.unwrap(), b"from the directory");
     }
 
     /// Random bytes never panic the parser.
