@@ -60,8 +60,34 @@ pub fn poll_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A free TCP port on `ip`.
+/// A free TCP port on `ip`, below the kernel's ephemeral range: a port the kernel hands out itself
+/// (`bind` to port 0) can be taken, before the head binds it, by the source port of a connection
+/// to `ip` (Linux uses a local destination address as the source), which once made a head fail
+/// with "Address already in use" at start-up. Ports below the range are only ever bound on purpose.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FIRST: u16 = 20000;
+    if low > FIRST + 1000 {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                ^ (u64::from(std::process::id()) << 32)
+                ^ NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        let mut x = seed | 1;
+        for _ in 0..200 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let port = FIRST + (x % u64::from(low - FIRST)) as u16;
+            if TcpListener::bind((ip, port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind((ip, 0)).expect("bind port 0").local_addr().expect("local addr").port()
 }
 
