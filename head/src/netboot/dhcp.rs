@@ -572,10 +572,10 @@ mod tests {
         let r = s.respond(&packet(MessageType::Discover, MAC, Some(7)), from()).unwrap();
         assert_eq!(r.msg.fname_str().unwrap().unwrap().trim_end_matches('\0'), "snponly.efi");
         // A REQUEST for another address is refused.
-        let mut m = Message::decode(&mut Decoder::new(&packet(MessageType::Request, MAC, None))).unwrap();
-        m.opts_mut().insert(DhcpOption::RequestedIpAddress("10.0.0.9".parse().unwrap()));
-        let mut b = Vec::new();
-        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        let b = with_opt(
+            packet(MessageType::Request, MAC, None),
+            DhcpOption::RequestedIpAddress("10.0.0.9".parse().unwrap()),
+        );
         assert_eq!(s.respond(&b, from()).unwrap().msg.opts().msg_type(), Some(MessageType::Nak));
         assert!(matches!(
             s.respond(&packet(MessageType::Discover, [2, 0, 0, 0, 0, 9], None), from()),
@@ -585,12 +585,17 @@ mod tests {
         assert!(after[0] >= before[0] + 2 && after[1] > before[1] && after[2] > before[2], "{before:?} {after:?}");
     }
 
-    fn with_class(mut p: Vec<u8>, class: &[u8]) -> Vec<u8> {
+    /// The packet `p` with option `o` added.
+    fn with_opt(mut p: Vec<u8>, o: DhcpOption) -> Vec<u8> {
         let mut m = Message::decode(&mut Decoder::new(&p)).unwrap();
-        m.opts_mut().insert(DhcpOption::ClassIdentifier(class.to_vec()));
+        m.opts_mut().insert(o);
         p.clear();
         m.encode(&mut Encoder::new(&mut p)).unwrap();
         p
+    }
+
+    fn with_class(p: Vec<u8>, class: &[u8]) -> Vec<u8> {
+        with_opt(p, DhcpOption::ClassIdentifier(class.to_vec()))
     }
 
     fn file_of(r: &Reply) -> String {
@@ -617,10 +622,7 @@ mod tests {
         // Without option 93 (an operating system's DHCP client): an answer, no file.
         assert_eq!(file_of(&s.respond(&packet(MessageType::Discover, MAC, None), from()).unwrap()), "");
         // iPXE, whatever its architecture, gets its script.
-        let mut m = Message::decode(&mut Decoder::new(&packet(MessageType::Discover, MAC, Some(11)))).unwrap();
-        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        let mut b = Vec::new();
-        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        let b = with_opt(packet(MessageType::Discover, MAC, Some(11)), DhcpOption::UserClass(b"iPXE".to_vec()));
         assert!(file_of(&s.respond(&b, from()).unwrap()).contains("/api/v1/boot/script?mac=52:54:00:00:00:01"));
 
         let mut net = s.settings.net.clone();
@@ -710,10 +712,7 @@ mod tests {
                 for arch in [7, 9] {
                     let mut p = pxe(kind, arch);
                     if kind == MessageType::Request {
-                        let mut m = Message::decode(&mut Decoder::new(&p)).unwrap();
-                        m.opts_mut().insert(DhcpOption::RequestedIpAddress("10.0.0.5".parse().unwrap()));
-                        p.clear();
-                        m.encode(&mut Encoder::new(&mut p)).unwrap();
+                        p = with_opt(p, DhcpOption::RequestedIpAddress("10.0.0.5".parse().unwrap()));
                     }
                     let r = s.respond(&p, from()).unwrap();
                     assert_eq!(file_of(&r), "sb/shimx64.efi", "{kind:?} arch {arch}");
@@ -726,10 +725,7 @@ mod tests {
             );
             let http = with_class(packet(MessageType::Discover, MAC, Some(16)), b"HTTPClient:Arch:00016:UNDI:003001");
             assert!(file_of(&s.respond(&http, from()).unwrap()).ends_with("/boot/files/snponly.efi"));
-            let mut m = Message::decode(&mut Decoder::new(&pxe(MessageType::Discover, 7))).unwrap();
-            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-            let mut b = Vec::new();
-            m.encode(&mut Encoder::new(&mut b)).unwrap();
+            let b = with_opt(pxe(MessageType::Discover, 7), DhcpOption::UserClass(b"iPXE".to_vec()));
             assert!(file_of(&s.respond(&b, from()).unwrap()).contains("/api/v1/boot/script"));
         }
         // A default without the flag, or one that does not exist: iPXE.
