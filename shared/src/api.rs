@@ -926,6 +926,15 @@ pub struct StorageCounters {
     /// Scrub rounds completed since start.
     #[serde(default)]
     pub scrubs: u64,
+    /// Root images being sent to nodes now (`local_files.max_transfers` bounds them).
+    #[serde(default)]
+    pub transfers_active: u64,
+    /// Node requests for a root image answered "busy, try another head" since start.
+    #[serde(default)]
+    pub transfers_refused: u64,
+    /// `local_files.max_transfers` (0: no limit).
+    #[serde(default)]
+    pub max_transfers: u32,
 }
 
 /// One head node, as `scyld-clusterctl heads ls` shows it.

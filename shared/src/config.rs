@@ -127,6 +127,12 @@ pub struct Config {
     pub scrub_interval_secs: u64,
     /// MiB per second the scrub reads at most (`local_files.scrub_rate`).
     pub scrub_rate_mib: u64,
+    /// Root images (and other files that are not kernels or initramfs images) this head sends
+    /// to nodes at once (`local_files.max_transfers`; 0: no limit); past it a node is told at
+    /// once to try another head or again later.
+    pub max_transfers: u32,
+    /// MiB per second all those transfers together may send (`local_files.max_rate`; 0: no limit).
+    pub max_rate_mib: u64,
     /// Public keys of this head's root that `update_keys` gives every node (files that do not
     /// exist are skipped).
     pub ssh_key_files: Vec<PathBuf>,
@@ -278,6 +284,8 @@ impl Default for Config {
             min_copies: 0,
             scrub_interval_secs: 7 * 86_400,
             scrub_rate_mib: 64,
+            max_transfers: 128,
+            max_rate_mib: 0,
             deleted_ttl_secs: 3600,
             ssh_key_files: ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
                 .iter()
@@ -604,6 +612,8 @@ impl Config {
                 "local_files.min_copies" => c.min_copies = int_value(value, 0, 64).map_err(bad)? as u32,
                 "local_files.scrub_interval" => c.scrub_interval_secs = int_value(value, 0, 365 * 86_400).map_err(bad)?,
                 "local_files.scrub_rate" => c.scrub_rate_mib = int_value(value, 1, 1 << 20).map_err(bad)?,
+                "local_files.max_transfers" => c.max_transfers = int_value(value, 0, 100_000).map_err(bad)? as u32,
+                "local_files.max_rate" => c.max_rate_mib = int_value(value, 0, 1 << 20).map_err(bad)?,
                 _ => warnings.push(unknown_key(path, line, key)),
             }
         }
@@ -686,6 +696,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "local_files.min_copies",
     "local_files.scrub_interval",
     "local_files.scrub_rate",
+    "local_files.max_transfers",
+    "local_files.max_rate",
 ];
 
 /// `dhcp.boot_file.<arch>`: the boot file of one client architecture.

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub tftp_bytes: Counter,
     pub file_requests: Family<L1, Counter>,
     pub file_bytes: Counter,
+    pub file_transfers: Gauge,
     pub file_verifications: Family<L1, Counter>,
     pub file_quarantines: Counter,
     pub peer_downloads: Family<L1, Counter>,
@@ -139,6 +140,7 @@ impl Metrics {
             tftp_bytes: Counter::default(),
             file_requests: Family::default(),
             file_bytes: Counter::default(),
+            file_transfers: Gauge::default(),
             file_verifications: Family::default(),
             file_quarantines: Counter::default(),
             peer_downloads: Family::default(),
@@ -170,7 +172,16 @@ impl Metrics {
             "Bytes of file data sent over TFTP (resent blocks included)",
             m.tftp_bytes.clone(),
         );
-        r.register("file_requests", "Boot file contents served (kind: full or range request)", m.file_requests.clone());
+        r.register(
+            "file_requests",
+            "Boot file contents asked for (kind: full or range request served, or busy: refused past local_files.max_transfers)",
+            m.file_requests.clone(),
+        );
+        r.register(
+            "file_transfers",
+            "Root images being sent to nodes at the last scrape (local_files.max_transfers bounds them)",
+            m.file_transfers.clone(),
+        );
         r.register("file_sent_bytes", "Bytes of boot file contents sent", m.file_bytes.clone());
         r.register(
             "file_verifications",
@@ -253,7 +264,7 @@ impl Metrics {
         for o in TFTP_OUTCOMES {
             let _ = m.tftp_transfers.get_or_create(&[("outcome", o)]);
         }
-        for k in ["full", "range"] {
+        for k in ["full", "range", "busy"] {
             let _ = m.file_requests.get_or_create(&[("kind", k)]);
         }
         for x in ["ok", "bad"] {

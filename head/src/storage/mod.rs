@@ -41,6 +41,7 @@
 //!   from the entry, which goes when none is left (or after `local_files.deleted_ttl`). A head
 //!   that was down finds its copy unreferenced at start-up and renames it `.old.NN`.
 
+pub mod admission;
 pub mod routes;
 
 use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
@@ -229,11 +230,21 @@ pub struct Settings {
     pub scrub_interval: Duration,
     /// Bytes per second the scrub reads at most.
     pub scrub_rate: u64,
+    /// Transfers to nodes at once (`local_files.max_transfers`; 0: no limit).
+    pub max_transfers: u32,
+    /// Bytes per second those transfers send together (0: no limit).
+    pub max_rate: u64,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { min_copies: 0, scrub_interval: Duration::from_secs(7 * 86_400), scrub_rate: 64 << 20 }
+        Settings {
+            min_copies: 0,
+            scrub_interval: Duration::from_secs(7 * 86_400),
+            scrub_rate: 64 << 20,
+            max_transfers: 128,
+            max_rate: 0,
+        }
     }
 }
 
@@ -306,6 +317,8 @@ pub struct Storage {
     changed: tokio::sync::Notify,
     /// When the last scrub that hashed anything ended, seconds since the epoch.
     scrubbed_at: AtomicU64,
+    /// How many root images go to nodes at once, and how fast ([`admission`]).
+    pub admission: admission::Admission,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -452,7 +465,6 @@ impl Storage {
             locks_dir,
             head: head.to_string(),
             storage_id,
-            settings,
             db,
             verified: Mutex::new(verified),
             verified_dirty: AtomicBool::new(false),
@@ -473,6 +485,8 @@ impl Storage {
             held_dirty: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
             scrubbed_at: AtomicU64::new(0),
+            admission: admission::Admission::new(settings.max_transfers, settings.max_rate),
+            settings,
         }))
     }
 
@@ -498,6 +512,9 @@ impl Storage {
             scrubbed_bytes: c.scrubbed_bytes.load(Ordering::Relaxed),
             scrub_bad: c.scrub_bad.load(Ordering::Relaxed),
             scrubs: c.scrubs.load(Ordering::Relaxed),
+            transfers_active: self.admission.active(),
+            transfers_refused: self.admission.refused(),
+            max_transfers: self.admission.limit(),
         }
     }
 
@@ -1549,6 +1566,8 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
         min_copies: cfg.min_copies,
         scrub_interval: Duration::from_secs(cfg.scrub_interval_secs),
         scrub_rate: cfg.scrub_rate_mib << 20,
+        max_transfers: cfg.max_transfers,
+        max_rate: cfg.max_rate_mib << 20,
     };
     let storage = Storage::open_with(&cfg.storage_dir, &ctx.me().name, ctx.db.clone(), &ctx.token, settings)?;
     let _ = storage.events.set(ctx.events.clone());
@@ -1575,6 +1594,7 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
             if let (Some(m), Ok((none, under))) = (crate::core::metrics::on(), s.unservable().await) {
                 m.files_unservable.set(none as i64);
                 m.files_under_minimum.set(under as i64);
+                m.file_transfers.set(s.admission.active() as i64);
             }
         }
     });

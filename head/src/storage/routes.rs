@@ -197,6 +197,23 @@ async fn file_content(
             ));
         }
     }
+    // A root image for a node takes one of this head's transfer slots before anything is opened:
+    // past the limit the node is told at once to go elsewhere (firmware's kernel and initramfs,
+    // peers and HEAD requests are never refused here).
+    let counted = crate::core::metrics::on();
+    let permit = if from_peer || method == Method::HEAD || FIRMWARE_KINDS.contains(&rec.kind.as_str()) {
+        None
+    } else {
+        match st.storage.admission.admit() {
+            Some(p) => Some(p),
+            None => {
+                if let Some(m) = counted {
+                    m.file_requests.get_or_create(&[("kind", "busy")]).inc();
+                }
+                return Ok(busy(st.storage.admission.limit()));
+            }
+        }
+    };
     let file = match st.storage.open_verified(&rec, !from_peer).await {
         Ok(f) => f,
         Err(e) => {
@@ -231,7 +248,6 @@ async fn file_content(
     if method == Method::HEAD {
         return Ok(b.body(axum::body::Body::empty()).expect("valid response"));
     }
-    let counted = crate::core::metrics::on();
     if let Some(m) = counted {
         let kind = if status == StatusCode::PARTIAL_CONTENT { "range" } else { "full" };
         m.file_requests.get_or_create(&[("kind", kind)]).inc();
@@ -250,7 +266,36 @@ async fn file_content(
             m.file_bytes.inc_by(c.len() as u64);
         }
     });
+    // The slot goes with the body: it is free once the last byte is handed over, or the node
+    // went away. Under `local_files.max_rate` every chunk waits its turn.
+    let (storage, permit) = (st.storage.clone(), Arc::new(permit));
+    let stream = stream.then(move |chunk| {
+        let (storage, slot) = (storage.clone(), permit.clone());
+        async move {
+            if let Ok(c) = &chunk {
+                storage.admission.pace(c.len()).await;
+            }
+            drop(slot);
+            chunk
+        }
+    });
     Ok(b.body(axum::body::Body::from_stream(stream)).expect("valid response"))
+}
+
+/// The answer past `local_files.max_transfers`: 503 with the protocol's error body and a
+/// `Retry-After` hint.
+fn busy(limit: u32) -> Response {
+    let secs = super::admission::RETRY_AFTER_SECS;
+    let mut r = ApiFailure::new(
+        ErrorKind::Unavailable,
+        format!(
+            "this head is sending its limit of {limit} root images at once (local_files.max_transfers): \
+             ask another head, or this one again in {secs} s"
+        ),
+    )
+    .into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    r
 }
 
 #[cfg(test)]
