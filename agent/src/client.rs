@@ -83,6 +83,32 @@ impl std::fmt::Display for ClientError {
     }
 }
 
+/// Why [`HeadClient::fetch`] stopped.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The head is sending all it may at once (503 with `Retry-After`): another head, or later.
+    Busy(Duration),
+    Client(ClientError),
+    /// The receiver refused what arrived (its error).
+    Taken(String),
+}
+
+impl From<ClientError> for FetchError {
+    fn from(e: ClientError) -> FetchError {
+        FetchError::Client(e)
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Busy(d) => write!(f, "busy (try again in {} s)", d.as_secs()),
+            FetchError::Client(e) => e.fmt(f),
+            FetchError::Taken(e) => f.write_str(e),
+        }
+    }
+}
+
 impl ClientError {
     /// True when the head answered deliberately (a 4xx with the protocol's error body): it is
     /// alive, and asking another head would not help.
@@ -207,49 +233,93 @@ impl HeadClient {
         }
     }
 
-    /// GET `path` into the file `dest` (streamed, hashed while it arrives); returns its size and
-    /// SHA-256. The whole transfer must end within `limit`.
-    pub async fn download(
+    /// GET `path` from byte `offset` on (a range request when `offset` > 0) on a connection of
+    /// its own, handing each piece of the body to `take` as it arrives. The head must be sending
+    /// the file expected: `size` bytes in all (when given) and, when it says, the SHA-256 `sha`.
+    /// No byte for `idle` ends the transfer (a head that hangs costs that long, not forever).
+    /// `Ok` once the body is complete; on an error, `take` has had every byte that arrived.
+    pub async fn fetch(
         &mut self,
         ep: &Endpoint,
         path: &str,
-        dest: &std::path::Path,
-        limit: Duration,
-    ) -> Result<(u64, String), ClientError> {
-        use sha2::Digest;
-        let work = async {
-            let sender = self.connect(ep).await?;
-            let mut sender = sender;
-            let req = hyper::Request::builder()
-                .method("GET")
-                .uri(path)
-                .header(hyper::header::HOST, format!("{}:{}", ep.host, ep.port))
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| ClientError::Broken(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| ClientError::Broken(e.to_string()))?;
-            let status = resp.status().as_u16();
-            if status != 200 {
-                return Err(ClientError::Status { status, message: format!("GET {path}") });
+        offset: u64,
+        expect: (Option<u64>, Option<&str>),
+        idle: Duration,
+        take: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
+    ) -> Result<(), FetchError> {
+        let mut sender = tokio::time::timeout(idle, self.connect(ep)).await.map_err(|_| ClientError::Timeout)??;
+        let mut req = hyper::Request::builder()
+            .method("GET")
+            .uri(path)
+            .header(hyper::header::HOST, format!("{}:{}", ep.host, ep.port))
+            .header(hyper::header::USER_AGENT, concat!("clusterware-node/", env!("CARGO_PKG_VERSION")));
+        if offset > 0 {
+            req = req.header(hyper::header::RANGE, format!("bytes={offset}-"));
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| ClientError::Broken(e.to_string()))?;
+        let resp = tokio::time::timeout(idle, sender.send_request(req))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let header = |name: hyper::header::HeaderName| {
+            resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        if status == 503 {
+            if let Some(secs) = header(hyper::header::RETRY_AFTER).and_then(|v| v.trim().parse::<u64>().ok()) {
+                return Err(FetchError::Busy(Duration::from_secs(secs.min(60))));
             }
-            let mut body = resp.into_body();
-            let mut file =
-                std::fs::File::create(dest).map_err(|e| ClientError::Broken(format!("{}: {e}", dest.display())))?;
-            let mut hasher = sha2::Sha256::new();
-            let mut size = 0u64;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| ClientError::Broken(e.to_string()))?;
-                if let Ok(data) = frame.into_data() {
-                    hasher.update(&data);
-                    size += data.len() as u64;
-                    std::io::Write::write_all(&mut file, &data)
-                        .map_err(|e| ClientError::Broken(format!("{}: {e}", dest.display())))?;
+        }
+        let wanted = if offset > 0 { 206 } else { 200 };
+        if status != wanted {
+            let body = tokio::time::timeout(idle, Limited::new(resp.into_body(), 64 << 10).collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<clusterware_shared::api::ApiError>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| format!("GET {path}: HTTP {status} where {wanted} was expected"));
+            return Err(ClientError::Status { status, message }.into());
+        }
+        // The head must be sending the file expected, from the byte asked for.
+        let length = header(hyper::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+        if let Some(size) = expect.0 {
+            if length != Some(size - offset.min(size)) {
+                return Err(ClientError::Garbage(format!(
+                    "{path}: {length:?} bytes from byte {offset} of a {size}-byte file"
+                ))
+                .into());
+            }
+            if offset > 0
+                && header(hyper::header::CONTENT_RANGE).as_deref()
+                    != Some(&format!("bytes {offset}-{}/{size}", size - 1))
+            {
+                return Err(ClientError::Garbage(format!("{path}: not the range asked for")).into());
+            }
+        }
+        if let (Some(sha), Some(theirs)) =
+            (expect.1, header(hyper::header::HeaderName::from_static("x-checksum-sha256")))
+        {
+            if !theirs.eq_ignore_ascii_case(sha) {
+                return Err(
+                    ClientError::Garbage(format!("{path}: the head has another file (SHA-256 {theirs})")).into()
+                );
+            }
+        }
+        let mut body = resp.into_body();
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => return Err(ClientError::Timeout.into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(ClientError::Broken(e.to_string()).into()),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        take(&data).map_err(FetchError::Taken)?;
+                    }
                 }
             }
-            Ok((size, hex::encode(hasher.finalize())))
-        };
-        match tokio::time::timeout(limit, work).await {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::Timeout),
         }
     }
 

@@ -8,7 +8,6 @@
 use crate::client::{Endpoint, HeadClient};
 use crate::sys;
 use clusterware_shared::agent::Enrolled;
-use clusterware_shared::api::path;
 use clusterware_shared::ids::MacAddr;
 use nix::errno::Errno;
 use nix::mount::MsFlags;
@@ -264,13 +263,19 @@ async fn enroll(heads: &[String], mac: &MacAddr, token: &str) -> Result<Enrolled
     Err(format!("no head enrolled this node: {}", errors.join("; ")))
 }
 
-async fn download(
+/// The root image, from the parent, then the other heads (resuming where a transfer stopped),
+/// hashed and unpacked into `root` as it arrives.
+async fn fetch_image(
     heads: &[String],
     args: &BootArgs,
-    dest: &std::path::Path,
+    mac: &MacAddr,
+    root: &std::path::Path,
     identity: Option<&Enrolled>,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let id = args.image.as_deref().ok_or("no cw.image= on the kernel command line")?;
+    let (Some(size), Some(sha)) = (args.image_size, args.image_sha256.clone()) else {
+        return Err("no cw.image_size= and cw.image_sha256= on the kernel command line".into());
+    };
     let tls = match (boot_ca(), identity) {
         (_, Some(e)) => Some(crate::client::tls_config_pem(
             e.ca_pem.as_bytes(),
@@ -279,72 +284,24 @@ async fn download(
         (Some(ca), None) => Some(crate::client::tls_config_pem(&ca, None)?),
         (None, None) => None,
     };
-    let mut errors = Vec::new();
-    for h in heads {
-        let ep = match Endpoint::parse(h) {
-            Ok(e) => e,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        say(&format!("downloading image {id} from {}", ep.url));
-        let mut client = HeadClient::new(None, tls.clone());
-        let path = path::full(&path::file_content(id, false));
-        match client.download(&ep, &path, dest, Duration::from_secs(600)).await {
-            Ok((size, sha)) => {
-                if args.image_size.is_some_and(|s| s != size) {
-                    errors.push(format!("{}: {size} bytes, expected {}", ep.url, args.image_size.unwrap_or(0)));
-                    continue;
-                }
-                if args.image_sha256.as_deref().is_some_and(|s| s != sha) {
-                    errors.push(format!("{}: SHA-256 {sha} is not the expected one", ep.url));
-                    continue;
-                }
-                return Ok(());
-            }
-            Err(e) => errors.push(format!("{}: {e}", ep.url)),
-        }
-    }
-    Err(format!("no head gave the image: {}", errors.join("; ")))
-}
-
-/// Unpacks a gzip'd (or plain) newc archive under `root`.
-pub fn unpack(archive: &[u8], root: &std::path::Path) -> Result<usize, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let entries =
-        clusterware_shared::cpio::read_any(archive).map_err(|e| format!("the image is not a newc archive: {e}"))?;
-    let n = entries.len();
-    for e in entries {
-        let p = root.join(&e.path);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).map_err(|err| format!("{}: {err}", d.display()))?;
-        }
-        let kind = e.mode & 0o170000;
-        let perm = e.mode & 0o7777;
-        match kind {
-            0o040000 => {
-                std::fs::create_dir_all(&p).map_err(|err| format!("{}: {err}", p.display()))?;
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(perm));
-            }
-            0o100000 => {
-                std::fs::write(&p, &e.data).map_err(|err| format!("{}: {err}", p.display()))?;
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(perm));
-            }
-            0o120000 => {
-                let target = String::from_utf8_lossy(&e.data).to_string();
-                let _ = std::fs::remove_file(&p);
-                std::os::unix::fs::symlink(&target, &p).map_err(|err| format!("{}: {err}", p.display()))?;
-            }
-            0o020000 => {
-                use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-                let dev = makedev(e.rdev.0.into(), e.rdev.1.into());
-                let _ = mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(perm), dev);
-            }
-            _ => {}
-        }
-    }
-    Ok(n)
+    let eps = heads.iter().map(|h| Endpoint::parse(h)).collect::<Result<Vec<_>, _>>()?;
+    say(&format!("downloading image {id} ({size} bytes) from {}", eps.first().map_or("", |e| e.url.as_str())));
+    let want = crate::image::Want { id: id.to_string(), size, sha256: sha };
+    let mut client = HeadClient::new(None, tls);
+    let seed = u64::from_be_bytes([0, 0, mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5]]);
+    let (sink, report) = crate::image::fetch(
+        &mut client,
+        &eps,
+        &want,
+        crate::image::Unpack::new(root),
+        &crate::image::Retry::default(),
+        &mut crate::image::Jitter::new(seed),
+        &say,
+    )
+    .await?;
+    let from: Vec<String> = report.served.iter().map(|(h, b)| format!("{b} bytes from {h}")).collect();
+    say(&format!("image verified: {}", from.join(", ")));
+    Ok(sink.entries)
 }
 
 fn switch_root(new_root: &str, init: &str) -> String {
@@ -391,6 +348,8 @@ fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr, identit
     if let Err(e) = configure(&iface, &lease) {
         return e;
     }
+    // A fresh tmpfs for every attempt: what an earlier attempt unpacked is gone.
+    let _ = nix::mount::umount2("/newroot", nix::mount::MntFlags::MNT_DETACH);
     if let Err(e) = mount("tmpfs", "/newroot", "tmpfs", "mode=0755") {
         return e;
     }
@@ -400,20 +359,10 @@ fn attempt(rt: &tokio::runtime::Runtime, args: &BootArgs, mac: &MacAddr, identit
             Err(e) => return e,
         }
     }
-    let file = std::path::Path::new("/run/clusterware-image");
-    if let Err(e) = rt.block_on(download(&args.heads, args, file, identity.as_ref())) {
-        return e;
-    }
-    let data = match std::fs::read(file) {
-        Ok(d) => d,
-        Err(e) => return format!("reading the downloaded image: {e}"),
-    };
-    let _ = std::fs::remove_file(file);
-    match unpack(&data, std::path::Path::new("/newroot")) {
+    match rt.block_on(fetch_image(&args.heads, args, mac, std::path::Path::new("/newroot"), identity.as_ref())) {
         Ok(n) => say(&format!("image unpacked: {n} entries")),
         Err(e) => return e,
     }
-    drop(data);
     // The booted system's agent starts from the same kernel command line, checks heads against
     // the same CA and presents the same certificate (the new root is in RAM).
     let mut files: Vec<(&str, Vec<u8>, u32)> = Vec::new();
@@ -514,21 +463,5 @@ mod tests {
         let mut cut = p.clone();
         cut.truncate(246);
         let _ = parse_reply(&cut, 7, &mac);
-    }
-
-    #[test]
-    fn unpacks_images() {
-        let d = tempfile::tempdir().unwrap();
-        let mut e = std::collections::BTreeMap::new();
-        use clusterware_shared::cpio::Entry;
-        e.insert("bin".to_string(), Entry::Dir(0o755));
-        e.insert("bin/busybox".to_string(), Entry::File { data: b"x".to_vec(), mode: 0o755 });
-        e.insert("bin/sh".to_string(), Entry::Symlink("busybox".into()));
-        let raw = clusterware_shared::cpio::write(&e);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &raw).unwrap();
-        assert_eq!(unpack(&gz.finish().unwrap(), d.path()).unwrap(), 3);
-        assert_eq!(std::fs::read_link(d.path().join("bin/sh")).unwrap().to_str(), Some("busybox"));
-        assert!(unpack(b"not an image", d.path()).is_err());
     }
 }

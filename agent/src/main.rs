@@ -1,8 +1,10 @@
 //! `clusterware-node`: the compute-node agent.
 
+mod boot;
 mod client;
 mod config;
 mod facts;
+mod image;
 mod init;
 mod node;
 mod sim;
@@ -337,20 +339,32 @@ fn main() -> ExitCode {
             push_interval_ms,
             ca_file,
             enroll_file,
+            boot,
+            boot_timeout_secs,
         } => {
             if push_interval_ms.is_some_and(|m| !(10..=86_400_000).contains(&m)) {
                 return fail("--push-interval-ms must be from 10 to 86400000");
             }
             clusterware_shared::sys::raise_fd_limit();
             let mut list = Vec::new();
-            for h in heads.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            for h in heads.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|h| !h.is_empty()) {
                 match Endpoint::parse(h) {
                     Ok(ep) => list.push(HeadEntry { name: ep.host.clone(), url: ep.url }),
                     Err(e) => return fail(format!("--heads: {e}")),
                 }
             }
-            if list.is_empty() {
-                return fail("--heads: at least one head URL is needed");
+            let mut boot_list = Vec::new();
+            for h in boot.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                match Endpoint::parse(h) {
+                    Ok(ep) => boot_list.push(ep),
+                    Err(e) => return fail(format!("--boot: {e}")),
+                }
+            }
+            if list.is_empty() && boot_list.is_empty() {
+                return fail("--heads (or --boot): at least one head URL is needed");
+            }
+            if !(1..=86_400).contains(&boot_timeout_secs) {
+                return fail("--boot-timeout-secs must be from 1 to 86400");
             }
             if !(1..=1_000_000).contains(&nodes) {
                 return fail("--nodes must be from 1 to 1000000");
@@ -393,6 +407,8 @@ fn main() -> ExitCode {
                 ramp: Duration::from_secs_f64(ramp_secs),
                 ca_pem,
                 tokens,
+                boot: boot_list,
+                boot_give_up: Duration::from_secs(boot_timeout_secs),
             };
             match rt.block_on(sim::run(args, stop)) {
                 Ok(()) => ExitCode::SUCCESS,
