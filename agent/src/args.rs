@@ -50,9 +50,10 @@ pub enum Cmd {
         /// Number of nodes
         #[arg(long, default_value_t = 100)]
         nodes: u32,
-        /// Heads to start with, parent first (comma-separated URLs)
-        #[arg(long, value_name = "URLS")]
-        heads: String,
+        /// Heads to start with, parent first (comma-separated URLs); with --boot, each node's
+        /// boot script names its heads
+        #[arg(long, value_name = "URLS", required_unless_present = "boot")]
+        heads: Option<String>,
         /// Address of the first node (on loopback); node i uses this plus i. Each must be the
         /// node's registered IP.
         #[arg(long, value_name = "IP")]
@@ -85,5 +86,15 @@ pub enum Cmd {
         /// trades its own for its certificate at start
         #[arg(long, value_name = "FILE", requires = "ca_file")]
         enroll_file: Option<PathBuf>,
+        /// Boot storm: each node first boots as after DHCP from these heads' plain-HTTP boot
+        /// URLs (comma-separated, `http://IP:PORT`; node i starts with the i-th, round robin):
+        /// boot script, kernel, initramfs, CA, enrollment, root image checked and unpacked as it
+        /// arrives, from the parent or the other heads; then the agent runs. Timings, retries and
+        /// the heads that served each image go to summary.json
+        #[arg(long, value_name = "URLS", conflicts_with_all = ["ca_file", "enroll_file"])]
+        boot: Option<String>,
+        /// With --boot: a node that has not verified its image after this long has failed
+        #[arg(long, default_value_t = 900, value_name = "SECS")]
+        boot_timeout_secs: u64,
     },
 }

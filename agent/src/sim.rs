@@ -3,6 +3,12 @@
 //! (127.x.y.z, which must be the node's registered IP), its own files under `DIR/<mac>/`, and
 //! the machine's real status facts with the node's identity put in. Statistics for tests and
 //! benchmarks go to `DIR/summary.json`, rewritten every half second and at exit.
+//!
+//! With `--boot`, every node first boots as a network-booted node does after DHCP ([`crate::boot`]:
+//! boot script, kernel, initramfs, CA, enrollment, root image checked and unpacked as it
+//! arrives), all at once unless `--ramp-secs` spreads them: a boot storm. Each node's timings,
+//! retries and the heads that served its image go to the summary; a node that could not boot
+//! within `--boot-timeout-secs` is counted as failed and runs no agent.
 
 use crate::client::HeadClient;
 use crate::node::{Agent, Files, Observer, Settings, Source};
@@ -34,6 +40,11 @@ pub struct SimArgs {
     pub ca_pem: Option<Vec<u8>>,
     /// Each node's one-time enrollment token (`scyld-nodectl enroll --json`), traded at its start.
     pub tokens: std::collections::HashMap<MacAddr, String>,
+    /// Boot first from these heads' plain-HTTP ports (node i starts at the i-th, round robin);
+    /// empty: no boot, the agents start with `heads`.
+    pub boot: Vec<crate::client::Endpoint>,
+    /// A node that has not booted after this long fails.
+    pub boot_give_up: Duration,
 }
 
 /// A simulated node's TLS: the CA, and the certificate it enrolls for with its token (from its
@@ -90,6 +101,8 @@ struct NodeInfo {
     heads: usize,
     scripts_ok: u64,
     scripts_failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<crate::boot::Booted>,
 }
 
 struct Stats {
@@ -111,6 +124,9 @@ struct Summary<'a> {
     now_ms: u64,
     pushes_ok: u64,
     pushes_failed: u64,
+    /// Nodes whose boot got their root image verified, and nodes whose boot failed (`--boot`).
+    booted: usize,
+    boot_failed: usize,
     /// Bucket index (100 µs each) → pushes.
     latency_100us: BTreeMap<usize, u64>,
     parents: BTreeMap<String, usize>,
@@ -139,6 +155,8 @@ impl Stats {
             now_ms: now_ms(),
             pushes_ok: self.pushes_ok.load(Ordering::Relaxed),
             pushes_failed: self.pushes_failed.load(Ordering::Relaxed),
+            booted: nodes.iter().filter(|n| n.boot.as_ref().is_some_and(|b| b.error.is_none())).count(),
+            boot_failed: nodes.iter().filter(|n| n.boot.as_ref().is_some_and(|b| b.error.is_some())).count(),
             latency_100us,
             parents,
             node: &nodes,
@@ -266,13 +284,30 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         let stop = stop.clone();
         let (heads, settings, ca, token) =
             (args.heads.clone(), args.settings.clone(), args.ca_pem.clone(), args.tokens.get(&mac).cloned());
+        let (boot, give_up, stats) = (args.boot.clone(), args.boot_give_up, stats.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let tls = match node_tls(ca.as_deref(), token.as_deref(), &heads, mac, ip).await {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("clusterware-node sim: {mac}: enrollment failed: {e}");
-                    return;
+            let (heads, tls) = if boot.is_empty() {
+                match node_tls(ca.as_deref(), token.as_deref(), &heads, mac, ip).await {
+                    Ok(t) => (heads, t),
+                    Err(e) => {
+                        eprintln!("clusterware-node sim: {mac}: enrollment failed: {e}");
+                        return;
+                    }
+                }
+            } else {
+                let booted = crate::boot::boot(&boot, i, mac, ip, give_up).await;
+                let mut nodes = stats.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                match booted {
+                    Ok(o) => {
+                        nodes[i].boot = Some(o.booted);
+                        (o.heads, o.tls)
+                    }
+                    Err(b) => {
+                        eprintln!("clusterware-node sim: {mac}: boot failed: {}", b.error.as_deref().unwrap_or("?"));
+                        nodes[i].boot = Some(b);
+                        return;
+                    }
                 }
             };
             match Agent::new(mac, heads, HeadClient::new(Some(ip), tls), files, source, observer, settings) {

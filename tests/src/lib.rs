@@ -633,6 +633,22 @@ impl Sim {
         mac_start: &str,
         extra: &[&str],
     ) -> Sim {
+        Self::spawn(&["--heads", &heads.join(",")], enroll, nodes, ip_start, mac_start, extra)
+    }
+
+    /// A boot storm: every node boots at once from `heads` (their plain-HTTP boot URLs, node i
+    /// starting with the i-th) as a network-booted node does after DHCP, then runs its agent.
+    pub fn storm(heads: &[&Head], nodes: u32, ip_start: &str, mac_start: &str, extra: &[&str]) -> Sim {
+        let urls: Vec<String> = heads.iter().map(|h| h.boot_url()).collect();
+        Self::storm_urls(&urls, nodes, ip_start, mac_start, extra)
+    }
+
+    /// [`Sim::storm`] from any servers' boot URLs (`http://IP:PORT`).
+    pub fn storm_urls(urls: &[String], nodes: u32, ip_start: &str, mac_start: &str, extra: &[&str]) -> Sim {
+        Self::spawn(&["--boot", &urls.join(","), "--ramp-secs", "0"], None, nodes, ip_start, mac_start, extra)
+    }
+
+    fn spawn(how: &[&str], enroll: Option<&Head>, nodes: u32, ip_start: &str, mac_start: &str, extra: &[&str]) -> Sim {
         let tmp = TempDir::with_prefix_in("cw-sim-", "/dev/shm")
             .or_else(|_| TempDir::with_prefix("cw-sim-"))
             .expect("sim dir");
@@ -648,8 +664,7 @@ impl Sim {
         cmd.arg("sim")
             .arg("--nodes")
             .arg(nodes.to_string())
-            .arg("--heads")
-            .arg(heads.join(","))
+            .args(how)
             .arg("--ip-start")
             .arg(ip_start)
             .arg("--mac-start")
