@@ -20,12 +20,15 @@
 //!   of 200 Redfish BMCs (sushy-emulator) against curl in sequence;
 //! - DHCP: exchanges per second with Kea's perfdhcp, against dnsmasq with the same static hosts;
 //! - network boot of a QEMU VM into the agent, phase by phase, against dnsmasq + busybox, and
-//!   the VM's re-parent time after its head is killed.
+//!   the VM's re-parent time after its head is killed;
+//! - a boot storm: 1,000 simulated nodes booting at once through 3 heads, with and without one
+//!   killed, against nginx serving the same files to the same clients.
 
 mod agent;
 mod console;
 mod membership;
 mod netboot;
+mod storm;
 mod sys;
 
 use clap::Parser;
@@ -58,10 +61,16 @@ struct Args {
     /// Size of the file for the boot-file benchmarks, in MiB
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
+    /// Nodes of the boot storm
+    #[arg(long, default_value_t = 1000)]
+    storm_nodes: u64,
+    /// Size of the boot storm's root image, in MiB
+    #[arg(long, default_value_t = 32)]
+    storm_mib: u64,
     /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, failures, power, dhcp,
-    /// boot, membership, metrics, console; metrics compares status pushes with metrics on and off, and adds DHCP when
-    /// dhcp runs too)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "membership", "metrics", "console"])]
+    /// boot, storm, membership, metrics, console; metrics compares status pushes with metrics on and off, and adds DHCP
+    /// when dhcp runs too)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "storm", "membership", "metrics", "console"])]
     only: Vec<String>,
 }
 
@@ -352,6 +361,9 @@ fn main() {
     if run("boot") {
         netboot::bench_boot(&mut r);
     }
+    if run("storm") {
+        storm::bench_storm(&mut r, args.storm_nodes, args.storm_mib);
+    }
     if run("membership") {
         membership::bench_membership(&mut r);
     }
@@ -430,15 +442,33 @@ impl Nginx {
         dir: &std::path::Path,
         root: &std::path::Path,
         port: u16,
+        tls: (u16, &std::path::Path, &std::path::Path),
+    ) -> Nginx {
+        Self::start_sized(dir, root, port, tls, 1, 64)
+    }
+
+    /// With `workers` worker processes under a master (0: one per core; 1: a single process)
+    /// and `connections` each.
+    fn start_sized(
+        dir: &std::path::Path,
+        root: &std::path::Path,
+        port: u16,
         (tls_port, cert, key): (u16, &std::path::Path, &std::path::Path),
+        workers: u32,
+        connections: u32,
     ) -> Nginx {
         let conf = dir.join("nginx.conf");
         let d = dir.display();
+        let procs = match workers {
+            1 => "master_process off;\nworker_processes 1;".to_string(),
+            0 => "worker_processes auto;".to_string(),
+            n => format!("worker_processes {n};"),
+        };
         std::fs::write(
             &conf,
             format!(
-                "daemon off;\nmaster_process off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
-                 events {{ worker_connections 64; }}\n\
+                "daemon off;\n{procs}\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                 events {{ worker_connections {connections}; }}\n\
                  http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {d}/cb; proxy_temp_path {d}/px; \
                  fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\
                  server {{ listen 127.0.0.1:{port}; root {root}; }}\n\
@@ -465,8 +495,32 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// The peak memory (VmHWM, KiB) of nginx's processes together (the master and its workers).
+    fn peak_kib(&self) -> u64 {
+        let me = self.0.id();
+        let mut kib = vm_hwm(me);
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid …
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(me) {
+                kib += vm_hwm(pid);
+            }
+        }
+        kib
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM: a master stops its workers before it exits; then the kill for certain.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM).ok();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
