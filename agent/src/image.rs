@@ -144,7 +144,7 @@ pub async fn fetch<S: Sink + Send>(
             return Err(format!("no head gave the image: {}", errors.join("; ")));
         }
         let wait = jitter.half_to_full(backoff.max(hint).min(retry.cap.max(hint)));
-        say(&format!("{}; asking again in {:.1} s", errors.join("; "), wait.as_secs_f64()));
+        say(&format!("no head gave the image: {}; trying again in {:.1} s", errors.join("; "), wait.as_secs_f64()));
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(retry.cap);
     }
