@@ -58,7 +58,32 @@ fn up_on(sim: &Sim, head: &str, n: u64) -> bool {
 
 /// Pushes per second with latency, for a fleet offering about 12,500 pushes/s to one head
 /// configured with `extra` (base.ini lines).
+/// Puts every thread of `pid` and of its children (a head's etcd member) on `cpu` (`taskset -a`).
+fn pin(pid: u32, cpu: usize) {
+    let mut pids = vec![pid];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok()) == Some(pid) {
+            pids.push(p);
+        }
+    }
+    for p in pids {
+        let out = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpu.to_string(), &p.to_string()])
+            .output()
+            .expect("taskset (util-linux)");
+        assert!(out.status.success(), "taskset: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 fn push_rate(nodes: u32, interval_ms: u64, extra: &str) -> Vec<String> {
+    push_rate_on(nodes, interval_ms, extra, false)
+}
+
+/// `pinned`: the head and its etcd member on core 0, the simulator on core 1 (machines with two
+/// cores or more).
+fn push_rate_on(nodes: u32, interval_ms: u64, extra: &str, pinned: bool) -> Vec<String> {
     let c = Cluster::start(clusterware_tests::Backend::Etcd, 1, extra);
     let h = &c.heads[0];
     create(h, nodes, "52:54:00:b0:00:00", "127.210.0.1", &[]);
@@ -72,6 +97,10 @@ fn push_rate(nodes: u32, interval_ms: u64, extra: &str) -> Vec<String> {
         "52:54:00:b0:00:00",
         &["--push-interval-ms", &interval, "--ramp-secs", &ramp],
     );
+    if pinned {
+        pin(h.pid().expect("head pid"), 0);
+        pin(sim.pid().expect("sim pid"), 1);
+    }
     // Every node enrolls first (10,000 certificates from one head).
     poll_until("fleet up", Duration::from_secs(600), || up_on(&sim, "head1", nodes as u64));
     std::thread::sleep(Duration::from_secs(2));
@@ -236,6 +265,64 @@ fn failure_run() -> Vec<String> {
         secs(target),
         format!("{:.2}", took.as_secs_f64() / target.as_secs_f64()),
     ]
+}
+
+/// The status push ceiling of one head: offered rates doubling until p99 passes 20 ms or pushes
+/// fail.
+pub fn bench_push_ceiling(r: &mut Report) {
+    // The ceiling: offered rates doubling until p99 passes 20 ms or pushes fail.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cores >= 2;
+    let nodes = 2000u32;
+    let mut rows = Vec::new();
+    let mut ceiling = 0f64;
+    let mut rate = 12_500u64;
+    let mut last_within = None;
+    let mut refining = false;
+    loop {
+        eprintln!("cw-bench: agent push ceiling, {rate}/s offered…");
+        let row = push_rate_on(nodes, (nodes as u64 * 1000 / rate).max(10), "", pinned);
+        let f = |i: usize| row[i].parse::<f64>().unwrap_or(f64::MAX);
+        let (absorbed, p99, failed) = (f(2), f(4), f(5));
+        let within = p99 <= 20.0 && failed == 0.0;
+        if within {
+            ceiling = ceiling.max(absorbed);
+        }
+        rows.push(row[..6].iter().cloned().chain([if within { "yes" } else { "no" }.to_string()]).collect());
+        if refining {
+            break;
+        }
+        if !within || absorbed < 0.9 * rate as f64 || rate >= 200_000 {
+            // Once between the last rate within and this one, then done.
+            match last_within {
+                Some(r) => {
+                    rate = (r + rate) / 2;
+                    refining = true;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        last_within = Some(rate);
+        rate *= 2;
+    }
+    r.section(
+        "Node agent: the status push ceiling of one head",
+        "make bench (cw-bench: clusterware-node sim against a 1-head etcd cluster, offered rates doubling)",
+        &format!(
+            "As above with {nodes} nodes, the offered rate doubling from 12,500 pushes/s until p99 passes 20 ms, a push fails \
+             or the head absorbs less than 90 % of what is offered, then once half-way between the last rate within and \
+             that one. {}. Ceiling: the highest rate absorbed within p99 <= 20 ms \
+             and no failure: **{ceiling:.0} pushes/s** (target at least 25,000).",
+            if pinned {
+                "The head and its etcd member are pinned to core 0 and the simulator to core 1 (`taskset -a`), so that the \
+                 simulator's TLS does not take the head's CPU"
+            } else {
+                "This machine has one core: the head and the simulator share it"
+            }
+        ),
+    );
+    r.table(&["nodes", "offered /s", "absorbed /s", "p50 ms", "p99 ms", "failed", "within"], rows);
 }
 
 pub fn bench_agent(r: &mut Report) {

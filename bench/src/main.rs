@@ -68,9 +68,9 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     storm_mib: u64,
     /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, failures, power, dhcp,
-    /// boot, storm, membership, metrics, console; metrics compares status pushes with metrics on and off, and adds DHCP
+    /// boot, storm, ceiling, membership, metrics, console; metrics compares status pushes with metrics on and off, and adds DHCP
     /// when dhcp runs too)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "storm", "membership", "metrics", "console"])]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "storm", "ceiling", "membership", "metrics", "console"])]
     only: Vec<String>,
 }
 
@@ -348,6 +348,9 @@ fn main() {
     if run("agent") {
         agent::bench_agent(&mut r);
     }
+    if run("ceiling") {
+        agent::bench_push_ceiling(&mut r);
+    }
     if run("failures") {
         agent::bench_failures(&mut r);
     }
@@ -496,6 +499,10 @@ impl Nginx {
 }
 
 impl Nginx {
+    fn pid(&self) -> Option<u32> {
+        Some(self.0.id())
+    }
+
     /// The peak memory (VmHWM, KiB) of nginx's processes together (the master and its workers).
     fn peak_kib(&self) -> u64 {
         let me = self.0.id();

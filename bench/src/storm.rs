@@ -54,7 +54,31 @@ struct Run {
     served: BTreeMap<String, u64>,
     /// Peak memory (VmHWM) of each server, KiB.
     peak_kib: BTreeMap<String, u64>,
+    /// CPU seconds (user and system) of all the servers together (heads with their etcd
+    /// members; nginx with its workers), and of the simulator.
+    server_cpu: f64,
+    client_cpu: f64,
     bytes: u64,
+}
+
+/// CPU seconds (user and system) of `pid`, and with `children` of its child processes too.
+fn cpu_secs(pid: u32, children: bool) -> f64 {
+    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's own tick.
+    let tick = 100.0;
+    let mut total = 0.0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state ppid … utime (12th) stime (13th).
+        let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok());
+        if p == pid || (children && ppid == Some(pid)) {
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            total += (t(11) + t(12)) / tick;
+        }
+    }
+    total
 }
 
 fn percentile(sorted: &[u64], p: f64) -> Duration {
@@ -88,6 +112,8 @@ fn storm(sim: &mut Sim, nodes: u64, names: &BTreeMap<String, String>, mut during
         resumed: 0,
         served: BTreeMap::new(),
         peak_kib: BTreeMap::new(),
+        server_cpu: 0.0,
+        client_cpu: sim.pid().map_or(0.0, |p| cpu_secs(p, false)),
         bytes: 0,
     };
     let name = |url: &str| names.get(url).cloned().unwrap_or_else(|| url.to_string());
@@ -162,11 +188,13 @@ fn ours(dir: &Path, nodes: u64, kill: Option<Duration>) -> Run {
     let pids: Vec<(String, u32)> = c.heads.iter().filter_map(|h| Some((h.name.clone(), h.pid()?))).collect();
     let mut peak = BTreeMap::new();
     let mut killed = false;
+    let mut cpu_before_kill = 0.0;
     let began = Instant::now();
     let mut run = storm(&mut sim, nodes, &names, |_| {
         if kill.is_some_and(|k| began.elapsed() >= k) && !killed {
             let (name, pid) = &pids[1];
             peak.insert(name.clone(), vm_hwm(*pid));
+            cpu_before_kill = cpu_secs(*pid, true);
             c.heads[1].kill9();
             killed = true;
         }
@@ -177,6 +205,8 @@ fn ours(dir: &Path, nodes: u64, kill: Option<Duration>) -> Run {
         }
     }
     run.peak_kib = peak;
+    // A killed head is gone from /proc: its share was read just before the kill.
+    run.server_cpu = cpu_before_kill + pids.iter().map(|(_, p)| cpu_secs(*p, true)).sum::<f64>();
     drop(sim);
     run
 }
@@ -232,6 +262,7 @@ fn nginx(dir: &Path, nodes: u64, ids: (&str, &str, &str), image: (u64, &str), ca
     let mut sim = Sim::storm_urls(&[base], nodes as u32, IP0, MAC0, &["--threads", "2"]);
     let mut run = storm(&mut sim, nodes, &names, |_| {});
     run.peak_kib.insert("nginx".into(), n.peak_kib());
+    run.server_cpu = n.pid().map_or(0.0, |p| cpu_secs(p, true));
     drop(sim);
     drop(n);
     run
@@ -283,6 +314,7 @@ pub fn bench_storm(r: &mut Report, nodes: u64, mib: u64) {
             format!("{} / {}", run.busy, run.resumed),
             spread(run),
             peaks(run),
+            format!("{:.0} s / {:.0} s", run.server_cpu, run.client_cpu),
             format!("{:.0} MiB/s", mibs(run)),
             format!("{:.2}", mibs(run) / mibs(&peer)),
         ]
@@ -304,7 +336,8 @@ pub fn bench_storm(r: &mut Report, nodes: u64, mib: u64) {
              simulator with a static boot script (no enrollment; the image over HTTPS with a head's certificate). The heads, \
              nginx and the simulator share this machine's cores. Time: from the simulator's start until the last node's \
              image was verified; p50/p99 per node of the same; busy/resumed: 503 answers the nodes got and transfers resumed on \
-             another head; MiB served and peak memory (VmHWM, MiB) per server. Ratio: aggregate throughput against nginx's \
+             another head; MiB served and peak memory (VmHWM, MiB) per server; CPU seconds (user and system) of all the servers \
+             (heads with their etcd members, nginx with its workers) and of the simulator. Ratio: aggregate throughput against nginx's \
              (target at least 0.9; failed boots: target 0).",
             image.len() >> 20
         ),
@@ -318,6 +351,7 @@ pub fn bench_storm(r: &mut Report, nodes: u64, mib: u64) {
             "busy / resumed",
             "MiB served",
             "peak MiB",
+            "CPU servers / simulator",
             "throughput",
             "ratio",
         ],
