@@ -461,8 +461,8 @@ fn write_staged(
     let mut at = 0u64;
     for block in rx {
         let aligned = block.as_ptr().align_offset(DIRECT_ALIGN) == 0
-            && block.len() % DIRECT_ALIGN == 0
-            && at % DIRECT_ALIGN as u64 == 0;
+            && block.len().is_multiple_of(DIRECT_ALIGN)
+            && at.is_multiple_of(DIRECT_ALIGN as u64);
         let mut written = false;
         if let Some(d) = direct.as_ref().filter(|_| aligned) {
             match d.write_all_at(&block, at) {
