@@ -37,8 +37,9 @@ TEST_APT_PACKAGES := $(RUN_APT_PACKAGES) etcd-server etcd-client ipmitool openip
 	prometheus chromium chromium-driver fonts-dejavu-core python3-venv
 # make deb: dpkg-dev (dpkg-shlibdeps for the packages' library dependencies).
 DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
-# make bench: nginx (the file server's peer), dnsmasq and Kea's perfdhcp (the DHCP peers).
-BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-admin
+# make bench: nginx (the file server's peer), dnsmasq and Kea's kea-dhcp4 (the DHCP peers) and
+# Kea's perfdhcp (the DHCP load generator, in kea-admin).
+BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-dhcp4-server kea-admin
 
 .PHONY: all build agent netboot-kernel sushy-venv secureboot-files build-deps run-deps deps deb-deps bench-deps run \
 	test test-clean test-run deb test-packages bench fmt clean
@@ -75,8 +76,23 @@ deps:
 deb-deps:
 	$(call install,$(DEB_APT_PACKAGES))
 
+# Whether kea-dhcp4-server was installed before this make ran. make expands every line of a
+# recipe before it runs the first, so bench-deps sees the state from before its install line.
+KEA_WAS_INSTALLED = $(shell dpkg -s kea-dhcp4-server >/dev/null 2>&1 && echo yes)
+
+# The benchmark runs its own kea-dhcp4 in a network namespace, with its own configuration, lease
+# file and directories; the machine's Kea service is never used. Debian's kea-dhcp4-server
+# enables and starts kea-dhcp4-server.service on install (where systemd runs and no policy-rc.d
+# forbids it). If this make installed the package and apt started the service, it is disabled
+# and stopped again: that service only, nothing else is stopped or masked, and a Kea installed
+# before is left as it was.
 bench-deps:
 	$(call install,$(BENCH_APT_PACKAGES))
+	@if [ -z "$(KEA_WAS_INSTALLED)" ] && [ -d /run/systemd/system ] && \
+	   systemctl is-active --quiet kea-dhcp4-server.service; then \
+	  echo "apt started kea-dhcp4-server.service: systemctl disable --now kea-dhcp4-server.service"; \
+	  systemctl disable --now kea-dhcp4-server.service; \
+	fi
 
 build: build-deps
 	$(CARGO) build --workspace

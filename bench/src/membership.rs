@@ -39,7 +39,17 @@ fn voting(h: &Head) -> usize {
 fn bare_join(c: &Cluster, ip: Ipv4Addr) -> Duration {
     let endpoint = ini(&c.heads[0], "database.data_dir");
     let token = ini(&c.heads[0], "database.cluster_token");
-    let peer = format!("http://{ip}:{}", free_port(ip));
+    // Peers talk TLS with certificates of the cluster CA (as the heads' members do): the bare
+    // member gets one for its address from the CA in head1's tls directory.
+    let tls = c.dir().join("bare-tls");
+    let ca_dir = c.heads[0].config.parent().expect("config dir").join("tls");
+    let ca = clusterware_shared::pki::Ca::load(&ca_dir).expect("cluster CA").expect("cluster CA in head1's tls dir");
+    // Its connections come from 127.0.0.1 too: etcd checks the certificate against the source.
+    let names = clusterware_shared::pki::head_names("bare", &[ip.into()]);
+    let issued = ca.issue("bare", &names, 1).expect("certificate");
+    clusterware_shared::pki::write_issued(&tls, "bare.pem", "bare.key", &issued).expect("certificate files");
+    std::fs::copy(ca_dir.join("ca.pem"), tls.join("ca.pem")).expect("CA certificate");
+    let peer = format!("https://{ip}:{}", free_port(ip));
     let client = format!("http://127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
     let dir = c.dir().join("bare-etcd");
     let t0 = Instant::now();
@@ -69,6 +79,10 @@ fn bare_join(c: &Cluster, ip: Ipv4Addr) -> Duration {
             &format!("--initial-cluster={initial}"),
             "--initial-cluster-state=existing",
             &format!("--initial-cluster-token={token}"),
+            &format!("--peer-cert-file={}", tls.join("bare.pem").display()),
+            &format!("--peer-key-file={}", tls.join("bare.key").display()),
+            &format!("--peer-trusted-ca-file={}", tls.join("ca.pem").display()),
+            "--peer-client-cert-auth",
             "--max-request-bytes=16777216",
         ])
         .stdout(Stdio::null())
@@ -96,7 +110,8 @@ pub fn bench_membership(r: &mut Report) {
     c.heads[0]
         .cli("scyld-nodectl", &["create", "--count", &nodes.to_string(), "mac=52:54:01:00:00:00", "ip=10.80.0.1"])
         .ok();
-    let client = BlockingClient::new(ClientConfig::new(&c.heads[0].url()).token(&c.token)).expect("API client");
+    let client = BlockingClient::new(ClientConfig::new(&c.heads[0].url()).ca_pem(&c.heads[0].ca()).token(&c.token))
+        .expect("API client");
     for i in 0..files {
         let body = format!("boot file {i}\n").repeat(64);
         client

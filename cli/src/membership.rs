@@ -152,7 +152,8 @@ pub fn wait_state(url: &str, ca: Option<&str>, e: &Expect, within: Duration) -> 
         if Instant::now() > deadline || e.pid.is_some_and(|p| !process_alive(p)) {
             return Err(last);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // A local request a few ms long: asked often, a head that starts serving is seen at once.
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -164,6 +164,10 @@ async fn open_database(
     }
 }
 
+/// How often a learner asks the other heads to promote it, and looks whether it was.
+const LEARNER_ASK: Duration = Duration::from_millis(20);
+const LEARNER_POLL: Duration = Duration::from_millis(10);
+
 /// Waits until the database answers. With this head's own member (`ctl`), a learner (a head
 /// that is joining) asks the other heads to promote it, which they do once it has caught up;
 /// it then keeps waiting as long as that takes. A member that cannot reach a quorum asks the other
@@ -200,14 +204,19 @@ async fn wait_for_etcd(
             }
             Err(DbError::Refused { why: Refusal::Learner, .. }) if ctl.is_some() => {
                 // Catching up with 10,000 nodes takes a while: a learner is making progress.
+                // etcd promotes it as soon as it has caught up, so it asks often (a refusal
+                // costs the peer one member list), and looks again at once when promoted.
                 start = Instant::now();
-                if last_ask.elapsed() > Duration::from_millis(100) {
+                let mut promoted = false;
+                if last_ask.elapsed() >= LEARNER_ASK {
                     if let Some(c) = ctl {
-                        c.request_promotion(&peers).await;
+                        promoted = c.request_promotion(&peers).await;
                     }
                     last_ask = Instant::now();
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if !promoted {
+                    tokio::time::sleep(LEARNER_POLL).await;
+                }
             }
             Err(last) if start.elapsed() > limit => {
                 return Err(StartError::DbNotReady { secs: cfg.db_ready_timeout_secs, last, hint });

@@ -63,6 +63,133 @@ mod tests {
     }
 }
 
+/// A file written by a thread of its own, in blocks of 1 MiB (with [`EarlyWriteback`]), so that
+/// the writer's caller (receiving and decrypting a download, say) does not wait for the page
+/// cache and the disk: the two overlap. At most 5 blocks are in memory. [`WriterThread::finish`]
+/// writes the rest, fsyncs the file and answers the first error.
+pub struct WriterThread {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+const WRITER_BLOCK: usize = 1 << 20;
+const WRITER_AHEAD: usize = 3;
+
+impl WriterThread {
+    pub fn new(file: std::fs::File) -> std::io::Result<WriterThread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITER_AHEAD);
+        let thread = std::thread::Builder::new().name("file-writer".into()).spawn(move || {
+            let mut w = EarlyWriteback::new(file);
+            for block in rx {
+                w.write_all(&block)?;
+            }
+            w.into_inner().sync_all()
+        })?;
+        Ok(WriterThread { buf: Vec::with_capacity(WRITER_BLOCK), tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// The writer thread's error once it stopped (or that it panicked).
+    fn stopped(&mut self) -> std::io::Error {
+        drop(self.tx.take());
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => std::io::Error::other("the file's writer thread failed"),
+            _ => std::io::Error::other("the file's writer thread stopped"),
+        }
+    }
+
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITER_BLOCK));
+        match self.tx.as_ref().map(|tx| tx.send(block)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.stopped()),
+        }
+    }
+
+    /// Writes what is buffered, waits for the thread and fsyncs the file.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.ship()?;
+        drop(self.tx.take());
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("the file's writer thread failed")),
+            None => Err(std::io::Error::other("the file's writer thread stopped")),
+        }
+    }
+}
+
+impl Write for WriterThread {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.is_empty() && b.len() >= WRITER_BLOCK {
+            // A large block goes as it is.
+            let block = b.to_vec();
+            return match self.tx.as_ref().map(|tx| tx.send(block)) {
+                Some(Ok(())) => Ok(b.len()),
+                _ => Err(self.stopped()),
+            };
+        }
+        let n = b.len().min(WRITER_BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() >= WRITER_BLOCK {
+            self.ship()?;
+        }
+        Ok(n)
+    }
+
+    /// Hands what is buffered to the thread (it does not wait for the disk: see `finish`).
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ship()
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod writer_thread_tests {
+    use super::*;
+
+    #[test]
+    fn writes_everything_in_order() {
+        let d = tempfile_path("wt");
+        let mut w = WriterThread::new(std::fs::File::create(&d).unwrap()).unwrap();
+        let mut want = Vec::new();
+        for i in 0..300usize {
+            // Small writes, and some larger than a block.
+            let chunk: Vec<u8> = (0..(i * 997 % 40_000 + if i % 50 == 0 { 3 << 20 } else { 0 })).map(|j| (i + j) as u8).collect();
+            w.write_all(&chunk).unwrap();
+            want.extend_from_slice(&chunk);
+        }
+        w.finish().unwrap();
+        assert!(std::fs::read(&d).unwrap() == want);
+        std::fs::remove_file(&d).unwrap();
+    }
+
+    #[test]
+    fn a_write_error_is_answered() {
+        // /dev/full refuses every write.
+        let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/full") else { return };
+        let mut w = WriterThread::new(f).unwrap();
+        let r = (0..20).try_for_each(|_| w.write_all(&vec![1u8; 1 << 20]));
+        let e = r.err().or_else(|| w.finish().err()).expect("an error");
+        assert!(e.to_string().contains("space"), "{e}");
+    }
+
+    fn tempfile_path(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("cw-{tag}-{}", std::process::id()))
+    }
+}
+
 /// fsync of a directory, so that a rename or unlink in it survives a crash.
 pub fn fsync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -21,7 +21,7 @@ use clusterware_cli::{
 use clusterware_shared::api::{
     BootConfig, CloneRequest, CreateBootConfig, DefaultBootConfig, FileList, ImportOptions, UpdateBootConfig,
 };
-use clusterware_shared::fsutil::EarlyWriteback;
+use clusterware_shared::fsutil::WriterThread;
 use clusterware_shared::ids::shown;
 use clusterware_shared::outln;
 use std::path::PathBuf;
@@ -190,22 +190,20 @@ fn ls(args: &Args, c: &Client, selected: Option<String>, long: bool) -> CliResul
 fn export(args: &Args, c: &Client, name: &str, output: Option<PathBuf>) -> CliResult<()> {
     let out = output.unwrap_or_else(|| PathBuf::from(format!("{name}.export")));
     let tmp = PathBuf::from(format!("{}.part", out.display()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
+    let cannot = |e: std::io::Error| fail(format!("cannot write {}: {e}", tmp.display()));
+    let f = std::fs::File::create(&tmp).map_err(cannot)?;
     let mut progress = Progress::new((), name, 0);
-    let r = {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, EarlyWriteback::new(&mut f));
-        c.export_boot_config(name, &mut w, &mut |done, total| progress.update(done, total))
-    };
-    let r = r
+    // Written (and fsynced) by a thread of its own while this one receives.
+    let mut w = WriterThread::new(f).map_err(cannot)?;
+    let r = c
+        .export_boot_config(name, &mut w, &mut |done, total| progress.update(done, total))
         .map_err(|e| match e {
-            clusterware_client::Error::Local { source, .. } => {
-                fail(format!("cannot write {}: {source}", tmp.display()))
-            }
+            clusterware_client::Error::Local { source, .. } => cannot(source),
             e => e.into(),
         })
         .and_then(|n| {
             progress.finish();
-            f.sync_all().map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
+            w.finish().map_err(cannot)?;
             std::fs::rename(&tmp, &out).map_err(|e| fail(format!("cannot write {}: {e}", out.display())))?;
             Ok(n)
         });

@@ -31,7 +31,8 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::{Read, Seek};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -60,35 +61,70 @@ fn bad(m: impl Into<String>) -> BootError {
     BootError::from(RecordError::Invalid(format!("archive refused: {m}")))
 }
 
-/// A writer that hands 256 KiB chunks to an async receiver (the HTTP response body).
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-    buf: Vec<u8>,
-}
+/// How much of a file an export reads at a time: each block is read from the file straight into
+/// the buffer that becomes the response body's chunk (no copy in between).
+const EXPORT_BLOCK: usize = 1 << 20;
+/// Blocks an export reads ahead of the client (so at most this many MiB in memory).
+const EXPORT_AHEAD: usize = 8;
+const TAR_PAD: [u8; TAR_BLOCK] = [0; TAR_BLOCK];
 
-impl ChannelWriter {
-    fn ship(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(256 << 10)));
-        self.tx
-            .blocking_send(Ok(chunk))
+/// Writes the export's archive to `tx` as blocks: a ustar header, then the entry's bytes padded
+/// to 512, for the manifest and every file, then the two zero blocks that end a tar archive.
+/// The same bytes as `tar::Builder::append_data` for each entry and `finish`, without their
+/// copies: a file is read into the block that is sent. Fails if a file is shorter than its
+/// record (a copy changed after it was opened verified) or the client went away.
+fn send_archive(
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    manifest: &[u8],
+    created: u64,
+    files: &[(FileRecord, std::fs::File)],
+) -> std::io::Result<()> {
+    let send = |b: Vec<u8>| {
+        tx.blocking_send(Ok(Bytes::from(b)))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= 256 << 10 {
-            self.ship()?;
+    };
+    let new_block = || Vec::with_capacity(EXPORT_BLOCK + 3 * TAR_BLOCK);
+    let add_header = |v: &mut Vec<u8>, path: &str, size: u64, mtime: u64| -> std::io::Result<()> {
+        let mut h = header(size, mtime);
+        h.set_path(path)?;
+        h.set_cksum();
+        v.extend_from_slice(h.as_bytes());
+        Ok(())
+    };
+    let pad = |v: &mut Vec<u8>, size: u64| {
+        let rem = (size % TAR_BLOCK as u64) as usize;
+        if rem != 0 {
+            v.extend_from_slice(&TAR_PAD[rem..]);
         }
-        Ok(b.len())
+    };
+    // What is not sent yet: an entry's last bytes go out with the next header.
+    let mut block = new_block();
+    add_header(&mut block, MANIFEST, manifest.len() as u64, created)?;
+    block.extend_from_slice(manifest);
+    pad(&mut block, manifest.len() as u64);
+    for (rec, file) in files {
+        let mut f = file;
+        f.rewind()?;
+        add_header(&mut block, &format!("files/{}", rec.id), rec.size, rec.created)?;
+        let mut left = rec.size;
+        while left > 0 {
+            let at = block.len();
+            let want = left.min(EXPORT_BLOCK.saturating_sub(at).max(TAR_BLOCK) as u64) as usize;
+            block.resize(at + want, 0);
+            f.read_exact(&mut block[at..]).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("file {} unreadable after {} bytes: {e}", rec.id, rec.size - left))
+            })?;
+            left -= want as u64;
+            if left > 0 {
+                send(std::mem::replace(&mut block, new_block()))?;
+            }
+        }
+        pad(&mut block, rec.size);
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.ship()
-    }
+    // The end of the archive: two zero blocks.
+    block.extend_from_slice(&TAR_PAD);
+    block.extend_from_slice(&TAR_PAD);
+    send(block)
 }
 
 fn header(size: u64, mtime: u64) -> tar::Header {
@@ -135,27 +171,13 @@ pub async fn export(
         files: d.files.clone(),
     };
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_AHEAD);
     let name = name.to_string();
-    tokio::task::spawn_blocking(move || {
-        let err_tx = tx.clone();
-        let r = (|| -> std::io::Result<()> {
-            let mut b = tar::Builder::new(ChannelWriter { tx, buf: Vec::with_capacity(256 << 10) });
-            let mut h = header(body.len() as u64, manifest.created);
-            b.append_data(&mut h, MANIFEST, body.as_slice())?;
-            for (rec, file) in opened.iter() {
-                let f = std::io::BufReader::with_capacity(1 << 20, file);
-                let mut h = header(rec.size, rec.created);
-                b.append_data(&mut h, format!("files/{}", rec.id), f.take(rec.size))?;
-            }
-            b.into_inner()?.flush()
-        })();
-        match r {
-            Ok(()) => tracing::info!(boot_config = %name, files = opened.len(), "boot config exported"),
-            Err(e) => {
-                tracing::warn!(boot_config = %name, error = %e, "export stopped");
-                let _ = err_tx.blocking_send(Err(e));
-            }
+    tokio::task::spawn_blocking(move || match send_archive(&tx, &body, manifest.created, &opened) {
+        Ok(()) => tracing::info!(boot_config = %name, files = opened.len(), "boot config exported"),
+        Err(e) => {
+            tracing::warn!(boot_config = %name, error = %e, "export stopped");
+            let _ = tx.blocking_send(Err(e));
         }
     });
     Ok(tokio_stream_from(rx))
@@ -355,53 +377,162 @@ async fn undo_import(db: &Database, storage: &Arc<Storage>, report: &ImportRepor
 }
 
 const BLOCK: usize = 1 << 20;
+/// Blocks each consumer of an entry may have waiting.
+const AHEAD: usize = 8;
 
-/// Writes a staged file on its own thread, so that disk writes overlap the hashing of the
-/// next blocks; `finish` waits for the last write and the fsync.
-struct StagedWriter {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+/// One consumer of an entry's blocks on a thread of its own: the blocks are shared, not copied.
+struct Pipe<T> {
+    tx: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<T>>>,
 }
 
-impl StagedWriter {
-    fn create(path: &Path) -> Result<StagedWriter, BootError> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| bad(format!("staging: {e}")))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+impl<T: Send + 'static> Pipe<T> {
+    fn spawn(
+        name: &str,
+        f: impl FnOnce(std::sync::mpsc::Receiver<Bytes>) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<Pipe<T>, BootError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(AHEAD);
         let thread = std::thread::Builder::new()
-            .name("import-writer".into())
-            .spawn(move || {
-                let mut w = clusterware_shared::fsutil::EarlyWriteback::new(file);
-                for block in rx {
-                    w.write_all(&block)?;
-                }
-                w.into_inner().sync_all()
-            })
+            .name(name.into())
+            .spawn(move || f(rx))
             .map_err(|e| bad(format!("staging: {e}")))?;
-        Ok(StagedWriter { tx: Some(tx), thread: Some(thread) })
+        Ok(Pipe { tx: Some(tx), thread: Some(thread) })
     }
 
-    fn send(&mut self, block: Vec<u8>) -> Result<(), BootError> {
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(block).is_ok());
-        if sent { Ok(()) } else { self.finish().and(Err(bad("staging: the writer stopped"))) }
+    /// False once the thread stopped (its error comes from `finish`).
+    fn send(&self, block: Bytes) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(block).is_ok())
     }
 
-    fn finish(&mut self) -> Result<(), BootError> {
+    fn finish(&mut self) -> std::io::Result<T> {
         drop(self.tx.take());
         match self.thread.take().map(|t| t.join()) {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(bad(format!("staging: {e}"))),
-            Some(Err(_)) => Err(bad("staging: the writer thread failed")),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("its thread failed")),
+            None => Err(std::io::Error::other("finished already")),
         }
     }
 }
 
-impl Drop for StagedWriter {
+impl<T> Drop for Pipe<T> {
     fn drop(&mut self) {
-        let _ = self.finish();
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where an entry's bytes go: its SHA-256, and the staged copy when the file is stored, each on
+/// a thread of its own, so that hashing, disk writes and the reading of the next bytes overlap.
+/// The staged copy is fsynced by [`StagedFile::finish`].
+struct EntrySink {
+    hash: Pipe<String>,
+    file: Option<StagedFile>,
+}
+
+/// A staged file being written (with early writeback) and fsynced on its own thread.
+struct StagedFile(Pipe<()>);
+
+impl StagedFile {
+    fn finish(mut self) -> Result<(), BootError> {
+        self.0.finish().map_err(|e| bad(format!("staging: {e}")))
+    }
+}
+
+/// Alignment (of memory, file offset and length) that direct I/O needs; 4096 covers disks with
+/// 4 KiB logical blocks.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Writes a staged file from its blocks and fsyncs it. Whole aligned blocks go through `direct`
+/// (the file opened with `O_DIRECT`, when the file system allows it): from the block straight
+/// to the disk, without a copy into the page cache and without taking fresh page-cache memory
+/// for a file nobody reads soon (an image is read when nodes boot, or by the next audit).
+/// The rest (an entry's last block, or every block where direct I/O is refused) is written
+/// through the page cache, with early writeback.
+fn write_staged(
+    file: std::fs::File,
+    mut direct: Option<std::fs::File>,
+    rx: std::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    use std::os::unix::fs::FileExt;
+    let mut plain = clusterware_shared::fsutil::EarlyWriteback::new(file);
+    let mut at = 0u64;
+    for block in rx {
+        let aligned = block.as_ptr().align_offset(DIRECT_ALIGN) == 0
+            && block.len().is_multiple_of(DIRECT_ALIGN)
+            && at.is_multiple_of(DIRECT_ALIGN as u64);
+        let mut written = false;
+        if let Some(d) = direct.as_ref().filter(|_| aligned) {
+            match d.write_all_at(&block, at) {
+                Ok(()) => written = true,
+                // Direct I/O refused after all (alignment, file system): the page cache then.
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => direct = None,
+                Err(e) => return Err(e),
+            }
+        }
+        if !written {
+            if plain.get_ref().stream_position()? != at {
+                let mut f = plain.get_ref();
+                f.seek(std::io::SeekFrom::Start(at))?;
+            }
+            plain.write_all(&block)?;
+        }
+        at += block.len() as u64;
+    }
+    drop(direct);
+    plain.into_inner().sync_all()
+}
+
+impl EntrySink {
+    fn new(staged: Option<&Path>) -> Result<EntrySink, BootError> {
+        let hash = Pipe::spawn("import-hash", |rx| {
+            let mut h = Sha256::new();
+            for block in rx {
+                h.update(&block);
+            }
+            Ok(hex::encode(h.finalize()))
+        })?;
+        let file = match staged {
+            None => None,
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .map_err(|e| bad(format!("staging: {e}")))?;
+                // The same file for direct I/O, where the file system has it.
+                let direct = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+                    .open(path)
+                    .ok();
+                Some(StagedFile(Pipe::spawn("import-writer", move |rx| write_staged(file, direct, rx))?))
+            }
+        };
+        Ok(EntrySink { hash, file })
+    }
+
+    fn send(&mut self, block: Bytes) -> Result<(), BootError> {
+        let written = match &self.file {
+            Some(f) => f.0.send(block.clone()),
+            None => true,
+        };
+        if !written {
+            let e = self.file.take().map(|mut f| f.0.finish());
+            return Err(bad(format!("staging: {}", e.and_then(Result::err).map_or("the writer stopped".into(), |e| e.to_string()))));
+        }
+        if !self.hash.send(block) {
+            return Err(bad("the hashing thread stopped"));
+        }
+        Ok(())
+    }
+
+    /// The entry's SHA-256 once every block is hashed, and its staged file (still being written).
+    fn finish(mut self) -> Result<(String, Option<StagedFile>), BootError> {
+        let sum = self.hash.finish().map_err(|e| bad(format!("hashing: {e}")))?;
+        Ok((sum, self.file.take()))
     }
 }
 
@@ -610,7 +741,7 @@ fn import_archive<R: Read>(
 
     let by_id: HashMap<&str, &FileRecord> = m.files.iter().map(|f| (f.id.as_str(), f)).collect();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut staged = std::collections::VecDeque::new();
     for e in entries {
         let mut e = e.map_err(|e| bad(format!("unreadable entry: {e}")))?;
         check_path(&e)?;
@@ -635,35 +766,52 @@ fn import_archive<R: Read>(
                 rec.size
             )));
         }
-        let mut out =
-            if p.store.contains(id) && !o.dry_run { Some(StagedWriter::create(&staging.join(id))?) } else { None };
-        let mut h = Sha256::new();
+        let stored = p.store.contains(id) && !o.dry_run;
+        let mut sink = EntrySink::new(stored.then(|| staging.join(id)).as_deref())?;
         let mut got = 0u64;
-        let mut block: Vec<u8> = Vec::with_capacity(BLOCK);
         loop {
-            let n = e.read(&mut buf).map_err(|err| bad(format!("{} ({path}) unreadable: {err}", rec.name)))?;
-            if n == 0 {
+            // Read straight into the block the consumers share, aligned for direct I/O.
+            let mut block = bytes::BytesMut::zeroed(BLOCK + DIRECT_ALIGN);
+            let skip = block.as_ptr().align_offset(DIRECT_ALIGN);
+            bytes::Buf::advance(&mut block, skip);
+            block.truncate(BLOCK);
+            let mut filled = 0;
+            while filled < BLOCK {
+                let n = e
+                    .read(&mut block[filled..])
+                    .map_err(|err| bad(format!("{} ({path}) unreadable: {err}", rec.name)))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
                 break;
             }
-            got += n as u64;
-            h.update(&buf[..n]);
-            if let Some(w) = out.as_mut() {
-                block.extend_from_slice(&buf[..n]);
-                if block.len() >= BLOCK {
-                    w.send(std::mem::replace(&mut block, Vec::with_capacity(BLOCK)))?;
-                }
+            got += filled as u64;
+            block.truncate(filled);
+            sink.send(block.freeze())?;
+            if filled < BLOCK {
+                break;
             }
         }
         if got != rec.size {
             return Err(bad(format!("{} ({path}) is truncated: {got} of {} bytes", rec.name, rec.size)));
         }
-        if hex::encode(h.finalize()) != rec.sha256 {
+        let (sum, file) = sink.finish()?;
+        if sum != rec.sha256 {
             return Err(bad(format!("{} ({path}) does not match the manifest's SHA-256", rec.name)));
         }
-        if let Some(mut w) = out {
-            w.send(block)?;
-            w.finish()?;
+        // Its fsync runs while the next entry arrives; a few at most wait at a time.
+        if let Some(f) = file {
+            staged.push_back(f);
+            if staged.len() > 2 {
+                staged.pop_front().expect("not empty").finish()?;
+            }
         }
+    }
+    for f in staged {
+        f.finish()?;
     }
     if let Some(missing) = m.files.iter().find(|f| !seen.contains(&f.id)) {
         return Err(bad(format!(
@@ -889,6 +1037,59 @@ mod tests {
         }
     }
 
+    /// The export's archive is byte for byte what the tar crate's builder makes of the same
+    /// entries (sizes on and off the 512-byte blocks, empty, larger than a read block), and a
+    /// file shorter than its record stops it with an error.
+    #[test]
+    fn the_export_archive_is_plain_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [0usize, 1, 511, 512, 513, EXPORT_BLOCK - 700, EXPORT_BLOCK, 2 * EXPORT_BLOCK + 77];
+        let mut files = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let body: Vec<u8> = (0..*size).map(|j| (j * 7 + i) as u8).collect();
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &body).unwrap();
+            let rec = FileRecord {
+                id: format!("{i:032x}"),
+                name: format!("f{i}"),
+                size: *size as u64,
+                sha256: hex::encode(Sha256::digest(&body)),
+                kind: "kernel".into(),
+                created: 1_700_000_000 + i as u64,
+            };
+            files.push((rec, std::fs::File::open(&path).unwrap(), body));
+        }
+        let manifest = b"{\"format\": \"test\"}".to_vec();
+        let mut want = tar::Builder::new(Vec::new());
+        want.append_data(&mut header(manifest.len() as u64, 42), MANIFEST, manifest.as_slice()).unwrap();
+        for (rec, _, body) in &files {
+            want.append_data(&mut header(rec.size, rec.created), format!("files/{}", rec.id), body.as_slice()).unwrap();
+        }
+        let want = want.into_inner().unwrap();
+        let collect = |files: Vec<(FileRecord, std::fs::File)>| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+            let m = manifest.clone();
+            let t = std::thread::spawn(move || send_archive(&tx, &m, 42, &files));
+            let mut got = Vec::new();
+            while let Some(b) = rx.blocking_recv() {
+                let b = b.unwrap();
+                assert!(b.len() <= EXPORT_BLOCK + 3 * TAR_BLOCK, "a block of {} bytes", b.len());
+                got.extend_from_slice(&b);
+            }
+            (t.join().unwrap(), got)
+        };
+        let opened: Vec<_> = files.iter().map(|(r, f, _)| (r.clone(), f.try_clone().unwrap())).collect();
+        let (r, got) = collect(opened);
+        r.unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the archive differs from tar::Builder's");
+        // A copy shorter than its record.
+        let mut short = files[6].0.clone();
+        short.size += 1;
+        let (r, _) = collect(vec![(short, std::fs::File::open(dir.path().join("f6")).unwrap())]);
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
     /// An archive as export makes it imports, also with a PAX header (as GNU tar writes) before
     /// an entry; the bounded reader does not get in the way.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -900,6 +1101,23 @@ mod tests {
         let r = f.import(bytes).await.unwrap();
         assert_eq!(r.boot_config, "c1");
         assert_eq!(f.db.range(FILES).await.unwrap().0.len(), 2);
+    }
+
+    /// Files of several blocks (whole blocks written directly, the last one through the page
+    /// cache) are stored byte for byte; the import's report names the ids they got.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_files_are_stored_intact() {
+        let k: Vec<u8> = (0..(2 * BLOCK + 4096)).map(|i| (i % 251) as u8).collect();
+        let i: Vec<u8> = (0..(3 * BLOCK + 77)).map(|i| (i % 241) as u8).collect();
+        let m = manifest(&k, &i);
+        let f = fixture();
+        let r = f.import(archive(&m, &[&k, &i], |_| Vec::new())).await.unwrap();
+        for (want, name) in [(&k, "vmlinuz"), (&i, "initrd.img")] {
+            let id = &r.files.iter().find(|x| x.name == name).unwrap().id;
+            let got = std::fs::read(f.dir.path().join(id)).unwrap();
+            assert_eq!(got.len(), want.len(), "{name}");
+            assert!(&got == want, "{name} differs");
+        }
     }
 
     /// GNU long names and links, PAX headers (local and global) that claim more than 64 KiB are
