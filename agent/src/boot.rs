@@ -140,7 +140,7 @@ pub async fn boot(
     mac: MacAddr,
     ip: Ipv4Addr,
     give_up: Duration,
-) -> Result<Outcome, Booted> {
+) -> Result<Outcome, Box<Booted>> {
     let t0 = Instant::now();
     let deadline = t0 + give_up;
     let mut b = Booted::default();
@@ -149,7 +149,7 @@ pub async fn boot(
     let mut plain = HeadClient::new(Some(ip), None);
     let fail = |mut b: Booted, e: String| {
         b.error = Some(e);
-        Err(b)
+        Err(Box::new(b))
     };
     let mut k = first;
     let (cmdline, ca) = loop {

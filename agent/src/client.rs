@@ -265,10 +265,10 @@ impl HeadClient {
         let header = |name: hyper::header::HeaderName| {
             resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
         };
-        if status == 503 {
-            if let Some(secs) = header(hyper::header::RETRY_AFTER).and_then(|v| v.trim().parse::<u64>().ok()) {
-                return Err(FetchError::Busy(Duration::from_secs(secs.min(60))));
-            }
+        if status == 503
+            && let Some(secs) = header(hyper::header::RETRY_AFTER).and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            return Err(FetchError::Busy(Duration::from_secs(secs.min(60))));
         }
         let wanted = if offset > 0 { 206 } else { 200 };
         if status != wanted {
@@ -301,12 +301,9 @@ impl HeadClient {
         }
         if let (Some(sha), Some(theirs)) =
             (expect.1, header(hyper::header::HeaderName::from_static("x-checksum-sha256")))
+            && !theirs.eq_ignore_ascii_case(sha)
         {
-            if !theirs.eq_ignore_ascii_case(sha) {
-                return Err(
-                    ClientError::Garbage(format!("{path}: the head has another file (SHA-256 {theirs})")).into()
-                );
-            }
+            return Err(ClientError::Garbage(format!("{path}: the head has another file (SHA-256 {theirs})")).into());
         }
         let mut body = resp.into_body();
         loop {

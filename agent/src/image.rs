@@ -213,10 +213,10 @@ impl Unpack {
 impl Sink for Unpack {
     fn entry(&mut self, h: &Header) -> Result<(), String> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        if let Some(l) = self.through_link(&h.path) {
-            if l != h.path || h.kind() != 0o120000 {
-                return Err(format!("{:?} goes through the image's symlink {l:?}", h.path));
-            }
+        if let Some(l) = self.through_link(&h.path)
+            && (l != h.path || h.kind() != 0o120000)
+        {
+            return Err(format!("{:?} goes through the image's symlink {l:?}", h.path));
         }
         self.entries += 1;
         let p = self.root.join(&h.path);

@@ -305,7 +305,7 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
                     }
                     Err(b) => {
                         eprintln!("clusterware-node sim: {mac}: boot failed: {}", b.error.as_deref().unwrap_or("?"));
-                        nodes[i].boot = Some(b);
+                        nodes[i].boot = Some(*b);
                         return;
                     }
                 }

@@ -154,6 +154,8 @@ fn content_disposition(name: &str) -> String {
 /// What firmware fetches over plain HTTP (before any agent runs); everything else only over HTTPS.
 const FIRMWARE_KINDS: [&str; 2] = ["kernel", "initramfs"];
 
+// An axum handler: each argument is one extractor.
+#[allow(clippy::too_many_arguments)]
 async fn file_content(
     State(st): State<Arc<Api>>,
     Path(id): Path<String>,
