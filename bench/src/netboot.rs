@@ -260,7 +260,10 @@ impl Kea {
         if let Ok(log) = std::fs::read_to_string(self.dir.join("kea-dhcp4.log")) {
             let lines: Vec<&str> = log.lines().collect();
             if !lines.is_empty() {
-                eprintln!("cw-bench: kea-dhcp4's log (last lines):\n{}", lines[lines.len().saturating_sub(5)..].join("\n"));
+                eprintln!(
+                    "cw-bench: kea-dhcp4's log (last lines):\n{}",
+                    lines[lines.len().saturating_sub(5)..].join("\n")
+                );
             }
         }
     }

@@ -166,7 +166,8 @@ mod writer_thread_tests {
         let mut want = Vec::new();
         for i in 0..300usize {
             // Small writes, and some larger than a block.
-            let chunk: Vec<u8> = (0..(i * 997 % 40_000 + if i % 50 == 0 { 3 << 20 } else { 0 })).map(|j| (i + j) as u8).collect();
+            let chunk: Vec<u8> =
+                (0..(i * 997 % 40_000 + if i % 50 == 0 { 3 << 20 } else { 0 })).map(|j| (i + j) as u8).collect();
             w.write_all(&chunk).unwrap();
             want.extend_from_slice(&chunk);
         }

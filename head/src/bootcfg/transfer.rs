@@ -112,7 +112,10 @@ fn send_archive(
             let want = left.min(EXPORT_BLOCK.saturating_sub(at).max(TAR_BLOCK) as u64) as usize;
             block.resize(at + want, 0);
             f.read_exact(&mut block[at..]).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("file {} unreadable after {} bytes: {e}", rec.id, rec.size - left))
+                std::io::Error::new(
+                    e.kind(),
+                    format!("file {} unreadable after {} bytes: {e}", rec.id, rec.size - left),
+                )
             })?;
             left -= want as u64;
             if left > 0 {
@@ -521,7 +524,10 @@ impl EntrySink {
         };
         if !written {
             let e = self.file.take().map(|mut f| f.0.finish());
-            return Err(bad(format!("staging: {}", e.and_then(Result::err).map_or("the writer stopped".into(), |e| e.to_string()))));
+            return Err(bad(format!(
+                "staging: {}",
+                e.and_then(Result::err).map_or("the writer stopped".into(), |e| e.to_string())
+            )));
         }
         if !self.hash.send(block) {
             return Err(bad("the hashing thread stopped"));
