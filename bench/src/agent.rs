@@ -56,19 +56,9 @@ fn up_on(sim: &Sim, head: &str, n: u64) -> bool {
     ok
 }
 
-/// Pushes per second with latency, for a fleet offering about 12,500 pushes/s to one head
-/// configured with `extra` (base.ini lines).
 /// Puts every thread of `pid` and of its children (a head's etcd member) on `cpu` (`taskset -a`).
 fn pin(pid: u32, cpu: usize) {
-    let mut pids = vec![pid];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok()) == Some(pid) {
-            pids.push(p);
-        }
-    }
-    for p in pids {
+    for p in std::iter::once(pid).chain(crate::children(pid)) {
         let out = std::process::Command::new("taskset")
             .args(["-a", "-p", "-c", &cpu.to_string(), &p.to_string()])
             .output()
@@ -77,6 +67,8 @@ fn pin(pid: u32, cpu: usize) {
     }
 }
 
+/// Pushes per second with latency, for a fleet offering about 12,500 pushes/s to one head
+/// configured with `extra` (base.ini lines).
 fn push_rate(nodes: u32, interval_ms: u64, extra: &str) -> Vec<String> {
     push_rate_on(nodes, interval_ms, extra, false)
 }

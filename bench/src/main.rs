@@ -506,17 +506,7 @@ impl Nginx {
     /// The peak memory (VmHWM, KiB) of nginx's processes together (the master and its workers).
     fn peak_kib(&self) -> u64 {
         let me = self.0.id();
-        let mut kib = vm_hwm(me);
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid …
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            if ppid == Some(me) {
-                kib += vm_hwm(pid);
-            }
-        }
-        kib
+        std::iter::once(me).chain(children(me)).map(vm_hwm).sum()
     }
 }
 
@@ -715,6 +705,24 @@ fn timed_rss(cmd: &mut std::process::Command) -> (Duration, u64) {
 }
 
 /// The peak RSS of a process so far, in KiB.
+/// The fields of `/proc/PID/stat` after the command name (state, ppid, …), empty when the
+/// process is gone.
+fn proc_stat(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|p| proc_stat(*p).get(1).and_then(|v| v.parse::<u32>().ok()) == Some(pid))
+        .collect()
+}
+
 fn vm_hwm(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -4,8 +4,8 @@
 //! serving the same files to the same clients (the same simulator, pointed at nginx: a static
 //! boot script, the same kernel, initramfs and image at the same paths, the image over HTTPS).
 
-use crate::{Nginx, Report, vm_hwm};
-use clusterware_tests::{Backend, Cluster, Head, Sim, free_port};
+use crate::{Nginx, Report, proc_stat, vm_hwm};
+use clusterware_tests::{Backend, Cluster, Head, Sim, free_port, pattern, root_image};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -14,32 +14,6 @@ use std::time::{Duration, Instant};
 
 const MAC0: &str = "52:54:00:c5:00:00";
 const IP0: &str = "127.221.0.1";
-
-/// Incompressible bytes from a seed.
-fn pattern(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(bytes + 8);
-    while v.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(bytes);
-    v
-}
-
-/// A gzip'd newc root image of about `mib` MiB (files of 256 KiB that do not compress).
-fn root_image(mib: u64) -> Vec<u8> {
-    use clusterware_shared::cpio::Entry;
-    let mut e = BTreeMap::new();
-    e.insert("sbin".to_string(), Entry::Dir(0o755));
-    e.insert("sbin/init".to_string(), Entry::File { data: b"#!/bin/sh\n".to_vec(), mode: 0o755 });
-    for i in 0..mib * 4 {
-        e.insert(format!("usr/lib/f{i:05}"), Entry::File { data: pattern(256 << 10, i + 7), mode: 0o644 });
-    }
-    clusterware_shared::cpio::gzip(&clusterware_shared::cpio::write(&e), 1)
-}
 
 /// One storm's figures.
 struct Run {
@@ -63,20 +37,16 @@ struct Run {
 
 /// CPU seconds (user and system) of `pid`, and with `children` of its child processes too.
 fn cpu_secs(pid: u32, children: bool) -> f64 {
-    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's own tick.
-    let tick = 100.0;
-    let mut total = 0.0;
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // After the name: state ppid … utime (12th) stime (13th).
-        let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok());
-        if p == pid || (children && ppid == Some(pid)) {
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            total += (t(11) + t(12)) / tick;
-        }
+    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's own tick; utime and stime
+    // are the 12th and 13th fields after the name.
+    let own = |p: u32| {
+        let f = proc_stat(p);
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    };
+    let mut total = own(pid);
+    if children {
+        total += crate::children(pid).into_iter().map(own).sum::<f64>();
     }
     total
 }
@@ -146,38 +116,8 @@ fn storm(sim: &mut Sim, nodes: u64, names: &BTreeMap<String, String>, mut during
 /// of its transfers).
 fn ours(dir: &Path, nodes: u64, kill: Option<Duration>) -> Run {
     let mut c = Cluster::start(Backend::Etcd, 3, "");
-    let h = &c.heads[0];
-    let p = |n: &str| dir.join(n).display().to_string();
-    h.cli("scyld-imgctl", &["create", "--name", "stormImage", "--file", &p("root.img")]).ok();
-    h.cli(
-        "scyld-bootctl",
-        &[
-            "create",
-            "--name",
-            "storm",
-            "--kernel",
-            &p("vmlinuz"),
-            "--initramfs",
-            &p("initrd.img"),
-            "--image",
-            "stormImage",
-        ],
-    )
-    .ok();
-    h.cli("scyld-bootctl", &["default", "storm"]).ok();
-    h.cli("scyld-nodectl", &["create", "--count", &nodes.to_string(), &format!("mac={MAC0}"), &format!("ip={IP0}")])
-        .ok();
-    let token = c.token.clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (code, v) = h.api("GET", "/files", Some(&token), None);
-        let copies = v["copies"].as_object().cloned().unwrap_or_default();
-        if code == 200 && copies.len() == 3 && copies.values().all(|c| c["copies"] == 3) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the heads did not all get the boot files: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let files = ["vmlinuz", "initrd.img", "root.img"].map(|f| dir.join(f));
+    c.storm_config([&files[0], &files[1], &files[2]], nodes, MAC0, IP0, &[]);
     let mut names = BTreeMap::new();
     for h in &c.heads {
         names.insert(h.url(), h.name.clone());
@@ -274,7 +214,7 @@ pub fn bench_storm(r: &mut Report, nodes: u64, mib: u64) {
     let d = dir.path();
     std::fs::write(d.join("vmlinuz"), pattern(8 << 20, 1)).expect("kernel");
     std::fs::write(d.join("initrd.img"), pattern(8 << 20, 2)).expect("initramfs");
-    let image = root_image(mib);
+    let image = root_image(mib * 4, 256);
     std::fs::write(d.join("root.img"), &image).expect("image");
     let sha = {
         use sha2::Digest;

@@ -613,6 +613,60 @@ impl Drop for Cluster {
     }
 }
 
+/// Incompressible bytes from a seed (xorshift).
+pub fn pattern(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(bytes + 8);
+    while v.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(bytes);
+    v
+}
+
+/// A gzip'd newc root image of `files` files of `file_kib` KiB each that do not compress, with
+/// an `/sbin/init`.
+pub fn root_image(files: u64, file_kib: usize) -> Vec<u8> {
+    use clusterware_shared::cpio::Entry;
+    let mut e = std::collections::BTreeMap::new();
+    e.insert("sbin".to_string(), Entry::Dir(0o755));
+    e.insert("sbin/init".to_string(), Entry::File { data: b"#!/bin/sh\n".to_vec(), mode: 0o755 });
+    for i in 0..files {
+        e.insert(format!("usr/lib/f{i:05}"), Entry::File { data: pattern(file_kib << 10, i + 7), mode: 0o644 });
+    }
+    clusterware_shared::cpio::gzip(&clusterware_shared::cpio::write(&e), 1)
+}
+
+impl Cluster {
+    /// What a boot storm boots: image `stormImage` and boot config `storm` (the cluster default)
+    /// from the local files `kernel`, `initramfs` and `image`, and `nodes` nodes from `mac` and
+    /// `ip` with `attrs`; returns once every head holds a verified copy of every file.
+    pub fn storm_config(&self, files: [&Path; 3], nodes: u64, mac: &str, ip: &str, attrs: &[&str]) {
+        let h = &self.heads[0];
+        let p = |f: &Path| f.display().to_string();
+        h.cli("scyld-imgctl", &["create", "--name", "stormImage", "--file", &p(files[2])]).ok();
+        let (k, i) = (p(files[0]), p(files[1]));
+        let create = ["create", "--name", "storm", "--kernel", &k, "--initramfs", &i, "--image", "stormImage"];
+        h.cli("scyld-bootctl", &create).ok();
+        h.cli("scyld-bootctl", &["default", "storm"]).ok();
+        let (count, mac, ip) = (nodes.to_string(), format!("mac={mac}"), format!("ip={ip}"));
+        let mut args = vec!["create", "--count", &count, &mac, &ip];
+        args.extend_from_slice(attrs);
+        h.cli("scyld-nodectl", &args).ok();
+        // The uploads' minimum is 2 copies: the others come in the background.
+        poll_until("every head holds the boot files", Duration::from_secs(120), || {
+            let (code, v) = h.api("GET", "/files", Some(&self.token), None);
+            let copies = v["copies"].as_object().cloned().unwrap_or_default();
+            code == 200
+                && copies.len() == 3
+                && copies.values().all(|c| c["copies"].as_u64() == Some(self.heads.len() as u64))
+        });
+    }
+}
+
 /// A simulated fleet: `clusterware-node sim` as a child process, killed on drop.
 pub struct Sim {
     child: Option<Child>,

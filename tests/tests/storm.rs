@@ -4,33 +4,11 @@
 //! sending them slowly, so that nodes are refused and wait, and one head is killed while it is
 //! sending images. Every node must verify its image and come up.
 
-use clusterware_tests::{Backend, Cluster, Head, Sim, poll_until};
+use clusterware_tests::{Backend, Cluster, Head, Sim, poll_until, root_image};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const N: u64 = 200;
-
-/// A gzip'd newc root image of about `kib` KiB that does not compress.
-fn root_image(kib: usize) -> Vec<u8> {
-    use clusterware_shared::cpio::Entry;
-    let mut e = BTreeMap::new();
-    e.insert("sbin".to_string(), Entry::Dir(0o755));
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for i in 0..kib / 16 {
-        let data: Vec<u8> = (0..16 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        e.insert(format!("usr/lib/f{i:04}"), Entry::File { data, mode: 0o644 });
-    }
-    e.insert("sbin/init".to_string(), Entry::File { data: b"#!/bin/sh\n".to_vec(), mode: 0o755 });
-    clusterware_shared::cpio::gzip(&clusterware_shared::cpio::write(&e), 1)
-}
 
 fn up_count(h: &Head) -> usize {
     let out = h.cli("scyld-nodectl", &["status", "--json"]);
@@ -46,44 +24,17 @@ fn storm_of_200_through_3_heads_one_killed_every_node_verifies_its_image() {
     // the killed head is in the middle of transfers.
     let mut c = Cluster::start(Backend::Etcd, 3, "local_files.max_transfers = 8\nlocal_files.max_rate = 12\n");
     let token = c.token.clone();
-    let h = &c.heads[0];
     let dir = c.dir().to_path_buf();
-    let image = root_image(1024);
+    // 64 files of 16 KiB: about 1 MiB.
+    let image = root_image(64, 16);
     for (name, data) in
         [("vmlinuz", vec![1u8; 64 << 10]), ("initrd.img", vec![2u8; 96 << 10]), ("root.img", image.clone())]
     {
         std::fs::write(dir.join(name), data).unwrap();
     }
-    let p = |n: &str| dir.join(n).display().to_string();
-    h.cli("scyld-imgctl", &["create", "--name", "stormImage", "--file", &p("root.img")]).ok();
-    h.cli(
-        "scyld-bootctl",
-        &[
-            "create",
-            "--name",
-            "storm",
-            "--kernel",
-            &p("vmlinuz"),
-            "--initramfs",
-            &p("initrd.img"),
-            "--image",
-            "stormImage",
-        ],
-    )
-    .ok();
-    h.cli("scyld-bootctl", &["default", "storm"]).ok();
     let (mac0, ip0) = ("52:54:00:b2:00:00", "127.220.0.1");
-    h.cli(
-        "scyld-nodectl",
-        &["create", "--count", &N.to_string(), &format!("mac={mac0}"), &format!("ip={ip0}"), "_status_secs=2"],
-    )
-    .ok();
-    // Every head has its copy of every file before the storm (the uploads' minimum is 2).
-    poll_until("every head holds the boot files", Duration::from_secs(60), || {
-        let (code, v) = h.api("GET", "/files", Some(&token), None);
-        let copies = v["copies"].as_object().cloned().unwrap_or_default();
-        code == 200 && copies.len() == 3 && copies.values().all(|c| c["copies"] == 3)
-    });
+    let files = ["vmlinuz", "initrd.img", "root.img"].map(|f| dir.join(f));
+    c.storm_config([&files[0], &files[1], &files[2]], N, mac0, ip0, &["_status_secs=2"]);
 
     let heads: Vec<&Head> = c.heads.iter().collect();
     let mut sim = Sim::storm(&heads, N as u32, ip0, mac0, &["--threads", "2"]);
