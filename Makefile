@@ -31,10 +31,11 @@ RUN_APT_PACKAGES := $(BUILD_APT_PACKAGES) curl
 # chromium and chromium-driver (the web console is tested in a real browser over WebDriver) with
 # fonts-dejavu-core (text in its screenshots), python3-venv (the virtual environment that holds
 # sushy-tools from PyPI, whose sushy-emulator is the Redfish BMCs the power tests talk to: see
-# sushy-venv below).
+# sushy-venv below), git (the upgrade test exports the last release's source from the history
+# with `git archive` and builds it beside the tree).
 TEST_APT_PACKAGES := $(RUN_APT_PACKAGES) etcd-server etcd-client ipmitool openipmi iproute2 ipxe \
 	busybox-static isc-dhcp-client qemu-system-x86 ipxe-qemu ovmf kmod groff-base zsh fish \
-	prometheus chromium chromium-driver fonts-dejavu-core python3-venv
+	prometheus chromium chromium-driver fonts-dejavu-core python3-venv git
 # make deb: dpkg-dev (dpkg-shlibdeps for the packages' library dependencies).
 DEB_APT_PACKAGES := $(BUILD_APT_PACKAGES) dpkg-dev
 # make bench: nginx (the file server's peer), dnsmasq and Kea's kea-dhcp4 (the DHCP peers) and
@@ -46,7 +47,9 @@ BENCH_APT_PACKAGES := $(TEST_APT_PACKAGES) nginx-light dnsmasq-base kea-dhcp4-se
 
 # The node agent runs as /init in an initramfs: one static binary, no dynamic libraries.
 AGENT_TARGET := x86_64-unknown-linux-gnu
-AGENT_BIN := target/$(AGENT_TARGET)/agent/clusterware-node
+# Cargo's target directory: ./target unless CARGO_TARGET_DIR names another.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+AGENT_BIN := $(TARGET_DIR)/$(AGENT_TARGET)/agent/clusterware-node
 
 all: build
 

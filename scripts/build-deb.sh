@@ -17,7 +17,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 CARGO=${CARGO:-cargo}
 out="$top/target/debian"
-agent=target/x86_64-unknown-linux-gnu/agent/clusterware-node
+# Cargo's target directory (CARGO_TARGET_DIR, if set, as cargo reads it: relative to here).
+tdir=${CARGO_TARGET_DIR:-target}
+agent=$tdir/x86_64-unknown-linux-gnu/agent/clusterware-node
 [ -x "$agent" ] || { echo "build-deb: $agent is missing: run make agent (make deb does)" >&2; exit 1; }
 
 version=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
@@ -35,7 +37,7 @@ $CARGO build --release -p clusterware-head -p clusterware-cli -p clusterware-ini
   -p clusterware-image-tools -p clusterware-docgen
 rm -rf "$out"
 mkdir -p "$out"
-target/release/cw-docgen --out "$out/docs"
+"$tdir/release/cw-docgen" --out "$out/docs"
 
 # Man pages (gzip -9n: reproducible) and completions of the commands `$1` names, into stage `$2`.
 docs() {
@@ -128,7 +130,7 @@ build() {
 # --- clusterware ---
 s="$out/stage/clusterware"
 for cmd in $admin_cmds $user_cmds; do
-  install -D -m 755 "target/release/$cmd" "$s$prefix/bin/$cmd"
+  install -D -m 755 "$tdir/release/$cmd" "$s$prefix/bin/$cmd"
 done
 for cmd in $admin_cmds; do install -d "$s/usr/sbin"; ln -s "$prefix/bin/$cmd" "$s/usr/sbin/$cmd"; done
 for cmd in $user_cmds; do install -d "$s/usr/bin"; ln -s "$prefix/bin/$cmd" "$s/usr/bin/$cmd"; done

@@ -47,6 +47,8 @@ pub trait Source: Send + Sync {
 pub trait Observer: Send + Sync {
     fn pushed(&self, _latency: Duration, _ok: bool) {}
     fn parent_changed(&self, _parent: &str) {}
+    /// The parent did not answer and the next head became the parent.
+    fn failed_over(&self) {}
     fn heads_fetched(&self, _count: usize) {}
     fn script_done(&self, _script: Script, _ok: bool) {}
 }
@@ -249,6 +251,7 @@ impl Agent {
             self.log(format_args!("parent {} did not answer ({why}); new parent {}", old.name, new.name));
             self.persist_heads();
             self.observer.parent_changed(&new.name);
+            self.observer.failed_over();
         } else {
             self.log(format_args!("head {} did not answer ({why}); it is the only head known", old.name));
         }
@@ -477,6 +480,7 @@ impl Agent {
             if *stop.borrow() {
                 break;
             }
+            let push_started = Instant::now();
             let pushed = self.push().await;
             self.write_state();
             let mut switched = false;
@@ -508,8 +512,12 @@ impl Agent {
             if switched {
                 continue;
             }
-            let interval = self.settings.fixed_interval.unwrap_or(Duration::from_secs(self.status_secs as u64));
-            let next = Instant::now() + interval;
+            // A fixed interval (a benchmark's set load) runs from push to push, whatever the
+            // push took; the heads' interval runs from the answer.
+            let next = match self.settings.fixed_interval {
+                Some(i) => (push_started + i).max(Instant::now()),
+                None => Instant::now() + Duration::from_secs(self.status_secs as u64),
+            };
             // The long poll until the next push is due.
             loop {
                 let left = next.saturating_duration_since(Instant::now());

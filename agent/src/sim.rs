@@ -98,6 +98,8 @@ struct NodeInfo {
     #[serde(skip)]
     candidate: String,
     switches: u64,
+    /// Parent changes because the parent did not answer (the rest were directed by a head).
+    failovers: u64,
     heads: usize,
     scripts_ok: u64,
     scripts_failed: u64,
@@ -135,7 +137,8 @@ struct Summary<'a> {
 
 impl Stats {
     fn summary(&self) -> Vec<u8> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        // A copy, so that the pushes recorded meanwhile do not wait for the serialisation.
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut parents = BTreeMap::new();
         for n in nodes.iter() {
             *parents.entry(n.parent.clone()).or_insert(0) += 1;
@@ -189,6 +192,9 @@ impl Observer for NodeObserver {
     }
     fn parent_changed(&self, parent: &str) {
         self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].candidate = parent.to_string();
+    }
+    fn failed_over(&self) {
+        self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].failovers += 1;
     }
     fn heads_fetched(&self, count: usize) {
         self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].heads = count;
@@ -316,21 +322,26 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
             }
         }));
     }
-    let summary = args.dir.join("summary.json");
-    let write = |stats: &Stats| {
-        if let Err(e) = clusterware_shared::fsutil::write_atomic(&summary, None, &stats.summary(), None) {
-            eprintln!("clusterware-node sim: cannot write {}: {e}", summary.display());
-        }
+    let summary = Arc::new(args.dir.join("summary.json"));
+    // Written (and synced) on a blocking thread: on the runtime's it stalled every node's push
+    // twice a second.
+    let write = |stats: &Arc<Stats>| {
+        let (stats, summary) = (stats.clone(), summary.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = clusterware_shared::fsutil::write_atomic(&summary, None, &stats.summary(), None) {
+                eprintln!("clusterware-node sim: cannot write {}: {e}", summary.display());
+            }
+        })
     };
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => write(&stats),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => { let _ = write(&stats).await; }
             _ = stop.wait_for(|s| *s) => break,
         }
     }
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    write(&stats);
+    let _ = write(&stats).await;
     Ok(())
 }

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 pub mod args;
 pub mod membership;
 pub mod sys;
+pub mod update;
 
 /// Where the head is and how to authenticate; every command takes these.
 #[derive(clap::Args, Debug)]

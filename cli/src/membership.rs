@@ -163,7 +163,7 @@ fn remote(ca: &ClusterCa, password: &str, secs: u64) -> CliResult<Client> {
 }
 
 /// A client for this head with its own credential and CA.
-fn local_client(cfg: &Config, secs: u64) -> CliResult<Client> {
+pub fn local_client(cfg: &Config, secs: u64) -> CliResult<Client> {
     let ca = crate::cluster_ca(None, Some(cfg))?;
     Client::to(&local_api(cfg), &admin_token(cfg.admin_pass.as_deref().unwrap_or("")), &ca, secs)
 }
@@ -189,9 +189,26 @@ pub fn check_access(target: &str, password: &str, default_port: u16) -> CliResul
     cluster_of(&remote(&ca, password, 30)?, target)
 }
 
-fn same_release(a: &str, b: &str) -> bool {
-    let mm = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
-    mm(a) == mm(b)
+/// Whether two versions are of one release (patch versions of a release work together).
+pub fn same_release(a: &str, b: &str) -> bool {
+    use clusterware_shared::release::Version;
+    match (Version::parse(a), Version::parse(b)) {
+        (Some(a), Some(b)) => a.release() == b.release(),
+        _ => a == b,
+    }
+}
+
+/// The refusal of a join between releases, with the command that brings this head to the
+/// cluster's release first.
+pub fn release_mismatch(target: &str, theirs: &str, ours: &str) -> Option<String> {
+    (!same_release(theirs, ours)).then(|| {
+        format!(
+            "the head at {target} runs ClusterWare {theirs} and this head {ours}: bring this head to the cluster's \
+             release first, and join in the same step, with `scyld-install --update --join {target} \
+             --database-passwd-file FILE` (add --deb FILE for a package of {theirs} that the package repository does \
+             not offer); nothing was changed"
+        )
+    })
 }
 
 /// What a join did.
@@ -228,12 +245,8 @@ pub fn join(cfg_path: &Path, target: &str, password: &str, start: Start, say: &d
     let ca = cluster_ca_of(&plain, password, target)?;
     let c = remote(&ca, password, 60)?;
     let mut info = cluster_of(&c, target)?;
-    if !same_release(&info.version, clusterware_shared::VERSION) {
-        return Err(fail(format!(
-            "the head at {target} runs ClusterWare {} and this one {}: update both to the same release first",
-            info.version,
-            clusterware_shared::VERSION
-        )));
+    if let Some(m) = release_mismatch(target, &info.version, clusterware_shared::VERSION) {
+        return Err(fail(m));
     }
     // Everything that can be checked is checked before the first change (a save of this head's
     // data, a conversion of the head joined).
@@ -513,7 +526,7 @@ impl TlsFiles {
 /// resolve on this head (once there is another head to reach: a solo head's name matters to no
 /// one), and clocks must agree within a second.
 pub fn head_warnings(list: &HeadList, ca: Option<&str>) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = release_warnings(list);
     let unresolved: Vec<String> = list
         .heads
         .iter()
@@ -544,6 +557,23 @@ pub fn head_warnings(list: &HeadList, ca: Option<&str>) -> Vec<String> {
                 ));
             }
         }
+    }
+    out
+}
+
+/// The heads' versions differ; the database waits at an older schema for some of them.
+pub fn release_warnings(list: &HeadList) -> Vec<String> {
+    let mut out: Vec<String> =
+        clusterware_shared::release::skew(list.heads.iter().map(|h| (h.name.as_str(), h.version.as_str())))
+            .into_iter()
+            .collect();
+    let newest = list.heads.iter().map(|h| h.schema).max().unwrap_or(0);
+    if let Some(at) = list.schema.filter(|at| *at < newest) {
+        let behind: Vec<&str> = list.heads.iter().filter(|h| h.schema < newest).map(|h| h.name.as_str()).collect();
+        out.push(format!(
+            "the cluster database stays at schema {at} until every head knows schema {newest} (not yet: {})",
+            behind.join(", ")
+        ));
     }
     out
 }
@@ -590,5 +620,44 @@ mod tests {
         assert_eq!(head_url("https://h:443", 80).unwrap(), "http://h:80");
         assert!(head_url("10.0.0.2:x", 80).is_err());
         assert!(same_release("0.1.0", "0.1.7") && !same_release("0.1.0", "0.2.0"));
+        assert!(same_release("0.1.0-rc1", "0.1.0") && !same_release("0.10.0", "0.1.0"));
+    }
+
+    #[test]
+    fn a_join_across_releases_is_refused_with_the_command_that_updates_first() {
+        assert_eq!(release_mismatch("10.0.0.2", "0.1.3", "0.1.0"), None);
+        let m = release_mismatch("10.0.0.2", "0.2.0", "0.1.0").unwrap();
+        assert!(m.contains("runs ClusterWare 0.2.0 and this head 0.1.0"), "{m}");
+        assert!(m.contains("`scyld-install --update --join 10.0.0.2 --database-passwd-file FILE`"), "{m}");
+    }
+
+    #[test]
+    fn release_skew_and_a_waiting_schema_are_warned_about() {
+        let head = |name: &str, version: &str, schema: u32| clusterware_shared::api::HeadInfo {
+            name: name.into(),
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            api_url: String::new(),
+            version: version.into(),
+            alive: true,
+            started: 0,
+            db_member: clusterware_shared::api::DbMember {
+                backend: "etcd".into(),
+                id: None,
+                state: "voting".into(),
+                leader: false,
+            },
+            storage: None,
+            nodes: 0,
+            schema,
+        };
+        let same =
+            HeadList { heads: vec![head("h1", "0.2.0", 2), head("h2", "0.2.0", 2)], mean_nodes: 0.0, schema: Some(2) };
+        assert!(release_warnings(&same).is_empty());
+        let mixed =
+            HeadList { heads: vec![head("h1", "0.2.0", 2), head("h2", "0.1.0", 1)], mean_nodes: 0.0, schema: Some(1) };
+        let w = release_warnings(&mixed);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("(0.1.0 on h2; 0.2.0 on h1)"), "{w:?}");
+        assert_eq!(w[1], "the cluster database stays at schema 1 until every head knows schema 2 (not yet: h2)");
     }
 }

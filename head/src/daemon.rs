@@ -61,7 +61,12 @@ pub enum StartError {
     BootNet(#[from] crate::netboot::StartError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Schema(#[from] crate::core::versions::SchemaError),
 }
+
+/// The longest a stopping head waits for its nodes to take the directive to go to another head.
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(5);
 
 /// This host's name, from the kernel.
 fn host_name() -> String {
@@ -376,6 +381,8 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     let _ = tokio::time::timeout(Duration::from_secs(10), pre).await;
     let (db, db_mode, member) = opened.expect("the database was opened")?;
     *ctl.db_mode.lock().unwrap_or_else(|p| p.into_inner()) = Some(db_mode);
+    // Before anything is written: a schema newer than this release knows stops it here.
+    let schema = crate::core::versions::check(&db, &name).await?;
     if cfg.recover && db_mode == DbMode::EtcdMember {
         if let Err(e) = membership::after_recover(&db, &ctl).await {
             tracing::error!(error = %e, "recovered, but cannot tidy up the former peers' records");
@@ -407,6 +414,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
         ssh_keys: read_ssh_keys(&cfg.ssh_key_files),
         peer_url: (db_mode == DbMode::EtcdMember).then(|| ctl.peer_url.clone()),
         storage_id: Some(crate::storage::storage_id(&cfg.storage_dir)?),
+        schema: crate::core::versions::SCHEMA,
     };
     // A database that just answered can still be too slow for one write (a loaded machine, a
     // leader election): that is worth waiting for, as for the database itself.
@@ -424,6 +432,7 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     let sup = Supervisor::new();
     let view = ClusterView::spawn(&db, rec.clone(), &sup);
     let ctx = Ctx::new(db.clone(), &cfg, view, &sup, http::Credentials { head: head_token, password: token });
+    crate::core::versions::start(&ctx, schema);
 
     // The capabilities, each started from the core and what it depends on: one line each.
     // Storage first (with the node table, whose nodes may fetch root images): a head whose
@@ -431,9 +440,11 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     let nodes = registry::start(&ctx);
     let identity = registry::identity::start(&ctx, &nodes, ca);
     let storage = crate::storage::start(&ctx, &identity)?;
+    // Turns true when this head starts handing its nodes over (its liveness record says so).
+    let (stopping, stopping_rx) = watch::channel(false);
     {
         let (db, rec, ttl) = (db.clone(), rec.clone(), cfg.lease_ttl_secs);
-        sup.spawn(Stage::Liveness, "liveness", move |stop| heads::keep_alive(db, rec, ttl, stop));
+        sup.spawn(Stage::Liveness, "liveness", move |stop| heads::keep_alive(db, rec, ttl, stopping_rx, stop));
     }
     let hub = agent_channel::start(&ctx, &nodes, &identity);
     bootcfg::start(&ctx, &storage);
@@ -462,6 +473,9 @@ pub async fn run(cfg: Config, name: String) -> Result<Exit, StartError> {
     }
     drop((plain, tls_listener));
     let exit = signals.next(&ctl).await;
+    // The nodes go to the other heads first, while this one still answers them.
+    stopping.send_replace(true);
+    hub.hand_over(HAND_OVER_LIMIT).await;
     // Stage by stage: requests (the running ones get the stage's 10 s), periodic work, the last
     // status write, the follows, and the liveness record last.
     sup.shutdown(STAGE_LIMIT).await;

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if args.hand_over {
+        return hand_over(&cfg, &name, args.within, args.json);
+    }
     let _guard = match daemon::init_logging(&cfg, &name) {
         Ok(g) => g,
         Err(e) => {
@@ -89,4 +92,45 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--hand-over`: the nodes of the head running with `cfg` handed to the other heads.
+fn hand_over(cfg: &Config, name: &str, within: u64, json: bool) -> ExitCode {
+    use clusterware_head::rebalance::hand_over::of_running_head;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clusterware-head: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let h = match rt.block_on(of_running_head(cfg, name, std::time::Duration::from_secs(within))) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("clusterware-head: error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        clusterware_shared::outln!("{}", serde_json::to_string_pretty(&h).expect("serialises"));
+    } else if let Some(note) = &h.note {
+        clusterware_shared::outln!("{name}: nothing handed over: {note}");
+    } else {
+        let to: Vec<String> = h.to.iter().map(|(head, n)| format!("{head} ({n})")).collect();
+        clusterware_shared::outln!(
+            "{name}: {} of its {} nodes report to other heads now: {} ({:.1} s); rebalancing gives it nodes again once it \
+             restarted",
+            h.moved,
+            h.nodes,
+            to.join(", "),
+            h.seconds
+        );
+    }
+    if h.not_moved() > 0 {
+        eprintln!(
+            "clusterware-head: warning: {} nodes did not move within {within} s; they fail over when {name} stops",
+            h.not_moved()
+        );
+    }
+    ExitCode::SUCCESS
 }

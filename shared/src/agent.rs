@@ -329,6 +329,9 @@ pub struct NodeStatus {
     pub report: Option<StatusReport>,
     #[serde(default)]
     pub hardware: Option<Hardware>,
+    /// The version of its agent, as it last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
     /// Something an administrator should know (a `_preferred_head` naming no head, say).
     #[serde(default)]
     pub problems: Vec<String>,

@@ -929,6 +929,9 @@ pub struct StorageCounters {
     /// Root images being sent to nodes now (`local_files.max_transfers` bounds them).
     #[serde(default)]
     pub transfers_active: u64,
+    /// Node requests for a root image waiting in line for a slot now.
+    #[serde(default)]
+    pub transfers_waiting: u64,
     /// Node requests for a root image answered "busy, try another head" since start.
     #[serde(default)]
     pub transfers_refused: u64,
@@ -957,6 +960,10 @@ pub struct HeadInfo {
     /// Compute nodes it parents (up or booting).
     #[serde(default)]
     pub nodes: u64,
+    /// The newest database schema its release knows (0: a release from before versioned
+    /// schemas).
+    #[serde(default)]
+    pub schema: u32,
 }
 
 /// `GET /api/v1/heads`.
@@ -967,6 +974,9 @@ pub struct HeadList {
     /// Mean number of nodes per alive head.
     #[serde(default)]
     pub mean_nodes: f64,
+    /// The database's schema version (absent from heads of releases before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<u32>,
 }
 
 #[cfg(test)]
@@ -1262,6 +1272,10 @@ pub struct DatabaseDump {
     /// The backend and revision it was read at.
     pub backend: String,
     pub revision: i64,
+    /// The database schema of its records (absent from dumps of releases before versioned
+    /// schemas: 0).
+    #[serde(default)]
+    pub schema: u32,
     /// Every key and its value (all values are UTF-8: JSON records or uids).
     pub keys: std::collections::BTreeMap<String, String>,
 }

@@ -128,8 +128,8 @@ pub struct Config {
     /// MiB per second the scrub reads at most (`local_files.scrub_rate`).
     pub scrub_rate_mib: u64,
     /// Root images (and other files that are not kernels or initramfs images) this head sends
-    /// to nodes at once (`local_files.max_transfers`; 0: no limit); past it a node is told at
-    /// once to try another head or again later.
+    /// to nodes at once (`local_files.max_transfers`; 0: no limit); past it a node waits up to
+    /// a second in line for a slot, then is told to try another head or again later.
     pub max_transfers: u32,
     /// MiB per second all those transfers together may send (`local_files.max_rate`; 0: no limit).
     pub max_rate_mib: u64,

@@ -9,6 +9,7 @@
 //! - [`api`]: the `/api/v1` request and response bodies, and the `{kind, message}` error shape.
 //! - [`auth`]: the admin credential derived from `database.admin_pass`.
 //! - [`power`]: power control through BMCs, BMC attributes, cluster secrets.
+//! - [`release`]: versions, and which agents and heads work together across releases.
 //! - [`cpio`]: the newc archive format (initramfs, node root images).
 //! - [`sys`]: the open-files limit, the machine's IPv4 addresses.
 //! - [`fsutil`]: file-writing helpers (early writeback for large files).
@@ -28,6 +29,7 @@ pub mod ids;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod power;
+pub mod release;
 pub mod select;
 pub mod suggest;
 pub mod sys;

@@ -9,12 +9,17 @@ use std::path::PathBuf;
 pub const DEFAULT_PREFIX: &str = "/opt/scyld/clusterware";
 
 /// Install this machine as a ClusterWare head: a fresh solo head, a head joining a cluster
-/// (--join), or a cluster from a configuration file (--config).
+/// (--join), or a cluster from a configuration file (--config); or update it (--update).
 ///
 /// It sets up ClusterWare's own files (base.ini, directories, the systemd unit) and starts the
 /// installed head daemon (PREFIX/bin/clusterware-head, else the one beside this program). Install
 /// the clusterware package first (it brings etcd-server, etcd-client, ipxe and ipmitool). An
 /// installation that is refused or fails half-way removes everything it had created.
+///
+/// --update brings this head's packages up to date (from the package repository apt uses, or
+/// --deb files), restarts the head on them and waits until it serves again; it is refused while
+/// another head is down (unless --force). With --join, it first brings this head to the release
+/// of the head joined, then joins.
 #[derive(Parser)]
 #[command(name = "scyld-install", version)]
 pub struct Args {
@@ -29,6 +34,17 @@ pub struct Args {
     /// read it (kept for the Scyld command line; prefer --database-passwd-file)
     #[arg(long, value_name = "DBPASS", requires = "join", conflicts_with = "database_passwd_file")]
     pub database_passwd: Option<String>,
+    /// Update this head's ClusterWare packages, restart the head on them and wait until it serves
+    /// (with --join: to the release of the head joined, before joining)
+    #[arg(short = 'u', long, conflicts_with_all = ["clear_all", "config"])]
+    pub update: bool,
+    /// With --update: a package file to update from (clusterware, clusterware-node; repeatable)
+    /// instead of the package repository
+    #[arg(long, value_name = "FILE", requires = "update")]
+    pub deb: Vec<PathBuf>,
+    /// With --update: update even while another head is down
+    #[arg(long, requires = "update")]
+    pub force: bool,
     /// Remove this installation's state (configuration, database, storage) before installing
     #[arg(long)]
     pub clear_all: bool,

@@ -185,10 +185,11 @@ fn heads(args: &Args) -> clusterware_cli::CliResult<()> {
                 h.ip.to_string(),
                 if h.alive { "connected" } else { "down" }.into(),
                 format!("{} {}", h.db_member.backend, h.db_member.state),
+                h.version.clone(),
             ]
         })
         .collect();
-    print_table(&["NAME", "IP", "STATE", "DATABASE"], &rows);
+    print_table(&["NAME", "IP", "STATE", "DATABASE", "RELEASE"], &rows);
     for w in warnings {
         eprintln!("managedb: warning: {w}");
     }

@@ -176,6 +176,9 @@ fn heads_ls(args: &Args, long: bool, in_bytes: bool) -> CliResult<()> {
             &rows,
         );
         outln!("mean nodes per alive head: {:.1}", list.mean_nodes);
+        if let Some(schema) = list.schema {
+            outln!("database schema: {schema}");
+        }
         for w in clusterware_cli::membership::head_warnings(&list, c.inner().config().ca_pem.as_deref()) {
             eprintln!("scyld-clusterctl: warning: {w}");
         }

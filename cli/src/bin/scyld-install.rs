@@ -18,7 +18,7 @@ use clap::Parser;
 use clusterware_cli::args::install::{Args, Cmd, DEFAULT_PREFIX};
 use clusterware_cli::membership::{self, Start};
 use clusterware_cli::sys;
-use clusterware_cli::{CliResult, Client, fail, print_json, run, usage};
+use clusterware_cli::{CliResult, Client, fail, print_json, run, update, usage};
 use clusterware_shared::api::{CreateNodes, NodeSpec};
 use clusterware_shared::auth::admin_token;
 use clusterware_shared::config::Config;
@@ -434,6 +434,9 @@ fn install(args: &Args) -> CliResult<()> {
         })
         .collect::<CliResult<_>>()?;
     let conf = args.prefix.join("conf/base.ini");
+    if args.update && !update_first(args, &conf, &say)? {
+        return Ok(());
+    }
     if args.clear_all {
         clear_all(&conf, &say)?;
     }
@@ -616,6 +619,93 @@ fn install(args: &Args) -> CliResult<()> {
         );
     }
     Ok(())
+}
+
+/// `--update`: updates this head; with `--join`, to the release of the head joined, and then
+/// the join is made by the updated `scyld-install` (this process is replaced by it). Returns
+/// whether this process goes on with the join (the release was the cluster's already).
+fn update_first(args: &Args, conf: &Path, say: &dyn Fn(&str)) -> CliResult<bool> {
+    let Some(target) = &args.join else {
+        if !conf.exists() {
+            return Err(fail(format!(
+                "ClusterWare is not installed under {} ({} is missing): install it first (scyld-install), or give \
+                 --join IP_HEAD to install by joining a cluster",
+                args.prefix.display(),
+                conf.display()
+            )));
+        }
+        let u = update::update(Some(conf), &args.deb, args.force, say)?;
+        if args.json {
+            print_json(&u);
+        } else if u.restarted {
+            outln!(
+                "updated clusterware {} -> {}; the head serves again with release {} (out of service {:.1} s)",
+                u.from,
+                u.to,
+                u.serving.as_deref().unwrap_or("?"),
+                u.out_of_service_secs.unwrap_or_default()
+            );
+        } else if u.from != u.to {
+            outln!("updated clusterware {} -> {} (no head runs here to restart)", u.from, u.to);
+        } else {
+            outln!("clusterware {} is up to date", u.to);
+        }
+        return Ok(false);
+    };
+    let port = match Config::load(conf) {
+        Ok(l) if conf.exists() => l.config.head_port,
+        _ => args.port,
+    };
+    let url = membership::head_url(target, port)?;
+    let theirs = membership::health(&url, None)
+        .ok_or_else(|| fail(format!("cannot reach the head at {target} ({url}) to learn its release")))?
+        .version;
+    if membership::same_release(&theirs, clusterware_shared::VERSION) {
+        say(&format!("this head has the release of the head at {target} ({theirs}) already: no update needed"));
+        return Ok(true);
+    }
+    say(&format!(
+        "the head at {target} runs ClusterWare {theirs} and this head {}: updating before the join",
+        clusterware_shared::VERSION
+    ));
+    let u = update::update(Some(conf), &args.deb, args.force, say)?;
+    // This program was replaced by the update: the installed one joins.
+    let exe = std::env::current_exe()
+        .ok()
+        .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| fail("cannot find the installed scyld-install after the update"))?;
+    let now = std::process::Command::new(&exe)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_default();
+    if !membership::same_release(&theirs, &now) {
+        return Err(fail(format!(
+            "updated clusterware {} -> {}, which is release {now}, but the head at {target} runs {theirs}: give the \
+             clusterware package of release {theirs} with --deb FILE; nothing was joined",
+            u.from, u.to
+        )));
+    }
+    say(&format!("updated clusterware {} -> {}; joining with the updated scyld-install", u.from, u.to));
+    let mut skip = false;
+    let rest: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| {
+            if std::mem::take(&mut skip) {
+                return false;
+            }
+            let s = a.to_string_lossy();
+            if s == "--deb" {
+                skip = true;
+                return false;
+            }
+            !(s == "-u" || s == "--update" || s == "--force" || s.starts_with("--deb="))
+        })
+        .collect();
+    let err = std::os::unix::process::CommandExt::exec(std::process::Command::new(&exe).args(rest));
+    Err(fail(format!("cannot run {}: {err}", exe.display())))
 }
 
 fn password_for(args: &Args) -> CliResult<String> {

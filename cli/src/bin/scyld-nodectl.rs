@@ -308,10 +308,14 @@ fn status(args: &Args, sel: &Select) -> CliResult<()> {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             let cpus = s.hardware.as_ref().map_or("-".into(), |h| h.cpus.to_string());
-            vec![s.name.clone(), state, parent, seen, up, load, cpus, mem]
+            let agent = s.agent_version.clone().unwrap_or_else(|| "-".into());
+            vec![s.name.clone(), state, parent, seen, up, load, cpus, mem, agent]
         })
         .collect();
-    print_table(&["NAME", "STATE", "PARENT", "LAST SEEN", "UPTIME", "LOAD", "CPUS", "MEM FREE / TOTAL"], &rows);
+    print_table(
+        &["NAME", "STATE", "PARENT", "LAST SEEN", "UPTIME", "LOAD", "CPUS", "MEM FREE / TOTAL", "AGENT"],
+        &rows,
+    );
     for s in &st {
         for p in &s.problems {
             eprintln!("{}: {p}", s.name);

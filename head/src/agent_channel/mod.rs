@@ -44,7 +44,7 @@ use clusterware_shared::api::Node;
 use clusterware_shared::ids::MacAddr;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast, watch};
@@ -107,11 +107,17 @@ struct Child {
     status_secs: u32,
     report: Option<Arc<StatusReport>>,
     hardware: Option<Hardware>,
+    agent_version: Option<String>,
     pending: Vec<Command>,
     /// A parent switch to hand over (rebalancing).
     switch: Option<HeadEntry>,
     /// Already told to go to its preferred head (logged once).
     preferred_told: bool,
+    /// Told to go to another head because this one stops ([`Hub::hand_over`]).
+    handed: bool,
+    /// Took a switch to another head (rebalancing, its preferred head, a hand-over) and has not
+    /// pushed here since: on its way out, not waited for by a hand-over.
+    leaving: bool,
     /// Its boot script was served by this head and "Booting node" logged.
     pxe_booted: bool,
     notify: Arc<Notify>,
@@ -138,9 +144,12 @@ impl Child {
             status_secs,
             report: None,
             hardware: None,
+            agent_version: None,
             pending: Vec::new(),
             switch: None,
             preferred_told: false,
+            handed: false,
+            leaving: false,
             pxe_booted: false,
             notify: Arc::new(Notify::new()),
             generation: 1,
@@ -165,6 +174,7 @@ impl Child {
             boot_id: self.boot_id.clone(),
             status_secs: self.status_secs,
             hardware: self.hardware.clone(),
+            agent_version: self.agent_version.clone(),
         }
     }
 }
@@ -202,6 +212,8 @@ pub struct Hub {
     complaints: Complaints,
     pub counters: HubCounters,
     stop: watch::Receiver<bool>,
+    /// Set by [`Hub::hand_over`]: every node that reports here is sent on to another head.
+    stopping: AtomicBool,
     /// Other heads (node reports of the nodes they parent).
     peers: Peers,
     /// Where nodes coming up, going down and changing parent are recorded (set at start).
@@ -294,6 +306,7 @@ impl Hub {
             complaints: Complaints::default(),
             counters: HubCounters::default(),
             stop: sup.stop_signal(Stage::Serve),
+            stopping: AtomicBool::new(false),
             peers: Peers::new(Some(&token), crate::core::peers::timeouts(5)),
             events: std::sync::OnceLock::new(),
         });
@@ -380,6 +393,7 @@ impl Hub {
             }
             if previous.as_ref().is_some_and(|p| p.boot_id == report.boot_id) {
                 child.boot_id = report.boot_id.clone();
+                child.agent_version = previous.as_ref().and_then(|p| p.agent_version.clone());
                 child.hardware = previous.and_then(|p| p.hardware.clone());
             }
             // Commands issued before the node arrived here.
@@ -396,6 +410,16 @@ impl Hub {
             }
             child.boot_id = report.boot_id.clone();
             child.hardware = None;
+            child.touch();
+        }
+        if child.agent_version.as_deref() != Some(report.agent_version.as_str()) {
+            if let Some(p) = clusterware_shared::release::agent_problem(&report.agent_version) {
+                self.complaints.complain(
+                    format!("agent {}", node.uid),
+                    || tracing::warn!(node = %node.name, "node {}: {p} (logged once a minute per node)", node.name),
+                );
+            }
+            child.agent_version = Some(report.agent_version.clone());
             child.touch();
         }
         if let Some(hw) = &report.hardware {
@@ -430,9 +454,9 @@ impl Hub {
         child.report = Some(Arc::new(report));
         let commands = std::mem::take(&mut child.pending);
         let mut switch_parent = child.switch.take();
-        // A node whose preferred head is alive (and is not this one) goes there.
+        // A node whose preferred head takes nodes (and is not this one) goes there.
         if let Some(pref) = self.view.preferred_head(&node) {
-            if pref != self.view.me.name && self.view.alive.get(&pref).is_some() {
+            if pref != self.view.me.name && self.view.takes_nodes(&pref) {
                 if let Some(h) = self.view.heads.get(&pref) {
                     if !child.preferred_told {
                         tracing::info!(node = %node.name, to = %pref, "directing node to its preferred head");
@@ -442,6 +466,13 @@ impl Hub {
                 }
             }
         }
+        // This head stops: a node that arrives now (sent by a head that had not seen it
+        // stopping, or failing over to it) goes on at once, as the ones it parented did.
+        if switch_parent.is_none() && self.stopping.load(Ordering::Relaxed) {
+            switch_parent = self.next_head(&child.mac);
+            child.handed |= switch_parent.is_some();
+        }
+        child.leaving = switch_parent.is_some();
         if switch_parent.is_some() {
             self.counters.switches.fetch_add(1, Ordering::Relaxed);
         }
@@ -460,10 +491,86 @@ impl Hub {
         child.state = NodeState::Booting;
         child.report = None;
         child.hardware = None;
+        child.agent_version = None;
         child.pxe_booted = true;
         child.last_seen = Instant::now();
         child.last_seen_unix = unix_now();
         child.touch();
+    }
+
+    /// The next head, in the node's own order of heads, that takes nodes (alive, not stopping).
+    fn next_head(&self, mac: &MacAddr) -> Option<HeadEntry> {
+        let taking = self.view.taking_nodes();
+        self.view.heads_for(mac).into_iter().skip(1).find(|h| taking.contains(&h.name))
+    }
+
+    /// Before this head stops: every node it parents that runs its agent is told to go to
+    /// another head that takes nodes (the next in the node's own order of heads), through its
+    /// long poll or its next push, so that no push of it fails and it is never shown down.
+    ///
+    /// The caller has the liveness record say that this head stops (`heads::keep_alive`); this
+    /// waits up to a second to see it, so that the other heads' rebalancing does not send nodes
+    /// back here meanwhile. A node that still arrives is sent on at once. Nodes already on their
+    /// way to another head are not waited for. Waits until each told node took the directive or
+    /// `within` passed. Nothing to do when no other head takes nodes. Returns (told, moved).
+    pub async fn hand_over(&self, within: Duration) -> (usize, usize) {
+        let me = self.view.me.name.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        self.stopping.store(true, Ordering::Relaxed);
+        let mut changes = self.view.alive.changes();
+        let seen = async { while !self.view.stopping(&me) && changes.changed().await.is_ok() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(1).min(within), seen).await;
+        if !self.view.taking_nodes().iter().any(|n| *n != me) {
+            return (0, 0);
+        }
+        let told = {
+            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            let mut told = 0;
+            for ch in children.values_mut() {
+                if ch.report.is_none() || ch.state == NodeState::Down || ch.leaving {
+                    continue;
+                }
+                if let Some(to) = self.next_head(&ch.mac) {
+                    ch.switch = Some(to);
+                    ch.handed = true;
+                    ch.notify.notify_one();
+                    told += 1;
+                }
+            }
+            told
+        };
+        loop {
+            let waiting = {
+                let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+                children.values().filter(|c| c.handed && c.switch.is_some()).count()
+            };
+            if waiting == 0 || tokio::time::Instant::now() >= deadline {
+                if waiting > 0 {
+                    tracing::warn!(
+                        waiting,
+                        "nodes did not take the hand-over in time; they fail over when this head stops"
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Those that took it: their last status here is written once more (fresh, so that none
+        // looks stale while its new parent claims it; conditional as every write, so it never
+        // overwrites the new parent's claim); one never written here is let go unwritten.
+        let moved = {
+            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            let before = children.len();
+            children.retain(|_, c| !(c.handed && c.switch.is_none() && c.claim));
+            let mut moved = before - children.len();
+            for c in children.values_mut().filter(|c| c.handed && c.switch.is_none()) {
+                c.touch();
+                moved += 1;
+            }
+            moved
+        };
+        tracing::info!(told, moved, "nodes handed over to the other heads before this head stops");
+        (told, moved)
     }
 
     /// The long poll: answers as soon as there is a directive for the node, or after `secs`.
@@ -485,6 +592,7 @@ impl Hub {
                     let commands = std::mem::take(&mut child.pending);
                     let switch_parent = child.switch.take();
                     if switch_parent.is_some() {
+                        child.leaving = true;
                         self.counters.switches.fetch_add(1, Ordering::Relaxed);
                     }
                     return Ok(Directives { status_secs: Some(child.status_secs), commands, switch_parent });
@@ -983,6 +1091,7 @@ impl Hub {
                         status_secs: secs,
                         report: None,
                         hardware: None,
+                        agent_version: None,
                         problems,
                     };
                     if let Some(ch) = children.get(&n.uid) {
@@ -991,6 +1100,7 @@ impl Hub {
                         st.last_seen = Some(ch.last_seen_unix);
                         st.boot_id = Some(ch.boot_id.clone());
                         st.hardware.clone_from(&ch.hardware);
+                        st.agent_version.clone_from(&ch.agent_version);
                         if details {
                             st.report = ch.report.as_ref().map(|r| (**r).clone());
                         }
@@ -1000,6 +1110,10 @@ impl Hub {
                         st.last_seen = Some(r.last_seen);
                         st.boot_id = Some(r.boot_id.clone());
                         st.hardware.clone_from(&r.hardware);
+                        st.agent_version.clone_from(&r.agent_version);
+                    }
+                    if let Some(p) = st.agent_version.as_deref().and_then(clusterware_shared::release::agent_problem) {
+                        st.problems.push(p);
                     }
                     st
                 })
@@ -1251,19 +1365,71 @@ mod tests {
 
     /// A hub on an in-memory store with one node (MAC, registered address).
     async fn hub() -> (Arc<Hub>, Database, Supervisor, Node) {
+        hub_in(ClusterView::fixed(me(), vec![me()], &["h1"]), &[]).await
+    }
+
+    /// The same in a cluster `view`, the node with `attributes`.
+    async fn hub_in(view: ClusterView, attributes: &[(&str, &str)]) -> (Arc<Hub>, Database, Supervisor, Node) {
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
         let spec = clusterware_shared::api::NodeSpec {
             macs: vec![MAC.parse().unwrap()],
             ip: Some(NODE_IP.parse().unwrap()),
+            attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..Default::default()
         };
-        let node = crate::registry::create(&db, vec![spec], false).await.unwrap().remove(0);
+        let node = crate::registry::create(&db, vec![spec], true).await.unwrap().remove(0);
         let sup = Supervisor::new();
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(Duration::from_secs(5)).await);
-        let view = Arc::new(ClusterView::fixed(me(), vec![me()], &["h1"]));
-        let hub = Hub::spawn(db.clone(), view, nodes, "t".into(), None, &sup);
+        let hub = Hub::spawn(db.clone(), Arc::new(view), nodes, "t".into(), None, &sup);
         (hub, db, sup, node)
+    }
+
+    /// Two heads, h1 (this one) stopping: its liveness record says so.
+    fn h1_stopping() -> ClusterView {
+        ClusterView::fixed(me(), vec![me(), HeadRecord::for_test("h2", 2)], &["h1", "h2"]).with_stopping("h1")
+    }
+
+    /// A stopping head tells its node (through the long poll) to go to the other head, and
+    /// sends on at once a node that reports to it afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_head_hands_its_nodes_on_and_sends_on_newcomers() {
+        let (hub, _db, _sup, _node) = hub_in(h1_stopping(), &[]).await;
+        assert_eq!(hub.push(peer(), report(Phase::Up)).unwrap().switch_parent, None);
+        let mac: MacAddr = MAC.parse().unwrap();
+        let poll = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.wait(peer(), &mac, 30).await })
+        };
+        let t0 = Instant::now();
+        let (told, moved) = hub.hand_over(Duration::from_secs(10)).await;
+        assert_eq!((told, moved), (1, 1));
+        assert!(t0.elapsed() < Duration::from_secs(5), "the hand-over waited {:?}", t0.elapsed());
+        let d = poll.await.unwrap().unwrap();
+        assert_eq!(d.switch_parent.map(|h| h.name).as_deref(), Some("h2"));
+        // Sent back here (by a head that had not seen this one stopping): sent on again.
+        let d = hub.push(peer(), report(Phase::Up)).unwrap();
+        assert_eq!(d.switch_parent.map(|h| h.name).as_deref(), Some("h2"));
+    }
+
+    /// A node already on its way to another head (it took a switch) is not waited for, and no
+    /// head that stops itself is a destination.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hand_over_does_not_wait_for_nodes_already_leaving() {
+        let (hub, _db, _sup, _node) = hub_in(h1_stopping(), &[("_preferred_head", "h2")]).await;
+        let d = hub.push(peer(), report(Phase::Up)).unwrap();
+        assert_eq!(d.switch_parent.map(|h| h.name).as_deref(), Some("h2"), "directed to its preferred head");
+        let t0 = Instant::now();
+        assert_eq!(hub.hand_over(Duration::from_secs(10)).await, (0, 0));
+        assert!(t0.elapsed() < Duration::from_secs(3), "the hand-over waited {:?}", t0.elapsed());
+
+        // h2 stopping as well: nowhere to go, nothing told, nothing waited for.
+        let view = h1_stopping().with_stopping("h2");
+        assert!(view.taking_nodes().is_empty() && view.alive_names().len() == 2);
+        let (hub, _db, _sup, _node) = hub_in(view, &[("_preferred_head", "h2")]).await;
+        let d = hub.push(peer(), report(Phase::Up)).unwrap();
+        assert_eq!(d.switch_parent, None, "not sent to a head that stops");
+        assert_eq!(hub.hand_over(Duration::from_secs(10)).await, (0, 0));
     }
 
     fn report(phase: Phase) -> StatusReport {
@@ -1341,6 +1507,7 @@ mod tests {
             boot_id: "0123abcd".into(),
             status_secs: 10,
             hardware: None,
+            agent_version: None,
         };
         db.put(&schema::status(&node.uid), serde_json::to_vec(&theirs).unwrap()).await.unwrap();
         eventually("letting the node go", async || hub.child_count() == 0).await;

@@ -160,6 +160,11 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Mirror<T> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
+    /// Whether some record satisfies `f` (looked at in place, nothing copied).
+    pub fn any(&self, f: impl Fn(&T) -> bool) -> bool {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).values().any(|v| f(v))
+    }
+
     pub fn keys(&self) -> Vec<String> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }

@@ -22,16 +22,35 @@ pub async fn register(db: &Database, rec: &HeadRecord) -> Result<(), DbError> {
 }
 
 /// Renews this head's liveness record until `shutdown` turns true, then revokes it so that the
-/// other heads see this one gone at once rather than after the TTL.
-pub async fn keep_alive(db: Database, rec: HeadRecord, ttl_secs: u64, mut shutdown: watch::Receiver<bool>) {
+/// other heads see this one gone at once rather than after the TTL. When `stopping` turns true
+/// first (the head hands its nodes over before it stops), the record says so: the head is still
+/// alive, but no other head sends it nodes.
+pub async fn keep_alive(
+    db: Database,
+    rec: HeadRecord,
+    ttl_secs: u64,
+    mut stopping: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let key = schema::alive(&rec.name);
-    let value = encode(&AliveRecord { name: rec.name.clone(), pid: std::process::id(), started: rec.started });
+    let record = |stopping| {
+        encode(&AliveRecord { name: rec.name.clone(), pid: std::process::id(), started: rec.started, stopping })
+    };
     let period = Duration::from_millis(ttl_secs * 1000 / 3);
     let mut lease: Option<LeaseId> = None;
     let mut failing = false;
+    // What the record says now.
+    let mut says_stopping = false;
     loop {
+        let stop_now = *stopping.borrow_and_update();
         let step: Result<(), DbError> = async {
             match lease {
+                Some(id) if stop_now && !says_stopping => {
+                    db.txn(Txn::new().and_then([TxnOp::put_with_lease(key.clone(), record(true), id)])).await?;
+                    says_stopping = true;
+                    tracing::info!(head = %rec.name, "liveness record says this head is stopping");
+                    Ok(())
+                }
                 Some(id) => match db.keep_alive(id).await {
                     Err(DbError::LeaseNotFound(_)) => {
                         tracing::warn!(head = %rec.name, "liveness lease expired (this head was unreachable); registering again");
@@ -42,7 +61,8 @@ pub async fn keep_alive(db: Database, rec: HeadRecord, ttl_secs: u64, mut shutdo
                 },
                 None => {
                     let id = db.grant_lease(ttl_secs as i64).await?;
-                    db.txn(Txn::new().and_then([TxnOp::put_with_lease(key.clone(), value.clone(), id)])).await?;
+                    db.txn(Txn::new().and_then([TxnOp::put_with_lease(key.clone(), record(stop_now), id)])).await?;
+                    says_stopping = stop_now;
                     lease = Some(id);
                     Ok(())
                 }
@@ -65,6 +85,8 @@ pub async fn keep_alive(db: Database, rec: HeadRecord, ttl_secs: u64, mut shutdo
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
+            // Said at once (and only once: a closed sender is no news).
+            Ok(()) = stopping.changed(), if !says_stopping => {}
             _ = shutdown.changed() => break,
         }
     }
@@ -132,6 +154,7 @@ pub async fn list(db: &Database) -> Result<Vec<HeadInfo>, DbError> {
             version: rec.version,
             started: rec.started,
             db_member,
+            schema: rec.schema,
         });
     }
     Ok(out)

@@ -729,9 +729,71 @@ pub fn serve(
     Ok(tokio::spawn(serve_until(listener, app, stop, how)?))
 }
 
+/// Bytes `start..start + len` of `file` in 256 KiB chunks, for a response body: how the head
+/// sends a file it has opened and checked (file contents, UEFI HTTP Boot files). A chunk in the
+/// page cache (as a boot storm's files are) is read in place, straight into the buffer handed to
+/// the connection; only one the disk must give goes through a blocking thread.
+pub fn file_chunks(
+    file: Arc<std::fs::File>,
+    start: u64,
+    len: u64,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    const CHUNK: u64 = 256 << 10;
+    futures::stream::try_unfold((file, start, len), |(file, at, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let n = left.min(CHUNK) as usize;
+        let mut buf = bytes::BytesMut::with_capacity(n);
+        let chunk = match crate::core::sys::read_cached(&file, at, &mut buf, n)? {
+            Some(got) if got > 0 => buf.freeze(),
+            _ => {
+                let f = file.clone();
+                let b = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut b = vec![0; n];
+                    let got = f.read_at(&mut b, at)?;
+                    b.truncate(got);
+                    Ok::<_, std::io::Error>(b)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                bytes::Bytes::from(b)
+            }
+        };
+        if chunk.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ends at byte {at}, before byte {}", at + left),
+            ));
+        }
+        let got = chunk.len() as u64;
+        Ok(Some((chunk, (file, at + got, left - got))))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn file_chunks_give_the_range_asked_and_fail_on_a_short_file() {
+        use futures::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(600u32 << 10)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let open = || Arc::new(std::fs::File::open(&p).unwrap());
+        for (start, len) in [(0, data.len() as u64), (1000, 300 << 10), (data.len() as u64 - 1, 1), (5, 0)] {
+            let got: Vec<bytes::Bytes> = file_chunks(open(), start, len).try_collect().await.unwrap();
+            assert!(got.iter().all(|c| c.len() <= 256 << 10));
+            let got: Vec<u8> = got.concat();
+            assert_eq!(got, data[start as usize..(start + len) as usize], "{start} {len}");
+        }
+        // A file cut short under the transfer: an error, not a silent end.
+        let e = file_chunks(open(), 0, data.len() as u64 + 10).try_collect::<Vec<_>>().await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
 
     #[test]
     fn query_decoding() {

@@ -13,6 +13,7 @@
 //! - [`tls`]: the cluster CA and this head's certificate.
 //! - [`supervisor`]: the background tasks and the order they stop in.
 //! - [`metrics`]: the Prometheus registry the capabilities record into, and `/metrics`.
+//! - [`versions`]: the database schema's version, the check at start, the migrations.
 //!
 //! A capability starts from a [`Ctx`]: it takes its configuration section from `config`,
 //! starts its tasks on `sup`, and hands its routes to [`Ctx::serve`]; whatever it offers other
@@ -32,6 +33,7 @@ pub mod supervisor;
 pub mod sys;
 pub mod tls;
 pub mod tokens;
+pub mod versions;
 pub mod view;
 
 use clusterware_shared::config::Config;

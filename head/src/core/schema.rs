@@ -64,6 +64,11 @@ pub const ENROLL: &str = "enroll/";
 pub const NODE_CERTS: &str = "node_certs/";
 /// `events/<id>`: `api::Event` (the event log, `core::events`).
 pub const EVENTS: &str = "events/";
+/// `cluster/schema`: [`SchemaRecord`] (the version of this very layout, `core::versions`);
+/// absent in databases from before it was versioned (version 0).
+pub const SCHEMA_VERSION: &str = "cluster/schema";
+/// `cluster/migration`: the name of the head migrating the schema (leased).
+pub const MIGRATION_LOCK: &str = "cluster/migration";
 
 /// One prefix (or single key) of the schema.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +113,9 @@ pub const TABLE: &[Owned] = &[
     owned(NODE_CERTS, "registry", false),
     // What happened on this cluster is not another cluster's history.
     owned(EVENTS, "core", false),
+    // A dump says its schema in its own field.
+    owned(SCHEMA_VERSION, "core", false),
+    owned(MIGRATION_LOCK, "core", false),
 ];
 
 /// The prefixes `managedb save` keeps, in [`TABLE`]'s order.
@@ -247,6 +255,10 @@ pub struct HeadRecord {
     /// directory, so one copy of each file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_id: Option<String>,
+    /// The newest database schema its release knows (`core::versions`); 0 for heads of releases
+    /// from before the schema was versioned.
+    #[serde(default)]
+    pub schema: u32,
 }
 
 impl HeadRecord {
@@ -283,12 +295,26 @@ pub struct NodeCertRecord {
     pub issued: u64,
 }
 
+/// `cluster/schema`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaRecord {
+    pub version: u32,
+    /// The head that wrote it (created the database, or migrated it).
+    pub by: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
 /// `alive/<name>`: exists while the head renews its lease.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AliveRecord {
     pub name: String,
     pub pid: u32,
     pub started: u64,
+    /// The head is stopping (handing its nodes over): still alive, so its nodes are not shown
+    /// down, but no head gives it nodes. Absent in records of heads before 0.2.0.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 /// `status/<uid>`.
@@ -301,6 +327,9 @@ pub struct StatusRecord {
     pub status_secs: u32,
     #[serde(default)]
     pub hardware: Option<Hardware>,
+    /// The version its agent reports (absent until it reported, and from heads before 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 /// `commands/<uid>/<id>`.
@@ -387,6 +416,7 @@ impl HeadRecord {
             ssh_keys: vec![],
             peer_url: None,
             storage_id: None,
+            schema: crate::core::versions::SCHEMA,
         }
     }
 

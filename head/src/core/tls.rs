@@ -228,6 +228,12 @@ fn server_config(issued: &pki::Issued, ca_pem: &str) -> Result<Arc<rustls::Serve
         .with_single_cert(chain, key)
         .map_err(|e| bad(&e))?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Stateless session tickets (keys in this process's memory only, rotated every 6 hours): a
+    // node that reconnects, as one told to come back later in a boot storm does, resumes without
+    // another certificate signature and check. A resumed session keeps the client certificate
+    // of its first handshake, and every request is still judged against the node's current
+    // certificate record, so a revoked node gets no further by resuming.
+    c.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| bad(&e))?;
     Ok(Arc::new(c))
 }
 

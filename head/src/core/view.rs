@@ -45,7 +45,7 @@ impl ClusterView {
     pub fn fixed(me: HeadRecord, heads: Vec<HeadRecord>, alive: &[&str]) -> ClusterView {
         let a = alive
             .iter()
-            .map(|n| (n.to_string(), AliveRecord { name: n.to_string(), pid: 1, started: 0 }))
+            .map(|n| (n.to_string(), AliveRecord { name: n.to_string(), pid: 1, started: 0, stopping: false }))
             .collect::<Vec<_>>();
         ClusterView {
             heads: Arc::new(Mirror::fixed(heads.into_iter().map(|h| (h.name.clone(), h)).collect())),
@@ -55,9 +55,36 @@ impl ClusterView {
         }
     }
 
+    /// The same view with `name`'s liveness record saying it stops (unit tests).
+    #[cfg(test)]
+    pub fn with_stopping(self, name: &str) -> ClusterView {
+        let a = self
+            .alive
+            .values()
+            .into_iter()
+            .map(|r| (r.name.clone(), AliveRecord { stopping: r.stopping || r.name == name, ..(*r).clone() }))
+            .collect();
+        ClusterView { alive: Arc::new(Mirror::fixed(a)), ..self }
+    }
+
     /// The names of the heads alive now.
     pub fn alive_names(&self) -> HashSet<String> {
         self.alive.keys().into_iter().collect()
+    }
+
+    /// The heads that may be given nodes: alive and not stopping.
+    pub fn taking_nodes(&self) -> HashSet<String> {
+        self.alive.values().into_iter().filter(|r| !r.stopping).map(|r| r.name.clone()).collect()
+    }
+
+    /// Whether `name` is alive and not stopping.
+    pub fn takes_nodes(&self, name: &str) -> bool {
+        self.alive.get(name).is_some_and(|r| !r.stopping)
+    }
+
+    /// Whether `name`'s liveness record says it is stopping.
+    pub fn stopping(&self, name: &str) -> bool {
+        self.alive.get(name).is_some_and(|r| r.stopping)
     }
 
     /// The other heads that are alive.

@@ -37,6 +37,7 @@ pub async fn save(db: &Database) -> Result<Dump, DumpError> {
             }
         }
     }
+    let schema = crate::core::versions::in_force(db).await?;
     let saved = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Ok(Dump {
         format: FORMAT.into(),
@@ -44,6 +45,7 @@ pub async fn save(db: &Database) -> Result<Dump, DumpError> {
         saved,
         backend: db.backend().into(),
         revision: r.revision,
+        schema,
         keys,
     })
 }
@@ -61,6 +63,7 @@ fn check(d: &Dump) -> Result<(), DumpError> {
             d.version
         )));
     }
+    crate::core::versions::loadable(d.schema).map_err(bad)?;
     for (k, v) in &d.keys {
         if !schema::saved().any(|p| k.starts_with(p) && k.len() > p.len()) || k.chars().any(|c| c.is_control()) {
             return Err(bad(format!("unexpected key {k:?}")));

@@ -209,7 +209,8 @@ async fn list_heads(State(st): State<Arc<Api>>) -> ApiResult<Response> {
         h.nodes = load.get(&h.name).copied().unwrap_or(0);
     }
     let mean = if load.is_empty() { 0.0 } else { load.values().sum::<u64>() as f64 / load.len() as f64 };
-    Ok(json(StatusCode::OK, &HeadList { heads, mean_nodes: mean }))
+    let schema = crate::core::versions::in_force(&st.db).await?;
+    Ok(json(StatusCode::OK, &HeadList { heads, mean_nodes: mean, schema: Some(schema) }))
 }
 
 async fn save_database(State(st): State<Arc<Api>>) -> ApiResult<Response> {

@@ -8,7 +8,8 @@
 //! Unknown MACs are ignored and logged once an hour each, or registered as new nodes when
 //! `dhcp.register_unknown` is on (the registry's transactions make sure that one DISCOVER seen by
 //! several heads creates one node). A node whose `_preferred_head` is another live head gets this
-//! head's offer `dhcp.defer_ms` later, so that the preferred head usually wins.
+//! head's offer `dhcp.defer_ms` later, so that the preferred head usually wins; so does every
+//! node while this head is stopping (its liveness record says so), so that another head wins.
 
 use crate::core::complaints::Complaints;
 use crate::core::db::Database;
@@ -306,10 +307,11 @@ impl DhcpServer {
         };
         let mut delay = Duration::ZERO;
         if reply_type == MessageType::Offer {
-            if let Some(pref) = self.view.preferred_head(&node) {
-                if pref != self.view.me.name && self.view.alive.get(&pref).is_some() {
-                    delay = Duration::from_millis(self.settings.net.defer_ms);
-                }
+            let me = &self.view.me.name;
+            let elsewhere = self.view.preferred_head(&node).is_some_and(|p| p != *me && self.view.takes_nodes(&p));
+            // It prefers another head that takes nodes, or this head stops: another head should take it.
+            if elsewhere || self.view.stopping(me) {
+                delay = Duration::from_millis(self.settings.net.defer_ms);
             }
         }
         match reply_type {
@@ -511,6 +513,12 @@ mod tests {
     use crate::core::supervisor::Supervisor;
 
     async fn server() -> (Arc<DhcpServer>, Supervisor) {
+        let me = HeadRecord::for_test("h1", 1);
+        server_in(ClusterView::fixed(me.clone(), vec![me], &["h1"]), 0).await
+    }
+
+    /// The same in a cluster `view`, deferring offers by `defer_ms`.
+    async fn server_in(view: ClusterView, defer_ms: u64) -> (Arc<DhcpServer>, Supervisor) {
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
         let spec = clusterware_shared::api::NodeSpec {
             macs: vec!["52:54:00:00:00:01".parse().unwrap()],
@@ -518,17 +526,16 @@ mod tests {
             ..Default::default()
         };
         crate::registry::create(&db, vec![spec], false).await.unwrap();
-        let me = HeadRecord::for_test("h1", 1);
         let sup = Supervisor::new();
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(Duration::from_secs(5)).await);
-        let view = Arc::new(ClusterView::fixed(me.clone(), vec![me], &["h1"]));
+        let view = Arc::new(view);
         let settings = DhcpSettings {
             net: BootNet {
                 interface: Some("x".into()),
                 netmask: "255.255.255.0".parse().unwrap(),
                 lease_secs: 600,
-                defer_ms: 0,
+                defer_ms,
                 bios_file: "undionly.kpxe".into(),
                 efi_file: "snponly.efi".into(),
                 ..BootNet::default()
@@ -583,6 +590,21 @@ mod tests {
         ));
         let after = [count("discover", "offered"), count("request", "nak"), count("discover", "ignored_unknown")];
         assert!(after[0] >= before[0] + 2 && after[1] > before[1] && after[2] > before[2], "{before:?} {after:?}");
+    }
+
+    /// A stopping head still answers, but later than the heads that take nodes; a head that
+    /// does not stop answers at once.
+    #[tokio::test]
+    async fn a_stopping_head_defers_its_offers() {
+        let heads = || vec![HeadRecord::for_test("h1", 1), HeadRecord::for_test("h2", 2)];
+        let view = ClusterView::fixed(HeadRecord::for_test("h1", 1), heads(), &["h1", "h2"]);
+        let (s, _stop) = server_in(view.with_stopping("h1"), 300).await;
+        let r = s.respond(&packet(MessageType::Discover, MAC, Some(0)), from()).unwrap();
+        assert_eq!((r.msg.opts().msg_type(), r.delay), (Some(MessageType::Offer), Duration::from_millis(300)));
+        let view = ClusterView::fixed(HeadRecord::for_test("h1", 1), heads(), &["h1", "h2"]);
+        let (s, _stop) = server_in(view.with_stopping("h2"), 300).await;
+        let r = s.respond(&packet(MessageType::Discover, MAC, Some(0)), from()).unwrap();
+        assert_eq!(r.delay, Duration::ZERO);
     }
 
     /// The packet `p` with option `o` added.

@@ -84,7 +84,7 @@ async fn boot_file(State(st): State<Arc<Api>>, Path(name): Path<String>) -> ApiR
         Err((_, why)) => return Err(ApiFailure::new(ErrorKind::Forbidden, why)),
     };
     let kind = if shown.ends_with(".efi") { "application/efi" } else { "application/octet-stream" };
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
+    let body = axum::body::Body::from_stream(crate::core::http::file_chunks(Arc::new(file), 0, len));
     Ok(([(header::CONTENT_TYPE, kind.to_string()), (header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 

@@ -13,7 +13,9 @@
 //!   `ForceOff`, `GracefulShutdown`, `PowerCycle`, `ForceRestart`, `GracefulRestart`); a BMC
 //!   that offers no `PowerCycle` gets `ForceOff`, a wait for the power to be off, then `On`. The
 //!   boot override is a `PATCH` of the system's `Boot` (`Once`, `Pxe`/`Hdd`/`UefiHttp`).
-//! - **Bounds**: every request within the node's deadline, every answer read up to 1 MiB.
+//! - **Bounds**: every request within the node's deadline, every answer read up to 1 MiB. A
+//!   read the BMC answers with a passing server error (a busy BMC) is tried up to three times;
+//!   a change is sent once.
 //!   Each failure is its own message: refused password, unreachable, untrusted certificate, an
 //!   answer that is not Redfish, a refusal with the BMC's own words. No message holds the
 //!   password.
@@ -38,6 +40,14 @@ const MAX_BODY: usize = 1 << 20;
 const LOGOUT_GRACE: Duration = Duration::from_secs(1);
 /// Between two looks at the power state while a cycle waits for the system to be off.
 const POLL: Duration = Duration::from_millis(500);
+/// How many times a read is tried when the BMC answers it with a passing server error (500,
+/// 502, 503, 504): BMCs refuse reads while busy (a chassis BMC serving several nodes at once, a
+/// BMC locking its own state), and a read is safe to repeat. Changes are never repeated.
+const READ_TRIES: u32 = 3;
+/// The wait before the second try of a read (doubled for each further one); a `Retry-After` of
+/// the BMC's own is followed up to [`READ_RETRY_MAX`].
+const READ_RETRY: Duration = Duration::from_millis(250);
+const READ_RETRY_MAX: Duration = Duration::from_secs(2);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -328,7 +338,37 @@ impl<'a> Conn<'a> {
         Ok(format!("{}{path}", self.base))
     }
 
+    /// One request; a read the BMC answers with a passing server error is tried again (see
+    /// [`READ_TRIES`]), within the deadline.
     async fn send(
+        &self,
+        method: reqwest::Method,
+        link: &str,
+        body: Option<&Value>,
+        auth: bool,
+        if_match: Option<&str>,
+    ) -> Result<Answer, RfError> {
+        let mut tries = 1;
+        loop {
+            let a = self.send_once(method.clone(), link, body, auth, if_match).await?;
+            if method != reqwest::Method::GET || tries >= READ_TRIES || !matches!(a.status, 500 | 502 | 503 | 504) {
+                return Ok(a);
+            }
+            let backoff = READ_RETRY * 2u32.pow(tries - 1);
+            let wait = a
+                .header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(backoff, |s| Duration::from_secs(s).min(READ_RETRY_MAX));
+            if Instant::now() + wait >= self.deadline {
+                return Ok(a);
+            }
+            tracing::debug!(base = %self.base, link, status = a.status, try_ = tries, "BMC busy; reading again");
+            tokio::time::sleep(wait).await;
+            tries += 1;
+        }
+    }
+
+    async fn send_once(
         &self,
         method: reqwest::Method,
         link: &str,
@@ -911,6 +951,10 @@ mod tests {
         resets: Vec<String>,
         /// The reset types in an ActionInfo resource rather than in the action.
         action_info: bool,
+        /// How many of the next requests to the list of systems get "500 database is locked".
+        busy: usize,
+        /// Every reset answered "503 busy".
+        busy_resets: bool,
     }
 
     struct Mock {
@@ -995,6 +1039,10 @@ mod tests {
             s.live_tokens.retain(|t| *t != tok);
             return reply(204, &[], String::new());
         }
+        if method == "GET" && path == "/redfish/v1/Systems" && s.busy > 0 {
+            s.busy -= 1;
+            return reply(500, &[], json!({"error": {"message": "database is locked"}}).to_string());
+        }
         if method == "GET" && path == "/redfish/v1/Systems" {
             return match s.mode {
                 Mode::Html => reply(200, &[], "<html>Please log in</html>".into()),
@@ -1034,6 +1082,9 @@ mod tests {
             let f = |k: &str| b["Boot"][k].as_str().unwrap_or("").to_string();
             s.boot = Some((f("BootSourceOverrideEnabled"), f("BootSourceOverrideTarget"), m));
             return reply(204, &[], String::new());
+        }
+        if method == "POST" && path.ends_with("/Actions/ComputerSystem.Reset") && s.busy_resets {
+            return reply(503, &[("Retry-After", "1")], json!({"error": {"message": "busy"}}).to_string());
         }
         if method == "POST" && path.ends_with("/Actions/ComputerSystem.Reset") {
             let b: Value = serde_json::from_slice(body).unwrap_or_default();
@@ -1083,6 +1134,8 @@ mod tests {
             sessions_made: 0,
             resets: Vec::new(),
             action_info: false,
+            busy: 0,
+            busy_resets: false,
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -1294,6 +1347,29 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let e = failed(go(&trust, &target(port, None), PowerAction::Status, false, None).await);
         assert!(e.starts_with(&format!("cannot reach the BMC at https://127.0.0.1:{port}: ")), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_bmc_is_read_again_but_never_asked_twice_to_act() {
+        let m = mock(Mode::Basic).await;
+        let trust = Trust::load(Some(m.ca_file.path()));
+        let t = target(m.addr.port(), None);
+        let systems = |m: &Mock| m.state().log.iter().filter(|l| l.starts_with("GET /redfish/v1/Systems ")).count();
+        // Busy twice: the third read answers.
+        m.state().busy = 2;
+        assert_eq!(ok(go(&trust, &t, PowerAction::Status, false, None).await).0.as_deref(), Some("off"));
+        assert_eq!(systems(&m), 3);
+        // Busy for longer than the tries: the BMC's own words.
+        m.state().busy = 10;
+        let e = failed(go(&trust, &t, PowerAction::Status, false, None).await);
+        assert!(e.contains("HTTP 500") && e.contains("database is locked"), "{e}");
+        assert_eq!(systems(&m), 3 + READ_TRIES as usize);
+        // A change is sent once, whatever the BMC answers.
+        m.state().busy = 0;
+        m.state().busy_resets = true;
+        let e = failed(go(&trust, &t, PowerAction::On, false, None).await);
+        assert!(e.contains("HTTP 503"), "{e}");
+        assert_eq!(m.state().log.iter().filter(|l| l.starts_with("POST ")).count(), 1, "{:?}", m.state().log);
     }
 
     #[tokio::test]

@@ -13,13 +13,18 @@
 //!
 //! Nodes whose `_preferred_head` is alive never move away from it; the imbalance they cause is
 //! reported in the plan's notes, not fought.
+//!
+//! A head whose liveness record says it is stopping (it hands its nodes over first,
+//! `Hub::hand_over`) counts as not alive here: it is given no nodes, and the nodes it still
+//! parents are not counted.
 
+pub mod hand_over;
 pub mod routes;
 
 use crate::agent_channel::Hub;
-use crate::core::db::{Compare, DbError, KeyValue, OpResult, Txn, TxnOp};
+use crate::core::db::{Compare, Database, DbError, KeyValue, OpResult, Txn, TxnOp};
 use crate::core::schema;
-use crate::core::schema::{ALIVE, MOVES, MoveRecord, REBALANCE_LOCK, STATUS, StatusRecord};
+use crate::core::schema::{ALIVE, AliveRecord, MOVES, MoveRecord, REBALANCE_LOCK, STATUS, StatusRecord};
 use crate::core::view::order_hash;
 use clusterware_shared::agent::{HeadLoad, NodeMove, NodeState, RebalanceReport};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -176,21 +181,9 @@ impl Hub {
         source: Option<&str>,
         dry_run: bool,
     ) -> Result<RebalanceReport, DbError> {
-        let snap = self
-            .db
-            .txn(Txn::new().and_then([
-                TxnOp::GetPrefix { prefix: STATUS.into() },
-                TxnOp::GetPrefix { prefix: MOVES.into() },
-                TxnOp::GetPrefix { prefix: ALIVE.into() },
-            ]))
-            .await?;
-        let got = |i: usize| match snap.results.get(i) {
-            Some(OpResult::Got(kvs)) => kvs.clone(),
-            _ => Vec::new(),
-        };
-        let (status, moves, alive) = (got(0), got(1), got(2));
+        let [status, moves, alive] = snapshot(&self.db, [STATUS, MOVES, ALIVE]).await?;
         let now_secs = crate::core::unix_now();
-        let alive: Vec<String> = alive.iter().filter_map(|kv| kv.key.strip_prefix(ALIVE).map(str::to_string)).collect();
+        let alive = taking_nodes(&alive);
         let alive_set: HashSet<&str> = alive.iter().map(String::as_str).collect();
         let moves: HashMap<String, MoveRecord> = moves
             .iter()
@@ -282,6 +275,26 @@ pub fn in_transit(mv: Option<&MoveRecord>, parent: &str, now: u64) -> (Option<St
     }
 }
 
+/// The records under each of `prefixes`, read in one transaction (one revision).
+async fn snapshot<const N: usize>(db: &Database, prefixes: [&str; N]) -> Result<[Vec<KeyValue>; N], DbError> {
+    let r = db.txn(Txn::new().and_then(prefixes.map(|p| TxnOp::GetPrefix { prefix: p.into() }))).await?;
+    let mut got = r.results.into_iter().map(|o| match o {
+        OpResult::Got(kvs) => kvs,
+        _ => Vec::new(),
+    });
+    Ok(std::array::from_fn(|_| got.next().unwrap_or_default()))
+}
+
+/// The heads that take nodes, from the `alive/` records: a stopping head hands its nodes over,
+/// so it is given none, and its own are its to hand.
+fn taking_nodes(alive: &[KeyValue]) -> Vec<String> {
+    alive
+        .iter()
+        .filter(|kv| !serde_json::from_slice::<AliveRecord>(&kv.value).is_ok_and(|r| r.stopping))
+        .filter_map(|kv| kv.key.strip_prefix(ALIVE).map(str::to_string))
+        .collect()
+}
+
 fn kv_rev(kv: &KeyValue) -> i64 {
     kv.mod_revision
 }
@@ -336,6 +349,26 @@ pub fn start(ctx: &crate::core::Ctx, hub: &Arc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stopping head (and a record from before 0.2.0, which does not say) as rebalancing sees
+    /// it: the first is given nothing, the second takes nodes.
+    #[test]
+    fn a_stopping_head_takes_no_nodes() {
+        let kv = |name: &str, value: String| KeyValue {
+            key: schema::alive(name),
+            value: value.into_bytes(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: 0,
+        };
+        let alive = [
+            kv("head1", r#"{"name":"head1","pid":1,"started":0,"stopping":true}"#.into()),
+            kv("head2", r#"{"name":"head2","pid":1,"started":0}"#.into()),
+            kv("head3", r#"{"name":"head3","pid":1,"started":0,"stopping":false}"#.into()),
+        ];
+        assert_eq!(taking_nodes(&alive), ["head2", "head3"]);
+    }
 
     /// A move counts its node at the destination only while it can still be under way; a node
     /// still at its source after that counts where it is and may be planned again (the switch

@@ -181,9 +181,7 @@ impl Identity {
 
     /// Whether `cert` is some node's current certificate.
     pub fn is_node(&self, cert: Option<&ClientCert>) -> bool {
-        cert.is_some_and(|c| {
-            self.certs.values().iter().any(|r| clusterware_shared::auth::tokens_equal(&c.0, &r.fingerprint))
-        })
+        cert.is_some_and(|c| self.certs.any(|r| clusterware_shared::auth::tokens_equal(&c.0, &r.fingerprint)))
     }
 
     /// Takes the nodes' certificates back, and their unused tokens: each is shut out until it

@@ -1,10 +1,13 @@
 //! Admission control for the transfers a boot storm makes: at most `local_files.max_transfers`
 //! root images (any file that is not a kernel or initramfs image: firmware cannot wait and try
 //! again, the agent can) go to nodes at once, all of them together at most
-//! `local_files.max_rate` MiB/s. A request past the limit is answered at once (503 with a
-//! `Retry-After` hint) before anything is opened or read, so a head never starts a transfer it has
-//! no room for; the agent then asks another head, or waits with jittered, capped backoff.
-//! Requests from other heads (`peer=1`) and `HEAD` requests are not counted.
+//! `local_files.max_rate` MiB/s. A request past the limit waits at most [`QUEUE_WAIT`] in line
+//! (at most `max_transfers` requests wait; past that the answer is immediate) for a slot that a
+//! finishing transfer hands straight on, so that no slot sits idle while nodes are waiting out
+//! their backoff; then it is answered 503 with a `Retry-After` hint, before anything was opened
+//! or read: a head never starts a transfer it has no room for. The agent then asks another head,
+//! or waits with jittered, capped backoff. Requests from other heads (`peer=1`) and `HEAD`
+//! requests are not counted.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The seconds a refused node is told to wait before it asks this head again.
 pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// The longest a request past the limit waits in line for a slot.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// A token bucket: bytes per second, with a burst of a quarter second's worth.
 struct Bucket {
@@ -39,6 +45,8 @@ pub struct Admission {
     slots: std::sync::Arc<Semaphore>,
     bucket: Option<Bucket>,
     refused: AtomicU64,
+    /// Requests waiting in line for a slot now.
+    waiting: AtomicU64,
 }
 
 /// One admitted transfer; its slot is free again when this is dropped (the response body ended,
@@ -57,21 +65,38 @@ impl Admission {
             bucket: (rate > 0)
                 .then(|| Bucket { rate: rate as f64, state: Mutex::new((rate as f64 / 4.0, Instant::now())) }),
             refused: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
         }
     }
 
-    /// A slot for one transfer, or `None` (counted) when every slot is taken.
-    pub fn admit(&self) -> Option<Permit> {
+    /// A slot for one transfer, or `None` (counted) when every slot stayed taken for
+    /// [`QUEUE_WAIT`] or the line was full. Slots go to waiting requests in their order.
+    pub async fn admit(&self) -> Option<Permit> {
         if self.limit == 0 {
             return Some(Permit { _slot: None });
         }
-        match self.slots.clone().try_acquire_owned() {
-            Ok(p) => Some(Permit { _slot: Some(p) }),
-            Err(_) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(Permit { _slot: Some(p) });
         }
+        let refuse = || {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= u64::from(self.limit) {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return refuse();
+        }
+        let got = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(Ok(p)) => Some(Permit { _slot: Some(p) }),
+            _ => refuse(),
+        }
+    }
+
+    /// Requests waiting in line for a slot now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub fn limit(&self) -> u32 {
@@ -88,14 +113,17 @@ impl Admission {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Waits until `n` more bytes may be sent under `local_files.max_rate`.
-    pub async fn pace(&self, n: usize) {
-        if let Some(b) = &self.bucket {
-            let d = b.take(n);
-            if !d.is_zero() {
-                tokio::time::sleep(d).await;
-            }
+    /// One chunk of a transfer under `local_files.max_rate`: waits out `owed` (what the
+    /// transfer's previous chunk cost), then charges the `n` bytes about to be handed over and
+    /// returns what they cost, to pass with the next chunk. A transfer's first chunk thus leaves
+    /// at once: a node whose transfer is cut short (its head died) always has bytes to resume
+    /// from, and time to first byte does not grow with the number of transfers.
+    pub async fn pace(&self, owed: Duration, n: usize) -> Duration {
+        let Some(b) = &self.bucket else { return Duration::ZERO };
+        if !owed.is_zero() {
+            tokio::time::sleep(owed).await;
         }
+        b.take(n)
     }
 
     pub fn paced(&self) -> bool {
@@ -107,17 +135,38 @@ impl Admission {
 mod tests {
     use super::*;
 
-    #[test]
-    fn slots_are_taken_and_given_back() {
-        let a = Admission::new(2, 0);
-        let p1 = a.admit().unwrap();
-        let _p2 = a.admit().unwrap();
-        assert!(a.admit().is_none());
-        assert_eq!((a.active(), a.refused()), (2, 1));
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_taken_waited_for_and_given_back() {
+        let a = std::sync::Arc::new(Admission::new(2, 0));
+        let p1 = a.admit().await.unwrap();
+        let _p2 = a.admit().await.unwrap();
+        // Full: a request waits its time in line, then is refused.
+        let t = tokio::time::Instant::now();
+        assert!(a.admit().await.is_none());
+        assert_eq!(t.elapsed(), QUEUE_WAIT);
+        assert_eq!((a.active(), a.refused(), a.waiting()), (2, 1, 0));
+        // A slot given back goes to the first in line, at once.
+        let (first, second) = (a.clone(), a.clone());
+        let w1 = tokio::spawn(async move { first.admit().await.map(|p| (p, tokio::time::Instant::now())) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let w2 = tokio::spawn(async move { second.admit().await.is_some() });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(a.waiting(), 2);
+        // The line holds at most `limit` requests: the next one is refused without waiting.
+        let t = tokio::time::Instant::now();
+        assert!(a.admit().await.is_none());
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        let freed = tokio::time::Instant::now();
         drop(p1);
-        assert!(a.admit().is_some());
+        let (_kept, at) = w1.await.unwrap().expect("the first in line got a slot");
+        assert_eq!(at, freed, "the first in line got the slot as it was freed");
+        assert!(!w2.await.unwrap(), "the second waited out its time");
+        assert_eq!((a.refused(), a.waiting()), (3, 0));
         let unlimited = Admission::new(0, 0);
-        let held: Vec<_> = (0..1000).map(|_| unlimited.admit().unwrap()).collect();
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            held.push(unlimited.admit().await.unwrap());
+        }
         assert_eq!((held.len(), unlimited.refused()), (1000, 0));
     }
 
@@ -129,15 +178,24 @@ mod tests {
         for _ in 0..4 {
             let a = a.clone();
             tasks.push(tokio::spawn(async move {
+                let mut owed = Duration::ZERO;
                 for _ in 0..8 {
-                    a.pace(64 << 10).await;
+                    owed = a.pace(owed, 64 << 10).await;
                 }
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
-        // 2 MiB at 4 MiB/s with a burst of 1 MiB: at least a quarter second.
-        assert!(started.elapsed() >= Duration::from_millis(240), "{:?}", started.elapsed());
+        // 2 MiB at 4 MiB/s with a burst of 1 MiB, each transfer's last 64 KiB handed over
+        // before its cost is waited out: at least (2 - 1 - 0.25) MiB / 4 MiB/s.
+        assert!(started.elapsed() >= Duration::from_millis(180), "{:?}", started.elapsed());
+        // The bucket is owed now; a new transfer's first chunk still leaves at once, and what
+        // it cost is waited out before its second.
+        let t = Instant::now();
+        let owed = a.pace(Duration::ZERO, 64 << 10).await;
+        assert!(t.elapsed() < Duration::from_millis(20) && !owed.is_zero(), "{:?} {owed:?}", t.elapsed());
+        a.pace(owed, 64 << 10).await;
+        assert!(t.elapsed() >= owed, "{:?} {owed:?}", t.elapsed());
     }
 }

@@ -513,6 +513,7 @@ impl Storage {
             scrub_bad: c.scrub_bad.load(Ordering::Relaxed),
             scrubs: c.scrubs.load(Ordering::Relaxed),
             transfers_active: self.admission.active(),
+            transfers_waiting: self.admission.waiting(),
             transfers_refused: self.admission.refused(),
             max_transfers: self.admission.limit(),
         }

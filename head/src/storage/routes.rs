@@ -200,13 +200,13 @@ async fn file_content(
         }
     }
     // A root image for a node takes one of this head's transfer slots before anything is opened:
-    // past the limit the node is told at once to go elsewhere (firmware's kernel and initramfs,
-    // peers and HEAD requests are never refused here).
+    // past the limit the node waits a moment in line, then is told to go elsewhere (firmware's
+    // kernel and initramfs, peers and HEAD requests are never refused here).
     let counted = crate::core::metrics::on();
     let permit = if from_peer || method == Method::HEAD || FIRMWARE_KINDS.contains(&rec.kind.as_str()) {
         None
     } else {
-        match st.storage.admission.admit() {
+        match st.storage.admission.admit().await {
             Some(p) => Some(p),
             None => {
                 if let Some(m) = counted {
@@ -254,12 +254,7 @@ async fn file_content(
         let kind = if status == StatusCode::PARTIAL_CONTENT { "range" } else { "full" };
         m.file_requests.get_or_create(&[("kind", kind)]).inc();
     }
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::from_std(file);
-    f.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| StorageError::Io { path: st.storage.path(&rec.id), source: e })?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
+    let stream = crate::core::http::file_chunks(Arc::new(file), start, len);
     // Bytes as they are handed to the connection (a client that goes away early counts what it
     // was sent), one addition per 256 KiB chunk.
     use futures::StreamExt;
@@ -269,13 +264,17 @@ async fn file_content(
         }
     });
     // The slot goes with the body: it is free once the last byte is handed over, or the node
-    // went away. Under `local_files.max_rate` every chunk waits its turn.
+    // went away. Under `local_files.max_rate` every chunk is charged as it goes, and its cost
+    // waited out before the next (`Admission::pace`).
     let (storage, permit) = (st.storage.clone(), Arc::new(permit));
+    let owed = Arc::new(std::sync::Mutex::new(std::time::Duration::ZERO));
     let stream = stream.then(move |chunk| {
-        let (storage, slot) = (storage.clone(), permit.clone());
+        let (storage, slot, owed) = (storage.clone(), permit.clone(), owed.clone());
         async move {
             if let Ok(c) = &chunk {
-                storage.admission.pace(c.len()).await;
+                let before = std::mem::take(&mut *owed.lock().unwrap_or_else(|p| p.into_inner()));
+                let cost = storage.admission.pace(before, c.len()).await;
+                *owed.lock().unwrap_or_else(|p| p.into_inner()) = cost;
             }
             drop(slot);
             chunk

@@ -80,11 +80,16 @@ pub fn find_binary(p: &Path) -> Result<PathBuf, MemberError> {
         .ok_or_else(|| MemberError::NotFound(p.to_path_buf()))
 }
 
+/// The client socket of the member whose data dir is `data_dir` (see [`MemberSpec::client_url`]).
+pub fn client_url_of(data_dir: &Path) -> String {
+    format!("{}{}", crate::core::db::etcd::UNIX_PREFIX, data_dir.join(SOCKET).display())
+}
+
 impl MemberSpec {
     /// The member's client socket: etcd 3.4 takes a unix URL only in the form `unix://HOST:PORT`,
     /// which it makes a socket of that name in its working directory, the data dir.
     pub fn client_url(&self) -> String {
-        format!("{}{}", crate::core::db::etcd::UNIX_PREFIX, self.data_dir.join(SOCKET).display())
+        client_url_of(&self.data_dir)
     }
 
     fn args(&self) -> Vec<String> {
