@@ -25,6 +25,7 @@ use tempfile::TempDir;
 pub mod dhcp;
 pub mod netns;
 pub mod redfish;
+pub mod releases;
 pub mod sys;
 pub mod vm;
 pub mod webdriver;
@@ -161,6 +162,17 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// A finished command's exit code (-1 for a signal) and output as text.
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Out {
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Out {
     /// Stdout, after checking the command succeeded.
     pub fn ok(&self) -> &str {
@@ -183,11 +195,7 @@ pub fn cli(prog: &str, args: &[&str]) -> Out {
         .env_remove("CLUSTERWARE_CONFIG")
         .output()
         .expect("run CLI");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+    out.into()
 }
 
 /// One head process.
@@ -205,6 +213,8 @@ pub struct Head {
     adopted: Option<u32>,
     /// The network namespace the head runs in (network-boot tests), else the machine's own.
     pub netns: Option<String>,
+    /// The head program to run, when not this tree's (another release's, [`releases`]).
+    pub program: Option<PathBuf>,
 }
 
 impl Head {
@@ -216,7 +226,7 @@ impl Head {
         config: PathBuf,
         dir: PathBuf,
     ) -> Head {
-        Head { name, ip, port, tls_port, config, dir, child: None, adopted: None, netns: None }
+        Head { name, ip, port, tls_port, config, dir, child: None, adopted: None, netns: None, program: None }
     }
 
     /// The API: `https://IP:TLS_PORT` (checked against [`Head::ca`]).
@@ -265,7 +275,18 @@ impl Head {
         });
         let _ = std::fs::create_dir_all(PID_DIR);
         let _ = std::fs::write(format!("{PID_DIR}/{}-{pid}", std::process::id()), b"");
-        Head { name: name.into(), ip, port, tls_port, config, dir, child: None, adopted: Some(pid), netns: None }
+        Head {
+            name: name.into(),
+            ip,
+            port,
+            tls_port,
+            config,
+            dir,
+            child: None,
+            adopted: Some(pid),
+            netns: None,
+            program: None,
+        }
     }
 
     /// The process id while the head runs.
@@ -289,13 +310,14 @@ impl Head {
             .append(true)
             .open(self.dir.join("stderr.log"))
             .expect("stderr log");
+        let program = self.program.clone().unwrap_or_else(|| bin("clusterware-head"));
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("clusterware-head"));
+                c.args(["netns", "exec", ns]).arg(program);
                 c
             }
-            None => Command::new(bin("clusterware-head")),
+            None => Command::new(program),
         };
         cmd.arg("--config").arg(&self.config).stdin(Stdio::null()).stdout(out.try_clone().expect("dup")).stderr(out);
         sys::die_with_parent(&mut cmd);
@@ -366,6 +388,26 @@ impl Head {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `etcdctl --endpoints=…` of this head's etcd member: its client socket, in the member's
+    /// data dir (root only).
+    pub fn etcd_endpoint(&self) -> String {
+        let data = self.dir.join("etcd").canonicalize().expect("the head's etcd data dir");
+        format!("--endpoints=unix://{}", data.join("client.sock:0").display())
+    }
+
+    /// Runs `etcdctl` (Debian package etcd-client) on this head's member, as root: the way an
+    /// administrator (or an older release's head) reads and writes the database by hand. Keys
+    /// are under `/clusterware/`.
+    pub fn etcdctl(&self, args: &[&str]) -> Out {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--dial-timeout=2s", "--command-timeout=5s", &self.etcd_endpoint()])
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian package etcd-client)");
+        out.into()
     }
 
     /// Runs one of the admin CLIs against this head, with this head's configuration.
@@ -575,7 +617,18 @@ impl Cluster {
             let mut f = std::fs::File::create(&config).expect("write base.ini");
             f.write_all(ini.as_bytes()).expect("write base.ini");
             std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-            heads.push(Head { name, ip, port, tls_port, config, dir: hdir, child: None, adopted: None, netns: None });
+            heads.push(Head {
+                name,
+                ip,
+                port,
+                tls_port,
+                config,
+                dir: hdir,
+                child: None,
+                adopted: None,
+                netns: None,
+                program: None,
+            });
         }
         Cluster { heads, token: admin_token(PASS), dir }
     }
@@ -702,7 +755,31 @@ impl Sim {
         Self::spawn(&["--boot", &urls.join(","), "--ramp-secs", "0"], None, nodes, ip_start, mac_start, extra)
     }
 
+    /// [`Sim::start`] with another `clusterware-node` program (another release's agent).
+    pub fn start_program(
+        program: &Path,
+        heads: &[String],
+        enroll: Option<&Head>,
+        nodes: u32,
+        (ip_start, mac_start): (&str, &str),
+        extra: &[&str],
+    ) -> Sim {
+        Self::spawn_program(program, &["--heads", &heads.join(",")], enroll, nodes, ip_start, mac_start, extra)
+    }
+
     fn spawn(how: &[&str], enroll: Option<&Head>, nodes: u32, ip_start: &str, mac_start: &str, extra: &[&str]) -> Sim {
+        Self::spawn_program(&bin("clusterware-node"), how, enroll, nodes, ip_start, mac_start, extra)
+    }
+
+    fn spawn_program(
+        program: &Path,
+        how: &[&str],
+        enroll: Option<&Head>,
+        nodes: u32,
+        ip_start: &str,
+        mac_start: &str,
+        extra: &[&str],
+    ) -> Sim {
         let tmp = TempDir::with_prefix_in("cw-sim-", "/dev/shm")
             .or_else(|_| TempDir::with_prefix("cw-sim-"))
             .expect("sim dir");
@@ -714,7 +791,7 @@ impl Sim {
             tls.extend(["--ca-file".into(), h.ca_file().into(), "--enroll-file".into(), tokens.into()]);
         }
         let out = std::fs::File::create(dir.join("sim.log")).expect("sim log");
-        let mut cmd = Command::new(bin("clusterware-node"));
+        let mut cmd = Command::new(program);
         cmd.arg("sim")
             .arg("--nodes")
             .arg(nodes.to_string())
@@ -930,11 +1007,7 @@ pub fn cli_with_stdin(prog: &str, args: &[&str], input: &str) -> Out {
         .expect("run CLI");
     child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     let out = child.wait_with_output().expect("CLI output");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+    out.into()
 }
 
 /// A TLS stream over a TCP connection already made to `h`'s HTTPS port, checked against the
@@ -960,6 +1033,12 @@ pub fn tls_stream_to(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> TlsStream {
+    tls_stream_with(tcp, ip, &tls_client_config(ca_pem, identity))
+}
+
+/// A client configuration trusting only `ca_pem`, presenting a certificate and key (PEM) if
+/// given. Streams made with the same one resume its sessions.
+pub fn tls_client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -971,7 +1050,7 @@ pub fn tls_stream_to(
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(roots);
-    let cfg = match identity {
+    std::sync::Arc::new(match identity {
         None => cfg.with_no_client_auth(),
         Some((cert, key)) => {
             let chain =
@@ -979,9 +1058,17 @@ pub fn tls_stream_to(
             let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
             cfg.with_client_auth_cert(chain, key).expect("client certificate")
         }
-    };
+    })
+}
+
+/// A TLS stream over `tcp` to the server at `ip` with the client configuration `cfg`.
+pub fn tls_stream_with(
+    tcp: std::net::TcpStream,
+    ip: Ipv4Addr,
+    cfg: &std::sync::Arc<rustls::ClientConfig>,
+) -> TlsStream {
     let name = rustls_pki_types::ServerName::from(std::net::IpAddr::V4(ip));
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("TLS client");
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).expect("TLS client");
     rustls::StreamOwned::new(conn, tcp)
 }
 

@@ -50,11 +50,7 @@ pub fn cli_in(ns: &str, prog: &str, args: &[&str]) -> Out {
         .env_remove("CLUSTERWARE_CONFIG")
         .output()
         .expect("run CLI in namespace");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+    out.into()
 }
 
 fn sweep() {

@@ -283,6 +283,25 @@ fn bad_node_requests_change_nothing() {
     let (code, text) = raw(h, "127.203.0.1", &post("status", &report("52:54:00:a3:00:01")));
     assert_eq!(code, 200, "{text}");
     poll_until("node up", Duration::from_secs(10), || statuses(h)[0]["state"] == "up");
+    // Its agent's version is shown, and one that is not a release, or older than the head
+    // serves, is named a problem of that node; the pushes are absorbed all the same.
+    let problems = |h: &Head| {
+        let v = statuses(h)[0]["problems"].as_array().cloned().unwrap_or_default();
+        v.iter().filter_map(|p| p.as_str().map(str::to_string)).collect::<Vec<_>>().join("; ")
+    };
+    assert_eq!(statuses(h)[0]["agent_version"], "t");
+    assert!(problems(h).contains("reports version \"t\", which is not a release"), "{}", problems(h));
+    let agent =
+        |v: &str| report("52:54:00:a3:00:01").replace("\"agent_version\":\"t\"", &format!("\"agent_version\":\"{v}\""));
+    let (code, text) = raw(h, "127.203.0.1", &post("status", &agent("0.0.9")));
+    assert_eq!(code, 200, "{text}");
+    assert!(problems(h).contains("its agent 0.0.9 is older than this head serves"), "{}", problems(h));
+    let (code, text) = raw(h, "127.203.0.1", &post("status", &agent(clusterware_shared::VERSION)));
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(problems(h), "");
+    let table = h.cli("scyld-nodectl", &["status"]);
+    let (head, row) = table.ok().split_once('\n').unwrap();
+    assert!(head.ends_with("AGENT") && row.trim_end().ends_with(clusterware_shared::VERSION), "{table:?}");
     // Bad CLI input: unknown script, bad key.
     assert_eq!(h.cli("scyld-nodectl", &["-a", "script", "reboot"]).code, 2);
     assert_eq!(h.cli("scyld-clusterctl", &["keys", "add", "k", "ssh-ed25519 nope"]).code, 2);

@@ -390,6 +390,7 @@ fn managedb_save_and_load_between_backends() {
     assert!(out.ok().starts_with("saved "), "{out:?}");
     let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert!(saved["keys"].as_object().unwrap().len() > 150);
+    assert_eq!(saved["schema"], 1, "a dump says its records' schema");
     assert!(saved["keys"].as_object().unwrap().keys().all(|k| !k.starts_with("heads/") && !k.starts_with("alive/")));
 
     // Into a fresh 3-head etcd cluster: identical data.
@@ -402,6 +403,7 @@ fn managedb_save_and_load_between_backends() {
         ("truncated", text[..text.len() / 2].to_string(), "malformed or truncated"),
         ("not JSON", "hello".to_string(), "malformed or truncated"),
         ("future version", text.replacen("\"version\": 1", "\"version\": 2", 1), "newer ClusterWare"),
+        ("newer schema", text.replacen("\"schema\": 1", "\"schema\": 99", 1), "database schema 99, newer"),
         ("foreign key", text.replacen("\"keys\": {", "\"keys\": {\"heads/evil\": \"x\",", 1), "unexpected key"),
         ("broken record", text.replacen("\"nodes/", "\"nodes/0", 1), "does not match its record"),
     ] {

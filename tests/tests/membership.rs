@@ -171,9 +171,16 @@ fn install_join_grow_to_five_then_leave_eject_and_rejoin() {
         let s = c.spot(i);
         let via = c.target(i - 2);
         let t0 = Instant::now();
-        let out = c.install(&s, &["--join", &via, "--database-passwd-file", &passf, "--json"]);
-        let j: Value = serde_json::from_str(out.ok()).unwrap();
-        assert_eq!(j["members"], i, "{j}");
+        if i == 4 {
+            // With --update: of the cluster's release already, it joins without one.
+            let out = c.install(&s, &["--join", &via, "--database-passwd-file", &passf, "--update"]);
+            assert!(out.ok().contains("(4 members now)"), "{out:?}");
+            assert!(out.stderr.contains("has the release of the head at") && out.stderr.contains("no update needed"));
+        } else {
+            let out = c.install(&s, &["--join", &via, "--database-passwd-file", &passf, "--json"]);
+            let j: Value = serde_json::from_str(out.ok()).unwrap();
+            assert_eq!(j["members"], i, "{j}");
+        }
         c.adopt(&s);
         eprintln!("head{i} joined in {:?}", t0.elapsed());
     }
@@ -203,6 +210,20 @@ fn install_join_grow_to_five_then_leave_eject_and_rejoin() {
     assert!(own.code == 1 && own.stderr.contains("managedb leave"), "{own:?}");
     c.heads[3].kill9();
     poll_until("head4 down", Duration::from_secs(30), || heads(&c.heads[0]).iter().any(|x| x.0 == "head4" && !x.1));
+    // An update now would take a second head out of service: refused, nothing changed; with
+    // --force it goes on (to the package file, which does not exist here).
+    let p1 = s1.prefix.display().to_string();
+    let started = health(&c.heads[0])["started_ms"].clone();
+    let up = cli("scyld-install", &["--prefix", &p1, "--update", "--deb", "/nonexistent/clusterware.deb"]);
+    assert!(up.code == 1 && up.stderr.contains("head4 (") && up.stderr.contains("is down"), "{up:?}");
+    assert!(up.stderr.contains("give --force") && up.stderr.contains("nothing was changed"), "{up:?}");
+    let forced = cli("scyld-install", &["--prefix", &p1, "-u", "--force", "--deb", "/nonexistent/clusterware.deb"]);
+    assert!(forced.code == 1 && forced.stderr.contains("updating although head4"), "{forced:?}");
+    assert!(forced.stderr.contains("--deb /nonexistent/clusterware.deb: No such file"), "{forced:?}");
+    assert_eq!(health(&c.heads[0])["started_ms"], started, "head1 was not restarted");
+    let nowhere = c.dir.path().join("nothing-here");
+    let out = cli("scyld-install", &["--prefix", nowhere.to_str().unwrap(), "-u"]);
+    assert!(out.code == 1 && out.stderr.contains("not installed under"), "{out:?}");
     let out = c.heads[0].cli("managedb", &["eject", &c.heads[3].ip.to_string()]);
     assert!(out.ok().contains("ejected head4"), "{out:?}");
     assert_eq!(names(&c.heads[0]), ["head1", "head2", "head3"]);

@@ -5,7 +5,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const FAST: &str = "rebalance.interval = 2\nrebalance.holdoff = 5\n";
+/// Rounds every 2 s, and a threshold of 1 %: a fleet that comes up over several rounds (its
+/// nodes enroll first, slowly on a loaded machine) still ends exactly balanced. At the default
+/// 20 %, a round that saw 276 of 300 nodes leaves head1 at 116 of a mean of 100, which is within
+/// the threshold and rightly not moved.
+const FAST: &str = "rebalance.interval = 2\nrebalance.holdoff = 5\nrebalance.threshold = 1\n";
 
 fn load(h: &Head) -> BTreeMap<String, u64> {
     let out = h.cli("scyld-nodectl", &["status", "--json"]);
@@ -27,10 +31,21 @@ fn create_nodes(h: &Head, count: u32, mac0: &str, ip0: &str) {
     h.cli("scyld-nodectl", &["create", "--count", &count, &mac, &ip, "_status_secs=2"]).ok();
 }
 
-/// Parent changes made after each node's first report.
-fn moves(sim: &Sim) -> u64 {
+/// Parent changes made after each node's first report, and how many of them were failovers (a
+/// push that timed out on a loaded machine) rather than moves a head directed.
+fn moves(sim: &Sim) -> (u64, u64) {
     let s = sim.summary();
-    s["node"].as_array().map_or(0, |v| v.iter().map(|n| n["switches"].as_u64().unwrap_or(0).saturating_sub(1)).sum())
+    let sum = |f: &dyn Fn(&Value) -> u64| s["node"].as_array().map_or(0, |v| v.iter().map(f).sum());
+    (sum(&|n| n["switches"].as_u64().unwrap_or(0).saturating_sub(1)), sum(&|n| n["failovers"].as_u64().unwrap_or(0)))
+}
+
+/// Waits until the fleet has made at least `want` moves, then checks it made no more than that,
+/// but for failovers: each may cost its own switch and one move back by rebalancing.
+fn assert_moves(sim: &Sim, want: u64, what: &str) -> (u64, u64) {
+    poll_until("sim summary current", Duration::from_secs(5), || moves(sim).0 >= want);
+    let (m, f) = moves(sim);
+    assert!(m <= want + 2 * f, "{what}: {m} moves, {want} expected ({f} failovers)");
+    (m, f)
 }
 
 fn wait_load(h: &Head, what: &str, within: Duration, want: &[(&str, u64)]) {
@@ -71,10 +86,11 @@ fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
         h.wait_ready(Duration::from_secs(60));
     }
     let sim = balanced_fleet(&c.heads[..3], "52:54:00:a5:00:00", "127.205.0.1");
-    poll_until("sim summary current", Duration::from_secs(5), || moves(&sim) == 200);
-    // Many rounds (interval 2 s) on a balanced cluster: no move.
+    let (m0, f0) = assert_moves(&sim, 200, "spreading 300 nodes from one head over three");
+    // Many rounds (interval 2 s) on a balanced cluster: no move (but to undo a failover).
     std::thread::sleep(Duration::from_secs(7));
-    assert_eq!(moves(&sim), 200, "a balanced cluster moved nodes");
+    let (m1, f1) = moves(&sim);
+    assert!(m1 - m0 <= 2 * (f1 - f0), "a balanced cluster moved nodes: {} moves, {} failovers", m1 - m0, f1 - f0);
     let dry = c.heads[2].cli("scyld-clusterctl", &["rebalance", "--dry-run"]);
     assert!(dry.ok().contains("no moves needed"), "{dry:?}");
     let ls = c.heads[0].cli("scyld-clusterctl", &["heads", "ls", "-l"]);
@@ -91,9 +107,10 @@ fn nodes_spread_with_minimum_moves_and_a_new_head_gets_its_share() {
         Duration::from_secs(60),
         &[("head1", 75), ("head2", 75), ("head3", 75), ("head4", 75)],
     );
-    poll_until("sim summary current", Duration::from_secs(5), || moves(&sim) == 275);
+    let (m2, f2) = assert_moves(&sim, m1 + 75, "a fourth head's share");
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(moves(&sim), 275);
+    let (m3, f3) = moves(&sim);
+    assert!(m3 - m2 <= 2 * (f3 - f2), "the balanced cluster moved nodes: {} moves, {} failovers", m3 - m2, f3 - f2);
     let j: Value = c.heads[3].cli("scyld-clusterctl", &["heads", "ls", "--json"]).json();
     assert_eq!(j["mean_nodes"], 75.0);
 }

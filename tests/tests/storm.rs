@@ -20,9 +20,10 @@ fn up_count(h: &Head) -> usize {
 
 #[test]
 fn storm_of_200_through_3_heads_one_killed_every_node_verifies_its_image() {
-    // 8 images at once per head, 12 MiB/s per head: 200 nodes cannot all be served at once, and
-    // the killed head is in the middle of transfers.
-    let mut c = Cluster::start(Backend::Etcd, 3, "local_files.max_transfers = 8\nlocal_files.max_rate = 12\n");
+    // 8 images at once per head, 3 MiB/s per head (an image takes longer than the second a node
+    // waits in line): 200 nodes cannot all be served at once, some are refused, and the killed
+    // head is in the middle of transfers.
+    let mut c = Cluster::start(Backend::Etcd, 3, "local_files.max_transfers = 8\nlocal_files.max_rate = 3\n");
     let token = c.token.clone();
     let dir = c.dir().to_path_buf();
     // 64 files of 16 KiB: about 1 MiB.
@@ -39,6 +40,10 @@ fn storm_of_200_through_3_heads_one_killed_every_node_verifies_its_image() {
     let heads: Vec<&Head> = c.heads.iter().collect();
     let mut sim = Sim::storm(&heads, N as u32, ip0, mac0, &["--threads", "2"]);
     let killed = c.heads[1].url();
+    // Past its 8 slots a head keeps nodes waiting in line for the next free one.
+    poll_until("nodes waiting in line for a slot", Duration::from_secs(60), || {
+        c.heads.iter().any(|h| h.api("GET", "/storage", Some(&token), None).1["transfers_waiting"].as_u64() > Some(0))
+    });
     // Kill the second head while it is sending images: once some nodes have theirs.
     poll_until("a quarter of the nodes verified their image", Duration::from_secs(120), || {
         sim.summary()["booted"].as_u64().unwrap_or(0) >= N / 4
