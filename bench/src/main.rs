@@ -30,6 +30,7 @@ mod membership;
 mod netboot;
 mod storm;
 mod sys;
+mod upgrade;
 
 use clap::Parser;
 use clusterware_head::core::db::embedded::Embedded;
@@ -70,7 +71,7 @@ struct Args {
     /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, failures, power, dhcp,
     /// boot, storm, ceiling, membership, metrics, console; metrics compares status pushes with metrics on and off, and adds DHCP
     /// when dhcp runs too)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "storm", "ceiling", "membership", "metrics", "console"])]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "failures", "power", "dhcp", "boot", "storm", "ceiling", "membership", "upgrade", "metrics", "console"])]
     only: Vec<String>,
 }
 
@@ -369,6 +370,9 @@ fn main() {
     }
     if run("membership") {
         membership::bench_membership(&mut r);
+    }
+    if run("upgrade") {
+        upgrade::bench_upgrade(&mut r);
     }
     if run("metrics") {
         bench_metrics(&mut r);
@@ -704,7 +708,6 @@ fn timed_rss(cmd: &mut std::process::Command) -> (Duration, u64) {
     (d, rss)
 }
 
-/// The peak RSS of a process so far, in KiB.
 /// The fields of `/proc/PID/stat` after the command name (state, ppid, …), empty when the
 /// process is gone.
 fn proc_stat(pid: u32) -> Vec<String> {
@@ -723,6 +726,23 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// CPU seconds (user and system) of `pid`, and with `children` of its child processes too.
+pub fn cpu_secs(pid: u32, children: bool) -> f64 {
+    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's own tick; utime and stime
+    // are the 12th and 13th fields after the name.
+    let own = |p: u32| {
+        let f = proc_stat(p);
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    };
+    let mut total = own(pid);
+    if children {
+        total += self::children(pid).into_iter().map(own).sum::<f64>();
+    }
+    total
+}
+
+/// The peak RSS of a process so far, in KiB.
 fn vm_hwm(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -4,7 +4,7 @@
 //! serving the same files to the same clients (the same simulator, pointed at nginx: a static
 //! boot script, the same kernel, initramfs and image at the same paths, the image over HTTPS).
 
-use crate::{Nginx, Report, proc_stat, vm_hwm};
+use crate::{Nginx, Report, cpu_secs, vm_hwm};
 use clusterware_tests::{Backend, Cluster, Head, Sim, free_port, pattern, root_image};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -33,22 +33,6 @@ struct Run {
     server_cpu: f64,
     client_cpu: f64,
     bytes: u64,
-}
-
-/// CPU seconds (user and system) of `pid`, and with `children` of its child processes too.
-fn cpu_secs(pid: u32, children: bool) -> f64 {
-    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's own tick; utime and stime
-    // are the 12th and 13th fields after the name.
-    let own = |p: u32| {
-        let f = proc_stat(p);
-        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
-    };
-    let mut total = own(pid);
-    if children {
-        total += crate::children(pid).into_iter().map(own).sum::<f64>();
-    }
-    total
 }
 
 fn percentile(sorted: &[u64], p: f64) -> Duration {
