@@ -119,8 +119,13 @@ fn a_stopping_head_hands_its_nodes_over_first() {
     poll_until("60 nodes up, head1 parenting its share", Duration::from_secs(60), || spread(&c.heads[1], "head1"));
     let before = push_failures(&sim);
     c.heads[0].stop();
-    let after_stop = fleet(&c.heads[1]);
-    assert!(after_stop.iter().all(|n| n.1 == "up" && n.2 != "head1"), "{after_stop:?}");
+    // Every node is up throughout; each shows its new parent once it has pushed there (the
+    // stopped head's last records of them are fresh, so none looks down meanwhile).
+    poll_until("every node shown with its new parent", Duration::from_secs(10), || {
+        let f = fleet(&c.heads[1]);
+        assert!(f.iter().all(|n| n.1 == "up"), "a node shown not up after head1 stopped: {f:?}");
+        f.len() == 60 && f.iter().all(|n| n.2 != "head1")
+    });
     let log = log(&c.heads[0]);
     assert!(log.contains("nodes handed over to the other heads before this head stops"), "{log}");
     // Let every node push again at its new parent.
