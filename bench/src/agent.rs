@@ -276,16 +276,22 @@ pub fn bench_push_ceiling(r: &mut Report) {
     let mut rows = Vec::new();
     let mut ceiling = 0f64;
     let mut rate = 12_500u64;
-    let mut last_within = None;
-    let mut refining = false;
+    // Doubling until a rate is not within, then bisecting between the last rate within and the
+    // first beyond (three times at most, while they are more than 1,000/s apart).
+    let mut last_within: Option<u64> = None;
+    let mut beyond: Option<u64> = None;
+    let mut bisections = 0;
     loop {
         eprintln!("cw-bench: agent push ceiling, {rate}/s offered…");
         let row = push_rate_on(nodes, (nodes as u64 * 1000 / rate).max(10), "", pinned);
         let f = |i: usize| row[i].parse::<f64>().unwrap_or(f64::MAX);
         let (absorbed, p99, failed) = (f(2), f(4), f(5));
-        let within = p99 <= 20.0 && failed == 0.0;
+        let within = p99 <= 20.0 && failed == 0.0 && absorbed >= 0.9 * rate as f64;
         if within {
             ceiling = ceiling.max(absorbed);
+            last_within = Some(rate);
+        } else {
+            beyond = Some(rate);
         }
         rows.push(
             row[..6]
@@ -295,30 +301,22 @@ pub fn bench_push_ceiling(r: &mut Report) {
                 .chain([if within { "yes" } else { "no" }.to_string()])
                 .collect(),
         );
-        if refining {
-            break;
-        }
-        if !within || absorbed < 0.9 * rate as f64 || rate >= 200_000 {
-            // Once between the last rate within and this one, then done.
-            match last_within {
-                Some(r) => {
-                    rate = (r + rate) / 2;
-                    refining = true;
-                    continue;
-                }
-                None => break,
+        rate = match (last_within, beyond) {
+            (_, None) if rate < 200_000 => rate * 2,
+            (Some(lo), Some(hi)) if bisections < 3 && hi - lo > 1_000 => {
+                bisections += 1;
+                (lo + hi) / 2
             }
-        }
-        last_within = Some(rate);
-        rate *= 2;
+            _ => break,
+        };
     }
     r.section(
         "Node agent: the status push ceiling of one head",
         "make bench (cw-bench: clusterware-node sim against a 1-head etcd cluster, offered rates doubling)",
         &format!(
             "As above with {nodes} nodes, the offered rate doubling from 12,500 pushes/s until p99 passes 20 ms, a push fails \
-             or the head absorbs less than 90 % of what is offered, then once half-way between the last rate within and \
-             that one. {}. CPU: the share of one core used in the measured 6 s by the head with its etcd member \
+             or the head absorbs less than 90 % of what is offered, then bisecting (three times at most) between the last \
+             rate within and the first beyond. {}. CPU: the share of one core used in the measured 6 s by the head with its etcd member \
              and by the simulator. Ceiling: the highest rate absorbed within p99 <= 20 ms \
              and no failure: **{ceiling:.0} pushes/s** (target at least 25,000).",
             if pinned {
