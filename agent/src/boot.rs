@@ -187,7 +187,7 @@ pub async fn boot(
                     Err(e) => return fail(b, e),
                 };
                 let mut c = HeadClient::new(Some(ip), Some(plain_tls.clone()));
-                match crate::client::enroll(&mut c, &ep, &mac, token, Duration::from_secs(30)).await {
+                match crate::client::enroll(&mut c, &ep, &mac, token, crate::client::ENROLL_LIMIT).await {
                     Ok(e) => match crate::client::tls_config_pem(
                         e.ca_pem.as_bytes(),
                         Some((e.cert_pem.as_bytes(), e.key_pem.as_bytes())),

@@ -151,6 +151,12 @@ pub fn tls_config_pem(
     Ok(Arc::new(cfg))
 }
 
+/// How long one enrollment request may take. A head answers a burst of enrollments (a whole
+/// rack booting) one after another, and a request given up on may still be carried out: its token
+/// is then used, and the node can only enroll again at its next network boot. So the limit is
+/// long, and the same for the agent at boot, as a service and in the simulator.
+pub const ENROLL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Trades a one-time enrollment token for the node's certificate with one head (over HTTPS,
 /// checked against the CA of `client`).
 pub async fn enroll(

@@ -252,7 +252,7 @@ async fn enroll(heads: &[String], mac: &MacAddr, token: &str) -> Result<Enrolled
             }
         };
         let mut client = HeadClient::new(None, Some(tls.clone()));
-        match crate::client::enroll(&mut client, &ep, mac, token, Duration::from_secs(30)).await {
+        match crate::client::enroll(&mut client, &ep, mac, token, crate::client::ENROLL_LIMIT).await {
             Ok(e) => {
                 say(&format!("enrolled with {}", ep.url));
                 return Ok(e);

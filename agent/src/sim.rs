@@ -66,7 +66,7 @@ async fn node_tls(
         for h in heads {
             let ep = crate::client::Endpoint::parse(&h.url)?;
             let mut c = HeadClient::new(Some(ip), Some(plain.clone()));
-            match crate::client::enroll(&mut c, &ep, &mac, token, Duration::from_secs(10)).await {
+            match crate::client::enroll(&mut c, &ep, &mac, token, crate::client::ENROLL_LIMIT).await {
                 Ok(e) => {
                     return crate::client::tls_config_pem(
                         e.ca_pem.as_bytes(),

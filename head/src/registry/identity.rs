@@ -28,9 +28,14 @@ use clusterware_shared::pki::Ca;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How long a node's certificate is valid (a network-booted node gets a new one at each boot).
 pub const NODE_CERT_DAYS: i64 = 365;
+
+/// How long an enrollment whose write had no answer waits to learn whether it was applied (etcd
+/// gives up on a request after about 7 s; one it applies shows by then).
+const TRADE_OUTCOME_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -145,20 +150,64 @@ impl Identity {
         let fingerprint = clusterware_shared::pki::fingerprint(&issued.cert_pem);
         let cert = NodeCertRecord { fingerprint, issued: now() };
         let body = serde_json::to_vec(&cert).map_err(|e| IdentityError::Internal(e.to_string()))?;
-        let done = self
-            .db
-            .txn(
-                Txn::new()
-                    .when([Compare::unchanged(key.clone(), kv.mod_revision)])
-                    .and_then([TxnOp::delete(key), TxnOp::put(schema::node_cert(&node.uid), body)]),
-            )
-            .await?
-            .succeeded;
+        let trade = Txn::new()
+            .when([Compare::unchanged(key.clone(), kv.mod_revision)])
+            .and_then([TxnOp::delete(key.clone()), TxnOp::put(schema::node_cert(&node.uid), body)]);
+        let done = match self.db.txn(trade).await {
+            Ok(r) => r.succeeded,
+            // An overloaded etcd can answer "request timed out" for a write it then applies: the
+            // token would be gone, and the node's retry refused for good. Find out what happened
+            // before answering.
+            Err(DbError::Unavailable(why)) => {
+                self.traded(&key, kv.mod_revision, &node.uid, &cert.fingerprint, why, TRADE_OUTCOME_WAIT).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !done {
             return Err(refused("the token was used by another request at the same moment".into()));
         }
         tracing::info!(node = %node.name, mac = %req.mac, %peer, "node enrolled");
         Ok(Enrolled { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: self.ca.cert_pem.clone() })
+    }
+
+    /// The outcome of a token's trade whose write had no answer: true when it was applied (the
+    /// node's certificate record is the one just issued), false when another request used the
+    /// token; the database's error when the token is still there unchanged (not applied: the node
+    /// tries again with it) or the database does not answer within `wait` ([`TRADE_OUTCOME_WAIT`]).
+    async fn traded(
+        &self,
+        token_key: &str,
+        token_rev: i64,
+        uid: &str,
+        fingerprint: &str,
+        why: String,
+        wait: Duration,
+    ) -> Result<bool, DbError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let read = async {
+                let cert = self.db.get(&schema::node_cert(uid)).await?;
+                let token = self.db.get(token_key).await?;
+                Ok::<_, DbError>((cert, token))
+            };
+            match read.await {
+                Ok((Some(c), _))
+                    if serde_json::from_slice::<NodeCertRecord>(&c.value)
+                        .is_ok_and(|r| r.fingerprint == fingerprint) =>
+                {
+                    return Ok(true);
+                }
+                Ok((_, Some(t))) if t.mod_revision == token_rev => {}
+                Ok(_) => return Ok(false),
+                Err(DbError::Unavailable(_)) => {}
+                Err(e) => return Err(e),
+            }
+            // Not applied yet, or no answer: an applied write shows within etcd's own deadline.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DbError::Unavailable(why));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Whether `cert` is `node`'s current certificate.
@@ -308,6 +357,37 @@ mod tests {
         let e = named(&id, &req("0123456789abcdef0123456789abcdef")).await.unwrap_err();
         assert!(e.to_string().contains("no node with uid"), "{e}");
         sup.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+
+    /// A trade whose write had no answer: applied (the certificate record is the one issued),
+    /// taken by another request (token gone, another certificate), or not applied (the token
+    /// unchanged: the error, and the node keeps its token for its retry).
+    #[tokio::test]
+    async fn a_trade_without_answer_is_resolved_before_the_node_is_answered() {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let sup = Supervisor::new();
+        let nodes = NodeCache::spawn(db.clone(), &sup);
+        let id = Identity::spawn(db.clone(), nodes, Ca::create().unwrap(), &sup);
+        let (uid, token_key) = ("0123456789abcdef0123456789abcdef", schema::enroll(&hash("t")));
+        let put = |key: String, v: Vec<u8>| {
+            let db = db.clone();
+            async move { db.txn(Txn::new().and_then([TxnOp::put(key, v)])).await.unwrap().revision }
+        };
+        let cert = |f: &str| serde_json::to_vec(&NodeCertRecord { fingerprint: f.into(), issued: 1 }).unwrap();
+        let wait = Duration::from_millis(600);
+        let outcome = |rev: i64| id.traded(&token_key, rev, uid, "mine", "request timed out".into(), wait);
+        // Not applied: the token is there as it was read.
+        let rev = put(token_key.clone(), b"{}".to_vec()).await;
+        let e = outcome(rev).await.unwrap_err();
+        assert!(e.to_string().contains("request timed out"), "{e}");
+        // Applied: the certificate record is ours (the token gone).
+        put(schema::node_cert(uid), cert("mine")).await;
+        db.delete(&token_key).await.unwrap();
+        assert!(outcome(rev).await.unwrap());
+        // Another request used the token: another certificate, the token gone.
+        put(schema::node_cert(uid), cert("theirs")).await;
+        assert!(!outcome(rev).await.unwrap());
+        sup.shutdown(Duration::from_secs(1)).await;
     }
 
     #[tokio::test]
