@@ -476,6 +476,8 @@ impl Agent {
         self.failures_in_round = 0;
         self.persist_heads();
         self.observer.parent_changed(&self.heads[0].0.name.clone());
+        // With a fixed interval: when the next push is due.
+        let mut due: Option<Instant> = None;
         'outer: loop {
             if *stop.borrow() {
                 break;
@@ -512,10 +514,14 @@ impl Agent {
             if switched {
                 continue;
             }
-            // A fixed interval (a benchmark's set load) runs from push to push, whatever the
-            // push took; the heads' interval runs from the answer.
+            // A fixed interval (a benchmark's set load) runs on a schedule ([`next_due`]), so that
+            // the rate offered is the one asked for; the heads' interval runs from the answer.
             let next = match self.settings.fixed_interval {
-                Some(i) => (push_started + i).max(Instant::now()),
+                Some(i) => {
+                    let d = next_due(due, push_started, i);
+                    due = Some(d);
+                    d.max(Instant::now())
+                }
                 None => Instant::now() + Duration::from_secs(self.status_secs as u64),
             };
             // The long poll until the next push is due.
@@ -524,7 +530,7 @@ impl Agent {
                 if left < Duration::from_secs(1) {
                     // Too short for a poll (a head holds whole seconds): wait for the push.
                     tokio::select! {
-                        _ = tokio::time::sleep(left) => {}
+                        _ = tokio::time::sleep_until(next.into()) => {}
                         _ = stop.wait_for(|s| *s) => break 'outer,
                     }
                     break;
@@ -570,6 +576,15 @@ impl Agent {
     }
 }
 
+/// With a fixed interval `i`: when the push after one that started at `started` is due, given
+/// when that one was due. On schedule (a push starts a little after it was due: the timer rounds
+/// up to the next millisecond, a wake-up can be late), the next is due one interval after the
+/// last was due, not after it started, so that the lateness does not add up; a push more than an
+/// interval late (the first, or one after a failover) starts the schedule again from itself.
+fn next_due(due: Option<Instant>, started: Instant, i: Duration) -> Instant {
+    due.filter(|d| started.saturating_duration_since(*d) <= i).unwrap_or(started) + i
+}
+
 /// Writes `/etc/hosts` atomically; where it cannot be replaced (a bind mount in a container),
 /// rewrites it in place.
 fn write_hosts(p: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
@@ -585,6 +600,24 @@ fn write_hosts(p: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fixed_interval_keeps_its_schedule() {
+        let i = Duration::from_millis(80);
+        let t0 = Instant::now();
+        // The first push starts the schedule.
+        let d1 = next_due(None, t0, i);
+        assert_eq!(d1, t0 + i);
+        // Each push starting a millisecond late: the lateness does not add up.
+        let mut due = d1;
+        for _ in 0..1000 {
+            due = next_due(Some(due), due + Duration::from_millis(1), i);
+        }
+        assert_eq!(due, t0 + i * 1001);
+        // A push more than an interval late starts again from itself.
+        let late = due + Duration::from_millis(200);
+        assert_eq!(next_due(Some(due), late, i), late + i);
+    }
 
     #[test]
     fn heads_file_round_trip() {

@@ -8,6 +8,11 @@ use clusterware_shared::config::{self, Config};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's allocator: a head under load (thousands of status pushes a second,
+/// hundreds of transfers) spent a fifth of its CPU in glibc's malloc and free (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     std::sync::LazyLock::force(&clusterware_head::core::http::STARTED_MS);
     let args = Args::parse();
