@@ -936,9 +936,23 @@ impl Hub {
                 let key = schema::status(&uid);
                 let mut t = Txn::new().and_then([TxnOp::put(key.clone(), value.clone())]);
                 if !claim {
-                    t = t.when([Compare::unchanged(key, rev.unwrap_or(0))]);
+                    t = t.when([Compare::unchanged(key.clone(), rev.unwrap_or(0))]);
                 }
-                let r = self.db.txn(t).await?;
+                let mut r = self.db.txn(t).await?;
+                if !r.succeeded && !claim {
+                    // Or this head did: a write of ours that had no answer (etcd's "request timed
+                    // out") and was applied all the same. A record that still names this head is
+                    // ours to write over; any other head's write names that head.
+                    let ours = self.db.get(&key).await?.filter(|kv| {
+                        serde_json::from_slice::<StatusRecord>(&kv.value).is_ok_and(|r| r.parent == self.view.me.name)
+                    });
+                    if let Some(kv) = ours {
+                        let t = Txn::new()
+                            .when([Compare::unchanged(key.clone(), kv.mod_revision)])
+                            .and_then([TxnOp::put(key, value.clone())]);
+                        r = self.db.txn(t).await?;
+                    }
+                }
                 self.counters.status_txns.fetch_add(1, Ordering::Relaxed);
                 if r.succeeded {
                     self.counters.status_writes.fetch_add(1, Ordering::Relaxed);
@@ -1514,6 +1528,25 @@ mod tests {
         // Several status rounds later, the record is still the other head's.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(status_record(&db, &node.uid).await.unwrap().parent, "h2");
+    }
+
+    /// A write of this head's own that it never heard back about (etcd's "request timed out" for
+    /// a write it then applies) moves the record's revision past the one the head expects: the
+    /// record still names this head, so the node stays its child and its status keeps flowing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn its_own_unanswered_write_does_not_lose_a_node() {
+        let (hub, db, _sup, node) = hub().await;
+        hub.push(peer(), report(Phase::Up)).unwrap();
+        eventually("the first write", async || status_record(&db, &node.uid).await.is_some()).await;
+        let mut ours = status_record(&db, &node.uid).await.unwrap();
+        ours.last_seen += 1;
+        db.put(&schema::status(&node.uid), serde_json::to_vec(&ours).unwrap()).await.unwrap();
+        hub.push(peer(), report(Phase::Booting)).unwrap();
+        eventually("the next status written", async || {
+            status_record(&db, &node.uid).await.is_some_and(|r| r.state == NodeState::Booting)
+        })
+        .await;
+        assert_eq!(hub.child_count(), 1, "the node is still this head's");
     }
 
     /// A script reaches the node through its long poll and its outcome comes back through the

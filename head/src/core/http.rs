@@ -82,15 +82,31 @@ impl<E: HasKind> From<E> for ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let kind = self.kind;
-        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
+        if self.kind == ErrorKind::Internal || self.kind == ErrorKind::Unavailable {
             tracing::warn!(error = %self.message, "request failed");
         }
+        self.answer()
+    }
+}
+
+impl ApiFailure {
+    /// The answer: the status of its kind and the protocol's error body.
+    fn answer(self) -> Response {
+        let kind = self.kind;
+        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = (status, axum::Json(ApiError { kind, message: self.message.clone() })).into_response();
         r.extensions_mut().insert(Failed(self));
         r
     }
+}
+
+/// The answer of a head at a limit it keeps on purpose (`core::admission`): 503 `unavailable`
+/// with the protocol's error body and `Retry-After: secs`. Not logged (a storm would make a log
+/// line of every refused request): the limit's owner counts refusals.
+pub fn busy(message: impl Into<String>, secs: u64) -> Response {
+    let mut r = ApiFailure::new(ErrorKind::Unavailable, message).answer();
+    r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+    r
 }
 
 /// The failure an answer carries, for the event log.

@@ -5,6 +5,7 @@
 //! - [`follow`]: in-memory copies of prefixes kept current by watches.
 //! - [`heads`]: this head's record and liveness; the head list.
 //! - [`view`]: the cluster as this head sees it (heads, liveness, the shared orderings).
+//! - [`admission`]: slots for costly requests, a bounded line, a shared byte rate.
 //! - [`complaints`]: log lines about remote parties, bounded whatever they send.
 //! - [`http`]: the API server, the admin credential, the error mapping.
 //! - [`tokens`]: named admin API tokens.
@@ -18,6 +19,7 @@
 //! A capability starts from a [`Ctx`]: it takes its configuration section from `config`,
 //! starts its tasks on `sup`, and hands its routes to [`Ctx::serve`]; whatever it offers other
 //! capabilities (the node table, the agent hub, storage) it returns from its `start`.
+pub mod admission;
 pub mod complaints;
 pub mod db;
 pub mod error;

@@ -14,6 +14,7 @@
 //! client for a certificate and checks it against the CA (`core::tls`); whether it is a node's
 //! current one is decided here.
 
+use crate::core::admission::{Admission, RETRY_AFTER_SECS};
 use crate::core::complaints::Complaints;
 use crate::core::db::{Compare, Database, DbError, Piece, Txn, TxnOp, commit_all};
 use crate::core::follow::Mirror;
@@ -32,6 +33,20 @@ use std::time::Duration;
 
 /// How long a node's certificate is valid (a network-booted node gets a new one at each boot).
 pub const NODE_CERT_DAYS: i64 = 365;
+
+/// Enrollments a head carries out at once. A rack that boots at once sends its enrollments
+/// together (10,000 simulated nodes through one head in under 2 s): each takes a slot, the rest
+/// wait in line for one, so that a trade the head starts finishes well within the agent's limit
+/// (`client::ENROLL_LIMIT`, 30 s). A node that gave up on a trade the head still carried out would
+/// have lost its one-time token until its next network boot.
+const ENROLL_SLOTS: u32 = 32;
+
+/// Enrollments waiting in line for a slot, at most (each holds only its connection).
+const ENROLL_LINE: u32 = 4096;
+
+/// The longest an enrollment waits in line; then its node is answered 503 with `Retry-After`,
+/// its token untouched, and asks another head or this one again.
+const ENROLL_WAIT: Duration = Duration::from_secs(10);
 
 /// How long an enrollment whose write had no answer waits to learn whether it was applied (etcd
 /// gives up on a request after about 7 s; one it applies shows by then).
@@ -71,12 +86,15 @@ pub struct Identity {
     certs: Arc<Mirror<NodeCertRecord>>,
     ca: Ca,
     complaints: Complaints,
+    /// Slots for enrollments ([`ENROLL_SLOTS`]).
+    admission: Admission,
 }
 
 impl Identity {
     pub fn spawn(db: Database, nodes: Arc<NodeCache>, ca: Ca, sup: &Supervisor) -> Arc<Identity> {
         let certs = Mirror::spawn(db.clone(), schema::NODE_CERTS, sup);
-        Arc::new(Identity { db, nodes, certs, ca, complaints: Complaints::default() })
+        let admission = Admission::with_line(ENROLL_SLOTS, 0, ENROLL_LINE, ENROLL_WAIT);
+        Arc::new(Identity { db, nodes, certs, ca, complaints: Complaints::default(), admission })
     }
 
     /// A new one-time token for `node` (the boot script's).
@@ -281,6 +299,25 @@ async fn agent_enroll(
     body: axum::body::Bytes,
 ) -> crate::core::http::ApiResult<axum::response::Response> {
     let req: Enroll = crate::core::http::parse(&body)?;
+    // Nothing is read or written before the request has a slot.
+    let Some(_slot) = id.admission.admit().await else {
+        let refused = id.admission.refused();
+        id.complaints.complain("enrollments busy".into(), || {
+            tracing::warn!(
+                refused,
+                "enrollments past this head's {ENROLL_SLOTS} at once and {ENROLL_LINE} waiting up to {} s: \
+                 nodes were told to try again (logged once a minute; `refused` counts since start)",
+                ENROLL_WAIT.as_secs()
+            )
+        });
+        return Ok(crate::core::http::busy(
+            format!(
+                "this head is enrolling its limit of {ENROLL_SLOTS} nodes at once with {ENROLL_LINE} waiting: \
+                 ask another head, or this one again in {RETRY_AFTER_SECS} s (the token is still valid)"
+            ),
+            RETRY_AFTER_SECS,
+        ));
+    };
     let got = id.enroll(&req, peer.ip()).await?;
     Ok(crate::core::http::json(axum::http::StatusCode::OK, &got))
 }
@@ -387,6 +424,47 @@ mod tests {
         // Another request used the token: another certificate, the token gone.
         put(schema::node_cert(uid), cert("theirs")).await;
         assert!(!outcome(rev).await.unwrap());
+        sup.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// Past its slots and its line, the head answers an enrollment 503 with `Retry-After` before
+    /// it reads the token: the node's retry finds the token as it was.
+    #[tokio::test]
+    async fn an_enrollment_past_the_limit_leaves_the_token_alone() {
+        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
+        let spec = clusterware_shared::api::NodeSpec {
+            macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+            ip: Some("10.0.0.5".parse().unwrap()),
+            ..Default::default()
+        };
+        let node = crate::registry::create(&db, vec![spec], false).await.unwrap().remove(0);
+        let sup = Supervisor::new();
+        let nodes = NodeCache::spawn(db.clone(), &sup);
+        assert!(nodes.wait_ready(Duration::from_secs(5)).await);
+        let mut id = Identity::spawn(db.clone(), nodes, Ca::create().unwrap(), &sup);
+        Arc::get_mut(&mut id).expect("not shared yet").admission = Admission::with_line(1, 0, 0, Duration::ZERO);
+        let t = id.token_for(&node).await.unwrap();
+        let body = axum::body::Bytes::from(serde_json::to_vec(&Enroll { mac: node.macs[0], token: t.token }).unwrap());
+        let call = || {
+            agent_enroll(
+                axum::extract::State(id.clone()),
+                axum::extract::ConnectInfo("10.0.0.5:40000".parse().unwrap()),
+                body.clone(),
+            )
+        };
+        let held = id.admission.admit().await.unwrap();
+        let r = call().await.unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(r.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+        let answer = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let e: clusterware_shared::api::ApiError = serde_json::from_slice(&answer).unwrap();
+        assert!(e.message.contains("the token is still valid"), "{}", e.message);
+        assert_eq!(id.admission.refused(), 1);
+        drop(held);
+        let r = call().await.unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(r.status(), axum::http::StatusCode::OK, "the token was kept for the retry");
+        let answer = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        assert!(serde_json::from_slice::<Enrolled>(&answer).is_ok());
         sup.shutdown(Duration::from_secs(1)).await;
     }
 

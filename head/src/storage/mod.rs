@@ -41,7 +41,6 @@
 //!   from the entry, which goes when none is left (or after `local_files.deleted_ttl`). A head
 //!   that was down finds its copy unreferenced at start-up and renames it `.old.NN`.
 
-pub mod admission;
 pub mod routes;
 
 use crate::core::db::{Compare, Database, DbError, Txn, TxnOp};
@@ -317,8 +316,8 @@ pub struct Storage {
     changed: tokio::sync::Notify,
     /// When the last scrub that hashed anything ended, seconds since the epoch.
     scrubbed_at: AtomicU64,
-    /// How many root images go to nodes at once, and how fast ([`admission`]).
-    pub admission: admission::Admission,
+    /// How many root images go to nodes at once, and how fast ([`crate::core::admission`]).
+    pub admission: crate::core::admission::Admission,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -485,7 +484,7 @@ impl Storage {
             held_dirty: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
             scrubbed_at: AtomicU64::new(0),
-            admission: admission::Admission::new(settings.max_transfers, settings.max_rate),
+            admission: crate::core::admission::Admission::new(settings.max_transfers, settings.max_rate),
             settings,
         }))
     }

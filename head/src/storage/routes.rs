@@ -283,20 +283,16 @@ async fn file_content(
     Ok(b.body(axum::body::Body::from_stream(stream)).expect("valid response"))
 }
 
-/// The answer past `local_files.max_transfers`: 503 with the protocol's error body and a
-/// `Retry-After` hint.
+/// The answer past `local_files.max_transfers`: 503 with a `Retry-After` hint.
 fn busy(limit: u32) -> Response {
-    let secs = super::admission::RETRY_AFTER_SECS;
-    let mut r = ApiFailure::new(
-        ErrorKind::Unavailable,
+    let secs = crate::core::admission::RETRY_AFTER_SECS;
+    crate::core::http::busy(
         format!(
             "this head is sending its limit of {limit} root images at once (local_files.max_transfers): \
              ask another head, or this one again in {secs} s"
         ),
+        secs,
     )
-    .into_response();
-    r.headers_mut().insert(header::RETRY_AFTER, secs.into());
-    r
 }
 
 #[cfg(test)]

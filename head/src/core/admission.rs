@@ -1,23 +1,26 @@
-//! Admission control for the transfers a boot storm makes: at most `local_files.max_transfers`
-//! root images (any file that is not a kernel or initramfs image: firmware cannot wait and try
-//! again, the agent can) go to nodes at once, all of them together at most
-//! `local_files.max_rate` MiB/s. A request past the limit waits at most [`QUEUE_WAIT`] in line
-//! (at most `max_transfers` requests wait; past that the answer is immediate) for a slot that a
-//! finishing transfer hands straight on, so that no slot sits idle while nodes are waiting out
-//! their backoff; then it is answered 503 with a `Retry-After` hint, before anything was opened
-//! or read: a head never starts a transfer it has no room for. The agent then asks another head,
-//! or waits with jittered, capped backoff. Requests from other heads (`peer=1`) and `HEAD`
-//! requests are not counted.
+//! Admission control for requests that cost a head more than an answer: at most `limit` of them
+//! run at once. A request past the limit waits in line for a slot that a finishing request hands
+//! straight on (first come, first served: no slot sits idle while clients are waiting out their
+//! backoff), at most `wait` and with at most `line` others; then it is refused, before it did
+//! anything, and its client is answered 503 with a `Retry-After` hint
+//! ([`busy`](crate::core::http::busy)). A head thus never starts work it has no room to finish in
+//! the time its client waits.
+//!
+//! Two capabilities use it: `storage` for root images in a boot storm (`local_files.
+//! max_transfers` at once, waiting at most [`QUEUE_WAIT`], all transfers together paced to
+//! `local_files.max_rate`) and `registry` for enrollments (a rack booting at once trades its
+//! tokens one slot at a time, so that each trade finishes well within the agent's limit).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The seconds a refused node is told to wait before it asks this head again.
+/// The seconds a refused client is told to wait before it asks this head again.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
-/// The longest a request past the limit waits in line for a slot.
+/// The longest a request past the limit waits in line for a slot, unless told otherwise
+/// ([`Admission::with_line`]).
 pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// A token bucket: bytes per second, with a burst of a quarter second's worth.
@@ -47,18 +50,27 @@ pub struct Admission {
     refused: AtomicU64,
     /// Requests waiting in line for a slot now.
     waiting: AtomicU64,
+    /// At most this many wait in line.
+    line: u64,
+    /// The longest one waits.
+    wait: Duration,
 }
 
-/// One admitted transfer; its slot is free again when this is dropped (the response body ended,
-/// or the node went away).
+/// One admitted request; its slot is free again when this is dropped (for a transfer: the
+/// response body ended, or the node went away).
 pub struct Permit {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Admission {
-    /// `limit` transfers at once (0: no limit), `rate` bytes per second for all of them (0: no
-    /// limit).
+    /// `limit` requests at once (0: no limit), `rate` bytes per second for all of them (0: no
+    /// limit); past the limit, at most `limit` requests wait in line, each at most [`QUEUE_WAIT`].
     pub fn new(limit: u32, rate: u64) -> Admission {
+        Admission::with_line(limit, rate, limit, QUEUE_WAIT)
+    }
+
+    /// As [`new`](Admission::new), with at most `line` requests waiting, each at most `wait`.
+    pub fn with_line(limit: u32, rate: u64, line: u32, wait: Duration) -> Admission {
         Admission {
             limit,
             slots: std::sync::Arc::new(Semaphore::new(if limit == 0 { 0 } else { limit as usize })),
@@ -66,11 +78,13 @@ impl Admission {
                 .then(|| Bucket { rate: rate as f64, state: Mutex::new((rate as f64 / 4.0, Instant::now())) }),
             refused: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            line: u64::from(line),
+            wait,
         }
     }
 
-    /// A slot for one transfer, or `None` (counted) when every slot stayed taken for
-    /// [`QUEUE_WAIT`] or the line was full. Slots go to waiting requests in their order.
+    /// A slot for one request, or `None` (counted) when every slot stayed taken for the longest
+    /// wait or the line was full. Slots go to waiting requests in their order.
     pub async fn admit(&self) -> Option<Permit> {
         if self.limit == 0 {
             return Some(Permit { _slot: None });
@@ -82,11 +96,11 @@ impl Admission {
             self.refused.fetch_add(1, Ordering::Relaxed);
             None
         };
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= u64::from(self.limit) {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.line {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return refuse();
         }
-        let got = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned()).await;
+        let got = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
             Ok(Ok(p)) => Some(Permit { _slot: Some(p) }),
@@ -103,7 +117,7 @@ impl Admission {
         self.limit
     }
 
-    /// Transfers in progress now.
+    /// Requests admitted and not finished now.
     pub fn active(&self) -> u64 {
         if self.limit == 0 { 0 } else { (self.limit as usize).saturating_sub(self.slots.available_permits()) as u64 }
     }
@@ -168,6 +182,35 @@ mod tests {
             held.push(unlimited.admit().await.unwrap());
         }
         assert_eq!((held.len(), unlimited.refused()), (1000, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_longer_line_waits_longer() {
+        let a = std::sync::Arc::new(Admission::with_line(1, 0, 3, Duration::from_secs(10)));
+        let held = a.admit().await.unwrap();
+        // Three wait (more than the one slot), the fourth is refused at once.
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.admit().await.map(|_| tokio::time::Instant::now()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(a.waiting(), 3);
+        let t = tokio::time::Instant::now();
+        assert!(a.admit().await.is_none());
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        // Past the default wait, the line still holds; a slot freed at 5 s goes to the first.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(a.waiting(), 3);
+        drop(held);
+        let mut got = Vec::new();
+        for w in waiters {
+            got.push(w.await.unwrap());
+        }
+        // The first got the slot at once and dropped it, and so on down the line.
+        assert!(got.iter().all(Option::is_some), "{got:?}");
+        assert_eq!((a.refused(), a.waiting(), a.active()), (1, 0, 0));
     }
 
     #[tokio::test]
