@@ -86,6 +86,10 @@ pub enum Cmd {
         /// trades its own for its certificate at start
         #[arg(long, value_name = "FILE", requires = "ca_file")]
         enroll_file: Option<PathBuf>,
+        /// Every node trades its token before any agent starts; the agents then start over
+        /// --ramp-secs with their certificates, as nodes that booted earlier do
+        #[arg(long, requires = "enroll_file")]
+        enroll_first: bool,
         /// Boot storm: each node first boots as after DHCP from these heads' plain-HTTP boot
         /// URLs (comma-separated, `http://IP:PORT`; node i starts with the i-th, round robin):
         /// boot script, kernel, initramfs, CA, enrollment, root image checked and unpacked as it

@@ -344,6 +344,7 @@ fn main() -> ExitCode {
             push_interval_ms,
             ca_file,
             enroll_file,
+            enroll_first,
             boot,
             boot_timeout_secs,
         } => {
@@ -412,6 +413,7 @@ fn main() -> ExitCode {
                 ramp: Duration::from_secs_f64(ramp_secs),
                 ca_pem,
                 tokens,
+                enroll_first,
                 boot: boot_list,
                 boot_give_up: Duration::from_secs(boot_timeout_secs),
             };

@@ -47,6 +47,9 @@ pub trait Source: Send + Sync {
 pub trait Observer: Send + Sync {
     fn pushed(&self, _latency: Duration, _ok: bool) {}
     fn parent_changed(&self, _parent: &str) {}
+    /// The parent (the same head) is known by a new name: the head list it sent names it
+    /// (a list given by URL alone names each head by its host until then).
+    fn parent_renamed(&self, _parent: &str) {}
     /// The parent did not answer and the next head became the parent.
     fn failed_over(&self) {}
     fn heads_fetched(&self, _count: usize) {}
@@ -317,7 +320,11 @@ impl Agent {
         }
         let n = list.len();
         let changed = list.iter().map(|(h, _)| h).ne(self.heads.iter().map(|(h, _)| h));
+        let renamed = list[0].0.url == self.heads[0].0.url && list[0].0.name != self.heads[0].0.name;
         self.heads = list;
+        if renamed {
+            self.observer.parent_renamed(&self.heads[0].0.name);
+        }
         self.persist_heads();
         if changed {
             let names: Vec<&str> = self.heads.iter().map(|(h, _)| h.name.as_str()).collect();

@@ -40,6 +40,8 @@ pub struct SimArgs {
     pub ca_pem: Option<Vec<u8>>,
     /// Each node's one-time enrollment token (`scyld-nodectl enroll --json`), traded at its start.
     pub tokens: std::collections::HashMap<MacAddr, String>,
+    /// Every node enrolls before any agent starts (the ramp then spreads the agents' starts).
+    pub enroll_first: bool,
     /// Boot first from these heads' plain-HTTP ports (node i starts at the i-th, round robin);
     /// empty: no boot, the agents start with `heads`.
     pub boot: Vec<crate::client::Endpoint>,
@@ -47,20 +49,48 @@ pub struct SimArgs {
     pub boot_give_up: Duration,
 }
 
+/// Every node's [`node_tls`], all at once (the heads admit what they can take and tell the rest
+/// to come back), in `plan`'s order.
+async fn enroll_all(plan: &[(MacAddr, Ipv4Addr)], args: &SimArgs) -> Result<Vec<Option<TlsResult>>, String> {
+    let started = std::time::Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (mac, ip)) in plan.iter().copied().enumerate() {
+        let (heads, ca, token) = (args.heads.clone(), args.ca_pem.clone(), args.tokens.get(&mac).cloned());
+        set.spawn(async move { (i, node_tls(ca.as_deref(), token.as_deref(), &heads, mac, ip).await) });
+    }
+    let mut out: Vec<Option<TlsResult>> = plan.iter().map(|_| None).collect();
+    while let Some(done) = set.join_next().await {
+        let (i, r) = done.map_err(|e| format!("an enrollment task failed: {e}"))?;
+        out[i] = Some(r);
+    }
+    let ok = out.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+    eprintln!(
+        "clusterware-node sim: {ok} of {} nodes enrolled in {:.1} s",
+        plan.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// What [`node_tls`] gives a node.
+type TlsResult = Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>, String>;
+
 /// A simulated node's TLS: the CA, and the certificate it enrolls for with its token (from its
 /// own address, through the first head that takes it; heads that are not up yet are tried again
-/// for a minute).
+/// for five minutes).
 async fn node_tls(
     ca: Option<&[u8]>,
     token: Option<&str>,
     heads: &[HeadEntry],
     mac: MacAddr,
     ip: Ipv4Addr,
-) -> Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>, String> {
+) -> TlsResult {
     let Some(ca) = ca else { return Ok(None) };
     let plain = crate::client::tls_config_pem(ca, None)?;
     let Some(token) = token else { return Ok(Some(plain)) };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    // Nodes told to try again (a head at its limit of enrollments) do not all come back at once.
+    let mut jitter = crate::image::Jitter::new(u64::from(u32::from(ip)) ^ 0x5eed);
     loop {
         let mut last = String::new();
         for h in heads {
@@ -82,7 +112,7 @@ async fn node_tls(
         if tokio::time::Instant::now() > deadline {
             return Err(last);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(jitter.half_to_full(Duration::from_secs(2))).await;
     }
 }
 
@@ -113,6 +143,8 @@ struct Stats {
     hist: Vec<AtomicU64>,
     nodes: Mutex<Vec<NodeInfo>>,
     started_ms: u64,
+    /// When the agents began to start (after every enrollment, with --enroll-first).
+    agents_started_ms: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -123,6 +155,9 @@ fn now_ms() -> u64 {
 struct Summary<'a> {
     nodes: usize,
     started_ms: u64,
+    /// When the agents began to start: after every enrollment with --enroll-first, else at once
+    /// (0 while the nodes are enrolling).
+    agents_started_ms: u64,
     now_ms: u64,
     pushes_ok: u64,
     pushes_failed: u64,
@@ -155,6 +190,7 @@ impl Stats {
         serde_json::to_vec(&Summary {
             nodes: nodes.len(),
             started_ms: self.started_ms,
+            agents_started_ms: self.agents_started_ms.load(Ordering::Relaxed),
             now_ms: now_ms(),
             pushes_ok: self.pushes_ok.load(Ordering::Relaxed),
             pushes_failed: self.pushes_failed.load(Ordering::Relaxed),
@@ -192,6 +228,16 @@ impl Observer for NodeObserver {
     }
     fn parent_changed(&self, parent: &str) {
         self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].candidate = parent.to_string();
+    }
+    fn parent_renamed(&self, parent: &str) {
+        let mut n = self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let e = &mut n[self.i];
+        // The same head under its own name: not a switch (before the first push, the first
+        // push is the node's first switch).
+        if !e.parent.is_empty() && e.parent == e.candidate {
+            e.parent = parent.to_string();
+        }
+        e.candidate = parent.to_string();
     }
     fn failed_over(&self) {
         self.stats.nodes.lock().unwrap_or_else(|p| p.into_inner())[self.i].failovers += 1;
@@ -266,10 +312,21 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         nodes: Mutex::new(infos),
         started_ms: now_ms(),
+        agents_started_ms: AtomicU64::new(0),
     });
     let n = plan.len().max(1) as u32;
+    // With --enroll-first: every node's certificate (or why it has none) before any agent runs.
+    let enrolled = if args.enroll_first && args.boot.is_empty() {
+        tokio::select! {
+            e = enroll_all(&plan, &args) => e?,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    } else {
+        plan.iter().map(|_| None).collect()
+    };
+    stats.agents_started_ms.store(now_ms(), Ordering::Relaxed);
     let mut tasks = Vec::new();
-    for (i, (mac, ip)) in plan.into_iter().enumerate() {
+    for ((i, (mac, ip)), enrolled) in plan.into_iter().enumerate().zip(enrolled) {
         let dir = args.dir.join(mac.to_string().replace(':', ""));
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let files = Files {
@@ -294,7 +351,11 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let (heads, tls) = if boot.is_empty() {
-                match node_tls(ca.as_deref(), token.as_deref(), &heads, mac, ip).await {
+                let tls = match enrolled {
+                    Some(r) => r,
+                    None => node_tls(ca.as_deref(), token.as_deref(), &heads, mac, ip).await,
+                };
+                match tls {
                     Ok(t) => (heads, t),
                     Err(e) => {
                         eprintln!("clusterware-node sim: {mac}: enrollment failed: {e}");
@@ -344,4 +405,42 @@ pub async fn run(args: SimArgs, mut stop: watch::Receiver<bool>) -> Result<(), S
     }
     let _ = write(&stats).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Arc<Stats> {
+        Arc::new(Stats {
+            pushes_ok: AtomicU64::new(0),
+            pushes_failed: AtomicU64::new(0),
+            hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            nodes: Mutex::new(vec![NodeInfo::default()]),
+            started_ms: 0,
+            agents_started_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// A parent first known by its address (a list given by URL alone) and then by its name is one
+    /// head: no switch is counted, and the node is counted under the name.
+    #[test]
+    fn a_parent_learning_its_name_is_not_a_switch() {
+        let s = stats();
+        let o = NodeObserver { i: 0, stats: s.clone() };
+        let node = || s.nodes.lock().unwrap()[0].clone();
+        // Named before the first push: the first push is the first switch.
+        o.parent_renamed("head1");
+        assert_eq!((node().parent.as_str(), node().switches), ("", 0));
+        o.pushed(Duration::from_millis(1), true);
+        assert_eq!((node().parent.as_str(), node().switches), ("head1", 1));
+        // Failed over to a head known by address, then named by its list.
+        o.parent_changed("10.0.0.2");
+        o.pushed(Duration::from_millis(1), true);
+        assert_eq!((node().parent.as_str(), node().switches), ("10.0.0.2", 2));
+        o.parent_renamed("head2");
+        o.parent_changed("head2");
+        o.pushed(Duration::from_millis(1), true);
+        assert_eq!((node().parent.as_str(), node().switches), ("head2", 2));
+    }
 }
