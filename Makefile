@@ -101,7 +101,7 @@ build: build-deps
 	$(CARGO) build --workspace
 
 agent: build-deps
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile agent -p clusterware-node --target $(AGENT_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile agent -p clusterware-node --no-default-features --target $(AGENT_TARGET)
 	@if ldd $(AGENT_BIN) 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then \
 	  echo "$(AGENT_BIN): static, $$(stat -c %s $(AGENT_BIN)) bytes"; \
 	else echo "$(AGENT_BIN) is not static:"; ldd $(AGENT_BIN); exit 1; fi

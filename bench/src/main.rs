@@ -68,10 +68,11 @@ struct Args {
     /// Size of the boot storm's root image, in MiB
     #[arg(long, default_value_t = 32)]
     storm_mib: u64,
-    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, rebalance, failures,
+    /// Run only these benchmarks (comma-separated: database, registry, files, transfer, agent, agent-size (the static agent's size and
+    /// memory; agent runs it too), rebalance, failures,
     /// power, dhcp, boot, storm, ceiling, membership, metrics, console; metrics compares status pushes with metrics on and off, and adds DHCP
     /// when dhcp runs too)
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "rebalance", "failures", "power", "dhcp", "boot", "storm", "ceiling", "membership", "upgrade", "metrics", "console"])]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = ["database", "registry", "files", "transfer", "agent", "agent-size", "rebalance", "failures", "power", "dhcp", "boot", "storm", "ceiling", "membership", "upgrade", "metrics", "console"])]
     only: Vec<String>,
 }
 
@@ -348,6 +349,9 @@ fn main() {
     }
     if run("agent") {
         agent::bench_agent(&mut r);
+    }
+    if run("agent") || run("agent-size") {
+        agent::bench_static_agent(&mut r);
     }
     if run("rebalance") {
         agent::bench_rebalance(&mut r);
