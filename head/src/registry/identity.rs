@@ -427,10 +427,8 @@ mod tests {
         sup.shutdown(Duration::from_secs(1)).await;
     }
 
-    /// Past its slots and its line, the head answers an enrollment 503 with `Retry-After` before
-    /// it reads the token: the node's retry finds the token as it was.
-    #[tokio::test]
-    async fn an_enrollment_past_the_limit_leaves_the_token_alone() {
+    /// A database with one node (52:54:00:00:00:01, 10.0.0.5) and the node table, ready.
+    async fn one_node() -> (Database, Node, Supervisor, Arc<NodeCache>) {
         let db = Database::Embedded(Embedded::open_in_memory().unwrap());
         let spec = clusterware_shared::api::NodeSpec {
             macs: vec!["52:54:00:00:00:01".parse().unwrap()],
@@ -441,6 +439,14 @@ mod tests {
         let sup = Supervisor::new();
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(Duration::from_secs(5)).await);
+        (db, node, sup, nodes)
+    }
+
+    /// Past its slots and its line, the head answers an enrollment 503 with `Retry-After` before
+    /// it reads the token: the node's retry finds the token as it was.
+    #[tokio::test]
+    async fn an_enrollment_past_the_limit_leaves_the_token_alone() {
+        let (db, node, sup, nodes) = one_node().await;
         let mut id = Identity::spawn(db.clone(), nodes, Ca::create().unwrap(), &sup);
         Arc::get_mut(&mut id).expect("not shared yet").admission = Admission::with_line(1, 0, 0, Duration::ZERO);
         let t = id.token_for(&node).await.unwrap();
@@ -470,16 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_works_once_from_its_node_only() {
-        let db = Database::Embedded(Embedded::open_in_memory().unwrap());
-        let spec = clusterware_shared::api::NodeSpec {
-            macs: vec!["52:54:00:00:00:01".parse().unwrap()],
-            ip: Some("10.0.0.5".parse().unwrap()),
-            ..Default::default()
-        };
-        let node = crate::registry::create(&db, vec![spec], false).await.unwrap().remove(0);
-        let sup = Supervisor::new();
-        let nodes = NodeCache::spawn(db.clone(), &sup);
-        assert!(nodes.wait_ready(std::time::Duration::from_secs(5)).await);
+        let (db, node, sup, nodes) = one_node().await;
         let id = Identity::spawn(db.clone(), nodes, Ca::create().unwrap(), &sup);
         assert!(id.certs.wait_ready(std::time::Duration::from_secs(5)).await);
         let t = id.token_for(&node).await.unwrap();
