@@ -43,6 +43,15 @@ impl Bucket {
     }
 }
 
+/// A place in line: the count of waiting requests goes down when it is dropped.
+struct InLine<'a>(&'a AtomicU64);
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Admission {
     limit: u32,
     slots: std::sync::Arc<Semaphore>,
@@ -96,12 +105,15 @@ impl Admission {
             self.refused.fetch_add(1, Ordering::Relaxed);
             None
         };
+        // Out of line when this ends, however it ends: a client that goes away while waiting
+        // drops this future.
+        let in_line = InLine(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.line {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            drop(in_line);
             return refuse();
         }
         let got = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(in_line);
         match got {
             Ok(Ok(p)) => Some(Permit { _slot: Some(p) }),
             _ => refuse(),
@@ -211,6 +223,18 @@ mod tests {
         // The first got the slot at once and dropped it, and so on down the line.
         assert!(got.iter().all(Option::is_some), "{got:?}");
         assert_eq!((a.refused(), a.waiting(), a.active()), (1, 0, 0));
+        // A client that goes away while waiting leaves the line.
+        let held = a.admit().await.unwrap();
+        let gone = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit().await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(a.waiting(), 1);
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(a.waiting(), 0);
+        drop(held);
     }
 
     #[tokio::test]
