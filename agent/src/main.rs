@@ -27,7 +27,7 @@ use tokio::sync::watch;
 /// mimalloc rather than glibc's allocator for the simulator (the workspace build): its thousands
 /// of pushes a second spent a fifth of its CPU in glibc's malloc and free. The static agent of
 /// `make agent` keeps glibc's (built without the feature): one node's agent allocates little, and
-/// mimalloc's heaps tripled its memory (9.2 MiB RSS against 2.6, its target 8).
+/// mimalloc's heaps tripled its memory (9.2 MiB RSS against 3.2, its target 8).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
