@@ -308,6 +308,10 @@ pub struct Storage {
     /// The records read last, by id: while the database has no quorum, a file whose copy was
     /// verified against its record is still served.
     records: Mutex<HashMap<String, FileRecord>>,
+    /// Every file record, followed from the database (set at start): a node's request for a
+    /// file this head holds a verified copy of is answered without a database read
+    /// ([`Storage::served_record`]).
+    followed: std::sync::OnceLock<Arc<crate::core::follow::Mirror<FileRecord>>>,
     /// The summary last published in `storage/<head>`, and whether the files held may have
     /// changed since.
     published: tokio::sync::Mutex<Option<StorageSummary>>,
@@ -480,6 +484,7 @@ impl Storage {
             counters: Arc::default(),
             complaints: Default::default(),
             records: Mutex::new(HashMap::new()),
+            followed: std::sync::OnceLock::new(),
             published: tokio::sync::Mutex::new(None),
             held_dirty: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
@@ -588,6 +593,27 @@ impl Storage {
             .map_err(|e| StorageError::Internal(format!("corrupt record for file {id}: {e}")))?;
         lock(&self.records).insert(id.to_string(), rec.clone());
         Ok(rec)
+    }
+
+    /// The record of a file a node asks for: the followed record when this head holds a copy
+    /// verified against it (no database read: in a boot storm every node asks for each boot
+    /// file, and asks again after every refusal), otherwise the database's, as [`record`]
+    /// (a file just uploaded and not followed yet, a copy to hash or to fetch from a peer: the
+    /// record is then known current before anything is done by it). Records never change once
+    /// written; a deleted one is followed within moments, and its copies go at the next sweep.
+    ///
+    /// [`record`]: Storage::record
+    pub async fn served_record(&self, id: &str) -> Result<FileRecord> {
+        let followed = self.followed.get().filter(|_| is_file_id(id)).and_then(|m| m.get(id));
+        match followed {
+            Some(rec) if self.known_good(&rec) => Ok(FileRecord::clone(&rec)),
+            _ => self.record(id).await,
+        }
+    }
+
+    /// Follows the file records from now on ([`served_record`](Storage::served_record)).
+    pub fn follow_records(&self, db: Database, sup: &crate::core::supervisor::Supervisor) {
+        let _ = self.followed.set(crate::core::follow::Mirror::spawn(db, FILES, sup));
     }
 
     pub async fn list(&self) -> Result<Vec<FileRecord>> {
@@ -1571,6 +1597,7 @@ pub fn start(ctx: &crate::core::Ctx, identity: &Arc<crate::registry::identity::I
     };
     let storage = Storage::open_with(&cfg.storage_dir, &ctx.me().name, ctx.db.clone(), &ctx.token, settings)?;
     let _ = storage.events.set(ctx.events.clone());
+    storage.follow_records(ctx.db.clone(), ctx.sup);
     tracing::info!(path = %cfg.storage_dir.display(), storage_id = %storage.storage_id, "local file storage");
     let (audit, sweep, ttl) = (
         Duration::from_secs(cfg.audit_interval_secs),
@@ -1833,6 +1860,49 @@ mod tests {
         st.open_verified(&rec, false).await.unwrap();
         assert!(st.known_good(&rec));
         (st, rec, p)
+    }
+
+    /// A node's request for a file this head holds verified is answered from the followed record,
+    /// without reading the database; a copy that no longer vouches, or a record not followed
+    /// yet, sends it to the database; a deleted record stops being served once followed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_verified_file_is_served_by_its_followed_record() {
+        let d = tempfile::TempDir::new().unwrap();
+        let (st, rec, p) = verified_file(d.path(), Settings::default()).await;
+        let sup = crate::core::supervisor::Supervisor::new();
+        st.follow_records(st.db.clone(), &sup);
+        let followed = st.followed.get().unwrap().clone();
+        let key = schema::file(&rec.id);
+        let read = |st: &Storage| lock(&st.records).contains_key(&rec.id);
+        let until = |present: bool| {
+            let followed = followed.clone();
+            let id = rec.id.clone();
+            async move {
+                while followed.get(&id).is_some() != present {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // Not in the database: not followed, so the database is asked, and has none.
+        assert!(matches!(st.served_record(&rec.id).await, Err(StorageError::NotFound(_))));
+        st.db.put(&key, serde_json::to_vec(&rec).unwrap()).await.unwrap();
+        until(true).await;
+        assert_eq!(st.served_record(&rec.id).await.unwrap().sha256, rec.sha256);
+        assert!(!read(&st), "answered without reading the record from the database");
+        // Deleted: refused once followed, though a verified copy is still here.
+        st.db.delete(&key).await.unwrap();
+        until(false).await;
+        assert!(st.known_good(&rec));
+        assert!(matches!(st.served_record(&rec.id).await, Err(StorageError::NotFound(_))));
+        // A copy that no longer vouches: the record comes from the database.
+        st.db.put(&key, serde_json::to_vec(&rec).unwrap()).await.unwrap();
+        until(true).await;
+        assert_eq!(st.served_record(&rec.id).await.unwrap().sha256, rec.sha256);
+        assert!(!read(&st));
+        corrupt_keeping_mtime(&p);
+        assert_eq!(st.served_record(&rec.id).await.unwrap().sha256, rec.sha256);
+        assert!(read(&st), "the record was read from the database");
+        sup.shutdown(Duration::from_secs(5)).await;
     }
 
     /// Flips a byte and puts the mtime back, as `touch -r` does.

@@ -177,7 +177,9 @@ async fn file_content(
     if !is_file_id(&id) {
         return Err(ApiFailure::not_found(format!("no file with id {id}")));
     }
-    let rec = st.storage.record(&id).await?;
+    // A peer's request is rare and reads the database; a node's is answered from the followed
+    // record while this head holds a verified copy.
+    let rec = if from_peer { st.storage.record(&id).await? } else { st.storage.served_record(&id).await? };
     if !FIRMWARE_KINDS.contains(&rec.kind.as_str()) {
         if plain {
             return Err(ApiFailure::new(
