@@ -99,7 +99,7 @@ fn storm(sim: &mut Sim, nodes: u64, names: &BTreeMap<String, String>, mut during
 /// head is killed that long after the storm began (half of a storm without a kill: in the middle
 /// of its transfers).
 fn ours(dir: &Path, nodes: u64, kill: Option<Duration>) -> Run {
-    let mut c = Cluster::start(Backend::Etcd, 3, "");
+    let mut c = Cluster::start_as_installed(Backend::Etcd, 3, "");
     let files = ["vmlinuz", "initrd.img", "root.img"].map(|f| dir.join(f));
     c.storm_config([&files[0], &files[1], &files[2]], nodes, MAC0, IP0, &[]);
     let mut names = BTreeMap::new();

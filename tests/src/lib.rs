@@ -571,17 +571,27 @@ impl Cluster {
     /// appended to every head's base.ini.
     pub fn start(backend: Backend, n: usize, extra: &str) -> Cluster {
         let mut c = Self::configure(backend, n, extra);
-        for h in &mut c.heads {
-            h.start();
-        }
-        for h in &mut c.heads {
-            h.wait_ready(Duration::from_secs(60));
-        }
+        c.start_all();
+        c
+    }
+
+    /// As [`start`](Cluster::start), with the heads' timings as installed (`head.lease_ttl`,
+    /// `local_files.audit_interval` and `local_files.sweep_interval` at their defaults) instead
+    /// of the harness's short ones: benchmarks measure what users run.
+    pub fn start_as_installed(backend: Backend, n: usize, extra: &str) -> Cluster {
+        let mut c = Self::configure_timed(backend, n, extra, false);
+        c.start_all();
         c
     }
 
     /// Writes the configurations only.
     pub fn configure(backend: Backend, n: usize, extra: &str) -> Cluster {
+        Self::configure_timed(backend, n, extra, true)
+    }
+
+    /// Writes the configurations; `short` gives the heads the harness's short lease and storage
+    /// intervals, so that tests need not wait out the defaults.
+    fn configure_timed(backend: Backend, n: usize, extra: &str, short: bool) -> Cluster {
         let dir = TempDir::with_prefix("cw-harness-").expect("temp dir");
         let (a, b) = address_block();
         let mut specs = Vec::new();
@@ -598,9 +608,14 @@ impl Cluster {
             let hdir = dir.path().join(&name);
             std::fs::create_dir_all(&hdir).expect("head dir");
             let mut ini = format!(
-                "# written by the test harness\ndatabase.admin_pass = {PASS}\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = {port}\nhead.tls_port = {tls_port}\nhead.lease_ttl = {LEASE_TTL}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\nlocal_files.audit_interval = 2\nlocal_files.sweep_interval = 1\n",
+                "# written by the test harness\ndatabase.admin_pass = {PASS}\nhead.name = {name}\nhead.ip = {ip}\nhead.bind = {ip}\nhead.port = {port}\nhead.tls_port = {tls_port}\nlogging.dir = {d}/log\nlocal_files.path = {d}/storage\n",
                 d = hdir.display()
             );
+            if short {
+                ini.push_str(&format!(
+                    "head.lease_ttl = {LEASE_TTL}\nlocal_files.audit_interval = 2\nlocal_files.sweep_interval = 1\n"
+                ));
+            }
             match backend {
                 Backend::Embedded => ini.push_str(&format!("database.type = embedded\ndatabase.path = {}/db/cluster.redb\n", hdir.display())),
                 Backend::Etcd => ini.push_str(&format!(
