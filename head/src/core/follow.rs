@@ -152,17 +152,19 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Mirror<T> {
         self.changes.subscribe()
     }
 
+    /// How many changes were applied so far. Read before the records, it tells whether a copy
+    /// derived from them is still current (a change applied in between only makes the copy look
+    /// older than it is).
+    pub fn generation(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<T>> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
     pub fn values(&self) -> Vec<Arc<T>> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
-    }
-
-    /// Whether some record satisfies `f` (looked at in place, nothing copied).
-    pub fn any(&self, f: impl Fn(&T) -> bool) -> bool {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).values().any(|v| f(v))
     }
 
     pub fn keys(&self) -> Vec<String> {

@@ -88,13 +88,24 @@ pub struct Identity {
     complaints: Complaints,
     /// Slots for enrollments ([`ENROLL_SLOTS`]).
     admission: Admission,
+    /// The current certificates' fingerprints, and the change of `certs` they were taken at
+    /// ([`is_node`](Identity::is_node)).
+    fingerprints: std::sync::Mutex<(Option<u64>, std::collections::HashSet<String>)>,
 }
 
 impl Identity {
     pub fn spawn(db: Database, nodes: Arc<NodeCache>, ca: Ca, sup: &Supervisor) -> Arc<Identity> {
         let certs = Mirror::spawn(db.clone(), schema::NODE_CERTS, sup);
         let admission = Admission::with_line(ENROLL_SLOTS, 0, ENROLL_LINE, ENROLL_WAIT);
-        Arc::new(Identity { db, nodes, certs, ca, complaints: Complaints::default(), admission })
+        Arc::new(Identity {
+            db,
+            nodes,
+            certs,
+            ca,
+            complaints: Complaints::default(),
+            admission,
+            fingerprints: Default::default(),
+        })
     }
 
     /// A new one-time token for `node` (the boot script's).
@@ -246,9 +257,21 @@ impl Identity {
         }
     }
 
-    /// Whether `cert` is some node's current certificate.
+    /// Whether `cert` is some node's current certificate. Asked for every root image request:
+    /// one look-up in the fingerprints, taken again from the followed records only after they
+    /// changed (comparing with every node's, as before, cost each request a pass over the whole
+    /// cluster's). A fingerprint is a hash of a public certificate whose key the TLS handshake
+    /// has just proved the caller holds: there is no secret here for a look-up's timing to give away.
     pub fn is_node(&self, cert: Option<&ClientCert>) -> bool {
-        cert.is_some_and(|c| self.certs.any(|r| clusterware_shared::auth::tokens_equal(&c.0, &r.fingerprint)))
+        let Some(c) = cert else { return false };
+        // The change count is read before the records: a change applied meanwhile only makes
+        // the next request take them again.
+        let now = self.certs.generation();
+        let mut f = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+        if f.0 != Some(now) {
+            *f = (Some(now), self.certs.values().iter().map(|r| r.fingerprint.clone()).collect());
+        }
+        f.1.contains(&c.0)
     }
 
     /// Takes the nodes' certificates back, and their unused tokens: each is shut out until it
@@ -482,6 +505,7 @@ mod tests {
         let t = id.token_for(&node).await.unwrap();
         let req = Enroll { mac: node.macs[0], token: t.token.clone() };
         let from = |ip: &str| ip.parse::<IpAddr>().unwrap();
+        assert!(!id.is_node(Some(&ClientCert("0".repeat(64)))));
         // From another address, with another MAC, or a forged token: refused, the token kept.
         assert!(matches!(id.enroll(&req, from("10.0.0.6")).await, Err(IdentityError::Refused(_))));
         let other = Enroll { mac: "52:54:00:00:00:02".parse().unwrap(), ..req.clone() };
@@ -511,6 +535,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(id.check(&node, Some(&cert)).is_err(), "revoked");
+        assert!(!id.is_node(Some(&cert)), "revoked");
         sup.shutdown(std::time::Duration::from_secs(1)).await;
     }
 }
