@@ -169,8 +169,13 @@ pub async fn clone_image(db: &Database, from: &str, to: &str) -> Result<Image> {
 }
 
 pub async fn list_configs(db: &Database) -> Result<(Vec<BootConfig>, Option<String>)> {
-    let default = db.get(DEFAULT_BOOT_CONFIG).await?.map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+    let default = default_config(db).await?;
     Ok((all(db, BOOTCONFIGS).await?, default))
+}
+
+/// The cluster's default boot config, when one is set.
+pub async fn default_config(db: &Database) -> Result<Option<String>> {
+    Ok(db.get(DEFAULT_BOOT_CONFIG).await?.map(|kv| String::from_utf8_lossy(&kv.value).to_string()))
 }
 
 pub async fn get_config(db: &Database, name: &str) -> Result<(BootConfig, i64)> {

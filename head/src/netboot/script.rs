@@ -40,7 +40,7 @@ pub async fn plan(
 ) -> Result<Result<Plan, String>, BootError> {
     let name = match node.attributes.get("_boot_config") {
         Some(n) => n.clone(),
-        None => match bootcfg::list_configs(db).await?.1 {
+        None => match bootcfg::default_config(db).await? {
             Some(d) => d,
             None => {
                 return Ok(Err(format!(
