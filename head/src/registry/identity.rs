@@ -5,8 +5,10 @@
 //! (`POST /agent/enroll`): the boot script carries one (made when the node itself fetches the
 //! script, from its registered address), or an administrator makes one for a node that does not
 //! network-boot (`scyld-nodectl enroll`). A token is 32 random bytes; the database keeps only its
-//! SHA-256 (`enroll/<hash>`), bound to the node's uid, MAC and address, under a lease of
-//! [`ENROLL_TOKEN_SECS`]; the trade deletes it in the same transaction that records the node's
+//! SHA-256 (`enroll/<hash>`), bound to the node's uid, MAC and address, valid for
+//! [`ENROLL_TOKEN_SECS`] and kept under a lease that the tokens made within a minute share (a
+//! boot storm's scripts make a token each: a lease for each was two more writes per node, its
+//! grant and its expiry); the trade deletes it in the same transaction that records the node's
 //! new certificate (`node_certs/<uid>`, its SHA-256), so a token works once, through any head, and
 //! only from the node's registered address with its MAC. A node holds one current certificate:
 //! enrolling again (the next boot) replaces it, and `scyld-nodectl revoke` deletes it, which
@@ -16,7 +18,7 @@
 
 use crate::core::admission::{Admission, RETRY_AFTER_SECS};
 use crate::core::complaints::Complaints;
-use crate::core::db::{Compare, Database, DbError, Piece, Txn, TxnOp, commit_all};
+use crate::core::db::{Compare, Database, DbError, LeaseId, Piece, Txn, TxnOp, commit_all};
 use crate::core::follow::Mirror;
 use crate::core::http::ClientCert;
 use crate::core::schema::{self, EnrollRecord, NodeCertRecord};
@@ -51,6 +53,10 @@ const ENROLL_WAIT: Duration = Duration::from_secs(10);
 /// How long an enrollment whose write had no answer waits to learn whether it was applied (etcd
 /// gives up on a request after about 7 s; one it applies shows by then).
 const TRADE_OUTCOME_WAIT: Duration = Duration::from_secs(10);
+
+/// How long tokens made one after another share a lease; the lease lasts that much longer than
+/// a token, so that none goes before it expires.
+const TOKEN_LEASE_SHARED: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -91,6 +97,8 @@ pub struct Identity {
     /// The current certificates' fingerprints, and the change of `certs` they were taken at
     /// ([`is_node`](Identity::is_node)).
     fingerprints: std::sync::Mutex<(Option<u64>, std::collections::HashSet<String>)>,
+    /// The lease new tokens are put under, and when it was granted ([`TOKEN_LEASE_SHARED`]).
+    token_lease: tokio::sync::Mutex<Option<(LeaseId, tokio::time::Instant)>>,
 }
 
 impl Identity {
@@ -105,6 +113,7 @@ impl Identity {
             complaints: Complaints::default(),
             admission,
             fingerprints: Default::default(),
+            token_lease: Default::default(),
         })
     }
 
@@ -114,25 +123,50 @@ impl Identity {
     }
 
     /// New one-time tokens for `nodes` (an administrator's, for nodes that do not network-boot):
-    /// under one lease, in as few transactions as the database takes.
+    /// under the shared lease, in as few transactions as the database takes.
     pub async fn tokens_for(&self, nodes: &[Node]) -> Result<Vec<EnrollToken>, IdentityError> {
         let expires = now() + ENROLL_TOKEN_SECS;
-        let lease = self.db.grant_lease(ENROLL_TOKEN_SECS as i64).await?;
         let mut out = Vec::with_capacity(nodes.len());
-        let mut pieces = Vec::with_capacity(nodes.len());
+        let mut records = Vec::with_capacity(nodes.len());
         for node in nodes {
             let token = format!("{ENROLL_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
             let mac = *node.macs.first().ok_or_else(|| IdentityError::Invalid(format!("{} has no MAC", node.name)))?;
             let rec = EnrollRecord { uid: node.uid.clone(), macs: node.macs.clone(), ip: node.ip, expires };
             let body = serde_json::to_vec(&rec).map_err(|e| IdentityError::Internal(e.to_string()))?;
-            pieces.push(Piece {
-                compares: vec![],
-                ops: vec![TxnOp::put_with_lease(schema::enroll(&hash(&token)), body, lease)],
-            });
+            records.push((schema::enroll(&hash(&token)), body));
             out.push(EnrollToken { uid: node.uid.clone(), name: node.name.clone(), mac, token, expires });
         }
-        commit_all(&self.db, pieces).await?;
+        let pieces = |lease: LeaseId| {
+            let put = |(key, body): &(String, Vec<u8>)| TxnOp::put_with_lease(key.clone(), body.clone(), lease);
+            records.iter().map(|r| Piece { compares: vec![], ops: vec![put(r)] }).collect::<Vec<_>>()
+        };
+        let lease = self.token_lease(false).await?;
+        match commit_all(&self.db, pieces(lease)).await {
+            // The shared lease is gone (revoked, or a database loaded from a dump): a new one.
+            Err(DbError::LeaseNotFound(_)) => {
+                let lease = self.token_lease(true).await?;
+                commit_all(&self.db, pieces(lease)).await?;
+            }
+            r => {
+                r?;
+            }
+        }
         Ok(out)
+    }
+
+    /// The lease for new tokens: the shared one while it is younger than [`TOKEN_LEASE_SHARED`]
+    /// (unless `fresh`), else a new one, valid that much longer than a token.
+    async fn token_lease(&self, fresh: bool) -> Result<LeaseId, DbError> {
+        let mut shared = self.token_lease.lock().await;
+        match *shared {
+            Some((lease, at)) if !fresh && at.elapsed() < TOKEN_LEASE_SHARED => Ok(lease),
+            _ => {
+                let ttl = ENROLL_TOKEN_SECS + TOKEN_LEASE_SHARED.as_secs();
+                let lease = self.db.grant_lease(ttl as i64).await?;
+                *shared = Some((lease, tokio::time::Instant::now()));
+                Ok(lease)
+            }
+        }
     }
 
     /// Trades a token for the node's certificate: the token must be one this cluster made for the
@@ -463,6 +497,28 @@ mod tests {
         let nodes = NodeCache::spawn(db.clone(), &sup);
         assert!(nodes.wait_ready(Duration::from_secs(5)).await);
         (db, node, sup, nodes)
+    }
+
+    /// Tokens made one after another share a lease; when it is gone, the next token gets a new
+    /// one and is stored all the same.
+    #[tokio::test]
+    async fn tokens_share_a_lease_and_outlive_a_lost_one() {
+        let (db, node, sup, nodes) = one_node().await;
+        let id = Identity::spawn(db.clone(), nodes, Ca::create().unwrap(), &sup);
+        let lease_of = |t: &EnrollToken| {
+            let (db, key) = (db.clone(), schema::enroll(&hash(&t.token)));
+            async move { db.get(&key).await.unwrap().map(|kv| kv.lease) }
+        };
+        let (a, b) = (id.token_for(&node).await.unwrap(), id.token_for(&node).await.unwrap());
+        let shared = lease_of(&a).await.expect("stored");
+        assert!(shared != 0);
+        assert_eq!(lease_of(&b).await, Some(shared));
+        db.revoke_lease(shared).await.unwrap();
+        assert_eq!(lease_of(&a).await, None, "gone with its lease");
+        let c = id.token_for(&node).await.unwrap();
+        let fresh = lease_of(&c).await.expect("stored under a new lease");
+        assert!(fresh != 0 && fresh != shared);
+        sup.shutdown(Duration::from_secs(1)).await;
     }
 
     /// Past its slots and its line, the head answers an enrollment 503 with `Retry-After` before
