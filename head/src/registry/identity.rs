@@ -155,9 +155,13 @@ impl Identity {
     }
 
     /// The lease for new tokens: the shared one while it is younger than [`TOKEN_LEASE_SHARED`]
-    /// (unless `fresh`), else a new one, valid that much longer than a token.
+    /// (unless `fresh`), else a new one, valid that much longer than a token. Requests wait for
+    /// a grant under way rather than make their own, at most as long as a database call may take
+    /// (a database that does not answer fails them together, not one after another).
     async fn token_lease(&self, fresh: bool) -> Result<LeaseId, DbError> {
-        let mut shared = self.token_lease.lock().await;
+        let mut shared = tokio::time::timeout(crate::core::db::OP_TIMEOUT, self.token_lease.lock())
+            .await
+            .map_err(|_| DbError::Unavailable("no lease for enrollment tokens in time".into()))?;
         match *shared {
             Some((lease, at)) if !fresh && at.elapsed() < TOKEN_LEASE_SHARED => Ok(lease),
             _ => {
