@@ -68,6 +68,11 @@ pub fn poll_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 pub fn free_port(ip: Ipv4Addr) -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    // Ports handed out by this process: one that is free now may already be another head's
+    // (a port is only bound when its head starts), and two listeners of one head on the same
+    // port stopped it with "Address already in use".
+    static GIVEN: std::sync::Mutex<Vec<(Ipv4Addr, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -84,12 +89,15 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
             x ^= x >> 7;
             x ^= x << 17;
             let port = FIRST + (x % u64::from(low - FIRST)) as u16;
-            if TcpListener::bind((ip, port)).is_ok() {
+            if !given.contains(&(ip, port)) && TcpListener::bind((ip, port)).is_ok() {
+                given.push((ip, port));
                 return port;
             }
         }
     }
-    TcpListener::bind((ip, 0)).expect("bind port 0").local_addr().expect("local addr").port()
+    let port = TcpListener::bind((ip, 0)).expect("bind port 0").local_addr().expect("local addr").port();
+    given.push((ip, port));
+    port
 }
 
 /// Kills head processes left by earlier test runs whose test process is gone.
