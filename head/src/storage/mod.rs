@@ -602,13 +602,18 @@ impl Storage {
     /// record is then known current before anything is done by it). Records never change once
     /// written; a deleted one is followed within moments, and its copies go at the next sweep.
     ///
+    /// With the followed record comes the copy it vouched for, already open (the request is
+    /// served from it: not opened and checked a second time); with the database's, none.
+    ///
     /// [`record`]: Storage::record
-    pub async fn served_record(&self, id: &str) -> Result<FileRecord> {
+    pub async fn served_record(&self, id: &str) -> Result<(FileRecord, Option<std::fs::File>)> {
         let followed = self.followed.get().filter(|_| is_file_id(id)).and_then(|m| m.get(id));
-        match followed {
-            Some(rec) if self.known_good(&rec) => Ok(FileRecord::clone(&rec)),
-            _ => self.record(id).await,
+        if let Some(rec) = followed
+            && let Some(f) = self.open_known_good(&rec)
+        {
+            return Ok((FileRecord::clone(&rec), Some(f)));
         }
+        Ok((self.record(id).await?, None))
     }
 
     /// Follows the file records from now on ([`served_record`](Storage::served_record)).
@@ -1887,7 +1892,9 @@ mod tests {
         assert!(matches!(st.served_record(&rec.id).await, Err(StorageError::NotFound(_))));
         st.db.put(&key, serde_json::to_vec(&rec).unwrap()).await.unwrap();
         until(true).await;
-        assert_eq!(st.served_record(&rec.id).await.unwrap().sha256, rec.sha256);
+        let (got, opened) = st.served_record(&rec.id).await.unwrap();
+        assert_eq!(got.sha256, rec.sha256);
+        assert!(opened.is_some(), "the verified copy comes open");
         assert!(!read(&st), "answered without reading the record from the database");
         // Deleted: refused once followed, though a verified copy is still here.
         st.db.delete(&key).await.unwrap();
@@ -1897,10 +1904,12 @@ mod tests {
         // A copy that no longer vouches: the record comes from the database.
         st.db.put(&key, serde_json::to_vec(&rec).unwrap()).await.unwrap();
         until(true).await;
-        assert_eq!(st.served_record(&rec.id).await.unwrap().sha256, rec.sha256);
+        assert_eq!(st.served_record(&rec.id).await.unwrap().0.sha256, rec.sha256);
         assert!(!read(&st));
         corrupt_keeping_mtime(&p);
-        assert_eq!(st.served_record(&rec.id).await.unwrap().sha256, rec.sha256);
+        let (got, opened) = st.served_record(&rec.id).await.unwrap();
+        assert_eq!(got.sha256, rec.sha256);
+        assert!(opened.is_none(), "nothing vouched for: the copy is left to be checked");
         assert!(read(&st), "the record was read from the database");
         sup.shutdown(Duration::from_secs(5)).await;
     }

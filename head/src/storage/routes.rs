@@ -179,7 +179,8 @@ async fn file_content(
     }
     // A peer's request is rare and reads the database; a node's is answered from the followed
     // record while this head holds a verified copy.
-    let rec = if from_peer { st.storage.record(&id).await? } else { st.storage.served_record(&id).await? };
+    let (rec, opened) =
+        if from_peer { (st.storage.record(&id).await?, None) } else { st.storage.served_record(&id).await? };
     if !FIRMWARE_KINDS.contains(&rec.kind.as_str()) {
         if plain {
             return Err(ApiFailure::new(
@@ -218,12 +219,15 @@ async fn file_content(
             }
         }
     };
-    let file = match st.storage.open_verified(&rec, !from_peer).await {
-        Ok(f) => f,
-        Err(e) => {
-            st.storage.complain(&rec, peer, from_peer, &e);
-            return Err(e.into());
-        }
+    let file = match opened {
+        Some(f) => f,
+        None => match st.storage.open_verified(&rec, !from_peer).await {
+            Ok(f) => f,
+            Err(e) => {
+                st.storage.complain(&rec, peer, from_peer, &e);
+                return Err(e.into());
+            }
+        },
     };
     let size = rec.size;
     let span = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);
